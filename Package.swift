@@ -1,0 +1,55 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let strict: [SwiftSetting] = [
+    .swiftLanguageMode(.v6),
+]
+
+let package = Package(
+    name: "VFIOKit",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "VFIOKit", targets: ["VFIOKit"]),
+        .executable(name: "vfioctl", targets: ["vfioctl"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
+    ],
+    targets: [
+        // The kernel's VFIO and iommufd uapi (Linux 7.2), written by us, no system headers needed.
+        .target(name: "CVFIO"),
+        .target(
+            name: "VFIOKit",
+            dependencies: ["CVFIO", .product(name: "SystemPackage", package: "swift-system")],
+            swiftSettings: strict
+        ),
+        // The iommufd selftest ABI (IOMMU_TEST_CMD), for mock-domain tests only.
+        .target(name: "CIOMMUFDTest", dependencies: ["CVFIO"]),
+        // Test support: the fake kernel for unit tests and the mock-domain driver for
+        // guest tests. Not part of the library product.
+        .target(
+            name: "VFIOKitTestSupport",
+            dependencies: ["VFIOKit", "CVFIO", "CIOMMUFDTest"],
+            swiftSettings: strict
+        ),
+        // vfioctl's commands live in a library so tests can drive them.
+        .target(
+            name: "VFIOCommands",
+            dependencies: ["VFIOKit", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: strict
+        ),
+        .executableTarget(name: "vfioctl", dependencies: ["VFIOCommands"], swiftSettings: strict),
+        .testTarget(
+            name: "VFIOKitTests",
+            dependencies: ["VFIOKit", "VFIOKitTestSupport", "VFIOCommands", "CVFIO"],
+            swiftSettings: strict
+        ),
+        // Runs only where /dev/iommu and the edu device exist (the test guest); skips elsewhere.
+        .testTarget(
+            name: "VFIOKitGuestTests",
+            dependencies: ["VFIOKit", "VFIOKitTestSupport", "VFIOCommands", "CVFIO", "CIOMMUFDTest"],
+            swiftSettings: strict
+        ),
+    ]
+)
