@@ -1,0 +1,29 @@
+/* Fixed-signature wrappers for the syscalls VFIOKit uses that Swift's Glibc
+ * module does not import (eventfd) or imports as variadic (ioctl, open). */
+#ifndef CVFIO_SYS_H
+#define CVFIO_SYS_H
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+static inline int cvfio_sys_ioctl(int fd, unsigned long request, void *arg) {
+    return ioctl(fd, request, arg);
+}
+static inline int cvfio_sys_open(const char *path, int flags, unsigned int mode) {
+    return open(path, flags, mode);
+}
+static inline int cvfio_sys_eventfd(unsigned int initval, int flags) {
+    return eventfd(initval, flags);
+}
+static inline int cvfio_errno(void) { return errno; }
+
+static const int CVFIO_EFD_CLOEXEC = EFD_CLOEXEC;
+static const int CVFIO_EFD_NONBLOCK = EFD_NONBLOCK;
+static const int CVFIO_EFD_SEMAPHORE = EFD_SEMAPHORE;
+
+#endif

@@ -1,0 +1,203 @@
+import CVFIO
+import Synchronization
+import VFIOKit
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// A kernel for unit tests: ioctls answered by handlers the test installs,
+/// every call recorded with the bytes it carried, fds counted so a test can
+/// assert that nothing leaked.
+///
+/// Memory (mmap/munmap), eventfds and poll/read/write on them are real, so
+/// buffers and interrupt waits behave as they do on Linux.
+///
+///     let kernel = FakeKernel()
+///     kernel.files["/dev/iommu"] = .node
+///     kernel.onIoctl(IOMMU_IOAS_ALLOC) { _, arg in
+///         arg!.assumingMemoryBound(to: iommu_ioas_alloc.self).pointee.out_ioas_id = 7; return 0 }
+///     try Syscalls.withProvider(kernel) { ... }
+public final class FakeKernel: SyscallProvider, @unchecked Sendable {
+    // @unchecked: all mutable state is behind `state`'s mutex.
+
+    /// What an ioctl handler returns: a non-negative result or `-errno`.
+    public typealias IoctlHandler = @Sendable (_ fd: Int32, _ argument: UnsafeMutableRawPointer?) -> Int32
+    public typealias FileIO = @Sendable (_ fd: Int32, _ offset: Int64, _ buffer: UnsafeMutableRawBufferPointer, _ isWrite: Bool) -> Int
+
+    public enum File: Sendable {
+        /// Opens and gives a fresh fake fd.
+        case node
+        /// Fails with this errno.
+        case error(Int32)
+    }
+
+    /// One recorded ioctl: the request, the fd, and the argument bytes as the
+    /// kernel saw them on entry (argsz/size bytes of the struct).
+    public struct Call: Sendable {
+        public var fd: Int32
+        public var request: UInt
+        public var bytes: [UInt8]
+        /// Reads a `T` out of the recorded argument.
+        public func argument<T>(as: T.Type = T.self) -> T {
+            var out = [UInt8](repeating: 0, count: MemoryLayout<T>.size)
+            for i in 0..<min(bytes.count, out.count) { out[i] = bytes[i] }
+            return out.withUnsafeBytes { $0.loadUnaligned(as: T.self) }
+        }
+    }
+
+    struct State {
+        var nextFD: Int32 = 1000
+        var fakeFDs: [Int32: String] = [:]
+        var realFDs: Set<Int32> = []
+        var files: [String: File] = [:]
+        var handlers: [UInt: IoctlHandler] = [:]
+        var calls: [Call] = []
+        var fileIO: FileIO?
+    }
+
+    private let state = Mutex(State())
+
+    public init() {}
+
+    // MARK: test set-up and inspection
+
+    /// Paths that `open` knows.
+    public var files: [String: File] {
+        get { state.withLock { $0.files } }
+        set { state.withLock { $0.files = newValue } }
+    }
+
+    /// Answers `request` with `handler`.
+    public func onIoctl(_ request: UInt, _ handler: @escaping IoctlHandler) {
+        state.withLock { $0.handlers[request] = handler }
+    }
+
+    /// Answers pread/pwrite on fake fds.
+    public func onFileIO(_ handler: @escaping FileIO) { state.withLock { $0.fileIO = handler } }
+
+    /// Every ioctl so far, in order.
+    public var calls: [Call] { state.withLock { $0.calls } }
+
+    /// The recorded calls of one request.
+    public func calls(_ request: UInt) -> [Call] { calls.filter { $0.request == request } }
+
+    /// Fds open now (fake and real ones this kernel handed out).
+    public var openFDCount: Int { state.withLock { $0.fakeFDs.count + $0.realFDs.count } }
+
+    /// What each open fake fd was opened as.
+    public var openPaths: [String] { state.withLock { Array($0.fakeFDs.values).sorted() } }
+
+    // MARK: SyscallProvider
+
+    public func open(_ path: UnsafePointer<CChar>, _ flags: Int32, _ mode: UInt32) -> Int32 {
+        let p = String(cString: path)
+        return state.withLock { s in
+            switch s.files[p] {
+            case nil: return -ENOENT
+            case .error(let e)?: return -e
+            case .node?:
+                let fd = s.nextFD
+                s.nextFD += 1
+                s.fakeFDs[fd] = p
+                return fd
+            }
+        }
+    }
+
+    public func close(_ fd: Int32) -> Int32 {
+        let real = state.withLock { s -> Bool? in
+            if s.fakeFDs.removeValue(forKey: fd) != nil { return false }
+            if s.realFDs.remove(fd) != nil { return true }
+            return nil
+        }
+        switch real {
+        case nil: return -EBADF
+        case false?: return 0
+        case true?: return Glibc.close(fd) == 0 ? 0 : -errno
+        }
+    }
+
+    public func ioctl(_ fd: Int32, _ request: UInt, _ argument: UnsafeMutableRawPointer?) -> Int32 {
+        var bytes: [UInt8] = []
+        // Struct arguments start with argsz/size; small values are integers passed as the argument.
+        if let a = argument, UInt(bitPattern: a) > 0x10000 {
+            let n = min(Int(a.loadUnaligned(as: UInt32.self)), 1 << 16)
+            bytes = Array(UnsafeRawBufferPointer(start: a, count: max(n, 4)))
+        }
+        let handler = state.withLock { s -> IoctlHandler? in
+            s.calls.append(Call(fd: fd, request: request, bytes: bytes))
+            return s.fakeFDs[fd] == nil && !s.realFDs.contains(fd) ? nil : s.handlers[request]
+        }
+        guard state.withLock({ $0.fakeFDs[fd] != nil || $0.realFDs.contains(fd) }) else { return -EBADF }
+        guard let handler else { return -ENOTTY }
+        return handler(fd, argument)
+    }
+
+    public func pread(_ fd: Int32, _ buffer: UnsafeMutableRawBufferPointer, _ offset: Int64) -> Int {
+        if let r = realIO(fd, { Glibc.pread(fd, buffer.baseAddress, buffer.count, off_t(offset)) }) { return r }
+        guard let io = state.withLock({ $0.fileIO }) else { return -Int(EINVAL) }
+        return io(fd, offset, buffer, false)
+    }
+
+    public func pwrite(_ fd: Int32, _ buffer: UnsafeRawBufferPointer, _ offset: Int64) -> Int {
+        if let r = realIO(fd, { Glibc.pwrite(fd, buffer.baseAddress, buffer.count, off_t(offset)) }) { return r }
+        guard let io = state.withLock({ $0.fileIO }) else { return -Int(EINVAL) }
+        return io(fd, offset, UnsafeMutableRawBufferPointer(mutating: buffer), true)
+    }
+
+    public func read(_ fd: Int32, _ buffer: UnsafeMutableRawBufferPointer) -> Int {
+        realIO(fd, { Glibc.read(fd, buffer.baseAddress, buffer.count) }) ?? -Int(EINVAL)
+    }
+
+    public func write(_ fd: Int32, _ buffer: UnsafeRawBufferPointer) -> Int {
+        realIO(fd, { Glibc.write(fd, buffer.baseAddress, buffer.count) }) ?? -Int(EINVAL)
+    }
+
+    public func mmap(_ length: Int, _ protection: Int32, _ flags: Int32, _ fd: Int32, _ offset: Int64)
+        -> (UnsafeMutableRawPointer?, Int32)
+    {
+        // Fake fds (regions, memfds) are backed by anonymous memory.
+        let real = state.withLock { $0.realFDs.contains(fd) }
+        let p = real
+            ? Glibc.mmap(nil, length, protection, flags, fd, off_t(offset))
+            : Glibc.mmap(nil, length, protection, (flags & ~MAP_HUGETLB) | MAP_ANONYMOUS, -1, 0)
+        if p == MAP_FAILED || p == nil { return (nil, -errno) }
+        return (p, 0)
+    }
+
+    public func munmap(_ address: UnsafeMutableRawPointer, _ length: Int) -> Int32 {
+        Glibc.munmap(address, length) == 0 ? 0 : -errno
+    }
+
+    public func eventfd(_ initial: UInt32, _ flags: Int32) -> Int32 {
+        let fd = cvfio_sys_eventfd(initial, flags)
+        if fd < 0 { return -errno }
+        state.withLock { _ = $0.realFDs.insert(fd) }
+        return fd
+    }
+
+    public func poll(_ fds: UnsafeMutablePointer<pollfd>, _ count: Int, _ timeoutMilliseconds: Int32) -> Int32 {
+        let r = Glibc.poll(fds, nfds_t(count), timeoutMilliseconds)
+        return r < 0 ? -errno : r
+    }
+
+    public func memfdCreate(_ name: UnsafePointer<CChar>, _ flags: UInt32) -> Int32 {
+        let fd = Glibc.memfd_create(name, flags)
+        if fd < 0 { return -errno }
+        state.withLock { _ = $0.realFDs.insert(fd) }
+        return fd
+    }
+
+    public func ftruncate(_ fd: Int32, _ length: Int64) -> Int32 {
+        realIO(fd, { Int(Glibc.ftruncate(fd, off_t(length))) }).map(Int32.init) ?? 0
+    }
+
+    private func realIO(_ fd: Int32, _ body: () -> Int) -> Int? {
+        guard state.withLock({ $0.realFDs.contains(fd) }) else { return nil }
+        let r = body()
+        return r < 0 ? -Int(errno) : r
+    }
+}
