@@ -1,0 +1,2 @@
+/* CIOMMUFDTest is header-only; SwiftPM needs one C source per C target. */
+#include "CIOMMUFDTest.h"
