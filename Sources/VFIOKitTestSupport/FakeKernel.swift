@@ -185,7 +185,7 @@ public final class FakeKernel: SyscallProvider, @unchecked Sendable {
     }
 
     public func memfdCreate(_ name: UnsafePointer<CChar>, _ flags: UInt32) -> Int32 {
-        let fd = Glibc.memfd_create(name, flags)
+        let fd = cvfio_sys_memfd_create(name, flags)
         if fd < 0 { return -errno }
         state.withLock { _ = $0.realFDs.insert(fd) }
         return fd

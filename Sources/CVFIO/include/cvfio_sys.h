@@ -9,6 +9,7 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 static inline int cvfio_sys_ioctl(int fd, unsigned long request, void *arg) {
@@ -20,7 +21,13 @@ static inline int cvfio_sys_open(const char *path, int flags, unsigned int mode)
 static inline int cvfio_sys_eventfd(unsigned int initval, int flags) {
     return eventfd(initval, flags);
 }
+static inline int cvfio_sys_memfd_create(const char *name, unsigned int flags) {
+    return (int)syscall(SYS_memfd_create, name, flags);
+}
 static inline int cvfio_errno(void) { return errno; }
+
+static const unsigned int CVFIO_MFD_CLOEXEC = 0x0001U;
+static const unsigned int CVFIO_MFD_HUGETLB = 0x0004U;
 
 static const int CVFIO_EFD_CLOEXEC = EFD_CLOEXEC;
 static const int CVFIO_EFD_NONBLOCK = EFD_NONBLOCK;

@@ -34,7 +34,11 @@ public struct KernelBytes<Header>: Sendable {
     }
 
     mutating func withUnsafeMutableRawPointer<R>(_ body: (UnsafeMutableRawPointer) throws(VFIOError) -> R) throws(VFIOError) -> R {
-        try storage.withUnsafeMutableBytes { (raw) throws(VFIOError) -> R in try body(raw.baseAddress!) }
+        var result: Result<R, VFIOError>?
+        storage.withUnsafeMutableBytes { raw in
+            result = Result { () throws(VFIOError) -> R in try body(raw.baseAddress!) }
+        }
+        return try result!.get()
     }
 
     /// The capability chain starting at `offset` (VFIO's `cap_offset`): each
@@ -76,5 +80,12 @@ extension Sys {
         buffer = KernelBytes(h, count: needed)
         _ = try buffer.withUnsafeMutableRawPointer { (p) throws(VFIOError) in try ioctl(fd, request, p, object: object()) }
         return buffer
+    }
+}
+
+extension KernelBytes {
+    /// Test hook: write into the raw bytes.
+    mutating func withUnsafeBytesForTest(_ body: (UnsafeMutableRawBufferPointer) -> Void) {
+        storage.withUnsafeMutableBytes { body($0) }
     }
 }

@@ -72,7 +72,7 @@ public struct LinuxSyscalls: SyscallProvider {
         r(Glibc.poll(fds, nfds_t(count), timeoutMilliseconds))
     }
     public func memfdCreate(_ name: UnsafePointer<CChar>, _ flags: UInt32) -> Int32 {
-        r(Glibc.memfd_create(name, flags))
+        r(cvfio_sys_memfd_create(name, flags))
     }
     public func ftruncate(_ fd: Int32, _ length: Int64) -> Int32 { r(Glibc.ftruncate(fd, off_t(length))) }
 }
@@ -108,7 +108,7 @@ enum Sys {
     }
 
     static func fail(_ operation: String, _ result: some BinaryInteger, object: String?) -> VFIOError {
-        VFIOError(operation: operation, errno: Errno(rawValue: CInt(-result)), object: object)
+        VFIOError(operation: operation, errno: Errno(rawValue: CInt(-Int(result))), object: object)
     }
 
     static func open(_ path: String, _ flags: Int32, mode: UInt32 = 0) throws(VFIOError) -> Int32 {
@@ -223,7 +223,7 @@ enum Sys {
     }
 
     static func memfdCreate(_ name: String, flags: UInt32) throws(VFIOError) -> Int32 {
-        let r = name.withCString { n in call { $0.memfdCreate(n, flags | UInt32(MFD_CLOEXEC)) } }
+        let r = name.withCString { n in call { $0.memfdCreate(n, flags | CVFIO_MFD_CLOEXEC) } }
         if r < 0 { throw fail("memfd_create", r, object: name) }
         return r
     }

@@ -80,7 +80,7 @@ public final class DMABuffer: @unchecked Sendable {
     public func write(_ bytes: some Collection<UInt8>, at offset: Int = 0) {
         precondition(offset >= 0 && offset + bytes.count <= length, "write past the end of the DMA buffer")
         let dst = UnsafeMutableRawBufferPointer(start: base + offset, count: bytes.count)
-        _ = dst.copyBytes(from: bytes)
+        dst.copyBytes(from: bytes)
     }
 
     /// Copies `count` bytes out from `offset`.

@@ -1,0 +1,2 @@
+// Placeholder until the command tree lands; see VFIOCtl.swift.
+enum VFIOCommandsPlaceholder {}

@@ -1,0 +1,1 @@
+print("vfioctl: not built yet")
