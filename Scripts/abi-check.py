@@ -484,6 +484,10 @@ class Checker:
                     r.checked += 1
             elif okind == "macro":
                 r.mismatch("kind(%s): ours is a macro; bind it as a typed static const (macros import into Swift as Int32, request macros not at all)" % name)
+            elif okind != "static const":
+                r.mismatch("kind(%s): ours is an %s; bind the kernel's macro as a typed static const" % (name, okind))
+            elif not re.search(r"(^const\b|\bconst$)", O.vars[name]):
+                r.mismatch("kind(%s): ours is not const ('%s'); a mutable C global is an error in Swift 6" % (name, O.vars[name]))
             else:
                 r.checked += 1
             self.compare_value(name, cat, ov["const|" + name], kv["const|" + name])
@@ -736,6 +740,11 @@ MUTATIONS = [
      "static const __u32 VFIO_DEVICE_FLAGS_PCI = 1u << 1;",
      "#define VFIO_DEVICE_FLAGS_PCI (1 << 1)",
      "MISMATCH kind(VFIO_DEVICE_FLAGS_PCI): ours is a macro", True),
+    ("constant not const: VFIO_IRQ_INFO_EVENTFD declared without const",
+     "ours:CVFIO/cvfio_vfio.h",
+     "static const __u32 VFIO_IRQ_INFO_EVENTFD = 1u << 0;",
+     "static __u32 VFIO_IRQ_INFO_EVENTFD = 1u << 0;",
+     "MISMATCH kind(VFIO_IRQ_INFO_EVENTFD): ours is not const", True),
     ("selftest ABI: IOMMU_TEST_CMD built from IOMMUFD_CMD_BASE + 33",
      "ours:CIOMMUFDTest/CIOMMUFDTest.h",
      "_IO(';', IOMMUFD_CMD_BASE + 32)",
