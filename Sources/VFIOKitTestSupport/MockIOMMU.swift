@@ -284,3 +284,63 @@ public final class MockDevice: Sendable {
 
     deinit { try? destroy() }
 }
+
+/// Runs code the way an unprivileged driver would see memory accounting: the
+/// calling thread without CAP_IPC_LOCK in its effective set (so pinned pages
+/// are charged), and the process's soft `RLIMIT_MEMLOCK` set to `limit`.
+/// Both are restored afterwards. The kernel's selftests do the same
+/// (drop_cap_ipc_lock + rlimit). The body must stay on the calling thread
+/// (synchronous): capabilities are per thread.
+public enum Unprivileged {
+    private typealias CapFn = @convention(c) (UnsafeMutableRawPointer, UnsafeMutableRawPointer) -> Int32
+    private static let capVersion3: UInt32 = 0x2008_0522
+    private static let capIPCLock: UInt32 = 14
+
+    private static func capFunction(_ name: String) -> CapFn? {
+        guard let sym = dlsym(UnsafeMutableRawPointer(bitPattern: 0), name) else { return nil }
+        return unsafeBitCast(sym, to: CapFn.self)
+    }
+
+    /// Whether `withMemlockLimit` can drop CAP_IPC_LOCK here (glibc exports capget/capset).
+    public static var available: Bool { capFunction("capget") != nil && capFunction("capset") != nil }
+
+    public static func withMemlockLimit<R>(_ limit: UInt64, _ body: () throws -> R) throws -> R {
+        guard let capget = capFunction("capget"), let capset = capFunction("capset") else {
+            throw VFIOError.invalid("capset", "glibc does not export capget/capset")
+        }
+        var header: (UInt32, Int32) = (capVersion3, 0)
+        // two __user_cap_data_struct: (effective, permitted, inheritable) x 2
+        var data: (UInt32, UInt32, UInt32, UInt32, UInt32, UInt32) = (0, 0, 0, 0, 0, 0)
+        let saved: (UInt32, UInt32, UInt32, UInt32, UInt32, UInt32) = try withUnsafeMutableBytes(of: &header) { h in
+            try withUnsafeMutableBytes(of: &data) { d in
+                guard capget(h.baseAddress!, d.baseAddress!) == 0 else {
+                    throw VFIOError.invalid("capget", "errno \(errno)")
+                }
+                return d.load(as: (UInt32, UInt32, UInt32, UInt32, UInt32, UInt32).self)
+            }
+        }
+        var dropped = saved
+        dropped.0 &= ~(1 << capIPCLock)
+        try withUnsafeMutableBytes(of: &header) { h in
+            try withUnsafeMutableBytes(of: &dropped) { d in
+                guard capset(h.baseAddress!, d.baseAddress!) == 0 else {
+                    throw VFIOError.invalid("capset", "errno \(errno)")
+                }
+            }
+        }
+        var old = rlimit()
+        getrlimit(__rlimit_resource_t(__RLIMIT_MEMLOCK.rawValue), &old)
+        var low = old
+        low.rlim_cur = rlim_t(limit)
+        setrlimit(__rlimit_resource_t(__RLIMIT_MEMLOCK.rawValue), &low)
+        defer {
+            setrlimit(__rlimit_resource_t(__RLIMIT_MEMLOCK.rawValue), &old)
+            var restore = saved
+            header = (capVersion3, 0)
+            withUnsafeMutableBytes(of: &header) { h in
+                withUnsafeMutableBytes(of: &restore) { d in _ = capset(h.baseAddress!, d.baseAddress!) }
+            }
+        }
+        return try body()
+    }
+}

@@ -304,9 +304,11 @@ public final class IOAS: IOMMUAttachTarget {
         }
     }
 
-    /// Restricts kernel-chosen IOVAs (and fixed maps) to `ranges` (inclusive).
-    /// An empty list removes the restriction. Ranges must not overlap and must
-    /// not cover IOVAs that are already mapped outside them.
+    /// Guarantees that `ranges` (inclusive) stay usable: kernel-chosen IOVAs
+    /// are allocated only inside them, and attaching a device whose IOMMU
+    /// cannot translate them fails instead of narrowing the IOAS. An empty list
+    /// removes the guarantee. Ranges must not overlap, and must lie within
+    /// what ``iovaRanges()`` reports now.
     /// The corresponding ioctl is `IOMMU_IOAS_ALLOW_IOVAS`.
     public func allowIOVAs(_ ranges: [ClosedRange<UInt64>]) throws(VFIOError) {
         var raw = ranges.map { iommu_iova_range(start: $0.lowerBound, last: $0.upperBound) }

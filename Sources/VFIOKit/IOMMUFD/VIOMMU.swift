@@ -197,8 +197,10 @@ public final class VEventQueue: Sendable {
         /// An event with its sequence number and payload.
         case event(sequence: UInt32, data: [UInt8])
         /// Events were lost before this point: the queue overflowed (the
-        /// kernel's `IOMMU_VEVENTQ_FLAG_LOST_EVENTS` header) or the sequence
-        /// numbers jumped. `sequence` is the next sequence number after the gap.
+        /// kernel's `IOMMU_VEVENTQ_FLAG_LOST_EVENTS` header, which takes a
+        /// sequence number of its own) or the sequence numbers jumped (then
+        /// `sequence` is that of the first event after the gap). Sequence
+        /// numbers count up to INT32_MAX and wrap to 0.
         case lostEvents(sequence: UInt32)
     }
 
@@ -223,12 +225,12 @@ public final class VEventQueue: Sendable {
             off += header
             if flags & lostFlag != 0 {
                 out.append(.lostEvents(sequence: seq))
-                lastSequence.withLock { $0 = Int64(seq) - 1 }
+                lastSequence.withLock { $0 = Int64(seq) }  // the marker takes a sequence number too
                 continue
             }
             guard off + eventSize <= n else { break }
             let gap = lastSequence.withLock { (last: inout Int64) -> Bool in
-                let jumped = last >= 0 && UInt32(truncatingIfNeeded: last &+ 1) != seq
+                let jumped = last >= 0 && UInt32((last + 1) & 0x7fff_ffff) != seq  // wraps at INT_MAX
                 last = Int64(seq)
                 return jumped
             }
