@@ -1,0 +1,369 @@
+import CVFIO
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// An I/O address space: the table of IOVA → memory that devices (through a
+/// paging domain) or HWPTs built on it see.
+///
+/// Safe mappings go through ``map(_:at:readable:writable:)`` and
+/// ``mapFile(_:at:readable:writable:)``: they take a ``DMABuffer`` and return a
+/// ``DMAMapping`` that keeps both the buffer and this IOAS alive and unmaps
+/// when it goes away. ``unsafeMap(address:length:at:readable:writable:)`` maps
+/// memory VFIOKit does not own and leaves its lifetime to the caller.
+///
+/// The IOAS is destroyed (`IOMMU_DESTROY`) by ``destroy()`` or when the last
+/// reference goes; devices and HWPTs attached to it keep it alive.
+public final class IOAS: IOMMUAttachTarget {
+    /// The kernel's id of this IOAS (never 0).
+    public let objectID: UInt32
+    /// The context it lives in.
+    public let iommufd: IOMMUFD
+    let state = IOMMUObjectState()
+
+    /// Allocates an empty IOAS.
+    /// The corresponding ioctl is `IOMMU_IOAS_ALLOC`.
+    public init(_ ctx: IOMMUFD) throws(VFIOError) {
+        var arg = iommu_ioas_alloc.make()
+        try ctx.ioctl(IOMMU_IOAS_ALLOC, &arg, object: ctx.fd.label)
+        objectID = arg.out_ioas_id
+        iommufd = ctx
+    }
+
+    /// "IOAS 3", for errors.
+    public var label: String { "IOAS \(objectID)" }
+
+    /// Destroys the IOAS now. Fails with EBUSY while a device, HWPT, vIOMMU or
+    /// access uses it (the IOAS then stays). A second call does nothing.
+    /// The corresponding ioctl is `IOMMU_DESTROY`.
+    public func destroy() throws(VFIOError) {
+        try state.destroy(iommufd, objectID, label: label)
+    }
+
+    deinit { state.destroyQuietly(iommufd, objectID) }
+
+    // MARK: mapping
+
+    @inline(__always)
+    static func mapFlags(fixed: Bool, readable: Bool, writable: Bool) -> UInt32 {
+        var f: UInt32 = 0
+        if fixed { f |= UInt32(IOMMU_IOAS_MAP_FIXED_IOVA.rawValue) }
+        if readable { f |= UInt32(IOMMU_IOAS_MAP_READABLE.rawValue) }
+        if writable { f |= UInt32(IOMMU_IOAS_MAP_WRITEABLE.rawValue) }
+        return f
+    }
+
+    /// Maps `buffer` at `iova` (or where the kernel chooses, when nil) and
+    /// returns the mapping, which keeps the buffer alive and unmaps on deinit.
+    /// Allocates nothing on success.
+    /// The corresponding ioctl is `IOMMU_IOAS_MAP`.
+    public func map(_ buffer: DMABuffer, at iova: UInt64?, readable: Bool = true, writable: Bool = true)
+        throws(VFIOError) -> DMAMapping
+    {
+        let mapped = try mapUser(UInt64(buffer.address), length: UInt64(buffer.length), at: iova,
+                                 readable: readable, writable: writable)
+        return DMAMapping(ioas: self, buffer: buffer, iova: mapped, length: UInt64(buffer.length))
+    }
+
+    /// Maps `length` bytes at `address`, memory VFIOKit does not own, and
+    /// returns the IOVA.
+    ///
+    /// Unsafe: the kernel pins the pages, but nothing keeps `address` mapped in
+    /// this process. If the caller unmaps or reuses the memory while the IOVA is
+    /// mapped, the device reads and writes pages the process no longer sees.
+    /// Unmap with ``unmap(iova:length:)`` before releasing the memory.
+    /// The corresponding ioctl is `IOMMU_IOAS_MAP`.
+    public func unsafeMap(address: UnsafeRawPointer, length: Int, at iova: UInt64?,
+                          readable: Bool = true, writable: Bool = true) throws(VFIOError) -> UInt64
+    {
+        try mapUser(UInt64(UInt(bitPattern: address)), length: UInt64(length), at: iova,
+                    readable: readable, writable: writable)
+    }
+
+    @inline(__always)
+    func mapUser(_ va: UInt64, length: UInt64, at iova: UInt64?, readable: Bool, writable: Bool)
+        throws(VFIOError) -> UInt64
+    {
+        var arg = iommu_ioas_map.make()
+        arg.flags = IOAS.mapFlags(fixed: iova != nil, readable: readable, writable: writable)
+        arg.ioas_id = objectID
+        arg.user_va = va
+        arg.length = length
+        arg.iova = iova ?? 0
+        do throws(VFIOError) {
+            try iommufd.ioctl(IOMMU_IOAS_MAP, &arg, object: self.label)
+        } catch {
+            throw explainMapFailure(error, length: length, iova: iova)
+        }
+        return arg.iova
+    }
+
+    /// Maps the memfd behind `buffer` (a ``DMABuffer/Backing/memfd`` buffer)
+    /// by file and offset rather than by address, so the mapping survives the
+    /// process (``IOMMUFD/changeProcess()``) and does not depend on this
+    /// process's page tables.
+    /// The corresponding ioctl is `IOMMU_IOAS_MAP_FILE`.
+    public func mapFile(_ buffer: DMABuffer, at iova: UInt64?, readable: Bool = true, writable: Bool = true)
+        throws(VFIOError) -> DMAMapping
+    {
+        guard let file = buffer.file else {
+            throw VFIOError.invalid("IOMMU_IOAS_MAP_FILE", "the buffer is not backed by a memfd", object: label,
+                                    hint: "allocate it with DMABuffer(length:backing: .memfd)")
+        }
+        let mapped = try unsafeMapFile(fd: try file.get("IOMMU_IOAS_MAP_FILE"), offset: 0,
+                                       length: UInt64(buffer.length), at: iova,
+                                       readable: readable, writable: writable)
+        return DMAMapping(ioas: self, buffer: buffer, iova: mapped, length: UInt64(buffer.length))
+    }
+
+    /// Maps `length` bytes of file `fd` (a memfd or a supported dma-buf) from
+    /// `offset`, and returns the IOVA. The kernel holds its own reference to
+    /// the file; the caller keeps track of unmapping.
+    /// The corresponding ioctl is `IOMMU_IOAS_MAP_FILE`.
+    public func unsafeMapFile(fd: Int32, offset: UInt64, length: UInt64, at iova: UInt64?,
+                              readable: Bool = true, writable: Bool = true) throws(VFIOError) -> UInt64
+    {
+        var arg = iommu_ioas_map_file.make()
+        arg.flags = IOAS.mapFlags(fixed: iova != nil, readable: readable, writable: writable)
+        arg.ioas_id = objectID
+        arg.fd = fd
+        arg.start = offset
+        arg.length = length
+        arg.iova = iova ?? 0
+        do throws(VFIOError) {
+            try iommufd.ioctl(IOMMU_IOAS_MAP_FILE, &arg, object: self.label)
+        } catch {
+            throw explainMapFailure(error, length: length, iova: iova)
+        }
+        return arg.iova
+    }
+
+    /// Adds the facts behind a failed map: the memlock limit and the size asked
+    /// (ENOMEM), the alignment (EINVAL), the overlap (EEXIST).
+    func explainMapFailure(_ error: VFIOError, length: UInt64, iova: UInt64?) -> VFIOError {
+        var e = error
+        let at = iova.map { "at IOVA 0x" + String($0, radix: 16) } ?? "at a kernel-chosen IOVA"
+        switch e.errno?.rawValue {
+        case ENOMEM?:
+            let limit = MemlockLimit.current()
+            e.detail = "asked to pin \(length) bytes \(at); RLIMIT_MEMLOCK is \(limit.description) for this "
+                + "process (pinned pages are charged to it unless the thread has CAP_IPC_LOCK)"
+        case EINVAL?:
+            e.detail = "mapping \(length) bytes \(at): IOVA and length must be non-zero multiples of the IOAS's "
+                + "IOVA alignment (see iovaRanges().alignment), inside its allowed IOVA ranges, and at least "
+                + "one of readable/writable"
+        case EEXIST?:
+            e.detail = "\(length) bytes \(at) overlap an existing mapping"
+        case EOVERFLOW?:
+            e.detail = "\(length) bytes \(at) run past the end of the 64-bit IOVA space"
+        case ENOSPC?:
+            e.detail = "no free IOVA range of \(length) bytes in the allowed ranges"
+        default: break
+        }
+        return e
+    }
+
+    // MARK: unmapping
+
+    /// Unmaps exactly `[iova, iova + length)` and returns the bytes unmapped.
+    /// The range must cover whole mappings: one that splits a mapping fails
+    /// with ENOENT, as does a range with nothing mapped. A range that covers
+    /// holes unmaps what is there and then throws (a short unmap is an error:
+    /// the caller's view of the IOAS was wrong); the error's detail says how
+    /// much was unmapped.
+    /// The corresponding ioctl is `IOMMU_IOAS_UNMAP`.
+    public func unmap(iova: UInt64, length: UInt64) throws(VFIOError) -> UInt64 {
+        let done = try unmapRange(iova: iova, length: length)
+        if done != length {
+            throw VFIOError(
+                operation: "IOMMU_IOAS_UNMAP", object: label,
+                detail: "short unmap: asked for \(length) bytes at IOVA 0x\(String(iova, radix: 16)), the kernel "
+                    + "unmapped \(done) (the range holds holes; what was mapped in it is now unmapped)",
+                hint: "unmap exactly the ranges that were mapped")
+        }
+        return done
+    }
+
+    /// Unmaps everything; returns the bytes unmapped (0 for an empty IOAS).
+    /// The corresponding ioctl is `IOMMU_IOAS_UNMAP` (iova 0, length UINT64_MAX).
+    @discardableResult
+    public func unmapAll() throws(VFIOError) -> UInt64 {
+        try unmapRange(iova: 0, length: UInt64.max)
+    }
+
+    @inline(__always)
+    func unmapRange(iova: UInt64, length: UInt64) throws(VFIOError) -> UInt64 {
+        var arg = iommu_ioas_unmap.make()
+        arg.ioas_id = objectID
+        arg.iova = iova
+        arg.length = length
+        do throws(VFIOError) {
+            try iommufd.ioctl(IOMMU_IOAS_UNMAP, &arg, object: self.label)
+        } catch {
+            var e = error
+            if e.errno?.rawValue == ENOENT {
+                e.detail = "nothing is mapped at IOVA 0x\(String(iova, radix: 16)) length \(length), or the range "
+                    + "splits a mapping (only whole mappings can be unmapped)"
+            } else if e.errno?.rawValue == EBUSY {
+                e.detail = "the range is pinned by an access or a HW queue (e.g. a vIOMMU command queue)"
+            }
+            throw e
+        }
+        return arg.length
+    }
+
+    // MARK: copy
+
+    /// Maps the pages that `source` maps at `[sourceIOVA, sourceIOVA + length)`
+    /// into this IOAS at `iova` (or where the kernel chooses), without pinning
+    /// them again. Returns the IOVA in this IOAS.
+    /// The corresponding ioctl is `IOMMU_IOAS_COPY`.
+    public func copy(from source: IOAS, sourceIOVA: UInt64, length: UInt64, to iova: UInt64?,
+                     readable: Bool = true, writable: Bool = true) throws(VFIOError) -> UInt64
+    {
+        var arg = iommu_ioas_copy.make()
+        arg.flags = IOAS.mapFlags(fixed: iova != nil, readable: readable, writable: writable)
+        arg.dst_ioas_id = objectID
+        arg.src_ioas_id = source.objectID
+        arg.length = length
+        arg.dst_iova = iova ?? 0
+        arg.src_iova = sourceIOVA
+        do throws(VFIOError) {
+            try iommufd.ioctl(IOMMU_IOAS_COPY, &arg, object: "\(source.label) → \(self.label)")
+        } catch {
+            var e = explainMapFailure(error, length: length, iova: iova)
+            if e.errno?.rawValue == ENOENT {
+                e.detail = "the source range \(length) bytes at IOVA 0x\(String(sourceIOVA, radix: 16)) of "
+                    + "\(source.label) is not exactly covered by mappings"
+            }
+            throw e
+        }
+        return arg.dst_iova
+    }
+
+    /// Maps the same buffer as `mapping` (which may belong to another IOAS)
+    /// into this IOAS as well, and returns a mapping that keeps the buffer alive.
+    /// The corresponding ioctl is `IOMMU_IOAS_COPY`.
+    public func copy(_ mapping: borrowing DMAMapping, to iova: UInt64?, readable: Bool = true, writable: Bool = true)
+        throws(VFIOError) -> DMAMapping
+    {
+        let dst = try copy(from: mapping.ioas, sourceIOVA: mapping.iova, length: mapping.length, to: iova,
+                           readable: readable, writable: writable)
+        return DMAMapping(ioas: self, buffer: mapping.buffer, iova: dst, length: mapping.length)
+    }
+
+    // MARK: IOVA ranges
+
+    /// The IOVA ranges a mapping may use and the alignment IOVAs and lengths need.
+    public struct IOVARanges: Sendable, Equatable {
+        /// Inclusive ranges (`last` is the last usable byte).
+        public var ranges: [ClosedRange<UInt64>]
+        /// IOVAs and lengths must be multiples of this.
+        public var alignment: UInt64
+
+        /// Whether `[iova, iova + length)` lies in one allowed range.
+        public func contains(iova: UInt64, length: UInt64) -> Bool {
+            guard length > 0, iova <= UInt64.max - (length - 1) else { return false }
+            let last = iova + (length - 1)
+            return ranges.contains { $0.contains(iova) && $0.contains(last) }
+        }
+    }
+
+    /// The usable IOVA ranges: the allowed ranges minus what the attached
+    /// domains and devices reserve (MSI windows, apertures).
+    /// The corresponding ioctl is `IOMMU_IOAS_IOVA_RANGES` (retried while the
+    /// kernel answers EMSGSIZE with a larger count).
+    public func iovaRanges() throws(VFIOError) -> IOVARanges {
+        var capacity: UInt32 = 4
+        while true {
+            var buffer = [iommu_iova_range](repeating: iommu_iova_range(), count: Int(capacity))
+            var arg = iommu_ioas_iova_ranges.make()
+            arg.ioas_id = objectID
+            arg.num_iovas = capacity
+            let result: Result<Void, VFIOError> = buffer.withUnsafeMutableBufferPointer { p in
+                arg.allowed_iovas = UInt64(UInt(bitPattern: p.baseAddress))
+                do throws(VFIOError) {
+                    try iommufd.ioctl(IOMMU_IOAS_IOVA_RANGES, &arg, object: self.label)
+                    return .success(())
+                } catch {
+                    return .failure(error)
+                }
+            }
+            if case .failure(let e) = result {
+                if e.errno?.rawValue == EMSGSIZE && arg.num_iovas > capacity {
+                    capacity = arg.num_iovas
+                    continue
+                }
+                throw e
+            }
+            let n = Int(min(arg.num_iovas, capacity))
+            return IOVARanges(ranges: buffer[..<n].map { $0.start...$0.last }, alignment: arg.out_iova_alignment)
+        }
+    }
+
+    /// Guarantees that `ranges` (inclusive) stay usable: kernel-chosen IOVAs
+    /// are allocated only inside them, and attaching a device whose IOMMU
+    /// cannot translate them fails instead of narrowing the IOAS. An empty list
+    /// removes the guarantee. Ranges must not overlap, and must lie within
+    /// what ``iovaRanges()`` reports now.
+    /// The corresponding ioctl is `IOMMU_IOAS_ALLOW_IOVAS`.
+    public func allowIOVAs(_ ranges: [ClosedRange<UInt64>]) throws(VFIOError) {
+        var raw = ranges.map { iommu_iova_range(start: $0.lowerBound, last: $0.upperBound) }
+        var arg = iommu_ioas_allow_iovas.make()
+        arg.ioas_id = objectID
+        arg.num_iovas = UInt32(raw.count)
+        let r: Result<Void, VFIOError> = raw.withUnsafeMutableBufferPointer { p in
+            arg.allowed_iovas = UInt64(UInt(bitPattern: p.baseAddress))
+            do throws(VFIOError) { try iommufd.ioctl(IOMMU_IOAS_ALLOW_IOVAS, &arg, object: self.label); return .success(()) }
+            catch { return .failure(error) }
+        }
+        if case .failure(var e) = r {
+            if e.errno?.rawValue == EINVAL {
+                e.detail = "each range needs start < last, no two may overlap, and none may exclude an IOVA "
+                    + "that is already mapped or reserved"
+            }
+            throw e
+        }
+    }
+
+    // MARK: options
+
+    /// Whether the IOAS may use huge IOMMU pages (on by default).
+    /// The corresponding ioctl is `IOMMU_OPTION` (`IOMMU_OPTION_HUGE_PAGES`).
+    public func hugePages() throws(VFIOError) -> Bool {
+        try iommufd.option(UInt32(IOMMU_OPTION_HUGE_PAGES.rawValue), object: objectID,
+                           op: UInt16(IOMMU_OPTION_OP_GET.rawValue), value: 0) != 0
+    }
+
+    /// Allows or forbids huge IOMMU pages. Forbidding is only possible while
+    /// nothing is mapped and no domain is attached (EBUSY / EINVAL otherwise).
+    /// The corresponding ioctl is `IOMMU_OPTION` (`IOMMU_OPTION_HUGE_PAGES`).
+    public func setHugePages(_ enabled: Bool) throws(VFIOError) {
+        _ = try iommufd.option(UInt32(IOMMU_OPTION_HUGE_PAGES.rawValue), object: objectID,
+                               op: UInt16(IOMMU_OPTION_OP_SET.rawValue), value: enabled ? 1 : 0)
+    }
+}
+
+/// The process's `RLIMIT_MEMLOCK`, for messages.
+public struct MemlockLimit: Sendable, CustomStringConvertible {
+    /// Soft and hard limit in bytes; nil means unlimited.
+    public var soft: UInt64?
+    public var hard: UInt64?
+
+    public static func current() -> MemlockLimit {
+        var rl = rlimit()
+        guard getrlimit(__rlimit_resource_t(__RLIMIT_MEMLOCK.rawValue), &rl) == 0 else {
+            return MemlockLimit(soft: nil, hard: nil)
+        }
+        func v(_ x: rlim_t) -> UInt64? { x == rlim_t.max ? nil : UInt64(x) }  // RLIM_INFINITY
+        return MemlockLimit(soft: v(rl.rlim_cur), hard: v(rl.rlim_max))
+    }
+
+    public var description: String {
+        func s(_ x: UInt64?) -> String { x.map { "\($0) bytes" } ?? "unlimited" }
+        return "\(s(soft)) (hard limit \(s(hard)))"
+    }
+}

@@ -1,0 +1,738 @@
+import CIOMMUFDTest
+import CVFIO
+import Foundation
+import Testing
+@_spi(Testing) import VFIOKit
+import VFIOKitTestSupport
+
+/// Every iommufd request, driven against the kernel's mock IOMMU
+/// (CONFIG_IOMMUFD_TEST) in the test guest. Serialized so that the
+/// /proc/self/fd leak check of each test sees only its own fds.
+@Suite(.serialized, .enabled(if: MockGuest.available, "needs the test guest's kernel with CONFIG_IOMMUFD_TEST"))
+struct IOMMUFDMockTests {}
+
+enum MockGuest {
+    static let available: Bool =
+        ProcessInfo.processInfo.environment["VFIOKIT_GUEST"] == "1" && MockIOMMU.available
+}
+
+/// Runs `body` with a fresh iommufd, then checks that every object it made is
+/// gone (no id in 1...64 still exists) and that the process has as many fds as before.
+func withMockContext(_ body: (IOMMUFD) throws -> Void, sourceLocation: SourceLocation = #_sourceLocation) throws {
+    let before = MockIOMMU.openFDCount()
+    try {
+        let ctx = try IOMMUFD()
+        try body(ctx)
+        #expect(MockIOMMU.leftoverObjects(ctx) == [], "objects left in the iommufd", sourceLocation: sourceLocation)
+        try ctx.close()
+    }()
+    #expect(MockIOMMU.openFDCount() == before, "fds leaked", sourceLocation: sourceLocation)
+}
+
+/// The error of `body`, which must fail with `errno`.
+@discardableResult
+func expectErrno(_ errno: Int32, sourceLocation: SourceLocation = #_sourceLocation, _ body: () throws -> Void) -> VFIOError? {
+    do {
+        try body()
+        Issue.record("expected errno \(errno), got success", sourceLocation: sourceLocation)
+        return nil
+    } catch let e as VFIOError {
+        #expect(e.errno?.rawValue == errno, "\(e)", sourceLocation: sourceLocation)
+        return e
+    } catch {
+        Issue.record("unexpected error \(error)", sourceLocation: sourceLocation)
+        return nil
+    }
+}
+
+let mockBase = MockIOMMU.apertureStart  // 0x100_0000
+
+extension IOMMUFDMockTests {
+    // MARK: objects, destroy, ids
+
+    @Suite struct Objects {
+        @Test func objectIDZeroIsNeverValid() throws {
+            try withMockContext { ctx in
+                expectErrno(ENOENT) { try ctx.destroy(objectID: 0) }
+                let ioas = try IOAS(ctx)
+                #expect(ioas.objectID != 0)
+                let buf = try DMABuffer(length: 4096)
+                // IOAS 0 does not exist: the raw map on id 0 fails ENOENT.
+                var arg = iommu_ioas_map.make()
+                arg.flags = UInt32(IOMMU_IOAS_MAP_READABLE.rawValue)
+                arg.ioas_id = 0
+                arg.user_va = UInt64(buf.address)
+                arg.length = 4096
+                expectErrno(ENOENT) { try ctx.unsafeIoctl(IOMMU_IOAS_MAP, &arg) }
+            }
+        }
+
+        @Test func ioasAllocAndDestroy() throws {
+            try withMockContext { ctx in
+                let a = try IOAS(ctx), b = try IOAS(ctx)
+                #expect(a.objectID != b.objectID)
+                try a.destroy()
+                try a.destroy()  // idempotent
+                expectErrno(ENOENT) { try ctx.destroy(objectID: a.objectID) }
+                withExtendedLifetime(b) {}
+            }
+        }
+
+        @Test func destroyingAnIOASInUseIsEBUSY() throws {
+            try withMockContext { ctx in
+                let ioas = try IOAS(ctx)
+                let dev = try MockDevice(attachedTo: ioas)
+                let e = expectErrno(EBUSY) { try ioas.destroy() }
+                #expect(e?.description.contains("still in use") == true)
+                #expect(e?.description.contains("IOAS \(ioas.objectID)") == true)
+                try dev.destroy()
+                try ioas.destroy()
+            }
+        }
+
+        @Test func hwptInUseIsEBUSYAndReplaceMovesTheDevice() throws {
+            try withMockContext { ctx in
+                let ioas = try IOAS(ctx)
+                let dev = try MockDevice(attachedTo: ioas)
+                let autoDomain = dev.hwptID
+                let hwpt = try HWPT(ioas: ioas, device: dev.deviceID)
+                #expect(hwpt.objectID != autoDomain)
+                #expect(try dev.replace(with: hwpt) == hwpt.objectID)
+                // The HWPT maps what the IOAS maps.
+                let buf = try DMABuffer(length: 8192)
+                let m = try ioas.map(buf, at: mockBase)
+                try MockIOMMU.checkMap(ctx, hwpt: hwpt.objectID, iova: mockBase, length: 8192,
+                                       address: UnsafeRawPointer(bitPattern: buf.address)!)
+                expectErrno(EBUSY) { try hwpt.destroy() }
+                try dev.replace(with: ioas)
+                try hwpt.destroy()
+                try m.unmap()
+                withExtendedLifetime(dev) {}
+            }
+        }
+    }
+
+    // MARK: map / unmap
+
+    @Suite struct MapUnmap {
+        @Test func mapFixedAndKernelChosenAndPinsReturnAfterUnmap() throws {
+            try withMockContext { ctx in
+                let ioas = try IOAS(ctx)
+                let dev = try MockDevice(attachedTo: ioas)
+                let buf = try DMABuffer(length: 16384)
+                let p = UnsafeRawPointer(bitPattern: buf.address)!
+                #expect(try MockIOMMU.pinCount(ctx, address: p, length: buf.length, is: 0))
+                let fixed = try ioas.map(buf, at: mockBase)
+                #expect(fixed.iova == mockBase)
+                try MockIOMMU.checkMap(ctx, hwpt: dev.hwptID, iova: mockBase, length: 16384, address: p)
+                #expect(try MockIOMMU.pinCount(ctx, address: p, length: buf.length, is: 1))
+
+                let buf2 = try DMABuffer(length: 4096)
+                let chosen = try ioas.map(buf2, at: nil, writable: false)
+                let ranges = try ioas.iovaRanges()
+                #expect(ranges.contains(iova: chosen.iova, length: 4096))
+                try MockIOMMU.checkMap(ctx, hwpt: dev.hwptID, iova: chosen.iova, length: 4096,
+                                       address: UnsafeRawPointer(bitPattern: buf2.address)!)
+
+                try fixed.unmap()
+                #expect(try MockIOMMU.pinCount(ctx, address: p, length: buf.length, is: 0))
+                do { _ = consume chosen }  // deinit unmaps
+                #expect(try ioas.unmapAll() == 0)
+                withExtendedLifetime(dev) {}
+            }
+        }
+
+        @Test func unsafeMapOfCallerMemory() throws {
+            try withMockContext { ctx in
+                let ioas = try IOAS(ctx)
+                let dev = try MockDevice(attachedTo: ioas)
+                let mem = UnsafeMutableRawPointer.allocate(byteCount: 8192, alignment: 4096)
+                defer { mem.deallocate() }
+                let iova = try ioas.unsafeMap(address: mem, length: 8192, at: mockBase + 0x10000)
+                try MockIOMMU.checkMap(ctx, hwpt: dev.hwptID, iova: iova, length: 8192, address: mem)
+                #expect(try ioas.unmap(iova: iova, length: 8192) == 8192)
+                withExtendedLifetime(dev) {}
+            }
+        }
+
+        @Test func overlappingFixedMapsAreEEXIST() throws {
+            try withMockContext { ctx in
+                let ioas = try IOAS(ctx)
+                let a = try DMABuffer(length: 8192), b = try DMABuffer(length: 8192)
+                let m = try ioas.map(a, at: mockBase)
+                let e = expectErrno(EEXIST) { _ = try ioas.map(b, at: mockBase + 4096) }
+                #expect(e?.description.contains("overlap") == true)
+                try m.unmap()
+            }
+        }
+
+        @Test func unmapThatSplitsAMappingIsENOENT() throws {
+            try withMockContext { ctx in
+                let ioas = try IOAS(ctx)
+                let buf = try DMABuffer(length: 8192)
+                let iova = try ioas.unsafeMap(address: UnsafeRawPointer(bitPattern: buf.address)!, length: 8192, at: mockBase)
+                let e = expectErrno(ENOENT) { _ = try ioas.unmap(iova: iova, length: 4096) }
+                #expect(e?.description.contains("splits a mapping") == true)
+                #expect(try ioas.unmap(iova: iova, length: 8192) == 8192)
+                expectErrno(ENOENT) { _ = try ioas.unmap(iova: iova, length: 8192) }
+                withExtendedLifetime(buf) {}
+            }
+        }
+
+        @Test func unmapAllOnAnEmptyIOASIsFine() throws {
+            try withMockContext { ctx in
+                let ioas = try IOAS(ctx)
+                #expect(try ioas.unmapAll() == 0)
+                let buf = try DMABuffer(length: 4096)
+                let p = UnsafeRawPointer(bitPattern: buf.address)!
+                _ = try ioas.unsafeMap(address: p, length: 4096, at: mockBase)
+                _ = try ioas.unsafeMap(address: p, length: 4096, at: mockBase + 0x100000)
+                #expect(try ioas.unmapAll() == 8192)
+                #expect(try ioas.unmapAll() == 0)
+                withExtendedLifetime(buf) {}
+            }
+        }
+
+        @Test func aShortUnmapIsAnError() throws {
+            try withMockContext { ctx in
+                let ioas = try IOAS(ctx)
+                let buf = try DMABuffer(length: 4096)
+                let p = UnsafeRawPointer(bitPattern: buf.address)!
+                _ = try ioas.unsafeMap(address: p, length: 4096, at: mockBase)
+                _ = try ioas.unsafeMap(address: p, length: 4096, at: mockBase + 0x4000)
+                do {
+                    _ = try ioas.unmap(iova: mockBase, length: 0x8000)
+                    Issue.record("a short unmap must throw")
+                } catch let error as VFIOError {
+                    #expect(error.errno == nil)
+                    #expect(error.description.contains("unmapped 8192"))
+                }
+                #expect(try ioas.unmapAll() == 0)  // both were unmapped
+                withExtendedLifetime(buf) {}
+            }
+        }
+
+        @Test func misalignedAndWrappingRangesAreRejected() throws {
+            try withMockContext { ctx in
+                let ioas = try IOAS(ctx)
+                let dev = try MockDevice(attachedTo: ioas)
+                let buf = try DMABuffer(length: 8192)
+                let p = UnsafeRawPointer(bitPattern: buf.address)!
+                let e = expectErrno(EINVAL) { _ = try ioas.unsafeMap(address: p, length: 8192, at: mockBase + 1) }
+                #expect(e?.description.contains("alignment") == true)
+                expectErrno(EINVAL) { _ = try ioas.unsafeMap(address: p + 1, length: 4096, at: mockBase) }
+                expectErrno(EOVERFLOW) { _ = try ioas.unsafeMap(address: p, length: 8192, at: UInt64.max - 4095) }
+                expectErrno(EOVERFLOW) { _ = try ioas.unmap(iova: UInt64.max - 4095, length: 8192) }
+                // Neither readable nor writable.
+                expectErrno(EINVAL) {
+                    _ = try ioas.unsafeMap(address: p, length: 8192, at: mockBase, readable: false, writable: false)
+                }
+                #expect(try ioas.unmapAll() == 0)
+                withExtendedLifetime(dev) {}
+            }
+        }
+
+        @Test(arguments: [IOMMUFD.RlimitMode.perUser, .perProcess])
+        func memlockExhaustionIsENOMEMWithTheLimit(_ mode: IOMMUFD.RlimitMode) throws {
+            try withMockContext { ctx in
+                try ctx.setRlimitMode(mode)
+                #expect(try ctx.rlimitMode() == mode)
+                let ioas = try IOAS(ctx)
+                let dev = try MockDevice(attachedTo: ioas)
+                let buf = try DMABuffer(length: 1 << 20)
+                let err: VFIOError? = try Unprivileged.withMemlockLimit(65536) {
+                    expectErrno(ENOMEM) { _ = try ioas.map(buf, at: mockBase) }
+                }
+                let text = err?.description ?? ""
+                #expect(text.contains("RLIMIT_MEMLOCK is 65536 bytes"), "\(text)")
+                #expect(text.contains("asked to pin 1048576 bytes"), "\(text)")
+                #expect(try MockIOMMU.pinCount(ctx, address: UnsafeRawPointer(bitPattern: buf.address)!,
+                                               length: buf.length, is: 0))
+                // With the limit back, the same map works.
+                let m = try ioas.map(buf, at: mockBase)
+                try m.unmap()
+                withExtendedLifetime(dev) {}
+            }
+        }
+
+        @Test func mapFileOfAMemfd() throws {
+            try withMockContext { ctx in
+                let ioas = try IOAS(ctx)
+                let dev = try MockDevice(attachedTo: ioas)
+                let buf = try DMABuffer(length: 16384, backing: .memfd)
+                buf.fill(0x5a)
+                let m = try ioas.mapFile(buf, at: mockBase)
+                try MockIOMMU.checkMap(ctx, hwpt: dev.hwptID, iova: mockBase, length: 16384,
+                                       address: UnsafeRawPointer(bitPattern: buf.address)!)
+                // A kernel-chosen IOVA, read-only.
+                let m2 = try ioas.mapFile(buf, at: nil, writable: false)
+                #expect(m2.iova != m.iova)
+                // Not a memfd buffer: refused before the kernel is asked.
+                let anon = try DMABuffer(length: 4096)
+                #expect(throws: VFIOError.self) { _ = try ioas.mapFile(anon, at: nil) }
+                try m2.unmap()
+                try m.unmap()
+                withExtendedLifetime(dev) {}
+            }
+        }
+
+        @Test func changeProcessNeedsFileMappingsOnly() throws {
+            try withMockContext { ctx in
+                let ioas = try IOAS(ctx)
+                let dev = try MockDevice(attachedTo: ioas)
+                let file = try DMABuffer(length: 8192, backing: .memfd)
+                let fm = try ioas.mapFile(file, at: mockBase)
+                try ctx.changeProcess()
+                let anon = try DMABuffer(length: 4096)
+                let um = try ioas.map(anon, at: mockBase + 0x100000)
+                let e = expectErrno(EINVAL) { try ctx.changeProcess() }
+                #expect(e?.description.contains("file mapping") == true)
+                try um.unmap()
+                try fm.unmap()
+                withExtendedLifetime(dev) {}
+            }
+        }
+    }
+
+    // MARK: copy, ranges, allowed IOVAs, options, compat IOAS
+
+    @Suite struct AddressSpace {
+        @Test func copyBetweenIOASes() throws {
+            try withMockContext { ctx in
+                let src = try IOAS(ctx), dst = try IOAS(ctx)
+                let srcDev = try MockDevice(attachedTo: src), dstDev = try MockDevice(attachedTo: dst)
+                let buf = try DMABuffer(length: 8192)
+                let p = UnsafeRawPointer(bitPattern: buf.address)!
+                let m = try src.map(buf, at: mockBase)
+                let copied = try dst.copy(m, to: mockBase + 0x20000)
+                try MockIOMMU.checkMap(ctx, hwpt: dstDev.hwptID, iova: mockBase + 0x20000, length: 8192, address: p)
+                let raw = try dst.copy(from: src, sourceIOVA: mockBase, length: 8192, to: nil)
+                try MockIOMMU.checkMap(ctx, hwpt: dstDev.hwptID, iova: raw, length: 8192, address: p)
+                #expect(try dst.unmap(iova: raw, length: 8192) == 8192)
+                // A source range that is not mapped.
+                let e = expectErrno(ENOENT) { _ = try dst.copy(from: src, sourceIOVA: mockBase + 0x800000, length: 4096, to: nil) }
+                #expect(e?.description.contains("not exactly covered") == true)
+                try copied.unmap()
+                try m.unmap()
+                withExtendedLifetime((srcDev, dstDev)) {}
+            }
+        }
+
+        @Test func iovaRangesGrowPastTheFirstGuessAndReportAlignment() throws {
+            try withMockContext { ctx in
+                let ioas = try IOAS(ctx)
+                let empty = try ioas.iovaRanges()
+                #expect(empty.ranges.count == 1)
+                #expect(empty.ranges.first?.lowerBound == 0)
+                #expect(empty.alignment >= 1)
+                let dev = try MockDevice(attachedTo: ioas)
+                let attached = try ioas.iovaRanges()
+                #expect(attached.ranges == [MockIOMMU.apertureStart...MockIOMMU.apertureLast])
+                // Seven holes punched into the aperture: eight ranges, more than the first call's room (4).
+                for i in 1...7 {
+                    try MockIOMMU.addReserved(ioas, start: mockBase + UInt64(i) * 0x100000, length: 0x1000)
+                }
+                let split = try ioas.iovaRanges()
+                #expect(split.ranges.count == 8)
+                #expect(split.ranges.first == MockIOMMU.apertureStart...(mockBase + 0x100000 - 1))
+                withExtendedLifetime(dev) {}
+            }
+        }
+
+        @Test func allowedIOVAsSteerKernelChosenMaps() throws {
+            try withMockContext { ctx in
+                let ioas = try IOAS(ctx)
+                let window = (mockBase + 0x400000)...(mockBase + 0x4fffff)
+                try ioas.allowIOVAs([window])
+                let buf = try DMABuffer(length: 8192)
+                let m = try ioas.map(buf, at: nil)
+                #expect(window.contains(m.iova) && window.contains(m.iova + 8191))
+                // A one-byte range: rejected.
+                expectErrno(EINVAL) { try ioas.allowIOVAs([(mockBase + 0x2000)...(mockBase + 0x2000)]) }  // the kernel wants start < last
+                try m.unmap()
+                // A mock device cannot translate below its aperture: with that range allowed, attach fails.
+                try ioas.allowIOVAs([0x1000...0xfffff])
+                #expect(throws: VFIOError.self) { _ = try MockDevice(attachedTo: ioas) }
+                try ioas.allowIOVAs([])
+                let dev = try MockDevice(attachedTo: ioas)
+                try dev.destroy()
+            }
+        }
+
+        @Test func rlimitModeOption() throws {
+            try withMockContext { ctx in
+                #expect(try ctx.rlimitMode() == .perUser)
+                try ctx.setRlimitMode(.perProcess)
+                #expect(try ctx.rlimitMode() == .perProcess)
+                try ctx.setRlimitMode(.perUser)
+                let ioas = try IOAS(ctx)
+                let e = expectErrno(EBUSY) { try ctx.setRlimitMode(.perProcess) }
+                #expect(e?.description.contains("no objects") == true)
+                withExtendedLifetime(ioas) {}
+            }
+        }
+
+        @Test func hugePagesOption() throws {
+            try withMockContext { ctx in
+                let ioas = try IOAS(ctx)
+                #expect(try ioas.hugePages())
+                try ioas.setHugePages(false)
+                #expect(try !ioas.hugePages())
+                try ioas.setHugePages(true)
+                #expect(try ioas.hugePages())
+            }
+        }
+
+        @Test func vfioCompatibilityIOAS() throws {
+            try withMockContext { ctx in
+                #expect(try ctx.compatibilityIOASID() == nil)
+                let ioas = try IOAS(ctx)
+                try ctx.setCompatibilityIOAS(ioas)
+                #expect(try ctx.compatibilityIOASID() == ioas.objectID)
+                try ctx.clearCompatibilityIOAS()
+                #expect(try ctx.compatibilityIOASID() == nil)
+            }
+        }
+
+        @Test func unknownFlagsAreRejected() throws {
+            try withMockContext { ctx in
+                let ioas = try IOAS(ctx)
+                let dev = try MockDevice(attachedTo: ioas)
+                let buf = try DMABuffer(length: 4096)
+                var map = iommu_ioas_map.make()
+                map.flags = UInt32(IOMMU_IOAS_MAP_READABLE.rawValue) | (1 << 31)
+                map.ioas_id = ioas.objectID
+                map.user_va = UInt64(buf.address)
+                map.length = 4096
+                expectErrno(EOPNOTSUPP) { try ctx.unsafeIoctl(IOMMU_IOAS_MAP, &map) }
+                expectErrno(EOPNOTSUPP) { _ = try HWPT(ioas: ioas, device: dev.deviceID, flags: .init(rawValue: 1 << 30)) }
+                var opt = iommu_option.make()
+                opt.option_id = 0xbad
+                expectErrno(EOPNOTSUPP) { try ctx.unsafeIoctl(IOMMU_OPTION, &opt) }
+                withExtendedLifetime(dev) {}
+            }
+        }
+
+        @Test func featuresOfThisKernel() throws {
+            try withMockContext { ctx in
+                let f = try ctx.features()
+                #expect(f.missingRequests == [], "\(f)")
+                #expect(f.supportedRequests.count == IOMMUFDFeatures.requests.count)
+                #expect(f.ioasMapFlags == 7)
+                #expect(f.hugePagesOption)
+                try f.require("IOMMU_HW_QUEUE_ALLOC")
+                var missing = f
+                missing.supportedRequests.remove("IOMMU_HW_QUEUE_ALLOC")
+                do {
+                    try missing.require("IOMMU_HW_QUEUE_ALLOC")
+                    Issue.record("require must throw")
+                } catch let error as VFIOError {
+                    #expect(error.description.contains("Linux 6.17"))
+                }
+            }
+        }
+    }
+
+    // MARK: HWPTs, hw info, dirty tracking, invalidation, faults
+
+    @Suite struct HardwarePageTables {
+        @Test func hardwareInfoOfAMockDevice() throws {
+            try withMockContext { ctx in
+                let ioas = try IOAS(ctx)
+                let dev = try MockDevice(attachedTo: ioas, flags: [.pasid])
+                let info = try ctx.hardwareInfo(device: dev.deviceID)
+                #expect(info.vendor == .selftest(flags: 0, testRegister: IOMMU_HW_INFO_SELFTEST_REGVAL))
+                #expect(info.capabilities.contains(.dirtyTracking))
+                #expect(info.maxPASIDLog2 == MockIOMMU.pasidWidth)
+                let typed = try ctx.hardwareInfo(device: dev.deviceID, type: IOMMUHardwareInfo.selftestType)
+                #expect(typed.dataType == IOMMUHardwareInfo.selftestType)
+                let e = expectErrno(ENOENT) { _ = try ctx.hardwareInfo(device: 0xffff) }
+                #expect(e?.description.contains("no bound device") == true)
+                let plain = try MockDevice(attachedTo: ioas, flags: [.noDirtyTracking])
+                #expect(try !ctx.hardwareInfo(device: plain.deviceID).capabilities.contains(.dirtyTracking))
+                withExtendedLifetime((dev, plain)) {}
+            }
+        }
+
+        @Test(arguments: [true, false])
+        func dirtyTracking(clear: Bool) throws {
+            try withMockContext { ctx in
+                let ioas = try IOAS(ctx)
+                let first = try MockDevice(attachedTo: ioas)
+                let hwpt = try HWPT(ioas: ioas, device: first.deviceID, flags: .dirtyTracking)
+                let dev = try MockDevice(attachedTo: hwpt)
+                let buf = try DMABuffer(length: 65536)
+                let m = try ioas.map(buf, at: mockBase)
+                try hwpt.setDirtyTracking(true)
+                let page = MockIOMMU.pageSize
+                var mark = [UInt64](repeating: 0, count: 1)
+                mark[0] = 1 << 0 | 1 << 5 | 1 << 31
+                #expect(try MockIOMMU.setDirty(ctx, hwpt: hwpt.objectID, iova: mockBase, length: 65536,
+                                               pageSize: page, bitmap: &mark) == 3)
+                let dirty = try hwpt.dirtyBitmap(iova: mockBase, length: 65536, pageSize: page, clear: clear)
+                #expect(dirty.pageCount == 32)
+                #expect(dirty.dirtyCount == 3)
+                #expect(dirty.dirtyIOVAs == [mockBase, mockBase + 5 * page, mockBase + 31 * page])
+                #expect(dirty.isDirty(iova: mockBase + 5 * page + 7))
+                #expect(!dirty.isDirty(page: 1))
+                var again = try DirtyBitmap(iova: mockBase, length: 65536, pageSize: page)
+                try hwpt.readDirty(into: &again)
+                #expect(again.dirtyCount == (clear ? 0 : 3))
+                // Misaligned IOVA.
+                expectErrno(EINVAL) { _ = try hwpt.dirtyBitmap(iova: mockBase, length: 65536 + 512, pageSize: 512) }
+                try hwpt.setDirtyTracking(false)
+                try m.unmap()
+                try dev.destroy()
+                try hwpt.destroy()
+                withExtendedLifetime(first) {}
+            }
+        }
+
+        @Test func dirtyTrackingIsRefusedWithoutTheCapability() throws {
+            try withMockContext { ctx in
+                let ioas = try IOAS(ctx)
+                let dev = try MockDevice(attachedTo: ioas, flags: [.noDirtyTracking])
+                expectErrno(EOPNOTSUPP) { _ = try HWPT(ioas: ioas, device: dev.deviceID, flags: .dirtyTracking) }
+                withExtendedLifetime(dev) {}
+            }
+        }
+
+        static func selftestData(_ iotlb: UInt32 = MockIOMMU.iotlbDefault) -> HWPTData {
+            var d = iommu_hwpt_selftest()
+            d.iotlb = iotlb
+            return .raw(type: MockIOMMU.hwptDataType, bytes: withUnsafeBytes(of: d) { Array($0) })
+        }
+
+        @Test func nestedHWPTAndInvalidationReportsPartialCompletion() throws {
+            try withMockContext { ctx in
+                let ioas = try IOAS(ctx)
+                let dev = try MockDevice(attachedTo: ioas)
+                let parent = try HWPT(ioas: ioas, device: dev.deviceID, flags: .nestParent)
+                let nested = try HWPT(nestedOn: parent, device: dev.deviceID, data: Self.selftestData())
+                for i in 0..<4 {
+                    try MockIOMMU.checkIOTLB(ctx, hwpt: nested.objectID, index: UInt32(i), expected: MockIOMMU.iotlbDefault)
+                }
+                try dev.replace(with: nested)
+                expectErrno(EBUSY) { try parent.destroy() }
+                // Entry 0 valid (iotlb 1), entry 1 invalid (iotlb 9 > max 3), entry 2 never reached.
+                var reqs = [iommu_hwpt_invalidate_selftest](repeating: .init(), count: 3)
+                reqs[0].iotlb_id = 1
+                reqs[1].iotlb_id = 9
+                reqs[2].iotlb_id = 2
+                let stride = MemoryLayout<iommu_hwpt_invalidate_selftest>.stride
+                let e = reqs.withUnsafeBytes { b in
+                    expectErrno(EINVAL) {
+                        _ = try nested.invalidate(dataType: MockIOMMU.hwptInvalidateType, entryLength: stride, count: 3, entries: b)
+                    }
+                }
+                #expect(e?.description.contains("handled 1 of 3") == true, "\(String(describing: e))")
+                try MockIOMMU.checkIOTLB(ctx, hwpt: nested.objectID, index: 1, expected: 0)
+                try MockIOMMU.checkIOTLB(ctx, hwpt: nested.objectID, index: 2, expected: MockIOMMU.iotlbDefault)
+                // Invalidate everything.
+                var all = iommu_hwpt_invalidate_selftest()
+                all.flags = IOMMU_TEST_INVALIDATE_FLAG_ALL
+                let n = try withUnsafeBytes(of: &all) { b in
+                    try nested.invalidate(dataType: MockIOMMU.hwptInvalidateType, entryLength: stride, count: 1, entries: b)
+                }
+                #expect(n == 1)
+                for i in 0..<4 { try MockIOMMU.checkIOTLB(ctx, hwpt: nested.objectID, index: UInt32(i), expected: 0) }
+                // A data type the mock does not know.
+                expectErrno(EINVAL) { _ = try nested.invalidate([IntelVTdInvalidation.all]) }
+                // Nested without NEST_PARENT parent: refused.
+                let plain = try HWPT(ioas: ioas, device: dev.deviceID)
+                expectErrno(EINVAL) { _ = try HWPT(nestedOn: plain, device: dev.deviceID, data: Self.selftestData()) }
+                try dev.replace(with: ioas)
+                try nested.destroy()
+                try parent.destroy()
+                try plain.destroy()
+            }
+        }
+
+        @Test func pasidAttachOfAPASIDCapableHWPT() throws {
+            try withMockContext { ctx in
+                let ioas = try IOAS(ctx)
+                let dev = try MockDevice(attachedTo: ioas, flags: [.pasid])
+                let hwpt = try HWPT(ioas: ioas, device: dev.deviceID, flags: .pasid)
+                try dev.attach(pasid: 100, to: hwpt)
+                try dev.checkPASID(100, attachedTo: hwpt.objectID)
+                expectErrno(EBUSY) { try hwpt.destroy() }
+                try dev.detach(pasid: 100)
+                try dev.checkPASID(100, attachedTo: 0)
+                try hwpt.destroy()
+                withExtendedLifetime(dev) {}
+            }
+        }
+
+        @Test func faultQueueDeliversPageFaultsAndTakesResponses() throws {
+            try withMockContext { ctx in
+                let ioas = try IOAS(ctx)
+                let dev = try MockDevice(attachedTo: ioas)
+                let parent = try HWPT(ioas: ioas, device: dev.deviceID, flags: .nestParent)
+                let queue = try FaultQueue(ctx)
+                #expect(try queue.read().isEmpty)
+                let iopf = try HWPT(nestedOn: parent, device: dev.deviceID, data: HardwarePageTables.selftestData(),
+                                    faultQueue: queue)
+                try dev.replace(with: iopf)
+                try MockIOMMU.triggerPageFault(ctx, device: dev.deviceID, pasid: 1, group: 2,
+                                               permissions: [.read, .write], address: 0xdead_b000)
+                #expect(try queue.wait(timeoutMilliseconds: 1000))
+                let faults = try queue.read()
+                #expect(faults.count == 1)
+                let f = try #require(faults.first)
+                #expect(f.deviceID == dev.deviceID)
+                #expect(f.groupID == 2)
+                #expect(f.permissions == [.read, .write])
+                #expect(f.address == 0xdead_b000)
+                #expect(f.isLastInGroup)
+                try queue.respond(cookie: f.cookie, success: true)
+                // A cookie that was answered already.
+                expectErrno(EINVAL) { try queue.respond(cookie: f.cookie, success: true) }
+                try dev.replace(with: ioas)
+                try iopf.destroy()
+                try queue.destroy()
+                try parent.destroy()
+            }
+        }
+
+        @Test func faultQueueFromAsyncCode() async throws {
+            let ctx = try IOMMUFD()
+            let ioas = try IOAS(ctx)
+            let dev = try MockDevice(attachedTo: ioas)
+            let parent = try HWPT(ioas: ioas, device: dev.deviceID, flags: .nestParent)
+            let queue = try FaultQueue(ctx)
+            let iopf = try HWPT(nestedOn: parent, device: dev.deviceID, data: HardwarePageTables.selftestData(),
+                                faultQueue: queue)
+            try dev.replace(with: iopf)
+            let waiter = Task { try await queue.next() }
+            try await Task.sleep(for: .milliseconds(20))
+            try MockIOMMU.triggerPageFault(ctx, device: dev.deviceID, pasid: 1, group: 7, permissions: [.read],
+                                           address: 0x1000)
+            let faults = try await waiter.value
+            #expect(faults.map(\.groupID) == [7])
+            try queue.respond(cookie: faults[0].cookie, success: false)
+            try dev.replace(with: ioas)
+            try iopf.destroy()
+        }
+    }
+
+    // MARK: vIOMMU, vDEVICE, vEVENTQ, HW queue
+
+    @Suite struct VirtualIOMMU {
+        @Test func viommuVDeviceAndVEventQueueWithLostEvents() throws {
+            try withMockContext { ctx in
+                let ioas = try IOAS(ctx)
+                let dev = try MockDevice(attachedTo: ioas)
+                let parent = try HWPT(ioas: ioas, device: dev.deviceID, flags: .nestParent)
+                var data = iommu_viommu_selftest()
+                data.in_data = 0xcafe
+                let viommu = try VIOMMU(device: dev.deviceID, parent: parent, type: MockIOMMU.viommuType,
+                                        data: withUnsafeBytes(of: data) { Array($0) })
+                let out = viommu.outputData.withUnsafeBytes { $0.load(as: iommu_viommu_selftest.self) }
+                #expect(out.out_data == 0xcafe)
+                expectErrno(EOPNOTSUPP) { _ = try VIOMMU(device: dev.deviceID, parent: parent, type: 0x1234) }
+                let nested = try HWPT(nestedOn: viommu, device: dev.deviceID, data: HardwarePageTables.selftestData())
+                // A nested domain of a vIOMMU needs the device's vDEVICE first.
+                expectErrno(ENOENT) { try dev.replace(with: nested) }
+                expectErrno(EINVAL) { _ = try VEventQueue(viommu: viommu, type: MockIOMMU.veventqType, depth: 0, eventSize: 4) }
+                let queue = try VEventQueue(viommu: viommu, type: MockIOMMU.veventqType, depth: 2, eventSize: 4)
+                expectErrno(EEXIST) { _ = try VEventQueue(viommu: viommu, type: MockIOMMU.veventqType, depth: 2, eventSize: 4) }
+                let vdev = try VDevice(viommu: viommu, device: dev.deviceID, virtualID: 0x99)
+                expectErrno(EEXIST) { _ = try VDevice(viommu: viommu, device: dev.deviceID, virtualID: 0x99) }
+                try dev.replace(with: nested)
+                expectErrno(EBUSY) { try viommu.destroy() }
+
+                try MockIOMMU.triggerVEvent(ctx, device: dev.deviceID)
+                #expect(try queue.wait(timeoutMilliseconds: 1000))
+                let one = try queue.read()
+                let expected = withUnsafeBytes(of: UInt32(0x99).littleEndian) { Array($0) }
+                guard case .event(let seq0, let payload)? = one.first, one.count == 1 else {
+                    Issue.record("expected one event, got \(one)")
+                    return
+                }
+                #expect(payload == expected)
+                // Three events into a queue of depth 2: one is lost.
+                for _ in 0..<3 { try MockIOMMU.triggerVEvent(ctx, device: dev.deviceID) }
+                let burst = try queue.read()
+                #expect(burst.contains { if case .lostEvents = $0 { true } else { false } }, "\(burst)")
+                let events = burst.compactMap { r -> UInt32? in if case .event(let s, _) = r { s } else { nil } }
+                #expect(events.count == 2)
+                #expect(events.allSatisfy { $0 != seq0 })
+                // After the overflow was read, events flow again.
+                try MockIOMMU.triggerVEvent(ctx, device: dev.deviceID)
+                let after = try queue.read()
+                #expect(after.count == 1)
+                #expect(try queue.read().isEmpty)
+
+                try dev.replace(with: ioas)
+                try vdev.destroy()
+                try queue.destroy()
+                try nested.destroy()
+                try viommu.destroy()
+                try parent.destroy()
+            }
+        }
+
+        @Test func viommuInvalidationReachesTheDeviceCache() throws {
+            try withMockContext { ctx in
+                let ioas = try IOAS(ctx)
+                let dev = try MockDevice(attachedTo: ioas)
+                let parent = try HWPT(ioas: ioas, device: dev.deviceID, flags: .nestParent)
+                let viommu = try VIOMMU(device: dev.deviceID, parent: parent, type: MockIOMMU.viommuType)
+                let vdev = try VDevice(viommu: viommu, device: dev.deviceID, virtualID: 0x99)
+                for i in 0..<4 {
+                    try MockIOMMU.checkDeviceCache(ctx, device: dev.deviceID, index: UInt32(i),
+                                                   expected: MockIOMMU.deviceCacheDefault)
+                }
+                var reqs = [iommu_viommu_invalidate_selftest](repeating: .init(), count: 2)
+                reqs[0].vdev_id = 0x99
+                reqs[0].cache_id = 0
+                reqs[1].vdev_id = 0x99
+                reqs[1].cache_id = 9  // > max: fails
+                let stride = MemoryLayout<iommu_viommu_invalidate_selftest>.stride
+                let e = reqs.withUnsafeBytes { b in
+                    expectErrno(EINVAL) {
+                        _ = try viommu.invalidate(dataType: MockIOMMU.viommuInvalidateType, entryLength: stride, count: 2, entries: b)
+                    }
+                }
+                #expect(e?.description.contains("handled 1 of 2") == true)
+                try MockIOMMU.checkDeviceCache(ctx, device: dev.deviceID, index: 0, expected: 0)
+                try MockIOMMU.checkDeviceCache(ctx, device: dev.deviceID, index: 1, expected: MockIOMMU.deviceCacheDefault)
+                try vdev.destroy()
+                try viommu.destroy()
+                try parent.destroy()
+            }
+        }
+
+        @Test func hwQueuePinsItsIOVA() throws {
+            try withMockContext { ctx in
+                let ioas = try IOAS(ctx)
+                let dev = try MockDevice(attachedTo: ioas)
+                let parent = try HWPT(ioas: ioas, device: dev.deviceID, flags: .nestParent)
+                let viommu = try VIOMMU(device: dev.deviceID, parent: parent, type: MockIOMMU.viommuType)
+                let page = UInt64(getpagesize())
+                let buf = try DMABuffer(length: Int(page))
+                // Not mapped yet.
+                expectErrno(ENOENT) {
+                    _ = try HWQueue(viommu: viommu, type: MockIOMMU.hwQueueType, index: 0, iova: mockBase, length: page)
+                }
+                let m = try ioas.map(buf, at: mockBase)
+                expectErrno(EOPNOTSUPP) {
+                    _ = try HWQueue(viommu: viommu, type: UInt32(IOMMU_HW_QUEUE_TYPE_DEFAULT.rawValue), index: 0,
+                                    iova: mockBase, length: page)
+                }
+                let q = try HWQueue(viommu: viommu, type: MockIOMMU.hwQueueType, index: 0, iova: mockBase, length: page)
+                expectErrno(EEXIST) {
+                    _ = try HWQueue(viommu: viommu, type: MockIOMMU.hwQueueType, index: 0, iova: mockBase, length: page)
+                }
+                let e = expectErrno(EBUSY) { _ = try ioas.unmap(iova: mockBase, length: page) }
+                #expect(e?.description.contains("HW queue") == true)
+                expectErrno(EBUSY) { try viommu.destroy() }
+                try q.destroy()
+                try m.unmap()
+                try viommu.destroy()
+                try parent.destroy()
+                withExtendedLifetime(dev) {}
+            }
+        }
+    }
+}
