@@ -31,6 +31,8 @@ public final class VFIODevice: Sendable {
         var attached: (any IOMMUAttachTarget)?
         var attachedID: UInt32?
         var pasids: [UInt32: any IOMMUAttachTarget] = [:]
+        /// Eventfds routed to interrupts, by IRQ index: kept alive while assigned.
+        var irqEventFDs: [UInt32: [EventFD?]] = [:]
     }
     let binding = Mutex(Binding())
 
