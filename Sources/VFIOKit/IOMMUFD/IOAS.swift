@@ -250,7 +250,10 @@ public final class IOAS: IOMMUAttachTarget {
     public func copy(_ mapping: borrowing DMAMapping, to iova: UInt64?, readable: Bool = true, writable: Bool = true)
         throws(VFIOError) -> DMAMapping
     {
-        let dst = try copy(from: mapping.ioas, sourceIOVA: mapping.iova, length: mapping.length, to: iova,
+        guard let source = mapping.ioas else {
+            throw VFIOError.invalid("IOMMU_IOAS_COPY", "the mapping is not in an IOAS (it belongs to a VFIO container)")
+        }
+        let dst = try copy(from: source, sourceIOVA: mapping.iova, length: mapping.length, to: iova,
                            readable: readable, writable: writable)
         return DMAMapping(ioas: self, buffer: mapping.buffer, iova: dst, length: mapping.length)
     }
