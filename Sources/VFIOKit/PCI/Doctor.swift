@@ -323,3 +323,15 @@ public func parseByteSize(_ text: String) -> UInt64? {
 extension String {
     func replacingPrefix(_ p: String, with r: String) -> String { hasPrefix(p) ? r + dropFirst(p.count) : self }
 }
+
+extension DoctorFinding {
+    enum CodingKeys: String, CodingKey { case id, status, title, detail, fix }
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(id, forKey: .id)
+        try c.encode(status, forKey: .status)
+        try c.encode(title, forKey: .title)
+        try c.encode(detail, forKey: .detail)
+        try c.encode(fix, forKey: .fix)
+    }
+}

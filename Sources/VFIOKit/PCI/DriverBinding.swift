@@ -396,3 +396,26 @@ extension PCIHost {
         return out
     }
 }
+
+extension BindingOutcome {
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(address, forKey: .address)
+        try c.encode(previousDriver, forKey: .previousDriver)
+        try c.encode(driver, forKey: .driver)
+        try c.encode(driverOverride, forKey: .driverOverride)
+        try c.encode(vfioCdev, forKey: .vfioCdev)
+        try c.encode(changed, forKey: .changed)
+        try c.encode(notes, forKey: .notes)
+    }
+}
+
+extension BindingRecord {
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(address, forKey: .address)
+        try c.encode(originalDriver, forKey: .originalDriver)
+        try c.encode(originalDriverOverride, forKey: .originalDriverOverride)
+        try c.encode(boundTo, forKey: .boundTo)
+    }
+}

@@ -153,3 +153,23 @@ extension PCIHost {
         return InterruptRemapping(state: .unknown, evidence: "/proc/interrupts shows no IO-APIC or MSI lines to judge by")
     }
 }
+
+// Keys with no value are written as null, never left out: the JSON keys are stable.
+extension IOMMUGroup {
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(id, forKey: .id)
+        try c.encode(type, forKey: .type)
+        try c.encode(members, forKey: .members)
+        try c.encode(otherMembers, forKey: .otherMembers)
+    }
+}
+
+extension IOMMUInstance {
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(name, forKey: .name)
+        try c.encode(kind, forKey: .kind)
+        try c.encode(supportsInterruptRemapping, forKey: .supportsInterruptRemapping)
+    }
+}

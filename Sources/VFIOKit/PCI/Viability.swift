@@ -106,3 +106,45 @@ extension PCIHost {
         return try viability(ofGroup: g)
     }
 }
+
+extension GroupViability.Member {
+    enum CodingKeys: String, CodingKey { case address, driver, status, reason }
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(address, forKey: .address)
+        try c.encode(driver, forKey: .driver)
+        try c.encode(status, forKey: .status)
+        try c.encode(reason, forKey: .reason)
+    }
+}
+
+/// How close a device is to being usable through VFIO, in one word for `vfioctl list`.
+public enum VFIOReadiness: String, Sendable, Codable {
+    /// On vfio-pci, and every other member of its group is fine.
+    case ready
+    /// On vfio-pci, but another group member is on a kernel driver.
+    case groupNotViable = "group-not-viable"
+    /// Not on vfio-pci; `vfioctl bind` would work.
+    case bindable
+    /// Not on vfio-pci; another group member blocks (`vfioctl bind --group`).
+    case bindableWithGroup = "needs-group"
+    /// Not on vfio-pci, and its kernel driver is in use (mounted, up).
+    case inUse = "in-use"
+    /// In no IOMMU group: VFIO cannot use it.
+    case noIOMMUGroup = "no-iommu-group"
+    /// A bridge: never handed to VFIO, and never in the way.
+    case bridge
+}
+
+extension PCIHost {
+    /// One word for how usable `dev` is through VFIO. Checks device users
+    /// (``uses(of:)``) only for devices on a kernel driver.
+    public func readiness(of dev: PCIDevice) -> VFIOReadiness {
+        if dev.isBridge { return .bridge }
+        guard let g = dev.iommuGroup else { return .noIOMMUGroup }
+        let others = (try? viability(ofGroup: g))?.members.filter { $0.address != dev.address && $0.status == .blocking } ?? []
+        if dev.isBoundToVFIO { return others.isEmpty ? .ready : .groupNotViable }
+        if dev.driver != nil && !uses(of: dev.address).isEmpty { return .inUse }
+        return others.isEmpty ? .bindable : .bindableWithGroup
+    }
+}
