@@ -7,9 +7,11 @@ public struct ManualCommand: ParsableCommand {
         abstract: "Print the vfioctl(1) man page (roff), generated from the command definitions.",
         discussion: """
             The page is built from the same definitions as --help, so it never drifts \
-            from the tool. Install it with:
-              vfioctl manual > /usr/local/share/man/man1/vfioctl.1
-              man vfioctl
+            from the tool.
+
+            Examples:
+              vfioctl manual > /usr/local/share/man/man1/vfioctl.1 && man vfioctl
+              vfioctl manual | man -l -
             """)
 
     public init() {}
