@@ -1,1 +1,3 @@
-print("vfioctl: not built yet")
+import VFIOCommands
+
+VFIOCtl.main()

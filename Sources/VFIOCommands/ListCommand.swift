@@ -1,0 +1,140 @@
+import ArgumentParser
+import VFIOKit
+
+/// `vfioctl list [--groups] [--json]`.
+public struct ListCommand: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "list",
+        abstract: "List PCI devices (or IOMMU groups) and how ready each is for VFIO.",
+        discussion: """
+            Columns: BDF, vendor:device ids, class, bound driver, IOMMU group, and VFIO \
+            readiness: ready (on vfio-pci, group viable), group-not-viable (on vfio-pci, \
+            another member of the group is on a kernel driver), bindable (`vfioctl bind` \
+            would work), needs-group (another member blocks: `vfioctl bind --group`), \
+            in-use (its kernel driver is in use: mounted, up), no-iommu-group, bridge.
+
+            JSON (--json): {"devices": [DEVICE]} where DEVICE has the keys address, \
+            vendor_id, device_id, subsystem_vendor_id, subsystem_device_id, class_code, \
+            class_name, driver, driver_override, iommu_group, numa_node, vfio_cdev, \
+            is_bridge, header_type, readiness. With --groups: {"groups": [GROUP]} where \
+            GROUP has id, type, viable, blocking (BDFs), members (each address, ids, \
+            class_name, driver, status, reason), other_members. Absent values are null.
+
+            Examples:
+              vfioctl list
+              vfioctl list --groups
+              vfioctl list --json | jq '.devices[] | select(.driver == "vfio-pci")'
+            """)
+
+    @Flag(name: .long, help: "List IOMMU groups and their members instead of devices.")
+    var groups = false
+
+    @OptionGroup var output: OutputOptions
+    @OptionGroup var hostOptions: HostOptions
+
+    public init() {}
+
+    struct DeviceRow: Encodable {
+        var device: PCIDevice
+        var readiness: VFIOReadiness
+        func encode(to encoder: any Encoder) throws {
+            try device.encode(to: encoder)
+            var c = encoder.container(keyedBy: K.self)
+            try c.encode(readiness, forKey: .readiness)
+        }
+        enum K: String, CodingKey { case readiness }
+    }
+
+    struct GroupRow: Encodable {
+        struct Member: Encodable {
+            var address: PCIAddress
+            var ids: String
+            var className: String
+            var driver: String?
+            var status: GroupViability.MemberStatus
+            var reason: String
+            enum CodingKeys: String, CodingKey { case address, ids, className = "class_name", driver, status, reason }
+            func encode(to encoder: any Encoder) throws {
+                var c = encoder.container(keyedBy: CodingKeys.self)
+                try c.encode(address, forKey: .address)
+                try c.encode(ids, forKey: .ids)
+                try c.encode(className, forKey: .className)
+                try c.encode(driver, forKey: .driver)
+                try c.encode(status, forKey: .status)
+                try c.encode(reason, forKey: .reason)
+            }
+        }
+        var id: Int
+        var type: String?
+        var viable: Bool
+        var blocking: [PCIAddress]
+        var members: [Member]
+        var otherMembers: [String]
+        enum CodingKeys: String, CodingKey { case id, type, viable, blocking, members, otherMembers = "other_members" }
+        func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(id, forKey: .id)
+            try c.encode(type, forKey: .type)
+            try c.encode(viable, forKey: .viable)
+            try c.encode(blocking, forKey: .blocking)
+            try c.encode(members, forKey: .members)
+            try c.encode(otherMembers, forKey: .otherMembers)
+        }
+    }
+
+    public func run() throws {
+        let host = hostOptions.host
+        try reporting(json: output.json) { () throws(VFIOError) in
+            if groups {
+                let rows: [GroupRow] = host.groups().map { g in
+                    let v = try? host.viability(ofGroup: g.id)
+                    let members = g.members.map { a -> GroupRow.Member in
+                        let d = try? host.device(a)
+                        let m = v?.members.first { $0.address == a }
+                        return .init(address: a, ids: d?.ids ?? "?", className: d?.className ?? "?", driver: d?.driver,
+                                     status: m?.status ?? .unbound, reason: m?.reason ?? "")
+                    }
+                    return GroupRow(id: g.id, type: g.type, viable: v?.viable ?? false, blocking: v?.blocking ?? [],
+                                    members: members, otherMembers: g.otherMembers)
+                }
+                if output.json {
+                    struct Out: Encodable { var groups: [GroupRow] }
+                    CommandOutput.out(JSON.render(Out(groups: rows)))
+                    return
+                }
+                if rows.isEmpty {
+                    CommandOutput.out("no IOMMU groups: the kernel has no IOMMU enabled (`vfioctl doctor` says why)")
+                    return
+                }
+                var lines: [[String]] = []
+                for g in rows {
+                    let head = ["\(g.id)", g.viable ? "viable" : "NOT viable", g.type ?? "-"]
+                    for (i, m) in g.members.enumerated() {
+                        lines.append((i == 0 ? head : ["", "", ""]) + [m.address.description, m.ids, m.className, m.driver ?? "-", m.reason])
+                    }
+                    if g.members.isEmpty { lines.append(head + ["", "", "", "", g.otherMembers.joined(separator: " ")]) }
+                }
+                CommandOutput.out(table(["GROUP", "STATE", "TYPE", "BDF", "IDS", "CLASS", "DRIVER", "WHY"], lines))
+                return
+            }
+            let rows = host.devices().map { DeviceRow(device: $0, readiness: host.readiness(of: $0)) }
+            if output.json {
+                struct Out: Encodable { var devices: [DeviceRow] }
+                CommandOutput.out(JSON.render(Out(devices: rows)))
+                return
+            }
+            if rows.isEmpty {
+                CommandOutput.out("no PCI devices under \(host.path("/sys/bus/pci/devices"))")
+                return
+            }
+            CommandOutput.out(table(
+                ["BDF", "IDS", "CLASS", "DRIVER", "GROUP", "VFIO"],
+                rows.map { r in
+                    let d = r.device
+                    return [d.address.description, d.ids, d.className, d.driver ?? "-",
+                            d.iommuGroup.map(String.init) ?? "-",
+                            r.readiness.rawValue + (d.vfioCdev.map { " (\($0))" } ?? "")]
+                }))
+        }
+    }
+}

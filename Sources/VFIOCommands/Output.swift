@@ -1,0 +1,129 @@
+import ArgumentParser
+import Foundation
+import Synchronization
+import VFIOKit
+
+/// Where commands write. Normally stdout and stderr; tests install a capture.
+public enum CommandOutput {
+    /// Text collected instead of printed (tests).
+    public final class Capture: Sendable {
+        private let state = Mutex<(out: String, err: String)>(("", ""))
+        public init() {}
+        public var stdout: String { state.withLock { $0.out } }
+        public var stderr: String { state.withLock { $0.err } }
+        func append(_ s: String, error: Bool) {
+            state.withLock { if error { $0.err += s } else { $0.out += s } }
+        }
+    }
+
+    @TaskLocal public static var capture: Capture?
+
+    /// Runs `body` with output captured; returns its result and the capture.
+    public static func capturing<R>(_ body: () throws -> R) rethrows -> (R, Capture) {
+        let c = Capture()
+        let r = try $capture.withValue(c) { try body() }
+        return (r, c)
+    }
+
+    /// Writes a line to stdout.
+    public static func out(_ s: String) {
+        if let c = capture { c.append(s + "\n", error: false) } else { print(s) }
+    }
+
+    /// Writes a line to stderr.
+    public static func err(_ s: String) {
+        if let c = capture { c.append(s + "\n", error: true); return }
+        FileHandle.standardError.write(Data((s + "\n").utf8))
+    }
+}
+
+/// `--json`, shared by every command.
+public struct OutputOptions: ParsableArguments {
+    @Flag(name: .long, help: "Print JSON with stable keys instead of text.")
+    public var json = false
+
+    public init() {}
+}
+
+/// Where to find sysfs, procfs and /dev (hidden; for tests on fixture trees).
+public struct HostOptions: ParsableArguments {
+    @Option(name: .customLong("sysfs-root"), help: ArgumentHelp("Directory that stands for / (tests).", visibility: .hidden))
+    public var root: String = "/"
+
+    public init() {}
+
+    public var host: PCIHost { PCIHost(root: root) }
+}
+
+enum JSON {
+    /// Pretty, key-sorted JSON of `value`.
+    static func render<T: Encodable>(_ value: T) -> String {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        guard let data = try? enc.encode(value) else { return "{}" }
+        return String(decoding: data, as: UTF8.self)
+    }
+}
+
+/// The JSON form of an error: `{"error": {"message", "operation", "errno", "errno_name", "object", "detail", "hint"}}`.
+struct ErrorJSON: Encodable {
+    struct Body: Encodable {
+        var message: String
+        var operation: String
+        var errno: Int32?
+        var errnoName: String?
+        var object: String?
+        var detail: String?
+        var hint: String?
+        enum CodingKeys: String, CodingKey {
+            case message, operation, errno, object, detail, hint
+            case errnoName = "errno_name"
+        }
+        func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(message, forKey: .message)
+            try c.encode(operation, forKey: .operation)
+            try c.encode(errno, forKey: .errno)
+            try c.encode(errnoName, forKey: .errnoName)
+            try c.encode(object, forKey: .object)
+            try c.encode(detail, forKey: .detail)
+            try c.encode(hint, forKey: .hint)
+        }
+    }
+    var error: Body
+}
+
+/// Runs a command body; a VFIOError becomes one clear message (plus hint) and exit status 1.
+func reporting(json: Bool, _ body: () throws(VFIOError) -> Void) throws {
+    do {
+        try body()
+    } catch {
+        if json {
+            var firstLine = error.description
+            if let r = firstLine.range(of: "\n  hint:") { firstLine = String(firstLine[..<r.lowerBound]) }
+            CommandOutput.out(JSON.render(ErrorJSON(error: .init(
+                message: firstLine, operation: error.operation, errno: error.errno?.rawValue,
+                errnoName: error.errno?.name, object: error.object, detail: error.detail, hint: error.hint))))
+        }
+        CommandOutput.err("error: " + error.description)
+        throw ExitCode.failure
+    }
+}
+
+/// Parses a BDF argument in `validate()`, with the expected form in the message.
+func validateAddress(_ text: String) throws {
+    do { _ = try PCIAddress(parsing: text) } catch {
+        throw ValidationError((error.detail ?? "invalid PCI address") + "; write it as " + PCIAddress.expectedForm)
+    }
+}
+
+/// Left-aligned columns with two spaces between them.
+func table(_ header: [String], _ rows: [[String]]) -> String {
+    let all = [header] + rows
+    var widths = [Int](repeating: 0, count: header.count)
+    for r in all { for (i, c) in r.enumerated() where i < widths.count { widths[i] = max(widths[i], c.count) } }
+    return all.map { r in
+        r.enumerated().map { i, c in i == r.count - 1 ? c : c.padding(toLength: widths[i], withPad: " ", startingAt: 0) }
+            .joined(separator: "  ")
+    }.joined(separator: "\n")
+}

@@ -1,0 +1,137 @@
+import ArgumentParser
+import VFIOKit
+
+/// `vfioctl show BDF [--json]`.
+public struct ShowCommand: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "show",
+        abstract: "Show one device: ids, driver, IOMMU group and its members, users, and VFIO details.",
+        discussion: """
+            Shows what sysfs says about the device, its IOMMU group member by member \
+            (which members are fine and which block, and why), who uses it through its \
+            kernel driver, what `vfioctl bind` remembered about it, and — when it is \
+            bound to vfio-pci — what VFIO reports: regions (size, flags, mmap), IRQs \
+            (types and counts), reset support and capabilities.
+
+            JSON (--json): {"device": DEVICE, "readiness", "group": VIABILITY or null, \
+            "uses": [USE], "binding_record": RECORD or null, "vfio": VFIO or null, \
+            "vfio_error": string or null}. DEVICE as in `vfioctl list`; VIABILITY has \
+            group, viable, members (address, driver, status, reason), blocking, advice; \
+            USE has kind, object, detail; RECORD has address, original_driver, \
+            original_driver_override, bound_to. VFIO details are described in \
+            `vfioctl show --help` of builds that have them (see "vfio" below).
+
+            Examples:
+              vfioctl show 0000:00:03.0
+              vfioctl show 00:03.0 --json
+            """)
+
+    @Argument(help: "The device: DDDD:BB:DD.F or BB:DD.F.")
+    var address: String
+
+    @OptionGroup var output: OutputOptions
+    @OptionGroup var hostOptions: HostOptions
+
+    public init() {}
+
+    public func validate() throws { try validateAddress(address) }
+
+    struct Report: Encodable {
+        var device: PCIDevice
+        var readiness: VFIOReadiness
+        var group: GroupViability?
+        var uses: [DeviceUse]
+        var bindingRecord: BindingRecord?
+        var vfio: VFIODetails?
+        var vfioError: String?
+        enum CodingKeys: String, CodingKey {
+            case device, readiness, group, uses, vfio
+            case bindingRecord = "binding_record", vfioError = "vfio_error"
+        }
+        func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(device, forKey: .device)
+            try c.encode(readiness, forKey: .readiness)
+            try c.encode(group, forKey: .group)
+            try c.encode(uses, forKey: .uses)
+            try c.encode(bindingRecord, forKey: .bindingRecord)
+            try c.encode(vfio, forKey: .vfio)
+            try c.encode(vfioError, forKey: .vfioError)
+        }
+    }
+
+    public func run() throws {
+        let host = hostOptions.host
+        try reporting(json: output.json) { () throws(VFIOError) in
+            let d = try host.device(try PCIAddress(parsing: address))
+            var report = Report(device: d, readiness: host.readiness(of: d),
+                                group: d.iommuGroup.flatMap { try? host.viability(ofGroup: $0) },
+                                uses: d.isBoundToVFIO ? [] : host.uses(of: d.address),
+                                bindingRecord: host.bindingRecord(d.address))
+            if d.isBoundToVFIO {
+                do throws(VFIOError) {
+                    report.vfio = try VFIODetails.read(device: d, host: host)
+                } catch {
+                    report.vfioError = error.description
+                }
+            }
+            if output.json {
+                CommandOutput.out(JSON.render(report))
+                return
+            }
+            printText(report)
+        }
+    }
+
+    func printText(_ r: Report) {
+        let d = r.device
+        var rows: [[String]] = [
+            ["Device", d.address.description],
+            ["IDs", d.ids + (d.subsystemVendorID.map { " (subsystem \(hex4($0)):\(hex4(d.subsystemDeviceID ?? 0)))" } ?? "")],
+            ["Class", "\(d.className) (0x\(hex6(d.classCode)))" + (d.isBridge ? ", bridge" : "")],
+            ["Driver", d.driver ?? "none"],
+            ["driver_override", d.driverOverride ?? "not set"],
+            ["IOMMU group", d.iommuGroup.map(String.init) ?? "none"],
+            ["NUMA node", d.numaNode.map(String.init) ?? "unknown"],
+            ["VFIO cdev", d.vfioCdevPath ?? "none"],
+            ["VFIO readiness", r.readiness.rawValue],
+        ]
+        if let rec = r.bindingRecord {
+            rows.append(["Original driver", (rec.originalDriver ?? "none") + " (restore with `vfioctl unbind \(d.address) --restore`)"])
+        }
+        CommandOutput.out(table(["", ""], rows).split(separator: "\n").dropFirst().joined(separator: "\n"))
+        if let g = r.group {
+            CommandOutput.out("")
+            CommandOutput.out(g.summary)
+            CommandOutput.out(table(["  MEMBER", "DRIVER", "STATUS", "WHY"], g.members.map {
+                ["  " + $0.address.description + ($0.address == d.address ? " *" : ""), $0.driver ?? "-", $0.status.rawValue, $0.reason]
+            }))
+            if !g.viable { CommandOutput.out("  what to do: " + g.advice) }
+        }
+        if !r.uses.isEmpty {
+            CommandOutput.out("")
+            CommandOutput.out("In use:")
+            for u in r.uses { CommandOutput.out("  " + u.detail) }
+        }
+        if let v = r.vfio {
+            CommandOutput.out("")
+            for line in v.textLines() { CommandOutput.out(line) }
+        } else if let e = r.vfioError {
+            CommandOutput.out("")
+            CommandOutput.out("VFIO details unavailable: " + e)
+        } else if !d.isBoundToVFIO {
+            CommandOutput.out("")
+            CommandOutput.out("VFIO details: bind it to vfio-pci first (`vfioctl bind \(d.address)`)")
+        }
+    }
+}
+
+func hex4(_ v: UInt16) -> String {
+    let s = String(v, radix: 16)
+    return String(repeating: "0", count: max(0, 4 - s.count)) + s
+}
+
+func hex6(_ v: UInt32) -> String {
+    let s = String(v, radix: 16)
+    return String(repeating: "0", count: max(0, 6 - s.count)) + s
+}

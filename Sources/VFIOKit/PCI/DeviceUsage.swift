@@ -1,0 +1,109 @@
+/// Something on the host that is using a device through its kernel driver.
+///
+/// Unbinding the driver under it would pull a mounted filesystem, a live network
+/// link or the console out from under the system. JSON keys: `kind`
+/// (`mounted`, `swap`, `holder`, `network-up`, `console`), `object`
+/// (`nvme0n1p1`, `eth0`), `detail` (one sentence).
+public struct DeviceUse: Sendable, Equatable, Codable {
+    public enum Kind: String, Sendable, Codable {
+        case mounted, swap, holder
+        case networkUp = "network-up"
+        case console
+    }
+    public var kind: Kind
+    public var object: String
+    public var detail: String
+}
+
+extension PCIHost {
+    /// Who uses the device through its kernel driver: mounted or swapped-on block
+    /// devices (and their partitions), block devices held by dm/md, network
+    /// interfaces that are up, and the boot console (`boot_vga`).
+    ///
+    /// Block devices are found under the device's sysfs directory (nvme
+    /// namespaces at `nvme/nvmeX/nvmeXnY`, SCSI disks deeper), compared by
+    /// major:minor with `/proc/self/mountinfo` and by name with `/proc/swaps`.
+    public func uses(of a: PCIAddress) -> [DeviceUse] {
+        let dir = sysfsPath(a)
+        var blocks: [(name: String, path: String)] = []
+        var nets: [(name: String, path: String)] = []
+        walk(dir, depth: 0) { path, name in
+            // Class devices live in glue directories named after the class (block/, net/, nvme/).
+            guard exists(path + "/dev") || exists(path + "/operstate") else { return }
+            let sub = linkName(path + "/subsystem")
+            if sub == "block" { blocks.append((name, path)) }
+            if sub == "net" { nets.append((name, path)) }
+        }
+        var uses: [DeviceUse] = []
+        let mountinfo = read("/proc/self/mountinfo") ?? ""
+        var mountsByDev: [String: [String]] = [:]
+        for line in mountinfo.split(separator: "\n") {
+            let f = line.split(separator: " ")
+            guard f.count > 4 else { continue }
+            mountsByDev[String(f[2]), default: []].append(String(f[4]).replacingOctalEscapes())
+        }
+        let swaps = Set((read("/proc/swaps") ?? "").split(separator: "\n").dropFirst().compactMap {
+            $0.split(separator: " ").first.map { String($0.split(separator: "/").last ?? "") }
+        })
+        for b in blocks {
+            if let dev = readTrimmed(b.path + "/dev"), let points = mountsByDev[dev] {
+                uses.append(DeviceUse(kind: .mounted, object: b.name,
+                                      detail: "/dev/\(b.name) is mounted on \(points.joined(separator: ", "))"))
+            }
+            if swaps.contains(b.name) {
+                uses.append(DeviceUse(kind: .swap, object: b.name, detail: "/dev/\(b.name) is in use as swap"))
+            }
+            let holders = list(b.path + "/holders")
+            if !holders.isEmpty {
+                uses.append(DeviceUse(kind: .holder, object: b.name,
+                                      detail: "/dev/\(b.name) is held by \(holders.joined(separator: ", ")) (device-mapper, md or similar)"))
+            }
+        }
+        for n in nets {
+            let oper = readTrimmed(n.path + "/operstate")
+            let flags = readTrimmed(n.path + "/flags").flatMap { UInt32($0.dropFirst(2), radix: 16) } ?? 0
+            if flags & 1 != 0 || oper == "up" {
+                uses.append(DeviceUse(kind: .networkUp, object: n.name,
+                                      detail: "network interface \(n.name) is up (operstate \(oper ?? "unknown"))"))
+            }
+        }
+        if readTrimmed(dir + "/boot_vga") == "1" {
+            uses.append(DeviceUse(kind: .console, object: a.description,
+                                  detail: "\(a) is the boot VGA device and may carry the console"))
+        }
+        return uses
+    }
+
+    /// Visits real subdirectories (never symlinks) below `dir`, to a bounded depth.
+    private func walk(_ dir: String, depth: Int, _ visit: (String, String) -> Void) {
+        guard depth < 7 else { return }
+        for name in list(dir) {
+            let p = dir + "/" + name
+            if isLink(p) || !isDirectory(p) { continue }
+            // Skip the big attribute folders that never hold class devices.
+            if name == "power" || name == "msi_irqs" || name == "holders" || name == "slaves" || name == "queue"
+                || name == "mq" || name == "trace" || name == "integrity" { continue }
+            visit(p, name)
+            walk(p, depth: depth + 1, visit)
+        }
+    }
+}
+
+extension String {
+    /// Undoes the octal escapes of /proc/self/mountinfo (`\040` for a space).
+    func replacingOctalEscapes() -> String {
+        guard contains("\\") else { return self }
+        var out = [UInt8]()
+        let b = Array(utf8)
+        var i = 0
+        while i < b.count {
+            if b[i] == 0x5c, i + 4 <= b.count,
+               let v = UInt8(String(decoding: b[(i + 1)..<(i + 4)], as: UTF8.self), radix: 8) {
+                out.append(v); i += 4
+            } else {
+                out.append(b[i]); i += 1
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+}

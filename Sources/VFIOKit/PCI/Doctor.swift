@@ -1,0 +1,337 @@
+import CVFIO
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// One thing `vfioctl doctor` checked: what it found and what to do.
+///
+/// JSON keys (stable): `id` (a fixed name such as `iommu.present`,
+/// `interrupt-remapping`, `dev.iommu`, `memlock`), `status` (`ok`, `warn`,
+/// `fail`, `info`), `title`, `detail`, `fix` (null when there is nothing to do).
+public struct DoctorFinding: Sendable, Equatable, Codable {
+    public enum Status: String, Sendable, Codable, Comparable {
+        case ok, info, warn, fail
+        var rank: Int { switch self { case .ok: 0; case .info: 1; case .warn: 2; case .fail: 3 } }
+        public static func < (a: Status, b: Status) -> Bool { a.rank < b.rank }
+    }
+    public var id: String
+    public var status: Status
+    public var title: String
+    public var detail: String
+    public var fix: String?
+
+    public init(_ id: String, _ status: Status, _ title: String, _ detail: String, fix: String? = nil) {
+        self.id = id
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.fix = fix
+    }
+}
+
+/// What the doctor should look at.
+public struct DoctorOptions: Sendable {
+    /// A device to check in detail (group viability, driver, node permissions, users).
+    public var device: PCIAddress?
+    /// Bytes the user means to pin for DMA, checked against RLIMIT_MEMLOCK.
+    public var memlockBytes: UInt64?
+    /// Open /dev/iommu and probe which iommufd ioctls the kernel has.
+    public var probeKernel: Bool
+
+    public init(device: PCIAddress? = nil, memlockBytes: UInt64? = nil, probeKernel: Bool = true) {
+        self.device = device
+        self.memlockBytes = memlockBytes
+        self.probeKernel = probeKernel
+    }
+}
+
+extension PCIHost {
+    /// The iommufd ioctls VFIOKit uses, probed by `doctor`.
+    static let iommufdProbes: [(String, UInt)] = [
+        ("IOMMU_DESTROY", UInt(IOMMU_DESTROY)), ("IOMMU_IOAS_ALLOC", UInt(IOMMU_IOAS_ALLOC)),
+        ("IOMMU_IOAS_MAP", UInt(IOMMU_IOAS_MAP)), ("IOMMU_IOAS_MAP_FILE", UInt(IOMMU_IOAS_MAP_FILE)),
+        ("IOMMU_IOAS_COPY", UInt(IOMMU_IOAS_COPY)), ("IOMMU_IOAS_UNMAP", UInt(IOMMU_IOAS_UNMAP)),
+        ("IOMMU_OPTION", UInt(IOMMU_OPTION)), ("IOMMU_VFIO_IOAS", UInt(IOMMU_VFIO_IOAS)),
+        ("IOMMU_HWPT_ALLOC", UInt(IOMMU_HWPT_ALLOC)), ("IOMMU_GET_HW_INFO", UInt(IOMMU_GET_HW_INFO)),
+        ("IOMMU_HWPT_SET_DIRTY_TRACKING", UInt(IOMMU_HWPT_SET_DIRTY_TRACKING)),
+        ("IOMMU_HWPT_GET_DIRTY_BITMAP", UInt(IOMMU_HWPT_GET_DIRTY_BITMAP)),
+        ("IOMMU_HWPT_INVALIDATE", UInt(IOMMU_HWPT_INVALIDATE)), ("IOMMU_FAULT_QUEUE_ALLOC", UInt(IOMMU_FAULT_QUEUE_ALLOC)),
+        ("IOMMU_VIOMMU_ALLOC", UInt(IOMMU_VIOMMU_ALLOC)), ("IOMMU_VDEVICE_ALLOC", UInt(IOMMU_VDEVICE_ALLOC)),
+        ("IOMMU_IOAS_CHANGE_PROCESS", UInt(IOMMU_IOAS_CHANGE_PROCESS)), ("IOMMU_VEVENTQ_ALLOC", UInt(IOMMU_VEVENTQ_ALLOC)),
+        ("IOMMU_HW_QUEUE_ALLOC", UInt(IOMMU_HW_QUEUE_ALLOC)),
+    ]
+
+    /// Which iommufd ioctls the running kernel has: each is issued with a zeroed
+    /// argument whose `size` is 0, which a kernel that knows the ioctl rejects
+    /// with `EINVAL` before doing anything, and one that does not with `ENOTTY`.
+    /// Returns (name, present) pairs; throws when /dev/iommu cannot be opened.
+    public func probeIOMMUFD() throws(VFIOError) -> [(name: String, present: Bool)] {
+        let fd = try Sys.open(path("/dev/iommu"), O_RDWR)
+        defer { try? Sys.close(fd, object: "/dev/iommu") }
+        var out: [(String, Bool)] = []
+        for (name, req) in Self.iommufdProbes {
+            var zero = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0))
+            do throws(VFIOError) {
+                _ = try Sys.ioctl(fd, req, &zero, object: "/dev/iommu")
+                out.append((name, true))
+            } catch {
+                out.append((name, error.errno?.rawValue != ENOTTY))
+            }
+        }
+        return out
+    }
+
+    /// Checks everything between this machine and a working VFIO setup. Never
+    /// changes anything: module parameters such as `allow_unsafe_interrupts`
+    /// are reported, not set.
+    public func doctor(_ options: DoctorOptions = DoctorOptions()) -> [DoctorFinding] {
+        var f: [DoctorFinding] = []
+        let release = read("/proc/sys/kernel/osrelease")?.trimmingWhitespace() ?? KernelFeatures.runningRelease
+        f.append(.init("kernel", .info, "Kernel", "Linux \(release)"))
+
+        // IOMMU present and enabled.
+        let ioms = iommus()
+        let groupsList = list("/sys/kernel/iommu_groups")
+        let cmdline = readTrimmed("/proc/cmdline") ?? ""
+        if ioms.isEmpty && groupsList.isEmpty {
+            f.append(.init("iommu.present", .fail, "IOMMU", "no IOMMU is registered (/sys/class/iommu is empty) and there are no IOMMU groups",
+                           fix: "enable VT-d / AMD-Vi in the firmware and boot with intel_iommu=on (Intel) or amd_iommu=on (AMD); in a VM add an IOMMU device (QEMU: -device intel-iommu,intremap=on)"))
+        } else {
+            let kinds = ioms.map { "\($0.name) (\($0.kind.rawValue))" }.joined(separator: ", ")
+            f.append(.init("iommu.present", .ok, "IOMMU", "\(ioms.count) IOMMU\(ioms.count == 1 ? "" : "s"): \(kinds); \(groupsList.count) IOMMU groups"))
+            if cmdline.split(separator: " ").contains(where: { $0 == "iommu=pt" || $0 == "iommu.passthrough=1" }) {
+                f.append(.init("iommu.passthrough", .info, "IOMMU default domain", "the kernel runs host devices in passthrough (iommu=pt); VFIO still isolates the devices it owns"))
+            }
+        }
+
+        // Interrupt remapping.
+        let ir = interruptRemapping()
+        let unsafeIOMMUFD = readTrimmed("/sys/module/iommufd/parameters/allow_unsafe_interrupts")
+        let unsafeType1 = readTrimmed("/sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts")
+        switch ir.state {
+        case .enabled:
+            f.append(.init("interrupt-remapping", .ok, "Interrupt remapping", "enabled: \(ir.evidence)"))
+        case .disabled:
+            let allowed = unsafeIOMMUFD == "Y" || unsafeType1 == "Y"
+            let virtio = ioms.contains { $0.kind == .virtio }
+            f.append(.init("interrupt-remapping", allowed ? .warn : .fail, "Interrupt remapping",
+                           "absent: \(ir.evidence). Without it a device could forge MSIs, so VFIO refuses to bind devices (VFIO_DEVICE_BIND_IOMMUFD / VFIO_SET_IOMMU fail with EPERM)"
+                           + (allowed ? "; allow_unsafe_interrupts is set, so VFIO works without isolation" : ""),
+                           fix: virtio
+                               ? "virtio-iommu cannot remap interrupts; use an IOMMU that can (QEMU: -device intel-iommu,intremap=on), or accept the risk with iommufd.allow_unsafe_interrupts=1 (a security decision VFIOKit never takes for you)"
+                               : "enable interrupt remapping (x2APIC and intremap=on; in firmware: VT-d/AMD-Vi with interrupt remapping), or accept the risk with iommufd.allow_unsafe_interrupts=1 (a security decision)"))
+        case .unknown:
+            f.append(.init("interrupt-remapping", .warn, "Interrupt remapping", "unknown: \(ir.evidence)",
+                           fix: "VFIO_DEVICE_BIND_IOMMUFD failing with EPERM is the sure sign that it is missing"))
+        }
+        for (name, v) in [("iommufd", unsafeIOMMUFD), ("vfio_iommu_type1", unsafeType1)] {
+            guard let v else { continue }
+            f.append(.init("param.\(name).allow_unsafe_interrupts", v == "Y" ? .warn : .info,
+                           "\(name).allow_unsafe_interrupts", v == "Y"
+                               ? "set (Y): devices without interrupt isolation are allowed; a device could inject interrupts"
+                               : "not set (N): the safe default; VFIOKit reports it and never sets it"))
+        }
+
+        // Nodes and kernel support.
+        if exists("/dev/iommu") {
+            var detail = "present" + permissionText("/dev/iommu")
+            var status: DoctorFinding.Status = .ok
+            var fix: String?
+            if options.probeKernel {
+                do throws(VFIOError) {
+                    let probes = try probeIOMMUFD()
+                    let missing = probes.filter { !$0.present }.map(\.name)
+                    if missing.isEmpty {
+                        detail += "; the kernel has all \(probes.count) iommufd ioctls VFIOKit uses"
+                    } else {
+                        status = .warn
+                        detail += "; this kernel lacks " + missing.map { n in
+                            KernelFeatures.introduced[n].map { "\(n) (Linux \($0))" } ?? n
+                        }.joined(separator: ", ")
+                        fix = "features that need them are unavailable; a newer kernel has them"
+                    }
+                } catch {
+                    status = error.errno?.rawValue == EACCES || error.errno?.rawValue == EPERM ? .warn : .fail
+                    detail += "; cannot open it: \(error.errno?.name ?? "error")"
+                    fix = error.hint
+                }
+            }
+            f.append(.init("dev.iommu", status, "/dev/iommu (iommufd)", detail, fix: fix))
+        } else {
+            f.append(.init("dev.iommu", .fail, "/dev/iommu (iommufd)", "missing",
+                           fix: "the kernel needs CONFIG_IOMMUFD (Linux 6.2 or later; `modprobe iommufd` if it is a module)"))
+        }
+        if exists("/dev/vfio/vfio") {
+            f.append(.init("dev.vfio", .ok, "/dev/vfio/vfio (legacy container)", "present" + permissionText("/dev/vfio/vfio")))
+        } else {
+            f.append(.init("dev.vfio", .info, "/dev/vfio/vfio (legacy container)", "missing: only the iommufd cdev path is available",
+                           fix: "for the legacy group/container path the kernel needs CONFIG_VFIO_CONTAINER or CONFIG_IOMMUFD_VFIO_CONTAINER"))
+        }
+        if exists("/sys/class/vfio-dev") {
+            f.append(.init("vfio.cdev", .ok, "VFIO device cdevs", "supported (/sys/class/vfio-dev exists)"))
+        } else {
+            f.append(.init("vfio.cdev", exists("/sys/module/vfio") ? .fail : .warn, "VFIO device cdevs",
+                           exists("/sys/module/vfio") ? "VFIO is loaded but has no cdev support" : "VFIO is not loaded",
+                           fix: exists("/sys/module/vfio") ? "the kernel needs CONFIG_VFIO_DEVICE_CDEV (Linux 6.6 or later)" : "`modprobe vfio-pci`"))
+        }
+        if driverRegistered("vfio-pci") {
+            f.append(.init("driver.vfio-pci", .ok, "vfio-pci driver", "loaded"))
+        } else {
+            f.append(.init("driver.vfio-pci", .fail, "vfio-pci driver", "not loaded (/sys/bus/pci/drivers/vfio-pci missing)",
+                           fix: "`modprobe vfio-pci` (CONFIG_VFIO_PCI)"))
+        }
+
+        // Memory locking.
+        f.append(memlockFinding(options.memlockBytes))
+        if let limit = readTrimmed("/sys/module/vfio_iommu_type1/parameters/dma_entry_limit") {
+            f.append(.init("param.vfio_iommu_type1.dma_entry_limit", .info, "type1 DMA mapping limit",
+                           "vfio_iommu_type1.dma_entry_limit = \(limit) mappings per container (legacy path only; iommufd has no such limit)"))
+        }
+        f.append(hugepageFinding())
+
+        // Devices and groups.
+        if let a = options.device {
+            f.append(contentsOf: deviceFindings(a))
+        } else {
+            for g in groups() {
+                let members = g.members.compactMap { try? device($0) }
+                guard members.contains(where: { $0.isBoundToVFIO }) else { continue }
+                if let v = try? viability(ofGroup: g.id), !v.viable {
+                    f.append(.init("group.\(g.id)", .fail, "IOMMU group \(g.id)", v.summary, fix: v.advice))
+                } else {
+                    f.append(.init("group.\(g.id)", .ok, "IOMMU group \(g.id)", "viable; on vfio-pci: "
+                                   + members.filter(\.isBoundToVFIO).map(\.address.description).joined(separator: ", ")))
+                }
+            }
+        }
+        return f
+    }
+
+    func permissionText(_ p: String) -> String {
+        guard let st = fileStatus(p) else { return "" }
+        let rw = canReadWrite(p)
+        return " (\(st.modeString) uid \(st.uid) gid \(st.gid); this user \(rw ? "can" : "cannot") open it read-write)"
+    }
+
+    func memlockFinding(_ want: UInt64?) -> DoctorFinding {
+        var rl = rlimit()
+        getrlimit(__rlimit_resource_t(8), &rl)  // RLIMIT_MEMLOCK (8 on x86 and arm64; the macro does not import)
+        let cur = rl.rlim_cur
+        let capEff = readTrimmed("/proc/self/status")?.split(separator: "\n")
+            .first { $0.hasPrefix("CapEff:") }
+            .flatMap { UInt64($0.split(separator: "\t").last.map(String.init)?.trimmingWhitespace() ?? "", radix: 16) } ?? 0
+        let ipcLock = capEff & (1 << 14) != 0
+        let limitText = cur == rlim_t.max ? "unlimited" : formatBytes(UInt64(cur))
+        var detail = "RLIMIT_MEMLOCK is \(limitText)"
+        if ipcLock { detail += "; this process has CAP_IPC_LOCK, so iommufd does not count its pinned pages" }
+        if let want {
+            detail += "; asked to pin \(formatBytes(want))"
+            if ipcLock || cur == rlim_t.max || UInt64(cur) >= want {
+                return .init("memlock", .ok, "Locked-memory limit", detail)
+            }
+            return .init("memlock", .fail, "Locked-memory limit", detail,
+                         fix: "raise it to at least \(formatBytes(want)): `ulimit -l \(want / 1024)` (KiB), limits.conf `memlock`, or systemd LimitMEMLOCK=; or run with CAP_IPC_LOCK")
+        }
+        if !ipcLock && cur != rlim_t.max && UInt64(cur) < 64 << 20 {
+            return .init("memlock", .warn, "Locked-memory limit", detail + "; DMA mappings count against it",
+                         fix: "raise it for the user that maps memory (`ulimit -l`, limits.conf memlock, LimitMEMLOCK=); `--memlock SIZE` checks a size")
+        }
+        return .init("memlock", .info, "Locked-memory limit", detail)
+    }
+
+    func hugepageFinding() -> DoctorFinding {
+        var parts: [String] = []
+        for d in list("/sys/kernel/mm/hugepages") {
+            let n = readTrimmed("/sys/kernel/mm/hugepages/\(d)/nr_hugepages") ?? "?"
+            let free = readTrimmed("/sys/kernel/mm/hugepages/\(d)/free_hugepages") ?? "?"
+            parts.append("\(d.replacingPrefix("hugepages-", with: "")): \(n) reserved, \(free) free")
+        }
+        if let thp = readTrimmed("/sys/kernel/mm/transparent_hugepage/enabled") { parts.append("THP \(thp)") }
+        return .init("hugepages", .info, "Huge pages", parts.isEmpty ? "no huge page support visible" : parts.joined(separator: "; "),
+                     fix: parts.isEmpty ? nil : "huge pages make fewer, larger IOMMU mappings: reserve them with /sys/kernel/mm/hugepages/*/nr_hugepages")
+    }
+
+    func deviceFindings(_ a: PCIAddress) -> [DoctorFinding] {
+        var f: [DoctorFinding] = []
+        let id = "device.\(a)"
+        let dev: PCIDevice
+        do { dev = try device(a) } catch {
+            return [.init(id, .fail, "Device \(a)", error.detail ?? error.description, fix: error.hint)]
+        }
+        f.append(.init(id, .info, "Device \(a)", "\(dev.ids) \(dev.className), driver \(dev.driver ?? "none")"
+                       + (dev.driverOverride.map { ", driver_override \($0)" } ?? "")))
+        guard let gid = dev.iommuGroup else {
+            let e = noGroupError(a)
+            f.append(.init("\(id).group", .fail, "IOMMU group", e.detail ?? "", fix: e.hint))
+            return f
+        }
+        if let v = try? viability(ofGroup: gid) {
+            let others = v.members.filter { $0.address != a }
+            let blockers = others.filter { $0.status == .blocking }
+            let memberText = v.members.map { "\($0.address) \($0.reason)" }.joined(separator: "; ")
+            if blockers.isEmpty {
+                f.append(.init("\(id).group", .ok, "IOMMU group \(gid)", "viable once \(a) is on vfio-pci: \(memberText)"))
+            } else {
+                f.append(.init("\(id).group", .fail, "IOMMU group \(gid)",
+                               "not viable: " + blockers.map { "\($0.address) is bound to \($0.driver ?? "?")" }.joined(separator: ", ")
+                               + " (members: \(memberText))", fix: v.advice))
+            }
+        }
+        if dev.isBoundToVFIO {
+            f.append(.init("\(id).driver", .ok, "Driver", "bound to \(dev.driver ?? "")" + (dev.vfioCdev.map { ", cdev /dev/vfio/devices/\($0)" } ?? "")))
+        } else {
+            let uses = uses(of: a)
+            f.append(.init("\(id).driver", uses.isEmpty ? .warn : .fail, "Driver",
+                           "bound to \(dev.driver ?? "no driver"), not vfio-pci" + (uses.isEmpty ? "" : "; in use: " + uses.map(\.detail).joined(separator: "; ")),
+                           fix: uses.isEmpty ? "`vfioctl bind \(a)`" : "stop using it, then `vfioctl bind \(a)`"))
+        }
+        var nodes: [String] = ["/dev/vfio/\(gid)"]
+        if let c = dev.vfioCdevPath { nodes.append(c) }
+        for n in nodes where exists(n) {
+            let rw = canReadWrite(n)
+            f.append(.init("\(id).node.\(n)", rw ? .ok : .warn, n, "present" + permissionText(n),
+                           fix: rw ? nil : "give the driver's user access: a udev rule (SUBSYSTEM==\"vfio\", OWNER=\"user\") or `chown user \(n)`"))
+        }
+        return f
+    }
+}
+
+/// `64 MiB`, `8 KiB`, `512 B`.
+public func formatBytes(_ n: UInt64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    var v = n
+    var i = 0
+    while i < units.count - 1, v >= 1024, v % 1024 == 0 { v /= 1024; i += 1 }
+    return "\(v) \(units[i])"
+}
+
+/// Parses `64M`, `2GiB`, `4096`, `1g` into bytes.
+public func parseByteSize(_ text: String) -> UInt64? {
+    var s = text.trimmingWhitespace().lowercased()
+    for suffix in ["ib", "b"] where s.hasSuffix(suffix) && s.count > suffix.count { s.removeLast(suffix.count); break }
+    let shifts: [Character: UInt64] = ["k": 10, "m": 20, "g": 30, "t": 40]
+    var shift: UInt64 = 0
+    if let last = s.last, let sh = shifts[last] { shift = sh; s.removeLast() }
+    guard let v = UInt64(s), v <= (UInt64.max >> shift) else { return nil }
+    return v << shift
+}
+
+extension String {
+    func replacingPrefix(_ p: String, with r: String) -> String { hasPrefix(p) ? r + dropFirst(p.count) : self }
+}
+
+extension DoctorFinding {
+    enum CodingKeys: String, CodingKey { case id, status, title, detail, fix }
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(id, forKey: .id)
+        try c.encode(status, forKey: .status)
+        try c.encode(title, forKey: .title)
+        try c.encode(detail, forKey: .detail)
+        try c.encode(fix, forKey: .fix)
+    }
+}
