@@ -40,6 +40,14 @@ let package = Package(
             swiftSettings: strict
         ),
         .executableTarget(name: "vfioctl", dependencies: ["VFIOCommands"], swiftSettings: strict),
+        // Benchmarks: VFIOKit's hot paths against raw C in the test guest.
+        .target(name: "CBenchSupport", dependencies: ["CVFIO"], path: "Benchmarks/CBenchSupport"),
+        .executableTarget(
+            name: "vfiokit-bench",
+            dependencies: ["VFIOKit", "VFIOKitTestSupport", "CBenchSupport", "CVFIO"],
+            path: "Benchmarks/vfiokit-bench",
+            swiftSettings: strict
+        ),
         .testTarget(
             name: "VFIOKitTests",
             dependencies: ["VFIOKit", "VFIOKitTestSupport", "VFIOCommands", "CVFIO"],
