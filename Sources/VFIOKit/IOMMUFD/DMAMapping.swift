@@ -1,61 +1,57 @@
-/// A live mapping of a ``DMABuffer`` into an ``IOAS``.
-///
-/// Noncopyable: exactly one owner, and the IOVA is unmapped exactly once —
-/// by ``unmap()`` (which reports errors) or, failing that, when the mapping is
-/// destroyed (errors dropped). While it lives it holds the buffer and the IOAS
-/// strongly, so neither the memory the device may write nor the address space
-/// can go away under the device.
-///
-/// Holds its references as `Unmanaged` so that `unmap()` can `discard self`;
-/// creating and destroying a mapping allocates nothing.
-public struct DMAMapping: ~Copyable, @unchecked Sendable {
-    // @unchecked: IOAS and DMABuffer are Sendable; Unmanaged is just their retained pointers.
-    private let _ioas: Unmanaged<IOAS>
-    private let _buffer: Unmanaged<DMABuffer>
-    /// The IOVA the buffer starts at.
-    public let iova: UInt64
-    /// Bytes mapped (the buffer's length).
-    public let length: UInt64
+// Stand-in for the devices engineer's Sources/VFIOKit/DMA/DMAMapping.swift
+// (same API and initializer): when both are merged, delete this file and keep
+// theirs, whose DMAMappingOwner also has the VFIO container case.
 
-    init(ioas: IOAS, buffer: DMABuffer, iova: UInt64, length: UInt64) {
-        _ioas = Unmanaged.passRetained(ioas)
-        _buffer = Unmanaged.passRetained(buffer)
+/// One IOVA range mapped to a ``DMABuffer`` that VFIOKit allocated.
+///
+/// The mapping holds the buffer and the address space it lives in strongly,
+/// so neither can go away while a device may still DMA through it. Dropping
+/// the mapping unmaps it (errors are lost, as in any deinit); call
+/// ``unmap()`` to see them.
+public struct DMAMapping: ~Copyable, Sendable {
+    /// Where the device sees the buffer.
+    public let iova: UInt64
+    /// Bytes mapped (the whole buffer).
+    public let length: UInt64
+    /// The memory behind the mapping.
+    public let buffer: DMABuffer
+    let owner: DMAMappingOwner
+    private var live = true
+
+    init(iova: UInt64, length: UInt64, buffer: DMABuffer, owner: DMAMappingOwner) {
         self.iova = iova
         self.length = length
+        self.buffer = buffer
+        self.owner = owner
     }
 
-    /// The address space the buffer is mapped into.
-    public var ioas: IOAS { _ioas.takeUnretainedValue() }
-    /// The mapped memory.
-    public var buffer: DMABuffer { _buffer.takeUnretainedValue() }
-
-    /// The IOVA range, `iova ..< iova + length`.
-    public var range: Range<UInt64> { iova..<(iova + length) }
-
     /// The IOVA of byte `offset` of the buffer.
+    @inline(__always)
     public func iova(at offset: Int) -> UInt64 {
-        precondition(offset >= 0 && UInt64(offset) < length, "offset outside the mapping")
-        return iova + UInt64(offset)
+        precondition(offset >= 0 && UInt64(offset) < length, "offset \(offset) is outside the mapping")
+        return iova &+ UInt64(offset)
     }
 
     /// Unmaps now and reports the kernel's answer.
     /// The corresponding ioctl is `IOMMU_IOAS_UNMAP`.
     public consuming func unmap() throws(VFIOError) {
-        let ioas = _ioas
-        let buffer = _buffer
-        let iova = self.iova
-        let length = self.length
-        discard self
-        defer {
-            buffer.release()
-            ioas.release()
-        }
-        _ = try ioas.takeUnretainedValue().unmap(iova: iova, length: length)
+        live = false
+        try owner.unmapDMA(iova: iova, length: length)
     }
 
     deinit {
-        _ = try? _ioas.takeUnretainedValue().unmapRange(iova: iova, length: length)
-        _buffer.release()
-        _ioas.release()
+        if live { try? owner.unmapDMA(iova: iova, length: length) }
+    }
+}
+
+/// The address spaces a ``DMAMapping`` can live in.
+enum DMAMappingOwner: Sendable {
+    case ioas(IOAS)
+
+    @inline(__always)
+    func unmapDMA(iova: UInt64, length: UInt64) throws(VFIOError) {
+        switch self {
+        case .ioas(let ioas): _ = try ioas.unmap(iova: iova, length: length)
+        }
     }
 }
