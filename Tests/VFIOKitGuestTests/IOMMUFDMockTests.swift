@@ -450,6 +450,9 @@ extension IOMMUFDMockTests {
                 #expect(e?.description.contains("no bound device") == true)
                 let plain = try MockDevice(attachedTo: ioas, flags: [.noDirtyTracking])
                 #expect(try !ctx.hardwareInfo(device: plain.deviceID).capabilities.contains(.dirtyTracking))
+                #expect(try ctx.supportedHWPTFlags(device: dev.deviceID) == [.nestParent, .dirtyTracking, .pasid])
+                let plainFlags = try ctx.supportedHWPTFlags(device: plain.deviceID)
+                #expect(plainFlags.contains(.nestParent) && !plainFlags.contains(.dirtyTracking))
                 withExtendedLifetime((dev, plain)) {}
             }
         }
@@ -497,7 +500,8 @@ extension IOMMUFDMockTests {
             try withMockContext { ctx in
                 let ioas = try IOAS(ctx)
                 let dev = try MockDevice(attachedTo: ioas, flags: [.noDirtyTracking])
-                expectErrno(EOPNOTSUPP) { _ = try HWPT(ioas: ioas, device: dev.deviceID, flags: .dirtyTracking) }
+                let e = expectErrno(EOPNOTSUPP) { _ = try HWPT(ioas: ioas, device: dev.deviceID, flags: .dirtyTracking) }
+                #expect(e?.hint?.contains("supportedHWPTFlags") == true)
                 withExtendedLifetime(dev) {}
             }
         }

@@ -147,8 +147,10 @@ public final class HWPT: IOMMUAttachTarget {
         if case .failure(var e) = r {
             switch e.errno?.rawValue {
             case EOPNOTSUPP?:
-                e.detail = "the IOMMU driver does not support these flags (\(String(flags.rawValue, radix: 16))) "
-                    + "or data type \(type) for this device; check hardwareInfo(device:).capabilities"
+                e.detail = "the IOMMU driver (or this kernel) does not support flags 0x\(String(arg.flags, radix: 16)) "
+                    + "or data type \(type) for device \(device)"
+                e.hint = "IOMMUFD.supportedHWPTFlags(device:) and hardwareInfo(device:).capabilities say what this "
+                    + "device's IOMMU supports (dirty tracking needs the dirtyTracking capability)"
             case ENOENT?:
                 e.detail = "device \(device), parent object \(parentID) or the fault queue does not exist"
             case EINVAL?:

@@ -45,6 +45,7 @@ public final class VIOMMU: IOMMUAttachTargetOrVIOMMU {
         if case .failure(var e) = r {
             if e.errno?.rawValue == EOPNOTSUPP {
                 e.detail = "vIOMMU type 0x\(String(type, radix: 16)) is not supported by this device's IOMMU driver"
+                e.hint = "vIOMMUs exist for ARM SMMUv3 (and Tegra241 CMDQV); check hardwareInfo(device:).vendor"
             } else if e.errno?.rawValue == EINVAL {
                 e.detail = "\(parent.label) must be a paging HWPT allocated with .nestParent"
             }
