@@ -55,6 +55,15 @@ public final class EduDevice: Sendable {
         return bar0.load32(at: Reg.factorial)
     }
 
+    /// Routes the device's one MSI vector to a new eventfd (the device keeps
+    /// it alive until MSI is disabled).
+    public func enableMSI() throws(VFIOError) -> EventFD {
+        try device.enableIRQ(.msi)
+    }
+
+    /// Turns off MSI.
+    public func disableMSI() throws(VFIOError) { try device.disableIRQ(.msi) }
+
     /// Turns on bus mastering (the device may DMA).
     public func enableBusMaster() throws(VFIOError) { try config.setBusMaster(true) }
 

@@ -1,0 +1,219 @@
+import CVFIO
+import Testing
+import VFIOKit
+import VFIOKitTestSupport
+
+/// The edu device through each of the five DMA modes, plus groups, IRQs,
+/// resets and features. Serialized: every test uses the same guest devices and
+/// restores their driver binding at the end.
+@Suite(.serialized, .enabled(if: Guest.available))
+struct DeviceGuestTests {
+    static let pattern: [UInt8] = (0..<4000).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ 5) }
+
+    @Test(arguments: DMAMode.allCases)
+    func eduDMAInEveryMode(_ mode: DMAMode) throws {
+        let bdf = try Guest.requireEdu()
+        try Guest.bindToVFIO(bdf)
+        defer { try? Guest.unbind(bdf) }
+        #expect(DMAMode.available().contains(mode), "\(mode) should be available in the guest")
+        let fdsBefore = Guest.openFDCount()
+        do {
+            let space = try DMASpace(mode: mode, dmaMask: EduDevice.dmaMask)
+            let device = try space.openDevice(bdf: bdf)
+            let edu = try EduDevice(device)
+
+            // MMIO: identification, liveness, factorial.
+            #expect(edu.id == EduDevice.identification)
+            #expect(edu.liveness(0x1234_5678) == ~UInt32(0x1234_5678))
+            #expect(try edu.factorial(10) == 3_628_800)
+
+            try edu.enableBusMaster()
+            #expect(try edu.config.command().contains(.busMaster))
+            let msi = try edu.enableMSI()
+
+            let buffer = try DMABuffer(length: 8192)
+            let first = try space.map(buffer)
+            let iova = first.iova
+            var mapping: DMAMapping? = consume first
+            #expect(iova + 8192 - 1 <= EduDevice.dmaMask, "allocator must honour the 28-bit DMA mask")
+            buffer.write(Self.pattern, at: 0)
+
+            // RAM -> device, MSI on completion.
+            try edu.dmaToDevice(from: iova, count: Self.pattern.count, interrupt: true, wait: false)
+            let signalled = try msi.wait(timeout: .seconds(20))
+            #expect(signalled != nil, "MSI for DMA completion (RAM -> device) not seen")
+            #expect(edu.interruptStatus & 0x100 != 0)
+            edu.acknowledge(0x100)
+            try edu.waitForDMA()
+
+            // device -> RAM, MSI again.
+            try edu.dmaFromDevice(to: iova + 4096, count: Self.pattern.count, interrupt: true, wait: false)
+            #expect(try msi.wait(timeout: .seconds(20)) != nil, "MSI for DMA completion (device -> RAM) not seen")
+            edu.acknowledge(0x100)
+            try edu.waitForDMA()
+            #expect(buffer.read(at: 4096, count: Self.pattern.count) == Self.pattern)
+
+            // After unmap, the device cannot reach the memory.
+            try mapping.take()!.unmap()
+            buffer.fill(0x5A)
+            try edu.dmaFromDevice(to: iova + 4096, count: Self.pattern.count)
+            #expect(buffer.read(at: 4096, count: Self.pattern.count) == [UInt8](repeating: 0x5A, count: Self.pattern.count))
+
+            try edu.disableMSI()
+            try edu.config.setBusMaster(false)
+        }
+        #expect(Guest.openFDCount() == fdsBefore, "teardown must close every fd")
+    }
+
+    @Test(.timeLimit(.minutes(1))) func msiThroughAsyncSequence() async throws {
+        let bdf = try Guest.requireEdu()
+        try Guest.bindToVFIO(bdf)
+        defer { try? Guest.unbind(bdf) }
+        let space = try DMASpace(mode: .iommufd, dmaMask: EduDevice.dmaMask)
+        let edu = try EduDevice(try space.openDevice(bdf: bdf))
+        try edu.enableBusMaster()  // an MSI is a memory write by the device
+        let msi = try edu.enableMSI()
+        var it = msi.interrupts().makeAsyncIterator()
+        edu.raise(0x1)  // a software-raised edu interrupt goes out as MSI
+        let count = await it.next()
+        #expect(count != nil && count! >= 1)
+        edu.acknowledge(0x1)
+        try edu.disableMSI()
+    }
+
+    @Test func irqInfoResetAndFeaturesOnEdu() throws {
+        let bdf = try Guest.requireEdu()
+        try Guest.bindToVFIO(bdf)
+        defer { try? Guest.unbind(bdf) }
+        let ctx = try IOMMUFD()
+        let device = try VFIODevice.open(bdf: bdf)
+        try device.bind(to: ctx)
+
+        let info = try device.info()
+        #expect(info.isPCI)
+        #expect(info.regionCount >= 9 && info.irqCount >= 5)
+        let bar0 = try device.regionInfo(PCIRegion.bar(0))
+        #expect(bar0.size == 1 << 20 && bar0.isMappable && bar0.isReadable && bar0.isWritable)
+        let caps = try device.configSpace().capabilities()
+        #expect(caps.contains { $0.known == .msi }, "edu has an MSI capability: \(caps)")
+        #expect(try device.configSpace().vendorID == 0x1234)
+
+        #expect(try device.irqInfo(.intx).count == 1)
+        #expect(try device.irqInfo(.msi).count == 1)
+        #expect(try device.irqInfo(.msix).count == 0)
+        #expect(try device.irqInfo(.req).count == 1)
+
+        // edu has no reset method: VFIOKit says so cleanly.
+        if info.supportsReset {
+            try device.reset()
+        } else {
+            let e = #expect(throws: VFIOError.self) { try device.reset() }
+            #expect(e?.detail?.contains("not supported by this device") == true, "\(String(describing: e))")
+        }
+        // On the root bus there is no slot or bus reset.
+        do {
+            let hr = try device.hotResetInfo()
+            #expect(hr.devices.contains { $0.bdf == bdf })
+        } catch {
+            #expect(error.detail?.contains("not supported by this device") == true, "\(error)")
+        }
+        // Features: probing never throws for an emulated device.
+        let summary = try device.featureSummary()
+        #expect(summary.count == 7)
+        #expect(try device.probeFeature(VFIO_DEVICE_FEATURE_MIGRATION).isSupported == false)
+        #expect(throws: VFIOError.self) { _ = try device.migrationFlags() }
+        try device.close()
+    }
+
+    @Test func groupRefusesUntilEveryMemberIsBound() throws {
+        let a = try #require(Guest.eduPairA)
+        let b = try #require(Guest.eduPairB)
+        defer {
+            try? Guest.unbind(a)
+            try? Guest.unbind(b)
+        }
+        try Guest.bindToVFIO(a)
+        let fdsBefore = Guest.openFDCount()
+        do {
+            let space = try DMASpace(mode: .type1v2, dmaMask: EduDevice.dmaMask)
+            let error = #expect(throws: VFIOError.self) { _ = try space.openDevice(bdf: a) }
+            let text = error.map { "\($0)" } ?? ""
+            #expect(text.contains(b), "the error must name the blocking member \(b): \(text)")
+            #expect(!text.contains("\(a) ("), "the bound member is not blocking: \(text)")
+        }
+        #expect(Guest.openFDCount() == fdsBefore)
+
+        try Guest.bindToVFIO(b)
+        do {
+            let space = try DMASpace(mode: .type1v2, dmaMask: EduDevice.dmaMask)
+            let devA = try space.openDevice(bdf: a)
+            let devB = try space.openDevice(bdf: b)
+            #expect(devA.group === devB.group, "both functions share one group")
+            let eduA = try EduDevice(devA)
+            let eduB = try EduDevice(devB)
+            #expect(try eduA.factorial(5) == 120)
+            #expect(try eduB.factorial(6) == 720)
+            // Both share the container's address space: B reads what A wrote.
+            try eduA.enableBusMaster()
+            try eduB.enableBusMaster()
+            let buffer = try DMABuffer(length: 8192)
+            let mapping = try space.map(buffer)
+            buffer.write(Self.pattern, at: 0)
+            try eduA.dmaToDevice(from: mapping.iova, count: 1000)
+            try eduA.dmaFromDevice(to: mapping.iova + 4096, count: 1000)
+            #expect(buffer.read(at: 4096, count: 1000) == Array(Self.pattern.prefix(1000)))
+
+            // Behind the bridge a bus reset is possible: it reaches both functions.
+            let hr = try devA.hotResetInfo()
+            let bdfs = Set(hr.devices.map(\.bdf))
+            #expect(bdfs.contains(a) && bdfs.contains(b), "hot reset reaches \(bdfs)")
+            #expect(!hr.usesDeviceIDs)
+            #expect(hr.groupIDs == [UInt32(try VFIOGroup.groupNumber(of: a))])
+            try devA.hotReset(groups: [try #require(devA.group)])
+            #expect(try eduA.factorial(4) == 24)
+        }
+        #expect(Guest.openFDCount() == fdsBefore)
+    }
+
+    @Test func cdevHotResetInfoReportsOwnership() throws {
+        let a = try #require(Guest.eduPairA)
+        let b = try #require(Guest.eduPairB)
+        defer {
+            try? Guest.unbind(a)
+            try? Guest.unbind(b)
+        }
+        try Guest.bindToVFIO(a)
+        try Guest.bindToVFIO(b)
+        let ctx = try IOMMUFD()
+        let devA = try VFIODevice.open(bdf: a)
+        let idA = try devA.bind(to: ctx)
+        // Only A is ours: B is not opened, so the reset is not allowed.
+        var hr = try devA.hotResetInfo()
+        #expect(hr.usesDeviceIDs)
+        #expect(hr.devices.first { $0.bdf == a }?.deviceID == idA)
+        #expect(hr.devices.first { $0.bdf == b }?.owned == false)
+        #expect(!hr.allOwned)
+        #expect(throws: VFIOError.self) { try devA.hotReset() }
+
+        let devB = try VFIODevice.open(bdf: b)
+        try devB.bind(to: ctx)
+        hr = try devA.hotResetInfo()
+        #expect(hr.allOwned, "\(hr.devices)")
+        try devA.hotReset()
+    }
+
+    @Test func reopenAfterClose() throws {
+        let bdf = try Guest.requireEdu()
+        try Guest.bindToVFIO(bdf)
+        defer { try? Guest.unbind(bdf) }
+        for mode in [DMAMode.iommufd, .type1v2] {
+            for _ in 0..<2 {
+                let space = try DMASpace(mode: mode, dmaMask: EduDevice.dmaMask)
+                let device = try space.openDevice(bdf: bdf)
+                #expect(try EduDevice(device).id == EduDevice.identification)
+                try device.close()
+                try device.close()  // idempotent
+            }
+        }
+    }
+}
