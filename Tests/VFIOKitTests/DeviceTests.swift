@@ -556,3 +556,65 @@ private func cdevKernel() -> FakeKernel {
         }
     }
 }
+
+@Suite struct TeardownOrderTests {
+    @Test func groupDeviceKeepsGroupAndContainerOpenUntilItCloses() throws {
+        let kernel = cdevKernel()
+        Type1Tests.container(kernel)
+        kernel.onIoctl(VFIO_GROUP_GET_STATUS) { _, arg in
+            arg!.assumingMemoryBound(to: vfio_group_status.self).pointee.flags = VFIO_GROUP_FLAGS_VIABLE
+            return 0
+        }
+        kernel.onIoctl(VFIO_GROUP_SET_CONTAINER) { _, _ in 0 }
+        try Syscalls.withProvider(kernel) {
+            var device: VFIODevice?
+            do {
+                let container = try VFIOContainer()
+                let group = try VFIOGroup(number: 7, requireAllMembersBound: false)
+                try group.setContainer(container)
+                try container.setIOMMU(.type1v2)
+                #expect(kernel.calls(VFIO_GROUP_SET_CONTAINER).last?.i32(0) == container.fd.raw)
+                // Stand-in for GET_DEVICE_FD (the fake cannot mint an fd from an ioctl).
+                device = VFIODevice(fd: try OwnedFD.open("/dev/vfio/devices/vfio0"), path: .group("0000:00:03.0"), group: group)
+            }
+            #expect(kernel.openPaths == ["/dev/vfio/7", "/dev/vfio/devices/vfio0", "/dev/vfio/vfio"])
+            #expect(device?.group?.container != nil)
+            device = nil
+            #expect(kernel.openPaths.isEmpty, "device, then group, then container: \(kernel.openPaths)")
+        }
+    }
+
+    @Test func cdevDeviceClosesBeforeItsIOASAndIommufd() throws {
+        let kernel = cdevKernel()
+        kernel.onIoctl(VFIO_DEVICE_BIND_IOMMUFD) { _, _ in 0 }
+        kernel.onIoctl(VFIO_DEVICE_ATTACH_IOMMUFD_PT) { _, _ in 0 }
+        kernel.onIoctl(IOMMU_IOAS_ALLOC) { _, arg in
+            arg!.assumingMemoryBound(to: iommu_ioas_alloc.self).pointee.out_ioas_id = 2
+            return 0
+        }
+        let deviceOpenAtDestroy = Mutex<Bool?>(nil)
+        kernel.onIoctl(IOMMU_DESTROY) { [kernel] _, _ in
+            // Runs inside the fake kernel: peek at what is still open.
+            let open = kernel.openPaths.contains("/dev/vfio/devices/vfio0")
+            deviceOpenAtDestroy.withLock { $0 = open }
+            return 0
+        }
+        try Syscalls.withProvider(kernel) {
+            var device: VFIODevice?
+            do {
+                let ctx = try IOMMUFD()
+                let ioas = try IOAS(ctx)
+                let d = try VFIODevice.open(cdev: "/dev/vfio/devices/vfio0")
+                try d.bind(to: ctx)
+                try d.attach(to: ioas)
+                device = d
+            }
+            #expect(kernel.openPaths == ["/dev/iommu", "/dev/vfio/devices/vfio0"])
+            #expect(kernel.calls(IOMMU_DESTROY).isEmpty, "the attached IOAS must outlive the device")
+            #expect(device?.attachedTarget != nil)
+            device = nil
+            #expect(deviceOpenAtDestroy.withLock { $0 } == false, "the device closes before its IOAS is destroyed")
+            #expect(kernel.openPaths.isEmpty)
+        }
+    }
+}
