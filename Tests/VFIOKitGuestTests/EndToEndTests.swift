@@ -3,7 +3,7 @@ import VFIOKit
 import VFIOKitTestSupport
 
 /// The project's first end-to-end test: the lone edu through native iommufd.
-@Suite(.serialized, .enabled(if: Guest.available))
+@Suite(.serialized, .exclusiveGuestDevices, .enabled(if: Guest.available))
 struct EndToEndTests {
     @Test func eduDMARoundTripThroughIOMMUFD() throws {
         let bdf = try Guest.requireEdu()
