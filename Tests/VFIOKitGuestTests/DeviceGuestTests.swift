@@ -227,6 +227,28 @@ struct DMAModesTests {
         #expect(Guest.openFDCount() == fdsBefore, "teardown must close every fd")
     }
 
+    @Test(arguments: [DMABuffer.Backing.hugePages, .memfd])
+    func eduDMAWithOtherBuffers(_ backing: DMABuffer.Backing) throws {
+        let bdf = try Guest.requireEdu()
+        try Guest.bindToVFIO(bdf)
+        defer { try? Guest.unbind(bdf) }
+        for mode in [DMAMode.iommufd, .type1v2] {
+            let space = try DMASpace(mode: mode, dmaMask: EduDevice.dmaMask)
+            let edu = try EduDevice(try space.openDevice(bdf: bdf))
+            try edu.enableBusMaster()
+            let (ranges, alignment) = try space.usableRanges()
+            #expect(!ranges.isEmpty && alignment >= 4096)
+            let buffer = try DMABuffer(length: 8192, backing: backing)
+            #expect(buffer.length == (backing == .hugePages ? DMABuffer.hugePageSize : 8192))
+            let mapping = try space.map(buffer)
+            #expect(ranges.contains { $0.contains(mapping.iova) }, "IOVA 0x\(String(mapping.iova, radix: 16)) in \(ranges)")
+            buffer.write(Self.pattern, at: 0)
+            try edu.dmaToDevice(from: mapping.iova, count: Self.pattern.count)
+            try edu.dmaFromDevice(to: mapping.iova + 4096, count: Self.pattern.count)
+            #expect(firstDifference(buffer.read(at: 4096, count: Self.pattern.count), Self.pattern) == nil, "\(mode) \(backing)")
+        }
+    }
+
     @Test func reopenAfterClose() throws {
         let bdf = try Guest.requireEdu()
         try Guest.bindToVFIO(bdf)

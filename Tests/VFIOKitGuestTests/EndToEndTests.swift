@@ -24,6 +24,9 @@ struct EndToEndTests {
             #expect(mapping?.iova == 0x100000)
             let pattern = (0..<4000).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 3) }
             buffer.write(pattern, at: 0)
+            // Poison the destination: all 0x77 afterwards means the device's write never landed,
+            // zeros mean it read zeros (its read of RAM went elsewhere).
+            buffer.write([UInt8](repeating: 0x77, count: 4096), at: 4096)
             // RAM -> device, then device -> RAM at the second page.
             try edu.dmaToDevice(from: 0x100000, count: pattern.count)
             try edu.dmaFromDevice(to: 0x101000, count: pattern.count)
