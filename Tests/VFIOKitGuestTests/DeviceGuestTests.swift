@@ -125,6 +125,47 @@ struct DeviceGuestTests {
         #expect(Guest.openFDCount() == fdsBefore)
     }
 
+    @Test func attachReplacesAndDetachBlocksDMA() throws {
+        let bdf = try Guest.requireEdu()
+        try Guest.bindToVFIO(bdf)
+        defer { try? Guest.unbind(bdf) }
+        let fdsBefore = Guest.openFDCount()
+        do {
+            let ctx = try IOMMUFD()
+            let device = try VFIODevice.open(bdf: bdf)
+            try device.bind(to: ctx)
+            let first = try IOAS(ctx)
+            let second = try IOAS(ctx)
+            let hwpt1 = try device.attach(to: first)
+            let edu = try EduDevice(device)
+            try edu.enableBusMaster()
+            let b1 = try DMABuffer(length: 8192)
+            let b2 = try DMABuffer(length: 8192)
+            let m1 = try first.map(b1, at: 0x200000)
+            let m2 = try second.map(b2, at: 0x200000)
+            b1.fill(0x11)
+            b2.write([UInt8](repeating: 0x22, count: 64), at: 0)  // the second page stays zero
+            // Replace: the same IOVA now means the second IOAS's memory.
+            let hwpt2 = try device.attach(to: second)
+            #expect(hwpt1 != hwpt2, "each IOAS gets its own paging HWPT")
+            #expect(device.attachedTarget === second)
+            try edu.dmaToDevice(from: 0x200000, count: 64)
+            try edu.dmaFromDevice(to: 0x201000, count: 64)
+            #expect(b2.read(at: 4096, count: 64) == [UInt8](repeating: 0x22, count: 64))
+            #expect(b1.read(at: 4096, count: 64) == [UInt8](repeating: 0x11, count: 64))
+            // Detached: DMA is blocked.
+            try device.detach()
+            b2.fill(0x33)
+            try edu.dmaFromDevice(to: 0x201000, count: 64)
+            #expect(b2.read(at: 4096, count: 64) == [UInt8](repeating: 0x33, count: 64))
+            // edu has no PASID capability: the kernel refuses a PASID attach.
+            #expect(throws: VFIOError.self) { try device.attach(to: first, pasid: 1) }
+            _ = consume m1
+            _ = consume m2
+        }
+        #expect(Guest.openFDCount() == fdsBefore)
+    }
+
     @Test(.enabled(if: Guest.bridge != nil, "needs the pair behind a bridge (bus reset)"))
     func cdevHotResetInfoReportsOwnership() throws {
         let a = try #require(Guest.eduPairA)
