@@ -3,6 +3,10 @@ import Testing
 import VFIOKit
 import VFIOKitTestSupport
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The edu device: IRQs, resets, features, groups. Serialized and exclusive:
 /// every test uses the same guest devices and restores their driver binding.
 @Suite(.serialized, .exclusiveGuestDevices, .enabled(if: Guest.available))
@@ -123,6 +127,57 @@ struct DeviceGuestTests {
             #expect(try eduA.factorial(4) == 24)
         }
         #expect(Guest.openFDCount() == fdsBefore)
+    }
+
+    @Test func intxIsAutomaskedAndUnmasked() throws {
+        let bdf = try Guest.requireEdu()
+        try Guest.bindToVFIO(bdf)
+        defer { try? Guest.unbind(bdf) }
+        let space = try DMASpace(mode: .iommufd, dmaMask: EduDevice.dmaMask)
+        let device = try space.openDevice(bdf: bdf)
+        let edu = try EduDevice(device)
+        let info = try device.irqInfo(.intx)
+        #expect(info.isAutomasked && info.supportsEventFD)
+        let intx = try device.enableIRQ(.intx)
+        for round in 0..<3 {
+            edu.raise(0x1)
+            #expect(try intx.wait(timeout: .seconds(20)) != nil, "INTx round \(round) not signalled")
+            edu.acknowledge(0x1)
+            try device.unmaskIRQ(.intx)
+        }
+        // Masked: a raise is held back until unmasked.
+        try device.maskIRQ(.intx)
+        edu.raise(0x1)
+        #expect(try intx.wait(timeout: .milliseconds(300)) == nil, "masked INTx must not signal")
+        try device.unmaskIRQ(.intx)
+        #expect(try intx.wait(timeout: .seconds(20)) != nil, "the pending INTx arrives on unmask")
+        edu.acknowledge(0x1)
+        try device.unmaskIRQ(.intx)
+        try device.disableIRQ(.intx)
+    }
+
+    @Test func ioeventfdWritesTheRegisterWithoutUs() throws {
+        let bdf = try Guest.requireEdu()
+        try Guest.bindToVFIO(bdf)
+        defer { try? Guest.unbind(bdf) }
+        let space = try DMASpace(mode: .iommufd, dmaMask: EduDevice.dmaMask)
+        let device = try space.openDevice(bdf: bdf)
+        let edu = try EduDevice(device)
+        let bar0 = try device.regionInfo(PCIRegion.bar(0))
+        let kick = try EventFD()
+        try device.setIOEventFD(region: bar0, offset: 0x04, width: 4, data: 0x00c0_ffee, eventfd: kick)
+        try kick.signal()
+        var seen: UInt32 = 0
+        for _ in 0..<2000 {
+            seen = edu.bar0.load32(at: 0x04)
+            if seen == ~UInt32(0x00c0_ffee) { break }
+            usleep(1000)
+        }
+        #expect(seen == ~UInt32(0x00c0_ffee), "the kernel wrote the liveness register on the eventfd")
+        try device.setIOEventFD(region: bar0, offset: 0x04, width: 4, data: 0x00c0_ffee, eventfd: nil)
+        #expect(throws: VFIOError.self) {
+            try device.setIOEventFD(region: bar0, offset: 0x04, width: 3, data: 0, eventfd: kick)
+        }
     }
 
     @Test func attachReplacesAndDetachBlocksDMA() throws {
