@@ -618,3 +618,54 @@ private func cdevKernel() -> FakeKernel {
         }
     }
 }
+
+@Suite struct ConfigSpaceTests {
+    /// A fake 4 KiB config space: PM at 0x40 -> MSI at 0x50 -> PCIe at 0x70; AER at
+    /// 0x100 -> a vendor cap at 0x140 whose next points back at 0x100 (a loop).
+    static func space() -> [UInt8] {
+        var c = [UInt8](repeating: 0, count: 4096)
+        c[0] = 0x34; c[1] = 0x12; c[2] = 0xe8; c[3] = 0x11
+        c[4] = 0x02  // memory space on
+        c[6] = 0x10  // status: capability list
+        c[0x34] = 0x40
+        c[0x40] = 0x01; c[0x41] = 0x50
+        c[0x50] = 0x05; c[0x51] = 0x70
+        c[0x70] = 0x10; c[0x71] = 0x00
+        func ext(_ at: Int, _ id: UInt16, _ version: UInt32, _ next: UInt32) {
+            let v = UInt32(id) | version << 16 | next << 20
+            withUnsafeBytes(of: v.littleEndian) { for (i, b) in $0.enumerated() { c[at + i] = b } }
+        }
+        ext(0x100, 0x0001, 2, 0x140)
+        ext(0x140, 0x000b, 1, 0x100)
+        return c
+    }
+
+    @Test func walksCapabilitiesSafelyAndSetsBusMaster() throws {
+        let kernel = cdevKernel()
+        RegionInfoTests.install(kernel)
+        let config = Mutex(Self.space())
+        kernel.onFileIO { _, offset, buffer, isWrite in
+            let at = Int(offset - (7 << 40))
+            config.withLock { c in
+                for i in 0..<buffer.count {
+                    if isWrite { c[at + i] = buffer[i] } else { buffer[i] = c[at + i] }
+                }
+            }
+            return buffer.count
+        }
+        try Syscalls.withProvider(kernel) {
+            let device = try VFIODevice.open(cdev: "/dev/vfio/devices/vfio0")
+            let cfg = try device.configSpace()
+            #expect(try cfg.vendorID == 0x1234 && cfg.deviceID == 0x11e8)
+            #expect(try cfg.capabilities().map(\.known) == [.powerManagement, .msi, .pciExpress])
+            #expect(try cfg.find(.msi) == 0x50)
+            let ext = try cfg.extendedCapabilities()
+            #expect(ext.map(\.offset) == [0x100, 0x140], "the loop back to 0x100 ends the walk")
+            #expect(ext.first?.known == .aer && ext.first?.version == 2)
+            try cfg.setBusMaster(true)
+            #expect(try cfg.command() == [.memorySpace, .busMaster])
+            try cfg.setBusMaster(false)
+            #expect(config.withLock { $0[4] } == 0x02)
+        }
+    }
+}
