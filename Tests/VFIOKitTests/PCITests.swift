@@ -387,3 +387,15 @@ func guestLikeFixture() throws -> PCIFixture {
         #expect(formatBytes(64 << 20) == "64 MiB")
     }
 }
+
+@Suite struct PCIVirtioIOMMUNamingTests {
+    @Test func virtioIOMMUNamedAfterItsPCIFunctionIsRecognised() throws {
+        let f = try PCIFixture()
+        try f.link("/sys/class/iommu/0000:00:02.0", to: "../../devices/pci0000:00/0000:00:02.0/virtio0/iommu/0000:00:02.0")
+        #expect(f.host.iommus().first?.kind == .virtio)
+        #expect(f.host.interruptRemapping().state == .disabled)
+        // Registered but covering no device: doctor says so.
+        let fs = f.host.doctor(DoctorOptions(probeKernel: false))
+        #expect(fs.first { $0.id == "iommu.present" }?.status == .fail)
+    }
+}

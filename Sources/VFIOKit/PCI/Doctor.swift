@@ -102,7 +102,14 @@ extension PCIHost {
                            fix: "enable VT-d / AMD-Vi in the firmware and boot with intel_iommu=on (Intel) or amd_iommu=on (AMD); in a VM add an IOMMU device (QEMU: -device intel-iommu,intremap=on)"))
         } else {
             let kinds = ioms.map { "\($0.name) (\($0.kind.rawValue))" }.joined(separator: ", ")
-            f.append(.init("iommu.present", .ok, "IOMMU", "\(ioms.count) IOMMU\(ioms.count == 1 ? "" : "s"): \(kinds); \(groupsList.count) IOMMU groups"))
+            let realIOMMUs = ioms.filter { $0.kind != .selftest }
+            if groupsList.isEmpty || realIOMMUs.isEmpty {
+                f.append(.init("iommu.present", .fail, "IOMMU", "\(kinds.isEmpty ? "no IOMMU" : kinds) registered, but "
+                               + (realIOMMUs.isEmpty ? "only the iommufd selftest IOMMU, which translates no real device" : "no device is in an IOMMU group"),
+                               fix: "check the kernel log (dmesg | grep -i -e iommu -e dmar -e viot) for why the IOMMU does not cover the PCI devices"))
+            } else {
+                f.append(.init("iommu.present", .ok, "IOMMU", "\(ioms.count) IOMMU\(ioms.count == 1 ? "" : "s"): \(kinds); \(groupsList.count) IOMMU groups"))
+            }
             if cmdline.split(separator: " ").contains(where: { $0 == "iommu=pt" || $0 == "iommu.passthrough=1" }) {
                 f.append(.init("iommu.passthrough", .info, "IOMMU default domain", "the kernel runs host devices in passthrough (iommu=pt); VFIO still isolates the devices it owns"))
             }

@@ -119,8 +119,9 @@ extension PCIHost {
             if name.contains("iommufd_selftest") {
                 return IOMMUInstance(name: name, kind: .selftest, supportsInterruptRemapping: false)
             }
-            // virtio-iommu registers under the virtio device's name (virtio0, ...).
-            if name.hasPrefix("virtio") || linkName(dir + "/device/driver") == "virtio_iommu" {
+            // virtio-iommu registers under its PCI function's name (0000:00:02.0) below a virtioN device.
+            let target = readLink(dir) ?? ""
+            if name.hasPrefix("virtio") || target.contains("/virtio") || linkName(dir + "/device/driver") == "virtio_iommu" {
                 return IOMMUInstance(name: name, kind: .virtio, supportsInterruptRemapping: false)
             }
             return IOMMUInstance(name: name, kind: .other, supportsInterruptRemapping: nil)
