@@ -399,3 +399,15 @@ func guestLikeFixture() throws -> PCIFixture {
         #expect(fs.first { $0.id == "iommu.present" }?.status == .fail)
     }
 }
+
+@Suite struct PCINinePTests {
+    @Test func mountedNinePShareIsAUse() throws {
+        let f = try guestLikeFixture()
+        try f.addDevice("0000:00:11.0", vendor: 0x1af4, device: 0x1009, cls: 0x000200, driver: "virtio-pci", group: 9)
+        try f.write("/sys/bus/pci/devices/0000:00:11.0/virtio1/mount_tag", "host\0")
+        try f.write("/proc/self/mountinfo", "17 1 0:15 / / ro,relatime - 9p host ro,access=client,msize=512000,trans=virtio\n")
+        let u = f.host.uses(of: try PCIAddress(parsing: "0000:00:11.0"))
+        #expect(u.count == 1 && u.first?.kind == .mounted && u.first?.detail.contains("\"host\" is mounted on /") == true)
+        #expect(f.host.readiness(of: try f.host.device("0000:00:11.0")) == .inUse)
+    }
+}

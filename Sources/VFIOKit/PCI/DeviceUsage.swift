@@ -37,6 +37,27 @@ extension PCIHost {
     /// when `checkOpenFiles` — processes holding any of its device nodes open
     /// (`/proc/PID/fd`), which costs a scan of every process.
     public func uses(of a: PCIAddress, checkOpenFiles: Bool = true) -> [DeviceUse] {
+        uses(of: a, openNodes: checkOpenFiles ? nil : [:])
+    }
+
+    /// Device nodes (`/dev/...`) open in processes other than this one, with
+    /// who holds them (`pid 42 (qemu)`): one scan of `/proc/PID/fd`.
+    public func openDeviceNodes() -> [String: [String]] {
+        var openers: [String: [String]] = [:]
+        let me = String(getpid())
+        for pid in list("/proc") where pid.first?.isNumber == true && pid != me {
+            var seen = Set<String>()
+            for fd in list("/proc/\(pid)/fd") {
+                guard let t = readLink("/proc/\(pid)/fd/\(fd)"), t.hasPrefix("/dev/"), seen.insert(t).inserted else { continue }
+                openers[t, default: []].append("pid \(pid) (\(readTrimmed("/proc/\(pid)/comm") ?? "?"))")
+            }
+        }
+        return openers
+    }
+
+    /// ``uses(of:checkOpenFiles:)`` with a table from ``openDeviceNodes()``
+    /// computed once for many devices; nil scans /proc for this device.
+    public func uses(of a: PCIAddress, openNodes: [String: [String]]?) -> [DeviceUse] {
         let dir = sysfsPath(a)
         var blocks: [(name: String, path: String)] = []
         var nets: [(name: String, path: String)] = []
@@ -77,23 +98,6 @@ extension PCIHost {
         for t in ttys where consoles.contains(t) {
             uses.append(DeviceUse(kind: .console, object: t, detail: "\(t) is the active console"))
         }
-        if checkOpenFiles && !nodes.isEmpty {
-            let wanted = Set(nodes)
-            var openers: [String: [String]] = [:]
-            let me = String(getpid())
-            for pid in list("/proc") where pid.first?.isNumber == true && pid != me {
-                for fd in list("/proc/\(pid)/fd") {
-                    if let t = readLink("/proc/\(pid)/fd/\(fd)"), wanted.contains(t) {
-                        openers[t, default: []].append("pid \(pid) (\(readTrimmed("/proc/\(pid)/comm") ?? "?"))")
-                    }
-                }
-            }
-            for (node, who) in openers.sorted(by: { $0.key < $1.key }) {
-                let unique = Array(Set(who)).sorted()
-                uses.append(DeviceUse(kind: .openByProcess, object: node,
-                                      detail: "\(node) is open in \(unique.joined(separator: ", "))"))
-            }
-        }
         let swaps = Set((read("/proc/swaps") ?? "").split(separator: "\n").dropFirst().compactMap {
             $0.split(separator: " ").first.map { String($0.split(separator: "/").last ?? "") }
         })
@@ -117,6 +121,13 @@ extension PCIHost {
             if flags & 1 != 0 || oper == "up" {
                 uses.append(DeviceUse(kind: .networkUp, object: n.name,
                                       detail: "network interface \(n.name) is up (operstate \(oper ?? "unknown"))"))
+            }
+        }
+        if !nodes.isEmpty {
+            let table = openNodes ?? openDeviceNodes()
+            for node in nodes.sorted() {
+                guard let who = table[node] else { continue }
+                uses.append(DeviceUse(kind: .openByProcess, object: node, detail: "\(node) is open in \(who.joined(separator: ", "))"))
             }
         }
         if readTrimmed(dir + "/boot_vga") == "1" {

@@ -281,7 +281,8 @@ extension PCIHost {
             let blockers = others.filter { $0.status == .blocking }
             let memberText = v.members.map { "\($0.address) \($0.reason)" }.joined(separator: "; ")
             if blockers.isEmpty {
-                f.append(.init("\(id).group", .ok, "IOMMU group \(gid)", "viable once \(a) is on vfio-pci: \(memberText)"))
+                f.append(.init("\(id).group", .ok, "IOMMU group \(gid)",
+                               (dev.isBoundToVFIO ? "viable: " : "viable once \(a) is on vfio-pci: ") + memberText))
             } else {
                 f.append(.init("\(id).group", .fail, "IOMMU group \(gid)",
                                "not viable: " + blockers.map { "\($0.address) is bound to \($0.driver ?? "?")" }.joined(separator: ", ")
