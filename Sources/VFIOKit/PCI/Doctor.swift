@@ -128,9 +128,11 @@ extension PCIHost {
             f.append(.init("interrupt-remapping", allowed ? .warn : .fail, "Interrupt remapping",
                            "absent: \(ir.evidence). Without it a device could forge MSIs, so VFIO refuses to bind devices (VFIO_DEVICE_BIND_IOMMUFD / VFIO_SET_IOMMU fail with EPERM)"
                            + (allowed ? "; allow_unsafe_interrupts is set, so VFIO works without isolation" : ""),
-                           fix: virtio
-                               ? "virtio-iommu cannot remap interrupts; use an IOMMU that can (QEMU: -device intel-iommu,intremap=on), or accept the risk with iommufd.allow_unsafe_interrupts=1 (a security decision VFIOKit never takes for you)"
-                               : "enable interrupt remapping (x2APIC and intremap=on; in firmware: VT-d/AMD-Vi with interrupt remapping), or accept the risk with iommufd.allow_unsafe_interrupts=1 (a security decision)"))
+                           fix: (virtio
+                               ? "virtio-iommu cannot remap interrupts; use an IOMMU that can (QEMU: -device intel-iommu,intremap=on)"
+                               : "enable interrupt remapping (x2APIC and intremap=on; in firmware: VT-d/AMD-Vi with interrupt remapping)")
+                               + (allowed ? "; the risk is currently accepted through allow_unsafe_interrupts"
+                                          : ", or accept the risk with iommufd.allow_unsafe_interrupts=1 (a security decision VFIOKit never takes for you)")))
         case .unknown:
             f.append(.init("interrupt-remapping", .warn, "Interrupt remapping", "unknown: \(ir.evidence)",
                            fix: "VFIO_DEVICE_BIND_IOMMUFD failing with EPERM is the sure sign that it is missing"))
