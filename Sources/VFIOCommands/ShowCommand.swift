@@ -66,7 +66,10 @@ public struct ShowCommand: ParsableCommand {
             let d = try host.device(try PCIAddress(parsing: address))
             var report = Report(device: d, readiness: host.readiness(of: d, openNodes: host.openDeviceNodes()),
                                 group: d.iommuGroup.flatMap { try? host.viability(ofGroup: $0) },
-                                uses: d.isBoundToVFIO ? [] : host.uses(of: d.address),
+                                uses: d.isBoundToVFIO
+                                    ? host.vfioOpeners(of: d).map { DeviceUse(kind: .openByProcess, object: d.vfioCdevPath ?? d.address.description,
+                                                                              detail: "its VFIO node is open in \($0)") }
+                                    : host.uses(of: d.address),
                                 bindingRecord: host.bindingRecord(d.address))
             if d.isBoundToVFIO {
                 do throws(VFIOError) {

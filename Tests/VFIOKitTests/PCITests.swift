@@ -411,3 +411,24 @@ func guestLikeFixture() throws -> PCIFixture {
         #expect(f.host.readiness(of: try f.host.device("0000:00:11.0")) == .inUse)
     }
 }
+
+@Suite struct PCIOpenVFIONodeTests {
+    @Test func unbindRefusesWhileAProcessHoldsTheCdev() throws {
+        let f = try guestLikeFixture()
+        let a = try PCIAddress(parsing: "0000:00:02.0")
+        _ = try f.host.bind(a)
+        let cdev = try #require(try f.host.device(a).vfioCdevPath)
+        try f.link("/proc/4242/fd/7", to: cdev)
+        try f.write("/proc/4242/comm", "qemu-system-x86\n")
+        do {
+            _ = try f.host.unbind(a, restore: true)
+            Issue.record("unbind succeeded")
+        } catch {
+            #expect(error.description.contains("pid 4242 (qemu-system-x86)"))
+            #expect(error.hint?.contains("--force") == true)
+        }
+        #expect(f.driver("0000:00:02.0") == "vfio-pci")
+        _ = try f.host.unbind(a, restore: true, force: true)
+        #expect(f.driver("0000:00:02.0") == nil)
+    }
+}

@@ -21,6 +21,12 @@ public struct DeviceUse: Sendable, Equatable, Codable {
     public var kind: Kind
     public var object: String
     public var detail: String
+
+    public init(kind: Kind, object: String, detail: String) {
+        self.kind = kind
+        self.object = object
+        self.detail = detail
+    }
 }
 
 extension PCIHost {
