@@ -140,11 +140,17 @@ extension PCIHost {
     /// One word for how usable `dev` is through VFIO. Checks device users
     /// (``uses(of:)``) only for devices on a kernel driver.
     public func readiness(of dev: PCIDevice) -> VFIOReadiness {
-        if dev.isBridge { return .bridge }
+        readiness(of: dev, openNodes: [:])
+    }
+
+    /// ``readiness(of:)`` that also counts device nodes open in processes, from
+    /// a table made once by ``openDeviceNodes()``.
+    public func readiness(of dev: PCIDevice, openNodes: [String: [String]]) -> VFIOReadiness {
+        if dev.isBridge || dev.classCode >> 16 == 0x06 { return .bridge }
         guard let g = dev.iommuGroup else { return .noIOMMUGroup }
         let others = (try? viability(ofGroup: g))?.members.filter { $0.address != dev.address && $0.status == .blocking } ?? []
         if dev.isBoundToVFIO { return others.isEmpty ? .ready : .groupNotViable }
-        if dev.driver != nil && !uses(of: dev.address).isEmpty { return .inUse }
+        if dev.driver != nil && !uses(of: dev.address, openNodes: openNodes).isEmpty { return .inUse }
         return others.isEmpty ? .bindable : .bindableWithGroup
     }
 }
