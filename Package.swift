@@ -40,6 +40,9 @@ let package = Package(
             swiftSettings: strict
         ),
         .executableTarget(name: "vfioctl", dependencies: ["VFIOCommands"], swiftSettings: strict),
+        // Test helper: adopts the fds `vfioctl attach --exec` passes and runs an edu DMA round trip.
+        .executableTarget(
+            name: "vfiokit-edu-dma", dependencies: ["VFIOKit", "VFIOKitTestSupport"], swiftSettings: strict),
         // Benchmarks: VFIOKit's hot paths against raw C in the test guest.
         .target(name: "CBenchSupport", dependencies: ["CVFIO"], path: "Benchmarks/CBenchSupport"),
         .executableTarget(

@@ -14,6 +14,7 @@ public struct VFIOCtl: ParsableCommand {
         UnbindCommand.self,
         DoctorCommand.self,
         ManualCommand.self,
+        AttachCommand.self, ResetCommand.self, IRQsCommand.self, ConfigCommand.self, BarCommand.self, HWInfoCommand.self,
     ]
 
     public static let configuration = CommandConfiguration(

@@ -13,15 +13,33 @@ public struct Launcher: Sendable {
     /// The fds to pass, by placeholder name: `iommufd`, `device`,
     /// `device:0000:00:03.0`, `container`, `group`, ...
     public var fds: [(name: String, fd: Int32)]
+    /// Placeholders that stand for text, not an inherited fd: object ids
+    /// (`ioas`, `hwpt`, `devid`, `devid:BDF`), `bdf`, ... Not made inheritable.
+    public var values: [(name: String, value: String)]
     /// Extra environment for the child, on top of this process's.
     public var environment: [String: String]
 
-    public init(fds: [(name: String, fd: Int32)], environment: [String: String] = [:]) {
+    public init(fds: [(name: String, fd: Int32)], values: [(name: String, value: String)] = [],
+                environment: [String: String] = [:]) {
         self.fds = fds
+        self.values = values
         self.environment = environment
     }
 
-    /// `{name}` in each argument replaced by the fd number; an unknown
+    /// What `{name}` stands for: an fd number or a value. `{device:00:03.0}`
+    /// finds `device:0000:00:03.0` (a BDF after the colon is normalized).
+    func lookup(_ name: String) -> String? {
+        if let fd = fds.first(where: { $0.name == name })?.fd { return String(fd) }
+        if let v = values.first(where: { $0.name == name })?.value { return v }
+        if let colon = name.firstIndex(of: ":"),
+           let a = try? PCIAddress(parsing: String(name[name.index(after: colon)...])) {
+            let canonical = name[..<colon] + ":" + a.description
+            if canonical != name { return lookup(String(canonical)) }
+        }
+        return nil
+    }
+
+    /// `{name}` in each argument replaced by the fd number or value; an unknown
     /// placeholder is an error rather than a literal the program would misread.
     public func substitute(_ arguments: [String]) throws(VFIOError) -> [String] {
         var out: [String] = []
@@ -32,14 +50,14 @@ public struct Launcher: Sendable {
                 result += rest[..<open]
                 guard let close = rest[open...].firstIndex(of: "}") else { result += rest[open...]; rest = ""; break }
                 let name = String(rest[rest.index(after: open)..<close])
-                if let fd = fds.first(where: { $0.name == name })?.fd {
-                    result += String(fd)
+                if let v = lookup(name) {
+                    result += v
                 } else if name.isEmpty || name.contains(where: { $0 == " " || $0 == "," || $0 == "=" }) {
                     result += rest[open...close]  // not ours (e.g. JSON in an argument)
                 } else {
                     throw VFIOError.invalid(
                         "exec", "unknown placeholder {\(name)} in argument '\(arg)'",
-                        hint: "available: " + fds.map { "{\($0.name)}" }.joined(separator: ", "))
+                        hint: "available: " + (fds.map(\.name) + values.map(\.name)).map { "{\($0)}" }.joined(separator: ", "))
                 }
                 rest = rest[rest.index(after: close)...]
             }
@@ -108,12 +126,26 @@ public struct Launcher: Sendable {
         }
     }
 
-    /// Blocks until SIGINT or SIGTERM arrives; returns the signal.
-    public static func waitForStopSignal() -> Int32 {
+    /// SIGINT and SIGTERM.
+    static var stopSignals: sigset_t {
         var set = sigset_t()
         sigemptyset(&set)
         sigaddset(&set, SIGINT)
         sigaddset(&set, SIGTERM)
+        return set
+    }
+
+    /// Blocks SIGINT and SIGTERM in the calling thread, so that one arriving
+    /// before ``waitForStopSignal()`` waits is kept pending rather than killing
+    /// the process. Call it before announcing that you wait.
+    public static func blockStopSignals() {
+        var set = stopSignals
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+    }
+
+    /// Blocks until SIGINT or SIGTERM arrives; returns the signal.
+    public static func waitForStopSignal() -> Int32 {
+        var set = stopSignals
         pthread_sigmask(SIG_BLOCK, &set, nil)
         var sig: Int32 = 0
         while sigwait(&set, &sig) != 0 {}

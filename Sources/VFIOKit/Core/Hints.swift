@@ -69,7 +69,7 @@ enum Hints {
             }
             return nil
         case 25, 95:  // ENOTTY, EOPNOTSUPP
-            if let since = KernelFeatures.introduced[op] {
+            if errno.rawValue == 25, let since = KernelFeatures.introduced[op] {
                 return "this kernel lacks \(op) (added in Linux \(since)); running \(KernelFeatures.runningRelease)"
             }
             return errno.rawValue == 95

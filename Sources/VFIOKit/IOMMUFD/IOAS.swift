@@ -22,6 +22,9 @@ public final class IOAS: IOMMUAttachTarget {
     public let objectID: UInt32
     /// The context it lives in.
     public let iommufd: IOMMUFD
+    /// Whether this owner allocated the IOAS (and destroys it when it goes);
+    /// false for ``init(existing:in:)``.
+    public let isOwned: Bool
     let state = IOMMUObjectState()
 
     /// Allocates an empty IOAS.
@@ -31,6 +34,29 @@ public final class IOAS: IOMMUAttachTarget {
         try ctx.ioctl(IOMMU_IOAS_ALLOC, &arg, object: ctx.fd.label)
         objectID = arg.out_ioas_id
         iommufd = ctx
+        isOwned = true
+    }
+
+    /// Uses IOAS `id` that already exists in `ctx` (allocated by another
+    /// process sharing the iommufd, e.g. the one that passed the fd). The IOAS
+    /// is checked with `IOMMU_IOAS_IOVA_RANGES` (ENOENT: no IOAS has that id in
+    /// this context). It is not destroyed when this owner goes; ``destroy()``
+    /// still destroys it on request.
+    public init(existing id: UInt32, in ctx: IOMMUFD) throws(VFIOError) {
+        objectID = id
+        iommufd = ctx
+        isOwned = false
+        do throws(VFIOError) {
+            _ = try iovaRanges()
+        } catch {
+            var e = error
+            if e.errno?.rawValue == ENOENT {
+                e.detail = "iommufd context \(ctx.fd.label) has no IOAS with id \(id)"
+                e.hint = "a newly opened /dev/iommu has no objects: an existing IOAS id only works with an iommufd "
+                    + "shared with the process that allocated it"
+            }
+            throw e
+        }
     }
 
     /// "IOAS 3", for errors.
@@ -43,7 +69,7 @@ public final class IOAS: IOMMUAttachTarget {
         try state.destroy(iommufd, objectID, label: label)
     }
 
-    deinit { state.destroyQuietly(iommufd, objectID) }
+    deinit { if isOwned { state.destroyQuietly(iommufd, objectID) } }
 
     // MARK: mapping
 

@@ -79,6 +79,23 @@ public final class VFIODevice: Sendable {
         try open(cdev: try cdevPath(bdf: bdf))
     }
 
+    /// Takes ownership of a VFIO cdev fd someone else opened (a parent that
+    /// passed it, e.g. `vfioctl attach --exec --prebound`). When the fd is
+    /// already bound, give the ``IOMMUFD`` it is bound to and the device id
+    /// the bind returned; the device then keeps that context alive and can be
+    /// attached at once. Unbound (nil), bind it with ``bind(to:token:)``.
+    /// `path` names the device in errors (the cdev path or the BDF).
+    public convenience init(adoptingCdev fd: Int32, path: String, boundTo iommufd: IOMMUFD? = nil,
+                            deviceID: UInt32? = nil) {
+        self.init(fd: OwnedFD(fd, label: path), path: .cdev(path), group: nil)
+        if let iommufd {
+            binding.withLock {
+                $0.iommufd = iommufd
+                $0.devid = deviceID
+            }
+        }
+    }
+
     // MARK: iommufd binding (cdev path)
 
     /// Binds the device to an iommufd context; returns the device id iommufd
