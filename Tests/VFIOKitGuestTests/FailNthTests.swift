@@ -8,7 +8,7 @@ import VFIOKitTestSupport
 /// thread failing (the kernel's fail-nth), until it no longer reaches the
 /// injection point. Every run must either succeed or throw a VFIOError, and
 /// leave no fd, no pinned page and no driver binding behind.
-@Suite(.serialized, .enabled(if: Guest.available && FailNth.available,
+@Suite(.serialized, .exclusiveGuestDevices, .enabled(if: Guest.available && FailNth.available,
                              "runs in the QEMU test guest (fail-nth): Scripts/vm.sh -- .build/debug/VFIOKitPackageTests.xctest --testing-library swift-testing --filter FailNth"))
 struct FailNthTests {
     /// Checks the sweep's outcome and records what it did.
