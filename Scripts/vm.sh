@@ -17,6 +17,10 @@ Options:
   --memory SIZE              guest memory, QEMU syntax (default: 2G)
   --timeout SECS             kill the guest after SECS seconds (default: 600; 0: never)
   --kernel BZIMAGE           guest kernel (default: Scripts/test-kernel.sh builds/reuses one)
+  --qemu BINARY              QEMU to run (default: $VFIOKIT_QEMU, else qemu-system-x86_64;
+                             for --iommu amd, Debian 12's QEMU 7.2 that Scripts/setup.sh
+                             unpacks into the cache: QEMU 10.0's AMD-Vi does not
+                             translate emulated devices' DMA)
   --append ARGS              extra kernel command line arguments
   --qemu-arg ARG             extra QEMU argument (repeatable), e.g. --qemu-arg=-trace
   -v, --verbose              print the run directory and the QEMU command line
@@ -38,7 +42,7 @@ Guest devices (fixed; the guest also exports their BDFs, see below):
   00:01.0            the AMD IOMMU's own PCI function (--iommu amd only)
   00:02.0            virtio-iommu-pci (--iommu virtio only)
   00:10.0-00:12.0    virtio-serial (command output), 9p root, 9p results
-  The edus have no driver. --iommu amd boots with iommu.passthrough=1 (identity
+  The edus have no driver. --iommu amd runs Debian 12's QEMU 7.2 (see --qemu) and boots with iommu.passthrough=1 (identity
   default domains; VFIO's are translated), virtio with allow_unsafe_interrupts.
 
 In the guest, COMMAND sees:
@@ -81,6 +85,7 @@ while [ $# -gt 0 ]; do
     --timeout) timeout_secs=${2:?--timeout needs a value}; shift 2 ;;
     --timeout=*) timeout_secs=${1#*=}; shift ;;
     --kernel) kernel=${2:?--kernel needs a value}; shift 2 ;;
+    --qemu) qemu_bin=${2:?--qemu needs a value}; shift 2 ;;
     --kernel=*) kernel=${1#*=}; shift ;;
     --append) extra_append=${2?--append needs a value}; shift 2 ;;
     --append=*) extra_append=${1#*=}; shift ;;
@@ -189,7 +194,20 @@ fi
 exec {out_fd}> >(cat) ; out_pid=$!
 exec {err_fd}> >(cat >&2) ; err_pid=$!
 
-qemu=(qemu-system-x86_64 -name vfiokit-test -no-user-config -nodefaults -no-reboot -display none
+if [ -z "${qemu_bin:-}" ]; then
+  qemu_bin=${VFIOKIT_QEMU:-qemu-system-x86_64}
+  amd_qemu="${VFIOKIT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vfiokit}/qemu-7.2/root/usr/bin/qemu-system-x86_64"
+  if [ "$iommu" = amd ] && [ -z "${VFIOKIT_QEMU:-}" ] && [ -x "$amd_qemu" ]; then qemu_bin=$amd_qemu; fi
+fi
+# A QEMU unpacked outside /usr (the cached 7.2) loads its accelerator modules
+# from beside itself.
+modules="$(dirname "$qemu_bin")/../lib/x86_64-linux-gnu/qemu"
+qemu_data=()
+if [ -d "$modules" ] && [ "$(dirname "$qemu_bin")" != /usr/bin ]; then
+  export QEMU_MODULE_DIR=$modules
+  qemu_data=(-L "$(dirname "$qemu_bin")/../share/qemu" -L /usr/share/seabios -L /usr/lib/ipxe/qemu)
+fi
+qemu=("$qemu_bin" "${qemu_data[@]}" -name vfiokit-test -no-user-config -nodefaults -no-reboot -display none
   -accel tcg,thread=multi -M q35 -m "$memory" -smp 2
   -kernel "$kernel" -append "$append"
   -serial "file:$console"

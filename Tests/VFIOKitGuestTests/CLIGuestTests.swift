@@ -84,7 +84,7 @@ enum GuestDevices {
     }
 }
 
-@Suite(.serialized, .enabled(if: GuestDevices.available, "runs in the QEMU test guest (Scripts/vm.sh)"))
+@Suite(.serialized, .exclusiveGuestDevices, .enabled(if: GuestDevices.available, "runs in the QEMU test guest (Scripts/vm.sh)"))
 struct CLIGuestTests {
     @Test func listShowsTheTestDevicesWithGroupsAndDrivers() throws {
         let edu = try GuestDevices.bdf("VFIOKIT_EDU"), a = try GuestDevices.bdf("VFIOKIT_EDU_PAIR_A")
