@@ -97,11 +97,7 @@ enum DeviceNodes {
     /// The IOMMU group of a device bound to vfio-pci.
     static func groupNumber(of a: PCIAddress, host: PCIHost) throws(VFIOError) -> Int {
         try requireOnVFIO(a, host: host)
-        guard let name = host.linkName("/sys/bus/pci/devices/\(a)/iommu_group"), let n = Int(name) else {
-            throw VFIOError.invalid("find IOMMU group", "\(a) has no IOMMU group", object: a.description,
-                                    hint: "the kernel runs without an IOMMU for this device (`vfioctl doctor`)")
-        }
-        return n
+        return try VFIOGroup.groupNumber(of: a, host: host)
     }
 
     static func requireOnVFIO(_ a: PCIAddress, host: PCIHost) throws(VFIOError) {

@@ -60,14 +60,11 @@ public final class VFIODevice: Sendable {
 
     /// The cdev path of a PCI function bound to vfio-pci, from
     /// `/sys/bus/pci/devices/BDF/vfio-dev/vfioN`.
-    public static func cdevPath(bdf: String, sysfsRoot: String = "/sys") throws(VFIOError) -> String {
-        let dir = "\(sysfsRoot)/bus/pci/devices/\(bdf)/vfio-dev"
-        guard let name = SysfsFiles.list(dir).first(where: { $0.hasPrefix("vfio") }) else {
-            let driver = SysfsFiles.linkTargetName("\(sysfsRoot)/bus/pci/devices/\(bdf)/driver")
-            let detail = !SysfsFiles.exists("\(sysfsRoot)/bus/pci/devices/\(bdf)")
-                ? "there is no PCI device \(bdf)"
-                : "\(bdf) has no VFIO cdev (bound to \(driver ?? "no driver"))"
-            throw VFIOError.invalid("find VFIO cdev", detail, object: bdf,
+    public static func cdevPath(bdf: String, host: PCIHost = PCIHost()) throws(VFIOError) -> String {
+        let device = try host.device(try PCIAddress(parsing: bdf))
+        guard let name = device.vfioCdev else {
+            throw VFIOError.invalid("find VFIO cdev", "\(bdf) has no VFIO cdev (bound to \(device.driver ?? "no driver"))",
+                                    object: bdf,
                                     hint: "bind it to vfio-pci (`vfioctl bind \(bdf)`); cdevs need "
                                         + "CONFIG_VFIO_DEVICE_CDEV (Linux 6.6 or later)")
         }
