@@ -91,7 +91,7 @@ enum DeviceNodes {
     /// when the device does not exist or which driver it is bound to instead.
     static func cdevPath(of a: PCIAddress, host: PCIHost) throws(VFIOError) -> String {
         try requireOnVFIO(a, host: host)
-        return try VFIODevice.cdevPath(bdf: a.description, sysfsRoot: host.path("/sys"))
+        return try VFIODevice.cdevPath(bdf: a.description, host: host)
     }
 
     /// The IOMMU group of a device bound to vfio-pci.

@@ -53,11 +53,17 @@ public final class VFIOGroup: Sendable {
         }
         self.number = number
         let s = try status()
-        let v = try host.viability(ofGroup: number)
+        // The kernel's flag decides; sysfs names the members (and adds
+        // VFIOKit's stricter every-member-on-vfio-pci rule when it can be read).
+        let v = try? host.viability(ofGroup: number)
         if !s.viable {
+            guard let v else {
+                throw VFIOError.invalid("VFIO_GROUP_GET_STATUS", "IOMMU group \(number) is not viable", object: label,
+                                        hint: "bind every member of the group to vfio-pci (`vfioctl list --groups`)")
+            }
             throw VFIOGroup.blockedError("VFIO_GROUP_GET_STATUS", v, v.blockers(requireVFIO: false))
         }
-        if requireAllMembersBound, case let blocking = v.blockers(requireVFIO: true), !blocking.isEmpty {
+        if requireAllMembersBound, let v, case let blocking = v.blockers(requireVFIO: true), !blocking.isEmpty {
             throw VFIOGroup.blockedError("open group", v, blocking)
         }
     }
