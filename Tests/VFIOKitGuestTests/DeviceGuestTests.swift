@@ -51,6 +51,8 @@ struct DeviceGuestTests {
         #expect(try device.irqInfo(.msix).count == 0)
         #expect(try device.irqInfo(.req).count == 1)
 
+        print("edu \(bdf): VFIO_DEVICE_FLAGS_RESET=\(info.supportsReset), caps \(caps.map { String($0.id, radix: 16) }), "
+              + "features \(try device.featureSummary().map { "\($0.name)=\($0.support.isSupported)" })")
         // edu has no reset method: VFIOKit says so cleanly.
         if info.supportsReset {
             try device.reset()
@@ -61,8 +63,10 @@ struct DeviceGuestTests {
         // On the root bus there is no slot or bus reset.
         do {
             let hr = try device.hotResetInfo()
+            print("edu \(bdf): hot reset reaches \(hr.devices)")
             #expect(hr.devices.contains { $0.bdf == bdf })
         } catch {
+            print("edu \(bdf): hot reset: \(error)")
             #expect(error.detail?.contains("not supported by this device") == true, "\(error)")
         }
         // Features: probing never throws for an emulated device.
