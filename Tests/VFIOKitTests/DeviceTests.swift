@@ -540,3 +540,182 @@ private func cdevKernel() -> FakeKernel {
         #expect(e.hint?.contains("vfioctl bind 0000:01:02.0") == true)
     }
 }
+
+@Suite struct FeatureTests {
+    @Test func probeTreatsNotSupportedAsAnswerAndEncodesFlags() throws {
+        let kernel = cdevKernel()
+        kernel.onIoctl(VFIO_DEVICE_FEATURE) { _, arg in
+            let p = arg!.assumingMemoryBound(to: vfio_device_feature.self)
+            let id = p.pointee.flags & VFIO_DEVICE_FEATURE_MASK
+            if id == VFIO_DEVICE_FEATURE_BUS_MASTER { return p.pointee.flags & VFIO_DEVICE_FEATURE_GET != 0 ? -EINVAL : 0 }
+            return -ENOTTY
+        }
+        try Syscalls.withProvider(kernel) {
+            let device = try VFIODevice.open(cdev: "/dev/vfio/devices/vfio0")
+            #expect(try device.probeFeature(VFIO_DEVICE_FEATURE_BUS_MASTER) == FeatureSupport(get: false, set: true))
+            #expect(try device.probeFeature(VFIO_DEVICE_FEATURE_MIGRATION).isSupported == false)
+            try device.setBusMasterFeature(true)
+            let set = try #require(kernel.calls(VFIO_DEVICE_FEATURE).last)
+            #expect(set.u32(0) == 12 && set.u32(4) == VFIO_DEVICE_FEATURE_BUS_MASTER | VFIO_DEVICE_FEATURE_SET)
+            #expect(set.u32(8) == VFIO_DEVICE_FEATURE_SET_MASTER)
+            let e = #expect(throws: VFIOError.self) { _ = try device.migrationFlags() }
+            #expect(e?.detail == "not supported by this device")
+        }
+    }
+}
+
+@Suite struct TeardownOrderTests {
+    @Test func groupDeviceKeepsGroupAndContainerOpenUntilItCloses() throws {
+        let kernel = cdevKernel()
+        Type1Tests.container(kernel)
+        kernel.onIoctl(VFIO_GROUP_GET_STATUS) { _, arg in
+            arg!.assumingMemoryBound(to: vfio_group_status.self).pointee.flags = VFIO_GROUP_FLAGS_VIABLE
+            return 0
+        }
+        kernel.onIoctl(VFIO_GROUP_SET_CONTAINER) { _, _ in 0 }
+        try Syscalls.withProvider(kernel) {
+            var device: VFIODevice?
+            do {
+                let container = try VFIOContainer()
+                let group = try VFIOGroup(number: 7, requireAllMembersBound: false)
+                try group.setContainer(container)
+                try container.setIOMMU(.type1v2)
+                #expect(kernel.calls(VFIO_GROUP_SET_CONTAINER).last?.i32(0) == container.fd.raw)
+                // Stand-in for GET_DEVICE_FD (the fake cannot mint an fd from an ioctl).
+                device = VFIODevice(fd: try OwnedFD.open("/dev/vfio/devices/vfio0"), path: .group("0000:00:03.0"), group: group)
+            }
+            #expect(kernel.openPaths == ["/dev/vfio/7", "/dev/vfio/devices/vfio0", "/dev/vfio/vfio"])
+            #expect(device?.group?.container != nil)
+            device = nil
+            #expect(kernel.openPaths.isEmpty, "device, then group, then container: \(kernel.openPaths)")
+        }
+    }
+
+    @Test func cdevDeviceClosesBeforeItsIOASAndIommufd() throws {
+        let kernel = cdevKernel()
+        kernel.onIoctl(VFIO_DEVICE_BIND_IOMMUFD) { _, _ in 0 }
+        kernel.onIoctl(VFIO_DEVICE_ATTACH_IOMMUFD_PT) { _, _ in 0 }
+        kernel.onIoctl(IOMMU_IOAS_ALLOC) { _, arg in
+            arg!.assumingMemoryBound(to: iommu_ioas_alloc.self).pointee.out_ioas_id = 2
+            return 0
+        }
+        let deviceOpenAtDestroy = Mutex<Bool?>(nil)
+        kernel.onIoctl(IOMMU_DESTROY) { [kernel] _, _ in
+            // Runs inside the fake kernel: peek at what is still open.
+            let open = kernel.openPaths.contains("/dev/vfio/devices/vfio0")
+            deviceOpenAtDestroy.withLock { $0 = open }
+            return 0
+        }
+        try Syscalls.withProvider(kernel) {
+            var device: VFIODevice?
+            do {
+                let ctx = try IOMMUFD()
+                let ioas = try IOAS(ctx)
+                let d = try VFIODevice.open(cdev: "/dev/vfio/devices/vfio0")
+                try d.bind(to: ctx)
+                try d.attach(to: ioas)
+                device = d
+            }
+            #expect(kernel.openPaths == ["/dev/iommu", "/dev/vfio/devices/vfio0"])
+            #expect(kernel.calls(IOMMU_DESTROY).isEmpty, "the attached IOAS must outlive the device")
+            #expect(device?.attachedTarget != nil)
+            device = nil
+            #expect(deviceOpenAtDestroy.withLock { $0 } == false, "the device closes before its IOAS is destroyed")
+            #expect(kernel.openPaths.isEmpty)
+        }
+    }
+}
+
+@Suite struct ConfigSpaceTests {
+    /// A fake 4 KiB config space: PM at 0x40 -> MSI at 0x50 -> PCIe at 0x70; AER at
+    /// 0x100 -> a vendor cap at 0x140 whose next points back at 0x100 (a loop).
+    static func space() -> [UInt8] {
+        var c = [UInt8](repeating: 0, count: 4096)
+        c[0] = 0x34; c[1] = 0x12; c[2] = 0xe8; c[3] = 0x11
+        c[4] = 0x02  // memory space on
+        c[6] = 0x10  // status: capability list
+        c[0x34] = 0x40
+        c[0x40] = 0x01; c[0x41] = 0x50
+        c[0x50] = 0x05; c[0x51] = 0x70
+        c[0x70] = 0x10; c[0x71] = 0x00
+        func ext(_ at: Int, _ id: UInt16, _ version: UInt32, _ next: UInt32) {
+            let v = UInt32(id) | version << 16 | next << 20
+            withUnsafeBytes(of: v.littleEndian) { for (i, b) in $0.enumerated() { c[at + i] = b } }
+        }
+        ext(0x100, 0x0001, 2, 0x140)
+        ext(0x140, 0x000b, 1, 0x100)
+        return c
+    }
+
+    @Test func walksCapabilitiesSafelyAndSetsBusMaster() throws {
+        let kernel = cdevKernel()
+        RegionInfoTests.install(kernel)
+        let config = Mutex(Self.space())
+        kernel.onFileIO { _, offset, buffer, isWrite in
+            let at = Int(offset - (7 << 40))
+            config.withLock { c in
+                for i in 0..<buffer.count {
+                    if isWrite { c[at + i] = buffer[i] } else { buffer[i] = c[at + i] }
+                }
+            }
+            return buffer.count
+        }
+        try Syscalls.withProvider(kernel) {
+            let device = try VFIODevice.open(cdev: "/dev/vfio/devices/vfio0")
+            let cfg = try device.configSpace()
+            #expect(try cfg.vendorID == 0x1234 && cfg.deviceID == 0x11e8)
+            #expect(try cfg.capabilities().map(\.known) == [.powerManagement, .msi, .pciExpress])
+            #expect(try cfg.find(.msi) == 0x50)
+            let ext = try cfg.extendedCapabilities()
+            #expect(ext.map(\.offset) == [0x100, 0x140], "the loop back to 0x100 ends the walk")
+            #expect(ext.first?.known == .aer && ext.first?.version == 2)
+            try cfg.setBusMaster(true)
+            #expect(try cfg.command() == [.memorySpace, .busMaster])
+            try cfg.setBusMaster(false)
+            #expect(config.withLock { $0[4] } == 0x02)
+        }
+    }
+}
+
+@Suite struct DirtyTrackingAndDMABufTests {
+    @Test func loggingControlCarriesRangesAndReportFillsTheBitmap() throws {
+        let kernel = cdevKernel()
+        let seenRanges = Mutex<[UInt64]>([])
+        kernel.onIoctl(VFIO_DEVICE_FEATURE) { _, arg in
+            let p = arg!.assumingMemoryBound(to: vfio_device_feature.self)
+            let data = arg! + 8
+            switch p.pointee.flags & VFIO_DEVICE_FEATURE_MASK {
+            case VFIO_DEVICE_FEATURE_DMA_LOGGING_START:
+                let c = data.loadUnaligned(as: vfio_device_feature_dma_logging_control.self)
+                let r = UnsafeRawPointer(bitPattern: UInt(c.ranges))!
+                var out = [c.page_size, UInt64(c.num_ranges)]
+                for i in 0..<Int(c.num_ranges) {
+                    let x = r.loadUnaligned(fromByteOffset: i * 16, as: vfio_device_feature_dma_logging_range.self)
+                    out += [x.iova, x.length]
+                }
+                seenRanges.withLock { $0 = out }
+                return 0
+            case VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT:
+                let rep = data.loadUnaligned(as: vfio_device_feature_dma_logging_report.self)
+                UnsafeMutableRawPointer(bitPattern: UInt(rep.bitmap))!.storeBytes(of: UInt64(0b1010), as: UInt64.self)
+                return 0
+            case VFIO_DEVICE_FEATURE_DMA_BUF:
+                let h = data.loadUnaligned(as: vfio_device_feature_dma_buf.self)
+                return h.nr_ranges == 2 && h.region_index == 0 ? 77 : -EINVAL
+            default:
+                return -ENOTTY
+            }
+        }
+        try Syscalls.withProvider(kernel) {
+            let device = try VFIODevice.open(cdev: "/dev/vfio/devices/vfio0")
+            try device.startDMALogging(pageSize: 4096, ranges: [(0x10000, 0x4000), (0x100000, 0x2000)])
+            #expect(seenRanges.withLock { $0 } == [4096, 2, 0x10000, 0x4000, 0x100000, 0x2000])
+            #expect(try device.dmaLoggingReport(iova: 0x10000, length: 0x4000, pageSize: 4096) == [0b1010])
+            let e = #expect(throws: VFIOError.self) { try device.stopDMALogging() }
+            #expect(e?.detail == "not supported by this device")
+            let buf = try device.exportDMABuf(region: 0, ranges: [(0, 0x1000), (0x2000, 0x1000)])
+            #expect(buf.raw == 77)
+            _ = buf.release()  // 77 is not a real fd
+        }
+    }
+}
