@@ -114,9 +114,11 @@ public enum Guest {
 
 import Testing
 
-/// Guest tests share the guest's few devices: tests that touch them must not
-/// run at the same time, across suites too (Swift Testing runs suites in
-/// parallel; `.serialized` only orders tests within one suite). This trait
+/// Guest tests share the guest's few devices and the process's fd table
+/// (tests assert that /proc/self/fd is unchanged afterwards): they must not run
+/// at the same time, across suites too (Swift Testing runs suites in
+/// parallel; `.serialized` only orders tests within one suite). Every guest
+/// suite carries this trait, which
 /// takes one process-wide async lock around each test case, so it never
 /// blocks a thread of the cooperative pool while waiting.
 ///

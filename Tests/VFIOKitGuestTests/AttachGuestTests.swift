@@ -43,7 +43,7 @@ private func fdTargets(of pid: Int32) -> [String] {
     }
 }
 
-@Suite(.serialized, .enabled(if: Guest.available))
+@Suite(.serialized, .exclusiveGuestDevices, .enabled(if: Guest.available))
 struct AttachGuestTests {
     @Test func attachReportsIdsRangesAndHardwareInfoThenReleases() throws {
         try withEduOnVFIO { bdf in

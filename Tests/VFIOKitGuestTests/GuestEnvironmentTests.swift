@@ -1,9 +1,10 @@
 import Foundation
 import Testing
+import VFIOKitTestSupport
 
 /// The guest the other guest suites rely on: an IOMMU, iommufd, the VFIO
 /// nodes, and the fixed edu/nvme devices at the BDFs the harness exported.
-@Suite(.enabled(if: GuestEnvironment.inGuest, "runs in the QEMU test guest: Scripts/vm.sh -- .build/debug/VFIOKitPackageTests.xctest --testing-library swift-testing --filter GuestEnvironment"))
+@Suite(.exclusiveGuestDevices, .enabled(if: GuestEnvironment.inGuest, "runs in the QEMU test guest: Scripts/vm.sh -- .build/debug/VFIOKitPackageTests.xctest --testing-library swift-testing --filter GuestEnvironment"))
 struct GuestEnvironmentTests {
     @Test func iommufdAndVFIONodesExist() {
         #expect(FileManager.default.fileExists(atPath: "/dev/iommu"))

@@ -64,6 +64,10 @@ enum Hints {
             }
             return nil
         case 22:  // EINVAL
+            if op == "VFIO_DEVICE_BIND_IOMMUFD" {
+                return "the device is already open and bound through another fd (a VFIO cdev can be bound once "
+                    + "at a time): close the other user, e.g. a VM or `vfioctl attach --hold`"
+            }
             if op.hasPrefix("VFIO_IOMMU") || op == "VFIO_CHECK_EXTENSION" && object?.contains("container") == true {
                 return "a container needs VFIO_SET_IOMMU (after VFIO_GROUP_SET_CONTAINER) before it can map or report info"
             }
