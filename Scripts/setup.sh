@@ -53,5 +53,25 @@ if [ "$(qemu_version || true)" = "" ] || [ "$(qemu_version)" -lt 9 ]; then
   fi
 fi
 
+# AMD-Vi guests run on Debian 12's own QEMU 7.2: QEMU 10.0's amd-iommu does not
+# translate emulated devices' DMA (edu's writes land untranslated). The three
+# packages are unpacked into the cache, not installed; Scripts/vm.sh --iommu amd
+# picks that binary up.
+cache=${VFIOKIT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vfiokit}
+q72="$cache/qemu-7.2"
+if [ ! -x "$q72/root/usr/bin/qemu-system-x86_64" ] || [ ! -f "$q72/root/usr/lib/x86_64-linux-gnu/qemu/accel-tcg-x86_64.so" ]; then
+  say "unpacking Debian 12's QEMU 7.2 for AMD-Vi guests into $q72"
+  rm -rf "$q72"; mkdir -p "$q72"
+  for p in qemu-system-x86 qemu-system-common qemu-system-data; do
+    v=$(apt-cache madison "$p" | awk '{print $3}' | grep -E '^1:7\.2' | sort -V | tail -n1)
+    [ -n "$v" ] || { $sudo apt-get update -qq; v=$(apt-cache madison "$p" | awk '{print $3}' | grep -E '^1:7\.2' | sort -V | tail -n1); }
+    [ -n "$v" ] || { say "error: no QEMU 7.2 $p in Debian 12's suites"; exit 1; }
+    (cd "$q72" && apt-get download "$p=$v" >/dev/null 2>&1) || { say "error: apt-get download $p=$v failed"; exit 1; }
+  done
+  for d in "$q72"/*.deb; do dpkg-deb -x "$d" "$q72/root"; done
+  rm -f "$q72"/*.deb
+  "$q72/root/usr/bin/qemu-system-x86_64" --version >/dev/null || { say "error: the unpacked QEMU 7.2 does not run"; exit 1; }
+fi
+
 "$here/test-kernel.sh" >/dev/null
 say "ready: kernel $(cat "$("$here/test-kernel.sh" --print)/version"), $(qemu-system-x86_64 --version | head -n1)"

@@ -9,8 +9,8 @@ public struct BindCommand: ParsableCommand {
         discussion: """
             Uses driver_override and drivers_probe, never new_id (which would make vfio-pci \
             grab every device with the same ids). Steps: check the device is not in use \
-            (mounted block devices, swap, dm/md holders, network interfaces that are up, \
-            the boot console) and that no other member of its IOMMU group is on a kernel \
+            (mounted block devices or 9p shares, swap, dm/md holders, network interfaces \
+            that are up, the console, device nodes open in a process) and that no other member of its IOMMU group is on a kernel \
             driver; remember the original driver in /run/vfiokit/bindings/BDF.json; set \
             driver_override; unbind the current driver; probe; verify vfio-pci is bound. \
             If any step fails, the device is put back where it was. driver_override stays \

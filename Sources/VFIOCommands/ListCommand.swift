@@ -117,7 +117,8 @@ public struct ListCommand: ParsableCommand {
                 CommandOutput.out(table(["GROUP", "STATE", "TYPE", "BDF", "IDS", "CLASS", "DRIVER", "WHY"], lines))
                 return
             }
-            let rows = host.devices().map { DeviceRow(device: $0, readiness: host.readiness(of: $0)) }
+            let open = host.openDeviceNodes()
+            let rows = host.devices().map { DeviceRow(device: $0, readiness: host.readiness(of: $0, openNodes: open)) }
             if output.json {
                 struct Out: Encodable { var devices: [DeviceRow] }
                 CommandOutput.out(JSON.render(Out(devices: rows)))

@@ -7,7 +7,9 @@ public struct ManualCommand: ParsableCommand {
         abstract: "Print the vfioctl(1) man page (roff), generated from the command definitions.",
         discussion: """
             The page is built from the same definitions as --help, so it never drifts \
-            from the tool.
+            from the tool. From a source checkout, ArgumentParser's plugin makes an \
+            mdoc page the same way: `swift package generate-manual` writes \
+            .build/plugins/GenerateManual/outputs/vfioctl/vfioctl.1.
 
             Examples:
               vfioctl manual > /usr/local/share/man/man1/vfioctl.1 && man vfioctl

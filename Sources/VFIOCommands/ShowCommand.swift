@@ -64,9 +64,12 @@ public struct ShowCommand: ParsableCommand {
         let host = hostOptions.host
         try reporting(json: output.json) { () throws(VFIOError) in
             let d = try host.device(try PCIAddress(parsing: address))
-            var report = Report(device: d, readiness: host.readiness(of: d),
+            var report = Report(device: d, readiness: host.readiness(of: d, openNodes: host.openDeviceNodes()),
                                 group: d.iommuGroup.flatMap { try? host.viability(ofGroup: $0) },
-                                uses: d.isBoundToVFIO ? [] : host.uses(of: d.address),
+                                uses: d.isBoundToVFIO
+                                    ? host.vfioOpeners(of: d).map { DeviceUse(kind: .openByProcess, object: d.vfioCdevPath ?? d.address.description,
+                                                                              detail: "its VFIO node is open in \($0)") }
+                                    : host.uses(of: d.address),
                                 bindingRecord: host.bindingRecord(d.address))
             if d.isBoundToVFIO {
                 do throws(VFIOError) {

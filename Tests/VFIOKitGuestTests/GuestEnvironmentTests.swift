@@ -20,7 +20,10 @@ struct GuestEnvironmentTests {
         #expect(device.trimmingCharacters(in: .whitespacesAndNewlines) == "0x11e8")
     }
 
-    @Test func pairSharesOneGroupWithTheBridge() throws {
+    /// Behind the pcie-pci-bridge the pair and the bridge form one group of
+    /// three; under virtio-iommu (which cannot handle the bridge alias) the
+    /// harness makes the pair one multifunction slot: a group of two.
+    @Test func pairSharesOneGroup() throws {
         let env = ProcessInfo.processInfo.environment
         let a = try #require(env["VFIOKIT_EDU_PAIR_A"]), b = try #require(env["VFIOKIT_EDU_PAIR_B"])
         let lone = try #require(env["VFIOKIT_EDU"])
@@ -31,7 +34,9 @@ struct GuestEnvironmentTests {
         #expect(try group(a) == group(b))
         #expect(try group(lone) != group(a))
         let members = try FileManager.default.contentsOfDirectory(atPath: "/sys/kernel/iommu_groups/\(group(a))/devices")
-        #expect(members.count == 3)
+        let bridge = env["VFIOKIT_BRIDGE"] ?? ""
+        #expect(members.count == (bridge.isEmpty ? 2 : 3))
+        if !bridge.isEmpty { #expect(members.contains(bridge)) }
     }
 }
 

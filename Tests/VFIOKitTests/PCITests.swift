@@ -387,3 +387,48 @@ func guestLikeFixture() throws -> PCIFixture {
         #expect(formatBytes(64 << 20) == "64 MiB")
     }
 }
+
+@Suite struct PCIVirtioIOMMUNamingTests {
+    @Test func virtioIOMMUNamedAfterItsPCIFunctionIsRecognised() throws {
+        let f = try PCIFixture()
+        try f.link("/sys/class/iommu/0000:00:02.0", to: "../../devices/pci0000:00/0000:00:02.0/virtio0/iommu/0000:00:02.0")
+        #expect(f.host.iommus().first?.kind == .virtio)
+        #expect(f.host.interruptRemapping().state == .disabled)
+        // Registered but covering no device: doctor says so.
+        let fs = f.host.doctor(DoctorOptions(probeKernel: false))
+        #expect(fs.first { $0.id == "iommu.present" }?.status == .fail)
+    }
+}
+
+@Suite struct PCINinePTests {
+    @Test func mountedNinePShareIsAUse() throws {
+        let f = try guestLikeFixture()
+        try f.addDevice("0000:00:11.0", vendor: 0x1af4, device: 0x1009, cls: 0x000200, driver: "virtio-pci", group: 9)
+        try f.write("/sys/bus/pci/devices/0000:00:11.0/virtio1/mount_tag", "host\0")
+        try f.write("/proc/self/mountinfo", "17 1 0:15 / / ro,relatime - 9p host ro,access=client,msize=512000,trans=virtio\n")
+        let u = f.host.uses(of: try PCIAddress(parsing: "0000:00:11.0"))
+        #expect(u.count == 1 && u.first?.kind == .mounted && u.first?.detail.contains("\"host\" is mounted on /") == true)
+        #expect(f.host.readiness(of: try f.host.device("0000:00:11.0")) == .inUse)
+    }
+}
+
+@Suite struct PCIOpenVFIONodeTests {
+    @Test func unbindRefusesWhileAProcessHoldsTheCdev() throws {
+        let f = try guestLikeFixture()
+        let a = try PCIAddress(parsing: "0000:00:02.0")
+        _ = try f.host.bind(a)
+        let cdev = try #require(try f.host.device(a).vfioCdevPath)
+        try f.link("/proc/4242/fd/7", to: cdev)
+        try f.write("/proc/4242/comm", "qemu-system-x86\n")
+        do {
+            _ = try f.host.unbind(a, restore: true)
+            Issue.record("unbind succeeded")
+        } catch {
+            #expect(error.description.contains("pid 4242 (qemu-system-x86)"))
+            #expect(error.hint?.contains("--force") == true)
+        }
+        #expect(f.driver("0000:00:02.0") == "vfio-pci")
+        _ = try f.host.unbind(a, restore: true, force: true)
+        #expect(f.driver("0000:00:02.0") == nil)
+    }
+}

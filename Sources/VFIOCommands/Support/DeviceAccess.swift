@@ -91,17 +91,13 @@ enum DeviceNodes {
     /// when the device does not exist or which driver it is bound to instead.
     static func cdevPath(of a: PCIAddress, host: PCIHost) throws(VFIOError) -> String {
         try requireOnVFIO(a, host: host)
-        return try VFIODevice.cdevPath(bdf: a.description, sysfsRoot: host.path("/sys"))
+        return try VFIODevice.cdevPath(bdf: a.description, host: host)
     }
 
     /// The IOMMU group of a device bound to vfio-pci.
     static func groupNumber(of a: PCIAddress, host: PCIHost) throws(VFIOError) -> Int {
         try requireOnVFIO(a, host: host)
-        guard let name = host.linkName("/sys/bus/pci/devices/\(a)/iommu_group"), let n = Int(name) else {
-            throw VFIOError.invalid("find IOMMU group", "\(a) has no IOMMU group", object: a.description,
-                                    hint: "the kernel runs without an IOMMU for this device (`vfioctl doctor`)")
-        }
-        return n
+        return try VFIOGroup.groupNumber(of: a, host: host)
     }
 
     static func requireOnVFIO(_ a: PCIAddress, host: PCIHost) throws(VFIOError) {

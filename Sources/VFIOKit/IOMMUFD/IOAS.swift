@@ -91,7 +91,7 @@ public final class IOAS: IOMMUAttachTarget {
     {
         let mapped = try mapUser(UInt64(buffer.address), length: UInt64(buffer.length), at: iova,
                                  readable: readable, writable: writable)
-        return DMAMapping(ioas: self, buffer: buffer, iova: mapped, length: UInt64(buffer.length))
+        return DMAMapping(iova: mapped, length: UInt64(buffer.length), buffer: buffer, owner: .ioas(self))
     }
 
     /// Maps `length` bytes at `address`, memory VFIOKit does not own, and
@@ -142,7 +142,7 @@ public final class IOAS: IOMMUAttachTarget {
         let mapped = try unsafeMapFile(fd: try file.get("IOMMU_IOAS_MAP_FILE"), offset: 0,
                                        length: UInt64(buffer.length), at: iova,
                                        readable: readable, writable: writable)
-        return DMAMapping(ioas: self, buffer: buffer, iova: mapped, length: UInt64(buffer.length))
+        return DMAMapping(iova: mapped, length: UInt64(buffer.length), buffer: buffer, owner: .ioas(self))
     }
 
     /// Maps `length` bytes of file `fd` (a memfd or a supported dma-buf) from
@@ -276,12 +276,12 @@ public final class IOAS: IOMMUAttachTarget {
     public func copy(_ mapping: borrowing DMAMapping, to iova: UInt64?, readable: Bool = true, writable: Bool = true)
         throws(VFIOError) -> DMAMapping
     {
-        guard let source = mapping.ioas else {
-            throw VFIOError.invalid("IOMMU_IOAS_COPY", "the mapping is not in an IOAS (it belongs to a VFIO container)")
+        guard case .ioas(let source) = mapping.owner else {
+            throw VFIOError.invalid("IOMMU_IOAS_COPY", "the mapping is not in an IOAS (it belongs to a VFIO container)", object: label)
         }
         let dst = try copy(from: source, sourceIOVA: mapping.iova, length: mapping.length, to: iova,
                            readable: readable, writable: writable)
-        return DMAMapping(ioas: self, buffer: mapping.buffer, iova: dst, length: mapping.length)
+        return DMAMapping(iova: dst, length: mapping.length, buffer: mapping.buffer, owner: .ioas(self))
     }
 
     // MARK: IOVA ranges

@@ -10,7 +10,7 @@ import Musl
 /// one guest (its VMID, its virtual stream ids, its queues), built on a
 /// nesting-parent ``HWPT`` (the stage-2 table). Nested HWPTs, vDEVICEs,
 /// vEVENTQs and HW queues hang off it and keep it alive.
-public final class VIOMMU: IOMMUAttachTargetOrVIOMMU {
+public final class VIOMMU: HWPTParent {
     public let objectID: UInt32
     public let iommufd: IOMMUFD
     /// The stage-2 (nesting-parent) HWPT.
@@ -45,6 +45,7 @@ public final class VIOMMU: IOMMUAttachTargetOrVIOMMU {
         if case .failure(var e) = r {
             if e.errno?.rawValue == EOPNOTSUPP {
                 e.detail = "vIOMMU type 0x\(String(type, radix: 16)) is not supported by this device's IOMMU driver"
+                e.hint = "vIOMMUs exist for ARM SMMUv3 (and Tegra241 CMDQV); check hardwareInfo(device:).vendor"
             } else if e.errno?.rawValue == EINVAL {
                 e.detail = "\(parent.label) must be a paging HWPT allocated with .nestParent"
             }
@@ -214,28 +215,34 @@ public final class VEventQueue: Sendable {
             do throws(VFIOError) { return .success(try Sys.read(fdv, b, object: self.label) ?? 0) } catch { return .failure(error) }
         }
         let n = try r.get()
+        return lastSequence.withLock { last in
+            buffer.withUnsafeBytes { VEventQueue.parse(UnsafeRawBufferPointer(rebasing: $0[..<n]), eventSize: eventSize, lastSequence: &last) }
+        }
+    }
+
+    /// Splits what a read of a vEVENTQ returned into records. `lastSequence`
+    /// (-1: none yet) carries the sequence check across reads.
+    public static func parse(_ bytes: UnsafeRawBufferPointer, eventSize: Int, lastSequence: inout Int64) -> [Record] {
+        let header = MemoryLayout<iommufd_vevent_header>.size
+        let lostFlag = UInt32(IOMMU_VEVENTQ_FLAG_LOST_EVENTS.rawValue)
         var out: [Record] = []
         var off = 0
-        let lostFlag = UInt32(IOMMU_VEVENTQ_FLAG_LOST_EVENTS.rawValue)
-        while off + header <= n {
-            let (flags, seq) = buffer.withUnsafeBytes {
-                ($0.loadUnaligned(fromByteOffset: off, as: UInt32.self),
-                 $0.loadUnaligned(fromByteOffset: off + 4, as: UInt32.self))
-            }
+        while off + header <= bytes.count {
+            let flags = bytes.loadUnaligned(fromByteOffset: off, as: UInt32.self)
+            let seq = bytes.loadUnaligned(fromByteOffset: off + 4, as: UInt32.self)
             off += header
             if flags & lostFlag != 0 {
                 out.append(.lostEvents(sequence: seq))
-                lastSequence.withLock { $0 = Int64(seq) }  // the marker takes a sequence number too
+                lastSequence = Int64(seq)  // the marker takes a sequence number too
                 continue
             }
-            guard off + eventSize <= n else { break }
-            let gap = lastSequence.withLock { (last: inout Int64) -> Bool in
-                let jumped = last >= 0 && UInt32((last + 1) & 0x7fff_ffff) != seq  // wraps at INT_MAX
-                last = Int64(seq)
-                return jumped
+            guard off + eventSize <= bytes.count else { break }
+            // Sequence numbers wrap at INT_MAX.
+            if lastSequence >= 0 && UInt32((lastSequence + 1) & 0x7fff_ffff) != seq {
+                out.append(.lostEvents(sequence: seq))
             }
-            if gap { out.append(.lostEvents(sequence: seq)) }
-            out.append(.event(sequence: seq, data: Array(buffer[off..<(off + eventSize)])))
+            lastSequence = Int64(seq)
+            out.append(.event(sequence: seq, data: Array(bytes[off..<(off + eventSize)])))
             off += eventSize
         }
         return out

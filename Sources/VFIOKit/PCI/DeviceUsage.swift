@@ -1,3 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
 /// Something on the host that is using a device through its kernel driver.
 ///
 /// Unbinding the driver under it would pull a mounted filesystem, a live network
@@ -9,10 +15,18 @@ public struct DeviceUse: Sendable, Equatable, Codable {
         case mounted, swap, holder
         case networkUp = "network-up"
         case console
+        /// A device node of the device (a virtio port, a tty, a block device) is open in a process.
+        case openByProcess = "open"
     }
     public var kind: Kind
     public var object: String
     public var detail: String
+
+    public init(kind: Kind, object: String, detail: String) {
+        self.kind = kind
+        self.object = object
+        self.detail = detail
+    }
 }
 
 extension PCIHost {
@@ -23,24 +37,72 @@ extension PCIHost {
     /// Block devices are found under the device's sysfs directory (nvme
     /// namespaces at `nvme/nvmeX/nvmeXnY`, SCSI disks deeper), compared by
     /// major:minor with `/proc/self/mountinfo` and by name with `/proc/swaps`.
-    public func uses(of a: PCIAddress) -> [DeviceUse] {
+    ///
+    /// Also: virtio-9p filesystems mounted from the device (by `mount_tag`), the
+    /// active console (`/sys/class/tty/console/active`) among its ttys, and —
+    /// when `checkOpenFiles` — processes holding any of its device nodes open
+    /// (`/proc/PID/fd`), which costs a scan of every process.
+    public func uses(of a: PCIAddress, checkOpenFiles: Bool = true) -> [DeviceUse] {
+        uses(of: a, openNodes: checkOpenFiles ? nil : [:])
+    }
+
+    /// Device nodes (`/dev/...`) open in processes other than this one, with
+    /// who holds them (`pid 42 (qemu)`): one scan of `/proc/PID/fd`.
+    public func openDeviceNodes() -> [String: [String]] {
+        var openers: [String: [String]] = [:]
+        let me = String(getpid())
+        for pid in list("/proc") where pid.first?.isNumber == true && pid != me {
+            var seen = Set<String>()
+            for fd in list("/proc/\(pid)/fd") {
+                guard let t = readLink("/proc/\(pid)/fd/\(fd)"), t.hasPrefix("/dev/"), seen.insert(t).inserted else { continue }
+                openers[t, default: []].append("pid \(pid) (\(readTrimmed("/proc/\(pid)/comm") ?? "?"))")
+            }
+        }
+        return openers
+    }
+
+    /// ``uses(of:checkOpenFiles:)`` with a table from ``openDeviceNodes()``
+    /// computed once for many devices; nil scans /proc for this device.
+    public func uses(of a: PCIAddress, openNodes: [String: [String]]?) -> [DeviceUse] {
         let dir = sysfsPath(a)
         var blocks: [(name: String, path: String)] = []
         var nets: [(name: String, path: String)] = []
+        var nodes: [String] = []
+        var ttys: [String] = []
+        var tags: [String] = []
         walk(dir, depth: 0) { path, name in
+            if let tag = readTrimmed(path + "/mount_tag") { tags.append(tag) }
             // Class devices live in glue directories named after the class (block/, net/, nvme/).
             guard exists(path + "/dev") || exists(path + "/operstate") else { return }
             let sub = linkName(path + "/subsystem")
             if sub == "block" { blocks.append((name, path)) }
             if sub == "net" { nets.append((name, path)) }
+            if sub == "tty" { ttys.append(name) }
+            if exists(path + "/dev") { nodes.append("/dev/" + name) }
         }
         var uses: [DeviceUse] = []
         let mountinfo = read("/proc/self/mountinfo") ?? ""
         var mountsByDev: [String: [String]] = [:]
+        var ninePMounts: [String: [String]] = [:]
         for line in mountinfo.split(separator: "\n") {
             let f = line.split(separator: " ")
             guard f.count > 4 else { continue }
-            mountsByDev[String(f[2]), default: []].append(String(f[4]).replacingOctalEscapes())
+            let point = String(f[4]).replacingOctalEscapes()
+            mountsByDev[String(f[2]), default: []].append(point)
+            // After the " - " separator: filesystem type, then source.
+            if let sep = f.firstIndex(of: "-"), sep + 2 < f.count, f[sep + 1] == "9p" {
+                ninePMounts[String(f[sep + 2]), default: []].append(point)
+            }
+        }
+        for tag in tags {
+            if let points = ninePMounts[tag] {
+                uses.append(DeviceUse(kind: .mounted, object: tag,
+                                      detail: "its 9p share \"\(tag)\" is mounted on \(points.joined(separator: ", "))"))
+            }
+        }
+        let consoles = Set((readTrimmed("/sys/class/tty/console/active") ?? "").split(separator: " ").map(String.init))
+        for t in ttys where consoles.contains(t) {
+            uses.append(DeviceUse(kind: .console, object: t, detail: "\(t) is the active console"))
         }
         let swaps = Set((read("/proc/swaps") ?? "").split(separator: "\n").dropFirst().compactMap {
             $0.split(separator: " ").first.map { String($0.split(separator: "/").last ?? "") }
@@ -65,6 +127,13 @@ extension PCIHost {
             if flags & 1 != 0 || oper == "up" {
                 uses.append(DeviceUse(kind: .networkUp, object: n.name,
                                       detail: "network interface \(n.name) is up (operstate \(oper ?? "unknown"))"))
+            }
+        }
+        if !nodes.isEmpty {
+            let table = openNodes ?? openDeviceNodes()
+            for node in nodes.sorted() {
+                guard let who = table[node] else { continue }
+                uses.append(DeviceUse(kind: .openByProcess, object: node, detail: "\(node) is open in \(who.joined(separator: ", "))"))
             }
         }
         if readTrimmed(dir + "/boot_vga") == "1" {

@@ -102,7 +102,14 @@ extension PCIHost {
                            fix: "enable VT-d / AMD-Vi in the firmware and boot with intel_iommu=on (Intel) or amd_iommu=on (AMD); in a VM add an IOMMU device (QEMU: -device intel-iommu,intremap=on)"))
         } else {
             let kinds = ioms.map { "\($0.name) (\($0.kind.rawValue))" }.joined(separator: ", ")
-            f.append(.init("iommu.present", .ok, "IOMMU", "\(ioms.count) IOMMU\(ioms.count == 1 ? "" : "s"): \(kinds); \(groupsList.count) IOMMU groups"))
+            let realIOMMUs = ioms.filter { $0.kind != .selftest }
+            if groupsList.isEmpty || realIOMMUs.isEmpty {
+                f.append(.init("iommu.present", .fail, "IOMMU", "\(kinds.isEmpty ? "no IOMMU" : kinds) registered, but "
+                               + (realIOMMUs.isEmpty ? "only the iommufd selftest IOMMU, which translates no real device" : "no device is in an IOMMU group"),
+                               fix: "check the kernel log (dmesg | grep -i -e iommu -e dmar -e viot) for why the IOMMU does not cover the PCI devices"))
+            } else {
+                f.append(.init("iommu.present", .ok, "IOMMU", "\(ioms.count) IOMMU\(ioms.count == 1 ? "" : "s"): \(kinds); \(groupsList.count) IOMMU groups"))
+            }
             if cmdline.split(separator: " ").contains(where: { $0 == "iommu=pt" || $0 == "iommu.passthrough=1" }) {
                 f.append(.init("iommu.passthrough", .info, "IOMMU default domain", "the kernel runs host devices in passthrough (iommu=pt); VFIO still isolates the devices it owns"))
             }
@@ -121,9 +128,11 @@ extension PCIHost {
             f.append(.init("interrupt-remapping", allowed ? .warn : .fail, "Interrupt remapping",
                            "absent: \(ir.evidence). Without it a device could forge MSIs, so VFIO refuses to bind devices (VFIO_DEVICE_BIND_IOMMUFD / VFIO_SET_IOMMU fail with EPERM)"
                            + (allowed ? "; allow_unsafe_interrupts is set, so VFIO works without isolation" : ""),
-                           fix: virtio
-                               ? "virtio-iommu cannot remap interrupts; use an IOMMU that can (QEMU: -device intel-iommu,intremap=on), or accept the risk with iommufd.allow_unsafe_interrupts=1 (a security decision VFIOKit never takes for you)"
-                               : "enable interrupt remapping (x2APIC and intremap=on; in firmware: VT-d/AMD-Vi with interrupt remapping), or accept the risk with iommufd.allow_unsafe_interrupts=1 (a security decision)"))
+                           fix: (virtio
+                               ? "virtio-iommu cannot remap interrupts; use an IOMMU that can (QEMU: -device intel-iommu,intremap=on)"
+                               : "enable interrupt remapping (x2APIC and intremap=on; in firmware: VT-d/AMD-Vi with interrupt remapping)")
+                               + (allowed ? "; the risk is currently accepted through allow_unsafe_interrupts"
+                                          : ", or accept the risk with iommufd.allow_unsafe_interrupts=1 (a security decision VFIOKit never takes for you)")))
         case .unknown:
             f.append(.init("interrupt-remapping", .warn, "Interrupt remapping", "unknown: \(ir.evidence)",
                            fix: "VFIO_DEVICE_BIND_IOMMUFD failing with EPERM is the sure sign that it is missing"))
@@ -274,7 +283,8 @@ extension PCIHost {
             let blockers = others.filter { $0.status == .blocking }
             let memberText = v.members.map { "\($0.address) \($0.reason)" }.joined(separator: "; ")
             if blockers.isEmpty {
-                f.append(.init("\(id).group", .ok, "IOMMU group \(gid)", "viable once \(a) is on vfio-pci: \(memberText)"))
+                f.append(.init("\(id).group", .ok, "IOMMU group \(gid)",
+                               (dev.isBoundToVFIO ? "viable: " : "viable once \(a) is on vfio-pci: ") + memberText))
             } else {
                 f.append(.init("\(id).group", .fail, "IOMMU group \(gid)",
                                "not viable: " + blockers.map { "\($0.address) is bound to \($0.driver ?? "?")" }.joined(separator: ", ")

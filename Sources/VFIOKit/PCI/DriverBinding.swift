@@ -115,6 +115,20 @@ extension PCIHost {
 
     func recordPath(_ a: PCIAddress) -> String { stateDirectory + "/" + a.description + ".json" }
 
+    /// Runs `body` holding an exclusive flock on `stateDirectory/.lock`, so two
+    /// vfioctl processes never interleave the steps of a bind or unbind.
+    func withBindingLock<R>(_ body: () throws(VFIOError) -> R) throws(VFIOError) -> R {
+        try makeDirectories(stateDirectory)
+        let lockPath = stateDirectory + "/.lock"
+        let fd = path(lockPath).withCString { Glibc.open($0, O_RDWR | O_CREAT | O_CLOEXEC, 0o600) }
+        if fd < 0 { throw VFIOError(operation: "open", errno: .init(rawValue: errno), object: lockPath) }
+        defer { _ = Glibc.close(fd) }
+        while flock(fd, LOCK_EX) != 0 {
+            if errno != EINTR { throw VFIOError(operation: "flock", errno: .init(rawValue: errno), object: lockPath) }
+        }
+        return try body()
+    }
+
     /// The remembered original driver of a device, if bind recorded one.
     public func bindingRecord(_ a: PCIAddress) -> BindingRecord? {
         read(recordPath(a)).flatMap(BindingRecord.init(json:))
@@ -169,6 +183,10 @@ extension PCIHost {
     ///
     /// This binds one device only; ``bind(_:group:force:)`` checks the group.
     public func bindDevice(_ a: PCIAddress, to driver: String = "vfio-pci", force: Bool = false) throws(VFIOError) -> BindingOutcome {
+        try withBindingLock { () throws(VFIOError) in try bindDeviceLocked(a, to: driver, force: force) }
+    }
+
+    func bindDeviceLocked(_ a: PCIAddress, to driver: String, force: Bool) throws(VFIOError) -> BindingOutcome {
         let dev = try device(a)
         if dev.driver == driver {
             return BindingOutcome(address: a, previousDriver: driver, driver: driver, driverOverride: dev.driverOverride,
@@ -250,6 +268,10 @@ extension PCIHost {
     /// (bridges stay as they are); when one fails, the members this call
     /// changed are put back. Returns one outcome per device changed or checked.
     public func bind(_ a: PCIAddress, group: Bool = false, force: Bool = false, driver: String = "vfio-pci") throws(VFIOError) -> [BindingOutcome] {
+        try withBindingLock { () throws(VFIOError) in try bindLocked(a, group: group, force: force, driver: driver) }
+    }
+
+    func bindLocked(_ a: PCIAddress, group: Bool, force: Bool, driver: String) throws(VFIOError) -> [BindingOutcome] {
         let dev = try device(a)
         guard let gid = dev.iommuGroup else { throw noGroupError(a) }
         let v = try viability(ofGroup: gid)
@@ -264,7 +286,7 @@ extension PCIHost {
                     object: a.description,
                     hint: "bind the whole group: `vfioctl bind \(a) --group` (or unbind the others)")
             }
-            var out = try bindDevice(a, to: driver, force: force)
+            var out = try bindDeviceLocked(a, to: driver, force: force)
             if !others.isEmpty {
                 out.notes.append("IOMMU group \(gid) also holds " + others.map { "\($0.address) (\($0.reason))" }.joined(separator: ", ")
                                  + (blockers.isEmpty ? "; the group is viable" : "; the group is NOT viable until they are unbound"))
@@ -295,7 +317,7 @@ extension PCIHost {
         var done: [(PCIDevice, BindingOutcome)] = []
         for d in targets {
             do throws(VFIOError) {
-                done.append((d, try bindDevice(d.address, to: driver, force: true)))
+                done.append((d, try bindDeviceLocked(d.address, to: driver, force: true)))
             } catch {
                 for (prev, _) in done.reversed() {
                     restore(prev.address, driver: prev.driver, override: prev.driverOverride)
@@ -325,6 +347,10 @@ extension PCIHost {
     /// the device's VFIO node open (vfio-pci's remove would block until it
     /// closes), unless `force`.
     public func unbind(_ a: PCIAddress, restore: Bool = false, force: Bool = false) throws(VFIOError) -> BindingOutcome {
+        try withBindingLock { () throws(VFIOError) in try unbindLocked(a, restore: restore, force: force) }
+    }
+
+    func unbindLocked(_ a: PCIAddress, restore: Bool, force: Bool) throws(VFIOError) -> BindingOutcome {
         let dev = try device(a)
         let record = bindingRecord(a)
         if !force, dev.isBoundToVFIO {

@@ -95,13 +95,21 @@ extension PCIHost {
     }
 
     func noGroupError(_ a: PCIAddress) -> VFIOError {
-        let noIOMMU = iommus().isEmpty
-        return .invalid(
-            "find IOMMU group", "\(a) is in no IOMMU group" + (noIOMMU ? ": this kernel has no IOMMU enabled" : ""),
-            object: a.description,
-            hint: noIOMMU
-                ? "enable the IOMMU (intel_iommu=on / amd_iommu=on on the kernel command line, VT-d/AMD-Vi in firmware); `vfioctl doctor` checks it"
-                : "the IOMMU does not translate this device (it may sit behind a non-translating bridge); VFIO cannot use it")
+        let real = iommus().filter { $0.kind != .selftest }
+        let anyGroups = !list(Self.groupsDir).isEmpty
+        let why: String
+        let hint: String
+        if real.isEmpty {
+            why = ": this kernel has no IOMMU enabled"
+            hint = "enable the IOMMU (intel_iommu=on / amd_iommu=on on the kernel command line, VT-d/AMD-Vi in firmware); `vfioctl doctor` checks it"
+        } else if !anyGroups {
+            why = ": \(real.map(\.name).joined(separator: ", ")) is registered but no device is in any IOMMU group"
+            hint = "the IOMMU covers no device; the kernel log (dmesg | grep -i iommu) says why; `vfioctl doctor` checks it"
+        } else {
+            why = ""
+            hint = "the IOMMU does not translate this device (it may sit behind a non-translating bridge); VFIO cannot use it"
+        }
+        return .invalid("find IOMMU group", "\(a) is in no IOMMU group" + why, object: a.description, hint: hint)
     }
 
     /// The IOMMUs registered with the kernel (`/sys/class/iommu`).
@@ -119,8 +127,9 @@ extension PCIHost {
             if name.contains("iommufd_selftest") {
                 return IOMMUInstance(name: name, kind: .selftest, supportsInterruptRemapping: false)
             }
-            // virtio-iommu registers under the virtio device's name (virtio0, ...).
-            if name.hasPrefix("virtio") || linkName(dir + "/device/driver") == "virtio_iommu" {
+            // virtio-iommu registers under its PCI function's name (0000:00:02.0) below a virtioN device.
+            let target = readLink(dir) ?? ""
+            if name.hasPrefix("virtio") || target.contains("/virtio") || linkName(dir + "/device/driver") == "virtio_iommu" {
                 return IOMMUInstance(name: name, kind: .virtio, supportsInterruptRemapping: false)
             }
             return IOMMUInstance(name: name, kind: .other, supportsInterruptRemapping: nil)

@@ -79,11 +79,13 @@ func hex(_ v: UInt32, _ width: Int) -> String {
 }
 
 extension StringProtocol {
-    /// The string without leading and trailing spaces, tabs and newlines.
+    /// The string without leading and trailing spaces, tabs, newlines and NULs
+    /// (some sysfs attributes, virtio-9p's `mount_tag` among them, end in a NUL).
     func trimmingWhitespace() -> String {
+        func blank(_ c: Character) -> Bool { c == " " || c == "\n" || c == "\t" || c == "\r" || c == "\0" }
         var sub = Substring(self)
-        while let f = sub.first, f == " " || f == "\n" || f == "\t" || f == "\r" { sub.removeFirst() }
-        while let l = sub.last, l == " " || l == "\n" || l == "\t" || l == "\r" { sub.removeLast() }
+        while let f = sub.first, blank(f) { sub.removeFirst() }
+        while let l = sub.last, blank(l) { sub.removeLast() }
         return String(sub)
     }
 }

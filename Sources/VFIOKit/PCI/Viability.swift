@@ -7,7 +7,7 @@
 /// makes the whole group unusable (`EBUSY`).
 ///
 /// JSON keys: `group`, `viable`, `members` (each `address`, `driver`, `status`,
-/// `reason`), `blocking` (BDFs), `advice`.
+/// `reason`, `bridge`), `blocking` (BDFs), `advice`.
 public struct GroupViability: Sendable, Equatable, Codable {
     public enum MemberStatus: String, Sendable, Codable {
         /// Bound to vfio-pci (or a vfio-pci variant): fine.
@@ -22,12 +22,24 @@ public struct GroupViability: Sendable, Equatable, Codable {
         case blocking
     }
 
-    public struct Member: Sendable, Equatable, Codable {
+    public struct Member: Sendable, Equatable, Codable, CustomStringConvertible {
         public var address: PCIAddress
         public var driver: String?
         public var status: MemberStatus
         /// Why the member is fine or not, in words.
         public var reason: String
+        /// A PCI bridge: never handed to VFIO, never in its way.
+        public var isBridge: Bool = false
+
+        public var description: String { "\(address) (\(driver.map { "driver \($0)" } ?? "no driver"))" }
+    }
+
+    /// The members that stop the group from being used. With `requireVFIO`
+    /// (VFIOKit's rule for the group path) members without a driver count too,
+    /// bridges excepted: the kernel accepts them, but a kernel driver can claim
+    /// an unbound device at any time, so VFIOKit wants every device on vfio-pci.
+    public func blockers(requireVFIO: Bool) -> [Member] {
+        members.filter { $0.status == .blocking || (requireVFIO && $0.status == .unbound && !$0.isBridge) }
     }
 
     public var group: Int
@@ -84,7 +96,7 @@ extension PCIHost {
             case let x?:
                 status = .blocking; reason = "bound to \(x), which uses the kernel's DMA API"
             }
-            members.append(.init(address: a, driver: drv, status: status, reason: reason))
+            members.append(.init(address: a, driver: drv, status: status, reason: reason, isBridge: d?.isBridge ?? false))
         }
         let blocking = members.filter { $0.status == .blocking }.map(\.address)
         var advice: String
@@ -108,13 +120,14 @@ extension PCIHost {
 }
 
 extension GroupViability.Member {
-    enum CodingKeys: String, CodingKey { case address, driver, status, reason }
+    enum CodingKeys: String, CodingKey { case address, driver, status, reason, isBridge = "bridge" }
     public func encode(to encoder: any Encoder) throws {
         var c = encoder.container(keyedBy: CodingKeys.self)
         try c.encode(address, forKey: .address)
         try c.encode(driver, forKey: .driver)
         try c.encode(status, forKey: .status)
         try c.encode(reason, forKey: .reason)
+        try c.encode(isBridge, forKey: .isBridge)
     }
 }
 
@@ -140,11 +153,17 @@ extension PCIHost {
     /// One word for how usable `dev` is through VFIO. Checks device users
     /// (``uses(of:)``) only for devices on a kernel driver.
     public func readiness(of dev: PCIDevice) -> VFIOReadiness {
-        if dev.isBridge { return .bridge }
+        readiness(of: dev, openNodes: [:])
+    }
+
+    /// ``readiness(of:)`` that also counts device nodes open in processes, from
+    /// a table made once by ``openDeviceNodes()``.
+    public func readiness(of dev: PCIDevice, openNodes: [String: [String]]) -> VFIOReadiness {
+        if dev.isBridge || dev.classCode >> 16 == 0x06 { return .bridge }
         guard let g = dev.iommuGroup else { return .noIOMMUGroup }
         let others = (try? viability(ofGroup: g))?.members.filter { $0.address != dev.address && $0.status == .blocking } ?? []
         if dev.isBoundToVFIO { return others.isEmpty ? .ready : .groupNotViable }
-        if dev.driver != nil && !uses(of: dev.address).isEmpty { return .inUse }
+        if dev.driver != nil && !uses(of: dev.address, openNodes: openNodes).isEmpty { return .inUse }
         return others.isEmpty ? .bindable : .bindableWithGroup
     }
 }

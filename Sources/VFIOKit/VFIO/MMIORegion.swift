@@ -32,35 +32,38 @@ public final class MMIORegion: @unchecked Sendable {
         self.regionOffset = regionOffset
     }
 
-    @inline(__always)
+    // @inlinable so client code compiles each access to a compare and one
+    // mov: @inline(__always) alone does not cross the module boundary, and a
+    // call per register access was 14% slower than C in the benchmark.
+    @inlinable @inline(__always)
     func check(_ offset: Int, _ size: Int) {
         // One compare covers negative offsets too (as unsigned they are huge).
         precondition(UInt(bitPattern: offset) <= UInt(bitPattern: length &- size) && offset & (size &- 1) == 0,
                      "MMIO access out of bounds or misaligned")
     }
 
-    @inline(__always) public func load8(at offset: Int) -> UInt8 {
+    @inlinable @inline(__always) public func load8(at offset: Int) -> UInt8 {
         check(offset, 1); return cvfio_mmio_read8(base + offset)
     }
-    @inline(__always) public func load16(at offset: Int) -> UInt16 {
+    @inlinable @inline(__always) public func load16(at offset: Int) -> UInt16 {
         check(offset, 2); return cvfio_mmio_read16(base + offset)
     }
-    @inline(__always) public func load32(at offset: Int) -> UInt32 {
+    @inlinable @inline(__always) public func load32(at offset: Int) -> UInt32 {
         check(offset, 4); return cvfio_mmio_read32(base + offset)
     }
-    @inline(__always) public func load64(at offset: Int) -> UInt64 {
+    @inlinable @inline(__always) public func load64(at offset: Int) -> UInt64 {
         check(offset, 8); return cvfio_mmio_read64(base + offset)
     }
-    @inline(__always) public func store8(_ value: UInt8, at offset: Int) {
+    @inlinable @inline(__always) public func store8(_ value: UInt8, at offset: Int) {
         check(offset, 1); cvfio_mmio_write8(base + offset, value)
     }
-    @inline(__always) public func store16(_ value: UInt16, at offset: Int) {
+    @inlinable @inline(__always) public func store16(_ value: UInt16, at offset: Int) {
         check(offset, 2); cvfio_mmio_write16(base + offset, value)
     }
-    @inline(__always) public func store32(_ value: UInt32, at offset: Int) {
+    @inlinable @inline(__always) public func store32(_ value: UInt32, at offset: Int) {
         check(offset, 4); cvfio_mmio_write32(base + offset, value)
     }
-    @inline(__always) public func store64(_ value: UInt64, at offset: Int) {
+    @inlinable @inline(__always) public func store64(_ value: UInt64, at offset: Int) {
         check(offset, 8); cvfio_mmio_write64(base + offset, value)
     }
 

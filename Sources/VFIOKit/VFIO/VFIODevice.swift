@@ -60,14 +60,11 @@ public final class VFIODevice: Sendable {
 
     /// The cdev path of a PCI function bound to vfio-pci, from
     /// `/sys/bus/pci/devices/BDF/vfio-dev/vfioN`.
-    public static func cdevPath(bdf: String, sysfsRoot: String = "/sys") throws(VFIOError) -> String {
-        let dir = "\(sysfsRoot)/bus/pci/devices/\(bdf)/vfio-dev"
-        guard let name = SysfsFiles.list(dir).first(where: { $0.hasPrefix("vfio") }) else {
-            let driver = SysfsFiles.linkTargetName("\(sysfsRoot)/bus/pci/devices/\(bdf)/driver")
-            let detail = !SysfsFiles.exists("\(sysfsRoot)/bus/pci/devices/\(bdf)")
-                ? "there is no PCI device \(bdf)"
-                : "\(bdf) has no VFIO cdev (bound to \(driver ?? "no driver"))"
-            throw VFIOError.invalid("find VFIO cdev", detail, object: bdf,
+    public static func cdevPath(bdf: String, host: PCIHost = PCIHost()) throws(VFIOError) -> String {
+        let device = try host.device(try PCIAddress(parsing: bdf))
+        guard let name = device.vfioCdev else {
+            throw VFIOError.invalid("find VFIO cdev", "\(bdf) has no VFIO cdev (bound to \(device.driver ?? "no driver"))",
+                                    object: bdf,
                                     hint: "bind it to vfio-pci (`vfioctl bind \(bdf)`); cdevs need "
                                         + "CONFIG_VFIO_DEVICE_CDEV (Linux 6.6 or later)")
         }
@@ -121,7 +118,17 @@ public final class VFIODevice: Sendable {
                 arg.flags |= VFIO_DEVICE_BIND_FLAG_TOKEN
                 arg.token_uuid_ptr = UInt64(UInt(bitPattern: raw.baseAddress))
             }
-            _ = try Sys.ioctl(devfd, VFIO_DEVICE_BIND_IOMMUFD, &arg, object: label)
+            do throws(VFIOError) {
+                _ = try Sys.ioctl(devfd, VFIO_DEVICE_BIND_IOMMUFD, &arg, object: label)
+            } catch {
+                var e = error
+                if e.errno?.rawValue == 1 {
+                    e.detail = "every device of an IOMMU group must be bound to the same iommufd context; "
+                        + "if another device of this device's group is open elsewhere (another context, or a "
+                        + "legacy container), that blocks it too"
+                }
+                throw e
+            }
         }
         let devid = arg.out_devid
         binding.withLock {
@@ -214,7 +221,9 @@ public final class VFIODevice: Sendable {
     public var isClosed: Bool { fd.isClosed }
 
     /// Closes the device fd (the kernel unbinds and detaches it), then releases
-    /// the iommufd objects it held. Idempotent.
+    /// the iommufd objects it held. Idempotent. A mapped ``MMIORegion`` holds
+    /// its own reference to the kernel's file: the device is really released
+    /// (and its group can leave its container) once those are gone too.
     public func close() throws(VFIOError) {
         defer { binding.withLock { $0 = Binding() } }
         try fd.close()

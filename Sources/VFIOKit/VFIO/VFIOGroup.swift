@@ -16,83 +16,55 @@ public final class VFIOGroup: Sendable {
     public let number: Int
     private let containerBox = Mutex<VFIOContainer?>(nil)
 
-    /// One device in the IOMMU group, as sysfs shows it.
-    public struct Member: Sendable, Equatable, CustomStringConvertible {
-        public var bdf: String
-        /// The bound driver, or nil.
-        public var driver: String?
-        /// A PCI bridge (class 0x0604): vfio-pci does not take bridges; they
-        /// may stay unbound or on pcieport.
-        public var isBridge: Bool
-        public var description: String { "\(bdf) (\(driver.map { "driver \($0)" } ?? "no driver")\(isBridge ? ", bridge" : ""))" }
-    }
-
-    /// The members of IOMMU group `number`, from /sys/kernel/iommu_groups/N/devices.
-    public static func members(ofGroup number: Int, sysfsRoot: String = "/sys") -> [Member] {
-        SysfsFiles.list("\(sysfsRoot)/kernel/iommu_groups/\(number)/devices").map { bdf in
-            let dev = "\(sysfsRoot)/bus/pci/devices/\(bdf)"
-            let cls = SysfsFiles.read("\(dev)/class").flatMap { UInt32($0.dropFirst(2), radix: 16) } ?? 0
-            return Member(bdf: bdf, driver: SysfsFiles.linkTargetName("\(dev)/driver"), isBridge: cls >> 8 == 0x0604)
-        }
+    /// The IOMMU group number of a PCI device.
+    public static func groupNumber(of bdf: String, host: PCIHost = PCIHost()) throws(VFIOError) -> Int {
+        try groupNumber(of: try PCIAddress(parsing: bdf), host: host)
     }
 
     /// The IOMMU group number of a PCI device.
-    public static func groupNumber(of bdf: String, sysfsRoot: String = "/sys") throws(VFIOError) -> Int {
-        guard let name = SysfsFiles.linkTargetName("\(sysfsRoot)/bus/pci/devices/\(bdf)/iommu_group"), let n = Int(name) else {
-            throw VFIOError.invalid("find IOMMU group", "\(bdf) has no IOMMU group", object: bdf,
-                                    hint: "the device does not exist, or the kernel runs without an IOMMU (`vfioctl doctor`)")
-        }
+    public static func groupNumber(of address: PCIAddress, host: PCIHost = PCIHost()) throws(VFIOError) -> Int {
+        guard let n = try host.device(address).iommuGroup else { throw host.noGroupError(address) }
         return n
     }
 
-    /// Members that stop VFIOKit from using the group: with `strict`, every
-    /// non-bridge member must be bound to vfio-pci (an unbound member could be
-    /// claimed by a kernel driver later); otherwise only members bound to a
-    /// driver that does its own DMA (anything but vfio-pci, pci-stub, pcieport).
-    public static func blockingMembers(_ members: [Member], strict: Bool) -> [Member] {
-        members.filter { m in
-            switch m.driver {
-            case "vfio-pci"?: return false
-            case "pci-stub"?, "pcieport"?: return !m.isBridge && strict && m.driver != "pci-stub"
-            case nil: return strict && !m.isBridge
-            default: return true
-            }
-        }
-    }
-
-    static func blockedError(_ op: String, group: Int, _ blocking: [Member], errno: Errno? = nil) -> VFIOError {
+    static func blockedError(_ op: String, _ v: GroupViability, _ blocking: [GroupViability.Member], errno: Errno? = nil) -> VFIOError {
         let names = blocking.map(\.description).joined(separator: ", ")
-        return VFIOError(operation: op, errno: errno, object: "/dev/vfio/\(group)",
-                         detail: "IOMMU group \(group) is not viable: \(names) "
+        return VFIOError(operation: op, errno: errno, object: "/dev/vfio/\(v.group)",
+                         detail: "IOMMU group \(v.group) is not viable: \(names) "
                             + "\(blocking.count == 1 ? "is" : "are") not bound to vfio-pci",
                          hint: "every device in an IOMMU group must be bound to vfio-pci before the group can be used: "
-                            + blocking.map { "`vfioctl bind \($0.bdf)`" }.joined(separator: ", "))
+                            + blocking.map { "`vfioctl bind \($0.address)`" }.joined(separator: ", "))
     }
 
     /// Opens `/dev/vfio/N` and checks that the group is viable. With
     /// `requireAllMembersBound` (the default) VFIOKit also refuses a group
     /// with a member not bound to vfio-pci (bridges excepted), naming it.
-    public init(number: Int, requireAllMembersBound: Bool = true, sysfsRoot: String = "/sys") throws(VFIOError) {
+    public init(number: Int, requireAllMembersBound: Bool = true, host: PCIHost = PCIHost()) throws(VFIOError) {
         let path = "/dev/vfio/\(number)"
         do {
             fd = try OwnedFD.open(path)
         } catch {
-            let blocking = VFIOGroup.blockingMembers(VFIOGroup.members(ofGroup: number, sysfsRoot: sysfsRoot), strict: true)
-            if error.errno?.rawValue == 2, !blocking.isEmpty {
-                throw VFIOGroup.blockedError("open", group: number, blocking, errno: error.errno)
+            // No node yet: say which members keep the group from VFIO.
+            if error.errno?.rawValue == 2, let v = try? host.viability(ofGroup: number),
+               case let blocking = v.blockers(requireVFIO: true), !blocking.isEmpty {
+                throw VFIOGroup.blockedError("open", v, blocking, errno: error.errno)
             }
             throw error
         }
         self.number = number
         let s = try status()
-        let members = VFIOGroup.members(ofGroup: number, sysfsRoot: sysfsRoot)
+        // The kernel's flag decides; sysfs names the members (and adds
+        // VFIOKit's stricter every-member-on-vfio-pci rule when it can be read).
+        let v = try? host.viability(ofGroup: number)
         if !s.viable {
-            throw VFIOGroup.blockedError("VFIO_GROUP_GET_STATUS", group: number,
-                                         VFIOGroup.blockingMembers(members, strict: false))
+            guard let v else {
+                throw VFIOError.invalid("VFIO_GROUP_GET_STATUS", "IOMMU group \(number) is not viable", object: label,
+                                        hint: "bind every member of the group to vfio-pci (`vfioctl list --groups`)")
+            }
+            throw VFIOGroup.blockedError("VFIO_GROUP_GET_STATUS", v, v.blockers(requireVFIO: false))
         }
-        if requireAllMembersBound {
-            let blocking = VFIOGroup.blockingMembers(members, strict: true)
-            if !blocking.isEmpty { throw VFIOGroup.blockedError("open group", group: number, blocking) }
+        if requireAllMembersBound, let v, case let blocking = v.blockers(requireVFIO: true), !blocking.isEmpty {
+            throw VFIOGroup.blockedError("open group", v, blocking)
         }
     }
 

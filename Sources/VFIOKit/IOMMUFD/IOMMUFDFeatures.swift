@@ -96,3 +96,25 @@ extension IOMMUFD {
                                kernelRelease: KernelFeatures.runningRelease)
     }
 }
+
+extension IOMMUFD {
+    /// Which `IOMMU_HWPT_ALLOC` flags device `deviceID`'s IOMMU accepts, found
+    /// by allocating (and at once destroying) a paging HWPT per flag on a
+    /// scratch IOAS. An unknown or unsupported flag answers EOPNOTSUPP.
+    /// The corresponding ioctl is `IOMMU_HWPT_ALLOC`.
+    public func supportedHWPTFlags(device deviceID: UInt32) throws(VFIOError) -> HWPT.Flags {
+        let scratch = try IOAS(self)
+        var ok: HWPT.Flags = []
+        for flag in [HWPT.Flags.nestParent, .dirtyTracking, .pasid] {
+            do {
+                let h = try HWPT(ioas: scratch, device: deviceID, flags: flag)
+                try h.destroy()
+                ok.insert(flag)
+            } catch where error.errno?.rawValue == EOPNOTSUPP || error.errno?.rawValue == EINVAL {
+                continue
+            }
+        }
+        try scratch.destroy()
+        return ok
+    }
+}
