@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import VFIOCommands
 import VFIOKit
+import SystemPackage
 import VFIOKitTestSupport
 
 #if canImport(Glibc)
@@ -41,6 +42,70 @@ private func fdTargets(of pid: Int32) -> [String] {
     return ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).compactMap {
         try? FileManager.default.destinationOfSymbolicLink(atPath: dir + "/" + $0)
     }
+}
+
+/// A child process with its stdout on a pipe, started with posix_spawn and a
+/// clean signal mask (Foundation's Process needs a run loop wakeup socket that
+/// the guest cannot always create).
+private final class Child {
+    let pid: pid_t
+    let stdoutFD: Int32
+    var collected = ""
+
+    init(_ argv: [String]) throws {
+        var fds: [Int32] = [0, 0]
+        guard pipe(&fds) == 0 else { throw VFIOError(operation: "pipe", errno: Errno(rawValue: errno)) }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
+        posix_spawn_file_actions_addclose(&actions, fds[0])
+        var attr = posix_spawnattr_t()
+        posix_spawnattr_init(&attr)
+        defer { posix_spawnattr_destroy(&attr) }
+        var empty = sigset_t()
+        sigemptyset(&empty)
+        posix_spawnattr_setsigmask(&attr, &empty)
+        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK))
+        let cargs = argv.map { strdup($0) } + [nil]
+        defer { cargs.forEach { free($0) } }
+        var p: pid_t = 0
+        let rc = posix_spawn(&p, argv[0], &actions, &attr, cargs, environ)
+        close(fds[1])
+        guard rc == 0 else { close(fds[0]); throw VFIOError(operation: "posix_spawn", errno: Errno(rawValue: rc), object: argv[0]) }
+        pid = p
+        stdoutFD = fds[0]
+    }
+
+    /// Reads stdout until `text` shows up, EOF, or `seconds` pass.
+    func read(until text: String, seconds: Int) -> String {
+        var buf = [UInt8](repeating: 0, count: 4096)
+        let deadline = time(nil) + seconds
+        while !collected.contains(text), time(nil) < deadline {
+            var pfd = pollfd(fd: stdoutFD, events: Int16(POLLIN), revents: 0)
+            guard poll(&pfd, 1, 500) > 0 else { continue }
+            let n = Glibc.read(stdoutFD, &buf, buf.count)
+            if n <= 0 { break }
+            collected += String(decoding: buf[0..<n], as: UTF8.self)
+        }
+        return collected
+    }
+
+    /// Waits for the exit status (128 + signal when killed), at most `seconds`.
+    func wait(seconds: Int) -> Int32? {
+        let deadline = time(nil) + seconds
+        while time(nil) < deadline {
+            var status: Int32 = 0
+            if waitpid(pid, &status, WNOHANG) == pid {
+                return status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+            }
+            usleep(100_000)
+        }
+        kill(pid, SIGKILL)
+        return nil
+    }
+
+    deinit { close(stdoutFD) }
 }
 
 @Suite(.serialized, .exclusiveGuestDevices, .enabled(if: Guest.available))
@@ -94,30 +159,19 @@ struct AttachGuestTests {
 
     @Test func holdKeepsTheAttachmentUntilSIGTERM() throws {
         try withEduOnVFIO { bdf in
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: buildDirectory + "/vfioctl")
-            p.arguments = ["attach", bdf, "--hold"]
-            let out = Pipe()
-            p.standardOutput = out
-            p.standardError = FileHandle.standardError
-            try p.run()
-            var seen = ""
-            let deadline = Date().addingTimeInterval(120)
-            while !seen.contains("holding"), Date() < deadline, p.isRunning {
-                let chunk = out.fileHandleForReading.availableData
-                if chunk.isEmpty { usleep(100_000) } else { seen += String(decoding: chunk, as: UTF8.self) }
-            }
-            #expect(seen.contains("holding: pid \(p.processIdentifier)"), "\(seen)")
-            let fds = fdTargets(of: p.processIdentifier)
+            let child = try Child([buildDirectory + "/vfioctl", "attach", bdf, "--hold"])
+            let seen = child.read(until: "holding", seconds: 120)
+            #expect(seen.contains("holding: pid \(child.pid)"), "\(seen)")
+            let fds = fdTargets(of: child.pid)
             #expect(fds.contains("/dev/iommu"), "\(fds)")
             #expect(fds.contains { $0.hasPrefix("/dev/vfio/devices/vfio") }, "\(fds)")
             // While it holds, the device is not free.
             let busy = run(["attach", bdf])
-            #expect(busy.status == 1)
-            kill(p.processIdentifier, SIGTERM)
-            p.waitUntilExit()
-            #expect(p.terminationReason == .exit && p.terminationStatus == 0)
-            let rest = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            #expect(busy.status == 1, "\(busy.err)")
+            kill(child.pid, SIGTERM)
+            let status = child.wait(seconds: 60)
+            #expect(status == 0)
+            let rest = child.read(until: "released after SIGTERM", seconds: 5)
             #expect(rest.contains("released after SIGTERM"), "\(rest)")
             // Free again: a second attach works and leaves nothing behind.
             let before = Guest.openFDCount()
@@ -179,22 +233,19 @@ struct AttachGuestTests {
     @Test func qemuRealizesTheDeviceFromOurFds() throws {
         guard access("/usr/bin/qemu-system-x86_64", X_OK) == 0 else { return }
         try withEduOnVFIO { bdf in
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: buildDirectory + "/vfioctl")
-            p.arguments = ["attach", bdf, "--ioas", "new", "--exec", "--", "qemu-system-x86_64", "-M", "q35", "-accel", "tcg",
-                           "-m", "64M", "-nodefaults", "-display", "none", "-S", "-monitor", "stdio",
-                           "-object", "iommufd,id=iommufd0,fd={iommufd}", "-device", "vfio-pci,fd={device},iommufd=iommufd0"]
-            let input = Pipe(), out = Pipe()
-            p.standardInput = input
-            p.standardOutput = out
-            p.standardError = FileHandle.standardError
-            try p.run()
-            input.fileHandleForWriting.write(Data("info pci\nquit\n".utf8))
-            try input.fileHandleForWriting.close()
-            let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            p.waitUntilExit()
-            #expect(p.terminationStatus == 0, "\(text)")
+            // vfioctl (in this process) starts a shell with the fds inherited; the shell feeds the
+            // monitor `info pci`, then `quit` (the verified recipe of test-machine.md, with vfioctl in
+            // place of `exec 3<>/dev/iommu 4<>/dev/vfio/devices/vfioN`). Placeholders are substituted
+            // inside the shell command too.
+            let log = (ProcessInfo.processInfo.environment["VFIOKIT_SCRATCH"] ?? "/tmp") + "/attach-qemu.log"
+            let command = "(printf 'info pci\\n'; sleep 2; printf 'quit\\n') | timeout -s KILL 180 qemu-system-x86_64 "
+                + "-M q35 -accel tcg -m 64M -nodefaults -display none -S -monitor stdio "
+                + "-object iommufd,id=iommufd0,fd={iommufd} -device vfio-pci,fd={device},iommufd=iommufd0 > \(log) 2>&1"
+            let r = run(["attach", bdf, "--ioas", "new", "--exec", "--", "sh", "-c", command])
+            let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+            #expect(r.status == 0, "\(r.err)\n\(text)")
             #expect(text.contains("1234:11e8"), "\(text)")
+            #expect(r.err.contains("unbound"), "\(r.err)")
             // QEMU closed everything: the device is free again.
             #expect(run(["attach", bdf]).status == 0)
         }
