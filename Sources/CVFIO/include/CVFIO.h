@@ -11,6 +11,7 @@
 #include "cvfio_vfio.h"
 #include "cvfio_iommufd.h"
 #include "cvfio_shim.h"
+#include "cvfio_mmio.h" /* volatile MMIO loads and stores */
 #include "cvfio_sys.h" /* syscall wrappers (open, eventfd, errno) used by VFIOKit */
 
 #endif /* CVFIO_H */

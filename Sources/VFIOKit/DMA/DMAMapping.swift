@@ -1,7 +1,3 @@
-// Stand-in for the devices engineer's Sources/VFIOKit/DMA/DMAMapping.swift
-// (same API and initializer): when both are merged, delete this file and keep
-// theirs, whose DMAMappingOwner also has the VFIO container case.
-
 /// One IOVA range mapped to a ``DMABuffer`` that VFIOKit allocated.
 ///
 /// The mapping holds the buffer and the address space it lives in strongly,
@@ -32,9 +28,10 @@ public struct DMAMapping: ~Copyable, Sendable {
         return iova &+ UInt64(offset)
     }
 
-    /// Unmaps now and reports the kernel's answer.
-    /// The corresponding ioctl is `IOMMU_IOAS_UNMAP`.
+    /// Unmaps now and reports the kernel's answer. The corresponding ioctl is
+    /// `IOMMU_IOAS_UNMAP` or `VFIO_IOMMU_UNMAP_DMA`, by address space.
     public consuming func unmap() throws(VFIOError) {
+        // Whatever the kernel says, deinit must not try again.
         live = false
         try owner.unmapDMA(iova: iova, length: length)
     }
@@ -44,14 +41,17 @@ public struct DMAMapping: ~Copyable, Sendable {
     }
 }
 
-/// The address spaces a ``DMAMapping`` can live in.
+/// The address spaces a ``DMAMapping`` can live in (a closed set: no
+/// existential on the unmap path).
 enum DMAMappingOwner: Sendable {
     case ioas(IOAS)
+    case container(VFIOContainer)
 
     @inline(__always)
     func unmapDMA(iova: UInt64, length: UInt64) throws(VFIOError) {
         switch self {
         case .ioas(let ioas): _ = try ioas.unmap(iova: iova, length: length)
+        case .container(let c): _ = try c.unmapDMA(iova: iova, length: length)
         }
     }
 }

@@ -1,0 +1,40 @@
+import Testing
+import VFIOKit
+import VFIOKitTestSupport
+
+/// The project's first end-to-end test: the lone edu through native iommufd.
+@Suite(.serialized, .enabled(if: Guest.available))
+struct EndToEndTests {
+    @Test func eduDMARoundTripThroughIOMMUFD() throws {
+        let bdf = try Guest.requireEdu()
+        try Guest.bindToVFIO(bdf)
+        defer { try? Guest.unbind(bdf) }
+        let fdsBefore = Guest.openFDCount()
+        do {
+            let ctx = try IOMMUFD()
+            let device = try VFIODevice.open(bdf: bdf)
+            try device.bind(to: ctx)
+            let ioas = try IOAS(ctx)
+            try device.attach(to: ioas)
+            let edu = try EduDevice(device)
+            try edu.enableBusMaster()
+
+            let buffer = try DMABuffer(length: 8192)
+            var mapping: DMAMapping? = try ioas.map(buffer, at: 0x100000)
+            #expect(mapping?.iova == 0x100000)
+            let pattern = (0..<4000).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 3) }
+            buffer.write(pattern, at: 0)
+            // RAM -> device, then device -> RAM at the second page.
+            try edu.dmaToDevice(from: 0x100000, count: pattern.count)
+            try edu.dmaFromDevice(to: 0x101000, count: pattern.count)
+            #expect(buffer.read(at: 4096, count: pattern.count) == pattern)
+
+            try mapping.take()!.unmap()
+            // After the unmap the same DMA must not reach memory.
+            buffer.fill(0xAA)
+            try edu.dmaFromDevice(to: 0x101000, count: pattern.count)
+            #expect(buffer.read(at: 4096, count: pattern.count) == [UInt8](repeating: 0xAA, count: pattern.count))
+        }
+        #expect(Guest.openFDCount() == fdsBefore)
+    }
+}
