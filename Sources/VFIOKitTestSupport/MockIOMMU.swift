@@ -184,6 +184,19 @@ public enum MockIOMMU {
         return found
     }
 
+    /// Whether the process's fd count drops to `limit` or below within
+    /// `seconds`: a leak check that tolerates tests of other suites opening
+    /// fds at the same time (a leak keeps the count above for good).
+    public static func fdCountSettles(atMost limit: Int, seconds: Double = 3) -> Bool {
+        var waited = 0.0
+        while openFDCount() > limit {
+            if waited >= seconds { return false }
+            usleep(20_000)
+            waited += 0.02
+        }
+        return true
+    }
+
     /// The number of open fds of this process (/proc/self/fd).
     public static func openFDCount() -> Int {
         guard let dir = opendir("/proc/self/fd") else { return -1 }
