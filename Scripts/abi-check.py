@@ -484,6 +484,10 @@ class Checker:
                     r.checked += 1
             elif okind == "macro":
                 r.mismatch("kind(%s): ours is a macro; bind it as a typed static const (macros import into Swift as Int32, request macros not at all)" % name)
+            elif okind != "static const":
+                r.mismatch("kind(%s): ours is an %s; bind the kernel's macro as a typed static const" % (name, okind))
+            elif not re.search(r"(^const\b|\bconst$)", O.vars[name]):
+                r.mismatch("kind(%s): ours is not const ('%s'); a mutable C global is an error in Swift 6" % (name, O.vars[name]))
             else:
                 r.checked += 1
             self.compare_value(name, cat, ov["const|" + name], kv["const|" + name])
@@ -696,87 +700,159 @@ def check(args, report):
 # --------------------------------------------------------------------------- self-test
 
 MUTATIONS = [
-    # (description, file, old, new, expected line fragment, should fail)
+    # (description, "ours:<dir>/<file>" or "kernel:<path in include dir>" or "kernel:TEST",
+    #  old text, new text, expected output fragment, whether the check must fail)
+    ("baseline: our headers unchanged",
+     "ours:CVFIO/cvfio_vfio.h", "", "",
+     " 0 mismatched, 0 missing, 0 not yet bound, 0 extra", False),
     ("struct size: padding field appended to struct iommu_ioas_map",
-     "CVFIO/cvfio_iommufd.h",
+     "ours:CVFIO/cvfio_iommufd.h",
      "\t__aligned_u64 iova; /* in with FIXED_IOVA, else out */\n};",
      "\t__aligned_u64 iova; /* in with FIXED_IOVA, else out */\n\t__u32 __selftest_pad;\n};",
      "MISMATCH sizeof(struct iommu_ioas_map): ours 48, kernel 40", True),
     ("field offset: num_regions and num_irqs swapped in struct vfio_device_info",
-     "CVFIO/cvfio_vfio.h",
+     "ours:CVFIO/cvfio_vfio.h",
      "\t__u32 num_regions;\n\t__u32 num_irqs;\n",
      "\t__u32 num_irqs;\n\t__u32 num_regions;\n",
      "MISMATCH offsetof(struct vfio_device_info, num_regions): ours 12, kernel 8", True),
     ("request number: VFIO_IOMMU_MAP_DMA built from VFIO_BASE + 14",
-     "CVFIO/cvfio_vfio.h",
+     "ours:CVFIO/cvfio_vfio.h",
      "VFIO_IOMMU_MAP_DMA = CVFIO_VFIO_IO_(13);",
      "VFIO_IOMMU_MAP_DMA = CVFIO_VFIO_IO_(14);",
      "MISMATCH request VFIO_IOMMU_MAP_DMA: ours 0x3b72, kernel 0x3b71", True),
     ("flag value: VFIO_DMA_MAP_FLAG_WRITE = 1 << 3",
-     "CVFIO/cvfio_vfio.h",
+     "ours:CVFIO/cvfio_vfio.h",
      "VFIO_DMA_MAP_FLAG_WRITE = 1u << 1;",
      "VFIO_DMA_MAP_FLAG_WRITE = 1u << 3;",
      "MISMATCH value(VFIO_DMA_MAP_FLAG_WRITE): ours 8", True),
     ("field type: vfio_device_ioeventfd.fd made unsigned",
-     "CVFIO/cvfio_vfio.h",
+     "ours:CVFIO/cvfio_vfio.h",
      "\t__s32 fd; /* -1 removes */",
      "\t__u32 fd; /* -1 removes */",
      "MISMATCH type(struct vfio_device_ioeventfd, fd): ours 'unsigned int', kernel 'int'", True),
     ("missing constant: IOMMU_HWPT_ALLOC_PASID removed",
-     "CVFIO/cvfio_iommufd.h",
+     "ours:CVFIO/cvfio_iommufd.h",
      "\tIOMMU_HWPT_ALLOC_PASID = 1 << 3,\n",
      "",
      "MISSING enum constant IOMMU_HWPT_ALLOC_PASID", True),
+    ("constant as macro: VFIO_DEVICE_FLAGS_PCI written as #define",
+     "ours:CVFIO/cvfio_vfio.h",
+     "static const __u32 VFIO_DEVICE_FLAGS_PCI = 1u << 1;",
+     "#define VFIO_DEVICE_FLAGS_PCI (1 << 1)",
+     "MISMATCH kind(VFIO_DEVICE_FLAGS_PCI): ours is a macro", True),
+    ("constant not const: VFIO_IRQ_INFO_EVENTFD declared without const",
+     "ours:CVFIO/cvfio_vfio.h",
+     "static const __u32 VFIO_IRQ_INFO_EVENTFD = 1u << 0;",
+     "static __u32 VFIO_IRQ_INFO_EVENTFD = 1u << 0;",
+     "MISMATCH kind(VFIO_IRQ_INFO_EVENTFD): ours is not const", True),
     ("selftest ABI: IOMMU_TEST_CMD built from IOMMUFD_CMD_BASE + 33",
-     "CIOMMUFDTest/CIOMMUFDTest.h",
+     "ours:CIOMMUFDTest/CIOMMUFDTest.h",
      "_IO(';', IOMMUFD_CMD_BASE + 32)",
      "_IO(';', IOMMUFD_CMD_BASE + 33)",
      "MISMATCH request IOMMU_TEST_CMD", True),
     ("extension rule: last field of struct iommu_hw_info not bound (must pass)",
-     "CVFIO/cvfio_iommufd.h",
+     "ours:CVFIO/cvfio_iommufd.h",
      "\t__aligned_u64 out_capabilities; /* enum iommufd_hw_capabilities */\n",
      "",
-     "not yet bound: iommu_hw_info.out_capabilities", False),
+     "in kernel %(version)s, not yet bound: iommu_hw_info.out_capabilities", False),
+    ("kernel grows: a field appended to struct iommu_vdevice_alloc (must pass)",
+     "kernel:linux/iommufd.h",
+     "\t__aligned_u64 virt_id;\n};",
+     "\t__aligned_u64 virt_id;\n\t__u32 selftest_new;\n\t__u32 __selftest_reserved;\n};",
+     "in kernel %(version)s, not yet bound: iommu_vdevice_alloc.selftest_new", False),
+    ("kernel changes: a field inserted in the middle of struct vfio_irq_info",
+     "kernel:linux/vfio.h",
+     "\t__u32\tindex;\t\t/* IRQ index */",
+     "\t__u32\tselftest_new;\n\t__u32\tindex;\t\t/* IRQ index */",
+     "MISSING field struct vfio_irq_info.selftest_new", True),
+    ("kernel grows: a new ioctl, struct and enum constant",
+     "kernel:linux/iommufd.h",
+     "\tIOMMUFD_CMD_HW_QUEUE_ALLOC = 0x94,\n};",
+     "\tIOMMUFD_CMD_HW_QUEUE_ALLOC = 0x94,\n\tIOMMUFD_CMD_SELFTEST_NEW = 0x95,\n};\n"
+     "struct iommu_selftest_new { __u32 size; __u32 flags; };\n"
+     "#define IOMMU_SELFTEST_NEW _IO(IOMMUFD_TYPE, IOMMUFD_CMD_SELFTEST_NEW)",
+     "MISSING request IOMMU_SELFTEST_NEW", True),
+    ("kernel grows: a new selftest op",
+     "kernel:TEST",
+     "\tIOMMU_TEST_OP_DMABUF_REVOKE,\n",
+     "\tIOMMU_TEST_OP_DMABUF_REVOKE,\n\tIOMMU_TEST_OP_SELFTEST_NEW,\n",
+     "MISSING enum constant IOMMU_TEST_OP_SELFTEST_NEW", True),
 ]
 
 
+def overlay_include(kdir, rel, tmp):
+    """A copy of the kernel include dir (symlinks) in which `rel` is a real, writable file."""
+    out = os.path.join(tmp, "kinclude")
+    os.makedirs(out)
+    top = rel.split("/")[0]
+    for e in os.listdir(kdir):
+        if e != top:
+            os.symlink(os.path.join(kdir, e), os.path.join(out, e))
+    os.makedirs(os.path.join(out, top))
+    for e in os.listdir(os.path.join(kdir, top)):
+        src = os.path.join(kdir, top, e)
+        if e == rel.split("/", 1)[1]:
+            shutil.copyfile(src, os.path.join(out, top, e))
+        else:
+            os.symlink(src, os.path.join(out, top, e))
+    return out, os.path.join(out, rel)
+
+
 def self_test(args):
-    src_root = os.path.dirname(os.path.abspath(args.ours))  # .../Sources
+    kdir = os.path.abspath(args.kernel_include)
+    version = kernel_version(kdir)
     ok = True
-    for desc, rel, old, new, expect, should_fail in MUTATIONS:
+    for desc, where, old, new, expect, should_fail in MUTATIONS:
+        expect = expect % {"version": version}
+        side, rel = where.split(":", 1)
+        if side == "kernel" and rel == "TEST" and not args.test_header:
+            print("self-test: skip  %s (no iommufd_test.h given)" % desc)
+            continue
         tmp = tempfile.mkdtemp(prefix="abi-selftest.")
         try:
-            for target in ("CVFIO", "CIOMMUFDTest"):
-                shutil.copytree(os.path.join(src_root, target, "include"), os.path.join(tmp, target))
-            path = os.path.join(tmp, rel.split("/")[0], rel.split("/")[1])
+            ours = os.path.join(tmp, "CVFIO")
+            ours_test = os.path.join(tmp, "CIOMMUFDTest")
+            shutil.copytree(os.path.abspath(args.ours), ours)
+            shutil.copytree(os.path.abspath(args.ours_test), ours_test)
+            kinc, testh = kdir, (os.path.abspath(args.test_header) if args.test_header else None)
+            if side == "ours":
+                path = os.path.join(tmp, rel)
+            elif rel == "TEST":
+                path = os.path.join(tmp, "iommufd_test.h")
+                shutil.copyfile(testh, path)
+                testh = path
+            else:
+                kinc, path = overlay_include(kdir, rel, tmp)
             text = open(path).read()
-            if text.count(old) != 1:
-                print("self-test: FAIL (cannot apply mutation '%s': pattern found %d times)" % (desc, text.count(old)))
+            if old and text.count(old) != 1:
+                print("self-test: FAIL  cannot apply '%s': pattern found %d times in %s" % (desc, text.count(old), where))
                 ok = False
                 continue
-            open(path, "w").write(text.replace(old, new))
-            cmd = [sys.executable, os.path.abspath(__file__), "--ours", os.path.join(tmp, "CVFIO"),
-                   "--ours-test", os.path.join(tmp, "CIOMMUFDTest"), args.kernel_include]
-            if args.test_header:
-                cmd.append(args.test_header)
+            if old:
+                open(path, "w").write(text.replace(old, new))
+            cmd = [sys.executable, os.path.abspath(__file__), "--ours", ours, "--ours-test", ours_test, kinc]
+            if testh:
+                cmd.append(testh)
             p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             failed = p.returncode != 0
             found = expect in p.stdout
-            good = found and failed == should_fail
+            good = found and failed == should_fail and p.returncode in (0, 1)
             ok = ok and good
             summary = [l for l in p.stdout.splitlines() if l.startswith("abi: ") and "checked" in l]
             print("self-test: %s  %s -> %s (exit %d)%s" % (
                 "ok  " if good else "FAIL", desc, "check failed" if failed else "check passed", p.returncode,
-                "" if found else "; expected line not found: " + expect))
+                "" if found else "; expected output not found: " + expect))
             if not good or args.verbose:
                 for l in p.stdout.splitlines():
                     if l.startswith(("MISMATCH", "MISSING", "EXTRA", "in kernel", "error")):
                         print("    " + l)
                 if summary:
                     print("    " + summary[-1])
+                if p.returncode not in (0, 1):
+                    print("    " + p.stdout[-2000:].replace("\n", "\n    "))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    print("self-test: %s" % ("passed: the check fails on every mutation and passes on the extension case"
+    print("self-test: %s" % ("passed: the check fails on every breaking mutation and passes on the others"
                              if ok else "FAILED"))
     return 0 if ok else 1
 

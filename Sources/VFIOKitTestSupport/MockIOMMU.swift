@@ -377,3 +377,58 @@ public enum GuestDeviceLock {
         return try body()
     }
 }
+
+/// A mock in-kernel user of an IOAS (an "access", as emulated devices and
+/// mdevs use): reads and writes guest memory by IOVA through the IOAS, like a
+/// device's DMA but done by the CPU. Keeps the IOAS alive and busy; closing
+/// it (``close()`` or deinit) removes it.
+public final class MockAccess: Sendable {
+    public let ioas: IOAS
+    /// The access's fd (`out_access_fd`); it is also its id in test commands.
+    public let fd: Int32
+    private let closed = Mutex(false)
+
+    public init(ioas: IOAS) throws(VFIOError) {
+        var c = MockIOMMU.command(IOMMU_TEST_OP_CREATE_ACCESS)
+        c.id = ioas.objectID
+        try MockIOMMU.run(ioas.iommufd, &c, what: "CREATE_ACCESS \(ioas.label)")
+        self.ioas = ioas
+        fd = Int32(bitPattern: c.create_access.out_access_fd)
+    }
+
+    /// Reads `count` bytes at `iova`.
+    public func read(iova: UInt64, count: Int) throws(VFIOError) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: count)
+        try transfer(iova: iova, &out, write: false)
+        return out
+    }
+
+    /// Writes `bytes` at `iova`.
+    public func write(iova: UInt64, _ bytes: [UInt8]) throws(VFIOError) {
+        var b = bytes
+        try transfer(iova: iova, &b, write: true)
+    }
+
+    private func transfer(iova: UInt64, _ bytes: inout [UInt8], write: Bool) throws(VFIOError) {
+        var c = MockIOMMU.command(IOMMU_TEST_OP_ACCESS_RW)
+        c.id = UInt32(bitPattern: fd)
+        c.access_rw.iova = iova
+        c.access_rw.length = UInt64(bytes.count)
+        c.access_rw.flags = write ? UInt32(MOCK_ACCESS_RW_WRITE) : 0
+        let ctx = ioas.iommufd
+        let r: Result<Void, VFIOError> = bytes.withUnsafeMutableBytes { p in
+            c.access_rw.uptr = UInt64(UInt(bitPattern: p.baseAddress))
+            do throws(VFIOError) { try MockIOMMU.run(ctx, &c, what: "ACCESS_RW IOVA 0x\(String(iova, radix: 16))"); return .success(()) }
+            catch { return .failure(error) }
+        }
+        try r.get()
+    }
+
+    public func close() {
+        closed.withLock { c in
+            if !c { _ = Glibc.close(fd); c = true }
+        }
+    }
+
+    deinit { close() }
+}

@@ -266,6 +266,9 @@ extension IOMMUFDMockTests {
                 let m = try ioas.mapFile(buf, at: mockBase)
                 try MockIOMMU.checkMap(ctx, hwpt: dev.hwptID, iova: mockBase, length: 16384,
                                        address: UnsafeRawPointer(bitPattern: buf.address)!)
+                let access = try MockAccess(ioas: ioas)
+                #expect(try access.read(iova: mockBase + 8000, count: 4) == [0x5a, 0x5a, 0x5a, 0x5a])
+                access.close()
                 // A kernel-chosen IOVA, read-only.
                 let m2 = try ioas.mapFile(buf, at: nil, writable: false)
                 #expect(m2.iova != m.iova)
@@ -308,6 +311,14 @@ extension IOMMUFDMockTests {
                 let m = try src.map(buf, at: mockBase)
                 let copied = try dst.copy(m, to: mockBase + 0x20000)
                 try MockIOMMU.checkMap(ctx, hwpt: dstDev.hwptID, iova: mockBase + 0x20000, length: 8192, address: p)
+                // The copy sees the same bytes (read through the destination IOAS by a mock access).
+                buf.write([1, 2, 3, 4, 5], at: 100)
+                let access = try MockAccess(ioas: dst)
+                #expect(try access.read(iova: mockBase + 0x20000 + 100, count: 5) == [1, 2, 3, 4, 5])
+                try access.write(iova: mockBase + 0x20000 + 4096, [9, 8, 7])
+                #expect(buf.read(at: 4096, count: 3) == [9, 8, 7])
+                expectErrno(EBUSY) { try dst.destroy() }  // the access uses it
+                access.close()
                 let raw = try dst.copy(from: src, sourceIOVA: mockBase, length: 8192, to: nil)
                 try MockIOMMU.checkMap(ctx, hwpt: dstDev.hwptID, iova: raw, length: 8192, address: p)
                 #expect(try dst.unmap(iova: raw, length: 8192) == 8192)

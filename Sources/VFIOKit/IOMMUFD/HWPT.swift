@@ -77,7 +77,7 @@ public final class HWPT: IOMMUAttachTarget {
     public let objectID: UInt32
     public let iommufd: IOMMUFD
     /// What it is built on: an ``IOAS``, a nesting-parent ``HWPT`` or a ``VIOMMU``.
-    public let parent: any IOMMUAttachTargetOrVIOMMU
+    public let parent: any HWPTParent
     /// The fault queue its I/O page faults go to, if any.
     public let faultQueue: FaultQueue?
     public let flags: Flags
@@ -123,7 +123,7 @@ public final class HWPT: IOMMUAttachTarget {
                       flags: flags, data: data, faultQueue: faultQueue)
     }
 
-    init(ctx: IOMMUFD, parentID: UInt32, parent: any IOMMUAttachTargetOrVIOMMU, device: UInt32, flags: Flags,
+    init(ctx: IOMMUFD, parentID: UInt32, parent: any HWPTParent, device: UInt32, flags: Flags,
          data: HWPTData, faultQueue: FaultQueue?) throws(VFIOError)
     {
         var (type, bytes) = data.encoded
@@ -279,12 +279,12 @@ public struct IntelVTdInvalidation: Sendable, Equatable {
     public static let all = IntelVTdInvalidation(address: 0, pageCount: .max)
 }
 
-/// Both ``IOMMUAttachTarget``s and ``VIOMMU``: what a HWPT can be built on.
-public protocol IOMMUAttachTargetOrVIOMMU: AnyObject, Sendable {
+/// What a HWPT can be built on: an ``IOAS`` (paging), a nesting-parent ``HWPT`` or a ``VIOMMU`` (nested).
+public protocol HWPTParent: AnyObject, Sendable {
     var objectID: UInt32 { get }
 }
-extension IOAS: IOMMUAttachTargetOrVIOMMU {}
-extension HWPT: IOMMUAttachTargetOrVIOMMU {}
+extension IOAS: HWPTParent {}
+extension HWPT: HWPTParent {}
 
 extension IOMMUFD {
     func invalidate(id: UInt32, label: String, dataType: UInt32, entryLength: Int, count: Int,

@@ -10,7 +10,7 @@ import Musl
 /// one guest (its VMID, its virtual stream ids, its queues), built on a
 /// nesting-parent ``HWPT`` (the stage-2 table). Nested HWPTs, vDEVICEs,
 /// vEVENTQs and HW queues hang off it and keep it alive.
-public final class VIOMMU: IOMMUAttachTargetOrVIOMMU {
+public final class VIOMMU: HWPTParent {
     public let objectID: UInt32
     public let iommufd: IOMMUFD
     /// The stage-2 (nesting-parent) HWPT.
