@@ -55,6 +55,15 @@ public final class EduDevice: Sendable {
         return bar0.load32(at: Reg.factorial)
     }
 
+    /// Routes the device's one MSI vector to a new eventfd (the device keeps
+    /// it alive until MSI is disabled).
+    public func enableMSI() throws(VFIOError) -> EventFD {
+        try device.enableIRQ(.msi)
+    }
+
+    /// Turns off MSI.
+    public func disableMSI() throws(VFIOError) { try device.disableIRQ(.msi) }
+
     /// Turns on bus mastering (the device may DMA).
     public func enableBusMaster() throws(VFIOError) { try config.setBusMaster(true) }
 
@@ -114,4 +123,15 @@ public final class EduDevice: Sendable {
         clock_gettime(CLOCK_MONOTONIC, &ts)
         return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
     }
+}
+
+/// For DMA tests: where two byte arrays first differ, as short text (nil when
+/// equal), so a failed expectation does not print 4000-byte arrays.
+public func firstDifference(_ got: [UInt8], _ expected: [UInt8]) -> String? {
+    if got == expected { return nil }
+    if got.count != expected.count { return "length \(got.count), expected \(expected.count)" }
+    let i = got.indices.first { got[$0] != expected[$0] }!
+    let differing = zip(got, expected).filter { $0 != $1 }.count
+    return "byte \(i): got 0x\(String(got[i], radix: 16)), expected 0x\(String(expected[i], radix: 16)); "
+        + "\(differing) of \(got.count) bytes differ; got starts \(got.prefix(8).map { String($0, radix: 16) })"
 }

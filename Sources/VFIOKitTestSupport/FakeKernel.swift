@@ -123,7 +123,11 @@ public final class FakeKernel: SyscallProvider, @unchecked Sendable {
     public func ioctl(_ fd: Int32, _ request: UInt, _ argument: UnsafeMutableRawPointer?) -> Int32 {
         var bytes: [UInt8] = []
         // Struct arguments start with argsz/size; small values are integers passed as the argument.
-        if let a = argument, UInt(bitPattern: a) > 0x10000 {
+        if let a = argument, request == VFIO_GROUP_GET_DEVICE_FD || request == VFIO_GROUP_SET_CONTAINER {
+            // A C string (the device name), or a pointer to one int (the container fd).
+            let n = request == VFIO_GROUP_SET_CONTAINER ? 4 : strlen(a.assumingMemoryBound(to: CChar.self)) + 1
+            bytes = Array(UnsafeRawBufferPointer(start: a, count: n))
+        } else if let a = argument, UInt(bitPattern: a) > 0x10000 {
             let n = min(Int(a.loadUnaligned(as: UInt32.self)), 1 << 16)
             bytes = Array(UnsafeRawBufferPointer(start: a, count: max(n, 4)))
         }

@@ -111,3 +111,59 @@ public enum Guest {
         return n - 3  // ".", "..", and the directory's own fd
     }
 }
+
+import Testing
+
+/// Guest tests share the guest's few devices: tests that touch them must not
+/// run at the same time, across suites too (Swift Testing runs suites in
+/// parallel; `.serialized` only orders tests within one suite). This trait
+/// takes one process-wide async lock around each test case, so it never
+/// blocks a thread of the cooperative pool while waiting.
+///
+///     @Suite(.serialized, .exclusiveGuestDevices, .enabled(if: Guest.available))
+public struct ExclusiveGuestDevices: SuiteTrait, TestTrait, TestScoping {
+    public var isRecursive: Bool { true }
+
+    public func provideScope(
+        for test: Test, testCase: Test.Case?, performing function: @Sendable () async throws -> Void
+    ) async throws {
+        // Hold the lock per test case only (suites and test functions nest around cases).
+        guard testCase != nil else { return try await function() }
+        await GuestDeviceLock.shared.acquire()
+        do {
+            try await function()
+        } catch {
+            await GuestDeviceLock.shared.release()
+            throw error
+        }
+        await GuestDeviceLock.shared.release()
+    }
+}
+
+extension Trait where Self == ExclusiveGuestDevices {
+    /// One test at a time on the guest's devices, process-wide.
+    public static var exclusiveGuestDevices: Self { ExclusiveGuestDevices() }
+}
+
+/// A FIFO async mutex.
+public actor GuestDeviceLock {
+    public static let shared = GuestDeviceLock()
+    private var held = false
+    private var waiters: [CheckedContinuation<Void, Never>] = []
+
+    public func acquire() async {
+        if !held {
+            held = true
+            return
+        }
+        await withCheckedContinuation { waiters.append($0) }
+    }
+
+    public func release() {
+        if waiters.isEmpty {
+            held = false
+        } else {
+            waiters.removeFirst().resume()
+        }
+    }
+}

@@ -46,12 +46,14 @@ public struct DMAMapping: ~Copyable, Sendable {
 enum DMAMappingOwner: Sendable {
     case ioas(IOAS)
     case container(VFIOContainer)
+    case space(DMASpace)
 
     @inline(__always)
     func unmapDMA(iova: UInt64, length: UInt64) throws(VFIOError) {
         switch self {
         case .ioas(let ioas): _ = try ioas.unmap(iova: iova, length: length)
         case .container(let c): _ = try c.unmapDMA(iova: iova, length: length)
+        case .space(let s): try s.unmapDMA(iova: iova, length: length)
         }
     }
 }

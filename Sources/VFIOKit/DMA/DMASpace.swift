@@ -1,0 +1,254 @@
+import CVFIO
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// The five ways Linux lets userspace give a device an IOMMU address space.
+public enum DMAMode: String, Sendable, CaseIterable, CustomStringConvertible {
+    /// Legacy container `/dev/vfio/vfio`, `VFIO_TYPE1_IOMMU`.
+    case type1
+    /// Legacy container `/dev/vfio/vfio`, `VFIO_TYPE1v2_IOMMU` (the usual legacy choice).
+    case type1v2
+    /// iommufd's compatibility container (`/dev/iommu` used as a container), type1.
+    case compatType1
+    /// iommufd's compatibility container, type1v2.
+    case compatType1v2
+    /// Native iommufd: device cdev bound to `/dev/iommu`, attached to an IOAS.
+    case iommufd
+
+    public var description: String {
+        switch self {
+        case .type1: "type1 (/dev/vfio/vfio)"
+        case .type1v2: "type1v2 (/dev/vfio/vfio)"
+        case .compatType1: "iommufd compat type1 (/dev/iommu container)"
+        case .compatType1v2: "iommufd compat type1v2 (/dev/iommu container)"
+        case .iommufd: "native iommufd (cdev + IOAS)"
+        }
+    }
+
+    /// The container backend and IOMMU type, for the four container modes.
+    public var container: (backend: VFIOContainer.Backend, type: VFIOContainer.IOMMUType)? {
+        switch self {
+        case .type1: (.legacy, .type1)
+        case .type1v2: (.legacy, .type1v2)
+        case .compatType1: (.iommufdCompat, .type1)
+        case .compatType1v2: (.iommufdCompat, .type1v2)
+        case .iommufd: nil
+        }
+    }
+
+    /// The modes this kernel offers: nodes present and, for containers, the
+    /// IOMMU type reported by `VFIO_CHECK_EXTENSION`.
+    public static func available() -> [DMAMode] {
+        allCases.filter { mode in
+            guard let c = mode.container else {
+                return access("/dev/iommu", F_OK) == 0 && access("/dev/vfio/devices", F_OK) == 0
+            }
+            guard access(c.backend.rawValue, F_OK) == 0, let container = try? VFIOContainer(backend: c.backend) else { return false }
+            return (try? container.supports(c.type)) ?? false
+        }
+    }
+
+    /// The best mode available: native iommufd, then type1v2 (legacy, then
+    /// compat), then type1. Nil when the kernel has none.
+    public static func best() -> DMAMode? {
+        let a = available()
+        return [.iommufd, .type1v2, .compatType1v2, .type1, .compatType1].first(where: a.contains)
+    }
+}
+
+/// One IOMMU address space for one or more devices, over any of the five
+/// ``DMAMode``s, with an IOVA allocator that honours the usable ranges, the
+/// IOMMU page size and a DMA mask.
+///
+///     let space = try DMASpace(mode: .best, dmaMask: (1 << 28) - 1)
+///     let device = try space.openDevice(bdf: "0000:00:03.0")
+///     let mapping = try space.map(try DMABuffer(length: 8192))
+///     // program mapping.iova into the device
+///
+/// Devices opened here keep what they need alive (group -> container, or
+/// iommufd + IOAS); mappings keep the space and their buffer alive.
+public final class DMASpace: Sendable {
+    public let mode: DMAMode
+    enum Backend: Sendable {
+        case ioas(IOAS)
+        case container(VFIOContainer)
+    }
+    let backend: Backend
+    private let groups = Mutex<[Int: VFIOGroup]>([:])
+    private let allocator: Mutex<IOVAAllocator>
+
+    /// Picks the best mode when `mode` is nil.
+    public convenience init(mode: DMAMode? = nil, dmaMask: UInt64 = .max) throws(VFIOError) {
+        guard let m = mode ?? DMAMode.best() else {
+            throw VFIOError.invalid("choose DMA mode", "neither /dev/iommu nor /dev/vfio/vfio offers an IOMMU",
+                                    hint: "enable an IOMMU (intel_iommu=on, amd_iommu=on) and load vfio-pci / iommufd; `vfioctl doctor` checks")
+        }
+        try self.init(mode: m, dmaMask: dmaMask)
+    }
+
+    public init(mode: DMAMode, dmaMask: UInt64) throws(VFIOError) {
+        self.mode = mode
+        if let c = mode.container {
+            backend = .container(try VFIOContainer(backend: c.backend))
+        } else {
+            backend = .ioas(try IOAS(try IOMMUFD()))
+        }
+        allocator = Mutex(IOVAAllocator(dmaMask: dmaMask))
+    }
+
+    /// The IOAS (native iommufd mode).
+    public var ioas: IOAS? { if case .ioas(let i) = backend { i } else { nil } }
+    /// The container (the four container modes).
+    public var container: VFIOContainer? { if case .container(let c) = backend { c } else { nil } }
+
+    var label: String { "DMA space (\(mode))" }
+
+    /// Opens a device bound to vfio-pci and puts it in this address space: for
+    /// containers, opens its group (refusing a group with members not bound to
+    /// vfio-pci), adds the group and sets the IOMMU type on first use; for
+    /// iommufd, opens the cdev, binds and attaches it to the IOAS.
+    public func openDevice(bdf: String, requireAllGroupMembersBound: Bool = true) throws(VFIOError) -> VFIODevice {
+        let device: VFIODevice
+        switch backend {
+        case .ioas(let ioas):
+            device = try VFIODevice.open(bdf: bdf)
+            try device.bind(to: ioas.iommufd)
+            try device.attach(to: ioas)
+        case .container(let container):
+            let group = try self.group(for: bdf, container: container, strict: requireAllGroupMembersBound)
+            device = try group.device(bdf)
+        }
+        try refreshRanges()
+        return device
+    }
+
+    /// The group of `bdf`, opened and added to the container on first use.
+    public func group(for bdf: String, requireAllMembersBound: Bool = true) throws(VFIOError) -> VFIOGroup {
+        guard case .container(let c) = backend else {
+            throw VFIOError.invalid("open group", "\(label) uses cdevs, not groups", object: bdf)
+        }
+        return try group(for: bdf, container: c, strict: requireAllMembersBound)
+    }
+
+    private func group(for bdf: String, container: VFIOContainer, strict: Bool) throws(VFIOError) -> VFIOGroup {
+        let n = try VFIOGroup.groupNumber(of: bdf)
+        if let g = groups.withLock({ $0[n] }) { return g }
+        let g = try VFIOGroup(number: n, requireAllMembersBound: strict)
+        try g.setContainer(container)
+        if container.type == nil, let t = mode.container?.type {
+            try container.setIOMMU(t)
+        }
+        groups.withLock { $0[n] = g }
+        return g
+    }
+
+    /// Re-reads the usable IOVA ranges and the IOMMU page size (they change
+    /// as devices attach). Called by ``openDevice(bdf:requireAllGroupMembersBound:)``.
+    public func refreshRanges() throws(VFIOError) {
+        let (ranges, alignment) = try usableRanges()
+        allocator.withLock {
+            $0.updateRanges(ranges)
+            $0.alignment = max(alignment, 4096)
+        }
+    }
+
+    /// The usable IOVA ranges and minimum alignment as the kernel reports them
+    /// now. The corresponding ioctl is `IOMMU_IOAS_IOVA_RANGES` or `VFIO_IOMMU_GET_INFO`.
+    public func usableRanges() throws(VFIOError) -> (ranges: [ClosedRange<UInt64>], alignment: UInt64) {
+        switch backend {
+        case .container(let c):
+            guard c.type != nil else { return ([0...UInt64.max], 4096) }
+            let info = try c.info()
+            let pg = info.pageSizes.map { $0 & (~$0 &+ 1) } ?? 4096
+            return (info.iovaRanges ?? [0...UInt64.max], max(pg, 4096))
+        case .ioas(let ioas):
+            return try DMASpace.iovaRanges(ioas)
+        }
+    }
+
+    static func iovaRanges(_ ioas: IOAS) throws(VFIOError) -> (ranges: [ClosedRange<UInt64>], alignment: UInt64) {
+        let fd = try ioas.iommufd.fd.get("IOMMU_IOAS_IOVA_RANGES")
+        var capacity = 8
+        while true {
+            var storage = [iommu_iova_range](repeating: iommu_iova_range(), count: capacity)
+            var arg = iommu_ioas_iova_ranges.make()
+            arg.ioas_id = ioas.objectID
+            arg.num_iovas = UInt32(capacity)
+            let result = storage.withUnsafeMutableBufferPointer { buf in
+                arg.allowed_iovas = UInt64(UInt(bitPattern: buf.baseAddress))
+                return Result { () throws(VFIOError) -> Int32 in
+                    try Sys.ioctl(fd, IOMMU_IOAS_IOVA_RANGES, &arg, object: "IOAS \(ioas.objectID)")
+                }
+            }
+            do {
+                _ = try result.get()
+            } catch {
+                if error.errno?.rawValue == 90, Int(arg.num_iovas) > capacity {  // EMSGSIZE
+                    capacity = Int(arg.num_iovas)
+                    continue
+                }
+                throw error
+            }
+            let ranges = storage.prefix(Int(arg.num_iovas)).map { $0.start...$0.last }
+            return (ranges, max(arg.out_iova_alignment, 1))
+        }
+    }
+
+    /// Maps `buffer` at `iova`, or at an IOVA the allocator picks (aligned,
+    /// in a usable range, below the DMA mask). The mapping keeps this space and
+    /// the buffer alive and unmaps (and frees its IOVA) when dropped.
+    /// The corresponding ioctl is `IOMMU_IOAS_MAP` or `VFIO_IOMMU_MAP_DMA`.
+    public func map(_ buffer: DMABuffer, at iova: UInt64? = nil, readable: Bool = true, writable: Bool = true)
+        throws(VFIOError) -> DMAMapping
+    {
+        let length = UInt64(buffer.length)
+        let at: UInt64
+        if let iova {
+            guard allocator.withLock({ $0.reserve(iova, length: length) }) else {
+                let (r, m) = allocator.withLock { ($0.ranges, $0.dmaMask) }
+                throw VFIOError.invalid("map DMA", "IOVA 0x\(String(iova, radix: 16))+0x\(String(length, radix: 16)) "
+                                        + "overlaps a mapping or lies outside the usable ranges "
+                                        + "\(r.map { "0x\(String($0.lowerBound, radix: 16))-0x\(String($0.upperBound, radix: 16))" }) "
+                                        + "below the DMA mask 0x\(String(m, radix: 16))", object: label)
+            }
+            at = iova
+        } else {
+            guard let a = allocator.withLock({ $0.allocate(length: length) }) else {
+                throw VFIOError.invalid("map DMA", "no free IOVA range of 0x\(String(length, radix: 16)) bytes below the DMA mask",
+                                        object: label, hint: "unmap something, or map fewer/larger buffers")
+            }
+            at = a
+        }
+        do {
+            switch backend {
+            case .ioas(let ioas):
+                _ = try ioas.unsafeMap(address: UnsafeRawPointer(buffer.base), length: buffer.length, at: at,
+                                       readable: readable, writable: writable)
+            case .container(let c):
+                try c.unsafeMapDMA(address: UnsafeRawPointer(buffer.base), length: buffer.length, at: at,
+                                   readable: readable, writable: writable)
+            }
+        } catch {
+            allocator.withLock { $0.free(at) }
+            throw error
+        }
+        return DMAMapping(iova: at, length: length, buffer: buffer, owner: .space(self))
+    }
+
+    /// Unmaps and releases the IOVA.
+    func unmapDMA(iova: UInt64, length: UInt64) throws(VFIOError) {
+        defer { allocator.withLock { $0.free(iova) } }
+        switch backend {
+        case .ioas(let ioas): _ = try ioas.unmap(iova: iova, length: length)
+        case .container(let c): _ = try c.unmapDMA(iova: iova, length: length)
+        }
+    }
+
+    /// The allocator's current state (ranges, alignment, mask).
+    public var iovaAllocator: IOVAAllocator { allocator.withLock { $0 } }
+}

@@ -1,0 +1,362 @@
+import CVFIO
+import Testing
+import VFIOKit
+import VFIOKitTestSupport
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The edu device: IRQs, resets, features, groups. Serialized and exclusive:
+/// every test uses the same guest devices and restores their driver binding.
+@Suite(.serialized, .exclusiveGuestDevices, .enabled(if: Guest.available))
+struct DeviceGuestTests {
+    static let pattern = DMAModesTests.pattern
+
+    @Test(.timeLimit(.minutes(1))) func msiThroughAsyncSequence() async throws {
+        let bdf = try Guest.requireEdu()
+        try Guest.bindToVFIO(bdf)
+        defer { try? Guest.unbind(bdf) }
+        let space = try DMASpace(mode: .iommufd, dmaMask: EduDevice.dmaMask)
+        let edu = try EduDevice(try space.openDevice(bdf: bdf))
+        try edu.enableBusMaster()  // an MSI is a memory write by the device
+        let msi = try edu.enableMSI()
+        var it = msi.interrupts().makeAsyncIterator()
+        edu.raise(0x1)  // a software-raised edu interrupt goes out as MSI
+        let count = await it.next()
+        #expect(count != nil && count! >= 1)
+        edu.acknowledge(0x1)
+        try edu.disableMSI()
+    }
+
+    @Test func irqInfoResetAndFeaturesOnEdu() throws {
+        let bdf = try Guest.requireEdu()
+        try Guest.bindToVFIO(bdf)
+        defer { try? Guest.unbind(bdf) }
+        let ctx = try IOMMUFD()
+        let device = try VFIODevice.open(bdf: bdf)
+        try device.bind(to: ctx)
+
+        let info = try device.info()
+        #expect(info.isPCI)
+        #expect(info.regionCount >= 9 && info.irqCount >= 5)
+        let bar0 = try device.regionInfo(PCIRegion.bar(0))
+        #expect(bar0.size == 1 << 20 && bar0.isMappable && bar0.isReadable && bar0.isWritable)
+        let caps = try device.configSpace().capabilities()
+        #expect(caps.contains { $0.known == .msi }, "edu has an MSI capability: \(caps)")
+        #expect(try device.configSpace().vendorID == 0x1234)
+
+        #expect(try device.irqInfo(.intx).count == 1)
+        #expect(try device.irqInfo(.msi).count == 1)
+        #expect(try device.irqInfo(.msix).count == 0)
+        #expect(try device.irqInfo(.req).count == 1)
+
+        // edu has no reset method: VFIOKit says so cleanly.
+        if info.supportsReset {
+            try device.reset()
+        } else {
+            let e = #expect(throws: VFIOError.self) { try device.reset() }
+            #expect(e?.detail?.contains("not supported by this device") == true, "\(String(describing: e))")
+        }
+        // On the root bus there is no slot or bus reset.
+        do {
+            let hr = try device.hotResetInfo()
+            #expect(hr.devices.contains { $0.bdf == bdf })
+        } catch {
+            #expect(error.detail?.contains("not supported by this device") == true, "\(error)")
+        }
+        // Features: probing never throws for an emulated device.
+        let summary = try device.featureSummary()
+        #expect(summary.count == 7)
+        #expect(try device.probeFeature(VFIO_DEVICE_FEATURE_MIGRATION).isSupported == false)
+        #expect(throws: VFIOError.self) { _ = try device.migrationFlags() }
+        try device.close()
+    }
+
+    @Test func groupRefusesUntilEveryMemberIsBound() throws {
+        let a = try #require(Guest.eduPairA)
+        let b = try #require(Guest.eduPairB)
+        defer {
+            try? Guest.unbind(a)
+            try? Guest.unbind(b)
+        }
+        try Guest.bindToVFIO(a)
+        let fdsBefore = Guest.openFDCount()
+        do {
+            let space = try DMASpace(mode: .type1v2, dmaMask: EduDevice.dmaMask)
+            let error = #expect(throws: VFIOError.self) { _ = try space.openDevice(bdf: a) }
+            let text = error.map { "\($0)" } ?? ""
+            #expect(text.contains(b), "the error must name the blocking member \(b): \(text)")
+            #expect(!text.contains("\(a) ("), "the bound member is not blocking: \(text)")
+        }
+        #expect(Guest.openFDCount() == fdsBefore)
+
+        try Guest.bindToVFIO(b)
+        do {
+            let space = try DMASpace(mode: .type1v2, dmaMask: EduDevice.dmaMask)
+            let devA = try space.openDevice(bdf: a)
+            let devB = try space.openDevice(bdf: b)
+            #expect(devA.group === devB.group, "both functions share one group")
+            let eduA = try EduDevice(devA)
+            let eduB = try EduDevice(devB)
+            #expect(try eduA.factorial(5) == 120)
+            #expect(try eduB.factorial(6) == 720)
+            // Both share the container's address space: B reads what A wrote.
+            try eduA.enableBusMaster()
+            try eduB.enableBusMaster()
+            let buffer = try DMABuffer(length: 8192)
+            let mapping = try space.map(buffer)
+            buffer.write(Self.pattern, at: 0)
+            try eduA.dmaToDevice(from: mapping.iova, count: 1000)
+            try eduA.dmaFromDevice(to: mapping.iova + 4096, count: 1000)
+            #expect(firstDifference(buffer.read(at: 4096, count: 1000), Array(Self.pattern.prefix(1000))) == nil)
+
+            if Guest.bridge != nil {
+                // Behind the bridge a bus reset is possible: it reaches both functions.
+                let hr = try devA.hotResetInfo()
+                let bdfs = Set(hr.devices.map(\.bdf))
+                #expect(bdfs.contains(a) && bdfs.contains(b), "hot reset reaches \(bdfs)")
+                #expect(!hr.usesDeviceIDs)
+                #expect(hr.groupIDs == [UInt32(try VFIOGroup.groupNumber(of: a))])
+                try devA.hotReset(groups: [try #require(devA.group)])
+            } else {
+                // virtio guest: the pair is one multifunction slot on the root bus; no bus reset there.
+                let e = #expect(throws: VFIOError.self) { _ = try devA.hotResetInfo() }
+                #expect(e?.detail?.contains("not supported by this device") == true)
+            }
+            #expect(try eduA.factorial(4) == 24)
+        }
+        #expect(Guest.openFDCount() == fdsBefore)
+    }
+
+    @Test func intxIsAutomaskedAndUnmasked() throws {
+        let bdf = try Guest.requireEdu()
+        try Guest.bindToVFIO(bdf)
+        defer { try? Guest.unbind(bdf) }
+        let space = try DMASpace(mode: .iommufd, dmaMask: EduDevice.dmaMask)
+        let device = try space.openDevice(bdf: bdf)
+        let edu = try EduDevice(device)
+        let info = try device.irqInfo(.intx)
+        #expect(info.isAutomasked && info.supportsEventFD)
+        let intx = try device.enableIRQ(.intx)
+        for round in 0..<3 {
+            edu.raise(0x1)
+            #expect(try intx.wait(timeout: .seconds(20)) != nil, "INTx round \(round) not signalled")
+            edu.acknowledge(0x1)
+            try device.unmaskIRQ(.intx)
+        }
+        // Masked: a raise is held back until unmasked.
+        try device.maskIRQ(.intx)
+        edu.raise(0x1)
+        #expect(try intx.wait(timeout: .milliseconds(300)) == nil, "masked INTx must not signal")
+        try device.unmaskIRQ(.intx)
+        #expect(try intx.wait(timeout: .seconds(20)) != nil, "the pending INTx arrives on unmask")
+        edu.acknowledge(0x1)
+        try device.unmaskIRQ(.intx)
+        try device.disableIRQ(.intx)
+    }
+
+    @Test func ioeventfdWritesTheRegisterWithoutUs() throws {
+        let bdf = try Guest.requireEdu()
+        try Guest.bindToVFIO(bdf)
+        defer { try? Guest.unbind(bdf) }
+        let space = try DMASpace(mode: .iommufd, dmaMask: EduDevice.dmaMask)
+        let device = try space.openDevice(bdf: bdf)
+        let edu = try EduDevice(device)
+        let bar0 = try device.regionInfo(PCIRegion.bar(0))
+        let kick = try EventFD()
+        try device.setIOEventFD(region: bar0, offset: 0x04, width: 4, data: 0x00c0_ffee, eventfd: kick)
+        try kick.signal()
+        var seen: UInt32 = 0
+        for _ in 0..<2000 {
+            seen = edu.bar0.load32(at: 0x04)
+            if seen == ~UInt32(0x00c0_ffee) { break }
+            usleep(1000)
+        }
+        #expect(seen == ~UInt32(0x00c0_ffee), "the kernel wrote the liveness register on the eventfd")
+        try device.setIOEventFD(region: bar0, offset: 0x04, width: 4, data: 0x00c0_ffee, eventfd: nil)
+        #expect(throws: VFIOError.self) {
+            try device.setIOEventFD(region: bar0, offset: 0x04, width: 3, data: 0, eventfd: kick)
+        }
+    }
+
+    @Test func attachReplacesAndDetachBlocksDMA() throws {
+        let bdf = try Guest.requireEdu()
+        try Guest.bindToVFIO(bdf)
+        defer { try? Guest.unbind(bdf) }
+        let fdsBefore = Guest.openFDCount()
+        do {
+            let ctx = try IOMMUFD()
+            let device = try VFIODevice.open(bdf: bdf)
+            try device.bind(to: ctx)
+            let first = try IOAS(ctx)
+            let second = try IOAS(ctx)
+            let hwpt1 = try device.attach(to: first)
+            let edu = try EduDevice(device)
+            try edu.enableBusMaster()
+            let b1 = try DMABuffer(length: 8192)
+            let b2 = try DMABuffer(length: 8192)
+            let m1 = try first.map(b1, at: 0x200000)
+            let m2 = try second.map(b2, at: 0x200000)
+            b1.fill(0x11)
+            b2.write([UInt8](repeating: 0x22, count: 64), at: 0)  // the second page stays zero
+            // Replace: the same IOVA now means the second IOAS's memory.
+            let hwpt2 = try device.attach(to: second)
+            #expect(hwpt1 != hwpt2, "each IOAS gets its own paging HWPT")
+            #expect(device.attachedTarget === second)
+            try edu.dmaToDevice(from: 0x200000, count: 64)
+            try edu.dmaFromDevice(to: 0x201000, count: 64)
+            #expect(b2.read(at: 4096, count: 64) == [UInt8](repeating: 0x22, count: 64))
+            #expect(b1.read(at: 4096, count: 64) == [UInt8](repeating: 0x11, count: 64))
+            // Detached: DMA is blocked.
+            try device.detach()
+            b2.fill(0x33)
+            try edu.dmaFromDevice(to: 0x201000, count: 64)
+            #expect(b2.read(at: 4096, count: 64) == [UInt8](repeating: 0x33, count: 64))
+            // edu has no PASID capability: the kernel refuses a PASID attach.
+            #expect(throws: VFIOError.self) { try device.attach(to: first, pasid: 1) }
+            _ = consume m1
+            _ = consume m2
+        }
+        #expect(Guest.openFDCount() == fdsBefore)
+    }
+
+    @Test(.enabled(if: Guest.bridge != nil, "needs the pair behind a bridge (bus reset)"))
+    func cdevHotResetInfoReportsOwnership() throws {
+        let a = try #require(Guest.eduPairA)
+        let b = try #require(Guest.eduPairB)
+        defer {
+            try? Guest.unbind(a)
+            try? Guest.unbind(b)
+        }
+        try Guest.bindToVFIO(a)
+        try Guest.bindToVFIO(b)
+        let ctx = try IOMMUFD()
+        let devA = try VFIODevice.open(bdf: a)
+        let idA = try devA.bind(to: ctx)
+        // B is bound to vfio-pci but opened by nobody: the kernel counts it as
+        // ours (resetting it disturbs no user), without a device id.
+        var hr = try devA.hotResetInfo()
+        #expect(hr.usesDeviceIDs)
+        #expect(hr.devices.first { $0.bdf == a }?.deviceID == idA)
+        #expect(hr.devices.first { $0.bdf == b }?.owned == true)
+        #expect(hr.devices.first { $0.bdf == b }?.deviceID == nil)
+        #expect(hr.allOwned)
+
+        // Devices of one IOMMU group share one iommufd context: binding B to
+        // another context is refused, and the error says why.
+        do {
+            let other = try IOMMUFD()
+            let devB = try VFIODevice.open(bdf: b)
+            let e = #expect(throws: VFIOError.self) { try devB.bind(to: other) }
+            #expect(e?.errno?.rawValue == 1)
+            #expect(e?.detail?.contains("IOMMU group") == true, "\(String(describing: e))")
+            try devB.close()
+        }
+        // B bound in our context: both ours, with ids; the reset goes through.
+        let devB = try VFIODevice.open(bdf: b)
+        let idB = try devB.bind(to: ctx)
+        hr = try devA.hotResetInfo()
+        #expect(hr.devices.first { $0.bdf == b }?.deviceID == idB)
+        #expect(hr.allOwned)
+        try devA.hotReset()
+    }
+}
+
+/// The edu device through each of the five DMA modes (run on every IOMMU by CI).
+@Suite(.serialized, .exclusiveGuestDevices, .enabled(if: Guest.available))
+struct DMAModesTests {
+    static let pattern: [UInt8] = (0..<4000).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ 5) }
+
+    @Test(arguments: DMAMode.allCases)
+    func eduDMAInEveryMode(_ mode: DMAMode) throws {
+        let bdf = try Guest.requireEdu()
+        try Guest.bindToVFIO(bdf)
+        defer { try? Guest.unbind(bdf) }
+        #expect(DMAMode.available().contains(mode), "\(mode) should be available in the guest")
+        let fdsBefore = Guest.openFDCount()
+        do {
+            let space = try DMASpace(mode: mode, dmaMask: EduDevice.dmaMask)
+            let device = try space.openDevice(bdf: bdf)
+            let edu = try EduDevice(device)
+
+            // MMIO: identification, liveness, factorial.
+            #expect(edu.id == EduDevice.identification)
+            #expect(edu.liveness(0x1234_5678) == ~UInt32(0x1234_5678))
+            #expect(try edu.factorial(10) == 3_628_800)
+
+            try edu.enableBusMaster()
+            #expect(try edu.config.command().contains(.busMaster))
+            let msi = try edu.enableMSI()
+
+            let buffer = try DMABuffer(length: 8192)
+            let first = try space.map(buffer)
+            let iova = first.iova
+            var mapping: DMAMapping? = consume first
+            #expect(iova + 8192 - 1 <= EduDevice.dmaMask, "allocator must honour the 28-bit DMA mask")
+            buffer.write(Self.pattern, at: 0)
+
+            // RAM -> device, MSI on completion.
+            try edu.dmaToDevice(from: iova, count: Self.pattern.count, interrupt: true, wait: false)
+            let signalled = try msi.wait(timeout: .seconds(20))
+            #expect(signalled != nil, "MSI for DMA completion (RAM -> device) not seen")
+            #expect(edu.interruptStatus & 0x100 != 0)
+            edu.acknowledge(0x100)
+            try edu.waitForDMA()
+
+            // device -> RAM, MSI again.
+            try edu.dmaFromDevice(to: iova + 4096, count: Self.pattern.count, interrupt: true, wait: false)
+            #expect(try msi.wait(timeout: .seconds(20)) != nil, "MSI for DMA completion (device -> RAM) not seen")
+            edu.acknowledge(0x100)
+            try edu.waitForDMA()
+            #expect(firstDifference(buffer.read(at: 4096, count: Self.pattern.count), Self.pattern) == nil)
+
+            // After unmap, the device cannot reach the memory.
+            try mapping.take()!.unmap()
+            buffer.fill(0x5A)
+            try edu.dmaFromDevice(to: iova + 4096, count: Self.pattern.count)
+            #expect(firstDifference(buffer.read(at: 4096, count: Self.pattern.count), [UInt8](repeating: 0x5A, count: Self.pattern.count)) == nil)
+
+            try edu.disableMSI()
+            try edu.config.setBusMaster(false)
+        }
+        #expect(Guest.openFDCount() == fdsBefore, "teardown must close every fd")
+    }
+
+    @Test(arguments: [DMABuffer.Backing.hugePages, .memfd])
+    func eduDMAWithOtherBuffers(_ backing: DMABuffer.Backing) throws {
+        let bdf = try Guest.requireEdu()
+        try Guest.bindToVFIO(bdf)
+        defer { try? Guest.unbind(bdf) }
+        for mode in [DMAMode.iommufd, .type1v2] {
+            let space = try DMASpace(mode: mode, dmaMask: EduDevice.dmaMask)
+            let edu = try EduDevice(try space.openDevice(bdf: bdf))
+            try edu.enableBusMaster()
+            let (ranges, alignment) = try space.usableRanges()
+            #expect(!ranges.isEmpty && alignment >= 4096)
+            let buffer = try DMABuffer(length: 8192, backing: backing)
+            #expect(buffer.length == (backing == .hugePages ? DMABuffer.hugePageSize : 8192))
+            let mapping = try space.map(buffer)
+            #expect(ranges.contains { $0.contains(mapping.iova) }, "IOVA 0x\(String(mapping.iova, radix: 16)) in \(ranges)")
+            buffer.write(Self.pattern, at: 0)
+            try edu.dmaToDevice(from: mapping.iova, count: Self.pattern.count)
+            try edu.dmaFromDevice(to: mapping.iova + 4096, count: Self.pattern.count)
+            #expect(firstDifference(buffer.read(at: 4096, count: Self.pattern.count), Self.pattern) == nil, "\(mode) \(backing)")
+        }
+    }
+
+    @Test func reopenAfterClose() throws {
+        let bdf = try Guest.requireEdu()
+        try Guest.bindToVFIO(bdf)
+        defer { try? Guest.unbind(bdf) }
+        for mode in [DMAMode.iommufd, .type1v2] {
+            for _ in 0..<2 {
+                let space = try DMASpace(mode: mode, dmaMask: EduDevice.dmaMask)
+                let device = try space.openDevice(bdf: bdf)
+                #expect(try EduDevice(device).id == EduDevice.identification)
+                try device.close()
+                try device.close()  // idempotent
+            }
+        }
+    }
+}
