@@ -358,26 +358,6 @@ public enum Unprivileged {
     }
 }
 
-/// A lock per guest PCI device, so that tests of different suites (which
-/// Swift Testing runs in parallel) never use the same real device at once:
-/// `flock` on /run/vfiokit/lock-<BDF>, which serializes threads of this
-/// process as well as other processes. Every test that binds the lone edu
-/// (or any other fixed guest device) should hold it.
-public enum GuestDeviceLock {
-    public static func with<R>(_ bdf: String, _ body: () throws -> R) throws -> R {
-        let dir = "/run/vfiokit"
-        mkdir(dir, 0o755)
-        let fd = open("\(dir)/lock-\(bdf)", O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw VFIOError.invalid("lock \(bdf)", "cannot open the lock file: errno \(errno)") }
-        defer { close(fd) }
-        while flock(fd, LOCK_EX) != 0 {
-            if errno != EINTR { throw VFIOError.invalid("lock \(bdf)", "flock failed: errno \(errno)") }
-        }
-        defer { flock(fd, LOCK_UN) }
-        return try body()
-    }
-}
-
 /// A mock in-kernel user of an IOAS (an "access", as emulated devices and
 /// mdevs use): reads and writes guest memory by IOVA through the IOAS, like a
 /// device's DMA but done by the CPU. Keeps the IOAS alive and busy; closing
