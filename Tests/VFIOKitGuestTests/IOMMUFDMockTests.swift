@@ -8,7 +8,7 @@ import VFIOKitTestSupport
 /// Every iommufd request, driven against the kernel's mock IOMMU
 /// (CONFIG_IOMMUFD_TEST) in the test guest. Serialized so that the
 /// /proc/self/fd leak check of each test sees only its own fds.
-@Suite(.serialized, .enabled(if: MockGuest.available, "needs the test guest's kernel with CONFIG_IOMMUFD_TEST"))
+@Suite(.serialized, .exclusiveGuestDevices, .enabled(if: MockGuest.available, "needs the test guest's kernel with CONFIG_IOMMUFD_TEST"))
 struct IOMMUFDMockTests {}
 
 enum MockGuest {
