@@ -51,6 +51,8 @@ struct DeviceGuestTests {
         #expect(try device.irqInfo(.msix).count == 0)
         #expect(try device.irqInfo(.req).count == 1)
 
+        print("edu \(bdf): VFIO_DEVICE_FLAGS_RESET=\(info.supportsReset), caps \(caps.map { String($0.id, radix: 16) }), "
+              + "features \(try device.featureSummary().map { "\($0.name)=\($0.support.isSupported)" })")
         // edu has no reset method: VFIOKit says so cleanly.
         if info.supportsReset {
             try device.reset()
@@ -61,8 +63,10 @@ struct DeviceGuestTests {
         // On the root bus there is no slot or bus reset.
         do {
             let hr = try device.hotResetInfo()
+            print("edu \(bdf): hot reset reaches \(hr.devices)")
             #expect(hr.devices.contains { $0.bdf == bdf })
         } catch {
+            print("edu \(bdf): hot reset: \(error)")
             #expect(error.detail?.contains("not supported by this device") == true, "\(error)")
         }
         // Features: probing never throws for an emulated device.
@@ -125,6 +129,58 @@ struct DeviceGuestTests {
                 #expect(e?.detail?.contains("not supported by this device") == true)
             }
             #expect(try eduA.factorial(4) == 24)
+        }
+        #expect(Guest.openFDCount() == fdsBefore)
+    }
+
+    @Test(arguments: [VFIOContainer.Backend.legacy, .iommufdCompat])
+    func containerInfoUnmapAllAndUnsetContainer(_ backend: VFIOContainer.Backend) throws {
+        let bdf = try Guest.requireEdu()
+        try Guest.bindToVFIO(bdf)
+        defer { try? Guest.unbind(bdf) }
+        let fdsBefore = Guest.openFDCount()
+        do {
+            let container = try VFIOContainer(backend: backend)
+            #expect(try container.supports(.type1v2) && container.supports(.type1))
+            let group = try VFIOGroup(bdf: bdf)
+            let status = try group.status()
+            #expect(status.viable && !status.containerSet)
+            try group.setContainer(container)
+            #expect(try group.status().containerSet)
+            try container.setIOMMU(.type1v2)
+            do {
+                let device = try group.device(bdf)
+                // Ranges after the device is in: iommufd compat attaches it (and carves out
+                // its reserved regions) when the device fd is opened, type1 at VFIO_SET_IOMMU.
+                let info = try container.info()
+                #expect((info.pageSizes ?? 0) & 0x1000 != 0, "4 KiB pages: \(String(describing: info.pageSizes))")
+                let ranges = try #require(info.iovaRanges)
+                #expect(!ranges.isEmpty)
+                #expect(!ranges.contains { $0.contains(0xfee0_0000) }, "the MSI window is reserved: \(ranges)")
+                if backend == .legacy { #expect(info.dmaAvailable != nil) }
+
+                let edu = try EduDevice(device)
+                try edu.enableBusMaster()
+                let buffer = try DMABuffer(length: 8192)
+                let mapping = try container.mapDMA(buffer, at: 0x300000)
+                buffer.write(Self.pattern, at: 0)
+                try edu.dmaToDevice(from: 0x300000, count: 512)
+                try edu.dmaFromDevice(to: 0x301000, count: 512)
+                #expect(firstDifference(buffer.read(at: 4096, count: 512), Array(Self.pattern.prefix(512))) == nil)
+                if try container.checkExtension(VFIO_UNMAP_ALL) {
+                    #expect(try container.unmapAll() == 8192)
+                }
+                _ = consume mapping  // its own unmap now fails (ENOENT), dropped in deinit
+                try edu.config.setBusMaster(false)
+                if backend == .legacy {
+                    // type1: a group leaves its container only when no device of it is open.
+                    // (iommufd compat lets it go and keeps the devices bound.)
+                    #expect(throws: VFIOError.self) { try group.unsetContainer() }
+                }
+                try device.close()
+            }  // edu's BAR mapping goes here: until then the kernel still counts the device as open
+            try group.unsetContainer()
+            #expect(try group.status().containerSet == false)
         }
         #expect(Guest.openFDCount() == fdsBefore)
     }

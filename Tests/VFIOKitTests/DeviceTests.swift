@@ -669,3 +669,46 @@ private func cdevKernel() -> FakeKernel {
         }
     }
 }
+
+@Suite struct DirtyTrackingAndDMABufTests {
+    @Test func loggingControlCarriesRangesAndReportFillsTheBitmap() throws {
+        let kernel = cdevKernel()
+        let seenRanges = Mutex<[UInt64]>([])
+        kernel.onIoctl(VFIO_DEVICE_FEATURE) { _, arg in
+            let p = arg!.assumingMemoryBound(to: vfio_device_feature.self)
+            let data = arg! + 8
+            switch p.pointee.flags & VFIO_DEVICE_FEATURE_MASK {
+            case VFIO_DEVICE_FEATURE_DMA_LOGGING_START:
+                let c = data.loadUnaligned(as: vfio_device_feature_dma_logging_control.self)
+                let r = UnsafeRawPointer(bitPattern: UInt(c.ranges))!
+                var out = [c.page_size, UInt64(c.num_ranges)]
+                for i in 0..<Int(c.num_ranges) {
+                    let x = r.loadUnaligned(fromByteOffset: i * 16, as: vfio_device_feature_dma_logging_range.self)
+                    out += [x.iova, x.length]
+                }
+                seenRanges.withLock { $0 = out }
+                return 0
+            case VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT:
+                let rep = data.loadUnaligned(as: vfio_device_feature_dma_logging_report.self)
+                UnsafeMutableRawPointer(bitPattern: UInt(rep.bitmap))!.storeBytes(of: UInt64(0b1010), as: UInt64.self)
+                return 0
+            case VFIO_DEVICE_FEATURE_DMA_BUF:
+                let h = data.loadUnaligned(as: vfio_device_feature_dma_buf.self)
+                return h.nr_ranges == 2 && h.region_index == 0 ? 77 : -EINVAL
+            default:
+                return -ENOTTY
+            }
+        }
+        try Syscalls.withProvider(kernel) {
+            let device = try VFIODevice.open(cdev: "/dev/vfio/devices/vfio0")
+            try device.startDMALogging(pageSize: 4096, ranges: [(0x10000, 0x4000), (0x100000, 0x2000)])
+            #expect(seenRanges.withLock { $0 } == [4096, 2, 0x10000, 0x4000, 0x100000, 0x2000])
+            #expect(try device.dmaLoggingReport(iova: 0x10000, length: 0x4000, pageSize: 4096) == [0b1010])
+            let e = #expect(throws: VFIOError.self) { try device.stopDMALogging() }
+            #expect(e?.detail == "not supported by this device")
+            let buf = try device.exportDMABuf(region: 0, ranges: [(0, 0x1000), (0x2000, 0x1000)])
+            #expect(buf.raw == 77)
+            _ = buf.release()  // 77 is not a real fd
+        }
+    }
+}

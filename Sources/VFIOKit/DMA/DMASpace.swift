@@ -65,7 +65,7 @@ public enum DMAMode: String, Sendable, CaseIterable, CustomStringConvertible {
 /// ``DMAMode``s, with an IOVA allocator that honours the usable ranges, the
 /// IOMMU page size and a DMA mask.
 ///
-///     let space = try DMASpace(mode: .best, dmaMask: (1 << 28) - 1)
+///     let space = try DMASpace(dmaMask: (1 << 28) - 1)  // the best mode available
 ///     let device = try space.openDevice(bdf: "0000:00:03.0")
 ///     let mapping = try space.map(try DMABuffer(length: 8192))
 ///     // program mapping.iova into the device

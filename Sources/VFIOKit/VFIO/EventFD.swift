@@ -54,11 +54,13 @@ public final class EventFD: Sendable {
         } else {
             ms = -1
         }
+        // poll, then read: the same two syscalls a C driver makes per interrupt.
         while true {
-            if let v = try consume() { return v }
             var pfd = pollfd(fd: fd.raw, events: Int16(POLLIN), revents: 0)
             let ready = try Sys.poll(&pfd, count: 1, timeoutMilliseconds: ms)
-            if ready == 0 { return try consume() }
+            if ready == 0 { return nil }
+            if let v = try consume() { return v }
+            // Another reader took the count first: wait again.
         }
     }
 

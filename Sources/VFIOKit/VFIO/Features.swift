@@ -46,7 +46,7 @@ extension VFIODevice {
         }
     }
 
-    private func notSupportedByDevice<R>(_ body: () throws(VFIOError) -> R) throws(VFIOError) -> R {
+    func notSupportedByDevice<R>(_ body: () throws(VFIOError) -> R) throws(VFIOError) -> R {
         do { return try body() } catch {
             var e = error
             if let n = e.errno?.rawValue, n == 25 || n == 95 {
@@ -54,6 +54,21 @@ extension VFIODevice {
                 e.hint = "probeFeature(_:) tells which features a device has; emulated devices have few"
             }
             throw e
+        }
+    }
+
+    /// Issues a feature whose ioctl result is a value (a new fd for DMA_BUF).
+    func featureReturningValue(flags: UInt32, payload: [UInt8]) throws(VFIOError) -> Int32 {
+        let headerSize = MemoryLayout<vfio_device_feature>.size
+        var header = vfio_device_feature.make()
+        header.argsz = UInt32(headerSize + payload.count)
+        header.flags = flags
+        var buffer = KernelBytes(header, count: Int(header.argsz))
+        let dfd = try fd.get("VFIO_DEVICE_FEATURE")
+        let name = featureName(flags & VFIO_DEVICE_FEATURE_MASK)
+        return try buffer.withUnsafeMutableRawPointer { (p) throws(VFIOError) in
+            for (i, b) in payload.enumerated() { p.storeBytes(of: b, toByteOffset: headerSize + i, as: UInt8.self) }
+            return try Sys.ioctl(dfd, VFIO_DEVICE_FEATURE, p, object: "\(label) get \(name)")
         }
     }
 

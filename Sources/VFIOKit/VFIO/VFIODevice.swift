@@ -207,7 +207,9 @@ public final class VFIODevice: Sendable {
     public var isClosed: Bool { fd.isClosed }
 
     /// Closes the device fd (the kernel unbinds and detaches it), then releases
-    /// the iommufd objects it held. Idempotent.
+    /// the iommufd objects it held. Idempotent. A mapped ``MMIORegion`` holds
+    /// its own reference to the kernel's file: the device is really released
+    /// (and its group can leave its container) once those are gone too.
     public func close() throws(VFIOError) {
         defer { binding.withLock { $0 = Binding() } }
         try fd.close()

@@ -52,8 +52,8 @@ public final class VFIOGroup: Sendable {
     public static func blockingMembers(_ members: [Member], strict: Bool) -> [Member] {
         members.filter { m in
             switch m.driver {
-            case "vfio-pci"?: return false
-            case "pci-stub"?, "pcieport"?: return !m.isBridge && strict && m.driver != "pci-stub"
+            // vfio-pci is ours; pci-stub parks a device; pcieport drives ports (bridges), not DMA.
+            case "vfio-pci"?, "pci-stub"?, "pcieport"?: return false
             case nil: return strict && !m.isBridge
             default: return true
             }
