@@ -18,8 +18,12 @@ public struct ShowCommand: ParsableCommand {
             "vfio_error": string or null}. DEVICE as in `vfioctl list`; VIABILITY has \
             group, viable, members (address, driver, status, reason), blocking, advice; \
             USE has kind, object, detail; RECORD has address, original_driver, \
-            original_driver_override, bound_to. VFIO details are described in \
-            `vfioctl show --help` of builds that have them (see "vfio" below).
+            original_driver_override, bound_to. VFIO (present when the device is on \
+            vfio-pci and VFIO answered; otherwise vfio_error says why) has device_flags, \
+            supports_reset, reset_methods, regions (each index, name, size, offset, flags, \
+            mmap), irqs (each index, name, count, flags), capabilities. To read them \
+            vfioctl opens the cdev and binds it to a fresh iommufd, without attaching or \
+            mapping anything; this needs interrupt isolation like any iommufd bind.
 
             Examples:
               vfioctl show 0000:00:03.0

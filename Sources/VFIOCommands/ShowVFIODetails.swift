@@ -1,8 +1,11 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import VFIOKit
 
 /// What VFIO itself reports about a device bound to vfio-pci, for `vfioctl show`.
 ///
-/// JSON keys: `device_flags` (names), `supports_reset`, `regions` (each `index`,
+/// JSON keys: `device_flags` (names), `supports_reset`, `reset_methods`, `regions` (each `index`,
 /// `name`, `size`, `offset`, `flags` (names), `mmap`), `irqs` (each `index`,
 /// `name`, `count`, `flags` (names)), `capabilities` (names).
 struct VFIODetails: Encodable {
@@ -22,27 +25,89 @@ struct VFIODetails: Encodable {
     }
     var deviceFlags: [String]
     var supportsReset: Bool
+    /// The kernel's reset methods for the device (`/sys/bus/pci/devices/BDF/reset_method`: flr, pm, bus, ...).
+    var resetMethods: [String]
     var regions: [Region]
     var irqs: [IRQ]
     var capabilities: [String]
 
     enum CodingKeys: String, CodingKey {
         case regions, irqs, capabilities
-        case deviceFlags = "device_flags", supportsReset = "supports_reset"
+        case deviceFlags = "device_flags", supportsReset = "supports_reset", resetMethods = "reset_methods"
     }
 
-    /// Opens the device's cdev and asks VFIO (VFIO_DEVICE_GET_INFO,
-    /// VFIO_DEVICE_GET_REGION_INFO, VFIO_DEVICE_GET_IRQ_INFO).
+    /// Opens the device's cdev, binds it to a fresh iommufd (no attach, no DMA)
+    /// and asks VFIO (VFIO_DEVICE_GET_INFO, VFIO_DEVICE_GET_REGION_INFO,
+    /// VFIO_DEVICE_GET_IRQ_INFO); capabilities come from config space through
+    /// the config region. Everything is closed before returning.
     static func read(device: PCIDevice, host: PCIHost) throws(VFIOError) -> VFIODetails {
-        throw .invalid("read VFIO details", "this build of vfioctl has no VFIO device layer yet",
-                       object: device.address.description, hint: "the sysfs facts above are complete")
+        guard host.root == "/" else {
+            throw .invalid("read VFIO details", "VFIO details need the real /dev (not a fixture root)", object: device.address.description)
+        }
+        guard let cdev = device.vfioCdevPath else {
+            throw .invalid("read VFIO details", "\(device.address) has no VFIO cdev", object: device.address.description,
+                           hint: "VFIO details need CONFIG_VFIO_DEVICE_CDEV (Linux 6.6 or later)")
+        }
+        let iommufd = try IOMMUFD()
+        let dev = try VFIODevice.open(cdev: cdev)
+        defer { try? dev.close() }
+        try dev.bind(to: iommufd)
+        let info = try dev.info()
+        var flags: [String] = []
+        if info.isPCI { flags.append("pci") }
+        if info.supportsReset { flags.append("reset") }
+        var regions: [Region] = []
+        for i in 0..<UInt32(info.regionCount) {
+            // vfio-pci answers EINVAL for regions the device lacks (VGA on a non-VGA device).
+            let r: VFIORegionInfo
+            do { r = try dev.regionInfo(i) } catch where error.errno?.rawValue == EINVAL { continue }
+            var rf: [String] = []
+            if r.isReadable { rf.append("read") }
+            if r.isWritable { rf.append("write") }
+            if r.isMappable { rf.append("mmap") }
+            if r.sparseAreas != nil { rf.append("sparse-mmap") }
+            if r.msixMappable { rf.append("msix-mappable") }
+            let name: String = switch i {
+            case 0...5: "BAR\(i)"
+            case PCIRegion.rom: "ROM"
+            case PCIRegion.config: "config"
+            case PCIRegion.vga: "VGA"
+            default: r.type.map { "type \($0.type)/\($0.subtype)" } ?? "region \(i)"
+            }
+            regions.append(Region(index: i, name: name, size: r.size, offset: r.offset, flags: rf, mmap: r.isMappable))
+        }
+        var irqs: [IRQ] = []
+        for idx in IRQIndex.allCases where idx.rawValue < UInt32(info.irqCount) {
+            let q: IRQInfo
+            do { q = try dev.irqInfo(idx) } catch where error.errno?.rawValue == EINVAL { continue }
+            var f: [String] = []
+            if q.supportsEventFD { f.append("eventfd") }
+            if q.isMaskable { f.append("maskable") }
+            if q.isAutomasked { f.append("automasked") }
+            if q.isNoResize { f.append("noresize") }
+            irqs.append(IRQ(index: idx.rawValue, name: idx.description, count: q.count, flags: f))
+        }
+        var caps: [String] = []
+        if let cfg = try? dev.configSpace() {
+            for c in (try? cfg.capabilities()) ?? [] {
+                caps.append(c.known.map { "\($0)" } ?? "cap 0x" + String(c.id, radix: 16))
+            }
+            for c in (try? cfg.extendedCapabilities()) ?? [] {
+                caps.append(c.known.map { "\($0)" } ?? "ecap 0x" + String(c.id, radix: 16))
+            }
+        }
+        let resetMethods = host.readTrimmed(host.sysfsPath(device.address) + "/reset_method")
+        return VFIODetails(deviceFlags: flags, supportsReset: info.supportsReset,
+                           resetMethods: resetMethods.map { $0.split(separator: " ").map(String.init) } ?? [],
+                           regions: regions, irqs: irqs, capabilities: caps)
     }
 
     func textLines() -> [String] {
         var out: [String] = []
         out.append("VFIO: " + (deviceFlags.isEmpty ? "no flags" : deviceFlags.joined(separator: ", "))
-                   + "; reset " + (supportsReset ? "supported" : "not supported"))
-        out.append(table(["  REGION", "NAME", "SIZE", "OFFSET", "FLAGS"], regions.map {
+                   + "; reset " + (supportsReset ? "supported" + (resetMethods.isEmpty ? "" : " (\(resetMethods.joined(separator: ", ")))") : "not supported"))
+        // Regions of size 0 (unused BARs, no ROM) are left out of the text; --json has them all.
+        out.append(table(["  REGION", "NAME", "SIZE", "OFFSET", "FLAGS"], regions.filter { $0.size > 0 }.map {
             ["  \($0.index)", $0.name, $0.size == 0 ? "-" : formatBytes($0.size), "0x" + String($0.offset, radix: 16),
              $0.flags.joined(separator: ",")]
         }))
