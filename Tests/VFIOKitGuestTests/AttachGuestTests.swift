@@ -293,6 +293,11 @@ struct AttachGuestTests {
         _ = try PCIHost.system.bind(pa, force: true)
         defer { _ = try? PCIHost.system.unbind(pa, restore: true) }
         let refused = run(["reset", a, "--hot"])
+        if Guest.iommu == "virtio" {
+            // Under virtio-iommu the pair is one multifunction slot on the root bus: no bus to reset.
+            #expect(refused.status == 1 && refused.err.contains("neither a slot nor a bus reset"), "\(refused.err)")
+            return
+        }
         #expect(refused.status == 1 && refused.err.contains(b) && refused.err.contains("nothing was reset"), "\(refused.err)")
         _ = try PCIHost.system.bind(pb, force: true)
         defer { _ = try? PCIHost.system.unbind(pb, restore: true) }
