@@ -159,9 +159,6 @@ public struct AttachCommand: ParsableCommand {
             throw usage("--hwpt needs a bound device, and --exec passes the device unbound",
                         hint: "add --prebound, or let the program allocate its HWPT itself")
         }
-        if iommufdFD != nil && ioasChoice == .new && !exec && !hold {
-            // Allowed: attach into someone's context as a check.
-        }
         return Plan(addresses: list, ioas: ioasChoice, hwpt: hwptRequest, maps: mapRequests,
                     mode: exec ? .exec(program) : (hold ? .hold : .check), bind: bind, container: container)
     }

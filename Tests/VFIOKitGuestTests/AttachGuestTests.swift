@@ -135,8 +135,10 @@ struct AttachGuestTests {
             #expect(d["address"] as? String == bdf)
             #expect((d["device_id"] as? Int ?? 0) > 0 && (d["attached_id"] as? Int ?? 0) > 0)
             let hw = try #require(d["hw_info"] as? [String: Any])
-            let expectedType = ["intel": "intel-vtd", "amd": "amd", "virtio": "none"][Guest.iommu ?? ""]
-            if let expectedType { #expect(hw["type"] as? String == expectedType) }
+            // VT-d always reports its registers; AMD-Vi only when it supports guest translation
+            // (QEMU's amd-iommu does not, so Linux answers IOMMU_HW_INFO_TYPE_NONE there).
+            let expectedTypes = ["intel": ["intel-vtd"], "amd": ["amd", "none"], "virtio": ["none"]][Guest.iommu ?? ""]
+            if let expectedTypes { #expect(expectedTypes.contains(hw["type"] as? String ?? "?"), "\(hw)") }
             #expect(Guest.openFDCount() == before)
         }
     }
@@ -291,6 +293,11 @@ struct AttachGuestTests {
         _ = try PCIHost.system.bind(pa, force: true)
         defer { _ = try? PCIHost.system.unbind(pa, restore: true) }
         let refused = run(["reset", a, "--hot"])
+        if Guest.iommu == "virtio" {
+            // Under virtio-iommu the pair is one multifunction slot on the root bus: no bus to reset.
+            #expect(refused.status == 1 && refused.err.contains("neither a slot nor a bus reset"), "\(refused.err)")
+            return
+        }
         #expect(refused.status == 1 && refused.err.contains(b) && refused.err.contains("nothing was reset"), "\(refused.err)")
         _ = try PCIHost.system.bind(pb, force: true)
         defer { _ = try? PCIHost.system.unbind(pb, restore: true) }
