@@ -61,13 +61,13 @@ if grep -q . "$out/abi.log" && [ $abi_rc -eq 0 ]; then p=2; else f=1; fi
 echo "abi: $p passed, $f failed, 0 skipped" | tee "$out/abi.summary"
 record abi $abi_rc
 
-guest() {  # LABEL IOMMU FILTER
-  local label=$1 iommu=$2 filter=$3 rc
+guest() {  # LABEL IOMMU FILTER [SKIP]
+  local label=$1 iommu=$2 filter=$3 skip=${4:-^$} rc
   say "guest suites on $iommu (filter: $filter)"
   mkdir -p "$out/$label"
   VFIOKIT_RESULTS="$out/$label" Scripts/vm.sh --iommu "$iommu" --timeout 1200 -- sh -c \
-    'exec "$0" --testing-library swift-testing --filter "$1" --event-stream-output-path "$VFIOKIT_RESULTS_DIR/events.jsonl" --event-stream-version 0' \
-    "$tests" "$filter" > "$out/$label.log" 2>&1
+    'exec "$0" --testing-library swift-testing --filter "$1" --skip "$2" --event-stream-output-path "$VFIOKIT_RESULTS_DIR/events.jsonl" --event-stream-version 0' \
+    "$tests" "$filter" "$skip" > "$out/$label.log" 2>&1
   rc=$?
   grep -E '✘|Test run with' "$out/$label.log" | tail -n 30
   [ $rc -eq 0 ] || tail -n 40 "$out/$label.log"
@@ -77,7 +77,10 @@ guest() {  # LABEL IOMMU FILTER
 }
 
 if ! $host_only; then
-  guest "guest-intel" intel "${VFIOKIT_GUEST_FILTER:-VFIOKitGuestTests}"
+  # The fail-nth sweeps get a guest of their own: they change the kernel's
+  # fault-injection settings, and a fresh boot keeps the other suites' state out.
+  guest "guest-intel" intel "${VFIOKIT_GUEST_FILTER:-VFIOKitGuestTests}" "FailNth"
+  guest "guest-intel-failnth" intel "VFIOKitGuestTests\\.FailNth"
   guest "guest-amd" amd "VFIOKitGuestTests\\.(EndToEnd|DMAModes)"
   guest "guest-virtio" virtio "VFIOKitGuestTests\\.(EndToEnd|DMAModes)"
 fi
