@@ -62,12 +62,12 @@ public enum FailNth {
         defer { close(control) }
         var nth = 0
         while nth <= limit {
-            let fdsBefore = openFDCount(), pinnedBefore = pinnedKiB()
+            let fdsBefore = Guest.openFDCount(), pinnedBefore = pinnedKiB()
             var thrown: String?
             if nth > 0 { arm(control, nth) }
             do throws(E) { try scenario() } catch { thrown = "\(error)" }
             let fired = nth > 0 && disarm(control)
-            runs.append(Run(nth: nth, injected: fired, error: thrown, fdsBefore: fdsBefore, fdsAfter: openFDCount(),
+            runs.append(Run(nth: nth, injected: fired, error: thrown, fdsBefore: fdsBefore, fdsAfter: Guest.openFDCount(),
                             pinnedBefore: pinnedBefore, pinnedAfter: pinnedKiB()))
             if nth > 0 && !fired { break }  // the scenario no longer reaches the n-th allocation: all swept
             nth += 1
@@ -89,11 +89,6 @@ public enum FailNth {
         var w = "0".withCString { pwrite(control, $0, 1, 0) }
         if w < 0 && errno == EFAULT { w = "0".withCString { pwrite(control, $0, 1, 0) } }
         return n >= 2 && buf[0] == UInt8(ascii: "0") && buf[1] == UInt8(ascii: "\n")
-    }
-
-    /// Open fds of this process.
-    public static func openFDCount() -> Int {
-        ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []).count
     }
 
     /// Pages pinned by this process (VmPin of /proc/self/status), in KiB.

@@ -189,21 +189,12 @@ public enum MockIOMMU {
     /// fds at the same time (a leak keeps the count above for good).
     public static func fdCountSettles(atMost limit: Int, seconds: Double = 3) -> Bool {
         var waited = 0.0
-        while openFDCount() > limit {
+        while Guest.openFDCount() > limit {
             if waited >= seconds { return false }
             usleep(20_000)
             waited += 0.02
         }
         return true
-    }
-
-    /// The number of open fds of this process (/proc/self/fd).
-    public static func openFDCount() -> Int {
-        guard let dir = opendir("/proc/self/fd") else { return -1 }
-        defer { closedir(dir) }
-        var n = 0
-        while readdir(dir) != nil { n += 1 }
-        return n - 3  // ".", ".." and the directory's own fd
     }
 }
 

@@ -21,7 +21,7 @@ enum MockGuest {
 /// than before (suites of other files may open and close fds meanwhile: the
 /// count is given a moment to settle).
 func withMockContext(_ body: (IOMMUFD) throws -> Void, sourceLocation: SourceLocation = #_sourceLocation) throws {
-    let before = MockIOMMU.openFDCount()
+    let before = Guest.openFDCount()
     try {
         let ctx = try IOMMUFD()
         try body(ctx)
