@@ -300,7 +300,7 @@ final class AttachSession {
             let ranges = try ioas.iovaRanges()
             // Fixed IOVAs first, so a kernel-chosen one cannot take their place.
             for m in plan.maps.filter({ $0.iova != nil }) + plan.maps.filter({ $0.iova == nil }) {
-                if let iova = m.iova { try check(m, iova: iova, ranges: ranges.ranges, alignment: ranges.alignment) }
+                if let iova = m.iova { try AttachSession.check(m, iova: iova, ranges: ranges.ranges, alignment: ranges.alignment) }
                 let buffer = try DMABuffer(length: Int(m.size), backing: m.backing.dmaBacking)
                 if m.backing == .memfd {
                     mappings.append(MappingBox(try ioas.mapFile(buffer, at: m.iova), backing: m.backing))
@@ -330,31 +330,44 @@ final class AttachSession {
             let info = try c.info()
             let ranges = info.iovaRanges ?? [0...UInt64.max]
             let alignment = info.pageSizes.map { $0 & (~$0 &+ 1) } ?? MapRequest.page
-            // type1 has no kernel-chosen IOVAs: place those after every fixed one, from 1 MiB.
-            var cursor = plan.maps.compactMap { m in m.iova.map { $0 + m.size } }.max() ?? 0
-            cursor = max(cursor, 0x10_0000)
-            for m in plan.maps {
-                let iova: UInt64
-                if let fixed = m.iova {
-                    iova = fixed
-                } else {
-                    let align = m.backing == .huge ? UInt64(DMABuffer.hugePageSize) : max(alignment, MapRequest.page)
-                    cursor = (cursor + align - 1) / align * align
-                    if let r = ranges.first(where: { $0.upperBound >= cursor && $0.upperBound - cursor >= m.size - 1 }),
-                       r.lowerBound > cursor {
-                        cursor = (r.lowerBound + align - 1) / align * align
-                    }
-                    iova = cursor
-                    cursor += m.size
-                }
-                try check(m, iova: iova, ranges: ranges, alignment: alignment)
+            let iovas = try AttachSession.containerIOVAs(for: plan.maps, ranges: ranges, alignment: alignment)
+            for (m, iova) in zip(plan.maps, iovas) {
                 let buffer = try DMABuffer(length: Int(m.size), backing: m.backing.dmaBacking)
                 mappings.append(MappingBox(try c.mapDMA(buffer, at: iova), backing: m.backing))
             }
         }
     }
 
-    func check(_ m: MapRequest, iova: UInt64, ranges: [ClosedRange<UInt64>], alignment: UInt64) throws(VFIOError) {
+    /// The IOVA of each `--map` on a type1 container, in order, each checked
+    /// against the usable ranges: fixed ones as asked; type1 has no
+    /// kernel-chosen IOVAs, so the others go after every fixed one, from 1 MiB.
+    static func containerIOVAs(for maps: [MapRequest], ranges: [ClosedRange<UInt64>], alignment: UInt64)
+        throws(VFIOError) -> [UInt64]
+    {
+        var cursor = maps.compactMap { m in m.iova.map { $0 + m.size } }.max() ?? 0
+        cursor = max(cursor, 0x10_0000)
+        var out: [UInt64] = []
+        for m in maps {
+            let iova: UInt64
+            if let fixed = m.iova {
+                iova = fixed
+            } else {
+                let align = m.backing == .huge ? UInt64(DMABuffer.hugePageSize) : max(alignment, MapRequest.page)
+                cursor = (cursor + align - 1) / align * align
+                if let r = ranges.first(where: { $0.upperBound >= cursor && $0.upperBound - cursor >= m.size - 1 }),
+                   r.lowerBound > cursor {
+                    cursor = (r.lowerBound + align - 1) / align * align
+                }
+                iova = cursor
+                cursor += m.size
+            }
+            try check(m, iova: iova, ranges: ranges, alignment: alignment)
+            out.append(iova)
+        }
+        return out
+    }
+
+    static func check(_ m: MapRequest, iova: UInt64, ranges: [ClosedRange<UInt64>], alignment: UInt64) throws(VFIOError) {
         if alignment > 0, iova % alignment != 0 || m.size % alignment != 0 {
             throw VFIOError.invalid("map \(m)", "IOVA 0x\(String(iova, radix: 16)) and size \(m.size) must be multiples of the "
                                     + "IOVA alignment, \(formatBytes(alignment))", hint: "pick an aligned IOVA, or leave @IOVA out")
