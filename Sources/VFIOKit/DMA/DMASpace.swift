@@ -172,31 +172,8 @@ public final class DMASpace: Sendable {
     }
 
     static func iovaRanges(_ ioas: IOAS) throws(VFIOError) -> (ranges: [ClosedRange<UInt64>], alignment: UInt64) {
-        let fd = try ioas.iommufd.fd.get("IOMMU_IOAS_IOVA_RANGES")
-        var capacity = 8
-        while true {
-            var storage = [iommu_iova_range](repeating: iommu_iova_range(), count: capacity)
-            var arg = iommu_ioas_iova_ranges.make()
-            arg.ioas_id = ioas.objectID
-            arg.num_iovas = UInt32(capacity)
-            let result = storage.withUnsafeMutableBufferPointer { buf in
-                arg.allowed_iovas = UInt64(UInt(bitPattern: buf.baseAddress))
-                return Result { () throws(VFIOError) -> Int32 in
-                    try Sys.ioctl(fd, IOMMU_IOAS_IOVA_RANGES, &arg, object: "IOAS \(ioas.objectID)")
-                }
-            }
-            do {
-                _ = try result.get()
-            } catch {
-                if error.errno?.rawValue == 90, Int(arg.num_iovas) > capacity {  // EMSGSIZE
-                    capacity = Int(arg.num_iovas)
-                    continue
-                }
-                throw error
-            }
-            let ranges = storage.prefix(Int(arg.num_iovas)).map { $0.start...$0.last }
-            return (ranges, max(arg.out_iova_alignment, 1))
-        }
+        let r = try ioas.iovaRanges()
+        return (r.ranges, max(r.alignment, 1))
     }
 
     /// Maps `buffer` at `iova`, or at an IOVA the allocator picks (aligned,
@@ -224,29 +201,39 @@ public final class DMASpace: Sendable {
             }
             at = a
         }
-        do {
+        let slot: Int32
+        do throws(VFIOError) {
             switch backend {
             case .ioas(let ioas):
-                _ = try ioas.unsafeMap(address: UnsafeRawPointer(buffer.base), length: buffer.length, at: at,
-                                       readable: readable, writable: writable)
+                slot = try ioas.mapOwned(UInt64(buffer.address), length: length, at: at, readable: readable,
+                                         writable: writable).slot
             case .container(let c):
-                try c.unsafeMapDMA(address: UnsafeRawPointer(buffer.base), length: buffer.length, at: at,
-                                   readable: readable, writable: writable)
+                slot = try c.mapOwned(address: UnsafeRawPointer(buffer.base), length: buffer.length, at: at,
+                                      readable: readable, writable: writable)
             }
         } catch {
             allocator.withLock { $0.free(at) }
             throw error
         }
-        return DMAMapping(iova: at, length: length, buffer: buffer, owner: .space(self))
+        return DMAMapping(iova: at, length: length, buffer: buffer, owner: .space(self), slot: slot)
     }
 
-    /// Unmaps and releases the IOVA.
-    func unmapDMA(iova: UInt64, length: UInt64) throws(VFIOError) {
-        defer { allocator.withLock { $0.free(iova) } }
-        switch backend {
-        case .ioas(let ioas): _ = try ioas.unmap(iova: iova, length: length)
-        case .container(let c): _ = try c.unmapDMA(iova: iova, length: length)
+    /// The unmap of a ``DMAMapping`` of this space: unmaps (unless unmap-all
+    /// took it already) and releases the IOVA. When the unmap fails the range
+    /// may still be mapped: the IOVA stays reserved for good, and the buffer alive.
+    @inline(__always)
+    func unmapOwned(iova: UInt64, length: UInt64, slot: Int32, buffer: DMABuffer) throws(VFIOError) {
+        do throws(VFIOError) {
+            switch backend {
+            case .ioas(let ioas): try ioas.unmapOwned(iova: iova, length: length, slot: slot, buffer: buffer)
+            case .container(let c): try c.unmapOwned(iova: iova, length: length, slot: slot, buffer: buffer)
+            }
+        } catch {
+            var e = error
+            e.detail = (e.detail.map { $0 + "; " } ?? "") + "its IOVA stays reserved in \(label), never handed out again"
+            throw e
         }
+        allocator.withLock { $0.free(iova) }
     }
 
     /// The allocator's current state (ranges, alignment, mask).

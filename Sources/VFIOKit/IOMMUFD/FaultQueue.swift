@@ -54,12 +54,12 @@ public struct PageFault: Sendable, Equatable {
 /// ``next(maxCount:pollInterval:)`` from async code, and answer each fault
 /// group with ``respond(cookie:success:)``. Responses the process never sends
 /// are answered with failure by the kernel when the queue is destroyed.
-public final class FaultQueue: Sendable {
+public final class FaultQueue: Sendable, IOMMUObjectOwner {
     public let objectID: UInt32
     public let iommufd: IOMMUFD
     /// The queue's fd (read faults, write responses, poll for POLLIN).
     public let fd: OwnedFD
-    let state = IOMMUObjectState()
+    let state: IOMMUObjectState
 
     /// Allocates a fault queue.
     /// The corresponding ioctl is `IOMMU_FAULT_QUEUE_ALLOC`.
@@ -69,26 +69,40 @@ public final class FaultQueue: Sendable {
         objectID = arg.out_fault_id
         iommufd = ctx
         fd = OwnedFD(Int32(bitPattern: arg.out_fault_fd), label: "fault queue \(arg.out_fault_id)")
+        state = IOMMUObjectState(id: arg.out_fault_id, kind: "fault queue", objectFD: fd)
+        ctx.track(state)
     }
 
     public var label: String { "fault queue \(objectID)" }
 
-    /// Destroys the queue: closes its fd and destroys the object.
+    /// Whether the queue was destroyed (by ``destroy()`` or ``IOMMUFD/close()``).
+    public var isDestroyed: Bool { state.isDestroyed }
+
+    /// Destroys the queue: closes its fd (which holds the object) and destroys
+    /// the object. Refused while a ``HWPT`` of this process delivers faults to
+    /// it (destroy that first). A second call does nothing.
     /// The corresponding ioctl is `IOMMU_DESTROY`.
     public func destroy() throws(VFIOError) {
-        try fd.close()
-        try state.destroy(iommufd, objectID, label: label)
+        try state.destroy(iommufd) { () throws(VFIOError) in
+            let users = state.dependents.load(ordering: .relaxed)
+            guard users == 0 else {
+                throw VFIOError.invalid("IOMMU_DESTROY", "\(users) HWPT(s) of this process deliver their faults to \(label) "
+                                            + "(nothing was closed or destroyed)", object: label,
+                                        hint: "destroy the HWPTs allocated with this fault queue first")
+            }
+        }
     }
 
     deinit {
+        state.destroyQuietly(iommufd)
         try? fd.close()
-        state.destroyQuietly(iommufd, objectID)
     }
 
     /// Reads the faults queued now (at most `maxCount`), never blocking.
     /// Whole fault groups only: a group larger than `maxCount` fails with EINVAL.
     public func read(maxCount: Int = 32) throws(VFIOError) -> [PageFault] {
         precondition(maxCount > 0)
+        try state.requireLive("read")
         var raw = [iommu_hwpt_pgfault](repeating: iommu_hwpt_pgfault(), count: maxCount)
         let fdv = try fd.get("read")
         let r: Result<Int, VFIOError> = raw.withUnsafeMutableBytes { b in
@@ -111,7 +125,8 @@ public final class FaultQueue: Sendable {
 
     /// Blocks up to `timeoutMilliseconds` (-1: forever) for a fault; true when one is queued.
     public func wait(timeoutMilliseconds: Int32) throws(VFIOError) -> Bool {
-        try EventFDs.waitReadable(fd, timeoutMilliseconds: timeoutMilliseconds)
+        try state.requireLive("poll")
+        return try EventFDs.waitReadable(fd, timeoutMilliseconds: timeoutMilliseconds)
     }
 
     /// Answers the fault group `cookie` (from ``PageFault/cookie``).
@@ -119,6 +134,7 @@ public final class FaultQueue: Sendable {
         var resp = iommu_hwpt_page_response()
         resp.cookie = cookie
         resp.code = success ? UInt32(IOMMUFD_PAGE_RESP_SUCCESS.rawValue) : UInt32(IOMMUFD_PAGE_RESP_INVALID.rawValue)
+        try state.requireLive("write")
         let fdv = try fd.get("write")
         let n = try withUnsafeBytes(of: &resp) { (b) throws(VFIOError) -> Int in try Sys.write(fdv, b, object: self.label) }
         if n != MemoryLayout<iommu_hwpt_page_response>.size {

@@ -155,9 +155,12 @@ public final class VFIODevice: Sendable {
     public func attach(to target: any IOMMUAttachTarget) throws(VFIOError) -> UInt32 {
         try requireBound(to: target, "VFIO_DEVICE_ATTACH_IOMMUFD_PT")
         var arg = vfio_device_attach_iommufd_pt.make()
-        arg.pt_id = target.objectID
-        _ = try Sys.ioctl(try fd.get("VFIO_DEVICE_ATTACH_IOMMUFD_PT"), VFIO_DEVICE_ATTACH_IOMMUFD_PT, &arg,
-                          object: "\(label) -> object \(target.objectID)")
+        // The id only while the object exists (a destroyed IOAS/HWPT's id may name another object).
+        try IOMMUObjects.withID(of: target, fallback: target.objectID, "VFIO_DEVICE_ATTACH_IOMMUFD_PT") { (id) throws(VFIOError) in
+            arg.pt_id = id
+            _ = try Sys.ioctl(try fd.get("VFIO_DEVICE_ATTACH_IOMMUFD_PT"), VFIO_DEVICE_ATTACH_IOMMUFD_PT, &arg,
+                              object: "\(label) -> object \(id)")
+        }
         let pt = arg.pt_id
         binding.withLock {
             $0.attached = target
@@ -174,10 +177,12 @@ public final class VFIODevice: Sendable {
         try requireBound(to: target, "VFIO_DEVICE_ATTACH_IOMMUFD_PT")
         var arg = vfio_device_attach_iommufd_pt.make()
         arg.flags = VFIO_DEVICE_ATTACH_PASID
-        arg.pt_id = target.objectID
         arg.pasid = pasid
-        _ = try Sys.ioctl(try fd.get("VFIO_DEVICE_ATTACH_IOMMUFD_PT"), VFIO_DEVICE_ATTACH_IOMMUFD_PT, &arg,
-                          object: "\(label) pasid \(pasid) -> object \(target.objectID)")
+        try IOMMUObjects.withID(of: target, fallback: target.objectID, "VFIO_DEVICE_ATTACH_IOMMUFD_PT") { (id) throws(VFIOError) in
+            arg.pt_id = id
+            _ = try Sys.ioctl(try fd.get("VFIO_DEVICE_ATTACH_IOMMUFD_PT"), VFIO_DEVICE_ATTACH_IOMMUFD_PT, &arg,
+                              object: "\(label) pasid \(pasid) -> object \(id)")
+        }
         binding.withLock { $0.pasids[pasid] = target }
         return arg.pt_id
     }
