@@ -344,8 +344,23 @@ final class AttachSession {
     static func containerIOVAs(for maps: [MapRequest], ranges: [ClosedRange<UInt64>], alignment: UInt64)
         throws(VFIOError) -> [UInt64]
     {
-        var cursor = maps.compactMap { m in m.iova.map { $0 + m.size } }.max() ?? 0
-        cursor = max(cursor, 0x10_0000)
+        // Every number here may sit at the top of the 64-bit space (--map 4K@0xfffffffffffff000):
+        // `cursor` is the first free IOVA after the fixed maps, nil when they end at 2^64.
+        func noRoom(_ m: MapRequest) -> VFIOError {
+            .invalid("map \(m)", "no room for it: type1 needs an explicit IOVA, and vfioctl places maps without one "
+                     + "after the fixed ones, which reach the end of the 64-bit IOVA space",
+                     hint: "give it an IOVA (SIZE@IOVA) inside a usable range (" + AttachReport.rangesText(ranges) + ")")
+        }
+        func alignUp(_ v: UInt64, _ a: UInt64) -> UInt64? {
+            let (x, o) = v.addingReportingOverflow(a - 1)
+            return o ? nil : x / a * a
+        }
+        var cursor: UInt64? = 0x10_0000
+        for m in maps {
+            guard let fixed = m.iova else { continue }
+            let (end, o) = fixed.addingReportingOverflow(m.size)
+            if o { cursor = nil } else if let c = cursor { cursor = max(c, end) }
+        }
         var out: [UInt64] = []
         for m in maps {
             let iova: UInt64
@@ -353,13 +368,15 @@ final class AttachSession {
                 iova = fixed
             } else {
                 let align = m.backing == .huge ? UInt64(DMABuffer.hugePageSize) : max(alignment, MapRequest.page)
-                cursor = (cursor + align - 1) / align * align
-                if let r = ranges.first(where: { $0.upperBound >= cursor && $0.upperBound - cursor >= m.size - 1 }),
-                   r.lowerBound > cursor {
-                    cursor = (r.lowerBound + align - 1) / align * align
+                guard var c = cursor.flatMap({ alignUp($0, align) }) else { throw noRoom(m) }
+                if let r = ranges.first(where: { $0.upperBound >= c && $0.upperBound - c >= m.size - 1 }),
+                   r.lowerBound > c {
+                    guard let moved = alignUp(r.lowerBound, align) else { throw noRoom(m) }
+                    c = moved
                 }
-                iova = cursor
-                cursor += m.size
+                iova = c
+                let (end, o) = c.addingReportingOverflow(m.size)
+                cursor = o ? nil : end
             }
             try check(m, iova: iova, ranges: ranges, alignment: alignment)
             out.append(iova)
@@ -372,9 +389,9 @@ final class AttachSession {
             throw VFIOError.invalid("map \(m)", "IOVA 0x\(String(iova, radix: 16)) and size \(m.size) must be multiples of the "
                                     + "IOVA alignment, \(formatBytes(alignment))", hint: "pick an aligned IOVA, or leave @IOVA out")
         }
-        let last = iova + (m.size - 1)
-        if !ranges.contains(where: { $0.contains(iova) && $0.contains(last) }) {
-            throw VFIOError.invalid("map \(m)", "0x\(String(iova, radix: 16))-0x\(String(last, radix: 16)) is not inside one "
+        let (last, overflow) = iova.addingReportingOverflow(m.size - 1)
+        if overflow || !ranges.contains(where: { $0.contains(iova) && $0.contains(last) }) {
+            throw VFIOError.invalid("map \(m)", "0x\(String(iova, radix: 16))-" + (overflow ? "past 2^64" : "0x" + String(last, radix: 16)) + " is not inside one "
                                     + "usable IOVA range (" + AttachReport.rangesText(ranges) + ")",
                                     hint: "the ranges exclude reserved regions (MSI window, apertures): pick an IOVA inside one")
         }

@@ -40,7 +40,12 @@ public final class DMABuffer: @unchecked Sendable {
             throw VFIOError.invalid("allocate DMA buffer", "length must be positive, got \(length)")
         }
         let page = backing == .hugePages ? DMABuffer.hugePageSize : Int(sysconf(Int32(_SC_PAGESIZE)))
-        let rounded = (length + page - 1) / page * page
+        let (padded, overflow) = length.addingReportingOverflow(page - 1)
+        guard !overflow else {
+            throw VFIOError.invalid("allocate DMA buffer", "length \(length) rounded up to whole \(page)-byte pages "
+                                        + "does not fit in an Int", hint: "ask for a length the machine can hold")
+        }
+        let rounded = padded / page * page
         let prot = PROT_READ | PROT_WRITE
         switch backing {
         case .anonymous:
@@ -78,14 +83,15 @@ public final class DMABuffer: @unchecked Sendable {
 
     /// Copies `bytes` in at `offset`.
     public func write(_ bytes: some Collection<UInt8>, at offset: Int = 0) {
-        precondition(offset >= 0 && offset + bytes.count <= length, "write past the end of the DMA buffer")
+        precondition(offset >= 0 && offset <= length && bytes.count <= length - offset, "write past the end of the DMA buffer")
         let dst = UnsafeMutableRawBufferPointer(start: base + offset, count: bytes.count)
         dst.copyBytes(from: bytes)
     }
 
     /// Copies `count` bytes out from `offset`.
     public func read(at offset: Int = 0, count: Int) -> [UInt8] {
-        precondition(offset >= 0 && count >= 0 && offset + count <= length, "read past the end of the DMA buffer")
+        precondition(offset >= 0 && count >= 0 && offset <= length && count <= length - offset,
+                     "read past the end of the DMA buffer")
         return Array(UnsafeRawBufferPointer(start: base + offset, count: count))
     }
 

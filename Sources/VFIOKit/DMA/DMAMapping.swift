@@ -41,13 +41,31 @@ public struct DMAMapping: ~Copyable, Sendable {
         return nil
     }
 
-    /// The IOVA range, `iova ..< iova + length`.
-    public var range: Range<UInt64> { iova..<(iova + length) }
+    /// The last IOVA of the mapping, `iova + length - 1` (it may be 2^64 - 1).
+    public var lastIOVA: UInt64 { iova &+ (length &- 1) }
+
+    /// The IOVA range, `iova ..< iova + length`. Throws for a mapping that
+    /// ends at 2^64, which a `Range<UInt64>` cannot express (use ``lastIOVA``).
+    public var range: Range<UInt64> {
+        get throws(VFIOError) {
+            let (end, overflow) = iova.addingReportingOverflow(length)
+            if overflow {
+                throw VFIOError.invalid("DMAMapping.range",
+                                        "the mapping at IOVA 0x\(String(iova, radix: 16)) (\(length) bytes) ends at 2^64, "
+                                            + "which a Range<UInt64> cannot hold",
+                                        hint: "use lastIOVA (the last byte's IOVA) for mappings at the top of the IOVA space")
+            }
+            return iova..<end
+        }
+    }
 
     /// The IOVA of byte `offset` of the buffer.
     @inline(__always)
-    public func iova(at offset: Int) -> UInt64 {
-        precondition(offset >= 0 && UInt64(offset) < length, "offset \(offset) is outside the mapping")
+    public func iova(at offset: Int) throws(VFIOError) -> UInt64 {
+        guard offset >= 0, UInt64(offset) < length else {
+            throw VFIOError.invalid("DMAMapping.iova(at:)",
+                                    "offset \(offset) is outside the mapping (\(length) bytes at IOVA 0x\(String(iova, radix: 16)))")
+        }
         return iova &+ UInt64(offset)
     }
 

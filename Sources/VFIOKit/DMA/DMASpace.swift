@@ -98,7 +98,7 @@ public final class DMASpace: Sendable {
         } else {
             backend = .ioas(try IOAS(try IOMMUFD()))
         }
-        allocator = Mutex(IOVAAllocator(dmaMask: dmaMask))
+        allocator = Mutex(try IOVAAllocator(dmaMask: dmaMask))
     }
 
     /// The IOAS (native iommufd mode).
@@ -151,9 +151,9 @@ public final class DMASpace: Sendable {
     /// as devices attach). Called by ``openDevice(bdf:requireAllGroupMembersBound:)``.
     public func refreshRanges() throws(VFIOError) {
         let (ranges, alignment) = try usableRanges()
-        allocator.withLock {
-            $0.updateRanges(ranges)
-            $0.alignment = max(alignment, 4096)
+        try allocator.withLock { (a) throws(VFIOError) in
+            a.updateRanges(ranges)
+            try a.setAlignment(max(alignment, 4096))
         }
     }
 
@@ -195,7 +195,7 @@ public final class DMASpace: Sendable {
             }
             at = iova
         } else {
-            guard let a = allocator.withLock({ $0.allocate(length: length) }) else {
+            guard let a = try allocator.withLock({ (a) throws(VFIOError) in try a.allocate(length: length) }) else {
                 throw VFIOError.invalid("map DMA", "no free IOVA range of 0x\(String(length, radix: 16)) bytes below the DMA mask",
                                         object: label, hint: "unmap something, or map fewer/larger buffers")
             }

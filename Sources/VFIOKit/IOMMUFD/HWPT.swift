@@ -320,7 +320,13 @@ extension IOMMUFD {
     func invalidate(id: UInt32, label: String, dataType: UInt32, entryLength: Int, count: Int,
                     entries: UnsafeRawBufferPointer) throws(VFIOError) -> Int
     {
-        precondition(count == 0 || entries.count >= entryLength * count, "entries shorter than count * entryLength")
+        let (bytes, overflow) = entryLength.multipliedReportingOverflow(by: count)
+        guard entryLength >= 0, count >= 0, entryLength <= Int(UInt32.max), count <= Int(UInt32.max), !overflow,
+              entries.count >= bytes
+        else {
+            throw VFIOError.invalid("IOMMU_HWPT_INVALIDATE", "\(count) entries of \(entryLength) bytes do not fit the "
+                                        + "\(entries.count) bytes given (or the kernel's 32-bit fields)", object: label)
+        }
         var arg = iommu_hwpt_invalidate.make()
         arg.hwpt_id = id
         arg.data_uptr = UInt64(UInt(bitPattern: entries.baseAddress))

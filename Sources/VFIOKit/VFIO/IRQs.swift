@@ -46,6 +46,13 @@ extension VFIODevice {
     func setIRQs(_ index: IRQIndex, flags: UInt32, start: UInt32, count: UInt32, data: [UInt8],
                  what: String) throws(VFIOError)
     {
+        // Vectors start ..< start + count, counted in 64 bits: the end may be 2^32, never more.
+        let end = UInt64(start) + UInt64(count)
+        guard end <= UInt64(UInt32.max) + 1 else {
+            throw VFIOError.invalid("VFIO_DEVICE_SET_IRQS", "vectors \(start)..<\(end) of \(index) run past the last "
+                                        + "vector number the kernel can name (\(UInt32.max))", object: label,
+                                    hint: "irqInfo(_:).count says how many vectors the device has")
+        }
         let headerSize = MemoryLayout<vfio_irq_set>.size
         var header = vfio_irq_set.make()
         header.argsz = UInt32(headerSize + data.count)
@@ -58,7 +65,7 @@ extension VFIODevice {
         _ = try buffer.withUnsafeMutableRawPointer { (p) throws(VFIOError) in
             for (i, b) in data.enumerated() { p.storeBytes(of: b, toByteOffset: headerSize + i, as: UInt8.self) }
             return try Sys.ioctl(dfd, VFIO_DEVICE_SET_IRQS, p,
-                                 object: "\(label) \(index) \(what) vectors \(start)..<\(start + count)")
+                                 object: "\(label) \(index) \(what) vectors \(start)..<\(end)")
         }
     }
 
