@@ -85,7 +85,8 @@ public struct DMAMapping: ~Copyable, Sendable {
     /// Keeps `buffer` alive for the life of the process: its pages may still
     /// be mapped for a device, so they must never be unmapped or reused.
     static func keepForever(_ buffer: DMABuffer) {
-        _ = Unmanaged.passRetained(buffer)  // deliberately never released
+        // Safety: a deliberate leak (one retain that is never balanced); nothing is freed or read here.
+        _ = Unmanaged.passRetained(buffer)
     }
 
     /// The error of a failed or short unmap of a mapping, after keeping its buffer.

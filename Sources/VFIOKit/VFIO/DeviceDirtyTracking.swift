@@ -17,8 +17,8 @@ extension VFIODevice {
     /// The corresponding ioctl is `VFIO_DEVICE_FEATURE` with `VFIO_DEVICE_FEATURE_DMA_LOGGING_START`.
     public func startDMALogging(pageSize: UInt64, ranges: [(iova: UInt64, length: UInt64)]) throws(VFIOError) {
         var list = ranges.map { vfio_device_feature_dma_logging_range(iova: $0.iova, length: $0.length) }
-        // The control structure points at the ranges: the ioctl runs inside the closure, the only
-        // place where that pointer is valid.
+        // Safety: the control structure carries the ranges' address, valid only inside this closure;
+        // the ioctl that reads it runs inside it too.
         let result: Result<Void, VFIOError> = list.withUnsafeMutableBufferPointer { p in
             var control = vfio_device_feature_dma_logging_control()
             control.page_size = pageSize
@@ -63,6 +63,7 @@ extension VFIODevice {
             report.iova = iova
             report.length = length
             report.page_size = pageSize
+            // Safety: the kernel writes the bitmap during the ioctl, which runs inside this closure.
             report.bitmap = UInt64(UInt(bitPattern: p.baseAddress))
             let payload = withUnsafeBytes(of: report) { Array($0) }
             return Result { () throws(VFIOError) in
