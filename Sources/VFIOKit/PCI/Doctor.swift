@@ -209,7 +209,13 @@ extension PCIHost {
             for g in groups() {
                 let members = g.members.compactMap { try? device($0) }
                 guard members.contains(where: { $0.isBoundToVFIO }) else { continue }
-                if let v = try? viability(ofGroup: g.id), !v.viable {
+                let v: GroupViability
+                do { v = try viability(ofGroup: g.id) } catch {
+                    f.append(.init("group.\(g.id)", .fail, "IOMMU group \(g.id)", "could not be checked: " + error.description,
+                                   fix: "`ls -l /sys/kernel/iommu_groups/\(g.id)/devices/`"))
+                    continue
+                }
+                if !v.viable {
                     f.append(.init("group.\(g.id)", .fail, "IOMMU group \(g.id)", v.summary, fix: v.advice))
                 } else {
                     f.append(.init("group.\(g.id)", .ok, "IOMMU group \(g.id)", "viable; on vfio-pci: "
@@ -278,16 +284,22 @@ extension PCIHost {
             f.append(.init("\(id).group", .fail, "IOMMU group", e.detail ?? "", fix: e.hint))
             return f
         }
-        if let v = try? viability(ofGroup: gid) {
+        let viable: GroupViability?
+        do { viable = try viability(ofGroup: gid) } catch {
+            viable = nil
+            f.append(.init("\(id).group", .fail, "IOMMU group \(gid)", "could not be checked: " + error.description,
+                           fix: "`ls -l /sys/kernel/iommu_groups/\(gid)/devices/`"))
+        }
+        if let v = viable {
             let others = v.members.filter { $0.address != a }
-            let blockers = others.filter { $0.status == .blocking }
+            let blockers = others.filter { $0.status == .blocking || $0.status == .unreadable }
             let memberText = v.members.map { "\($0.address) \($0.reason)" }.joined(separator: "; ")
             if blockers.isEmpty {
                 f.append(.init("\(id).group", .ok, "IOMMU group \(gid)",
                                (dev.isBoundToVFIO ? "viable: " : "viable once \(a) is on vfio-pci: ") + memberText))
             } else {
                 f.append(.init("\(id).group", .fail, "IOMMU group \(gid)",
-                               "not viable: " + blockers.map { "\($0.address) is bound to \($0.driver ?? "?")" }.joined(separator: ", ")
+                               "not viable: " + blockers.map(\.blockingText).joined(separator: ", ")
                                + " (members: \(memberText))", fix: v.advice))
             }
         }
