@@ -279,7 +279,13 @@ final class AttachSession {
             devices.append(Device(address: a, cdev: cdev, device: d))
         }
         if plan.bind {
-            for i in devices.indices { devices[i].deviceID = try devices[i].device.bind(to: ctx) }
+            for i in devices.indices {
+                do throws(VFIOError) {
+                    devices[i].deviceID = try devices[i].device.bind(to: ctx)
+                } catch {
+                    throw host.explainOwnership(error, device: devices[i].address)
+                }
+            }
         }
         switch plan.ioas {
         case .new: ioas = try IOAS(ctx)
@@ -316,12 +322,16 @@ final class AttachSession {
         for a in plan.addresses { numbers.append(try DeviceNodes.groupNumber(of: a, host: host)) }
         let c = try DeviceNodes.explainingOpen(host) { () throws(VFIOError) in try VFIOContainer() }
         vfioContainer = c
-        for n in numbers where !groups.contains(where: { $0.number == n }) {
-            let g = try DeviceNodes.explainingOpen(host) { () throws(VFIOError) in try VFIOGroup(number: n) }
+        for (a, n) in zip(plan.addresses, numbers) where !groups.contains(where: { $0.number == n }) {
+            let g = try DeviceNodes.explainingOpen(host) { () throws(VFIOError) in try VFIOGroup(number: n, host: host) }
             groups.append(g)
-            try g.setContainer(c)
+            do throws(VFIOError) { try g.setContainer(c) } catch { throw host.explainOwnership(error, device: a, group: n) }
         }
-        try c.setIOMMU(try c.supports(.type1v2) ? .type1v2 : .type1)
+        do throws(VFIOError) {
+            try c.setIOMMU(try c.supports(.type1v2) ? .type1v2 : .type1)
+        } catch {
+            throw host.explainOwnership(error, device: plan.addresses.first, group: numbers.first)
+        }
         for (a, n) in zip(plan.addresses, numbers) {
             let g = groups.first { $0.number == n }!
             devices.append(Device(address: a, cdev: nil, device: try g.device(a.description)))

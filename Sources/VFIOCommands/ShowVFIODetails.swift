@@ -51,7 +51,7 @@ struct VFIODetails: Encodable {
         let iommufd = try IOMMUFD()
         let dev = try VFIODevice.open(cdev: cdev)
         defer { try? dev.close() }
-        try dev.bind(to: iommufd)
+        do throws(VFIOError) { try dev.bind(to: iommufd) } catch { throw host.explainOwnership(error, device: device.address) }
         let info = try dev.info()
         var flags: [String] = []
         if info.isPCI { flags.append("pci") }

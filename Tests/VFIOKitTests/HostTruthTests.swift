@@ -206,3 +206,75 @@ import Glibc
         #expect(f.host.readiness(of: try f.host.device("0000:01:01.0")) == .groupUnreadable)
     }
 }
+
+/// Who owns an IOMMU group, said where VFIOKit knows the BDF.
+@Suite struct OwnershipDiagnosisTests {
+    /// The pair bound to vfio-pci, interrupt remapping on.
+    func pairOnVFIO() throws -> (PCIFixture, PCIAddress, PCIAddress, String, String) {
+        let f = try guestLikeFixture()
+        try f.write("/proc/interrupts", "  0:  44  IR-IO-APIC  2-edge  timer\n 24:  3  IR-PCI-MSI-0000:00:05.0  0-edge  nvme0q0\n")
+        try f.write("/sys/module/iommufd/parameters/allow_unsafe_interrupts", "N\n")
+        let a = try PCIAddress(parsing: "0000:01:01.0"), b = try PCIAddress(parsing: "0000:01:02.0")
+        _ = try f.host.bind(a, group: true)
+        let ca = try #require(try f.host.device(a).vfioCdevPath), cb = try #require(try f.host.device(b).vfioCdevPath)
+        return (f, a, b, ca, cb)
+    }
+
+    func hold(_ f: PCIFixture, _ node: String, pid: Int = 4242, comm: String = "qemu-system-x86") throws {
+        try f.link("/proc/\(pid)/fd/7", to: node)
+        try f.write("/proc/\(pid)/comm", comm + "\n")
+    }
+
+    @Test func epermFromABindNamesTheProcessHoldingAGroupMateNotMSI() throws {
+        let (f, a, b, ca, cb) = try pairOnVFIO()
+        try hold(f, cb)
+        let e = VFIOError(operation: "VFIO_DEVICE_BIND_IOMMUFD", errno: .init(rawValue: EPERM), object: ca)
+        let x = f.host.explainOwnership(e, device: a).description
+        #expect(x.contains("pid 4242 (qemu-system-x86)") && x.contains("IOMMU group 4") && x.contains(b.description), "\(x)")
+        #expect(x.contains("cannot be split between owners"), "\(x)")
+        #expect(x.contains("interrupt remapping is enabled") && !x.contains("allow_unsafe_interrupts=1"), "\(x)")
+    }
+
+    @Test func epermWithoutRemappingAndNoHolderIsMSIIsolation() throws {
+        let (f, a, _, ca, _) = try pairOnVFIO()
+        try f.write("/proc/interrupts", "  0:  44  IO-APIC  2-edge  timer\n")
+        let e = VFIOError(operation: "VFIO_DEVICE_BIND_IOMMUFD", errno: .init(rawValue: EPERM), object: ca)
+        let x = f.host.explainOwnership(e, device: a).description
+        #expect(x.contains("no process holds a member of IOMMU group 4"), "\(x)")
+        #expect(x.contains("interrupt remapping is disabled") && x.contains("allow_unsafe_interrupts"), "\(x)")
+        #expect(x.contains("security decision"), "\(x)")
+    }
+
+    @Test func einvalFromABindNamesTheProcessThatHasTheDevice() throws {
+        let (f, a, _, ca, _) = try pairOnVFIO()
+        try hold(f, ca, pid: 777, comm: "vfioctl")
+        let e = VFIOError(operation: "VFIO_DEVICE_BIND_IOMMUFD", errno: .init(rawValue: EINVAL), object: ca)
+        let x = f.host.explainOwnership(e, device: a).description
+        #expect(x.contains("pid 777 (vfioctl)") && x.contains(ca) && x.contains("one fd at a time"), "\(x)")
+    }
+
+    @Test func ebusyOpeningTheGroupNamesTheCdevHolder() throws {
+        let (f, a, b, _, cb) = try pairOnVFIO()
+        try hold(f, cb)
+        let e = VFIOError(operation: "open", errno: .init(rawValue: EBUSY), object: "/dev/vfio/4")
+        let x = f.host.explainOwnership(e, device: a).description
+        #expect(x.contains("pid 4242 (qemu-system-x86)") && x.contains(b.description) && x.contains("IOMMU group 4"), "\(x)")
+        // Without a BDF, by group number.
+        let y = f.host.explainOwnership(e, device: nil, group: 4).description
+        #expect(y.contains("pid 4242 (qemu-system-x86)"), "\(y)")
+    }
+
+    @Test func theRawHintForEPERMOnBindNamesBothCauses() throws {
+        let e = VFIOError(operation: "VFIO_DEVICE_BIND_IOMMUFD", errno: .init(rawValue: EPERM), object: "/dev/vfio/devices/vfio0")
+        let h = try #require(e.hint)
+        #expect(h.contains("another member of its IOMMU group") && h.contains("interrupt remapping"), "\(h)")
+    }
+
+    @Test func showListsTheHoldersOfTheGroup() throws {
+        let (f, a, b, _, cb) = try pairOnVFIO()
+        try hold(f, cb)
+        #expect(f.host.readiness(of: try f.host.device(a), openNodes: f.host.openDeviceNodes()) == .held)
+        let holders = f.host.groupHolders(ofGroup: 4)
+        #expect(holders.count == 1 && holders.first?.pid == 4242 && holders.first?.member == b, "\(holders)")
+    }
+}

@@ -59,21 +59,6 @@ extension PCIHost {
         uses(of: a, openNodes: checkOpenFiles ? nil : [:])
     }
 
-    /// Device nodes (`/dev/...`) open in processes other than this one, with
-    /// who holds them (`pid 42 (qemu)`): one scan of `/proc/PID/fd`.
-    public func openDeviceNodes() -> [String: [String]] {
-        var openers: [String: [String]] = [:]
-        let me = String(getpid())
-        for pid in list("/proc") where pid.first?.isNumber == true && pid != me {
-            var seen = Set<String>()
-            for fd in list("/proc/\(pid)/fd") {
-                guard let t = readLink("/proc/\(pid)/fd/\(fd)"), t.hasPrefix("/dev/"), seen.insert(t).inserted else { continue }
-                openers[t, default: []].append("pid \(pid) (\(readTrimmed("/proc/\(pid)/comm") ?? "?"))")
-            }
-        }
-        return openers
-    }
-
     /// ``uses(of:checkOpenFiles:)`` with a table from ``openDeviceNodes()``
     /// computed once for many devices; nil scans /proc for this device.
     public func uses(of a: PCIAddress, openNodes: [String: [String]]?) -> [DeviceUse] {

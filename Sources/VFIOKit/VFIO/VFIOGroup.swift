@@ -59,7 +59,8 @@ public final class VFIOGroup: Sendable {
                case let blocking = v.blockers(requireVFIO: true), !blocking.isEmpty {
                 throw VFIOGroup.blockedError("open", v, blocking, errno: error.errno)
             }
-            throw error
+            // EBUSY: held by another process or through a member's cdev: say by whom.
+            throw host.explainOwnership(error, device: nil, group: number)
         }
         self.number = number
         let s = try status()
