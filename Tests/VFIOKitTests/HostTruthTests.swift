@@ -1,5 +1,8 @@
+import CVFIO
 import Foundation
+import Synchronization
 import Testing
+import VFIOKitTestSupport
 @testable import VFIOKit
 
 #if canImport(Glibc)
@@ -276,5 +279,58 @@ import Glibc
         #expect(f.host.readiness(of: try f.host.device(a), openNodes: f.host.openDeviceNodes()) == .held)
         let holders = f.host.groupHolders(ofGroup: 4)
         #expect(holders.count == 1 && holders.first?.pid == 4242 && holders.first?.member == b, "\(holders)")
+    }
+}
+
+/// VFIO_DMA_CC_IOMMU on both paths, against the fake kernel.
+@Suite struct CacheCoherencyQueryTests {
+    @Test func containerAsksVFIOCheckExtensionAfterTheIOMMUIsSet() throws {
+        let kernel = FakeKernel()
+        kernel.files["/dev/vfio/vfio"] = .node
+        Type1Tests.container(kernel)
+        kernel.onIoctl(VFIO_CHECK_EXTENSION) { _, a in
+            let ext = UInt(bitPattern: a)
+            return ext == VFIO_TYPE1v2_IOMMU || ext == VFIO_TYPE1_IOMMU ? 1 : (ext == VFIO_DMA_CC_IOMMU ? 0 : 0)
+        }
+        try Syscalls.withProvider(kernel) {
+            let c = try VFIOContainer(backend: .legacy)
+            #expect(throws: VFIOError.self) { _ = try c.cacheCoherency() }  // no IOMMU type yet
+            try c.setIOMMU(.type1v2)
+            let cc = try c.cacheCoherency()
+            #expect(cc.enforced == false && cc.query == "VFIO_CHECK_EXTENSION(VFIO_DMA_CC_IOMMU) on /dev/vfio/vfio")
+            #expect(cc.meaning.contains("wbinvd"))
+        }
+    }
+
+    @Test func ioasAsksThroughTheCompatIOASAndPutsItBack() throws {
+        let k = iommuKernel()
+        let compat = Mutex<UInt32?>(nil)
+        k.onIoctl(IOMMU_VFIO_IOAS) { _, a in
+            let v = a!.assumingMemoryBound(to: iommu_vfio_ioas.self)
+            switch UInt32(v.pointee.op) {
+            case IOMMU_VFIO_IOAS_GET.rawValue:
+                guard let id = compat.withLock({ $0 }) else { return -ENODEV }
+                v.pointee.ioas_id = id
+            case IOMMU_VFIO_IOAS_SET.rawValue: compat.withLock { $0 = v.pointee.ioas_id }
+            default: compat.withLock { $0 = nil }
+            }
+            return 0
+        }
+        k.onIoctl(VFIO_CHECK_EXTENSION) { _, a in
+            UInt(bitPattern: a) == VFIO_DMA_CC_IOMMU && compat.withLock({ $0 }) != nil ? 1 : 0
+        }
+        try Syscalls.withProvider(k) {
+            let ctx = try IOMMUFD()
+            let a = try IOAS(ctx), b = try IOAS(ctx)
+            let cc = try a.cacheCoherency()
+            #expect(cc.enforced == true && cc.query.contains("IOMMU_VFIO_IOAS"), "\(cc)")
+            #expect(compat.withLock { $0 } == nil)  // cleared again
+            // Another IOAS is the compat IOAS: not moved, refused.
+            try ctx.setCompatibilityIOAS(b)
+            #expect(throws: VFIOError.self) { _ = try a.cacheCoherency() }
+            #expect(compat.withLock { $0 } == b.objectID)
+            #expect(try b.cacheCoherency().enforced == true)
+            #expect(compat.withLock { $0 } == b.objectID)
+        }
     }
 }
