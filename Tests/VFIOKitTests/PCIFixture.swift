@@ -124,6 +124,8 @@ final class FixtureKernel: SysfsWriteHandler, @unchecked Sendable {
     func failProbe(_ driver: String) { state.withLock { _ = $0.failProbe.insert(driver) } }
     /// Writes to this path fail with EIO.
     func failWrite(_ path: String) { state.withLock { _ = $0.failWrites.insert(path) } }
+    /// The cause is fixed: probes and writes work again.
+    func clearFailures() { state.withLock { $0.failProbe = []; $0.failWrites = [] } }
     /// The driver that claims a device when nothing overrides it (drivers_probe
     /// picks it). Drivers named earlier still match the device (their bind file
     /// takes it), as a driver whose id table lists the device does.

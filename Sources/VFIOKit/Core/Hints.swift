@@ -13,7 +13,8 @@ enum Hints {
             if op == "VFIO_DEVICE_BIND_IOMMUFD" {
                 return "two causes: another member of its IOMMU group is bound to another iommufd context (another "
                     + "process: a group cannot be split between owners), or the IOMMU does not isolate MSIs (no "
-                    + "interrupt remapping); `vfioctl show BDF` names the holders and `vfioctl doctor` checks "
+                    + "interrupt remapping); `vfioctl list` marks held devices, `vfioctl show` on one names the holders, "
+                    + "and `vfioctl doctor` checks "
                     + "remapping. Allowing unsafe interrupts (iommufd.allow_unsafe_interrupts=1) is a security "
                     + "decision: VFIOKit never sets it."
             }
@@ -32,11 +33,13 @@ enum Hints {
                     return "the kernel has no iommufd (CONFIG_IOMMUFD, Linux 6.2 or later) or the module is not loaded"
                 }
                 if let o = object, o.hasPrefix("/dev/vfio/devices") {
-                    return "no VFIO cdev: bind the device to vfio-pci (`vfioctl bind BDF`); cdevs need "
+                    return "no VFIO cdev: bind the device to vfio-pci (`vfioctl list` shows each device's address and what "
+                        + "makes it ready, e.g. `vfioctl bind` with its address); cdevs need "
                         + "CONFIG_VFIO_DEVICE_CDEV (Linux 6.6 or later)"
                 }
                 if let o = object, o.hasPrefix("/dev/vfio") {
-                    return "the group has no VFIO node: bind every member to vfio-pci (`vfioctl bind BDF --group`) "
+                    return "the group has no VFIO node: bind its devices to vfio-pci (`vfioctl list --groups` shows its "
+                        + "members; `vfioctl bind` one of them with --group) "
                         + "and check that the kernel has an IOMMU enabled (`vfioctl doctor`)"
                 }
             }
@@ -47,7 +50,8 @@ enum Hints {
         case 16:  // EBUSY
             if op == "open" || op == "VFIO_GROUP_GET_DEVICE_FD" || op == "VFIO_DEVICE_BIND_IOMMUFD" {
                 return "the IOMMU group is held by another process or fd: its group node is open, or a member's cdev "
-                    + "is bound (a VM, another driver, `vfioctl attach --hold`); `vfioctl show BDF` names the process"
+                    + "is bound (a VM, another driver, `vfioctl attach --hold`); `vfioctl list` marks held devices and "
+                    + "`vfioctl show` on one names the process"
             }
             if op == "IOMMU_DESTROY" {
                 return "the object is still in use (a device or HWPT is attached to it): detach or destroy the users first"
@@ -68,7 +72,7 @@ enum Hints {
         case 22:  // EINVAL
             if op == "VFIO_DEVICE_BIND_IOMMUFD" {
                 return "the device is already bound through another fd (a VFIO cdev is bound by one fd at a time): "
-                    + "`vfioctl show BDF` names the process that has it"
+                    + "`vfioctl list` marks it held and `vfioctl show` on it names the process that has it"
             }
             if op.hasPrefix("VFIO_IOMMU") || op == "VFIO_CHECK_EXTENSION" && object?.contains("container") == true {
                 return "a container needs VFIO_SET_IOMMU (after VFIO_GROUP_SET_CONTAINER) before it can map or report info"

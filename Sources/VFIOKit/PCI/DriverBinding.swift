@@ -253,7 +253,12 @@ extension PCIHost {
                     "bind", "IOMMU group \(gid) is not viable: \(a) shares it with "
                         + blockers.map(\.blockingText).joined(separator: ", ")
                         + "; VFIO cannot use any member while one is on a kernel driver that does DMA",
-                    object: a.description, hint: v.fixCommands(for: a).map { "`\($0)`" }.joined(separator: ", then "))
+                    object: a.description, hint: {
+                        var cmds = v.fixCommands(for: a)
+                        if !cmds.contains(where: { $0.hasSuffix("--group") }) { cmds.append("vfioctl bind \(a)") }
+                        return "run " + cmds.map { "`\($0)`" }.joined(separator: ", then ")
+                            + (cmds.count > 1 ? "" : " (or unbind the others)")
+                    }())
             }
             var out = try bindDeviceLocked(a, to: driver, force: force, dir: dir)
             if !others.isEmpty {
