@@ -287,4 +287,43 @@ struct HostTruthGuestTests {
         #expect(back.status == 0 && GuestDevices.driver(nvme) == "nvme", "\(back.err)")
         #expect(GuestDevices.waitFor(15) { FileManager.default.fileExists(atPath: block) })
     }
+
+    /// A device not on vfio-pci, and a group path with a member left unbound: the printed binds work.
+    @Test func theBindsPrintedForDevicesNotOnVFIOWork() throws {
+        let edu = try GuestDevices.bdf("VFIOKIT_EDU")
+        let a = try GuestDevices.bdf("VFIOKIT_EDU_PAIR_A"), b = try GuestDevices.bdf("VFIOKIT_EDU_PAIR_B")
+        defer {
+            for d in [edu, a, b] { _ = try? VFIOCtlBinary.run("unbind", d, "--restore") }
+        }
+        let notBound = try VFIOCtlBinary.run("attach", edu)
+        #expect(notBound.status == 1)
+        let cmds = printedCommands(hint(of: notBound))
+        #expect(cmds == ["vfioctl bind \(edu)"], "\(notBound.err)")
+        for c in cmds { #expect(try runPrinted(c).status == 0) }
+        #expect(try VFIOCtlBinary.run("attach", edu).status == 0)
+
+        // The group path wants every endpoint on vfio-pci: with B unbound it is refused, naming B.
+        #expect(try VFIOCtlBinary.run("bind", a).status == 0)
+        let strict = try VFIOCtlBinary.run("attach", a, "--container")
+        #expect(strict.status == 1 && strict.err.contains(b), "\(strict.err)")
+        let fix = printedCommands(hint(of: strict))
+        #expect(fix == ["vfioctl bind \(a) --group"], "\(strict.err)")
+        for c in fix { #expect(try runPrinted(c).status == 0) }
+        let ok = try VFIOCtlBinary.run("attach", a, "--container")
+        #expect(ok.status == 0, "\(ok.err)")
+    }
+
+    /// doctor's huge-page fix is a command that works as printed.
+    @Test func doctorsHugePageFixWorksAsPrinted() throws {
+        let file = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
+        let before = try String(contentsOfFile: file, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        defer { _ = writeSysfs(file, before) }
+        let r = try VFIOCtlBinary.run("doctor", "--json")
+        let findings = try #require(try r.json()["findings"] as? [[String: Any]])
+        let fix = try #require(findings.first { $0["id"] as? String == "hugepages" }?["fix"] as? String)
+        let cmds = printedCommands(fix)
+        #expect(cmds == ["echo 64 > \(file)"], "\(fix)")
+        for c in cmds { #expect(try runPrinted(c).status == 0) }
+        #expect(try String(contentsOfFile: file, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines) == "64")
+    }
 }
