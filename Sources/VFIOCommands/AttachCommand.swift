@@ -420,6 +420,10 @@ final class AttachSession {
             guard devices.contains(where: { $0.attachedID != nil }) else {
                 return .unknown("no device is attached (--exec hands the devices over unbound; the program attaches them)")
             }
+            if inheritedIOMMUFD != nil {
+                // Asking sets the context's compat IOAS for a moment; in a shared context that is another process's too.
+                return .unknown("the iommufd is shared (--iommufd): vfioctl does not touch its compat IOAS to ask")
+            }
             return try ioas.cacheCoherency()
         } catch {
             return .unknown(error.description)

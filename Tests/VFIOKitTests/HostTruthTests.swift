@@ -267,6 +267,17 @@ import Glibc
         #expect(y.contains("pid 4242 (qemu-system-x86)"), "\(y)")
     }
 
+    @Test func errorsThatAreNotAboutOwnershipStayAsTheyAre() throws {
+        let (f, a, _, ca, cb) = try pairOnVFIO()
+        try hold(f, cb)
+        for e in [VFIOError(operation: "open", errno: .init(rawValue: EBUSY), object: "/dev/vfio/vfio"),
+                  VFIOError(operation: "open", errno: .init(rawValue: EBUSY), object: ca),
+                  VFIOError(operation: "IOMMU_IOAS_MAP", errno: .init(rawValue: EPERM), object: "IOAS 2"),
+                  VFIOError(operation: "VFIO_DEVICE_BIND_IOMMUFD", errno: .init(rawValue: ENOMEM), object: ca)] {
+            #expect(f.host.explainOwnership(e, device: a) == e)
+        }
+    }
+
     @Test func theRawHintForEPERMOnBindNamesBothCauses() throws {
         let e = VFIOError(operation: "VFIO_DEVICE_BIND_IOMMUFD", errno: .init(rawValue: EPERM), object: "/dev/vfio/devices/vfio0")
         let h = try #require(e.hint)

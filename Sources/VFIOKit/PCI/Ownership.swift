@@ -85,7 +85,8 @@ extension PCIHost {
         guard let code = error.errno?.rawValue, code == EPERM || code == EBUSY || code == EINVAL else { return error }
         let op = error.operation
         let groupOps: Set<String> = ["VFIO_DEVICE_BIND_IOMMUFD", "VFIO_GROUP_GET_DEVICE_FD", "VFIO_GROUP_SET_CONTAINER", "VFIO_SET_IOMMU"]
-        let isGroupOpen = op == "open" && (error.object?.hasPrefix("/dev/vfio/") ?? false) && !(error.object?.hasPrefix("/dev/vfio/devices/") ?? true)
+        // A group node is /dev/vfio/N (not the container /dev/vfio/vfio, not a cdev).
+        let isGroupOpen = op == "open" && (error.object.map { $0.hasPrefix("/dev/vfio/") && Int($0.dropFirst(10)) != nil } ?? false)
         guard groupOps.contains(op) || isGroupOpen else { return error }
         if code == EINVAL && op != "VFIO_DEVICE_BIND_IOMMUFD" { return error }
         guard let gid = group ?? device.flatMap({ (try? self.device($0))?.iommuGroup }) else { return error }
