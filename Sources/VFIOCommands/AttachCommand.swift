@@ -23,7 +23,10 @@ public struct AttachCommand: ParsableCommand {
             the kernel chooses; ,memfd maps a memfd with IOMMU_IOAS_MAP_FILE, ,huge uses \
             2 MiB pages), and reports: device ids, IOAS id, HWPT id, usable IOVA ranges \
             and alignment (IOMMU_IOAS_IOVA_RANGES), the IOMMU's hardware info \
-            (IOMMU_GET_HW_INFO), and every mapping.
+            (IOMMU_GET_HW_INFO), every mapping, and whether the IOMMU enforces cache \
+            coherency (blocks no-snoop DMA, so a VM needs no wbinvd emulation): \
+            VFIO_CHECK_EXTENSION(VFIO_DMA_CC_IOMMU) on the container, or on /dev/iommu \
+            with the IOAS as its compat IOAS (IOMMU_VFIO_IOAS); reported, never changed.
 
             A process's fds close when it exits, and the attachment with them. So attach \
             works three ways:
@@ -67,7 +70,8 @@ public struct AttachCommand: ParsableCommand {
             "container": {"fd", "iommu_type", "iova_ranges", "page_sizes"} or null, \
             "groups": [{"number", "fd"}], "devices": [{"address", "cdev", "fd", \
             "device_id", "attached_id", "hw_info"}], "mappings": [{"iova", "length", \
-            "backing"}]}. Numbers are integers; device_id, attached_id (the HWPT the \
+            "backing"}], "cache_coherency": {"enforced" (true, false or null), "query", \
+            "meaning"}}. Numbers are integers; device_id, attached_id (the HWPT the \
             kernel attached the device to) and hw_info are null when the device was not \
             bound; hw_info is as in `vfioctl hw-info --json`.
 
@@ -279,7 +283,13 @@ final class AttachSession {
             devices.append(Device(address: a, cdev: cdev, device: d))
         }
         if plan.bind {
-            for i in devices.indices { devices[i].deviceID = try devices[i].device.bind(to: ctx) }
+            for i in devices.indices {
+                do throws(VFIOError) {
+                    devices[i].deviceID = try devices[i].device.bind(to: ctx)
+                } catch {
+                    throw host.explainOwnership(error, device: devices[i].address)
+                }
+            }
         }
         switch plan.ioas {
         case .new: ioas = try IOAS(ctx)
@@ -316,12 +326,16 @@ final class AttachSession {
         for a in plan.addresses { numbers.append(try DeviceNodes.groupNumber(of: a, host: host)) }
         let c = try DeviceNodes.explainingOpen(host) { () throws(VFIOError) in try VFIOContainer() }
         vfioContainer = c
-        for n in numbers where !groups.contains(where: { $0.number == n }) {
-            let g = try DeviceNodes.explainingOpen(host) { () throws(VFIOError) in try VFIOGroup(number: n) }
+        for (a, n) in zip(plan.addresses, numbers) where !groups.contains(where: { $0.number == n }) {
+            let g = try DeviceNodes.explainingOpen(host) { () throws(VFIOError) in try VFIOGroup(number: n, host: host) }
             groups.append(g)
-            try g.setContainer(c)
+            do throws(VFIOError) { try g.setContainer(c) } catch { throw host.explainOwnership(error, device: a, group: n) }
         }
-        try c.setIOMMU(try c.supports(.type1v2) ? .type1v2 : .type1)
+        do throws(VFIOError) {
+            try c.setIOMMU(try c.supports(.type1v2) ? .type1v2 : .type1)
+        } catch {
+            throw host.explainOwnership(error, device: plan.addresses.first, group: numbers.first)
+        }
         for (a, n) in zip(plan.addresses, numbers) {
             let g = groups.first { $0.number == n }!
             devices.append(Device(address: a, cdev: nil, device: try g.device(a.description)))
@@ -422,7 +436,28 @@ final class AttachSession {
                   attachedID: $0.attachedID, hwInfo: $0.hwInfo.map(HWInfoReport.init))
         }
         r.mappings = mappings.map { .init(iova: $0.iova, length: $0.length, backing: $0.backing.rawValue) }
+        r.cacheCoherency = cacheCoherency()
         return r
+    }
+
+    /// VFIO_DMA_CC_IOMMU for what was attached: the container's domains, or
+    /// the HWPTs on the IOAS (through iommufd's compat check). Unknown, with
+    /// the reason, when nothing is attached or the kernel would not say.
+    func cacheCoherency() -> CacheCoherency {
+        do throws(VFIOError) {
+            if let c = vfioContainer { return try c.cacheCoherency() }
+            guard let ioas else { return .unknown("no IOAS") }
+            guard devices.contains(where: { $0.attachedID != nil }) else {
+                return .unknown("no device is attached (--exec hands the devices over unbound; the program attaches them)")
+            }
+            if inheritedIOMMUFD != nil {
+                // Asking sets the context's compat IOAS for a moment; in a shared context that is another process's too.
+                return .unknown("the iommufd is shared (--iommufd): vfioctl does not touch its compat IOAS to ask")
+            }
+            return try ioas.cacheCoherency()
+        } catch {
+            return .unknown(error.description)
+        }
     }
 
     // MARK: exec
@@ -577,10 +612,14 @@ struct AttachReport: Encodable {
     var groups: [Group] = []
     var devices: [DeviceInfo] = []
     var mappings: [Mapping] = []
+    var cacheCoherency: CacheCoherency?
 
     init(mode: String) { self.mode = mode }
 
-    enum CodingKeys: String, CodingKey { case mode, handoff, iommufd, ioas, hwpt, container, groups, devices, mappings }
+    enum CodingKeys: String, CodingKey {
+        case mode, handoff, iommufd, ioas, hwpt, container, groups, devices, mappings
+        case cacheCoherency = "cache_coherency"
+    }
     func encode(to encoder: any Encoder) throws {
         var c = encoder.container(keyedBy: CodingKeys.self)
         try c.encode(mode, forKey: .mode)
@@ -592,6 +631,7 @@ struct AttachReport: Encodable {
         try c.encode(groups, forKey: .groups)
         try c.encode(devices, forKey: .devices)
         try c.encode(mappings, forKey: .mappings)
+        try c.encode(cacheCoherency, forKey: .cacheCoherency)
     }
 
     static func rangesText(_ ranges: [ClosedRange<UInt64>]) -> String {
@@ -618,6 +658,7 @@ struct AttachReport: Encodable {
                 rows.append(["page sizes", (0..<64).filter { p & (1 << UInt64($0)) != 0 }.map { formatBytes(1 << UInt64($0)) }.joined(separator: ", ")])
             }
         }
+        if let cc = cacheCoherency { rows.append(["cache coherency", cc.text]) }
         if let handoff {
             rows.append(["handoff", handoff == "unbound" ? "device fds unbound (the program binds them)" : "devices bound and attached"])
         }

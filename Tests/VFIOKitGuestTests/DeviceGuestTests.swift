@@ -363,7 +363,11 @@ struct DeviceGuestTests {
             let devB = try VFIODevice.open(bdf: b)
             let e = #expect(throws: VFIOError.self) { try devB.bind(to: other) }
             #expect(e?.errno?.rawValue == 1)
-            #expect(e?.detail?.contains("IOMMU group") == true, "\(String(describing: e))")
+            #expect(e?.hint?.contains("IOMMU group") == true, "\(String(describing: e))")
+            // Where the BDF is known, the host layer says which cause it is: no other
+            // process holds the group and interrupts are isolated, so another context of ours does.
+            let why = PCIHost.system.explainOwnership(try #require(e), device: try PCIAddress(parsing: b))
+            #expect(why.detail?.contains("another iommufd context of this process holds a member of the group") == true, "\(why)")
             try devB.close()
         }
         // B bound in our context: both ours, with ids; the reset goes through.

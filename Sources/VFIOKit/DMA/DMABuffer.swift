@@ -58,7 +58,10 @@ public final class DMABuffer: @unchecked Sendable {
                                     object: "\(rounded) bytes in 2 MiB pages")
             } catch {
                 var e = error
-                e.hint = "reserve huge pages first: echo N > /proc/sys/vm/nr_hugepages (see /proc/meminfo HugePages_Free)"
+                let pages = (rounded + (2 << 20) - 1) / (2 << 20)
+                e.hint = "reserve \(pages) more 2 MiB pages (as root): "
+                    + "`echo $(( $(cat /proc/sys/vm/nr_hugepages) + \(pages) )) > /proc/sys/vm/nr_hugepages` "
+                    + "(/proc/meminfo HugePages_Free shows what is free)"
                 throw e
             }
             file = nil

@@ -112,16 +112,22 @@ public final class DMASpace: Sendable {
     /// containers, opens its group (refusing a group with members not bound to
     /// vfio-pci), adds the group and sets the IOMMU type on first use; for
     /// iommufd, opens the cdev, binds and attaches it to the IOAS.
+    /// Errors that come from the group's ownership (held by another process
+    /// or context, MSI isolation) name the holder: ``PCIHost/explainOwnership(_:device:group:)``.
     public func openDevice(bdf: String, requireAllGroupMembersBound: Bool = true) throws(VFIOError) -> VFIODevice {
         let device: VFIODevice
-        switch backend {
-        case .ioas(let ioas):
-            device = try VFIODevice.open(bdf: bdf)
-            try device.bind(to: ioas.iommufd)
-            try device.attach(to: ioas)
-        case .container(let container):
-            let group = try self.group(for: bdf, container: container, strict: requireAllGroupMembersBound)
-            device = try group.device(bdf)
+        do throws(VFIOError) {
+            switch backend {
+            case .ioas(let ioas):
+                device = try VFIODevice.open(bdf: bdf)
+                try device.bind(to: ioas.iommufd)
+                try device.attach(to: ioas)
+            case .container(let container):
+                let group = try self.group(for: bdf, container: container, strict: requireAllGroupMembersBound)
+                device = try group.device(bdf)
+            }
+        } catch {
+            throw PCIHost.system.explainOwnership(error, device: try? PCIAddress(parsing: bdf))
         }
         try refreshRanges()
         return device

@@ -118,17 +118,9 @@ public final class VFIODevice: Sendable {
                 arg.flags |= VFIO_DEVICE_BIND_FLAG_TOKEN
                 arg.token_uuid_ptr = UInt64(UInt(bitPattern: raw.baseAddress))
             }
-            do throws(VFIOError) {
-                _ = try Sys.ioctl(devfd, VFIO_DEVICE_BIND_IOMMUFD, &arg, object: label)
-            } catch {
-                var e = error
-                if e.errno?.rawValue == 1 {
-                    e.detail = "every device of an IOMMU group must be bound to the same iommufd context; "
-                        + "if another device of this device's group is open elsewhere (another context, or a "
-                        + "legacy container), that blocks it too"
-                }
-                throw e
-            }
+            // Who holds the group (EPERM, EINVAL, EBUSY) is for callers that know the BDF:
+            // PCIHost.explainOwnership(_:device:) (DMASpace.openDevice, vfioctl).
+            _ = try Sys.ioctl(devfd, VFIO_DEVICE_BIND_IOMMUFD, &arg, object: label)
         }
         let devid = arg.out_devid
         binding.withLock {
