@@ -31,6 +31,8 @@ public final class DMABuffer: @unchecked Sendable {
     let base: UnsafeMutableRawPointer
     /// The memfd behind a `.memfd` buffer, else nil.
     public let file: OwnedFD?
+    /// The kernel the memory was mapped through (nil: Linux); it unmaps it too.
+    let kernel: (any SyscallProvider)?
 
     public static let hugePageSize = 2 << 20
 
@@ -42,14 +44,17 @@ public final class DMABuffer: @unchecked Sendable {
         let page = backing == .hugePages ? DMABuffer.hugePageSize : Int(sysconf(Int32(_SC_PAGESIZE)))
         let rounded = (length + page - 1) / page * page
         let prot = PROT_READ | PROT_WRITE
+        let kernel = Sys.current
+        self.kernel = kernel
         switch backing {
         case .anonymous:
-            base = try Sys.mmap(length: rounded, protection: prot, flags: MAP_SHARED | MAP_ANONYMOUS,
+            base = try Sys.mmap(kernel, length: rounded, protection: prot, flags: MAP_SHARED | MAP_ANONYMOUS,
                                 object: "\(rounded) bytes anonymous")
             file = nil
         case .hugePages:
             do {
-                base = try Sys.mmap(length: rounded, protection: prot, flags: MAP_SHARED | MAP_ANONYMOUS | MAP_HUGETLB,
+                base = try Sys.mmap(kernel, length: rounded, protection: prot,
+                                    flags: MAP_SHARED | MAP_ANONYMOUS | MAP_HUGETLB,
                                     object: "\(rounded) bytes in 2 MiB pages")
             } catch {
                 var e = error
@@ -58,10 +63,10 @@ public final class DMABuffer: @unchecked Sendable {
             }
             file = nil
         case .memfd:
-            let fd = OwnedFD(try Sys.memfdCreate("vfiokit-dma", flags: 0), label: "memfd vfiokit-dma")
-            try Sys.ftruncate(fd.raw, length: Int64(rounded))
-            base = try Sys.mmap(length: rounded, protection: prot, flags: MAP_SHARED, fd: fd.raw,
-                                object: "memfd \(rounded) bytes")
+            let fd = OwnedFD(try Sys.memfdCreate(kernel, "vfiokit-dma", flags: 0), label: "memfd vfiokit-dma",
+                             kernel: kernel)
+            try fd.ftruncate(length: Int64(rounded))
+            base = try fd.mmap(length: rounded, protection: prot, flags: MAP_SHARED, object: "memfd \(rounded) bytes")
             file = fd
         }
         self.length = rounded
@@ -93,6 +98,6 @@ public final class DMABuffer: @unchecked Sendable {
     public func fill(_ value: UInt8) { memset(base, Int32(value), length) }
 
     deinit {
-        try? Sys.munmap(base, length: length)
+        try? Sys.munmap(kernel, base, length: length)
     }
 }

@@ -172,7 +172,7 @@ public final class DMASpace: Sendable {
     }
 
     static func iovaRanges(_ ioas: IOAS) throws(VFIOError) -> (ranges: [ClosedRange<UInt64>], alignment: UInt64) {
-        let fd = try ioas.iommufd.fd.get("IOMMU_IOAS_IOVA_RANGES")
+        let fd = ioas.iommufd.fd
         var capacity = 8
         while true {
             var storage = [iommu_iova_range](repeating: iommu_iova_range(), count: capacity)
@@ -182,7 +182,7 @@ public final class DMASpace: Sendable {
             let result = storage.withUnsafeMutableBufferPointer { buf in
                 arg.allowed_iovas = UInt64(UInt(bitPattern: buf.baseAddress))
                 return Result { () throws(VFIOError) -> Int32 in
-                    try Sys.ioctl(fd, IOMMU_IOAS_IOVA_RANGES, &arg, object: "IOAS \(ioas.objectID)")
+                    try fd.ioctl(IOMMU_IOAS_IOVA_RANGES, &arg, object: "IOAS \(ioas.objectID)")
                 }
             }
             do {

@@ -68,7 +68,7 @@ public final class FaultQueue: Sendable {
         try ctx.ioctl(IOMMU_FAULT_QUEUE_ALLOC, &arg, object: ctx.fd.label)
         objectID = arg.out_fault_id
         iommufd = ctx
-        fd = OwnedFD(Int32(bitPattern: arg.out_fault_fd), label: "fault queue \(arg.out_fault_id)")
+        fd = OwnedFD(Int32(bitPattern: arg.out_fault_fd), label: "fault queue \(arg.out_fault_id)", kernel: ctx.fd.kernel)
     }
 
     public var label: String { "fault queue \(objectID)" }
@@ -90,9 +90,8 @@ public final class FaultQueue: Sendable {
     public func read(maxCount: Int = 32) throws(VFIOError) -> [PageFault] {
         precondition(maxCount > 0)
         var raw = [iommu_hwpt_pgfault](repeating: iommu_hwpt_pgfault(), count: maxCount)
-        let fdv = try fd.get("read")
         let r: Result<Int, VFIOError> = raw.withUnsafeMutableBytes { b in
-            do throws(VFIOError) { return .success(try Sys.read(fdv, b, object: self.label) ?? 0) } catch { return .failure(error) }
+            do throws(VFIOError) { return .success(try fd.read(b, object: self.label) ?? 0) } catch { return .failure(error) }
         }
         let n = try r.get() / MemoryLayout<iommu_hwpt_pgfault>.stride
         return raw[..<n].map(PageFault.init)
@@ -111,7 +110,7 @@ public final class FaultQueue: Sendable {
 
     /// Blocks up to `timeoutMilliseconds` (-1: forever) for a fault; true when one is queued.
     public func wait(timeoutMilliseconds: Int32) throws(VFIOError) -> Bool {
-        try EventFDs.waitReadable(fd, timeoutMilliseconds: timeoutMilliseconds)
+        try fd.waitReadable(timeoutMilliseconds: timeoutMilliseconds)
     }
 
     /// Answers the fault group `cookie` (from ``PageFault/cookie``).
@@ -119,17 +118,9 @@ public final class FaultQueue: Sendable {
         var resp = iommu_hwpt_page_response()
         resp.cookie = cookie
         resp.code = success ? UInt32(IOMMUFD_PAGE_RESP_SUCCESS.rawValue) : UInt32(IOMMUFD_PAGE_RESP_INVALID.rawValue)
-        let fdv = try fd.get("write")
-        let n = try withUnsafeBytes(of: &resp) { (b) throws(VFIOError) -> Int in try Sys.write(fdv, b, object: self.label) }
+        let n = try withUnsafeBytes(of: &resp) { (b) throws(VFIOError) -> Int in try fd.write(b, object: self.label) }
         if n != MemoryLayout<iommu_hwpt_page_response>.size {
             throw VFIOError.invalid("write", "short write of a page response (\(n) bytes)", object: label)
         }
-    }
-}
-
-enum EventFDs {
-    static func waitReadable(_ fd: OwnedFD, timeoutMilliseconds: Int32) throws(VFIOError) -> Bool {
-        var p = pollfd(fd: try fd.get("poll"), events: Int16(POLLIN), revents: 0)
-        return try Sys.poll(&p, count: 1, timeoutMilliseconds: timeoutMilliseconds) > 0 && p.revents & Int16(POLLIN) != 0
     }
 }

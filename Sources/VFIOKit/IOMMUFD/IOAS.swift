@@ -139,9 +139,11 @@ public final class IOAS: IOMMUAttachTarget {
             throw VFIOError.invalid("IOMMU_IOAS_MAP_FILE", "the buffer is not backed by a memfd", object: label,
                                     hint: "allocate it with DMABuffer(length:backing: .memfd)")
         }
-        let mapped = try unsafeMapFile(fd: try file.get("IOMMU_IOAS_MAP_FILE"), offset: 0,
-                                       length: UInt64(buffer.length), at: iova,
-                                       readable: readable, writable: writable)
+        // The memfd stays open (its number names it) while the kernel takes its own reference.
+        let mapped = try file.withDescriptor("IOMMU_IOAS_MAP_FILE") { (memfd) throws(VFIOError) in
+            try unsafeMapFile(fd: memfd, offset: 0, length: UInt64(buffer.length), at: iova,
+                              readable: readable, writable: writable)
+        }
         return DMAMapping(iova: mapped, length: UInt64(buffer.length), buffer: buffer, owner: .ioas(self))
     }
 

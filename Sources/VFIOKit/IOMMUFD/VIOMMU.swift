@@ -174,7 +174,8 @@ public final class VEventQueue: Sendable {
             throw e
         }
         objectID = arg.out_veventq_id
-        fd = OwnedFD(Int32(bitPattern: arg.out_veventq_fd), label: "vEVENTQ \(arg.out_veventq_id)")
+        fd = OwnedFD(Int32(bitPattern: arg.out_veventq_fd), label: "vEVENTQ \(arg.out_veventq_id)",
+                     kernel: viommu.iommufd.fd.kernel)
         self.viommu = viommu
         self.type = type
         self.eventSize = size
@@ -210,9 +211,8 @@ public final class VEventQueue: Sendable {
     public func read(maxEvents: Int = 16) throws(VFIOError) -> [Record] {
         let header = MemoryLayout<iommufd_vevent_header>.size
         var buffer = [UInt8](repeating: 0, count: max(1, maxEvents) * (header + eventSize))
-        let fdv = try fd.get("read")
         let r: Result<Int, VFIOError> = buffer.withUnsafeMutableBytes { b in
-            do throws(VFIOError) { return .success(try Sys.read(fdv, b, object: self.label) ?? 0) } catch { return .failure(error) }
+            do throws(VFIOError) { return .success(try fd.read(b, object: self.label) ?? 0) } catch { return .failure(error) }
         }
         let n = try r.get()
         return lastSequence.withLock { last in
@@ -250,7 +250,7 @@ public final class VEventQueue: Sendable {
 
     /// Blocks up to `timeoutMilliseconds` (-1: forever); true when an event is queued.
     public func wait(timeoutMilliseconds: Int32) throws(VFIOError) -> Bool {
-        try EventFDs.waitReadable(fd, timeoutMilliseconds: timeoutMilliseconds)
+        try fd.waitReadable(timeoutMilliseconds: timeoutMilliseconds)
     }
 
     /// Waits (polling) for events from async code, then reads them.

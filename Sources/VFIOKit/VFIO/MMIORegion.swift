@@ -23,9 +23,13 @@ public final class MMIORegion: @unchecked Sendable {
     public let regionIndex: UInt32
     /// Where the mapping starts within the region (non-zero for a sparse area).
     public let regionOffset: UInt64
+    /// The kernel the region was mapped through (nil: Linux); it unmaps it too.
+    let kernel: (any SyscallProvider)?
 
-    init(device: VFIODevice, base: UnsafeMutableRawPointer, length: Int, regionIndex: UInt32, regionOffset: UInt64) {
+    init(device: VFIODevice, base: UnsafeMutableRawPointer, length: Int, regionIndex: UInt32, regionOffset: UInt64,
+         kernel: (any SyscallProvider)?) {
         self.device = device
+        self.kernel = kernel
         self.base = base
         self.length = length
         self.regionIndex = regionIndex
@@ -68,6 +72,6 @@ public final class MMIORegion: @unchecked Sendable {
     }
 
     deinit {
-        try? Sys.munmap(base, length: length)
+        try? Sys.munmap(kernel, base, length: length)
     }
 }
