@@ -62,6 +62,8 @@ public final class FakeKernel: SyscallProvider, @unchecked Sendable {
         var staleUses: [String] = []
         /// Addresses mmapped through this kernel and not yet unmapped.
         var mappings: Set<UInt> = []
+        /// read(2) calls, by fd.
+        var reads: [Int32: Int] = [:]
     }
 
     private let state = Mutex(State())
@@ -100,6 +102,9 @@ public final class FakeKernel: SyscallProvider, @unchecked Sendable {
 
     /// Whether `fd` is open in this kernel now.
     public func isOpen(_ fd: Int32) -> Bool { state.withLock { $0.fakeFDs[fd] != nil || $0.realFDs.contains(fd) } }
+
+    /// How many read(2) calls named `fd` (a waiter that polls by reading shows here).
+    public func readCount(_ fd: Int32) -> Int { state.withLock { $0.reads[fd] ?? 0 } }
 
     /// Memory mapped through this kernel and not yet unmapped through it.
     public var liveMappingCount: Int { state.withLock { $0.mappings.count } }
@@ -188,6 +193,7 @@ public final class FakeKernel: SyscallProvider, @unchecked Sendable {
 
     public func read(_ fd: Int32, _ buffer: UnsafeMutableRawBufferPointer) -> Int {
         noteUse(fd, "read")
+        state.withLock { $0.reads[fd, default: 0] += 1 }
         return realIO(fd, { Glibc.read(fd, buffer.baseAddress, buffer.count) }) ?? -Int(EINVAL)
     }
 

@@ -46,6 +46,8 @@ public final class OwnedFD: Sendable {
     private static let use = 4
     /// Wakes threads blocked in poll on this fd when it closes.
     private let closeWakers = Mutex<CloseWakers>(CloseWakers())
+    /// Set once close(2) has returned (or the fd was released).
+    private let settled = Atomic<Bool>(false)
 
     struct CloseWakers {
         var next = 0
@@ -136,7 +138,16 @@ public final class OwnedFD: Sendable {
 
     @inline(never)
     private func closeDeferred() {
-        if claimClose() { try? Sys.close(kernel, number, object: label) }
+        if claimClose() {
+            try? Sys.close(kernel, number, object: label)
+            settled.store(true, ordering: .releasing)
+        }
+    }
+
+    /// Runs the one close(2) and marks the fd settled, reporting its error.
+    private func closeNow() throws(VFIOError) {
+        defer { settled.store(true, ordering: .releasing) }
+        try Sys.close(kernel, number, object: label)
     }
 
     func closedError(_ operation: String) -> VFIOError {
@@ -153,7 +164,30 @@ public final class OwnedFD: Sendable {
         let old = state.bitwiseOr(OwnedFD.closedBit, ordering: .acquiringAndReleasing).oldValue
         guard old & OwnedFD.closedBit == 0 else { return }
         wakeBlockedWaiters()
-        if old == 0, claimClose() { try Sys.close(kernel, number, object: label) }
+        if old == 0, claimClose() { try closeNow() }
+    }
+
+    /// Closes like ``close()``, then, when uses were in flight, waits until
+    /// the last has left and close(2) has returned: for owners whose kernel
+    /// object cannot be destroyed while its file is open (a fault queue or
+    /// vEVENTQ file holds a reference to its object). Blocked waits on the fd
+    /// are woken by the close, so this is short; a call still in flight after
+    /// `timeout` (one made from inside a use on this thread, say) is an error.
+    func closeAndSettle(timeout: Duration = .seconds(5)) throws(VFIOError) {
+        try close()
+        if settled.load(ordering: .acquiring) { return }
+        let deadline = ContinuousClock.now + timeout
+        var pause = 10_000  // ns, doubling to 1 ms
+        while !settled.load(ordering: .acquiring) {
+            if ContinuousClock.now >= deadline {
+                throw VFIOError.invalid("close", "a call on the fd was still in flight after \(timeout); the fd closes "
+                                        + "when it returns", object: label,
+                                        hint: "do not destroy an object from inside a call on its fd")
+            }
+            var ts = timespec(tv_sec: 0, tv_nsec: pause)
+            nanosleep(&ts, nil)
+            pause = min(pause * 2, 1_000_000)
+        }
     }
 
     /// Closes like ``close()``, and first calls `wake` with the number when
@@ -167,7 +201,7 @@ public final class OwnedFD: Sendable {
             if old >= 2 * OwnedFD.use { wake(number) }
         }
         if state.wrappingSubtract(OwnedFD.use, ordering: .releasing).newValue == OwnedFD.closedBit, claimClose() {
-            try Sys.close(kernel, number, object: label)
+            try closeNow()
         }
     }
 
@@ -197,6 +231,7 @@ public final class OwnedFD: Sendable {
     /// Gives up ownership without closing (the fd now belongs to the caller).
     func release() -> Int32 {
         state.bitwiseOr(OwnedFD.closedBit | OwnedFD.goneBit, ordering: .acquiringAndReleasing)
+        settled.store(true, ordering: .releasing)
         return number
     }
 
@@ -293,17 +328,6 @@ extension OwnedFD {
         defer { leave() }
         return try Sys.mmap(kernel, length: length, protection: protection, flags: flags, fd: number, offset: offset,
                             object: object() ?? label)
-    }
-
-    /// Blocks up to `timeoutMilliseconds` (-1: forever) until the fd is
-    /// readable; true when it is. Holds a use while it blocks: a close from
-    /// another thread takes effect when the wait returns.
-    func waitReadable(timeoutMilliseconds: Int32, operation: String = "poll") throws(VFIOError) -> Bool {
-        guard enter() else { throw closedError(operation) }
-        defer { leave() }
-        var p = pollfd(fd: number, events: Int16(POLLIN), revents: 0)
-        let n = try Sys.poll(kernel, &p, count: 1, timeoutMilliseconds: timeoutMilliseconds, object: label)
-        return n > 0 && p.revents & Int16(POLLIN) != 0
     }
 }
 

@@ -50,10 +50,12 @@ public struct PageFault: Sendable, Equatable {
 
 /// A queue the kernel delivers I/O page faults of HWPTs allocated with it to.
 ///
-/// Read faults with ``read(maxCount:)`` (never blocks; empty when none) or
-/// ``next(maxCount:pollInterval:)`` from async code, and answer each fault
-/// group with ``respond(cookie:success:)``. Responses the process never sends
-/// are answered with failure by the kernel when the queue is destroyed.
+/// Read faults with ``read(maxCount:)`` (never blocks; empty when none),
+/// ``wait(timeoutMilliseconds:)`` from a thread of your own, or
+/// ``next(maxCount:)`` from async code, and answer each fault group with
+/// ``respond(cookie:success:)``. Responses the process never sends are
+/// answered with failure by the kernel when the queue is destroyed.
+/// ``destroy()`` ends waits in progress (they throw "closed").
 public final class FaultQueue: Sendable {
     public let objectID: UInt32
     public let iommufd: IOMMUFD
@@ -73,10 +75,11 @@ public final class FaultQueue: Sendable {
 
     public var label: String { "fault queue \(objectID)" }
 
-    /// Destroys the queue: closes its fd and destroys the object.
-    /// The corresponding ioctl is `IOMMU_DESTROY`.
+    /// Destroys the queue: closes its fd (waits in progress end with
+    /// "closed"; the file holds the object, so the close completes first) and
+    /// destroys the object. The corresponding ioctl is `IOMMU_DESTROY`.
     public func destroy() throws(VFIOError) {
-        try fd.close()
+        try fd.closeAndSettle()
         try state.destroy(iommufd, objectID, label: label)
     }
 
@@ -97,20 +100,24 @@ public final class FaultQueue: Sendable {
         return raw[..<n].map(PageFault.init)
     }
 
-    /// Waits (polling) until faults arrive, then reads them. Cancellation ends
-    /// the wait with an error whose operation is "wait for page faults".
-    public func next(maxCount: Int = 32, pollInterval: Duration = .milliseconds(1)) async throws(VFIOError) -> [PageFault] {
+    /// Suspends until faults arrive, then reads them. The wait is on the
+    /// queue fd's readiness, in a dedicated thread (no pool thread blocks, no
+    /// timer wakes): cancelling the task ends it at once with an error whose
+    /// operation is "wait for page faults" and detail "cancelled";
+    /// ``destroy()`` ends it with "closed".
+    public func next(maxCount: Int = 32) async throws(VFIOError) -> [PageFault] {
         while true {
             let faults = try read(maxCount: maxCount)
             if !faults.isEmpty { return faults }
-            if Task.isCancelled { throw VFIOError.invalid("wait for page faults", "cancelled", object: label) }
-            try? await Task.sleep(for: pollInterval)
+            try await fd.readable(operation: "wait for page faults", object: label)
         }
     }
 
-    /// Blocks up to `timeoutMilliseconds` (-1: forever) for a fault; true when one is queued.
+    /// Blocks up to `timeoutMilliseconds` (-1: forever) for a fault; true when
+    /// one is queued. ``destroy()`` from another thread ends the wait at once
+    /// (it throws "closed").
     public func wait(timeoutMilliseconds: Int32) throws(VFIOError) -> Bool {
-        try fd.waitReadable(timeoutMilliseconds: timeoutMilliseconds)
+        try fd.waitReadableOrClose(timeoutMilliseconds: timeoutMilliseconds, operation: "wait for page faults")
     }
 
     /// Answers the fault group `cookie` (from ``PageFault/cookie``).

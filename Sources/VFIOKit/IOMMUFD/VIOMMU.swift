@@ -183,10 +183,11 @@ public final class VEventQueue: Sendable {
 
     public var label: String { "vEVENTQ \(objectID)" }
 
-    /// Closes the fd and destroys the queue.
+    /// Closes the fd (waits in progress end with "closed"; the file holds the
+    /// object, so the close completes first) and destroys the queue.
     /// The corresponding ioctl is `IOMMU_DESTROY`.
     public func destroy() throws(VFIOError) {
-        try fd.close()
+        try fd.closeAndSettle()
         try state.destroy(viommu.iommufd, objectID, label: label)
     }
     deinit {
@@ -248,18 +249,22 @@ public final class VEventQueue: Sendable {
         return out
     }
 
-    /// Blocks up to `timeoutMilliseconds` (-1: forever); true when an event is queued.
+    /// Blocks up to `timeoutMilliseconds` (-1: forever); true when an event is
+    /// queued. ``destroy()`` from another thread ends the wait at once (it
+    /// throws "closed").
     public func wait(timeoutMilliseconds: Int32) throws(VFIOError) -> Bool {
-        try fd.waitReadable(timeoutMilliseconds: timeoutMilliseconds)
+        try fd.waitReadableOrClose(timeoutMilliseconds: timeoutMilliseconds, operation: "wait for vEVENTs")
     }
 
-    /// Waits (polling) for events from async code, then reads them.
-    public func next(maxEvents: Int = 16, pollInterval: Duration = .milliseconds(1)) async throws(VFIOError) -> [Record] {
+    /// Suspends until events arrive, then reads them. The wait is on the fd's
+    /// readiness, in a dedicated thread: cancelling the task ends it at once
+    /// (operation "wait for vEVENTs", detail "cancelled"); ``destroy()`` ends
+    /// it with "closed".
+    public func next(maxEvents: Int = 16) async throws(VFIOError) -> [Record] {
         while true {
             let records = try read(maxEvents: maxEvents)
             if !records.isEmpty { return records }
-            if Task.isCancelled { throw VFIOError.invalid("wait for vEVENTs", "cancelled", object: label) }
-            try? await Task.sleep(for: pollInterval)
+            try await fd.readable(operation: "wait for vEVENTs", object: label)
         }
     }
 }
