@@ -37,6 +37,9 @@ public final class OwnedFD: Sendable {
     /// The kernel this fd belongs to; nil is Linux itself. Fixed when the fd
     /// was made, so calls on it never read the task-local provider.
     let kernel: (any SyscallProvider)?
+    /// `kernel` is nil: hot calls go to `Sys.linux` directly, with no
+    /// existential copied on the way.
+    let isLinux: Bool
 
     /// Bit 0: closed (no new uses). Bit 1: the number is gone (closed(2) or
     /// released). Bits 2...: uses in flight, counted in steps of `use`.
@@ -60,6 +63,7 @@ public final class OwnedFD: Sendable {
         self.number = number
         self.label = label
         self.kernel = kernel
+        isLinux = kernel == nil
     }
 
     /// Opens `path` read-write and owns the result.
@@ -249,6 +253,46 @@ public final class OwnedFD: Sendable {
 // MARK: syscalls on an owned fd
 
 extension OwnedFD {
+    // The `...Held` calls are for a caller that holds a use (between enter()
+    // and leave()): they only dispatch to the kernel.
+
+    @inline(__always)
+    func ioctlHeld<A>(_ request: UInt, _ argument: inout A, object: @autoclosure () -> String?) throws(VFIOError)
+        -> Int32
+    {
+        if isLinux { return try Sys.ioctl(Sys.linux, number, request, &argument, object: object() ?? label) }
+        return try Sys.ioctl(kernel!, number, request, &argument, object: object() ?? label)
+    }
+
+    @inline(__always)
+    func ioctlHeld(_ request: UInt, _ argument: UnsafeMutableRawPointer?, object: @autoclosure () -> String?)
+        throws(VFIOError) -> Int32
+    {
+        if isLinux { return try Sys.ioctl(Sys.linux, number, request, argument, object: object() ?? label) }
+        return try Sys.ioctl(kernel!, number, request, argument, object: object() ?? label)
+    }
+
+    @inline(__always)
+    func readHeld(_ buffer: UnsafeMutableRawBufferPointer, object: @autoclosure () -> String?) throws(VFIOError) -> Int? {
+        if isLinux { return try Sys.read(Sys.linux, number, buffer, object: object() ?? label) }
+        return try Sys.read(kernel!, number, buffer, object: object() ?? label)
+    }
+
+    func writeHeld(_ buffer: UnsafeRawBufferPointer, object: @autoclosure () -> String?) throws(VFIOError) -> Int {
+        if isLinux { return try Sys.write(Sys.linux, number, buffer, object: object() ?? label) }
+        return try Sys.write(kernel!, number, buffer, object: object() ?? label)
+    }
+
+    /// poll(2) through this fd's kernel (the pollfds name this fd, and
+    /// others the caller holds).
+    @inline(__always)
+    func pollHeld(_ fds: UnsafeMutablePointer<pollfd>, count: Int, timeoutMilliseconds: Int32) throws(VFIOError)
+        -> Int32
+    {
+        if isLinux { return try Sys.poll(Sys.linux, fds, count: count, timeoutMilliseconds: timeoutMilliseconds, object: label) }
+        return try Sys.poll(kernel!, fds, count: count, timeoutMilliseconds: timeoutMilliseconds, object: label)
+    }
+
     /// An ioctl on a fixed-size argument struct.
     @inline(__always)
     func ioctl<A>(_ request: UInt, _ argument: inout A, object: @autoclosure () -> String? = nil) throws(VFIOError)
@@ -256,7 +300,7 @@ extension OwnedFD {
     {
         guard enter() else { throw closedError(IoctlNames.name(of: request)) }
         defer { leave() }
-        return try Sys.ioctl(kernel, number, request, &argument, object: object() ?? label)
+        return try ioctlHeld(request, &argument, object: object())
     }
 
     /// An ioctl on a raw argument (variable-size buffers, strings).
@@ -266,7 +310,7 @@ extension OwnedFD {
     {
         guard enter() else { throw closedError(IoctlNames.name(of: request)) }
         defer { leave() }
-        return try Sys.ioctl(kernel, number, request, argument, object: object() ?? label)
+        return try ioctlHeld(request, argument, object: object())
     }
 
     /// An ioctl that takes a plain integer (VFIO_CHECK_EXTENSION, VFIO_SET_IOMMU).
@@ -305,13 +349,13 @@ extension OwnedFD {
     {
         guard enter() else { throw closedError("read") }
         defer { leave() }
-        return try Sys.read(kernel, number, buffer, object: object() ?? label)
+        return try readHeld(buffer, object: object())
     }
 
     func write(_ buffer: UnsafeRawBufferPointer, object: @autoclosure () -> String? = nil) throws(VFIOError) -> Int {
         guard enter() else { throw closedError("write") }
         defer { leave() }
-        return try Sys.write(kernel, number, buffer, object: object() ?? label)
+        return try writeHeld(buffer, object: object())
     }
 
     func ftruncate(length: Int64) throws(VFIOError) {

@@ -55,8 +55,8 @@ final class ReadinessWait: Sendable {
             var fds = (pollfd(fd: target.number, events: Int16(POLLIN), revents: 0),
                        pollfd(fd: w, events: Int16(POLLIN), revents: 0))
             let n = try withUnsafeMutableBytes(of: &fds) { (raw) throws(VFIOError) -> Int32 in
-                try Sys.poll(target.kernel, raw.baseAddress!.assumingMemoryBound(to: pollfd.self), count: 2,
-                             timeoutMilliseconds: timeoutMilliseconds, object: target.label)
+                try target.pollHeld(raw.baseAddress!.assumingMemoryBound(to: pollfd.self), count: 2,
+                                    timeoutMilliseconds: timeoutMilliseconds)
             }
             if n == 0 { return .timedOut }
             if target.isClosed { return .closed }

@@ -145,15 +145,18 @@ enum Sys {
         if r < 0 && r != -EINTR { throw fail("close", r, object: object()) }
     }
 
+    // The calls on hot paths (ioctl, read, write, poll) are generic over the
+    // kernel: an owned fd calls them with `Sys.linux` (statically dispatched,
+    // no existential on the path) or with its fake.
+
     /// Issues an ioctl whose name is looked up from the request for errors.
     @inline(__always)
-    static func ioctl(
-        _ kernel: (any SyscallProvider)?, _ fd: Int32, _ request: UInt, _ argument: UnsafeMutableRawPointer?,
+    static func ioctl<K: SyscallProvider>(
+        _ kernel: K, _ fd: Int32, _ request: UInt, _ argument: UnsafeMutableRawPointer?,
         object: @autoclosure () -> String? = nil
     ) throws(VFIOError) -> Int32 {
         while true {
-            let r: Int32
-            if let kernel { r = kernel.ioctl(fd, request, argument) } else { r = linux.ioctl(fd, request, argument) }
+            let r = kernel.ioctl(fd, request, argument)
             if r >= 0 { return r }
             if r != -EINTR { throw fail(IoctlNames.name(of: request), r, object: object()) }
         }
@@ -161,17 +164,50 @@ enum Sys {
 
     /// Issues an ioctl on a fixed-size argument struct.
     @inline(__always)
-    static func ioctl<A>(
-        _ kernel: (any SyscallProvider)?, _ fd: Int32, _ request: UInt, _ argument: inout A,
-        object: @autoclosure () -> String? = nil
+    static func ioctl<K: SyscallProvider, A>(
+        _ kernel: K, _ fd: Int32, _ request: UInt, _ argument: inout A, object: @autoclosure () -> String? = nil
     ) throws(VFIOError) -> Int32 {
         while true {
-            let r = withUnsafeMutableBytes(of: &argument) { raw in
-                if let kernel { return kernel.ioctl(fd, request, raw.baseAddress) }
-                return linux.ioctl(fd, request, raw.baseAddress)
-            }
+            let r = withUnsafeMutableBytes(of: &argument) { raw in kernel.ioctl(fd, request, raw.baseAddress) }
             if r >= 0 { return r }
             if r != -EINTR { throw fail(IoctlNames.name(of: request), r, object: object()) }
+        }
+    }
+
+    /// Reads; EAGAIN comes back as nil so non-blocking readers can poll.
+    @inline(__always)
+    static func read<K: SyscallProvider>(_ kernel: K, _ fd: Int32, _ buffer: UnsafeMutableRawBufferPointer,
+                                         object: @autoclosure () -> String? = nil) throws(VFIOError) -> Int?
+    {
+        while true {
+            let r = kernel.read(fd, buffer)
+            if r >= 0 { return r }
+            if r == -Int(EAGAIN) { return nil }
+            if r != -Int(EINTR) { throw fail("read", r, object: object()) }
+        }
+    }
+
+    static func write<K: SyscallProvider>(_ kernel: K, _ fd: Int32, _ buffer: UnsafeRawBufferPointer,
+                                          object: @autoclosure () -> String? = nil) throws(VFIOError) -> Int
+    {
+        while true {
+            let r = kernel.write(fd, buffer)
+            if r >= 0 { return r }
+            if r != -Int(EINTR) { throw fail("write", r, object: object()) }
+        }
+    }
+
+    /// Polls; returns the number of ready fds (0 on timeout). EINTR is retried
+    /// with the full timeout again, which is conservative for waits.
+    @inline(__always)
+    static func poll<K: SyscallProvider>(_ kernel: K, _ fds: UnsafeMutablePointer<pollfd>, count: Int,
+                                         timeoutMilliseconds: Int32, object: @autoclosure () -> String? = nil)
+        throws(VFIOError) -> Int32
+    {
+        while true {
+            let r = kernel.poll(fds, count, timeoutMilliseconds)
+            if r >= 0 { return r }
+            if r != -EINTR { throw fail("poll", r, object: object()) }
         }
     }
 
@@ -192,30 +228,6 @@ enum Sys {
             let r = call(kernel) { $0.pwrite(fd, buffer, offset) }
             if r >= 0 { return r }
             if r != -Int(EINTR) { throw fail("pwrite", r, object: object()) }
-        }
-    }
-
-    /// Reads; EAGAIN comes back as nil so non-blocking readers can poll.
-    @inline(__always)
-    static func read(_ kernel: (any SyscallProvider)?, _ fd: Int32, _ buffer: UnsafeMutableRawBufferPointer,
-                     object: @autoclosure () -> String? = nil) throws(VFIOError) -> Int?
-    {
-        while true {
-            let r: Int
-            if let kernel { r = kernel.read(fd, buffer) } else { r = linux.read(fd, buffer) }
-            if r >= 0 { return r }
-            if r == -Int(EAGAIN) { return nil }
-            if r != -Int(EINTR) { throw fail("read", r, object: object()) }
-        }
-    }
-
-    static func write(_ kernel: (any SyscallProvider)?, _ fd: Int32, _ buffer: UnsafeRawBufferPointer,
-                      object: @autoclosure () -> String? = nil) throws(VFIOError) -> Int
-    {
-        while true {
-            let r = call(kernel) { $0.write(fd, buffer) }
-            if r >= 0 { return r }
-            if r != -Int(EINTR) { throw fail("write", r, object: object()) }
         }
     }
 
@@ -241,22 +253,6 @@ enum Sys {
         let r = call(kernel) { $0.eventfd(initial, flags | CVFIO_EFD_CLOEXEC) }
         if r < 0 { throw fail("eventfd", r, object: nil) }
         return r
-    }
-
-    /// Polls; returns the number of ready fds (0 on timeout). EINTR is retried
-    /// with the full timeout again, which is conservative for waits.
-    @inline(__always)
-    static func poll(_ kernel: (any SyscallProvider)?, _ fds: UnsafeMutablePointer<pollfd>, count: Int,
-                     timeoutMilliseconds: Int32, object: @autoclosure () -> String? = nil) throws(VFIOError) -> Int32
-    {
-        while true {
-            let r: Int32
-            if let kernel { r = kernel.poll(fds, count, timeoutMilliseconds) } else {
-                r = linux.poll(fds, count, timeoutMilliseconds)
-            }
-            if r >= 0 { return r }
-            if r != -EINTR { throw fail("poll", r, object: object()) }
-        }
     }
 
     static func memfdCreate(_ kernel: (any SyscallProvider)?, _ name: String, flags: UInt32) throws(VFIOError)

@@ -67,12 +67,12 @@ public final class EventFD: Sendable {
         let number = fd.number
         while true {
             var pfd = pollfd(fd: number, events: Int16(POLLIN), revents: 0)
-            let ready = try Sys.poll(fd.kernel, &pfd, count: 1, timeoutMilliseconds: ms, object: fd.label)
+            let ready = try fd.pollHeld(&pfd, count: 1, timeoutMilliseconds: ms)
             if ready == 0 { return nil }
             if fd.isClosed { throw fd.closedError("wait for eventfd") }
             var value: UInt64 = 0
             let n = try withUnsafeMutableBytes(of: &value) { (raw) throws(VFIOError) -> Int? in
-                try Sys.read(fd.kernel, number, raw, object: fd.label)
+                try fd.readHeld(raw, object: nil)
             }
             // A count read after the close may include the close's own signal: drop it.
             if fd.isClosed { throw fd.closedError("wait for eventfd") }
@@ -154,13 +154,15 @@ final class WaiterThread: Sendable {
         while true {
             guard case .readable? = try? wait.poll(timeoutMilliseconds: -1) else { return }
             var value: UInt64 = 0
-            let n = withUnsafeMutableBytes(of: &value) { b in Sys.call(fd.kernel) { $0.read(fd.number, b) } }
-            if fd.isClosed { return }  // the count may hold the close's own signal
-            if n == 8 {
-                if case .terminated = continuation.yield(value) { return }
-            } else if n != -Int(EAGAIN) && n != -Int(EINTR) {
-                return
+            let n: Int?
+            do throws(VFIOError) {
+                n = try withUnsafeMutableBytes(of: &value) { (b) throws(VFIOError) in try fd.readHeld(b, object: nil) }
+            } catch {
+                return  // the eventfd failed
             }
+            if fd.isClosed { return }  // the count may hold the close's own signal
+            // nil: another reader took the count (EAGAIN); poll again.
+            if n == 8, case .terminated = continuation.yield(value) { return }
         }
     }
 }
