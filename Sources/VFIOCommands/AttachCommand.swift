@@ -264,12 +264,7 @@ final class AttachSession {
         for a in plan.addresses { cdevs.append(try DeviceNodes.cdevPath(of: a, host: host)) }
         let ctx: IOMMUFD
         if let fd = inheritedIOMMUFD {
-            guard fcntl(fd, F_GETFD) >= 0 else {
-                throw VFIOError(operation: "fcntl", errno: Errno(rawValue: errno), object: "fd \(fd)",
-                                detail: "--iommufd \(fd) is not an open fd of this process",
-                                hint: "pass an fd this process inherited, e.g. {iommufd} from a parent `vfioctl attach --exec`")
-            }
-            ctx = IOMMUFD(adopting: dup(fd), label: "iommufd (inherited fd \(fd))")
+            ctx = IOMMUFD(adopting: try Launcher.adoptInherited(fd), label: "iommufd (inherited fd \(fd))")
         } else {
             ctx = try DeviceNodes.explainingOpen(host) { () throws(VFIOError) in try IOMMUFD() }
         }
