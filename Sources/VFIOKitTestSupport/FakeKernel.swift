@@ -64,6 +64,8 @@ public final class FakeKernel: SyscallProvider, @unchecked Sendable {
         var mappings: Set<UInt> = []
         /// read(2) calls, by fd.
         var reads: [Int32: Int] = [:]
+        /// When each fd was last closed.
+        var closedAt: [Int32: ContinuousClock.Instant] = [:]
     }
 
     private let state = Mutex(State())
@@ -102,6 +104,12 @@ public final class FakeKernel: SyscallProvider, @unchecked Sendable {
 
     /// Whether `fd` is open in this kernel now.
     public func isOpen(_ fd: Int32) -> Bool { state.withLock { $0.fakeFDs[fd] != nil || $0.realFDs.contains(fd) } }
+
+    /// The fd this kernel closed last and when, read on the closing thread
+    /// (so a test can time a close made by a thread it does not run).
+    public var lastClosed: (fd: Int32, at: ContinuousClock.Instant)? {
+        state.withLock { s in s.closedAt.max { $0.value < $1.value }.map { ($0.key, $0.value) } }
+    }
 
     /// How many read(2) calls named `fd` (a waiter that polls by reading shows here).
     public func readCount(_ fd: Int32) -> Int { state.withLock { $0.reads[fd] ?? 0 } }
@@ -145,8 +153,16 @@ public final class FakeKernel: SyscallProvider, @unchecked Sendable {
     public func close(_ fd: Int32) -> Int32 {
         noteUse(fd, "close")
         let real = state.withLock { s -> Bool? in
-            if s.fakeFDs.removeValue(forKey: fd) != nil { s.closedFDs.insert(fd); return false }
-            if s.realFDs.remove(fd) != nil { s.closedFDs.insert(fd); return true }
+            if s.fakeFDs.removeValue(forKey: fd) != nil {
+                s.closedFDs.insert(fd)
+                s.closedAt[fd] = .now
+                return false
+            }
+            if s.realFDs.remove(fd) != nil {
+                s.closedFDs.insert(fd)
+                s.closedAt[fd] = .now
+                return true
+            }
             return nil
         }
         switch real {

@@ -65,7 +65,7 @@ import Glibc
         let status = Mutex<Int32?>(nil)
         let done = DispatchSemaphore(value: 0)
         DispatchQueue.global().async {
-            let s = try? launcher.run("sh", ["-c", "echo $$ > \"$1\"; exec sleep 2", "sh", pidFile])
+            let s = try? launcher.run("sh", ["-c", "echo $$ > \"$1\"; exec sleep 1", "sh", pidFile])
             status.withLock { $0 = s }
             done.signal()
         }

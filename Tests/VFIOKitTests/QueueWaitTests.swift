@@ -46,20 +46,39 @@ import Glibc
         return (k, queueFD)
     }
 
-    /// Starts `wait`, lets it sit 200 ms with nothing queued, cancels it.
-    /// Returns the reads it made while idle, the cancel latency, and its error.
+    /// Starts `wait`, lets it sit 200 ms with nothing queued once it waits,
+    /// cancels it. Returns the reads it made while idle, whether a thread
+    /// waited in poll, the cancel latency, and the error.
+    ///
+    /// The latency runs to the moment the waiting thread (not one of the
+    /// cooperative pool) closed its wake eventfd on the way out, timed by the
+    /// fake kernel on that thread: the awaiting task may run later when other
+    /// tests keep the pool busy, but the wait itself is over then.
     static func idleThenCancel<R: Sendable>(
         _ kernel: FakeKernel, fd: Int32, _ wait: @escaping @Sendable () async throws -> R
-    ) async throws -> (reads: Int, latency: Duration, error: VFIOError?) {
+    ) async throws -> (reads: Int, waiting: Bool, latency: Duration?, error: VFIOError?) {
+        let base = kernel.openFDCount
         let task = Task { try await wait() }
+        let waiting = await waitForOpenCount(kernel, base + 1)  // the wake eventfd of a thread in poll
         try await Task.sleep(for: .milliseconds(200))
         let reads = kernel.readCount(fd)
         let start = ContinuousClock.now
         task.cancel()
         let result = await task.result
-        let latency = ContinuousClock.now - start
-        if case .failure(let e) = result { return (reads, latency, e as? VFIOError) }
-        return (reads, latency, nil)
+        let latency = await waitForOpenCount(kernel, base) ? kernel.lastClosed.map { $0.at - start } : nil
+        if case .failure(let e) = result { return (reads, waiting, latency, e as? VFIOError) }
+        return (reads, waiting, latency, nil)
+    }
+
+    /// Until `kernel` has `count` fds open (false after 5 s); sleeps between
+    /// looks, so the tasks it waits for can run.
+    static func waitForOpenCount(_ kernel: FakeKernel, _ count: Int) async -> Bool {
+        let deadline = ContinuousClock.now + .seconds(5)
+        while kernel.openFDCount != count {
+            if ContinuousClock.now > deadline { return false }
+            try? await Task.sleep(for: .milliseconds(1))
+        }
+        return true
     }
 
     @Test func faultQueueNextWaitsOnReadinessAndCancelsPromptly() async throws {
@@ -68,7 +87,8 @@ import Glibc
         let fd = queueFD.value
         let r = try await QueueWaitTests.idleThenCancel(k, fd: fd) { try await q.next() }
         #expect(r.reads <= 2, "next() read the queue \(r.reads) times in 200 ms while nothing was queued")
-        #expect(r.latency < .milliseconds(50), "cancel took \(r.latency)")
+        #expect(r.waiting, "no thread was waiting in poll")
+        #expect(r.latency.map { $0 < .milliseconds(50) } == true, "cancel took \(String(describing: r.latency))")
         #expect(r.error?.operation == "wait for page faults")
         #expect(r.error?.detail == "cancelled")
         try q.destroy()
@@ -87,7 +107,8 @@ import Glibc
         let fd = queueFD.value
         let r = try await QueueWaitTests.idleThenCancel(k, fd: fd) { try await queue.next() }
         #expect(r.reads <= 2, "next() read the queue \(r.reads) times in 200 ms while nothing was queued")
-        #expect(r.latency < .milliseconds(50), "cancel took \(r.latency)")
+        #expect(r.waiting, "no thread was waiting in poll")
+        #expect(r.latency.map { $0 < .milliseconds(50) } == true, "cancel took \(String(describing: r.latency))")
         #expect(r.error?.operation == "wait for vEVENTs")
         #expect(r.error?.detail == "cancelled")
         try queue.destroy()
@@ -100,12 +121,14 @@ import Glibc
         let (k, queueFD) = QueueWaitTests.kernel()
         let q = try Syscalls.withProvider(k) { try FaultQueue(try IOMMUFD()) }
         let fd = queueFD.value
+        let base = k.openFDCount
         let task = Task { try await q.next() }
-        try await Task.sleep(for: .milliseconds(100))
+        try #require(await QueueWaitTests.waitForOpenCount(k, base + 1), "next() never waited in poll")
+        // destroy() returns once the woken thread has left and the fd is closed.
         let start = ContinuousClock.now
         try q.destroy()
-        let result = await task.result
         #expect(ContinuousClock.now - start < .milliseconds(50))
+        let result = await task.result
         guard case .failure(let e) = result else {
             Issue.record("next() returned after destroy: \(result)")
             return
@@ -119,20 +142,22 @@ import Glibc
     @Test func closeEndsABlockingWait() async throws {
         let (k, _) = QueueWaitTests.kernel()
         let q = try Syscalls.withProvider(k) { try FaultQueue(try IOMMUFD()) }
-        let outcome = Mutex<Result<Bool, VFIOError>?>(nil)
+        let base = k.openFDCount
+        let outcome = Mutex<(result: Result<Bool, VFIOError>, at: ContinuousClock.Instant)?>(nil)
         _ = DetachedThread.start {
             let r = Result { () throws(VFIOError) -> Bool in try q.wait(timeoutMilliseconds: 10_000) }
-            outcome.withLock { $0 = r }
+            outcome.withLock { $0 = (r, ContinuousClock.now) }
         }
-        try await Task.sleep(for: .milliseconds(100))
+        try #require(await QueueWaitTests.waitForOpenCount(k, base + 1), "wait() never waited in poll")
         let start = ContinuousClock.now
         try q.destroy()
         while outcome.withLock({ $0 }) == nil && ContinuousClock.now - start < .seconds(5) {
-            try await Task.sleep(for: .milliseconds(2))
+            try await Task.sleep(for: .milliseconds(1))
         }
-        #expect(ContinuousClock.now - start < .milliseconds(50))
-        guard case .failure(let e)? = outcome.withLock({ $0 }) else {
-            Issue.record("wait did not end with an error: \(String(describing: outcome.withLock { $0 }))")
+        let ended = try #require(outcome.withLock { $0 }, "the blocking wait did not end")
+        #expect(ended.at - start < .milliseconds(50))
+        guard case .failure(let e) = ended.result else {
+            Issue.record("wait did not end with an error: \(ended.result)")
             return
         }
         #expect(e.detail == "the fd was already closed")
