@@ -268,12 +268,7 @@ final class AttachSession {
         for a in plan.addresses { cdevs.append(try DeviceNodes.cdevPath(of: a, host: host)) }
         let ctx: IOMMUFD
         if let fd = inheritedIOMMUFD {
-            guard fcntl(fd, F_GETFD) >= 0 else {
-                throw VFIOError(operation: "fcntl", errno: Errno(rawValue: errno), object: "fd \(fd)",
-                                detail: "--iommufd \(fd) is not an open fd of this process",
-                                hint: "pass an fd this process inherited, e.g. {iommufd} from a parent `vfioctl attach --exec`")
-            }
-            ctx = IOMMUFD(adopting: dup(fd), label: "iommufd (inherited fd \(fd))")
+            ctx = IOMMUFD(adopting: try Launcher.adoptInherited(fd), label: "iommufd (inherited fd \(fd))")
         } else {
             ctx = try DeviceNodes.explainingOpen(host) { () throws(VFIOError) in try IOMMUFD() }
         }
@@ -416,7 +411,7 @@ final class AttachSession {
     func report() throws(VFIOError) -> AttachReport {
         var r = AttachReport(mode: plan.container ? "container" : "iommufd")
         if case .exec = plan.mode, !plan.container { r.handoff = plan.bind ? "prebound" : "unbound" }
-        if let iommufd { r.iommufd = .init(fd: iommufd.fd.raw) }
+        if let iommufd { r.iommufd = .init(fd: iommufd.fd.numberForHandoff) }
         if let ioas {
             let ranges = try ioas.iovaRanges()
             r.ioas = .init(id: ioas.objectID, created: ioas.isOwned,
@@ -426,13 +421,13 @@ final class AttachSession {
         if let hwpt { r.hwpt = .init(id: hwpt.objectID, flags: HWPTRequest.flagNames(hwpt.flags)) }
         if let c = vfioContainer {
             let info = try c.info()
-            r.container = .init(fd: c.fd.raw, iommuType: c.type?.description ?? "none",
+            r.container = .init(fd: c.fd.numberForHandoff, iommuType: c.type?.description ?? "none",
                                 iovaRanges: (info.iovaRanges ?? []).map { .init(start: $0.lowerBound, last: $0.upperBound) },
                                 pageSizes: info.pageSizes)
-            r.groups = groups.map { .init(number: $0.number, fd: $0.fd.raw) }
+            r.groups = groups.map { .init(number: $0.number, fd: $0.fd.numberForHandoff) }
         }
         r.devices = devices.map {
-            .init(address: $0.address.description, cdev: $0.cdev, fd: $0.device.fd.raw, deviceID: $0.deviceID,
+            .init(address: $0.address.description, cdev: $0.cdev, fd: $0.device.fd.numberForHandoff, deviceID: $0.deviceID,
                   attachedID: $0.attachedID, hwInfo: $0.hwInfo.map(HWInfoReport.init))
         }
         r.mappings = mappings.map { .init(iova: $0.iova, length: $0.length, backing: $0.backing.rawValue) }
@@ -471,23 +466,23 @@ final class AttachSession {
         }
         env["VFIOKIT_HANDOFF"] = plan.container ? "container" : (plan.bind ? "prebound" : "unbound")
         if let iommufd {
-            fds.append(("iommufd", iommufd.fd.raw))
-            env["VFIOKIT_IOMMUFD_FD"] = String(iommufd.fd.raw)
+            fds.append(("iommufd", iommufd.fd.numberForHandoff))
+            env["VFIOKIT_IOMMUFD_FD"] = String(iommufd.fd.numberForHandoff)
         }
         if let c = vfioContainer {
-            fds.append(("container", c.fd.raw))
-            env["VFIOKIT_CONTAINER_FD"] = String(c.fd.raw)
+            fds.append(("container", c.fd.numberForHandoff))
+            env["VFIOKIT_CONTAINER_FD"] = String(c.fd.numberForHandoff)
             for g in groups {
-                fds.append(("group:\(g.number)", g.fd.raw))
-                env["VFIOKIT_GROUP_FD_\(g.number)"] = String(g.fd.raw)
+                fds.append(("group:\(g.number)", g.fd.numberForHandoff))
+                env["VFIOKIT_GROUP_FD_\(g.number)"] = String(g.fd.numberForHandoff)
             }
             if let first = devices.first, let g = first.device.group {
-                fds.append(("group", g.fd.raw))
-                env["VFIOKIT_GROUP_FD"] = String(g.fd.raw)
+                fds.append(("group", g.fd.numberForHandoff))
+                env["VFIOKIT_GROUP_FD"] = String(g.fd.numberForHandoff)
             }
         }
         for (i, d) in devices.enumerated() {
-            let fd = d.device.fd.raw
+            let fd = d.device.fd.numberForHandoff
             fds.append(("device:\(d.address)", fd))
             env["VFIOKIT_DEVICE_FD_\(envName(d.address))"] = String(fd)
             if let id = d.deviceID {

@@ -249,7 +249,7 @@ extension IOMMUFDMockTests {
             let before = Guest.openFDCount()
             let theirs = try IOMMUFD()
             let theirIOAS = try IOAS(theirs)  // the other process's object: must survive our close
-            let ours = IOMMUFD(adopting: dup(theirs.fd.raw), label: "adopted iommufd")
+            let ours = IOMMUFD(adopting: try theirs.fd.withDescriptor { dup($0) }, label: "adopted iommufd")
             let ioas = try IOAS(ours)
             let dev = try MockDevice(attachedTo: ioas)
             let parent = try HWPT(ioas: ioas, device: dev.deviceID, flags: .nestParent)
@@ -812,6 +812,57 @@ extension IOMMUFDMockTests {
             try dev.replace(with: ioas)
             try iopf.destroy()
         }
+
+        /// The async wait sits on the fault fd's readiness: cancelling it ends
+        /// it within 50 ms, the queue still delivers afterwards, and
+        /// destroying the queue ends a wait in progress with "closed".
+        @Test func faultQueueAsyncWaitCancelsPromptlyAndEndsOnDestroy() async throws {
+            let ctx = try IOMMUFD()
+            let ioas = try IOAS(ctx)
+            let dev = try MockDevice(attachedTo: ioas)
+            let parent = try HWPT(ioas: ioas, device: dev.deviceID, flags: .nestParent)
+            let queue = try FaultQueue(ctx)
+            let iopf = try HWPT(nestedOn: parent, device: dev.deviceID, data: HardwarePageTables.selftestData(),
+                                faultQueue: queue)
+            try dev.replace(with: iopf)
+
+            let cancelled = Task { try await queue.next() }
+            try await Task.sleep(for: .milliseconds(100))
+            let start = ContinuousClock.now
+            cancelled.cancel()
+            let result = await cancelled.result
+            let latency = ContinuousClock.now - start
+            #expect(latency < .milliseconds(50), "cancel took \(latency)")
+            guard case .failure(let error) = result else {
+                Issue.record("a cancelled next() returned \(result)")
+                return
+            }
+            #expect((error as? VFIOError)?.detail == "cancelled", "\(error)")
+
+            // The queue still works: a fault raised while a new wait sits in poll wakes it.
+            let waiter = Task { try await queue.next() }
+            try await Task.sleep(for: .milliseconds(50))
+            try MockIOMMU.triggerPageFault(ctx, device: dev.deviceID, pasid: 1, group: 9, permissions: [.write],
+                                           address: 0x2000)
+            let faults = try await waiter.value
+            #expect(faults.map(\.groupID) == [9])
+            try queue.respond(cookie: faults[0].cookie, success: false)
+
+            // Destroy while a task waits: it ends at once with "closed".
+            try dev.replace(with: ioas)
+            try iopf.destroy()
+            let orphan = Task { try await queue.next() }
+            try await Task.sleep(for: .milliseconds(50))
+            let destroyStart = ContinuousClock.now
+            try queue.destroy()
+            let ended = await orphan.result
+            #expect(ContinuousClock.now - destroyStart < .milliseconds(50))
+            guard case .failure(let closed) = ended else {
+                Issue.record("next() returned after destroy: \(ended)")
+                return
+            }
+            #expect((closed as? VFIOError)?.detail == "the fd was already closed", "\(closed)")
+        }
     }
 
     // MARK: vIOMMU, vDEVICE, vEVENTQ, HW queue
@@ -900,6 +951,52 @@ extension IOMMUFDMockTests {
                 try viommu.destroy()
                 try parent.destroy()
             }
+        }
+
+        /// vEVENTQ from async code: an event raised while next() sits in poll
+        /// wakes it; a cancelled wait ends within 50 ms.
+        @Test func vEventQueueFromAsyncCode() async throws {
+            let ctx = try IOMMUFD()
+            let ioas = try IOAS(ctx)
+            let dev = try MockDevice(attachedTo: ioas)
+            let parent = try HWPT(ioas: ioas, device: dev.deviceID, flags: .nestParent)
+            let viommu = try VIOMMU(device: dev.deviceID, parent: parent, type: MockIOMMU.viommuType)
+            let nested = try HWPT(nestedOn: viommu, device: dev.deviceID, data: HardwarePageTables.selftestData())
+            let queue = try VEventQueue(viommu: viommu, type: MockIOMMU.veventqType, depth: 4, eventSize: 4)
+            let vdev = try VDevice(viommu: viommu, device: dev.deviceID, virtualID: 0x77)
+            try dev.replace(with: nested)
+
+            let waiter = Task { try await queue.next() }
+            try await Task.sleep(for: .milliseconds(50))
+            try MockIOMMU.triggerVEvent(ctx, device: dev.deviceID)
+            let records = try await waiter.value
+            let expected = withUnsafeBytes(of: UInt32(0x77).littleEndian) { Array($0) }
+            #expect(records.count == 1)
+            if case .event(_, let payload)? = records.first {
+                #expect(payload == expected)
+            } else {
+                Issue.record("expected one event, got \(records)")
+            }
+
+            let cancelled = Task { try await queue.next() }
+            try await Task.sleep(for: .milliseconds(100))
+            let start = ContinuousClock.now
+            cancelled.cancel()
+            let result = await cancelled.result
+            let latency = ContinuousClock.now - start
+            #expect(latency < .milliseconds(50), "cancel took \(latency)")
+            if case .failure(let error) = result {
+                #expect((error as? VFIOError)?.detail == "cancelled", "\(error)")
+            } else {
+                Issue.record("a cancelled next() returned \(result)")
+            }
+
+            try dev.replace(with: ioas)
+            try vdev.destroy()
+            try queue.destroy()
+            try nested.destroy()
+            try viommu.destroy()
+            try parent.destroy()
         }
 
         @Test func hwQueuePinsItsIOVA() throws {

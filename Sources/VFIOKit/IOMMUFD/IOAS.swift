@@ -195,8 +195,10 @@ public final class IOAS: IOMMUAttachTarget, IOMMUObjectOwner {
         }
         let length = UInt64(buffer.length)
         let (mapped, slot) = try state.withID("IOMMU_IOAS_MAP_FILE") { (id) throws(VFIOError) -> (UInt64, Int32) in
-            let mapped = try mapFile(id, fd: try file.get("IOMMU_IOAS_MAP_FILE"), offset: 0, length: length, at: iova,
-                                     readable: readable, writable: writable)
+            // The memfd stays open (its number names it) while the kernel takes its own reference.
+            let mapped = try file.withDescriptor("IOMMU_IOAS_MAP_FILE") { (memfd) throws(VFIOError) in
+                try mapFile(id, fd: memfd, offset: 0, length: length, at: iova, readable: readable, writable: writable)
+            }
             return (mapped, mappings.register(iova: mapped, length: length))
         }
         return DMAMapping(iova: mapped, length: length, buffer: buffer, owner: .ioas(self), slot: slot)

@@ -108,8 +108,7 @@ public final class IOMMUFD: Sendable {
     /// Issues an iommufd ioctl on this context's fd.
     @inline(__always)
     func ioctl<A>(_ request: UInt, _ argument: inout A, object: @autoclosure () -> String?) throws(VFIOError) {
-        let raw = try fd.get(IoctlNames.name(of: request))
-        _ = try Sys.ioctl(raw, request, &argument, object: object())
+        _ = try fd.ioctl(request, &argument, object: object())
     }
 
     /// Issues `request` with `argument` on this iommufd. For ABIs VFIOKit does

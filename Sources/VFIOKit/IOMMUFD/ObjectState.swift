@@ -167,7 +167,7 @@ final class IOMMUObjectState: Sendable {
             return
         }
         try precondition()
-        try objectFD?.close()
+        try objectFD?.closeAndSettle()
         try ctx.destroyObject(id, label: label)
         dead = true
     }

@@ -195,7 +195,8 @@ public final class VEventQueue: Sendable, IOMMUObjectOwner {
             throw e
         }
         objectID = arg.out_veventq_id
-        fd = OwnedFD(Int32(bitPattern: arg.out_veventq_fd), label: "vEVENTQ \(arg.out_veventq_id)")
+        fd = OwnedFD(Int32(bitPattern: arg.out_veventq_fd), label: "vEVENTQ \(arg.out_veventq_id)",
+                     kernel: viommu.iommufd.fd.kernel)
         self.viommu = viommu
         self.type = type
         self.eventSize = size
@@ -208,7 +209,8 @@ public final class VEventQueue: Sendable, IOMMUObjectOwner {
     /// Whether the queue was destroyed (by ``destroy()`` or ``IOMMUFD/close()``).
     public var isDestroyed: Bool { state.isDestroyed }
 
-    /// Closes the fd (which holds the object) and destroys the queue. A second
+    /// Closes the fd (waits in progress end with "closed"; the file holds the
+    /// object, so the close completes first) and destroys the queue. A second
     /// call does nothing. The corresponding ioctl is `IOMMU_DESTROY`.
     public func destroy() throws(VFIOError) { try state.destroy(viommu.iommufd) }
     deinit {
@@ -234,9 +236,8 @@ public final class VEventQueue: Sendable, IOMMUObjectOwner {
         let header = MemoryLayout<iommufd_vevent_header>.size
         try state.requireLive("read")
         var buffer = [UInt8](repeating: 0, count: max(1, maxEvents) * (header + eventSize))
-        let fdv = try fd.get("read")
         let r: Result<Int, VFIOError> = buffer.withUnsafeMutableBytes { b in
-            do throws(VFIOError) { return .success(try Sys.read(fdv, b, object: self.label) ?? 0) } catch { return .failure(error) }
+            do throws(VFIOError) { return .success(try fd.read(b, object: self.label) ?? 0) } catch { return .failure(error) }
         }
         let n = try r.get()
         return lastSequence.withLock { last in
@@ -272,19 +273,23 @@ public final class VEventQueue: Sendable, IOMMUObjectOwner {
         return out
     }
 
-    /// Blocks up to `timeoutMilliseconds` (-1: forever); true when an event is queued.
+    /// Blocks up to `timeoutMilliseconds` (-1: forever); true when an event is
+    /// queued. ``destroy()`` from another thread ends the wait at once (it
+    /// throws "closed").
     public func wait(timeoutMilliseconds: Int32) throws(VFIOError) -> Bool {
-        try state.requireLive("poll")
-        return try EventFDs.waitReadable(fd, timeoutMilliseconds: timeoutMilliseconds)
+        try state.requireLive("wait for vEVENTs")
+        return try fd.waitReadableOrClose(timeoutMilliseconds: timeoutMilliseconds, operation: "wait for vEVENTs")
     }
 
-    /// Waits (polling) for events from async code, then reads them.
-    public func next(maxEvents: Int = 16, pollInterval: Duration = .milliseconds(1)) async throws(VFIOError) -> [Record] {
+    /// Suspends until events arrive, then reads them. The wait is on the fd's
+    /// readiness, in a dedicated thread: cancelling the task ends it at once
+    /// (operation "wait for vEVENTs", detail "cancelled"); ``destroy()`` ends
+    /// it with "closed".
+    public func next(maxEvents: Int = 16) async throws(VFIOError) -> [Record] {
         while true {
             let records = try read(maxEvents: maxEvents)
             if !records.isEmpty { return records }
-            if Task.isCancelled { throw VFIOError.invalid("wait for vEVENTs", "cancelled", object: label) }
-            try? await Task.sleep(for: pollInterval)
+            try await fd.readable(operation: "wait for vEVENTs", object: label)
         }
     }
 }

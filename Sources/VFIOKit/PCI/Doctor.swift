@@ -70,13 +70,13 @@ extension PCIHost {
     /// with `EINVAL` before doing anything, and one that does not with `ENOTTY`.
     /// Returns (name, present) pairs; throws when /dev/iommu cannot be opened.
     public func probeIOMMUFD() throws(VFIOError) -> [(name: String, present: Bool)] {
-        let fd = try Sys.open(path("/dev/iommu"), O_RDWR)
-        defer { try? Sys.close(fd, object: "/dev/iommu") }
+        let fd = try OwnedFD.open(path("/dev/iommu"))
+        defer { try? fd.close() }
         var out: [(String, Bool)] = []
         for (name, req) in Self.iommufdProbes {
             var zero = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0))
             do throws(VFIOError) {
-                _ = try Sys.ioctl(fd, req, &zero, object: "/dev/iommu")
+                _ = try fd.ioctl(req, &zero, object: "/dev/iommu")
                 out.append((name, true))
             } catch {
                 out.append((name, error.errno?.rawValue != ENOTTY))

@@ -97,8 +97,8 @@ extension IOAS {
         }
         if current == nil { try iommufd.setCompatibilityIOAS(self) }
         let answer: Result<Int32, VFIOError> = Result { () throws(VFIOError) -> Int32 in
-            try Sys.ioctl(try iommufd.fd.get("VFIO_CHECK_EXTENSION"), VFIO_CHECK_EXTENSION, value: Int(VFIO_DMA_CC_IOMMU),
-                          object: "\(label) (as the VFIO compatibility IOAS)")
+            try iommufd.fd.ioctl(VFIO_CHECK_EXTENSION, value: Int(VFIO_DMA_CC_IOMMU),
+                                 object: "\(label) (as the VFIO compatibility IOAS)")
         }
         if current == nil { try iommufd.clearCompatibilityIOAS() }
         let on = try answer.get() > 0

@@ -94,6 +94,6 @@ extension VFIODevice {
         let fd = try notSupportedByDevice { () throws(VFIOError) in
             try featureReturningValue(flags: VFIO_DEVICE_FEATURE_DMA_BUF | VFIO_DEVICE_FEATURE_GET, payload: payload)
         }
-        return OwnedFD(fd, label: "dma-buf of \(label) region \(region)")
+        return OwnedFD(fd, label: "dma-buf of \(label) region \(region)", kernel: self.fd.kernel)
     }
 }

@@ -42,7 +42,7 @@ public final class VFIOContainer: Sendable {
     public init(backend: Backend = .legacy) throws(VFIOError) {
         fd = try OwnedFD.open(backend.rawValue)
         self.backend = backend
-        let version = try Sys.ioctl(fd.raw, VFIO_GET_API_VERSION, value: 0, object: label)
+        let version = try fd.ioctl(VFIO_GET_API_VERSION, value: 0, object: label)
         if version != VFIO_API_VERSION {
             throw VFIOError.invalid("VFIO_GET_API_VERSION", "the kernel speaks VFIO API \(version); VFIOKit knows \(VFIO_API_VERSION)",
                                     object: label)
@@ -54,7 +54,7 @@ public final class VFIOContainer: Sendable {
     /// Whether the container supports an extension (an IOMMU type or a feature
     /// such as `VFIO_UNMAP_ALL`). The corresponding ioctl is `VFIO_CHECK_EXTENSION`.
     public func checkExtension(_ ext: UInt) throws(VFIOError) -> Bool {
-        try Sys.ioctl(try fd.get("VFIO_CHECK_EXTENSION"), VFIO_CHECK_EXTENSION, value: Int(ext), object: label) > 0
+        try fd.ioctl(VFIO_CHECK_EXTENSION, value: Int(ext), object: label) > 0
     }
 
     public func supports(_ type: IOMMUType) throws(VFIOError) -> Bool { try checkExtension(type.rawValue) }
@@ -65,8 +65,8 @@ public final class VFIOContainer: Sendable {
     /// Sets the IOMMU model; needs at least one group in the container first.
     /// The corresponding ioctl is `VFIO_SET_IOMMU`.
     public func setIOMMU(_ type: IOMMUType) throws(VFIOError) {
-        _ = try Sys.ioctl(try fd.get("VFIO_SET_IOMMU"), VFIO_SET_IOMMU, value: Int(type.rawValue),
-                          object: "\(label) (\(type))")
+        _ = try fd.ioctl(VFIO_SET_IOMMU, value: Int(type.rawValue),
+                         object: "\(label) (\(type))")
         iommuType.withLock { $0 = type }
     }
 
@@ -93,8 +93,7 @@ public final class VFIOContainer: Sendable {
     /// Page sizes, IOVA ranges, mapping budget and migration caps. The
     /// corresponding ioctl is `VFIO_IOMMU_GET_INFO`.
     public func info() throws(VFIOError) -> Info {
-        let bytes = try Sys.growingIoctl(try fd.get("VFIO_IOMMU_GET_INFO"), VFIO_IOMMU_GET_INFO,
-                                         vfio_iommu_type1_info.make(), object: label)
+        let bytes = try fd.growingIoctl(VFIO_IOMMU_GET_INFO, vfio_iommu_type1_info.make(), object: label)
         return Info(parsing: bytes)
     }
 
@@ -131,7 +130,7 @@ public final class VFIOContainer: Sendable {
         arg.vaddr = UInt64(UInt(bitPattern: address))
         arg.iova = iova
         arg.size = UInt64(length)
-        _ = try Sys.ioctl(try fd.get("VFIO_IOMMU_MAP_DMA"), VFIO_IOMMU_MAP_DMA, &arg, object: label)
+        _ = try fd.ioctl(VFIO_IOMMU_MAP_DMA, &arg, object: label)
     }
 
     /// Gives an existing mapping (invalidated with ``invalidateVirtualAddresses(iova:length:all:)``)
@@ -143,7 +142,7 @@ public final class VFIOContainer: Sendable {
         arg.vaddr = UInt64(UInt(bitPattern: address))
         arg.iova = iova
         arg.size = UInt64(length)
-        _ = try Sys.ioctl(try fd.get("VFIO_IOMMU_MAP_DMA"), VFIO_IOMMU_MAP_DMA, &arg, object: label)
+        _ = try fd.ioctl(VFIO_IOMMU_MAP_DMA, &arg, object: label)
     }
 
     /// Unmaps `[iova, iova+length)`; returns the bytes unmapped. The range
@@ -181,7 +180,7 @@ public final class VFIOContainer: Sendable {
         var arg = vfio_iommu_type1_dma_unmap.make()
         arg.iova = iova
         arg.size = length
-        _ = try Sys.ioctl(try fd.get("VFIO_IOMMU_UNMAP_DMA"), VFIO_IOMMU_UNMAP_DMA, &arg, object: label)
+        _ = try fd.ioctl(VFIO_IOMMU_UNMAP_DMA, &arg, object: label)
         return arg.size
     }
 
@@ -220,7 +219,7 @@ public final class VFIOContainer: Sendable {
         var arg = vfio_iommu_type1_dma_unmap.make()
         arg.flags = VFIO_DMA_UNMAP_FLAG_ALL
         do throws(VFIOError) {
-            _ = try Sys.ioctl(try fd.get("VFIO_IOMMU_UNMAP_DMA"), VFIO_IOMMU_UNMAP_DMA, &arg, object: label)
+            _ = try fd.ioctl(VFIO_IOMMU_UNMAP_DMA, &arg, object: label)
         } catch {
             throw mappings.resolveFailedUnmapAll(error) { (iova, length) throws(VFIOError) -> UInt64 in
                 try unmapRange(iova: iova, length: length)
@@ -239,7 +238,7 @@ public final class VFIOContainer: Sendable {
         arg.flags = VFIO_DMA_UNMAP_FLAG_VADDR | (all ? VFIO_DMA_UNMAP_FLAG_ALL : 0)
         arg.iova = all ? 0 : iova
         arg.size = all ? 0 : length
-        _ = try Sys.ioctl(try fd.get("VFIO_IOMMU_UNMAP_DMA"), VFIO_IOMMU_UNMAP_DMA, &arg, object: label)
+        _ = try fd.ioctl(VFIO_IOMMU_UNMAP_DMA, &arg, object: label)
     }
 
     /// Closes the container; idempotent.

@@ -106,7 +106,7 @@ public final class VFIOGroup: Sendable {
     /// The corresponding ioctl is `VFIO_GROUP_GET_STATUS`.
     public func status() throws(VFIOError) -> Status {
         var arg = vfio_group_status.make()
-        _ = try Sys.ioctl(try fd.get("VFIO_GROUP_GET_STATUS"), VFIO_GROUP_GET_STATUS, &arg, object: label)
+        _ = try fd.ioctl(VFIO_GROUP_GET_STATUS, &arg, object: label)
         return Status(viable: arg.flags & VFIO_GROUP_FLAGS_VIABLE != 0,
                       containerSet: arg.flags & VFIO_GROUP_FLAGS_CONTAINER_SET != 0)
     }
@@ -117,16 +117,18 @@ public final class VFIOGroup: Sendable {
     /// Adds the group to a container (which it then keeps alive). The
     /// corresponding ioctl is `VFIO_GROUP_SET_CONTAINER`.
     public func setContainer(_ container: VFIOContainer) throws(VFIOError) {
-        var cfd = try container.fd.get("VFIO_GROUP_SET_CONTAINER")
-        _ = try Sys.ioctl(try fd.get("VFIO_GROUP_SET_CONTAINER"), VFIO_GROUP_SET_CONTAINER, &cfd,
-                          object: "\(label) -> \(container.label)")
+        // The container's number is the argument: hold it open for the call.
+        try container.fd.withDescriptor("VFIO_GROUP_SET_CONTAINER") { (number) throws(VFIOError) in
+            var cfd = number
+            _ = try fd.ioctl(VFIO_GROUP_SET_CONTAINER, &cfd, object: "\(label) -> \(container.label)")
+        }
         containerBox.withLock { $0 = container }
     }
 
     /// Removes the group from its container (every device fd of the group must
     /// be closed). The corresponding ioctl is `VFIO_GROUP_UNSET_CONTAINER`.
     public func unsetContainer() throws(VFIOError) {
-        _ = try Sys.ioctl(try fd.get("VFIO_GROUP_UNSET_CONTAINER"), VFIO_GROUP_UNSET_CONTAINER, nil, object: label)
+        _ = try fd.ioctl(VFIO_GROUP_UNSET_CONTAINER, nil, object: label)
         containerBox.withLock { $0 = nil }
     }
 
@@ -135,14 +137,14 @@ public final class VFIOGroup: Sendable {
     /// The corresponding ioctl is `VFIO_GROUP_GET_DEVICE_FD`.
     public func device(_ name: String, vfToken: UUID? = nil) throws(VFIOError) -> VFIODevice {
         let request = vfToken.map { "\(name) vf_token=\($0.uuidString.lowercased())" } ?? name
-        let gfd = try fd.get("VFIO_GROUP_GET_DEVICE_FD")
         let result = request.withCString { p in
             Result { () throws(VFIOError) -> Int32 in
-                try Sys.ioctl(gfd, VFIO_GROUP_GET_DEVICE_FD, UnsafeMutableRawPointer(mutating: p), object: "\(label) device \(name)")
+                try fd.ioctl(VFIO_GROUP_GET_DEVICE_FD, UnsafeMutableRawPointer(mutating: p), object: "\(label) device \(name)")
             }
         }
         let dfd = try result.get()
-        return VFIODevice(fd: OwnedFD(dfd, label: "\(name) (group \(number))"), path: .group(name), group: self)
+        return VFIODevice(fd: OwnedFD(dfd, label: "\(name) (group \(number))", kernel: fd.kernel), path: .group(name),
+                          group: self)
     }
 
     /// Closes the group fd, then releases the container; idempotent.
