@@ -19,9 +19,37 @@ let package = Package(
     targets: [
         // The kernel's VFIO and iommufd uapi (Linux 7.2), written by us, no system headers needed.
         .target(name: "CVFIO"),
+        // The layers of the library, each its own target so the compiler rejects a wrong
+        // arrow (README, "Layers"; Scripts/check-layers.sh checks the graph):
+        // syscalls, errors, fd ownership and vocabulary: the only way to the kernel.
+        .target(
+            name: "VFIOSystem",
+            dependencies: ["CVFIO", .product(name: "SystemPackage", package: "swift-system")],
+            swiftSettings: strict
+        ),
+        // The kernel's objects: iommufd (IOAS, HWPT, ...) and VFIO (container, group, device, ...).
+        .target(
+            name: "VFIOObjects",
+            dependencies: ["VFIOSystem", "CVFIO", .product(name: "SystemPackage", package: "swift-system")],
+            swiftSettings: strict
+        ),
+        // DMA memory, mappings, the IOVA allocator and the five-mode DMA space.
+        .target(
+            name: "VFIODMA",
+            dependencies: ["VFIOObjects", "VFIOSystem", "CVFIO", .product(name: "SystemPackage", package: "swift-system")],
+            swiftSettings: strict
+        ),
+        // The host side: sysfs/procfs discovery, groups, viability, holders, binding, doctor's checks.
+        .target(
+            name: "VFIOHost",
+            dependencies: ["VFIOSystem", .product(name: "SystemPackage", package: "swift-system")],
+            swiftSettings: strict
+        ),
+        // The one library product: re-exports the layers and adds what needs host and objects together.
         .target(
             name: "VFIOKit",
-            dependencies: ["CVFIO", .product(name: "SystemPackage", package: "swift-system")],
+            dependencies: ["VFIOSystem", "VFIOObjects", "VFIODMA", "VFIOHost",
+                           .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: strict
         ),
         // The iommufd selftest ABI (IOMMU_TEST_CMD), for mock-domain tests only.
@@ -30,19 +58,19 @@ let package = Package(
         // guest tests. Not part of the library product.
         .target(
             name: "VFIOKitTestSupport",
-            dependencies: ["VFIOKit", "CVFIO", "CIOMMUFDTest"],
+            dependencies: ["VFIOKit", "VFIOSystem", "VFIOObjects", "CVFIO", "CIOMMUFDTest"],
             swiftSettings: strict
         ),
         // vfioctl's commands live in a library so tests can drive them.
         .target(
             name: "VFIOCommands",
-            dependencies: ["VFIOKit", "CVFIO", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["VFIOKit", "VFIOSystem", "CVFIO", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: strict
         ),
         .executableTarget(name: "vfioctl", dependencies: ["VFIOCommands"], swiftSettings: strict),
         // Test helper: adopts the fds `vfioctl attach --exec` passes and runs an edu DMA round trip.
         .executableTarget(
-            name: "vfiokit-edu-dma", dependencies: ["VFIOKit", "VFIOKitTestSupport"], swiftSettings: strict),
+            name: "vfiokit-edu-dma", dependencies: ["VFIOKit", "VFIOSystem", "VFIOKitTestSupport"], swiftSettings: strict),
         // Benchmarks: VFIOKit's hot paths against raw C in the test guest.
         .target(name: "CBenchSupport", dependencies: ["CVFIO"], path: "Benchmarks/CBenchSupport"),
         .executableTarget(
@@ -53,13 +81,15 @@ let package = Package(
         ),
         .testTarget(
             name: "VFIOKitTests",
-            dependencies: ["VFIOKit", "VFIOKitTestSupport", "VFIOCommands", "CVFIO"],
+            dependencies: ["VFIOKit", "VFIOSystem", "VFIOObjects", "VFIODMA", "VFIOHost", "VFIOKitTestSupport",
+                           "VFIOCommands", "CVFIO"],
             swiftSettings: strict
         ),
         // Runs only where /dev/iommu and the edu device exist (the test guest); skips elsewhere.
         .testTarget(
             name: "VFIOKitGuestTests",
-            dependencies: ["VFIOKit", "VFIOKitTestSupport", "VFIOCommands", "CVFIO", "CIOMMUFDTest"],
+            dependencies: ["VFIOKit", "VFIOSystem", "VFIOObjects", "VFIODMA", "VFIOHost", "VFIOKitTestSupport",
+                           "VFIOCommands", "CVFIO", "CIOMMUFDTest"],
             swiftSettings: strict
         ),
     ]

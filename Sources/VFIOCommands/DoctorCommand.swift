@@ -56,19 +56,10 @@ public struct DoctorCommand: ParsableCommand {
         var worst = DoctorFinding.Status.ok
         try reporting(json: output.json) { () throws(VFIOError) in
             let a = try address.map { (t: String) throws(VFIOError) in try PCIAddress(parsing: t) }
-            var findings = host.doctor(DoctorOptions(device: a, memlockBytes: memlock.flatMap(parseByteSize),
+            // VFIOKit's doctor: the host's checks, and with a device on vfio-pci the kernel's own answer on
+            // cache coherency (the device opened, bound and attached to an empty IOAS for the question).
+            let findings = host.doctor(DoctorOptions(device: a, memlockBytes: memlock.flatMap(parseByteSize),
                                                      probeKernel: hostOptions.root == "/"))
-            // With a device on vfio-pci: ask the kernel whether its domain enforces cache coherency.
-            if let a, hostOptions.root == "/", let d = try? host.device(a), d.isBoundToVFIO {
-                let id = "device.\(a).cache-coherency"
-                do throws(VFIOError) {
-                    let cc = try VFIODetails.probeCacheCoherency(device: d, host: host)
-                    findings.append(DoctorFinding(id, .info, "Cache coherency", cc.text))
-                } catch {
-                    findings.append(DoctorFinding(id, .warn, "Cache coherency", "could not ask: " + (error.detail ?? error.description),
-                                                  fix: error.hint))
-                }
-            }
             worst = findings.map(\.status).max() ?? .ok
             if output.json {
                 struct Out: Encodable { var findings: [DoctorFinding]; var worst: DoctorFinding.Status }

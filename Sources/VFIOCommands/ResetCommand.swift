@@ -91,7 +91,7 @@ public struct ResetCommand: ParsableCommand {
                     } else if let g = opened.group, let c = opened.container {
                         let n = try DeviceNodes.groupNumber(of: other, host: host)
                         if n != g.number && !otherGroups.contains(where: { $0.number == n }) {
-                            let og = try VFIOGroup(number: n)
+                            let og = try VFIOGroup(number: n, host: host)
                             otherGroups.append(og)
                             try og.setContainer(c)
                         }

@@ -116,25 +116,6 @@ struct VFIODetails: Encodable {
                            regions: regions, irqs: irqs, capabilities: caps, cacheCoherency: cc)
     }
 
-    /// Opens the device's cdev, binds it to a fresh iommufd, attaches it to an
-    /// empty IOAS and asks whether its domain enforces cache coherency; closes
-    /// everything. Ownership errors name the holder.
-    static func probeCacheCoherency(device: PCIDevice, host: PCIHost) throws(VFIOError) -> CacheCoherency {
-        guard let cdev = device.vfioCdevPath else {
-            throw .invalid("probe cache coherency", "\(device.address) has no VFIO cdev", object: device.address.description,
-                           hint: "bind it to vfio-pci: `vfioctl bind \(device.address)`")
-        }
-        let iommufd = try IOMMUFD()
-        defer { try? iommufd.close() }
-        let dev = try VFIODevice.open(cdev: cdev)
-        defer { try? dev.close() }
-        do throws(VFIOError) { try dev.bind(to: iommufd) } catch { throw host.explainOwnership(error, device: device.address) }
-        let ioas = try IOAS(iommufd)
-        try dev.attach(to: ioas)
-        defer { try? dev.detach() }
-        return try ioas.cacheCoherency()
-    }
-
     func textLines() -> [String] {
         var out: [String] = []
         out.append("VFIO: " + (deviceFlags.isEmpty ? "no flags" : deviceFlags.joined(separator: ", "))

@@ -1,7 +1,9 @@
 import CIOMMUFDTest
 import CVFIO
 import Synchronization
-@_spi(Testing) import VFIOKit
+import VFIOKit
+import VFIOObjects
+import VFIOSystem
 
 #if canImport(Glibc)
 import Glibc
@@ -33,7 +35,7 @@ public enum MockIOMMU {
     public static let deviceCacheDefault = IOMMU_TEST_DEV_CACHE_DEFAULT
     public static let pasidWidth = UInt8(MOCK_PASID_WIDTH)
 
-    static let registered: Void = IoctlNames.register("IOMMU_TEST_CMD", IOMMU_TEST_CMD)
+    static let registered: Void = Request.register("IOMMU_TEST_CMD", IOMMU_TEST_CMD)
 
     /// Whether this kernel has the mock IOMMU: /dev/iommu opens and
     /// `IOMMU_TEST_CMD` is known (a kernel without CONFIG_IOMMUFD_TEST answers ENOTTY).

@@ -3,7 +3,8 @@ import CVFIO
 import Foundation
 import Synchronization
 import Testing
-@_spi(Testing) import VFIOKit
+import VFIOKit
+import VFIOObjects
 import VFIOKitTestSupport
 
 /// Every iommufd request, driven against the kernel's mock IOMMU

@@ -1,7 +1,11 @@
 import CVFIO
 import SystemPackage
 import Testing
-@testable import VFIOKit
+import VFIOKit
+@testable import VFIODMA
+@testable import VFIOHost
+@testable import VFIOObjects
+@testable import VFIOSystem
 import VFIOKitTestSupport
 
 @Suite struct ArgumentTests {

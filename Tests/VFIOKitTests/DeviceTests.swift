@@ -4,6 +4,10 @@ import Synchronization
 import SystemPackage
 import Testing
 @testable import VFIOKit
+@testable import VFIODMA
+@testable import VFIOHost
+@testable import VFIOObjects
+@testable import VFIOSystem
 import VFIOKitTestSupport
 
 #if canImport(Glibc)
@@ -232,8 +236,8 @@ private func cdevKernel() -> FakeKernel {
         }
         kernel.onIoctl(VFIO_GROUP_GET_DEVICE_FD) { _, _ in 0 }
         try Syscalls.withProvider(kernel) {
-            let g9 = try VFIOGroup(number: 9, requireAllMembersBound: false)
-            let g10 = try VFIOGroup(number: 10, requireAllMembersBound: false)
+            let g9 = try VFIOGroup(number: 9)
+            let g10 = try VFIOGroup(number: 10)
             let device = VFIODevice(fd: try OwnedFD.open("/dev/vfio/devices/vfio0"), path: .group("0000:01:00.0"), group: g9)
             let info = try device.hotResetInfo()
             #expect(kernel.calls(VFIO_DEVICE_GET_PCI_HOT_RESET_INFO).count == 2)
@@ -358,7 +362,7 @@ private func cdevKernel() -> FakeKernel {
             return -ENODEV
         }
         try Syscalls.withProvider(kernel) {
-            let group = try VFIOGroup(number: 7, requireAllMembersBound: false)
+            let group = try VFIOGroup(number: 7)
             #expect(throws: VFIOError.self) { _ = try group.device("0000:00:03.0") }
             let token = UUID(uuidString: "01234567-89AB-CDEF-0123-456789ABCDEF")!
             let e = #expect(throws: VFIOError.self) { _ = try group.device("0000:00:03.0", vfToken: token) }
@@ -578,7 +582,7 @@ private func cdevKernel() -> FakeKernel {
             var device: VFIODevice?
             do {
                 let container = try VFIOContainer()
-                let group = try VFIOGroup(number: 7, requireAllMembersBound: false)
+                let group = try VFIOGroup(number: 7)
                 try group.setContainer(container)
                 try container.setIOMMU(.type1v2)
                 #expect(kernel.calls(VFIO_GROUP_SET_CONTAINER).last?.i32(0) == container.fd.number)

@@ -1,7 +1,11 @@
 import Foundation
 import Testing
 import VFIOCommands
-@testable import VFIOKit
+import VFIOKit
+@testable import VFIODMA
+@testable import VFIOHost
+@testable import VFIOObjects
+@testable import VFIOSystem
 
 #if canImport(Glibc)
 import Glibc

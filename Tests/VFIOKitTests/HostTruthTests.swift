@@ -3,7 +3,11 @@ import Foundation
 import Synchronization
 import Testing
 import VFIOKitTestSupport
-@testable import VFIOKit
+import VFIOKit
+@testable import VFIODMA
+@testable import VFIOHost
+@testable import VFIOObjects
+@testable import VFIOSystem
 
 #if canImport(Glibc)
 import Glibc

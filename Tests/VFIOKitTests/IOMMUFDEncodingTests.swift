@@ -2,7 +2,11 @@ import CVFIO
 import Synchronization
 import SystemPackage
 import Testing
-@testable import VFIOKit
+import VFIOKit
+@testable import VFIODMA
+@testable import VFIOHost
+@testable import VFIOObjects
+@testable import VFIOSystem
 import VFIOKitTestSupport
 
 #if canImport(Glibc)
@@ -119,7 +123,7 @@ func arg<T>(_ p: UnsafeMutableRawPointer?, _: T.Type) -> UnsafeMutablePointer<T>
             let text = e?.description ?? ""
             #expect(text.contains("IOMMU_IOAS_MAP on IOAS 7 failed: ENOMEM"))
             #expect(text.contains("asked to pin 1048576 bytes at IOVA 0x100000"))
-            #expect(text.contains("RLIMIT_MEMLOCK is \(MemlockLimit.current().description)"))
+            #expect(text.contains("RLIMIT_MEMLOCK is \(try MemlockLimit.current().description)"))
             #expect(e?.hint?.contains("ulimit -l") == true)
         }
     }

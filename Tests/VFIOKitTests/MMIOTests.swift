@@ -1,5 +1,9 @@
 import Testing
-@testable import VFIOKit
+import VFIOKit
+@testable import VFIODMA
+@testable import VFIOHost
+@testable import VFIOObjects
+@testable import VFIOSystem
 import VFIOKitTestSupport
 
 #if canImport(Glibc)

@@ -1,7 +1,11 @@
 import CVFIO
 import Synchronization
 import Testing
-@_spi(Testing) @testable import VFIOKit
+import VFIOKit
+@testable import VFIODMA
+@testable import VFIOHost
+@testable import VFIOObjects
+@testable import VFIOSystem
 import VFIOKitTestSupport
 
 #if canImport(Glibc)
@@ -112,7 +116,7 @@ import Glibc
                     #expect(e.description.contains("destroyed"), "\(owner) \(name): \(e)")
                     #expect(e.hint != nil, "\(owner) \(name): \(e)")
                 }
-                #expect(k.calls.count == before, "\(owner) \(name) issued \(k.calls[before...].map { IoctlNames.name(of: $0.request) })")
+                #expect(k.calls.count == before, "\(owner) \(name) issued \(k.calls[before...].map { Request.name(of: $0.request) })")
             }
             // destroy() again: nothing (idempotent), and no ioctl.
             let before = k.calls.count

@@ -1,7 +1,11 @@
 import Foundation
 import SystemPackage
 import Synchronization
-@testable import VFIOKit
+import VFIOKit
+@testable import VFIODMA
+@testable import VFIOHost
+@testable import VFIOObjects
+@testable import VFIOSystem
 
 /// A sysfs/procfs tree in a temporary directory, shaped like the kernel's,
 /// plus a fake kernel that reacts to sysfs writes the way the PCI core does.

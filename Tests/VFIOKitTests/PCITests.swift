@@ -1,6 +1,10 @@
 import Foundation
 import Testing
-@testable import VFIOKit
+import VFIOKit
+@testable import VFIODMA
+@testable import VFIOHost
+@testable import VFIOObjects
+@testable import VFIOSystem
 
 @Suite struct PCIAddressTests {
     @Test func parsesFullAndShortForms() throws {

@@ -1,7 +1,11 @@
 import CVFIO
 import Synchronization
 import Testing
-@testable import VFIOKit
+import VFIOKit
+@testable import VFIODMA
+@testable import VFIOHost
+@testable import VFIOObjects
+@testable import VFIOSystem
 import VFIOKitTestSupport
 
 #if canImport(Glibc)
@@ -144,7 +148,7 @@ import Glibc
         let q = try Syscalls.withProvider(k) { try FaultQueue(try IOMMUFD()) }
         let base = k.openFDCount
         let outcome = Mutex<(result: Result<Bool, VFIOError>, at: ContinuousClock.Instant)?>(nil)
-        _ = DetachedThread.start {
+        try Sys.startThread(nil) {
             let r = Result { () throws(VFIOError) -> Bool in try q.wait(timeoutMilliseconds: 10_000) }
             outcome.withLock { $0 = (r, ContinuousClock.now) }
         }

@@ -1,0 +1,196 @@
+import VFIOSystem
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// Something on the host that is using a device through its kernel driver.
+///
+/// Unbinding the driver under it would pull a mounted filesystem, a live network
+/// link or the console out from under the system. JSON keys: `kind`
+/// (`mounted`, `swap`, `holder`, `network-up`, `console`), `object`
+/// (`nvme0n1p1`, `eth0`), `detail` (one sentence), `fix` (a command or step
+/// that ends this use, or null).
+public struct DeviceUse: Sendable, Equatable, Codable {
+    public enum Kind: String, Sendable, Codable {
+        case mounted, swap, holder
+        case networkUp = "network-up"
+        case console
+        /// A device node of the device (a virtio port, a tty, a block device) is open in a process.
+        case openByProcess = "open"
+    }
+    public var kind: Kind
+    public var object: String
+    public var detail: String
+    /// What ends this use, literally (`umount /mnt/data`, `ip link set eth0 down`).
+    public var fix: String?
+
+    public init(kind: Kind, object: String, detail: String, fix: String? = nil) {
+        self.kind = kind
+        self.object = object
+        self.detail = detail
+        self.fix = fix
+    }
+
+    enum CodingKeys: String, CodingKey { case kind, object, detail, fix }
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(kind, forKey: .kind)
+        try c.encode(object, forKey: .object)
+        try c.encode(detail, forKey: .detail)
+        try c.encode(fix, forKey: .fix)
+    }
+}
+
+extension PCIHost {
+    /// Who uses the device through its kernel driver: mounted or swapped-on block
+    /// devices (and their partitions), block devices held by dm/md, network
+    /// interfaces that are up, and the boot console (`boot_vga`).
+    ///
+    /// Block devices are found under the device's sysfs directory (nvme
+    /// namespaces at `nvme/nvmeX/nvmeXnY`, SCSI disks deeper), compared by
+    /// major:minor with `/proc/self/mountinfo` and by name with `/proc/swaps`.
+    ///
+    /// Also: virtio-9p filesystems mounted from the device (by `mount_tag`), the
+    /// active console (`/sys/class/tty/console/active`) among its ttys, and —
+    /// when `checkOpenFiles` — processes holding any of its device nodes open
+    /// (`/proc/PID/fd`), which costs a scan of every process.
+    public func uses(of a: PCIAddress, checkOpenFiles: Bool = true) -> [DeviceUse] {
+        uses(of: a, openNodes: checkOpenFiles ? nil : [:])
+    }
+
+    /// ``uses(of:checkOpenFiles:)`` with a table from ``openDeviceNodes()``
+    /// computed once for many devices; nil scans /proc for this device.
+    public func uses(of a: PCIAddress, openNodes: [String: [String]]?) -> [DeviceUse] {
+        let dir = sysfsPath(a)
+        var blocks: [(name: String, path: String)] = []
+        var nets: [(name: String, path: String)] = []
+        var nodes: [String] = []
+        var ttys: [String] = []
+        var tags: [String] = []
+        walk(dir, depth: 0) { path, name in
+            if let tag = readTrimmed(path + "/mount_tag") { tags.append(tag) }
+            // Class devices live in glue directories named after the class (block/, net/, nvme/).
+            guard exists(path + "/dev") || exists(path + "/operstate") else { return }
+            let sub = linkName(path + "/subsystem")
+            if sub == "block" { blocks.append((name, path)) }
+            if sub == "net" { nets.append((name, path)) }
+            if sub == "tty" { ttys.append(name) }
+            if exists(path + "/dev") { nodes.append("/dev/" + name) }
+        }
+        var uses: [DeviceUse] = []
+        let mountinfo = read("/proc/self/mountinfo") ?? ""
+        var mountsByDev: [String: [String]] = [:]
+        var ninePMounts: [String: [String]] = [:]
+        for line in mountinfo.split(separator: "\n") {
+            let f = line.split(separator: " ")
+            guard f.count > 4 else { continue }
+            let point = String(f[4]).replacingOctalEscapes()
+            mountsByDev[String(f[2]), default: []].append(point)
+            // After the " - " separator: filesystem type, then source.
+            if let sep = f.firstIndex(of: "-"), sep + 2 < f.count, f[sep + 1] == "9p" {
+                ninePMounts[String(f[sep + 2]), default: []].append(point)
+            }
+        }
+        for tag in tags {
+            if let points = ninePMounts[tag] {
+                uses.append(DeviceUse(kind: .mounted, object: tag,
+                                      detail: "its 9p share \"\(tag)\" is mounted on \(points.joined(separator: ", "))",
+                                      fix: "`" + points.map { "umount \(shellQuoted($0))" }.joined(separator: " && ") + "`"))
+            }
+        }
+        let consoles = Set((readTrimmed("/sys/class/tty/console/active") ?? "").split(separator: " ").map(String.init))
+        for t in ttys where consoles.contains(t) {
+            uses.append(DeviceUse(kind: .console, object: t, detail: "\(t) is the active console",
+                                  fix: "boot with the console elsewhere (console= on the kernel command line)"))
+        }
+        let swaps = Set((read("/proc/swaps") ?? "").split(separator: "\n").dropFirst().compactMap {
+            $0.split(separator: " ").first.map { String($0.split(separator: "/").last ?? "") }
+        })
+        for b in blocks {
+            if let dev = readTrimmed(b.path + "/dev"), let points = mountsByDev[dev] {
+                uses.append(DeviceUse(kind: .mounted, object: b.name,
+                                      detail: "/dev/\(b.name) is mounted on \(points.joined(separator: ", "))",
+                                      fix: "`" + points.map { "umount \(shellQuoted($0))" }.joined(separator: " && ") + "`"))
+            }
+            if swaps.contains(b.name) {
+                uses.append(DeviceUse(kind: .swap, object: b.name, detail: "/dev/\(b.name) is in use as swap",
+                                      fix: "`swapoff /dev/\(b.name)`"))
+            }
+            let holders = list(b.path + "/holders")
+            if !holders.isEmpty {
+                uses.append(DeviceUse(kind: .holder, object: b.name,
+                                      detail: "/dev/\(b.name) is held by \(holders.joined(separator: ", ")) (device-mapper, md or similar)",
+                                      fix: "stop \(holders.joined(separator: ", ")) (`dmsetup remove` or `mdadm --stop` on it)"))
+            }
+        }
+        for n in nets {
+            let oper = readTrimmed(n.path + "/operstate")
+            let flags = readTrimmed(n.path + "/flags").flatMap { UInt32($0.dropFirst(2), radix: 16) } ?? 0
+            if flags & 1 != 0 || oper == "up" {
+                uses.append(DeviceUse(kind: .networkUp, object: n.name,
+                                      detail: "network interface \(n.name) is up (operstate \(oper ?? "unknown"))",
+                                      fix: "`ip link set \(n.name) down`"))
+            }
+        }
+        if !nodes.isEmpty {
+            let table = openNodes ?? openDeviceNodes()
+            for node in nodes.sorted() {
+                guard let who = table[node] else { continue }
+                uses.append(DeviceUse(kind: .openByProcess, object: node, detail: "\(node) is open in \(who.joined(separator: ", "))",
+                                      fix: "close it there (stop " + who.joined(separator: ", ") + ")"))
+            }
+        }
+        if readTrimmed(dir + "/boot_vga") == "1" {
+            uses.append(DeviceUse(kind: .console, object: a.description,
+                                  detail: "\(a) is the boot VGA device and may carry the console",
+                                  fix: "move the console to another device (console= on the kernel command line)"))
+        }
+        return uses
+    }
+
+    /// Visits real subdirectories (never symlinks) below `dir`, to a bounded depth.
+    private func walk(_ dir: String, depth: Int, _ visit: (String, String) -> Void) {
+        guard depth < 7 else { return }
+        for name in list(dir) {
+            let p = dir + "/" + name
+            if isLink(p) || !isDirectory(p) { continue }
+            // Skip the big attribute folders that never hold class devices.
+            if name == "power" || name == "msi_irqs" || name == "holders" || name == "slaves" || name == "queue"
+                || name == "mq" || name == "trace" || name == "integrity" { continue }
+            visit(p, name)
+            walk(p, depth: depth + 1, visit)
+        }
+    }
+}
+
+/// `s` quoted for a POSIX shell when it needs it (`/mnt/my data` -> `'/mnt/my data'`).
+func shellQuoted(_ s: String) -> String {
+    let plain = s.unicodeScalars.allSatisfy { u in
+        (u >= "a" && u <= "z") || (u >= "A" && u <= "Z") || (u >= "0" && u <= "9") || "/._-:+@%=,".unicodeScalars.contains(u)
+    }
+    if plain && !s.isEmpty { return s }
+    var out = "'"
+    for ch in s { out += ch == "'" ? "'\\''" : String(ch) }
+    return out + "'"
+}
+
+extension String {
+    /// Undoes the octal escapes of /proc/self/mountinfo (`\040` for a space).
+    func replacingOctalEscapes() -> String {
+        guard contains("\\") else { return self }
+        var out = [UInt8]()
+        let b = Array(utf8)
+        var i = 0
+        while i < b.count {
+            if b[i] == 0x5c, i + 4 <= b.count,
+               let v = UInt8(String(decoding: b[(i + 1)..<(i + 4)], as: UTF8.self), radix: 8) {
+                out.append(v); i += 4
+            } else {
+                out.append(b[i]); i += 1
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+}

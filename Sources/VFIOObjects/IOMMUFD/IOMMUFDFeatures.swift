@@ -1,0 +1,104 @@
+import VFIOSystem
+import CVFIO
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// What the running kernel's iommufd supports, found by asking it.
+///
+/// Requests are probed with an argument whose `size` is 0: a kernel that knows
+/// the request rejects it with EINVAL (too short) before doing anything; one
+/// that does not answers ENOTTY. Flags are probed on object id 0, which is
+/// never valid: a known flag gets ENOENT (no such object), an unknown one
+/// EOPNOTSUPP. Nothing is created or changed.
+public struct IOMMUFDFeatures: Sendable, Equatable, CustomStringConvertible {
+    /// Every iommufd request of Linux 7.2, in command order (from the one table, ``Request/all``).
+    public static var requests: [Request] { Request.iommufd }
+
+    /// Request names the kernel knows.
+    public var supportedRequests: Set<String>
+    /// Request names it answered ENOTTY to.
+    public var missingRequests: [String] {
+        IOMMUFDFeatures.requests.map(\.name).filter { !supportedRequests.contains($0) }
+    }
+    /// `IOMMU_IOAS_MAP` flags the kernel accepts (FIXED_IOVA, WRITEABLE, READABLE).
+    public var ioasMapFlags: UInt32
+    /// Whether `IOMMU_OPTION_HUGE_PAGES` exists (per-IOAS option).
+    public var hugePagesOption: Bool
+    /// The running kernel (`uname -r`).
+    public var kernelRelease: String
+
+    public func supports(_ requestName: String) -> Bool { supportedRequests.contains(requestName) }
+
+    /// Throws a VFIOError naming the release that added `requestName` when the kernel lacks it.
+    public func require(_ requestName: String) throws(VFIOError) {
+        guard !supports(requestName) else { return }
+        let since = Request.named(requestName)?.introduced.map { "Linux \($0)" } ?? "a newer kernel"
+        throw VFIOError(operation: requestName, errno: Errno(rawValue: ENOTTY), object: "/dev/iommu",
+                        detail: "this kernel (\(kernelRelease)) lacks \(requestName), added in \(since)")
+    }
+
+    public var description: String {
+        var lines = ["iommufd on Linux \(kernelRelease):"]
+        for r in IOMMUFDFeatures.requests {
+            let name = r.name
+            let since = r.introduced.map { " (since \($0))" } ?? ""
+            lines.append("  \(supports(name) ? "yes" : "no ") \(name)\(since)")
+        }
+        return lines.joined(separator: "\n")
+    }
+}
+
+import SystemPackage
+
+extension IOMMUFD {
+    /// Asks the kernel which iommufd requests and flags it supports. Side-effect free.
+    public func features() throws(VFIOError) -> IOMMUFDFeatures {
+        var supported = Set<String>()
+        for (request, present) in try fd.probe(IOMMUFDFeatures.requests) where present { supported.insert(request.name) }
+        // Map flags on IOAS 0: ENOENT = flags known, EOPNOTSUPP = unknown.
+        var flags: UInt32 = 0
+        for f in [IOMMU_IOAS_MAP_FIXED_IOVA.rawValue, IOMMU_IOAS_MAP_WRITEABLE.rawValue, IOMMU_IOAS_MAP_READABLE.rawValue] {
+            var arg = iommu_ioas_map.make()
+            arg.flags = UInt32(f) | UInt32(IOMMU_IOAS_MAP_READABLE.rawValue)
+            arg.ioas_id = 0
+            arg.length = 4096
+            arg.user_va = 4096
+            let r = try withUnsafeMutableBytes(of: &arg) { (p) throws(VFIOError) in try fd.probeIoctl(IOMMU_IOAS_MAP, p.baseAddress) }
+            if r != -EOPNOTSUPP && r != -ENOTTY { flags |= UInt32(f) }
+        }
+        var opt = iommu_option.make()
+        opt.option_id = UInt32(IOMMU_OPTION_HUGE_PAGES.rawValue)
+        opt.op = UInt16(IOMMU_OPTION_OP_GET.rawValue)
+        opt.object_id = 0
+        let hp = try withUnsafeMutableBytes(of: &opt) { (p) throws(VFIOError) in try fd.probeIoctl(IOMMU_OPTION, p.baseAddress) }
+        return IOMMUFDFeatures(supportedRequests: supported, ioasMapFlags: flags,
+                               hugePagesOption: hp == -ENOENT || hp == 0,
+                               kernelRelease: KernelFeatures.runningRelease)
+    }
+}
+
+extension IOMMUFD {
+    /// Which `IOMMU_HWPT_ALLOC` flags device `deviceID`'s IOMMU accepts, found
+    /// by allocating (and at once destroying) a paging HWPT per flag on a
+    /// scratch IOAS. An unknown or unsupported flag answers EOPNOTSUPP.
+    /// The corresponding ioctl is `IOMMU_HWPT_ALLOC`.
+    public func supportedHWPTFlags(device deviceID: UInt32) throws(VFIOError) -> HWPT.Flags {
+        let scratch = try IOAS(self)
+        var ok: HWPT.Flags = []
+        for flag in [HWPT.Flags.nestParent, .dirtyTracking, .pasid] {
+            do {
+                let h = try HWPT(ioas: scratch, device: deviceID, flags: flag)
+                try h.destroy()
+                ok.insert(flag)
+            } catch where error.errno?.rawValue == EOPNOTSUPP || error.errno?.rawValue == EINVAL {
+                continue
+            }
+        }
+        try scratch.destroy()
+        return ok
+    }
+}

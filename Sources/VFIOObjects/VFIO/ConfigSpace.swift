@@ -1,0 +1,110 @@
+import VFIOSystem
+/// PCI configuration space of a VFIO device, through the config region
+/// (vfio-pci virtualizes parts of it: the kernel filters what userspace may
+/// change). Reads and writes are little-endian.
+public struct PCIConfigSpace: Sendable {
+    public let device: VFIODevice
+    public let region: VFIORegionInfo
+
+    public func read8(_ offset: UInt64) throws(VFIOError) -> UInt8 { try device.read(region: region, at: offset) }
+    public func read16(_ offset: UInt64) throws(VFIOError) -> UInt16 { try device.read(region: region, at: offset) }
+    public func read32(_ offset: UInt64) throws(VFIOError) -> UInt32 { try device.read(region: region, at: offset) }
+    public func write8(_ v: UInt8, at offset: UInt64) throws(VFIOError) { try device.write(v, region: region, at: offset) }
+    public func write16(_ v: UInt16, at offset: UInt64) throws(VFIOError) { try device.write(v, region: region, at: offset) }
+    public func write32(_ v: UInt32, at offset: UInt64) throws(VFIOError) { try device.write(v, region: region, at: offset) }
+
+    public var vendorID: UInt16 { get throws(VFIOError) { try read16(0x00) } }
+    public var deviceID: UInt16 { get throws(VFIOError) { try read16(0x02) } }
+
+    /// The command register (offset 4).
+    public struct Command: OptionSet, Sendable {
+        public let rawValue: UInt16
+        public init(rawValue: UInt16) { self.rawValue = rawValue }
+        public static let ioSpace = Command(rawValue: 1 << 0)
+        public static let memorySpace = Command(rawValue: 1 << 1)
+        public static let busMaster = Command(rawValue: 1 << 2)
+        public static let parityErrorResponse = Command(rawValue: 1 << 6)
+        public static let serr = Command(rawValue: 1 << 8)
+        public static let interruptDisable = Command(rawValue: 1 << 10)
+    }
+
+    public func command() throws(VFIOError) -> Command { Command(rawValue: try read16(0x04)) }
+    public func setCommand(_ c: Command) throws(VFIOError) { try write16(c.rawValue, at: 0x04) }
+
+    /// Turns bus mastering (the device's permission to DMA) on or off.
+    public func setBusMaster(_ on: Bool) throws(VFIOError) {
+        var c = try command()
+        if on { c.insert(.busMaster) } else { c.remove(.busMaster) }
+        try setCommand(c)
+    }
+
+    /// Standard capability ids (config offset 0x34 list).
+    public enum CapabilityID: UInt8, Sendable {
+        case powerManagement = 0x01, agp = 0x02, vpd = 0x03, slotID = 0x04, msi = 0x05, hyperTransport = 0x08
+        case vendorSpecific = 0x09, debugPort = 0x0a, pciBridgeSubsystemVendorID = 0x0d, pciExpress = 0x10
+        case msix = 0x11, sata = 0x12, advancedFeatures = 0x13, enhancedAllocation = 0x14
+    }
+
+    /// Extended capability ids (PCIe, from offset 0x100).
+    public enum ExtendedCapabilityID: UInt16, Sendable {
+        case aer = 0x0001, virtualChannel = 0x0002, deviceSerialNumber = 0x0003, powerBudgeting = 0x0004
+        case acs = 0x000d, ari = 0x000e, ats = 0x000f, sriov = 0x0010, resizableBAR = 0x0015
+        case ltr = 0x0018, secondaryPCIe = 0x0019, pasid = 0x001b, l1pmSubstates = 0x001e, dpc = 0x001d
+        case ptm = 0x001f, dvsec = 0x0023, dataLink = 0x0025, physicalLayer16 = 0x0026
+    }
+
+    public struct Capability: Sendable, Equatable {
+        public var id: UInt8
+        public var offset: UInt16
+        public var known: CapabilityID? { CapabilityID(rawValue: id) }
+    }
+
+    public struct ExtendedCapability: Sendable, Equatable {
+        public var id: UInt16
+        public var version: UInt8
+        public var offset: UInt16
+        public var known: ExtendedCapabilityID? { ExtendedCapabilityID(rawValue: id) }
+    }
+
+    /// The standard capability list; bounded (48 entries) and loop-safe.
+    public func capabilities() throws(VFIOError) -> [Capability] {
+        guard try read16(0x06) & 0x10 != 0 else { return [] }  // status: capabilities list
+        var out: [Capability] = []
+        var ptr = UInt16(try read8(0x34) & 0xfc)
+        var seen = Set<UInt16>()
+        while ptr >= 0x40, out.count < 48, seen.insert(ptr).inserted {
+            let id = try read8(UInt64(ptr))
+            out.append(Capability(id: id, offset: ptr))
+            ptr = UInt16(try read8(UInt64(ptr) + 1) & 0xfc)
+        }
+        return out
+    }
+
+    /// The extended capability list (PCIe devices; empty for conventional PCI
+    /// or when config space is only 256 bytes).
+    public func extendedCapabilities() throws(VFIOError) -> [ExtendedCapability] {
+        guard region.size > 0x100 else { return [] }
+        var out: [ExtendedCapability] = []
+        var ptr: UInt16 = 0x100
+        var seen = Set<UInt16>()
+        while ptr >= 0x100, out.count < 96, seen.insert(ptr).inserted {
+            let h = try read32(UInt64(ptr))
+            if h == 0 || h == 0xffff_ffff { break }
+            out.append(ExtendedCapability(id: UInt16(h & 0xffff), version: UInt8((h >> 16) & 0xf), offset: ptr))
+            ptr = UInt16((h >> 20) & 0xffc)
+        }
+        return out
+    }
+
+    /// The offset of a standard capability, if present.
+    public func find(_ id: CapabilityID) throws(VFIOError) -> UInt16? {
+        try capabilities().first(where: { $0.id == id.rawValue })?.offset
+    }
+}
+
+extension VFIODevice {
+    /// Config space through the config region.
+    public func configSpace() throws(VFIOError) -> PCIConfigSpace {
+        PCIConfigSpace(device: self, region: try regionInfo(PCIRegion.config))
+    }
+}

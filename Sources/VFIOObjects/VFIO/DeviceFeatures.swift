@@ -1,0 +1,188 @@
+import VFIOSystem
+import CVFIO
+
+/// What a `VFIO_DEVICE_FEATURE` probe found.
+public struct FeatureSupport: Sendable, Equatable {
+    public var get: Bool
+    public var set: Bool
+    public var isSupported: Bool { self.get || self.set }
+}
+
+/// Device migration states (`enum vfio_device_mig_state`).
+public enum MigrationState: UInt32, Sendable {
+    case error = 0, stop = 1, running = 2, stopCopy = 3, resuming = 4, runningP2P = 5, preCopy = 6, preCopyP2P = 7
+}
+
+extension VFIODevice {
+    /// Asks whether the device supports a feature for get and for set; "not
+    /// supported by this device" (ENOTTY/EOPNOTSUPP/EINVAL) is an answer, not an error.
+    /// The corresponding ioctl is `VFIO_DEVICE_FEATURE` with `VFIO_DEVICE_FEATURE_PROBE`.
+    public func probeFeature(_ feature: UInt32) throws(VFIOError) -> FeatureSupport {
+        FeatureSupport(get: try probe(feature, VFIO_DEVICE_FEATURE_GET), set: try probe(feature, VFIO_DEVICE_FEATURE_SET))
+    }
+
+    private func probe(_ feature: UInt32, _ op: UInt32) throws(VFIOError) -> Bool {
+        do {
+            _ = try runFeature(flags: feature | op | VFIO_DEVICE_FEATURE_PROBE, payload: [], object: "probe")
+            return true
+        } catch {
+            if let e = error.errno?.rawValue, e == 25 || e == 95 || e == 22 { return false }
+            throw error
+        }
+    }
+
+    /// Reads a feature's payload (`count` bytes). The corresponding ioctl is
+    /// `VFIO_DEVICE_FEATURE` with `VFIO_DEVICE_FEATURE_GET`.
+    public func getFeature(_ feature: UInt32, count: Int) throws(VFIOError) -> [UInt8] {
+        try notSupportedByDevice { () throws(VFIOError) in
+            try self.runFeature(flags: feature | VFIO_DEVICE_FEATURE_GET, payload: [UInt8](repeating: 0, count: count), object: "get")
+        }
+    }
+
+    /// Sets a feature with `payload`. The corresponding ioctl is
+    /// `VFIO_DEVICE_FEATURE` with `VFIO_DEVICE_FEATURE_SET`.
+    public func setFeature(_ feature: UInt32, payload: [UInt8]) throws(VFIOError) {
+        _ = try notSupportedByDevice { () throws(VFIOError) in
+            try self.runFeature(flags: feature | VFIO_DEVICE_FEATURE_SET, payload: payload, object: "set")
+        }
+    }
+
+    func notSupportedByDevice<R>(_ body: () throws(VFIOError) -> R) throws(VFIOError) -> R {
+        do { return try body() } catch {
+            var e = error
+            if let n = e.errno?.rawValue, n == 25 || n == 95 {
+                e.detail = "not supported by this device"
+                e.hint = "probeFeature(_:) tells which features a device has; emulated devices have few"
+            }
+            throw e
+        }
+    }
+
+    /// Issues a feature whose ioctl result is a value (a new fd for DMA_BUF).
+    func featureReturningValue(flags: UInt32, payload: [UInt8]) throws(VFIOError) -> Int32 {
+        let headerSize = MemoryLayout<vfio_device_feature>.size
+        var header = vfio_device_feature.make()
+        header.argsz = UInt32(headerSize + payload.count)
+        header.flags = flags
+        var buffer = KernelBytes(header, count: Int(header.argsz))
+        let name = featureName(flags & VFIO_DEVICE_FEATURE_MASK)
+        return try buffer.withUnsafeMutableRawPointer { (p) throws(VFIOError) in
+            for (i, b) in payload.enumerated() { p.storeBytes(of: b, toByteOffset: headerSize + i, as: UInt8.self) }
+            return try fd.ioctl(VFIO_DEVICE_FEATURE, p, object: "\(label) get \(name)")
+        }
+    }
+
+    func runFeature(flags: UInt32, payload: [UInt8], object what: String) throws(VFIOError) -> [UInt8] {
+        let headerSize = MemoryLayout<vfio_device_feature>.size
+        var header = vfio_device_feature.make()
+        header.argsz = UInt32(headerSize + payload.count)
+        header.flags = flags
+        var buffer = KernelBytes(header, count: Int(header.argsz))
+        let name = featureName(flags & VFIO_DEVICE_FEATURE_MASK)
+        _ = try buffer.withUnsafeMutableRawPointer { (p) throws(VFIOError) in
+            for (i, b) in payload.enumerated() { p.storeBytes(of: b, toByteOffset: headerSize + i, as: UInt8.self) }
+            return try fd.ioctl(VFIO_DEVICE_FEATURE, p, object: "\(label) \(what) \(name)")
+        }
+        return buffer.bytes(at: headerSize, length: payload.count) ?? []
+    }
+
+    func featureName(_ id: UInt32) -> String {
+        switch id {
+        case VFIO_DEVICE_FEATURE_PCI_VF_TOKEN: "PCI_VF_TOKEN"
+        case VFIO_DEVICE_FEATURE_MIGRATION: "MIGRATION"
+        case VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE: "MIG_DEVICE_STATE"
+        case VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY: "LOW_POWER_ENTRY"
+        case VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY_WITH_WAKEUP: "LOW_POWER_ENTRY_WITH_WAKEUP"
+        case VFIO_DEVICE_FEATURE_LOW_POWER_EXIT: "LOW_POWER_EXIT"
+        case VFIO_DEVICE_FEATURE_DMA_LOGGING_START: "DMA_LOGGING_START"
+        case VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP: "DMA_LOGGING_STOP"
+        case VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT: "DMA_LOGGING_REPORT"
+        case VFIO_DEVICE_FEATURE_MIG_DATA_SIZE: "MIG_DATA_SIZE"
+        case VFIO_DEVICE_FEATURE_BUS_MASTER: "BUS_MASTER"
+        case VFIO_DEVICE_FEATURE_DMA_BUF: "DMA_BUF"
+        case VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOv2: "MIG_PRECOPY_INFOv2"
+        default: "feature \(id)"
+        }
+    }
+
+    /// Migration capabilities (`VFIO_MIGRATION_STOP_COPY`, `P2P`, `PRE_COPY`);
+    /// throws "not supported by this device" for devices without migration.
+    public func migrationFlags() throws(VFIOError) -> UInt64 {
+        let b = try getFeature(VFIO_DEVICE_FEATURE_MIGRATION, count: 8)
+        return b.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }
+    }
+
+    /// The migration state. `VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE`.
+    public func migrationState() throws(VFIOError) -> MigrationState {
+        let b = try getFeature(VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, count: 8)
+        let raw = b.withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }
+        return MigrationState(rawValue: raw) ?? .error
+    }
+
+    /// Moves to a migration state; returns the data fd the kernel hands out for
+    /// states that stream data (stop-copy, resuming, pre-copy), else nil.
+    public func setMigrationState(_ state: MigrationState) throws(VFIOError) -> OwnedFD? {
+        var payload = [UInt8](repeating: 0, count: 8)
+        payload.withUnsafeMutableBytes { $0.storeBytes(of: state.rawValue, as: UInt32.self) }
+        payload.withUnsafeMutableBytes { $0.storeBytes(of: Int32(-1), toByteOffset: 4, as: Int32.self) }
+        let out = try runFeature(flags: VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE | VFIO_DEVICE_FEATURE_SET, payload: payload,
+                              object: "set")
+        let dataFD = out.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 4, as: Int32.self) }
+        return dataFD >= 0 ? OwnedFD(dataFD, label: "\(label) migration data", kernel: fd.kernel) : nil
+    }
+
+    /// Enters runtime low power (D3); `VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY`.
+    public func enterLowPower() throws(VFIOError) { try setFeature(VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY, payload: []) }
+    /// Leaves low power; `VFIO_DEVICE_FEATURE_LOW_POWER_EXIT`.
+    public func exitLowPower() throws(VFIOError) { try setFeature(VFIO_DEVICE_FEATURE_LOW_POWER_EXIT, payload: []) }
+
+    /// Sets or clears bus mastering through the feature (devices whose config
+    /// space is not emulated by vfio-pci); `VFIO_DEVICE_FEATURE_BUS_MASTER`.
+    public func setBusMasterFeature(_ on: Bool) throws(VFIOError) {
+        var payload = [UInt8](repeating: 0, count: 4)
+        payload.withUnsafeMutableBytes {
+            $0.storeBytes(of: on ? VFIO_DEVICE_FEATURE_SET_MASTER : VFIO_DEVICE_FEATURE_CLEAR_MASTER, as: UInt32.self)
+        }
+        try setFeature(VFIO_DEVICE_FEATURE_BUS_MASTER, payload: payload)
+    }
+
+    /// Which of the well-known features the device has, by name.
+    public func featureSummary() throws(VFIOError) -> [(name: String, support: FeatureSupport)] {
+        let ids: [UInt32] = [
+            VFIO_DEVICE_FEATURE_MIGRATION, VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY,
+            VFIO_DEVICE_FEATURE_LOW_POWER_EXIT, VFIO_DEVICE_FEATURE_DMA_LOGGING_START, VFIO_DEVICE_FEATURE_BUS_MASTER,
+            VFIO_DEVICE_FEATURE_DMA_BUF,
+        ]
+        var out: [(String, FeatureSupport)] = []
+        for id in ids { out.append((featureName(id), try probeFeature(id))) }
+        return out
+    }
+
+    /// Makes the kernel write `data` (`width` bytes) at `offset` of a region
+    /// whenever `eventfd` is signalled, without a trip through userspace; nil
+    /// eventfd removes it. The corresponding ioctl is `VFIO_DEVICE_IOEVENTFD`.
+    public func setIOEventFD(region: VFIORegionInfo, offset: UInt64, width: Int, data: UInt64, eventfd: EventFD?) throws(VFIOError) {
+        var arg = vfio_device_ioeventfd.make()
+        switch width {
+        case 1: arg.flags = VFIO_DEVICE_IOEVENTFD_8
+        case 2: arg.flags = VFIO_DEVICE_IOEVENTFD_16
+        case 4: arg.flags = VFIO_DEVICE_IOEVENTFD_32
+        case 8: arg.flags = VFIO_DEVICE_IOEVENTFD_64
+        default: throw VFIOError.invalid("VFIO_DEVICE_IOEVENTFD", "width must be 1, 2, 4 or 8 bytes, got \(width)", object: label)
+        }
+        arg.offset = region.offset + offset
+        arg.data = data
+        do throws(VFIOError) {
+            // The eventfd's number is in the argument: hold it open for the call.
+            try OwnedFD.withDescriptors([eventfd?.fd], "VFIO_DEVICE_IOEVENTFD") { (numbers) throws(VFIOError) in
+                arg.fd = numbers[0]
+                _ = try fd.ioctl(VFIO_DEVICE_IOEVENTFD, &arg,
+                                 object: "\(label) region \(region.index) + 0x\(String(offset, radix: 16))")
+            }
+        } catch {
+            var e = error
+            if let n = e.errno?.rawValue, n == 25 || n == 95 { e.detail = "not supported by this device" }
+            throw e
+        }
+    }
+}

@@ -1,0 +1,172 @@
+import CVFIO
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// An eventfd: the kernel signals a device interrupt (or a request to release
+/// the device) by adding to its counter.
+///
+/// Two ways to wait:
+/// - ``wait(timeout:)`` blocks the calling thread in `poll(2)` and reads the
+///   counter: no allocation, no locks, one syscall pair per interrupt. Use it
+///   from your own threads (a driver's completion thread), not from Swift
+///   concurrency's cooperative pool.
+/// - ``interrupts()`` is an `AsyncSequence` for Swift concurrency: a dedicated
+///   thread (one per sequence, not from the cooperative pool) blocks in
+///   `poll(2)` and yields each count; cancelling the task or dropping the
+///   iterator stops the thread through a second eventfd. Tasks awaiting it never
+///   block a pool thread.
+/// Do not use both on one eventfd at the same time: each read consumes the count.
+///
+/// ``close()`` ends both: a blocked ``wait(timeout:)`` throws "closed" and the
+/// sequence ends; the fd itself closes when the last of them has returned
+/// (see ``OwnedFD``), so the kernel never sees its number after the close.
+public final class EventFD: Sendable {
+    public let fd: OwnedFD
+
+    /// A non-blocking eventfd (the reads here never block; waits use poll).
+    /// With `semaphore`, each read takes 1 instead of the whole count.
+    public init(semaphore: Bool = false) throws(VFIOError) {
+        let flags = CVFIO_EFD_NONBLOCK | (semaphore ? CVFIO_EFD_SEMAPHORE : 0)
+        let kernel = Sys.current
+        let raw = try Sys.eventfd(kernel, flags: flags)
+        fd = OwnedFD(raw, label: "eventfd \(raw)", kernel: kernel)
+    }
+
+    /// Reads and resets the counter; nil when it is zero.
+    @inline(__always)
+    public func consume() throws(VFIOError) -> UInt64? {
+        var value: UInt64 = 0
+        let n = try withUnsafeMutableBytes(of: &value) { (raw) throws(VFIOError) -> Int? in
+            try fd.read(raw)
+        }
+        return n == 8 ? value : nil
+    }
+
+    /// Blocks until the counter is non-zero or `timeout` passes (nil: forever);
+    /// returns the count read (the number of signals since the last read), or
+    /// nil on timeout. Throws "closed" when the eventfd is closed, also by
+    /// another thread while this one waits.
+    public func wait(timeout: Duration? = nil) throws(VFIOError) -> UInt64? {
+        let ms: Int32
+        if let timeout {
+            let c = timeout.components
+            let total = c.seconds * 1000 + (c.attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000
+            ms = Int32(clamping: max(0, total))
+        } else {
+            ms = -1
+        }
+        // poll, then read: the same two syscalls a C driver makes per interrupt,
+        // inside one use of the fd (a close meanwhile signals it to wake us).
+        guard fd.enter() else { throw fd.closedError("wait for eventfd") }
+        defer { fd.leave() }
+        let number = fd.number
+        while true {
+            var pfd = pollfd(fd: number, events: Int16(POLLIN), revents: 0)
+            let ready = try fd.pollHeld(&pfd, count: 1, timeoutMilliseconds: ms)
+            if ready == 0 { return nil }
+            if fd.isClosed { throw fd.closedError("wait for eventfd") }
+            var value: UInt64 = 0
+            let n = try withUnsafeMutableBytes(of: &value) { (raw) throws(VFIOError) -> Int? in
+                try fd.readHeld(raw, object: nil)
+            }
+            // A count read after the close may include the close's own signal: drop it.
+            if fd.isClosed { throw fd.closedError("wait for eventfd") }
+            if n == 8 { return value }
+            // Another reader took the count first: wait again.
+        }
+    }
+
+    /// Adds `value` to the counter (what the kernel does on an interrupt).
+    public func signal(_ value: UInt64 = 1) throws(VFIOError) {
+        var v = value
+        _ = try withUnsafeBytes(of: &v) { (raw) throws(VFIOError) -> Int in try fd.write(raw) }
+    }
+
+    /// Each signal as a count, delivered to Swift concurrency by a dedicated thread.
+    public func interrupts() -> Interrupts { Interrupts(eventfd: self) }
+
+    /// Closes the eventfd. Waiters in ``wait(timeout:)`` and ``interrupts()``
+    /// are woken (they end with "closed" and the end of the sequence); the
+    /// number is closed when the last of them has left.
+    public func close() throws(VFIOError) {
+        try fd.close(wakingUsers: { number in
+            var one: UInt64 = 1
+            _ = withUnsafeBytes(of: &one) { b in Sys.call(fd.kernel) { $0.write(number, b) } }
+        })
+    }
+
+    /// The signals of an ``EventFD`` as an async sequence of counts.
+    public struct Interrupts: AsyncSequence, Sendable {
+        public typealias Element = UInt64
+        let eventfd: EventFD
+
+        public func makeAsyncIterator() -> AsyncStream<UInt64>.Iterator {
+            let (stream, continuation) = AsyncStream<UInt64>.makeStream(bufferingPolicy: .unbounded)
+            guard let wait = try? ReadinessWait(eventfd.fd) else {
+                continuation.finish()
+                return stream.makeAsyncIterator()
+            }
+            let waiter = WaiterThread(eventfd: eventfd, wait: wait, continuation: continuation)
+            continuation.onTermination = { _ in wait.wakeUp() }
+            waiter.start()
+            return stream.makeAsyncIterator()
+        }
+    }
+}
+
+/// The thread behind ``EventFD/Interrupts``: holds a use of the eventfd for
+/// its whole life, polls it with a wake eventfd, yields counts, and exits when
+/// the iterator stops, the eventfd closes, or a read fails. The eventfd's
+/// close(2), when it was closed meanwhile, happens as this thread leaves.
+final class WaiterThread: Sendable {
+    let eventfd: EventFD
+    let wait: ReadinessWait
+    let continuation: AsyncStream<UInt64>.Continuation
+
+    init(eventfd: EventFD, wait: ReadinessWait, continuation: AsyncStream<UInt64>.Continuation) {
+        self.eventfd = eventfd
+        self.wait = wait
+        self.continuation = continuation
+    }
+
+    /// Starts the thread; when none can start (pthread_create fails), the
+    /// sequence ends at once (it has no error to carry).
+    func start() {
+        do throws(VFIOError) {
+            try Sys.startThread(eventfd.fd.kernel, object: eventfd.fd.label) { [self] in run() }
+        } catch {
+            try? wait.wake.close()
+            continuation.finish()
+        }
+    }
+
+    private func run() {
+        defer { continuation.finish() }
+        do throws(VFIOError) {
+            try wait.begin("wait for eventfd")
+        } catch {
+            try? wait.wake.close()
+            return
+        }
+        defer { wait.end() }
+        let fd = eventfd.fd
+        while true {
+            guard case .readable? = try? wait.poll(timeoutMilliseconds: -1) else { return }
+            var value: UInt64 = 0
+            let n: Int?
+            do throws(VFIOError) {
+                n = try withUnsafeMutableBytes(of: &value) { (b) throws(VFIOError) in try fd.readHeld(b, object: nil) }
+            } catch {
+                return  // the eventfd failed
+            }
+            if fd.isClosed { return }  // the count may hold the close's own signal
+            // nil: another reader took the count (EAGAIN); poll again.
+            if n == 8, case .terminated = continuation.yield(value) { return }
+        }
+    }
+}

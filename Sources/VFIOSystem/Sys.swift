@@ -1,0 +1,182 @@
+import CVFIO
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// One internal function per syscall: dispatch to the given kernel (nil:
+/// Linux itself), retry EINTR (never for close), and turn `-errno` into a
+/// ``VFIOError`` that names the call.
+///
+/// The kernel is an argument, not the task-local: an ``OwnedFD`` (and memory
+/// mapped through one) carries the kernel it was made with, so its calls and
+/// its close go to that kernel wherever they happen, and hot paths do not
+/// read a task-local. Only calls that make something new (open, eventfd,
+/// memfd_create, anonymous mmap) read ``current`` once, and the owner they
+/// return keeps it.
+package enum Sys {
+    package static let linux = LinuxSyscalls()
+
+    /// The kernel in force for this task: the provider a test installed, or
+    /// nil for Linux. Read when an owner is made.
+    package static var current: (any SyscallProvider)? { Syscalls.provider }
+
+    @inline(__always)
+    package static func call<R>(_ kernel: (any SyscallProvider)?, _ body: (any SyscallProvider) -> R) -> R {
+        if let kernel { return body(kernel) }
+        return body(linux)
+    }
+
+    package static func fail(_ operation: String, _ result: some BinaryInteger, object: String?) -> VFIOError {
+        VFIOError(operation: operation, errno: Errno(rawValue: CInt(-Int(result))), object: object)
+    }
+
+    package static func open(_ kernel: (any SyscallProvider)?, _ path: String, _ flags: Int32, mode: UInt32 = 0,
+                             object: @autoclosure () -> String? = nil) throws(VFIOError) -> Int32
+    {
+        while true {
+            let fd = path.withCString { p in call(kernel) { $0.open(p, flags | O_CLOEXEC, mode) } }
+            if fd >= 0 { return fd }
+            if fd != -EINTR { throw fail("open", fd, object: object() ?? path) }
+        }
+    }
+
+    /// Closes `fd`. Never retried: after EINTR the fd is gone on Linux.
+    package static func close(_ kernel: (any SyscallProvider)?, _ fd: Int32, object: @autoclosure () -> String? = nil)
+        throws(VFIOError)
+    {
+        let r = call(kernel) { $0.close(fd) }
+        if r < 0 && r != -EINTR { throw fail("close", r, object: object()) }
+    }
+
+    // The calls on hot paths (ioctl, read, write, poll) are generic over the
+    // kernel: an owned fd calls them with `Sys.linux` (statically dispatched,
+    // no existential on the path) or with its fake.
+
+    /// Issues an ioctl whose name is looked up from the request for errors.
+    @inline(__always)
+    package static func ioctl<K: SyscallProvider>(
+        _ kernel: K, _ fd: Int32, _ request: UInt, _ argument: UnsafeMutableRawPointer?,
+        object: @autoclosure () -> String? = nil
+    ) throws(VFIOError) -> Int32 {
+        while true {
+            let r = kernel.ioctl(fd, request, argument)
+            if r >= 0 { return r }
+            if r != -EINTR { throw fail(Request.name(of: request), r, object: object()) }
+        }
+    }
+
+    /// Issues an ioctl on a fixed-size argument struct.
+    @inline(__always)
+    package static func ioctl<K: SyscallProvider, A>(
+        _ kernel: K, _ fd: Int32, _ request: UInt, _ argument: inout A, object: @autoclosure () -> String? = nil
+    ) throws(VFIOError) -> Int32 {
+        while true {
+            let r = withUnsafeMutableBytes(of: &argument) { raw in kernel.ioctl(fd, request, raw.baseAddress) }
+            if r >= 0 { return r }
+            if r != -EINTR { throw fail(Request.name(of: request), r, object: object()) }
+        }
+    }
+
+    /// Reads; EAGAIN comes back as nil so non-blocking readers can poll.
+    @inline(__always)
+    package static func read<K: SyscallProvider>(_ kernel: K, _ fd: Int32, _ buffer: UnsafeMutableRawBufferPointer,
+                                         object: @autoclosure () -> String? = nil) throws(VFIOError) -> Int?
+    {
+        while true {
+            let r = kernel.read(fd, buffer)
+            if r >= 0 { return r }
+            if r == -Int(EAGAIN) { return nil }
+            if r != -Int(EINTR) { throw fail("read", r, object: object()) }
+        }
+    }
+
+    package static func write<K: SyscallProvider>(_ kernel: K, _ fd: Int32, _ buffer: UnsafeRawBufferPointer,
+                                          object: @autoclosure () -> String? = nil) throws(VFIOError) -> Int
+    {
+        while true {
+            let r = kernel.write(fd, buffer)
+            if r >= 0 { return r }
+            if r != -Int(EINTR) { throw fail("write", r, object: object()) }
+        }
+    }
+
+    /// Polls; returns the number of ready fds (0 on timeout). EINTR is retried
+    /// with the full timeout again, which is conservative for waits.
+    @inline(__always)
+    package static func poll<K: SyscallProvider>(_ kernel: K, _ fds: UnsafeMutablePointer<pollfd>, count: Int,
+                                         timeoutMilliseconds: Int32, object: @autoclosure () -> String? = nil)
+        throws(VFIOError) -> Int32
+    {
+        while true {
+            let r = kernel.poll(fds, count, timeoutMilliseconds)
+            if r >= 0 { return r }
+            if r != -EINTR { throw fail("poll", r, object: object()) }
+        }
+    }
+
+    package static func pread(_ kernel: (any SyscallProvider)?, _ fd: Int32, _ buffer: UnsafeMutableRawBufferPointer,
+                      at offset: Int64, object: @autoclosure () -> String? = nil) throws(VFIOError) -> Int
+    {
+        while true {
+            let r = call(kernel) { $0.pread(fd, buffer, offset) }
+            if r >= 0 { return r }
+            if r != -Int(EINTR) { throw fail("pread", r, object: object()) }
+        }
+    }
+
+    package static func pwrite(_ kernel: (any SyscallProvider)?, _ fd: Int32, _ buffer: UnsafeRawBufferPointer,
+                       at offset: Int64, object: @autoclosure () -> String? = nil) throws(VFIOError) -> Int
+    {
+        while true {
+            let r = call(kernel) { $0.pwrite(fd, buffer, offset) }
+            if r >= 0 { return r }
+            if r != -Int(EINTR) { throw fail("pwrite", r, object: object()) }
+        }
+    }
+
+    package static func mmap(
+        _ kernel: (any SyscallProvider)?, length: Int, protection: Int32, flags: Int32, fd: Int32 = -1,
+        offset: Int64 = 0, object: @autoclosure () -> String? = nil
+    ) throws(VFIOError) -> UnsafeMutableRawPointer {
+        let (p, e) = call(kernel) { $0.mmap(length, protection, flags, fd, offset) }
+        guard let p else { throw fail("mmap", e, object: object()) }
+        return p
+    }
+
+    package static func munmap(_ kernel: (any SyscallProvider)?, _ address: UnsafeMutableRawPointer, length: Int)
+        throws(VFIOError)
+    {
+        let r = call(kernel) { $0.munmap(address, length) }
+        if r < 0 { throw fail("munmap", r, object: nil) }
+    }
+
+    package static func eventfd(_ kernel: (any SyscallProvider)?, initial: UInt32 = 0, flags: Int32) throws(VFIOError)
+        -> Int32
+    {
+        let r = call(kernel) { $0.eventfd(initial, flags | CVFIO_EFD_CLOEXEC) }
+        if r < 0 { throw fail("eventfd", r, object: nil) }
+        return r
+    }
+
+    package static func memfdCreate(_ kernel: (any SyscallProvider)?, _ name: String, flags: UInt32) throws(VFIOError)
+        -> Int32
+    {
+        let r = name.withCString { n in call(kernel) { $0.memfdCreate(n, flags | CVFIO_MFD_CLOEXEC) } }
+        if r < 0 { throw fail("memfd_create", r, object: name) }
+        return r
+    }
+
+    package static func ftruncate(_ kernel: (any SyscallProvider)?, _ fd: Int32, length: Int64,
+                          object: @autoclosure () -> String? = nil) throws(VFIOError)
+    {
+        while true {
+            let r = call(kernel) { $0.ftruncate(fd, length) }
+            if r >= 0 { return }
+            if r != -EINTR { throw fail("ftruncate", r, object: object()) }
+        }
+    }
+}

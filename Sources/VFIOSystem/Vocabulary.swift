@@ -1,0 +1,50 @@
+// Small value types and helpers every layer speaks.
+
+/// The process's `RLIMIT_MEMLOCK`: what pinning memory for DMA counts against.
+public struct MemlockLimit: Sendable, CustomStringConvertible {
+    /// Soft and hard limit in bytes; nil means unlimited.
+    public var soft: UInt64?
+    public var hard: UInt64?
+
+    public init(soft: UInt64?, hard: UInt64?) {
+        self.soft = soft
+        self.hard = hard
+    }
+
+    /// The limits now (getrlimit(2) of `RLIMIT_MEMLOCK`, 8 on x86-64 and arm64;
+    /// the macro does not import into Swift).
+    public static func current() throws(VFIOError) -> MemlockLimit {
+        let (soft, hard) = try Sys.getrlimit(Sys.current, 8, name: "RLIMIT_MEMLOCK")
+        return MemlockLimit(soft: soft, hard: hard)
+    }
+
+    public var description: String {
+        func s(_ x: UInt64?) -> String { x.map { "\($0) bytes" } ?? "unlimited" }
+        return "\(s(soft)) (hard limit \(s(hard)))"
+    }
+}
+
+/// `64 MiB`, `8 KiB`, `512 B`.
+public func formatBytes(_ n: UInt64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    var v = n
+    var i = 0
+    while i < units.count - 1, v >= 1024, v % 1024 == 0 { v /= 1024; i += 1 }
+    return "\(v) \(units[i])"
+}
+
+/// Parses `64M`, `2GiB`, `4096`, `1g` into bytes.
+public func parseByteSize(_ text: String) -> UInt64? {
+    var s = text.trimmingWhitespace().lowercased()
+    for suffix in ["ib", "b"] where s.hasSuffix(suffix) && s.count > suffix.count { s.removeLast(suffix.count); break }
+    let shifts: [Character: UInt64] = ["k": 10, "m": 20, "g": 30, "t": 40]
+    var shift: UInt64 = 0
+    if let last = s.last, let sh = shifts[last] { shift = sh; s.removeLast() }
+    guard let v = UInt64(s), v <= (UInt64.max >> shift) else { return nil }
+    return v << shift
+}
+
+extension String {
+    package func replacingPrefix(_ p: String, with r: String) -> String { hasPrefix(p) ? r + dropFirst(p.count) : self }
+}
+
