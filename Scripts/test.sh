@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every VFIOKit test on a Debian 12 machine:
 #   1. setup (apt packages, QEMU, the cached guest kernel),
-#   2. debug and release builds,
+#   2. debug and release builds (every import checked against the package graph),
+#      and the layer check (Scripts/check-layers.sh),
 #   3. unit tests on the host (fake kernel; guest suites skip there),
 #   4. the ABI check of CVFIO against the kernel's own uapi headers, and its self-test,
 #   5. the guest suites: all of them under Intel VT-d, the DMA suites under AMD-Vi
@@ -32,12 +33,23 @@ record() {  # LABEL RC: remember the summary line printed in $out/LABEL.summary
 say "setup"
 Scripts/setup.sh || { echo "setup failed" >&2; exit 1; }
 
+# --explicit-target-dependency-import-check=error: a target may import only what the
+# package graph gives it (otherwise any module already built in .build would do).
 say "build (debug, with tests)"
-swift build --build-tests 2>&1 | grep -vE '^\[[0-9]+/[0-9]+\]' || true
+swift build --build-tests --explicit-target-dependency-import-check=error 2>&1 | grep -vE '^\[[0-9]+/[0-9]+\]' || true
 [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "debug build failed" >&2; exit 1; }
 say "build (release)"
-swift build -c release 2>&1 | grep -vE '^\[[0-9]+/[0-9]+\]' || true
+swift build -c release --explicit-target-dependency-import-check=error 2>&1 | grep -vE '^\[[0-9]+/[0-9]+\]' || true
 [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "release build failed" >&2; exit 1; }
+
+say "layers (package graph, libc calls outside the syscall layer, import checks)"
+layers_rc=0
+Scripts/check-layers.sh > "$out/layers.log" 2>&1 || layers_rc=1
+grep -vE '^  client:' "$out/layers.log"
+if [ $layers_rc -eq 0 ]; then echo "layers: 1 passed, 0 failed, 0 skipped"; else echo "layers: 0 passed, 1 failed, 0 skipped"; fi \
+  > "$out/layers.summary"
+cat "$out/layers.summary"
+record layers $layers_rc
 
 tests=.build/debug/VFIOKitPackageTests.xctest
 

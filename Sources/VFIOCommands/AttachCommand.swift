@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import SystemPackage
 import VFIOKit
+import VFIOSystem
 
 #if canImport(Glibc)
 import Glibc
@@ -191,17 +192,17 @@ public struct AttachCommand: ParsableCommand {
                     try session.release()
                     if !json { say("released (a check: use --hold or --exec to keep the attachment)") }
                 case .hold:
-                    Launcher.blockStopSignals()
-                    let pid = getpid()
+                    try Launcher.blockStopSignals()
+                    let pid = Sys.getpid(Sys.current)
                     let line = "holding: pid \(pid); stop with `kill -TERM \(pid)` or Ctrl-C"
                     if json { CommandOutput.err(line) } else { CommandOutput.out(line) }
-                    fflush(nil)
-                    let sig = Launcher.waitForStopSignal()
+                    Sys.flushStandardStreams()
+                    let sig = try Launcher.waitForStopSignal()
                     try session.release()
                     let done = "released after \(sig == SIGINT ? "SIGINT" : "SIGTERM")"
                     if json { CommandOutput.err(done) } else { CommandOutput.out(done) }
                 case .exec(let argv):
-                    fflush(nil)
+                    Sys.flushStandardStreams()
                     let launcher = session.launcher()
                     status = try launcher.run(argv[0], Array(argv.dropFirst()))
                     try session.release()

@@ -264,6 +264,21 @@ extension Sys {
         throw fail("sigtimedwait", r, object: nil)
     }
 
+    /// Whether this C library can close every fd from a number in a spawned
+    /// child (posix_spawn_file_actions_addclosefrom_np, glibc 2.34 and later).
+    package static let canCloseFrom: Bool = {
+        var actions = posix_spawn_file_actions_t()
+        guard posix_spawn_file_actions_init(&actions) == 0 else { return false }
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        return cvfio_spawn_file_actions_addclosefrom(&actions, 3) != ENOSYS
+    }()
+
+    /// Flushes the C library's buffered standard output and error (Swift's
+    /// `print` writes through them) before another program takes them over.
+    package static func flushStandardStreams() {
+        fflush(nil)
+    }
+
     /// Calls `body` with a NULL-terminated C array of `strings`.
     private static func withCStrings<R>(_ strings: [String], _ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>) -> R) -> R {
         // Safety: every strdup'ed copy is freed after `body`, which does not keep the pointers.

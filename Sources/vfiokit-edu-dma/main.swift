@@ -12,6 +12,7 @@
 // Exit status: 0 round trip good, 1 failure (message on stderr), 2 usage.
 import VFIOKit
 import VFIOKitTestSupport
+import VFIOSystem
 
 #if canImport(Glibc)
 import Glibc
@@ -58,7 +59,7 @@ let devid = options["devid"].flatMap(number).map { UInt32(truncatingIfNeeded: $0
 let iova = options["iova"].flatMap(number) ?? 0x0800_0000
 let bytes = Int(options["bytes"].flatMap(number) ?? 4000)
 let name = options["bdf"] ?? "device fd \(deviceFD)"
-for (what, fd) in [("iommufd", iommufdFD), ("device", deviceFD)] where fcntl(fd, F_GETFD) < 0 {
+for (what, fd) in [("iommufd", iommufdFD), ("device", deviceFD)] where (try? Sys.fcntl(nil, fd, F_GETFD)) == nil {
     fail(2, "the \(what) fd \(fd) is not open in this process (was it passed with --exec?)")
 }
 guard bytes > 0, bytes <= EduDevice.maxTransfer else { fail(2, "--bytes must be 1...\(EduDevice.maxTransfer)") }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import VFIOKit
+import VFIOSystem
 
 #if canImport(Glibc)
 import Glibc
@@ -133,7 +134,8 @@ enum DeviceNodes {
         guard error.operation == "open", let node = error.object,
               let code = error.errno?.rawValue, code == EACCES || code == EPERM else { return error }
         var e = error
-        var facts = "this process runs as uid \(getuid()) gid \(getgid())"
+        let kernel = Sys.current
+        var facts = "this process runs as uid \(Sys.getuid(kernel)) gid \(Sys.getgid(kernel))"
         if let st = host.fileStatus(node) {
             facts = "\(node) is \(modeString(st.mode)) owned by uid \(st.uid) gid \(st.gid); " + facts
                 + "; open needs read and write permission on it"

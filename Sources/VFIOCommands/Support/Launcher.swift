@@ -1,6 +1,6 @@
-import CVFIO
 import Foundation
 import VFIOKit
+import VFIOSystem
 
 #if canImport(Glibc)
 import Glibc
@@ -73,145 +73,110 @@ public struct Launcher: Sendable {
     /// it, and returns its exit status (128 + signal when it was killed).
     /// SIGINT and SIGTERM sent to us are passed on to the child, so Ctrl-C stops
     /// the program first and we release our objects after it has gone.
+    /// Every process call goes through VFIOKit's syscall layer.
     public func run(_ program: String, _ arguments: [String]) throws(VFIOError) -> Int32 {
         let argv = [program] + (try substitute(arguments))
         var env = ProcessInfo.processInfo.environment
         for (k, v) in environment { env[k] = v }
         let envp = env.map { "\($0.key)=\($0.value)" }
-
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        try Launcher.handOver(Set(fds.map(\.fd)), to: &actions)
+        let kernel = Sys.current
+        let plan = try Launcher.handOver(Set(fds.map(\.fd)), kernel: kernel)
 
         // Block the stop signals while we spawn and wait; the child starts with
         // an empty mask and default handlers.
-        var stopSignals = sigset_t()
-        sigemptyset(&stopSignals)
-        sigaddset(&stopSignals, SIGINT)
-        sigaddset(&stopSignals, SIGTERM)
-        var oldMask = sigset_t()
-        pthread_sigmask(SIG_BLOCK, &stopSignals, &oldMask)
-        defer { pthread_sigmask(SIG_SETMASK, &oldMask, nil) }
-        var attr = posix_spawnattr_t()
-        posix_spawnattr_init(&attr)
-        defer { posix_spawnattr_destroy(&attr) }
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        posix_spawnattr_setsigmask(&attr, &empty)
-        var defaults = stopSignals
-        posix_spawnattr_setsigdefault(&attr, &defaults)
-        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-
-        var pid: pid_t = 0
-        let rc = withCStrings(argv) { a in withCStrings(envp) { e in posix_spawnp(&pid, program, &actions, &attr, a, e) } }
-        guard rc == 0 else {
-            throw VFIOError(operation: "posix_spawnp", errno: Errno(rawValue: rc), object: program,
-                            hint: rc == ENOENT ? "no such program in PATH" : nil)
+        let stopSignals = Launcher.stopSignals
+        let oldMask = try Sys.sigmask(kernel, SIG_BLOCK, stopSignals)
+        defer { _ = try? Sys.sigmask(kernel, SIG_SETMASK, oldMask) }
+        let pid: Int32
+        do throws(VFIOError) {
+            pid = try Sys.spawn(kernel, program, arguments: argv, environment: envp, plan: plan)
+        } catch where error.errno == .noSuchFileOrDirectory {
+            var e = error
+            e.hint = "no such program in PATH"
+            throw e
         }
-        return Launcher.wait(for: pid, forwarding: stopSignals)
+        return try Launcher.wait(for: pid, forwarding: stopSignals, kernel: kernel)
     }
 
     /// Waits for `pid`, forwarding `signals` (blocked in this thread) to it.
-    static func wait(for pid: pid_t, forwarding signals: sigset_t) -> Int32 {
-        var set = signals
+    /// A wait that fails (the child is not ours any more) ends with status 125.
+    static func wait(for pid: Int32, forwarding signals: sigset_t, kernel: (any SyscallProvider)?) throws(VFIOError) -> Int32 {
         while true {
-            var status: Int32 = 0
-            let r = waitpid(pid, &status, WNOHANG)
+            let (r, status): (Int32, Int32)
+            do throws(VFIOError) { (r, status) = try Sys.waitpid(kernel, pid, options: WNOHANG) } catch { return 125 }
             if r == pid {
                 if status & 0x7f == 0 { return (status >> 8) & 0xff }  // exited
                 return 128 + (status & 0x7f)  // killed by a signal
             }
-            if r < 0 && errno != EINTR { return 125 }
-            var timeout = timespec(tv_sec: 0, tv_nsec: 50_000_000)
-            let sig = sigtimedwait(&set, nil, &timeout)
-            if sig > 0 { kill(pid, sig) }
+            // A signal that cannot be passed on (the child is already gone) is dropped; the wait goes on.
+            if let sig = try Sys.sigtimedwait(kernel, signals, timeoutNanoseconds: 50_000_000) {
+                _ = try? Sys.kill(kernel, pid, sig)
+            }
         }
     }
 
     /// Takes a copy of `fd`, an fd this process inherited (`--iommufd FD`),
     /// for an owner to close when it is done.
     public static func adoptInherited(_ fd: Int32) throws(VFIOError) -> Int32 {
-        guard fcntl(fd, F_GETFD) >= 0 else {
-            throw VFIOError(operation: "fcntl", errno: Errno(rawValue: errno), object: "fd \(fd)",
-                            detail: "--iommufd \(fd) is not an open fd of this process",
-                            hint: "pass an fd this process inherited, e.g. {iommufd} from a parent `vfioctl attach --exec`")
+        let kernel = Sys.current
+        do throws(VFIOError) {
+            _ = try Sys.fcntl(kernel, fd, F_GETFD)
+        } catch {
+            var e = error
+            e.detail = "--iommufd \(fd) is not an open fd of this process"
+            e.hint = "pass an fd this process inherited, e.g. {iommufd} from a parent `vfioctl attach --exec`"
+            throw e
         }
-        let copy = fcntl(fd, F_DUPFD_CLOEXEC, 0)
-        guard copy >= 0 else {
-            let e = errno
-            throw VFIOError(operation: "fcntl(F_DUPFD_CLOEXEC)", errno: Errno(rawValue: e), object: "fd \(fd)",
-                            detail: "could not take a copy of --iommufd \(fd)",
-                            hint: e == EMFILE ? "this process has no fd number left (RLIMIT_NOFILE, `ulimit -n`)" : nil)
+        do throws(VFIOError) {
+            return try Sys.fcntl(kernel, fd, F_DUPFD_CLOEXEC, 0, operation: "fcntl(F_DUPFD_CLOEXEC)")
+        } catch {
+            var e = error
+            e.detail = "could not take a copy of --iommufd \(fd)"
+            if error.errno == .tooManyOpenFiles { e.hint = "this process has no fd number left (RLIMIT_NOFILE, `ulimit -n`)" }
+            throw e
         }
-        return copy
     }
 
-    /// File actions that leave the child exactly 0, 1, 2 and `named`: each
-    /// named fd is dup2'ed onto itself (clearing close-on-exec), every other
-    /// number is closed (those between explicitly, the rest with closefrom).
-    static func handOver(_ named: Set<Int32>, to actions: inout posix_spawn_file_actions_t) throws(VFIOError) {
-        func check(_ rc: Int32, _ what: String) throws(VFIOError) {
-            if rc != 0 {
-                throw VFIOError(operation: what, errno: Errno(rawValue: rc), object: "posix_spawn file actions",
-                                detail: "could not prepare the fds for the program")
-            }
-        }
+    /// The child's fds: exactly 0, 1, 2 and `named` (each dup2'ed onto
+    /// itself, clearing close-on-exec), every other number closed (those
+    /// between explicitly, the rest from the highest up; where the C library
+    /// cannot close a range, each fd open now, read from /proc/self/fd).
+    static func handOver(_ named: Set<Int32>, kernel: (any SyscallProvider)?) throws(VFIOError) -> SpawnPlan {
         for fd in named.sorted() {
-            guard fd >= 0, fcntl(fd, F_GETFD) >= 0 else {
+            guard fd >= 0, (try? Sys.fcntl(kernel, fd, F_GETFD)) != nil else {
                 throw VFIOError(operation: "exec", errno: .badFileDescriptor, object: "fd \(fd)",
                                 detail: "fd \(fd) to pass is not open")
             }
-            try check(posix_spawn_file_actions_adddup2(&actions, fd, fd), "posix_spawn_file_actions_adddup2")
         }
         let top = max(named.max() ?? 2, 2)
-        for fd in stride(from: Int32(3), to: top, by: 1) where !named.contains(fd) {
-            try check(posix_spawn_file_actions_addclose(&actions, fd), "posix_spawn_file_actions_addclose")
-        }
-        let rc = cvfio_spawn_file_actions_addclosefrom(&actions, top + 1)
-        if rc == ENOSYS {
+        let between = stride(from: Int32(3), to: top, by: 1).filter { !named.contains($0) }
+        var plan = SpawnPlan(inherit: named.sorted(), close: between, closeFrom: top + 1,
+                             defaultSignals: [SIGINT, SIGTERM])
+        if !Sys.canCloseFrom {
             // No closefrom in this C library: close what is open now, by number.
-            let open = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd"))?.compactMap { Int32($0) } ?? []
-            for fd in open where fd > top {
-                try check(posix_spawn_file_actions_addclose(&actions, fd), "posix_spawn_file_actions_addclose")
-            }
-        } else {
-            try check(rc, "posix_spawn_file_actions_addclosefrom_np")
+            let open = try Sys.listDirectory(kernel, "/proc/self/fd").compactMap { Int32($0) }
+            plan.closeFrom = nil
+            plan.close += open.filter { $0 > top }.sorted()
         }
+        return plan
     }
 
     /// SIGINT and SIGTERM.
-    static var stopSignals: sigset_t {
-        var set = sigset_t()
-        sigemptyset(&set)
-        sigaddset(&set, SIGINT)
-        sigaddset(&set, SIGTERM)
-        return set
-    }
+    static var stopSignals: sigset_t { Sys.signalSet([SIGINT, SIGTERM]) }
 
     /// Blocks SIGINT and SIGTERM in the calling thread, so that one arriving
     /// before ``waitForStopSignal()`` waits is kept pending rather than killing
     /// the process. Call it before announcing that you wait.
-    public static func blockStopSignals() {
-        var set = stopSignals
-        pthread_sigmask(SIG_BLOCK, &set, nil)
+    public static func blockStopSignals() throws(VFIOError) {
+        try Sys.sigmask(Sys.current, SIG_BLOCK, stopSignals)
     }
 
     /// Blocks until SIGINT or SIGTERM arrives; returns the signal.
-    public static func waitForStopSignal() -> Int32 {
-        var set = stopSignals
-        pthread_sigmask(SIG_BLOCK, &set, nil)
-        var sig: Int32 = 0
-        while sigwait(&set, &sig) != 0 {}
-        return sig
+    public static func waitForStopSignal() throws(VFIOError) -> Int32 {
+        let kernel = Sys.current
+        try Sys.sigmask(kernel, SIG_BLOCK, stopSignals)
+        while true {
+            if let sig = try Sys.sigtimedwait(kernel, stopSignals, timeoutNanoseconds: 1_000_000_000) { return sig }
+        }
     }
 }
-
-/// Calls `body` with a NULL-terminated C array of `strings`.
-private func withCStrings<R>(_ strings: [String], _ body: ([UnsafeMutablePointer<CChar>?]) -> R) -> R {
-    let pointers = strings.map { strdup($0) }
-    defer { pointers.forEach { free($0) } }
-    return body(pointers + [nil])
-}
-
-import SystemPackage
