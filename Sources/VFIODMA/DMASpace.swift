@@ -44,7 +44,8 @@ public enum DMAMode: String, Sendable, CaseIterable, CustomStringConvertible {
     }
 
     /// The modes this kernel offers: nodes present and, for containers, the
-    /// IOMMU type reported by `VFIO_CHECK_EXTENSION`.
+    /// IOMMU type reported by `VFIO_CHECK_EXTENSION`. A node that cannot be
+    /// checked or opened, or a check that fails, is a mode not offered.
     public static func available() -> [DMAMode] {
         allCases.filter { mode in
             let kernel = Sys.current

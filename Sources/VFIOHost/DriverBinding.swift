@@ -45,7 +45,7 @@ extension PCIHost {
 
     /// Detaches the device from whatever driver it has.
     func detachDriver(_ a: PCIAddress) throws(VFIOError) {
-        guard let drv = linkName(sysfsPath(a) + "/driver") else { return }
+        guard let drv = try driverLink(of: a) else { return }
         if let why = DriverName.problem(drv) {
             throw .invalid("unbind", "\(a)'s driver link names \"\(drv)\", which \(why)", object: a.description)
         }
@@ -90,16 +90,16 @@ extension PCIHost {
         let what = "put \(a) back"
         if let driver { try requireDriver(driver, what, device: a) }
         if let o = override, let why = DriverName.problem(o) { throw .invalid(what, "driver_override \"\(o)\" \(why)", object: a.description) }
-        let cur = linkName(sysfsPath(a) + "/driver")
+        let cur = try driverLink(of: a)
         if cur != nil && cur != driver { try detachDriver(a) }
         guard let driver else {
             try setOverride(a, override)
-            if let now = linkName(sysfsPath(a) + "/driver") {
+            if let now = try driverLink(of: a) {
                 throw .invalid(what, "\(a) should have no driver but \(now) took it", object: a.description)
             }
             return
         }
-        if linkName(sysfsPath(a) + "/driver") == driver {
+        if try driverLink(of: a) == driver {
             try setOverride(a, override)
             return
         }

@@ -73,7 +73,29 @@ public struct PCIHost: Sendable {
         try Sys.readFile(kernel, path(p), limit: limit, object: p)
     }
 
-    /// The last path component of a symlink's target (`driver` -> `vfio-pci`), or nil.
+    /// The file's contents, or nil when it does not exist (ENOENT); other
+    /// errors are thrown, for facts that must not be mistaken for "absent".
+    public func readIfPresent(_ p: String) throws(VFIOError) -> String? {
+        do throws(VFIOError) {
+            return try readOrThrow(p)
+        } catch where error.errno == .noSuchFileOrDirectory {
+            return nil
+        }
+    }
+
+    /// The last path component of a symlink's target, or nil when there is no
+    /// link (ENOENT); other errors are thrown.
+    public func linkIfPresent(_ p: String) throws(VFIOError) -> String? {
+        do throws(VFIOError) {
+            return try Sys.readlink(kernel, path(p), object: p).split(separator: "/").last.map(String.init)
+        } catch where error.errno == .noSuchFileOrDirectory {
+            return nil
+        }
+    }
+
+    /// The last path component of a symlink's target (`driver` -> `vfio-pci`),
+    /// or nil when there is none or it cannot be read (decisions use
+    /// ``linkIfPresent(_:)``, which tells the two apart).
     public func linkName(_ p: String) -> String? {
         guard let t = readLink(p) else { return nil }
         return t.split(separator: "/").last.map(String.init)
@@ -83,12 +105,7 @@ public struct PCIHost: Sendable {
     /// none (`ENOENT`); throws when the link cannot be read (not a symlink,
     /// permission), so that a caller deciding on safety can fail closed.
     public func driverLink(of a: PCIAddress) throws(VFIOError) -> String? {
-        let p = sysfsPath(a) + "/driver"
-        do throws(VFIOError) {
-            return try Sys.readlink(kernel, path(p), object: p).split(separator: "/").last.map(String.init)
-        } catch where error.errno == .noSuchFileOrDirectory {
-            return nil
-        }
+        try linkIfPresent(sysfsPath(a) + "/driver")
     }
 
     /// A symlink's target text, or nil.
@@ -103,22 +120,23 @@ public struct PCIHost: Sendable {
         ((try? Sys.listDirectory(kernel, path(p), object: p)) ?? []).sorted()
     }
 
-    /// Whether something exists at `p` (a dangling symlink counts).
+    /// Whether something exists at `p` (a dangling symlink counts); false when
+    /// it cannot be checked.
     public func exists(_ p: String) -> Bool {
         (try? Sys.lstat(kernel, path(p), object: p)) != nil
     }
 
-    /// Whether `p` is a directory (following symlinks).
+    /// Whether `p` is a directory (following symlinks); false when it cannot be checked.
     public func isDirectory(_ p: String) -> Bool {
         (try? Sys.stat(kernel, path(p), object: p))?.isDirectory ?? false
     }
 
-    /// Whether `p` is a symlink.
+    /// Whether `p` is a symlink; false when it cannot be checked.
     public func isLink(_ p: String) -> Bool {
         (try? Sys.lstat(kernel, path(p), object: p))?.isSymlink ?? false
     }
 
-    /// File metadata (following symlinks), or nil.
+    /// File metadata (following symlinks), or nil when it cannot be read.
     public func fileStatus(_ p: String) -> FileStatus? {
         try? Sys.stat(kernel, path(p), object: p)
     }
@@ -128,7 +146,8 @@ public struct PCIHost: Sendable {
         try? Sys.lstat(kernel, path(p), object: p)
     }
 
-    /// Whether this process may read and write `p` (access(2) with R_OK|W_OK).
+    /// Whether this process may read and write `p` (access(2) with R_OK|W_OK);
+    /// false when access(2) fails for any reason.
     public func canReadWrite(_ p: String) -> Bool {
         (try? Sys.access(kernel, path(p), R_OK | W_OK, object: p)) != nil
     }

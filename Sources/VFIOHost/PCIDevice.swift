@@ -189,9 +189,13 @@ extension PCIHost {
                                     object: a.description, hint: "is sysfs mounted at /sys?")
         }
         let cls = hexFile("class") ?? 0
-        var override = readTrimmed(dir + "/driver_override")
+        // The facts bind, restore and viability decide on fail closed: a driver link, override or
+        // group link that exists but cannot be read is an error, never "none" (a bind would
+        // record "no original driver" and its restore leave the device without one).
+        var override = try readIfPresent(dir + "/driver_override")?.trimmingWhitespace()
         if override == "(null)" || override == "" { override = nil }
-        let group = linkName(dir + "/iommu_group").flatMap { Int($0) }
+        let group = try linkIfPresent(dir + "/iommu_group").flatMap { Int($0) }
+        let driver = try driverLink(of: a)
         let numa = readTrimmed(dir + "/numa_node").flatMap { Int($0) }.flatMap { $0 < 0 ? nil : $0 }
         let cdev = list(dir + "/vfio-dev").first { $0.hasPrefix("vfio") }
         // Header type: config space byte 0x0e (the first 64 bytes are readable by anyone).
@@ -202,7 +206,7 @@ extension PCIHost {
             address: a, vendorID: UInt16(truncatingIfNeeded: vendor), deviceID: UInt16(truncatingIfNeeded: devid),
             subsystemVendorID: hexFile("subsystem_vendor").map { UInt16(truncatingIfNeeded: $0) },
             subsystemDeviceID: hexFile("subsystem_device").map { UInt16(truncatingIfNeeded: $0) },
-            classCode: cls, driver: linkName(dir + "/driver"), driverOverride: override,
+            classCode: cls, driver: driver, driverOverride: override,
             iommuGroup: group, numaNode: numa, vfioCdev: cdev,
             isBridge: classBridge || headerType == 1 || headerType == 2, headerType: headerType)
     }

@@ -115,6 +115,8 @@ package final class FakeKernel: SyscallProvider, @unchecked Sendable {
         var failErrno: Int32?
         var failed: (kind: Kind, errno: Int32)?
         var kindsCalled: Set<Kind> = []
+        /// The counted calls in order, with the path or fd they named.
+        var log: [String] = []
     }
 
     private let state = Mutex(State())
@@ -161,6 +163,9 @@ package final class FakeKernel: SyscallProvider, @unchecked Sendable {
     /// How many counted syscalls were made so far.
     package var syscallCount: Int { state.withLock { $0.syscalls } }
 
+    /// The counted calls so far, in order (`3 readlink`), for finding which call a number is.
+    package var callLog: [String] { state.withLock { $0.log } }
+
     /// Every kind of syscall made through this kernel so far.
     package var kindsCalled: Set<Kind> { state.withLock { $0.kindsCalled } }
 
@@ -204,6 +209,7 @@ package final class FakeKernel: SyscallProvider, @unchecked Sendable {
             s.kindsCalled.insert(kind)
             if Kind.infallible.contains(kind) { return nil }
             s.syscalls += 1
+            s.log.append("\(s.syscalls) \(kind.rawValue)")
             guard s.failAt == s.syscalls else { return nil }
             let e = s.failErrno ?? kind.typicalErrno
             s.failed = (kind, e)

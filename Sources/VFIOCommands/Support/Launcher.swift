@@ -86,16 +86,18 @@ public struct Launcher: Sendable {
         // an empty mask and default handlers.
         let stopSignals = Launcher.stopSignals
         let oldMask = try Sys.sigmask(kernel, SIG_BLOCK, stopSignals)
-        defer { _ = try? Sys.sigmask(kernel, SIG_SETMASK, oldMask) }
-        let pid: Int32
+        let status: Int32
         do throws(VFIOError) {
-            pid = try Sys.spawn(kernel, program, arguments: argv, environment: envp, plan: plan)
-        } catch where error.errno == .noSuchFileOrDirectory {
+            let pid = try Sys.spawn(kernel, program, arguments: argv, environment: envp, plan: plan)
+            status = try Launcher.wait(for: pid, forwarding: stopSignals, kernel: kernel)
+        } catch {
+            _ = try? Sys.sigmask(kernel, SIG_SETMASK, oldMask)
             var e = error
-            e.hint = "no such program in PATH"
+            if e.operation == "posix_spawnp" && e.errno == .noSuchFileOrDirectory { e.hint = "no such program in PATH" }
             throw e
         }
-        return try Launcher.wait(for: pid, forwarding: stopSignals, kernel: kernel)
+        try Sys.sigmask(kernel, SIG_SETMASK, oldMask)
+        return status
     }
 
     /// Waits for `pid`, forwarding `signals` (blocked in this thread) to it.
