@@ -162,25 +162,31 @@ final class BindingStateDirectory {
         try fd.withDescriptor(operation, body)
     }
 
-    /// Takes an exclusive flock on `.lock` (opened without following a symlink);
-    /// the lock is held until the returned fd closes.
-    func lock() throws(VFIOError) -> OwnedFD {
-        let lockName = name + "/.lock"
-        let raw: Int32
+    /// Opens `file` in the directory without following a symlink (`O_NOFOLLOW`
+    /// is added); a symlink there is refused, naming `what` and the file.
+    /// The fd belongs to the directory's kernel.
+    private func openEntry(_ file: String, _ flags: Int32, mode: UInt32 = 0, what: String) throws(VFIOError) -> OwnedFD {
+        let path = name + "/" + file
         do throws(VFIOError) {
-            raw = try withDirectory("open") { (d) throws(VFIOError) in
-                try Sys.openat(kernel, d, ".lock", O_RDWR | O_CREAT | O_NOFOLLOW, mode: 0o600, object: lockName)
+            let raw = try withDirectory("open") { (d) throws(VFIOError) in
+                try Sys.openat(kernel, d, file, flags | O_NOFOLLOW, mode: mode, object: path)
             }
+            return OwnedFD(raw, label: path, kernel: kernel)
         } catch {
             var e = error
             if error.errno == .tooManySymbolicLinkLevels {
-                e.detail = "\(name)/.lock is a symlink; vfioctl follows none in its state directory"
-                e.hint = "`rm \(name)/.lock`"
+                e.detail = "\(what) is a symlink; vfioctl follows none in its state directory"
+                e.hint = "`rm \(path)`"
             }
             throw e
         }
-        let lfd = OwnedFD(raw, label: lockName, kernel: kernel)
-        try Sys.flock(kernel, raw, LOCK_EX, object: lockName)
+    }
+
+    /// Takes an exclusive flock on `.lock` (opened without following a symlink);
+    /// the lock is held until the returned fd closes.
+    func lock() throws(VFIOError) -> OwnedFD {
+        let lfd = try openEntry(".lock", O_RDWR | O_CREAT, mode: 0o600, what: "\(name)/.lock")
+        try lfd.withDescriptor("flock") { (l) throws(VFIOError) in try Sys.flock(kernel, l, LOCK_EX, object: lfd.label) }
         return lfd
     }
 
@@ -190,23 +196,16 @@ final class BindingStateDirectory {
     func load(_ a: PCIAddress) throws(VFIOError) -> BindingRecord? {
         let file = fileName(a)
         let path = name + "/" + file
-        let raw: Int32
+        let rfd: OwnedFD
         do throws(VFIOError) {
-            raw = try withDirectory("open") { (d) throws(VFIOError) in
-                try Sys.openat(kernel, d, file, O_RDONLY | O_NOFOLLOW, object: path)
-            }
-        } catch {
-            if error.errno == .noSuchFileOrDirectory { return nil }
-            var e = error
-            if error.errno == .tooManySymbolicLinkLevels {
-                e.detail = "the record is a symlink; vfioctl follows none in its state directory"
-                e.hint = "`rm \(name)/\(file)`"
-            }
-            throw e
+            rfd = try openEntry(file, O_RDONLY, what: "the record")
+        } catch where error.errno == .noSuchFileOrDirectory {
+            return nil
         }
-        let rfd = OwnedFD(raw, label: path, kernel: kernel)
         defer { try? rfd.close() }
-        let bytes = try Sys.readAll(kernel, raw, limit: 65536, object: path)
+        let bytes = try rfd.withDescriptor("read") { (r) throws(VFIOError) in
+            try Sys.readAll(kernel, r, limit: 65536, object: path)
+        }
         let fix = "if you know the device's original driver, remove the record (`rm \(path)`) and bind the driver yourself"
         guard let record = BindingRecord(json: String(decoding: bytes, as: UTF8.self)) else {
             throw .invalid("read binding record", "\(path) is not a binding record (a JSON object with address, "
@@ -226,25 +225,23 @@ final class BindingStateDirectory {
         }
         let final = fileName(r.address)
         var tmp = ""
-        var created: Int32?
+        var created: OwnedFD?
         for attempt in 0..<16 {
             tmp = "\(final).\(Sys.getpid(kernel)).\(String(UInt64.random(in: 0...UInt64.max), radix: 16)).tmp"
             do throws(VFIOError) {
-                created = try withDirectory("open") { (d) throws(VFIOError) in
-                    try Sys.openat(kernel, d, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, mode: 0o644,
-                                   object: name + "/" + tmp)
-                }
+                created = try openEntry(tmp, O_WRONLY | O_CREAT | O_EXCL, mode: 0o644, what: "\(name)/\(tmp)")
                 break
             } catch where error.errno == .fileExists && attempt < 15 {
                 continue
             }
         }
-        guard let raw = created else { return }  // unreachable: the last attempt throws
-        let wfd = OwnedFD(raw, label: name + "/" + tmp, kernel: kernel)
+        guard let wfd = created else { return }  // unreachable: the last attempt throws
         var failure: VFIOError?
         do throws(VFIOError) {
-            try Sys.writeAll(kernel, raw, Array(r.json.utf8), object: name + "/" + tmp)
-            try Sys.fsync(kernel, raw, object: name + "/" + tmp)
+            try wfd.withDescriptor("write") { (w) throws(VFIOError) in
+                try Sys.writeAll(kernel, w, Array(r.json.utf8), object: wfd.label)
+                try Sys.fsync(kernel, w, object: wfd.label)
+            }
         } catch {
             failure = error
         }

@@ -84,22 +84,14 @@ extension Sys {
     package static func readBlocking(_ kernel: (any SyscallProvider)?, _ fd: Int32, _ buffer: UnsafeMutableRawBufferPointer,
                                      object: String) throws(VFIOError) -> Int
     {
-        while true {
-            let r = call(kernel) { $0.read(fd, buffer) }
-            if r >= 0 { return r }
-            if r != -Int(EINTR) { throw fail("read", r, object: object) }
-        }
+        try retrying("read", object: object) { call(kernel) { $0.read(fd, buffer) } }
     }
 
     /// One write(2) (retried on EINTR); the bytes written.
     package static func writeOnce(_ kernel: (any SyscallProvider)?, _ fd: Int32, _ buffer: UnsafeRawBufferPointer,
                                   object: String) throws(VFIOError) -> Int
     {
-        while true {
-            let r = call(kernel) { $0.write(fd, buffer) }
-            if r >= 0 { return r }
-            if r != -Int(EINTR) { throw fail("write", r, object: object) }
-        }
+        try retrying("write", object: object) { call(kernel) { $0.write(fd, buffer) } }
     }
 
     /// Writes all of `bytes` to `fd`; `detail` goes into the error.

@@ -34,13 +34,24 @@ package enum Sys {
         VFIOError(operation: operation, errno: Errno(rawValue: CInt(-Int(result))), object: object)
     }
 
+    /// Makes the one call of `body` again while it is interrupted (EINTR);
+    /// any other `-errno` becomes a VFIOError naming `operation` and `object`.
+    @inline(__always)
+    package static func retrying<R: SignedInteger>(_ operation: String, object: @autoclosure () -> String?,
+                                                   _ body: () -> R) throws(VFIOError) -> R
+    {
+        while true {
+            let r = body()
+            if r >= 0 { return r }
+            if r != -R(EINTR) { throw fail(operation, r, object: object()) }
+        }
+    }
+
     package static func open(_ kernel: (any SyscallProvider)?, _ path: String, _ flags: Int32, mode: UInt32 = 0,
                              object: @autoclosure () -> String? = nil) throws(VFIOError) -> Int32
     {
-        while true {
-            let fd = path.withCString { p in call(kernel) { $0.open(p, flags | O_CLOEXEC, mode) } }
-            if fd >= 0 { return fd }
-            if fd != -EINTR { throw fail("open", fd, object: object() ?? path) }
+        try retrying("open", object: object() ?? path) {
+            path.withCString { p in call(kernel) { $0.open(p, flags | O_CLOEXEC, mode) } }
         }
     }
 
@@ -121,21 +132,13 @@ package enum Sys {
     package static func pread(_ kernel: (any SyscallProvider)?, _ fd: Int32, _ buffer: UnsafeMutableRawBufferPointer,
                       at offset: Int64, object: @autoclosure () -> String? = nil) throws(VFIOError) -> Int
     {
-        while true {
-            let r = call(kernel) { $0.pread(fd, buffer, offset) }
-            if r >= 0 { return r }
-            if r != -Int(EINTR) { throw fail("pread", r, object: object()) }
-        }
+        try retrying("pread", object: object()) { call(kernel) { $0.pread(fd, buffer, offset) } }
     }
 
     package static func pwrite(_ kernel: (any SyscallProvider)?, _ fd: Int32, _ buffer: UnsafeRawBufferPointer,
                        at offset: Int64, object: @autoclosure () -> String? = nil) throws(VFIOError) -> Int
     {
-        while true {
-            let r = call(kernel) { $0.pwrite(fd, buffer, offset) }
-            if r >= 0 { return r }
-            if r != -Int(EINTR) { throw fail("pwrite", r, object: object()) }
-        }
+        try retrying("pwrite", object: object()) { call(kernel) { $0.pwrite(fd, buffer, offset) } }
     }
 
     package static func mmap(
@@ -173,10 +176,6 @@ package enum Sys {
     package static func ftruncate(_ kernel: (any SyscallProvider)?, _ fd: Int32, length: Int64,
                           object: @autoclosure () -> String? = nil) throws(VFIOError)
     {
-        while true {
-            let r = call(kernel) { $0.ftruncate(fd, length) }
-            if r >= 0 { return }
-            if r != -EINTR { throw fail("ftruncate", r, object: object()) }
-        }
+        _ = try retrying("ftruncate", object: object()) { call(kernel) { $0.ftruncate(fd, length) } }
     }
 }

@@ -19,32 +19,22 @@ extension Sys {
     /// openat(2) relative to `directory`; close-on-exec is always added.
     package static func openat(_ kernel: Kernel, _ directory: Int32, _ path: String, _ flags: Int32, mode: UInt32 = 0,
                                object: @autoclosure () -> String? = nil) throws(VFIOError) -> Int32 {
-        while true {
-            let fd = path.withCString { p in call(kernel) { $0.openat(directory, p, flags | O_CLOEXEC, mode) } }
-            if fd >= 0 { return fd }
-            if fd != -EINTR { throw fail("open", fd, object: object() ?? path) }
+        try retrying("open", object: object() ?? path) {
+            path.withCString { p in call(kernel) { $0.openat(directory, p, flags | O_CLOEXEC, mode) } }
         }
     }
 
     package static func fsync(_ kernel: Kernel, _ fd: Int32, object: @autoclosure () -> String? = nil)
         throws(VFIOError)
     {
-        while true {
-            let r = call(kernel) { $0.fsync(fd) }
-            if r >= 0 { return }
-            if r != -EINTR { throw fail("fsync", r, object: object()) }
-        }
+        _ = try retrying("fsync", object: object()) { call(kernel) { $0.fsync(fd) } }
     }
 
     /// flock(2), retried while a blocking lock wait is interrupted.
     package static func flock(_ kernel: Kernel, _ fd: Int32, _ operation: Int32, object: @autoclosure () -> String? = nil)
         throws(VFIOError)
     {
-        while true {
-            let r = call(kernel) { $0.flock(fd, operation) }
-            if r >= 0 { return }
-            if r != -EINTR { throw fail("flock", r, object: object()) }
-        }
+        _ = try retrying("flock", object: object()) { call(kernel) { $0.flock(fd, operation) } }
     }
 
     /// fcntl(2) with an integer argument; `operation` names it in errors.
@@ -52,11 +42,7 @@ extension Sys {
                               operation: String = "fcntl", object: @autoclosure () -> String? = nil)
         throws(VFIOError) -> Int32
     {
-        while true {
-            let r = call(kernel) { $0.fcntl(fd, command, argument) }
-            if r >= 0 { return r }
-            if r != -EINTR { throw fail(operation, r, object: object() ?? "fd \(fd)") }
-        }
+        try retrying(operation, object: object() ?? "fd \(fd)") { call(kernel) { $0.fcntl(fd, command, argument) } }
     }
 
     package static func fstat(_ kernel: Kernel, _ fd: Int32, object: @autoclosure () -> String? = nil)
@@ -72,19 +58,22 @@ extension Sys {
     package static func stat(_ kernel: Kernel, _ path: String, object: @autoclosure () -> String? = nil)
         throws(VFIOError) -> FileStatus
     {
-        var st = FileStatus()
-        let r = path.withCString { p in call(kernel) { $0.stat(p, &st) } }
-        if r < 0 { throw fail("stat", r, object: object() ?? path) }
-        return st
+        try status("stat", path, object: object()) { p, st in call(kernel) { $0.stat(p, &st) } }
     }
 
     /// lstat(2): the link itself.
     package static func lstat(_ kernel: Kernel, _ path: String, object: @autoclosure () -> String? = nil)
         throws(VFIOError) -> FileStatus
     {
+        try status("lstat", path, object: object()) { p, st in call(kernel) { $0.lstat(p, &st) } }
+    }
+
+    private static func status(_ operation: String, _ path: String, object: String?,
+                               _ body: (UnsafePointer<CChar>, inout FileStatus) -> Int32) throws(VFIOError) -> FileStatus
+    {
         var st = FileStatus()
-        let r = path.withCString { p in call(kernel) { $0.lstat(p, &st) } }
-        if r < 0 { throw fail("lstat", r, object: object() ?? path) }
+        let r = path.withCString { p in body(p, &st) }
+        if r < 0 { throw fail(operation, r, object: object ?? path) }
         return st
     }
 
@@ -138,11 +127,7 @@ extension Sys {
     package static func getdents(_ kernel: Kernel, _ fd: Int32, _ buffer: UnsafeMutableRawBufferPointer,
                                  object: @autoclosure () -> String? = nil) throws(VFIOError) -> Int
     {
-        while true {
-            let r = call(kernel) { $0.getdents(fd, buffer) }
-            if r >= 0 { return r }
-            if r != -Int(EINTR) { throw fail("getdents64", r, object: object()) }
-        }
+        try retrying("getdents64", object: object()) { call(kernel) { $0.getdents(fd, buffer) } }
     }
 
     // MARK: threads and time
@@ -221,12 +206,9 @@ extension Sys {
 
     /// waitpid(2); returns the pid (0 with WNOHANG while it runs) and the status.
     package static func waitpid(_ kernel: Kernel, _ pid: Int32, options: Int32) throws(VFIOError) -> (Int32, Int32) {
-        while true {
-            var status: Int32 = 0
-            let r = call(kernel) { $0.waitpid(pid, &status, options) }
-            if r >= 0 { return (r, status) }
-            if r != -EINTR { throw fail("waitpid", r, object: "pid \(pid)") }
-        }
+        var status: Int32 = 0
+        let r = try retrying("waitpid", object: "pid \(pid)") { call(kernel) { $0.waitpid(pid, &status, options) } }
+        return (r, status)
     }
 
     package static func kill(_ kernel: Kernel, _ pid: Int32, _ signal: Int32) throws(VFIOError) {
