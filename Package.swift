@@ -58,7 +58,7 @@ let package = Package(
         // The driver's tests: host unit tests, and guest suites that skip outside the test guest.
         .testTarget(
             name: "NVMeDriverTests",
-            dependencies: ["NVMeDriver", "VFIOKit", "VFIOKitTestSupport"],
+            dependencies: ["NVMeDriver", "VFIOKit", "VFIOKitTestSupport", "CVFIO"],
             path: "Examples/NVMeDriver/Tests/NVMeDriverTests",
             swiftSettings: strict
         ),

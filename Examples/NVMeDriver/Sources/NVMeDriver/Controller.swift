@@ -473,10 +473,10 @@ public final class NVMeController: @unchecked Sendable {
         do { try Self.disable(registers, capabilities, timeout: options.timeout, address: address) } catch { first = first ?? error }
         for q in ioQueues {
             q.pair.registers = nil
-            do { try q.pair.memory.release() } catch { first = first ?? error }
+            do { try q.pair.memory?.release() } catch { first = first ?? error }
         }
         admin.registers = nil
-        do { try admin.memory.release() } catch { first = first ?? error }
+        do { try admin.memory?.release() } catch { first = first ?? error }
         do { try scratch.release() } catch { first = first ?? error }
         interrupts = []
         do { try platform.close() } catch { first = first ?? error }

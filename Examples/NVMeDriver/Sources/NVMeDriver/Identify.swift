@@ -155,7 +155,7 @@ func hex2(_ v: UInt8) -> String {
 }
 
 /// "64 MiB", "1.5 GiB": sizes as `nvme list` prints them (binary units).
-public func formatBytes(_ n: UInt64) -> String {
+public func formatSize(_ n: UInt64) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"]
     var v = Double(n)
     var i = 0

@@ -48,7 +48,8 @@ final class QueuePair: @unchecked Sendable {
     let id: UInt16
     /// Entries in each ring; at most `entries - 1` commands are outstanding.
     let entries: Int
-    let memory: DMAMemory
+    /// The DMA mapping behind the rings (nil in host tests, which pass plain memory).
+    let memory: DMAMemory?
     let sq: UnsafeMutableRawPointer
     let cq: UnsafeMutableRawPointer
     let sqIOVA: UInt64
@@ -91,22 +92,31 @@ final class QueuePair: @unchecked Sendable {
         return (sqBytes, sqBytes + cqBytes, sqBytes + cqBytes + prpBytes)
     }
 
-    /// `memory` must be at least `layout(...).total` bytes, zeroed.
-    init(id: UInt16, entries: Int, memory: DMAMemory, prpListBytes: Int, pageSize: Int, registers: Registers,
-         doorbellStride: Int, interrupt: Interrupt?)
+    convenience init(id: UInt16, entries: Int, memory: DMAMemory, prpListBytes: Int, pageSize: Int, registers: Registers,
+                     doorbellStride: Int, interrupt: Interrupt?)
+    {
+        self.init(id: id, entries: entries, base: memory.base, iova: memory.iova, length: memory.length, owner: memory,
+                  prpListBytes: prpListBytes, pageSize: pageSize, registers: registers, doorbellStride: doorbellStride,
+                  interrupt: interrupt)
+    }
+
+    /// The rings live at `base` (device address `iova`), at least
+    /// `layout(...).total` bytes, zeroed.
+    init(id: UInt16, entries: Int, base: UnsafeMutableRawPointer, iova: UInt64, length: Int, owner: DMAMemory?,
+         prpListBytes: Int, pageSize: Int, registers: Registers, doorbellStride: Int, interrupt: Interrupt?)
     {
         precondition(entries >= 2 && entries <= 65536)
         let l = QueuePair.layout(entries: entries, prpListBytes: prpListBytes)
-        precondition(memory.length >= l.total)
+        precondition(length >= l.total)
         self.id = id
         self.entries = entries
-        self.memory = memory
-        sq = memory.base
-        cq = memory.base + l.cqOffset
-        sqIOVA = memory.iova
-        cqIOVA = memory.iova + UInt64(l.cqOffset)
-        prpLists = memory.base + l.prpOffset
-        prpListsIOVA = memory.iova + UInt64(l.prpOffset)
+        memory = owner
+        sq = base
+        cq = base + l.cqOffset
+        sqIOVA = iova
+        cqIOVA = iova + UInt64(l.cqOffset)
+        prpLists = base + l.prpOffset
+        prpListsIOVA = iova + UInt64(l.prpOffset)
         self.prpListBytes = prpListBytes
         self.pageSize = pageSize
         self.registers = registers

@@ -72,7 +72,7 @@ struct IdentifyCommand: ParsableCommand {
         row("ieee", hex(id.ieeeOUI, 6))
         row("cntlid", "\(id.controllerID)")
         row("ver", c.version.description)
-        row("mdts", "\(id.maxDataTransferShift)" + (id.maxDataTransferShift == 0 ? " (no limit)" : " (\(formatBytes(UInt64(c.maxTransferBytes))) per command)"))
+        row("mdts", "\(id.maxDataTransferShift)" + (id.maxDataTransferShift == 0 ? " (no limit)" : " (\(formatSize(UInt64(c.maxTransferBytes))) per command)"))
         row("rtd3e", "\(id.rtd3EntryLatency) us")
         row("sqes", hex(id.submissionEntrySizes))
         row("cqes", hex(id.completionEntrySizes))
@@ -82,7 +82,7 @@ struct IdentifyCommand: ParsableCommand {
         row("vwc", hex(id.volatileWriteCache))
         row("subnqn", id.subsystemNQN)
         row("cap", "\(hex(cap.raw, 16)) (mqes \(cap.maxQueueEntries - 1), to \(cap.readyTimeout), dstrd \(cap.doorbellStride) bytes, "
-            + "mps \(formatBytes(UInt64(cap.minPageSize)))-\(formatBytes(UInt64(cap.maxPageSize))))")
+            + "mps \(formatSize(UInt64(cap.minPageSize)))-\(formatSize(UInt64(cap.maxPageSize))))")
         lines.append("")
         lines.append("\(c.namespaces.count) active namespace\(c.namespaces.count == 1 ? "" : "s")")
         for ns in c.namespaces {
@@ -96,7 +96,7 @@ struct IdentifyCommand: ParsableCommand {
                              + "rp:\(f.relativePerformance)\(i == ns.formatIndex ? " (in use)" : "")")
             }
             row("  LBA size", "\(ns.blockSize) bytes")
-            row("  capacity", "\(formatBytes(ns.sizeInBytes)) (\(ns.sizeInBytes) bytes, \(ns.size) blocks)")
+            row("  capacity", "\(formatSize(ns.sizeInBytes)) (\(ns.sizeInBytes) bytes, \(ns.size) blocks)")
         }
         return lines.joined(separator: "\n")
     }
