@@ -71,15 +71,18 @@ public struct PerfOptions: Sendable {
     public var namespace: UInt32
     /// Which I/O queue (index) to drive.
     public var queue: Int
+    /// The logical blocks to spread the I/O over (nil: the whole namespace).
+    public var region: Range<UInt64>?
     /// Seed of the random block addresses.
     public var seed: UInt64
     /// How often `progress` is called.
     public var progressInterval: Duration
 
     public init(queueDepth: Int = 1, blockSize: Int = 4096, duration: Duration = .seconds(5), write: Bool = false,
-                namespace: UInt32 = 1, queue: Int = 0, seed: UInt64 = 0x9E37_79B9_7F4A_7C15,
+                namespace: UInt32 = 1, queue: Int = 0, region: Range<UInt64>? = nil, seed: UInt64 = 0x9E37_79B9_7F4A_7C15,
                 progressInterval: Duration = .seconds(1))
     {
+        self.region = region
         self.queueDepth = queueDepth
         self.blockSize = blockSize
         self.duration = duration
@@ -143,8 +146,14 @@ public func runPerf(_ controller: NVMeController, options: PerfOptions, histogra
                         hint: "open the controller with a deeper queue (NVMeController.Options.queueDepth)")
     }
     let blocks = bs / ns.blockSize
-    let span = ns.size / UInt64(blocks)
-    guard span > 0 else { throw NVMeError(.invalidArgument, "the namespace is smaller than one I/O", device: controller.address) }
+    let region = options.region ?? 0..<ns.size
+    guard region.upperBound <= ns.size else {
+        throw NVMeError(.invalidArgument, "blocks \(region.lowerBound)..<\(region.upperBound) are outside namespace \(ns.id) "
+                            + "(\(ns.size) blocks)", device: controller.address)
+    }
+    let first = region.lowerBound
+    let span = UInt64(region.count) / UInt64(blocks)
+    guard span > 0 else { throw NVMeError(.invalidArgument, "the region is smaller than one I/O", device: controller.address) }
     let stride = (bs + 4095) / 4096 * 4096
     let buffer = try controller.makeBuffer(bytes: stride * options.queueDepth)
     if options.write {
@@ -159,7 +168,7 @@ public func runPerf(_ controller: NVMeController, options: PerfOptions, histogra
         rng ^= rng >> 12
         rng ^= rng << 25
         rng ^= rng >> 27
-        return ((rng &* 0x2545_F491_4F6C_DD1D) % span) &* UInt64(blocks)
+        return first &+ ((rng &* 0x2545_F491_4F6C_DD1D) % span) &* UInt64(blocks)
     }
 
     let durationNs = options.duration.nanoseconds

@@ -124,12 +124,14 @@ final class PlatformDevice: @unchecked Sendable {
     // (no I/O running during close); the fields below are set once.
     let address: String
     let mode: NVMeDMAMode
-    private let space: DMASpace
+    /// The DMA space; nil once closed (mappings still alive keep it open until they go).
+    private var space: DMASpace?
     private let device: VFIODevice
     /// BAR0; nil once closed (the mapping then goes, and with it the last
     /// reference to the device file, so vfio-pci can let the device go).
     private(set) var registers: Registers?
     private var msixVectors = 0
+    private var eventfds: [EventFD] = []
 
     private init(address: String, mode: NVMeDMAMode, space: DMASpace, device: VFIODevice, registers: Registers) {
         self.address = address
@@ -183,6 +185,7 @@ final class PlatformDevice: @unchecked Sendable {
 
     /// `bytes` of zeroed DMA memory mapped at an IOVA the space's allocator picks.
     func allocate(_ bytes: Int) throws(NVMeError) -> DMAMemory {
+        guard let space else { throw NVMeError(.closed, "the controller is closed", device: address) }
         do throws(VFIOError) {
             let buffer = try DMABuffer(length: bytes)
             return DMAMemory(buffer: buffer, mapping: try space.map(buffer))
@@ -202,6 +205,7 @@ final class PlatformDevice: @unchecked Sendable {
             let fds = try (0..<count).map { _ throws(VFIOError) in try EventFD() }
             try device.setIRQTrigger(.msix, start: 0, eventfds: fds)
             msixVectors = count
+            eventfds = fds
             return fds.enumerated().map { Interrupt(vector: $0.offset, eventfd: $0.element) }
         } catch {
             throw platformError(error, "enable \(count) MSI-X vectors")
@@ -227,6 +231,11 @@ final class PlatformDevice: @unchecked Sendable {
         }
         registers = nil
         do { try device.close() } catch { first = first ?? platformError(error, "close the device") }
+        for e in eventfds {
+            do { try e.close() } catch { first = first ?? platformError(error, "close an MSI-X eventfd") }
+        }
+        eventfds = []
+        space = nil
         if let first { throw first }
     }
 }

@@ -8,7 +8,8 @@ struct PerfCommand: ParsableCommand {
         abstract: "Random reads (or writes) at a queue depth: IOPS, MB/s and latency percentiles.",
         discussion: """
             Keeps --qd commands of --bs bytes in flight on one I/O queue for --time, at \
-            random block-aligned addresses across namespace 1, and prints a live progress \
+            random addresses (aligned to --bs) across namespace 1 or the blocks --lba \
+            and --count name, and prints a live progress \
             line (on stderr) and the totals: IOPS, MB/s (10^6 bytes) and latency (min, \
             mean, p50, p90, p99, p99.9, max, in microseconds, from submission to the \
             driver seeing the completion). Completions by MSI-X interrupt unless --poll. \
@@ -20,7 +21,7 @@ struct PerfCommand: ParsableCommand {
             Examples:
               vfio-nvme perf 0000:00:05.0 --qd 1 --bs 4k --time 5s
               vfio-nvme perf 0000:00:05.0 --qd 32 --bs 512 --time 10s --poll
-              vfio-nvme perf 0000:00:05.0 --qd 8 --bs 64k --time 5s --write --json
+              vfio-nvme perf 0000:00:05.0 --qd 8 --bs 64k --time 5s --write --lba 1048576 --count 65536 --json
             """)
 
     @OptionGroup var controller: ControllerOptions
@@ -28,6 +29,8 @@ struct PerfCommand: ParsableCommand {
     @Option(help: "Bytes per command (512, 4k, 64k, ...).") var bs: String = "4k"
     @Option(help: "How long to run (5s, 1m).") var time: String = "5s"
     @Flag(help: "Random writes instead of random reads (destroys data).") var write = false
+    @Option(help: "First logical block of the region to use (default: 0).") var lba: UInt64 = 0
+    @Option(help: "Logical blocks in the region (default: to the end of the namespace).") var count: UInt64?
 
     func validate() throws {
         if qd < 1 || qd > 1023 { throw ValidationError("--qd must be 1...1023") }
@@ -46,7 +49,14 @@ struct PerfCommand: ParsableCommand {
                     FileHandle.standardError.write(Data(("perf \(c.address): random \(write ? "write" : "read"), \(bytes) B, QD \(qd), "
                                                          + "\(duration), \(c.interruptVectors > 0 ? "MSI-X interrupts" : "polling"), \(c.mode)\n").utf8))
                 }
-                let report = try runPerf(c, options: PerfOptions(queueDepth: qd, blockSize: bytes, duration: duration, write: write),
+                let ns = try c.namespace(1)
+                guard lba < ns.size, (count ?? 1) > 0, (count ?? 0) <= ns.size - lba else {
+                    throw NVMeError(.invalidArgument, "--lba \(lba) --count \(count.map(String.init) ?? "(rest)") is outside namespace 1 (\(ns.size) blocks)",
+                                    device: c.address)
+                }
+                let region = lba..<(count.map { lba + $0 } ?? ns.size)
+                let report = try runPerf(c, options: PerfOptions(queueDepth: qd, blockSize: bytes, duration: duration, write: write,
+                                                                 region: region),
                                          stop: { Signals.requested }) { p in
                     guard live else { return }
                     let s = String(format: "[%5.1fs] %@ IOPS  %8.1f MB/s  %@ I/Os", Double(p.elapsed.components.seconds)

@@ -93,9 +93,14 @@ enum Signals {
     static var requested: Bool { stop.load(ordering: .relaxed) }
 
     static func install() {
+        var set = sigset_t()
+        sigemptyset(&set)
         for s in [SIGINT, SIGTERM] {
             signal(s) { _ in Signals.stop.store(true, ordering: .relaxed) }
+            sigaddset(&set, s)
         }
+        // A parent may have started us with them blocked (the mask is inherited).
+        pthread_sigmask(SIG_UNBLOCK, &set, nil)
     }
 }
 
