@@ -127,8 +127,13 @@ public struct PerfReport: Sendable, Codable, Equatable {
 /// `options.duration`: submit, reap, resubmit, with the doorbell rung once
 /// per batch. The loop allocates nothing (`vfiokit-bench` counts it), except
 /// inside `progress`. `stop` is checked between batches (a signal handler's flag).
+///
+/// `steadyState(true)` runs right before the first doorbell and
+/// `steadyState(false)` right after the last completion: a benchmark counts
+/// allocations between the two.
 public func runPerf(_ controller: NVMeController, options: PerfOptions, histogram: LatencyHistogram = LatencyHistogram(),
-                    stop: () -> Bool = { false }, progress: ((PerfProgress) -> Void)? = nil) throws(NVMeError) -> PerfReport
+                    stop: () -> Bool = { false }, steadyState: (Bool) -> Void = { _ in },
+                    progress: ((PerfProgress) -> Void)? = nil) throws(NVMeError) -> PerfReport
 {
     let ns = try controller.namespace(options.namespace)
     guard options.queue >= 0, options.queue < controller.ioQueues.count else {
@@ -186,6 +191,7 @@ public func runPerf(_ controller: NVMeController, options: PerfOptions, histogra
     var nextReport = start &+ intervalNs
     var lastIOs: UInt64 = 0
     var lastTime = start
+    steadyState(true)
     q.ring()
 
     while true {
@@ -205,7 +211,10 @@ public func runPerf(_ controller: NVMeController, options: PerfOptions, histogra
         q.ring()
         let now = monotonicNanoseconds()
         if !stopping && (now >= end || failed != nil || submitFailed || stop()) { stopping = true }
-        if stopping && q.outstanding == 0 { break }
+        if stopping && q.outstanding == 0 {
+            steadyState(false)
+            break
+        }
         if let progress, now >= nextReport {
             let dt = Double(now - lastTime) / 1e9
             let d = Double(ios - lastIOs)

@@ -57,13 +57,13 @@ struct PerfCommand: ParsableCommand {
                 let region = lba..<(count.map { lba + $0 } ?? ns.size)
                 let report = try runPerf(c, options: PerfOptions(queueDepth: qd, blockSize: bytes, duration: duration, write: write,
                                                                  region: region),
-                                         stop: { Signals.requested }) { p in
+                                         stop: { Signals.requested }, progress: { p in
                     guard live else { return }
                     let s = String(format: "[%5.1fs] %@ IOPS  %8.1f MB/s  %@ I/Os", Double(p.elapsed.components.seconds)
                                     + Double(p.elapsed.components.attoseconds) / 1e18, grouped(p.intervalIOPS).leftPad(9),
                                    p.intervalMBps, grouped(Double(p.ios)))
                     FileHandle.standardError.write(Data((tty ? "\r" + s : s + "\n").utf8))
-                }
+                })
                 if live && tty { FileHandle.standardError.write(Data("\n".utf8)) }
                 if Signals.requested && live { FileHandle.standardError.write(Data("interrupted: partial run\n".utf8)) }
                 let l = report.latencyMicroseconds

@@ -152,6 +152,9 @@ struct NVMeGuestTests {
         let victim = try c.makeBuffer(bytes: 8192)
         victim.fill(0x5a)
         try victim.revokeDeviceAccess()
+        // The kernel rate-limits IOMMU fault messages (10 per 5 s): leave a
+        // quiet interval after an earlier fault test.
+        Self.waitOutFaultRateLimit()
         let marker = "vfiokit-nvme-test: fault test \(mode) \(UUID().uuidString)"
         NVMeGuest.markKernelLog(marker)
         var e: NVMeError?
@@ -170,12 +173,27 @@ struct NVMeGuestTests {
             if log.contains(where: Self.isFault) { break }
             usleep(100_000)
         }
-        #expect(log.contains(where: Self.isFault), "no IOMMU fault in the kernel log after the marker: \(log.suffix(10))")
+        Self.lastFault = Date()
+        if Guest.iommu == "amd" {
+            // QEMU 7.2's AMD-Vi (the one whose translation works, see vm.sh)
+            // blocks the access but logs no event to the guest. Should it start
+            // to, require the IO_PAGE_FAULT here as for the others.
+            #expect(!log.contains(where: Self.isFault), "AMD-Vi now reports faults: require them (\(log.suffix(5)))")
+        } else {
+            #expect(log.contains(where: Self.isFault), "no IOMMU fault in the kernel log after the marker: \(log.suffix(10))")
+        }
         // The controller still works (after a reset if the command had timed out).
         if e?.kind == .timeout { try c.reset() }
         let good = try c.makeBuffer(bytes: 4096)
         try c.queue(0).read(lba: NVMeGuest.patternLBA + 100, blocks: 8, into: good)
         #expect(difference(good.read(count: 4096), expected) == nil)
+    }
+
+    nonisolated(unsafe) static var lastFault = Date.distantPast
+
+    static func waitOutFaultRateLimit() {
+        let wait = 5.5 - Date().timeIntervalSince(lastFault)
+        if wait > 0 { usleep(UInt32(wait * 1_000_000)) }
     }
 
     static func isFault(_ line: String) -> Bool {
