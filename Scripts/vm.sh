@@ -23,6 +23,11 @@ Options:
                              translate emulated devices' DMA)
   --append ARGS              extra kernel command line arguments
   --qemu-arg ARG             extra QEMU argument (repeatable), e.g. --qemu-arg=-trace
+  --tcg-thread multi|single  TCG with a thread per vCPU (default) or one thread for all:
+                             QEMU 10.0's multi-threaded TCG can trip an assertion
+                             (iotlb_to_section) or hang when a device's BARs are remapped
+                             (an FLR on every VFIO open and close) while the other vCPU
+                             runs; the NVMe driver's suites open the nvme dozens of times
   --nvme-image FILE          the nvme's disk starts as a copy of FILE (a multiple of 512
                              bytes) instead of a fresh ext4 image; the guest finds an
                              untouched copy at $VFIOKIT_NVME_IMAGE (tests compare with it)
@@ -81,7 +86,7 @@ EOF
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(dirname "$here")
 
-iommu=intel memory=2G timeout_secs=600 kernel= extra_append= verbose= nvme_image= nvme_null=
+iommu=intel memory=2G timeout_secs=600 kernel= extra_append= verbose= nvme_image= nvme_null= tcg_thread=multi
 extra_qemu=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -101,6 +106,8 @@ while [ $# -gt 0 ]; do
     --nvme-image) nvme_image=${2:?--nvme-image needs a file}; shift 2 ;;
     --nvme-image=*) nvme_image=${1#*=}; shift ;;
     --nvme-null) nvme_null=1; shift ;;
+    --tcg-thread) tcg_thread=${2:?--tcg-thread needs multi or single}; shift 2 ;;
+    --tcg-thread=*) tcg_thread=${1#*=}; shift ;;
     -v|--verbose) verbose=1; shift ;;
     -h|--help) usage; exit 0 ;;
     --) shift; break ;;
@@ -110,6 +117,7 @@ done
 [ $# -gt 0 ] || { echo "vm.sh: no command given" >&2; usage >&2; exit 125; }
 case "$iommu" in intel|amd|virtio) ;; *) echo "vm.sh: --iommu must be intel, amd or virtio" >&2; exit 125 ;; esac
 [[ "$timeout_secs" =~ ^[0-9]+$ ]] || { echo "vm.sh: --timeout must be a number of seconds" >&2; exit 125; }
+case "$tcg_thread" in multi|single) ;; *) echo "vm.sh: --tcg-thread must be multi or single" >&2; exit 125 ;; esac
 
 say() { printf 'vm.sh: %s\n' "$*" >&2; }
 die() { say "$*"; exit 125; }
@@ -233,7 +241,7 @@ if [ -d "$modules" ] && [ "$(dirname "$qemu_bin")" != /usr/bin ]; then
   qemu_data=(-L "$(dirname "$qemu_bin")/../share/qemu" -L /usr/share/seabios -L /usr/lib/ipxe/qemu)
 fi
 qemu=("$qemu_bin" "${qemu_data[@]}" -name vfiokit-test -no-user-config -nodefaults -no-reboot -display none
-  -accel tcg,thread=multi -M q35 -m "$memory" -smp 2
+  -accel "tcg,thread=$tcg_thread" -M q35 -m "$memory" -smp 2
   -kernel "$kernel" -append "$append"
   -serial "file:$console"
   "${iommu_args[@]}"
