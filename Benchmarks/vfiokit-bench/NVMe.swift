@@ -65,9 +65,10 @@ struct BenchError: Error, CustomStringConvertible {
     init(_ s: String) { description = s }
 }
 
-/// fio on the block device: random reads, O_DIRECT, io_uring (IOPOLL when polling).
+/// fio on the block device: random reads, O_DIRECT, io_uring (IOPOLL when polling). `--thread`:
+/// the guest kernel has no SysV shared memory, which fio's job processes use.
 func kernelSide(_ c: NVMeCase, block: String, seconds: Int) throws -> Side {
-    var args = ["--name=kernel", "--filename=\(block)", "--direct=1", "--rw=randread", "--bs=\(c.blockSize)",
+    var args = ["--name=kernel", "--thread=1", "--filename=\(block)", "--direct=1", "--rw=randread", "--bs=\(c.blockSize)",
                 "--iodepth=\(c.queueDepth)", "--ioengine=io_uring", "--fixedbufs=1", "--registerfiles=1",
                 "--time_based=1", "--runtime=\(seconds)", "--ramp_time=1", "--norandommap=1", "--randrepeat=0",
                 "--lat_percentiles=1", "--output-format=json"]
