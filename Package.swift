@@ -39,7 +39,7 @@ let package = Package(
         // vfioctl's commands live in a library so tests can drive them.
         .target(
             name: "VFIOCommands",
-            dependencies: ["VFIOKit", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["VFIOKit", "CVFIO", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: strict
         ),
         .executableTarget(name: "vfioctl", dependencies: ["VFIOCommands"], swiftSettings: strict),

@@ -60,6 +60,7 @@ In the guest, COMMAND sees:
   /run/vfiokit/devices   shell-sourceable, also in the environment:
       VFIOKIT_IOMMU VFIOKIT_EDU VFIOKIT_EDU_PAIR_A VFIOKIT_EDU_PAIR_B
           VFIOKIT_BRIDGE (empty with virtio) VFIOKIT_NVME VFIOKIT_NVME_BLOCK (/dev/nvme0n1)
+          VFIOKIT_BRIDGE_BOOT_DRIVER (shpchp: it binds the bridge at boot; init unbinds it)
   VFIOKIT_NVME_IMAGE     with --nvme-image: the disk's initial contents (read-only copy)
   VFIOKIT_GUEST=1, VFIOKIT_DEVICES_FILE=/run/vfiokit/devices
   VFIOKIT_SCRATCH=/tmp/vfiokit     writable scratch (tmpfs)

@@ -65,7 +65,7 @@ func run() throws -> [Result] {
     let scale = Int(ProcessInfo.processInfo.environment["VFIOKIT_BENCH_SCALE"] ?? "1") ?? 1
 
     // map + unmap of one 4 KiB page at a fixed IOVA.
-    let ioasID = ioas.objectID, iommufd = ctx.fd.raw
+    let ioasID = ioas.objectID, iommufd = ctx.fd.numberForHandoff
     let page = buffer.withUnsafeMutableBytes { $0.baseAddress! }
     results.append(compare("IOAS map+unmap 4 KiB (unsafeMap)", iterations: 2000 * scale, raw: { n in
         precondition(bench_raw_map_unmap(iommufd, ioasID, page, 4096, iova, Int32(n)) == 0)
@@ -101,7 +101,7 @@ func run() throws -> [Result] {
 
     // Interrupt round trip: raise through MMIO, wait for the MSI's eventfd, acknowledge.
     let msi = try device.enableIRQ(.msi)
-    let efd = msi.fd.raw
+    let efd = msi.fd.numberForHandoff
     results.append(compare("IRQ raise + eventfd wait (MSI)", iterations: 500 * scale, raw: { n in
         precondition(bench_raw_edu_irq_roundtrip(bar.base, efd, 0x1, Int32(n)) == 0)
     }, swift: { n in

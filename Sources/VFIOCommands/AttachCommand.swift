@@ -23,7 +23,10 @@ public struct AttachCommand: ParsableCommand {
             the kernel chooses; ,memfd maps a memfd with IOMMU_IOAS_MAP_FILE, ,huge uses \
             2 MiB pages), and reports: device ids, IOAS id, HWPT id, usable IOVA ranges \
             and alignment (IOMMU_IOAS_IOVA_RANGES), the IOMMU's hardware info \
-            (IOMMU_GET_HW_INFO), and every mapping.
+            (IOMMU_GET_HW_INFO), every mapping, and whether the IOMMU enforces cache \
+            coherency (blocks no-snoop DMA, so a VM needs no wbinvd emulation): \
+            VFIO_CHECK_EXTENSION(VFIO_DMA_CC_IOMMU) on the container, or on /dev/iommu \
+            with the IOAS as its compat IOAS (IOMMU_VFIO_IOAS); reported, never changed.
 
             A process's fds close when it exits, and the attachment with them. So attach \
             works three ways:
@@ -67,7 +70,8 @@ public struct AttachCommand: ParsableCommand {
             "container": {"fd", "iommu_type", "iova_ranges", "page_sizes"} or null, \
             "groups": [{"number", "fd"}], "devices": [{"address", "cdev", "fd", \
             "device_id", "attached_id", "hw_info"}], "mappings": [{"iova", "length", \
-            "backing"}]}. Numbers are integers; device_id, attached_id (the HWPT the \
+            "backing"}], "cache_coherency": {"enforced" (true, false or null), "query", \
+            "meaning"}}. Numbers are integers; device_id, attached_id (the HWPT the \
             kernel attached the device to) and hw_info are null when the device was not \
             bound; hw_info is as in `vfioctl hw-info --json`.
 
@@ -264,12 +268,7 @@ final class AttachSession {
         for a in plan.addresses { cdevs.append(try DeviceNodes.cdevPath(of: a, host: host)) }
         let ctx: IOMMUFD
         if let fd = inheritedIOMMUFD {
-            guard fcntl(fd, F_GETFD) >= 0 else {
-                throw VFIOError(operation: "fcntl", errno: Errno(rawValue: errno), object: "fd \(fd)",
-                                detail: "--iommufd \(fd) is not an open fd of this process",
-                                hint: "pass an fd this process inherited, e.g. {iommufd} from a parent `vfioctl attach --exec`")
-            }
-            ctx = IOMMUFD(adopting: dup(fd), label: "iommufd (inherited fd \(fd))")
+            ctx = IOMMUFD(adopting: try Launcher.adoptInherited(fd), label: "iommufd (inherited fd \(fd))")
         } else {
             ctx = try DeviceNodes.explainingOpen(host) { () throws(VFIOError) in try IOMMUFD() }
         }
@@ -279,7 +278,13 @@ final class AttachSession {
             devices.append(Device(address: a, cdev: cdev, device: d))
         }
         if plan.bind {
-            for i in devices.indices { devices[i].deviceID = try devices[i].device.bind(to: ctx) }
+            for i in devices.indices {
+                do throws(VFIOError) {
+                    devices[i].deviceID = try devices[i].device.bind(to: ctx)
+                } catch {
+                    throw host.explainOwnership(error, device: devices[i].address)
+                }
+            }
         }
         switch plan.ioas {
         case .new: ioas = try IOAS(ctx)
@@ -300,7 +305,7 @@ final class AttachSession {
             let ranges = try ioas.iovaRanges()
             // Fixed IOVAs first, so a kernel-chosen one cannot take their place.
             for m in plan.maps.filter({ $0.iova != nil }) + plan.maps.filter({ $0.iova == nil }) {
-                if let iova = m.iova { try check(m, iova: iova, ranges: ranges.ranges, alignment: ranges.alignment) }
+                if let iova = m.iova { try AttachSession.check(m, iova: iova, ranges: ranges.ranges, alignment: ranges.alignment) }
                 let buffer = try DMABuffer(length: Int(m.size), backing: m.backing.dmaBacking)
                 if m.backing == .memfd {
                     mappings.append(MappingBox(try ioas.mapFile(buffer, at: m.iova), backing: m.backing))
@@ -316,12 +321,16 @@ final class AttachSession {
         for a in plan.addresses { numbers.append(try DeviceNodes.groupNumber(of: a, host: host)) }
         let c = try DeviceNodes.explainingOpen(host) { () throws(VFIOError) in try VFIOContainer() }
         vfioContainer = c
-        for n in numbers where !groups.contains(where: { $0.number == n }) {
-            let g = try DeviceNodes.explainingOpen(host) { () throws(VFIOError) in try VFIOGroup(number: n) }
+        for (a, n) in zip(plan.addresses, numbers) where !groups.contains(where: { $0.number == n }) {
+            let g = try DeviceNodes.explainingOpen(host) { () throws(VFIOError) in try VFIOGroup(number: n, host: host) }
             groups.append(g)
-            try g.setContainer(c)
+            do throws(VFIOError) { try g.setContainer(c) } catch { throw host.explainOwnership(error, device: a, group: n) }
         }
-        try c.setIOMMU(try c.supports(.type1v2) ? .type1v2 : .type1)
+        do throws(VFIOError) {
+            try c.setIOMMU(try c.supports(.type1v2) ? .type1v2 : .type1)
+        } catch {
+            throw host.explainOwnership(error, device: plan.addresses.first, group: numbers.first)
+        }
         for (a, n) in zip(plan.addresses, numbers) {
             let g = groups.first { $0.number == n }!
             devices.append(Device(address: a, cdev: nil, device: try g.device(a.description)))
@@ -330,38 +339,68 @@ final class AttachSession {
             let info = try c.info()
             let ranges = info.iovaRanges ?? [0...UInt64.max]
             let alignment = info.pageSizes.map { $0 & (~$0 &+ 1) } ?? MapRequest.page
-            // type1 has no kernel-chosen IOVAs: place those after every fixed one, from 1 MiB.
-            var cursor = plan.maps.compactMap { m in m.iova.map { $0 + m.size } }.max() ?? 0
-            cursor = max(cursor, 0x10_0000)
-            for m in plan.maps {
-                let iova: UInt64
-                if let fixed = m.iova {
-                    iova = fixed
-                } else {
-                    let align = m.backing == .huge ? UInt64(DMABuffer.hugePageSize) : max(alignment, MapRequest.page)
-                    cursor = (cursor + align - 1) / align * align
-                    if let r = ranges.first(where: { $0.upperBound >= cursor && $0.upperBound - cursor >= m.size - 1 }),
-                       r.lowerBound > cursor {
-                        cursor = (r.lowerBound + align - 1) / align * align
-                    }
-                    iova = cursor
-                    cursor += m.size
-                }
-                try check(m, iova: iova, ranges: ranges, alignment: alignment)
+            let iovas = try AttachSession.containerIOVAs(for: plan.maps, ranges: ranges, alignment: alignment)
+            for (m, iova) in zip(plan.maps, iovas) {
                 let buffer = try DMABuffer(length: Int(m.size), backing: m.backing.dmaBacking)
                 mappings.append(MappingBox(try c.mapDMA(buffer, at: iova), backing: m.backing))
             }
         }
     }
 
-    func check(_ m: MapRequest, iova: UInt64, ranges: [ClosedRange<UInt64>], alignment: UInt64) throws(VFIOError) {
+    /// The IOVA of each `--map` on a type1 container, in order, each checked
+    /// against the usable ranges: fixed ones as asked; type1 has no
+    /// kernel-chosen IOVAs, so the others go after every fixed one, from 1 MiB.
+    static func containerIOVAs(for maps: [MapRequest], ranges: [ClosedRange<UInt64>], alignment: UInt64)
+        throws(VFIOError) -> [UInt64]
+    {
+        // Every number here may sit at the top of the 64-bit space (--map 4K@0xfffffffffffff000):
+        // `cursor` is the first free IOVA after the fixed maps, nil when they end at 2^64.
+        func noRoom(_ m: MapRequest) -> VFIOError {
+            .invalid("map \(m)", "no room for it: type1 needs an explicit IOVA, and vfioctl places maps without one "
+                     + "after the fixed ones, which reach the end of the 64-bit IOVA space",
+                     hint: "give it an IOVA (SIZE@IOVA) inside a usable range (" + AttachReport.rangesText(ranges) + ")")
+        }
+        func alignUp(_ v: UInt64, _ a: UInt64) -> UInt64? {
+            let (x, o) = v.addingReportingOverflow(a - 1)
+            return o ? nil : x / a * a
+        }
+        var cursor: UInt64? = 0x10_0000
+        for m in maps {
+            guard let fixed = m.iova else { continue }
+            let (end, o) = fixed.addingReportingOverflow(m.size)
+            if o { cursor = nil } else if let c = cursor { cursor = max(c, end) }
+        }
+        var out: [UInt64] = []
+        for m in maps {
+            let iova: UInt64
+            if let fixed = m.iova {
+                iova = fixed
+            } else {
+                let align = m.backing == .huge ? UInt64(DMABuffer.hugePageSize) : max(alignment, MapRequest.page)
+                guard var c = cursor.flatMap({ alignUp($0, align) }) else { throw noRoom(m) }
+                if let r = ranges.first(where: { $0.upperBound >= c && $0.upperBound - c >= m.size - 1 }),
+                   r.lowerBound > c {
+                    guard let moved = alignUp(r.lowerBound, align) else { throw noRoom(m) }
+                    c = moved
+                }
+                iova = c
+                let (end, o) = c.addingReportingOverflow(m.size)
+                cursor = o ? nil : end
+            }
+            try check(m, iova: iova, ranges: ranges, alignment: alignment)
+            out.append(iova)
+        }
+        return out
+    }
+
+    static func check(_ m: MapRequest, iova: UInt64, ranges: [ClosedRange<UInt64>], alignment: UInt64) throws(VFIOError) {
         if alignment > 0, iova % alignment != 0 || m.size % alignment != 0 {
             throw VFIOError.invalid("map \(m)", "IOVA 0x\(String(iova, radix: 16)) and size \(m.size) must be multiples of the "
                                     + "IOVA alignment, \(formatBytes(alignment))", hint: "pick an aligned IOVA, or leave @IOVA out")
         }
-        let last = iova + (m.size - 1)
-        if !ranges.contains(where: { $0.contains(iova) && $0.contains(last) }) {
-            throw VFIOError.invalid("map \(m)", "0x\(String(iova, radix: 16))-0x\(String(last, radix: 16)) is not inside one "
+        let (last, overflow) = iova.addingReportingOverflow(m.size - 1)
+        if overflow || !ranges.contains(where: { $0.contains(iova) && $0.contains(last) }) {
+            throw VFIOError.invalid("map \(m)", "0x\(String(iova, radix: 16))-" + (overflow ? "past 2^64" : "0x" + String(last, radix: 16)) + " is not inside one "
                                     + "usable IOVA range (" + AttachReport.rangesText(ranges) + ")",
                                     hint: "the ranges exclude reserved regions (MSI window, apertures): pick an IOVA inside one")
         }
@@ -372,7 +411,7 @@ final class AttachSession {
     func report() throws(VFIOError) -> AttachReport {
         var r = AttachReport(mode: plan.container ? "container" : "iommufd")
         if case .exec = plan.mode, !plan.container { r.handoff = plan.bind ? "prebound" : "unbound" }
-        if let iommufd { r.iommufd = .init(fd: iommufd.fd.raw) }
+        if let iommufd { r.iommufd = .init(fd: iommufd.fd.numberForHandoff) }
         if let ioas {
             let ranges = try ioas.iovaRanges()
             r.ioas = .init(id: ioas.objectID, created: ioas.isOwned,
@@ -382,17 +421,38 @@ final class AttachSession {
         if let hwpt { r.hwpt = .init(id: hwpt.objectID, flags: HWPTRequest.flagNames(hwpt.flags)) }
         if let c = vfioContainer {
             let info = try c.info()
-            r.container = .init(fd: c.fd.raw, iommuType: c.type?.description ?? "none",
+            r.container = .init(fd: c.fd.numberForHandoff, iommuType: c.type?.description ?? "none",
                                 iovaRanges: (info.iovaRanges ?? []).map { .init(start: $0.lowerBound, last: $0.upperBound) },
                                 pageSizes: info.pageSizes)
-            r.groups = groups.map { .init(number: $0.number, fd: $0.fd.raw) }
+            r.groups = groups.map { .init(number: $0.number, fd: $0.fd.numberForHandoff) }
         }
         r.devices = devices.map {
-            .init(address: $0.address.description, cdev: $0.cdev, fd: $0.device.fd.raw, deviceID: $0.deviceID,
+            .init(address: $0.address.description, cdev: $0.cdev, fd: $0.device.fd.numberForHandoff, deviceID: $0.deviceID,
                   attachedID: $0.attachedID, hwInfo: $0.hwInfo.map(HWInfoReport.init))
         }
         r.mappings = mappings.map { .init(iova: $0.iova, length: $0.length, backing: $0.backing.rawValue) }
+        r.cacheCoherency = cacheCoherency()
         return r
+    }
+
+    /// VFIO_DMA_CC_IOMMU for what was attached: the container's domains, or
+    /// the HWPTs on the IOAS (through iommufd's compat check). Unknown, with
+    /// the reason, when nothing is attached or the kernel would not say.
+    func cacheCoherency() -> CacheCoherency {
+        do throws(VFIOError) {
+            if let c = vfioContainer { return try c.cacheCoherency() }
+            guard let ioas else { return .unknown("no IOAS") }
+            guard devices.contains(where: { $0.attachedID != nil }) else {
+                return .unknown("no device is attached (--exec hands the devices over unbound; the program attaches them)")
+            }
+            if inheritedIOMMUFD != nil {
+                // Asking sets the context's compat IOAS for a moment; in a shared context that is another process's too.
+                return .unknown("the iommufd is shared (--iommufd): vfioctl does not touch its compat IOAS to ask")
+            }
+            return try ioas.cacheCoherency()
+        } catch {
+            return .unknown(error.description)
+        }
     }
 
     // MARK: exec
@@ -406,23 +466,23 @@ final class AttachSession {
         }
         env["VFIOKIT_HANDOFF"] = plan.container ? "container" : (plan.bind ? "prebound" : "unbound")
         if let iommufd {
-            fds.append(("iommufd", iommufd.fd.raw))
-            env["VFIOKIT_IOMMUFD_FD"] = String(iommufd.fd.raw)
+            fds.append(("iommufd", iommufd.fd.numberForHandoff))
+            env["VFIOKIT_IOMMUFD_FD"] = String(iommufd.fd.numberForHandoff)
         }
         if let c = vfioContainer {
-            fds.append(("container", c.fd.raw))
-            env["VFIOKIT_CONTAINER_FD"] = String(c.fd.raw)
+            fds.append(("container", c.fd.numberForHandoff))
+            env["VFIOKIT_CONTAINER_FD"] = String(c.fd.numberForHandoff)
             for g in groups {
-                fds.append(("group:\(g.number)", g.fd.raw))
-                env["VFIOKIT_GROUP_FD_\(g.number)"] = String(g.fd.raw)
+                fds.append(("group:\(g.number)", g.fd.numberForHandoff))
+                env["VFIOKIT_GROUP_FD_\(g.number)"] = String(g.fd.numberForHandoff)
             }
             if let first = devices.first, let g = first.device.group {
-                fds.append(("group", g.fd.raw))
-                env["VFIOKIT_GROUP_FD"] = String(g.fd.raw)
+                fds.append(("group", g.fd.numberForHandoff))
+                env["VFIOKIT_GROUP_FD"] = String(g.fd.numberForHandoff)
             }
         }
         for (i, d) in devices.enumerated() {
-            let fd = d.device.fd.raw
+            let fd = d.device.fd.numberForHandoff
             fds.append(("device:\(d.address)", fd))
             env["VFIOKIT_DEVICE_FD_\(envName(d.address))"] = String(fd)
             if let id = d.deviceID {
@@ -547,10 +607,14 @@ struct AttachReport: Encodable {
     var groups: [Group] = []
     var devices: [DeviceInfo] = []
     var mappings: [Mapping] = []
+    var cacheCoherency: CacheCoherency?
 
     init(mode: String) { self.mode = mode }
 
-    enum CodingKeys: String, CodingKey { case mode, handoff, iommufd, ioas, hwpt, container, groups, devices, mappings }
+    enum CodingKeys: String, CodingKey {
+        case mode, handoff, iommufd, ioas, hwpt, container, groups, devices, mappings
+        case cacheCoherency = "cache_coherency"
+    }
     func encode(to encoder: any Encoder) throws {
         var c = encoder.container(keyedBy: CodingKeys.self)
         try c.encode(mode, forKey: .mode)
@@ -562,6 +626,7 @@ struct AttachReport: Encodable {
         try c.encode(groups, forKey: .groups)
         try c.encode(devices, forKey: .devices)
         try c.encode(mappings, forKey: .mappings)
+        try c.encode(cacheCoherency, forKey: .cacheCoherency)
     }
 
     static func rangesText(_ ranges: [ClosedRange<UInt64>]) -> String {
@@ -588,6 +653,7 @@ struct AttachReport: Encodable {
                 rows.append(["page sizes", (0..<64).filter { p & (1 << UInt64($0)) != 0 }.map { formatBytes(1 << UInt64($0)) }.joined(separator: ", ")])
             }
         }
+        if let cc = cacheCoherency { rows.append(["cache coherency", cc.text]) }
         if let handoff {
             rows.append(["handoff", handoff == "unbound" ? "device fds unbound (the program binds them)" : "devices bound and attached"])
         }

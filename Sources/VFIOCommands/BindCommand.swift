@@ -18,9 +18,15 @@ public struct BindCommand: ParsableCommand {
             `vfioctl unbind BDF --restore` clears it and brings the original driver back.
 
             --group binds every endpoint member of the group (bridges stay as they are); \
-            if one fails, the members bound by this call are put back. --force takes a \
-            device whose driver is in use, or binds one member of a group that is not \
-            viable.
+            if one fails, the members bound by this call are put back as they were, and \
+            the error says which could not be. --force takes a device whose driver is in \
+            use, or binds one member of a group that is not viable.
+
+            --driver NAME binds another driver the same way, with the same record. Its \
+            use: a PCI bridge whose driver does not declare managed DMA (shpchp, for \
+            one) blocks its IOMMU group, and a bridge never goes to vfio-pci; \
+            `vfioctl bind BRIDGE --driver pci-stub` moves it to pci-stub, which manages \
+            DMA, and `vfioctl unbind BRIDGE --restore` gives its driver back.
 
             JSON (--json): {"bound": [OUTCOME]} where OUTCOME has address, previous_driver, \
             driver, driver_override, vfio_cdev, changed, notes.
@@ -29,6 +35,7 @@ public struct BindCommand: ParsableCommand {
               vfioctl bind 0000:00:03.0
               vfioctl bind 01:01.0 --group
               vfioctl bind 0000:00:05.0 --force
+              vfioctl bind 0000:00:04.0 --driver pci-stub
             """)
 
     @Argument(help: "The device: DDDD:BB:DD.F or BB:DD.F.")
@@ -39,6 +46,9 @@ public struct BindCommand: ParsableCommand {
 
     @Flag(name: .long, help: "Take the device even when its driver is in use or its group is not viable.")
     var force = false
+
+    @Option(name: .long, help: ArgumentHelp("The driver to bind (pci-stub for a bridge that blocks its group).", valueName: "name"))
+    var driver: String = "vfio-pci"
 
     @OptionGroup var output: OutputOptions
     @OptionGroup var hostOptions: HostOptions
@@ -51,7 +61,7 @@ public struct BindCommand: ParsableCommand {
         let host = hostOptions.host
         try reporting(json: output.json) { () throws(VFIOError) in
             let a = try PCIAddress(parsing: address)
-            let outcomes = try host.bind(a, group: group, force: force)
+            let outcomes = try host.bind(a, group: group, force: force, driver: driver)
             if output.json {
                 struct Out: Encodable { var bound: [BindingOutcome] }
                 CommandOutput.out(JSON.render(Out(bound: outcomes)))

@@ -14,8 +14,12 @@ public struct DoctorCommand: ParsableCommand {
             EINVAL means present, ENOTTY missing), /dev/vfio/vfio, VFIO cdev support, the \
             vfio-pci driver, RLIMIT_MEMLOCK (against --memlock SIZE when given), \
             vfio_iommu_type1.dma_entry_limit, huge pages, and the groups of devices on \
-            vfio-pci. With a BDF: that device's group viability, driver, users and the \
-            permissions of its /dev/vfio nodes.
+            vfio-pci, and whether the IOMMUs will enforce cache coherency (block no-snoop \
+            DMA: VT-d with ECAP.SC, AMD-Vi always, virtio-iommu never). With a BDF: that \
+            device's group viability, driver, users, the processes holding its group, the \
+            permissions of its /dev/vfio nodes, and — on vfio-pci — the kernel's own answer \
+            on cache coherency (VFIO_CHECK_EXTENSION(VFIO_DMA_CC_IOMMU), the device opened, \
+            bound and attached to an empty IOAS for the question, then closed).
 
             Each finding has a status: ok, info, warn or fail, and a fix. Exit status 1 \
             when any finding is fail. Nothing is changed.
@@ -52,8 +56,19 @@ public struct DoctorCommand: ParsableCommand {
         var worst = DoctorFinding.Status.ok
         try reporting(json: output.json) { () throws(VFIOError) in
             let a = try address.map { (t: String) throws(VFIOError) in try PCIAddress(parsing: t) }
-            let findings = host.doctor(DoctorOptions(device: a, memlockBytes: memlock.flatMap(parseByteSize),
+            var findings = host.doctor(DoctorOptions(device: a, memlockBytes: memlock.flatMap(parseByteSize),
                                                      probeKernel: hostOptions.root == "/"))
+            // With a device on vfio-pci: ask the kernel whether its domain enforces cache coherency.
+            if let a, hostOptions.root == "/", let d = try? host.device(a), d.isBoundToVFIO {
+                let id = "device.\(a).cache-coherency"
+                do throws(VFIOError) {
+                    let cc = try VFIODetails.probeCacheCoherency(device: d, host: host)
+                    findings.append(DoctorFinding(id, .info, "Cache coherency", cc.text))
+                } catch {
+                    findings.append(DoctorFinding(id, .warn, "Cache coherency", "could not ask: " + (error.detail ?? error.description),
+                                                  fix: error.hint))
+                }
+            }
             worst = findings.map(\.status).max() ?? .ok
             if output.json {
                 struct Out: Encodable { var findings: [DoctorFinding]; var worst: DoctorFinding.Status }

@@ -8,15 +8,23 @@ public struct ListCommand: ParsableCommand {
         abstract: "List PCI devices (or IOMMU groups) and how ready each is for VFIO.",
         discussion: """
             Columns: BDF, vendor:device ids, class, bound driver, IOMMU group, and VFIO \
-            readiness: ready (on vfio-pci, group viable), group-not-viable (on vfio-pci, \
-            another member of the group is on a kernel driver), bindable (`vfioctl bind` \
-            would work), needs-group (another member blocks: `vfioctl bind --group`), \
-            in-use (its kernel driver is in use: mounted, up), no-iommu-group, bridge.
+            readiness: ready (on vfio-pci, group viable, nobody holds it), held (on \
+            vfio-pci, but a process has a VFIO node of its group open: `vfioctl show BDF` \
+            names it), group-not-viable (on vfio-pci, another member of the group is on a \
+            kernel driver), bindable (`vfioctl bind BDF` makes it ready), needs-group \
+            (another endpoint of the group blocks: `vfioctl bind BDF --group`), \
+            needs-bridge-stub (a bridge of the group is on a driver that does not manage \
+            DMA, such as shpchp: `vfioctl bind BRIDGE --driver pci-stub`, then bind), in-use \
+            (its kernel driver is in use: mounted, up; `vfioctl show BDF` says how to stop \
+            it), no-iommu-group, bridge, group-unreadable (a member of its group cannot be \
+            read from sysfs, so it is not called safe). The commands for each device are \
+            in the JSON key fix and in `vfioctl show BDF`.
 
             JSON (--json): {"devices": [DEVICE]} where DEVICE has the keys address, \
             vendor_id, device_id, subsystem_vendor_id, subsystem_device_id, class_code, \
             class_name, driver, driver_override, iommu_group, numa_node, vfio_cdev, \
-            is_bridge, header_type, readiness. With --groups: {"groups": [GROUP]} where \
+            is_bridge, header_type, readiness, fix (the commands that make it ready, in \
+            order, to be run as printed; empty when the word promises none). With --groups: {"groups": [GROUP]} where \
             GROUP has id, type, viable, blocking (BDFs), members (each address, ids, \
             class_name, driver, status, reason), other_members. Absent values are null.
 
@@ -37,12 +45,14 @@ public struct ListCommand: ParsableCommand {
     struct DeviceRow: Encodable {
         var device: PCIDevice
         var readiness: VFIOReadiness
+        var fix: [String]
         func encode(to encoder: any Encoder) throws {
             try device.encode(to: encoder)
             var c = encoder.container(keyedBy: K.self)
             try c.encode(readiness, forKey: .readiness)
+            try c.encode(fix, forKey: .fix)
         }
-        enum K: String, CodingKey { case readiness }
+        enum K: String, CodingKey { case readiness, fix }
     }
 
     struct GroupRow: Encodable {
@@ -118,7 +128,10 @@ public struct ListCommand: ParsableCommand {
                 return
             }
             let open = host.openDeviceNodes()
-            let rows = host.devices().map { DeviceRow(device: $0, readiness: host.readiness(of: $0, openNodes: open)) }
+            let rows = host.devices().map { d in
+                let r = host.readiness(of: d, openNodes: open)
+                return DeviceRow(device: d, readiness: r, fix: host.readinessFix(of: d, r))
+            }
             if output.json {
                 struct Out: Encodable { var devices: [DeviceRow] }
                 CommandOutput.out(JSON.render(Out(devices: rows)))

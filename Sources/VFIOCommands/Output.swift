@@ -52,7 +52,12 @@ public struct HostOptions: ParsableArguments {
 
     public init() {}
 
-    public var host: PCIHost { PCIHost(root: root) }
+    /// For tests on fixture trees: the fake kernel that reacts to sysfs writes
+    /// under `--sysfs-root`, so a printed `vfioctl bind ...` can be run as printed.
+    /// Never used with the real root.
+    @TaskLocal public static var fixtureKernel: (any SysfsWriteHandler)?
+
+    public var host: PCIHost { PCIHost(root: root, sysfsWriter: root == "/" ? nil : HostOptions.fixtureKernel) }
 }
 
 enum JSON {

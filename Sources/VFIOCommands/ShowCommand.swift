@@ -13,17 +13,23 @@ public struct ShowCommand: ParsableCommand {
             bound to vfio-pci — what VFIO reports: regions (size, flags, mmap), IRQs \
             (types and counts), reset support and capabilities.
 
-            JSON (--json): {"device": DEVICE, "readiness", "group": VIABILITY or null, \
-            "uses": [USE], "binding_record": RECORD or null, "vfio": VFIO or null, \
-            "vfio_error": string or null}. DEVICE as in `vfioctl list`; VIABILITY has \
+            JSON (--json): {"device": DEVICE, "readiness", "fix": [COMMAND], "group": \
+            VIABILITY or null, "uses": [USE], "holders": [HOLDER], "binding_record": RECORD \
+            or null, "vfio": VFIO or null, "vfio_error": string or null}. fix: the commands \
+            that make the device ready, in order, as they are to be run (see `vfioctl list`). DEVICE as in `vfioctl list`; VIABILITY has \
             group, viable, members (address, driver, status, reason), blocking, advice; \
-            USE has kind, object, detail; RECORD has address, original_driver, \
+            USE has kind, object, detail, fix; RECORD has address, original_driver, \
             original_driver_override, bound_to. VFIO (present when the device is on \
             vfio-pci and VFIO answered; otherwise vfio_error says why) has device_flags, \
             supports_reset, reset_methods, regions (each index, name, size, offset, flags, \
-            mmap), irqs (each index, name, count, flags), capabilities. To read them \
-            vfioctl opens the cdev and binds it to a fresh iommufd, without attaching or \
-            mapping anything; this needs interrupt isolation like any iommufd bind.
+            mmap), irqs (each index, name, count, flags), capabilities, cache_coherency \
+            ({"enforced": true/false/null, "query", "meaning"}: whether the IOMMU blocks \
+            no-snoop DMA, so a VM would or would not need wbinvd; reported, never changed). \
+            To read them vfioctl opens the cdev, binds it to a fresh iommufd and attaches \
+            it to an empty IOAS (nothing mapped) for the coherency check; this needs the \
+            device free (not open elsewhere) and interrupt isolation like any iommufd bind. \
+            "holders": [HOLDER] lists every process that has a VFIO node of the device's \
+            IOMMU group open (pid, command, node, member): the group's owner.
 
             Examples:
               vfioctl show 0000:00:03.0
@@ -46,10 +52,12 @@ public struct ShowCommand: ParsableCommand {
         var group: GroupViability?
         var uses: [DeviceUse]
         var bindingRecord: BindingRecord?
+        var holders: [VFIOHolder] = []
+        var fix: [String] = []
         var vfio: VFIODetails?
         var vfioError: String?
         enum CodingKeys: String, CodingKey {
-            case device, readiness, group, uses, vfio
+            case device, readiness, group, uses, vfio, holders, fix
             case bindingRecord = "binding_record", vfioError = "vfio_error"
         }
         func encode(to encoder: any Encoder) throws {
@@ -59,6 +67,8 @@ public struct ShowCommand: ParsableCommand {
             try c.encode(group, forKey: .group)
             try c.encode(uses, forKey: .uses)
             try c.encode(bindingRecord, forKey: .bindingRecord)
+            try c.encode(holders, forKey: .holders)
+            try c.encode(fix, forKey: .fix)
             try c.encode(vfio, forKey: .vfio)
             try c.encode(vfioError, forKey: .vfioError)
         }
@@ -68,13 +78,20 @@ public struct ShowCommand: ParsableCommand {
         let host = hostOptions.host
         try reporting(json: output.json) { () throws(VFIOError) in
             let d = try host.device(try PCIAddress(parsing: address))
-            var report = Report(device: d, readiness: host.readiness(of: d, openNodes: host.openDeviceNodes()),
+            // One scan of /proc for everything below.
+            let openers = host.deviceNodeOpeners()
+            let open = openers.mapValues { $0.map { "pid \($0.pid) (\($0.command))" } }
+            let readiness = host.readiness(of: d, openNodes: open)
+            var report = Report(device: d, readiness: readiness,
                                 group: d.iommuGroup.flatMap { try? host.viability(ofGroup: $0) },
                                 uses: d.isBoundToVFIO
-                                    ? host.vfioOpeners(of: d).map { DeviceUse(kind: .openByProcess, object: d.vfioCdevPath ?? d.address.description,
-                                                                              detail: "its VFIO node is open in \($0)") }
-                                    : host.uses(of: d.address),
+                                    ? host.vfioOpeners(of: d, openNodes: open).map {
+                                        DeviceUse(kind: .openByProcess, object: d.vfioCdevPath ?? d.address.description,
+                                                  detail: "its VFIO node is open in \($0)") }
+                                    : host.uses(of: d.address, openNodes: open),
                                 bindingRecord: host.bindingRecord(d.address))
+            report.holders = d.iommuGroup.map { host.groupHolders(ofGroup: $0, openers: openers) } ?? []
+            report.fix = host.readinessFix(of: d, readiness)
             if d.isBoundToVFIO {
                 do throws(VFIOError) {
                     report.vfio = try VFIODetails.read(device: d, host: host)
@@ -119,6 +136,15 @@ public struct ShowCommand: ParsableCommand {
             CommandOutput.out("")
             CommandOutput.out("In use:")
             for u in r.uses { CommandOutput.out("  " + u.detail) }
+        }
+        if !r.holders.isEmpty {
+            CommandOutput.out("")
+            CommandOutput.out("IOMMU group \(d.iommuGroup.map(String.init) ?? "?") is held (one owner per group):")
+            for h in r.holders { CommandOutput.out("  " + h.description) }
+        }
+        if !r.fix.isEmpty {
+            CommandOutput.out("")
+            CommandOutput.out("to make it ready: " + r.fix.map { "`\($0)`" }.joined(separator: ", then "))
         }
         if let v = r.vfio {
             CommandOutput.out("")

@@ -30,16 +30,21 @@ struct VFIODetails: Encodable {
     var regions: [Region]
     var irqs: [IRQ]
     var capabilities: [String]
+    /// VFIO_DMA_CC_IOMMU for the domain the kernel gives this device (attached to an empty IOAS).
+    var cacheCoherency: CacheCoherency
 
     enum CodingKeys: String, CodingKey {
         case regions, irqs, capabilities
         case deviceFlags = "device_flags", supportsReset = "supports_reset", resetMethods = "reset_methods"
+        case cacheCoherency = "cache_coherency"
     }
 
-    /// Opens the device's cdev, binds it to a fresh iommufd (no attach, no DMA)
-    /// and asks VFIO (VFIO_DEVICE_GET_INFO, VFIO_DEVICE_GET_REGION_INFO,
-    /// VFIO_DEVICE_GET_IRQ_INFO); capabilities come from config space through
-    /// the config region. Everything is closed before returning.
+    /// Opens the device's cdev, binds it to a fresh iommufd and asks VFIO
+    /// (VFIO_DEVICE_GET_INFO, VFIO_DEVICE_GET_REGION_INFO, VFIO_DEVICE_GET_IRQ_INFO);
+    /// capabilities come from config space through the config region. Then it
+    /// attaches the device to an empty IOAS (nothing mapped: the device can reach
+    /// no memory) to learn whether its domain enforces cache coherency, and
+    /// detaches. Everything is closed before returning.
     static func read(device: PCIDevice, host: PCIHost) throws(VFIOError) -> VFIODetails {
         guard host.root == "/" else {
             throw .invalid("read VFIO details", "VFIO details need the real /dev (not a fixture root)", object: device.address.description)
@@ -51,7 +56,7 @@ struct VFIODetails: Encodable {
         let iommufd = try IOMMUFD()
         let dev = try VFIODevice.open(cdev: cdev)
         defer { try? dev.close() }
-        try dev.bind(to: iommufd)
+        do throws(VFIOError) { try dev.bind(to: iommufd) } catch { throw host.explainOwnership(error, device: device.address) }
         let info = try dev.info()
         var flags: [String] = []
         if info.isPCI { flags.append("pci") }
@@ -97,9 +102,37 @@ struct VFIODetails: Encodable {
             }
         }
         let resetMethods = host.readTrimmed(host.sysfsPath(device.address) + "/reset_method")
+        let cc: CacheCoherency
+        do throws(VFIOError) {
+            let ioas = try IOAS(iommufd)
+            try dev.attach(to: ioas)
+            defer { try? dev.detach() }
+            cc = try ioas.cacheCoherency()
+        } catch {
+            cc = .unknown(error.description)
+        }
         return VFIODetails(deviceFlags: flags, supportsReset: info.supportsReset,
                            resetMethods: resetMethods.map { $0.split(separator: " ").map(String.init) } ?? [],
-                           regions: regions, irqs: irqs, capabilities: caps)
+                           regions: regions, irqs: irqs, capabilities: caps, cacheCoherency: cc)
+    }
+
+    /// Opens the device's cdev, binds it to a fresh iommufd, attaches it to an
+    /// empty IOAS and asks whether its domain enforces cache coherency; closes
+    /// everything. Ownership errors name the holder.
+    static func probeCacheCoherency(device: PCIDevice, host: PCIHost) throws(VFIOError) -> CacheCoherency {
+        guard let cdev = device.vfioCdevPath else {
+            throw .invalid("probe cache coherency", "\(device.address) has no VFIO cdev", object: device.address.description,
+                           hint: "bind it to vfio-pci: `vfioctl bind \(device.address)`")
+        }
+        let iommufd = try IOMMUFD()
+        defer { try? iommufd.close() }
+        let dev = try VFIODevice.open(cdev: cdev)
+        defer { try? dev.close() }
+        do throws(VFIOError) { try dev.bind(to: iommufd) } catch { throw host.explainOwnership(error, device: device.address) }
+        let ioas = try IOAS(iommufd)
+        try dev.attach(to: ioas)
+        defer { try? dev.detach() }
+        return try ioas.cacheCoherency()
     }
 
     func textLines() -> [String] {
@@ -115,6 +148,7 @@ struct VFIODetails: Encodable {
             ["  \($0.index)", $0.name, "\($0.count)", $0.flags.joined(separator: ",")]
         }))
         if !capabilities.isEmpty { out.append("  capabilities: " + capabilities.joined(separator: ", ")) }
+        out.append("  cache coherency: " + cacheCoherency.text)
         return out
     }
 }

@@ -56,6 +56,16 @@ public final class FakeKernel: SyscallProvider, @unchecked Sendable {
         var handlers: [UInt: IoctlHandler] = [:]
         var calls: [Call] = []
         var fileIO: FileIO?
+        /// Numbers this kernel closed and has not handed out again.
+        var closedFDs: Set<Int32> = []
+        /// Syscalls that named an fd after this kernel closed it.
+        var staleUses: [String] = []
+        /// Addresses mmapped through this kernel and not yet unmapped.
+        var mappings: Set<UInt> = []
+        /// read(2) calls, by fd.
+        var reads: [Int32: Int] = [:]
+        /// When each fd was last closed.
+        var closedAt: [Int32: ContinuousClock.Instant] = [:]
     }
 
     private let state = Mutex(State())
@@ -87,6 +97,38 @@ public final class FakeKernel: SyscallProvider, @unchecked Sendable {
     /// Fds open now (fake and real ones this kernel handed out).
     public var openFDCount: Int { state.withLock { $0.fakeFDs.count + $0.realFDs.count } }
 
+    /// Every syscall that named an fd number after this kernel had closed it
+    /// ("read 1003", "ioctl 0x3b6e 1001", "poll 12"): a closed owner's number
+    /// reaching the kernel. Empty when the library is correct.
+    public var staleFDUses: [String] { state.withLock { $0.staleUses } }
+
+    /// Whether `fd` is open in this kernel now.
+    public func isOpen(_ fd: Int32) -> Bool { state.withLock { $0.fakeFDs[fd] != nil || $0.realFDs.contains(fd) } }
+
+    /// The fd this kernel closed last and when, read on the closing thread
+    /// (so a test can time a close made by a thread it does not run).
+    public var lastClosed: (fd: Int32, at: ContinuousClock.Instant)? {
+        state.withLock { s in s.closedAt.max { $0.value < $1.value }.map { ($0.key, $0.value) } }
+    }
+
+    /// How many read(2) calls named `fd` (a waiter that polls by reading shows here).
+    public func readCount(_ fd: Int32) -> Int { state.withLock { $0.reads[fd] ?? 0 } }
+
+    /// Memory mapped through this kernel and not yet unmapped through it.
+    public var liveMappingCount: Int { state.withLock { $0.mappings.count } }
+
+    /// Records a use of `fd` by `call` when the number was closed here.
+    private func noteUse(_ fd: Int32, _ call: @autoclosure () -> String) {
+        state.withLock { s in
+            if s.closedFDs.contains(fd) && s.fakeFDs[fd] == nil && !s.realFDs.contains(fd) {
+                s.staleUses.append("\(call()) \(fd)")
+            }
+        }
+    }
+
+    /// Makes `fd` (a number just handed out) open again.
+    private static func reopened(_ s: inout State, _ fd: Int32) { s.closedFDs.remove(fd) }
+
     /// What each open fake fd was opened as.
     public var openPaths: [String] { state.withLock { Array($0.fakeFDs.values).sorted() } }
 
@@ -102,15 +144,25 @@ public final class FakeKernel: SyscallProvider, @unchecked Sendable {
                 let fd = s.nextFD
                 s.nextFD += 1
                 s.fakeFDs[fd] = p
+                FakeKernel.reopened(&s, fd)
                 return fd
             }
         }
     }
 
     public func close(_ fd: Int32) -> Int32 {
+        noteUse(fd, "close")
         let real = state.withLock { s -> Bool? in
-            if s.fakeFDs.removeValue(forKey: fd) != nil { return false }
-            if s.realFDs.remove(fd) != nil { return true }
+            if s.fakeFDs.removeValue(forKey: fd) != nil {
+                s.closedFDs.insert(fd)
+                s.closedAt[fd] = .now
+                return false
+            }
+            if s.realFDs.remove(fd) != nil {
+                s.closedFDs.insert(fd)
+                s.closedAt[fd] = .now
+                return true
+            }
             return nil
         }
         switch real {
@@ -121,6 +173,7 @@ public final class FakeKernel: SyscallProvider, @unchecked Sendable {
     }
 
     public func ioctl(_ fd: Int32, _ request: UInt, _ argument: UnsafeMutableRawPointer?) -> Int32 {
+        noteUse(fd, "ioctl 0x\(String(request, radix: 16))")
         var bytes: [UInt8] = []
         // Struct arguments start with argsz/size; small values are integers passed as the argument.
         if let a = argument, request == VFIO_GROUP_GET_DEVICE_FD || request == VFIO_GROUP_SET_CONTAINER {
@@ -141,49 +194,58 @@ public final class FakeKernel: SyscallProvider, @unchecked Sendable {
     }
 
     public func pread(_ fd: Int32, _ buffer: UnsafeMutableRawBufferPointer, _ offset: Int64) -> Int {
+        noteUse(fd, "pread")
         if let r = realIO(fd, { Glibc.pread(fd, buffer.baseAddress, buffer.count, off_t(offset)) }) { return r }
         guard let io = state.withLock({ $0.fileIO }) else { return -Int(EINVAL) }
         return io(fd, offset, buffer, false)
     }
 
     public func pwrite(_ fd: Int32, _ buffer: UnsafeRawBufferPointer, _ offset: Int64) -> Int {
+        noteUse(fd, "pwrite")
         if let r = realIO(fd, { Glibc.pwrite(fd, buffer.baseAddress, buffer.count, off_t(offset)) }) { return r }
         guard let io = state.withLock({ $0.fileIO }) else { return -Int(EINVAL) }
         return io(fd, offset, UnsafeMutableRawBufferPointer(mutating: buffer), true)
     }
 
     public func read(_ fd: Int32, _ buffer: UnsafeMutableRawBufferPointer) -> Int {
-        realIO(fd, { Glibc.read(fd, buffer.baseAddress, buffer.count) }) ?? -Int(EINVAL)
+        noteUse(fd, "read")
+        state.withLock { $0.reads[fd, default: 0] += 1 }
+        return realIO(fd, { Glibc.read(fd, buffer.baseAddress, buffer.count) }) ?? -Int(EINVAL)
     }
 
     public func write(_ fd: Int32, _ buffer: UnsafeRawBufferPointer) -> Int {
-        realIO(fd, { Glibc.write(fd, buffer.baseAddress, buffer.count) }) ?? -Int(EINVAL)
+        noteUse(fd, "write")
+        return realIO(fd, { Glibc.write(fd, buffer.baseAddress, buffer.count) }) ?? -Int(EINVAL)
     }
 
     public func mmap(_ length: Int, _ protection: Int32, _ flags: Int32, _ fd: Int32, _ offset: Int64)
         -> (UnsafeMutableRawPointer?, Int32)
     {
         // Fake fds (regions, memfds) are backed by anonymous memory.
+        if fd >= 0 { noteUse(fd, "mmap") }
         let real = state.withLock { $0.realFDs.contains(fd) }
         let p = real
             ? Glibc.mmap(nil, length, protection, flags, fd, off_t(offset))
             : Glibc.mmap(nil, length, protection, (flags & ~MAP_HUGETLB) | MAP_ANONYMOUS, -1, 0)
         if p == MAP_FAILED || p == nil { return (nil, -errno) }
+        state.withLock { _ = $0.mappings.insert(UInt(bitPattern: p)) }
         return (p, 0)
     }
 
     public func munmap(_ address: UnsafeMutableRawPointer, _ length: Int) -> Int32 {
-        Glibc.munmap(address, length) == 0 ? 0 : -errno
+        state.withLock { _ = $0.mappings.remove(UInt(bitPattern: address)) }
+        return Glibc.munmap(address, length) == 0 ? 0 : -errno
     }
 
     public func eventfd(_ initial: UInt32, _ flags: Int32) -> Int32 {
         let fd = cvfio_sys_eventfd(initial, flags)
         if fd < 0 { return -errno }
-        state.withLock { _ = $0.realFDs.insert(fd) }
+        state.withLock { _ = $0.realFDs.insert(fd); FakeKernel.reopened(&$0, fd) }
         return fd
     }
 
     public func poll(_ fds: UnsafeMutablePointer<pollfd>, _ count: Int, _ timeoutMilliseconds: Int32) -> Int32 {
+        for i in 0..<count { noteUse(fds[i].fd, "poll") }
         let r = Glibc.poll(fds, nfds_t(count), timeoutMilliseconds)
         return r < 0 ? -errno : r
     }
@@ -191,12 +253,13 @@ public final class FakeKernel: SyscallProvider, @unchecked Sendable {
     public func memfdCreate(_ name: UnsafePointer<CChar>, _ flags: UInt32) -> Int32 {
         let fd = cvfio_sys_memfd_create(name, flags)
         if fd < 0 { return -errno }
-        state.withLock { _ = $0.realFDs.insert(fd) }
+        state.withLock { _ = $0.realFDs.insert(fd); FakeKernel.reopened(&$0, fd) }
         return fd
     }
 
     public func ftruncate(_ fd: Int32, _ length: Int64) -> Int32 {
-        realIO(fd, { Int(Glibc.ftruncate(fd, off_t(length))) }).map(Int32.init) ?? 0
+        noteUse(fd, "ftruncate")
+        return realIO(fd, { Int(Glibc.ftruncate(fd, off_t(length))) }).map(Int32.init) ?? 0
     }
 
     private func realIO(_ fd: Int32, _ body: () -> Int) -> Int? {

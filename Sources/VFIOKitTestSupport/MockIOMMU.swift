@@ -133,10 +133,12 @@ public enum MockIOMMU {
     /// reserved region would (an MSI window).
     public static func addReserved(_ ioas: IOAS, start: UInt64, length: UInt64) throws(VFIOError) {
         var c = command(IOMMU_TEST_OP_ADD_RESERVED)
-        c.id = ioas.objectID
         c.add_reserved.start = start
         c.add_reserved.length = length
-        try run(ioas.iommufd, &c, what: "ADD_RESERVED \(ioas.label)")
+        try ioas.withLiveObjectID("IOMMU_TEST_CMD") { (id) throws(VFIOError) in
+            c.id = id
+            try run(ioas.iommufd, &c, what: "ADD_RESERVED \(ioas.label)")
+        }
     }
 
     /// Makes the mock device `device` report an I/O page fault.
@@ -224,9 +226,11 @@ public final class MockDevice: Sendable {
     /// kernel makes (or reuses) an automatic mock paging domain: ``hwptID``.
     public init(attachedTo target: any IOMMUAttachTarget, flags: Flags = []) throws(VFIOError) {
         var c = MockIOMMU.command(flags.isEmpty ? IOMMU_TEST_OP_MOCK_DOMAIN : IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS)
-        c.id = target.objectID
         if !flags.isEmpty { c.mock_domain_flags.dev_flags = flags.rawValue }
-        try MockIOMMU.run(target.iommufd, &c, what: "MOCK_DOMAIN on object \(target.objectID)")
+        try target.withLiveObjectID("IOMMU_TEST_CMD") { (id) throws(VFIOError) in
+            c.id = id
+            try MockIOMMU.run(target.iommufd, &c, what: "MOCK_DOMAIN on object \(id)")
+        }
         iommufd = target.iommufd
         stdevID = c.mock_domain.out_stdev_id
         deviceID = c.mock_domain.out_idev_id
@@ -244,8 +248,10 @@ public final class MockDevice: Sendable {
     public func replace(with target: any IOMMUAttachTarget) throws(VFIOError) -> UInt32 {
         var c = MockIOMMU.command(IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE)
         c.id = stdevID
-        c.mock_domain_replace.pt_id = target.objectID
-        try MockIOMMU.run(iommufd, &c, what: "MOCK_DOMAIN_REPLACE device \(stdevID) → object \(target.objectID)")
+        try target.withLiveObjectID("IOMMU_TEST_CMD") { (id) throws(VFIOError) in
+            c.mock_domain_replace.pt_id = id
+            try MockIOMMU.run(iommufd, &c, what: "MOCK_DOMAIN_REPLACE device \(stdevID) → object \(id)")
+        }
         let hwpt = c.mock_domain_replace.pt_id
         attached.withLock { $0 = (hwpt, target) }
         return hwpt
@@ -256,8 +262,10 @@ public final class MockDevice: Sendable {
         var c = MockIOMMU.command(IOMMU_TEST_OP_PASID_ATTACH)
         c.id = stdevID
         c.pasid_attach.pasid = pasid
-        c.pasid_attach.pt_id = hwpt.objectID
-        try MockIOMMU.run(iommufd, &c, what: "PASID_ATTACH device \(stdevID) pasid \(pasid)")
+        try hwpt.withLiveObjectID("IOMMU_TEST_CMD") { (id) throws(VFIOError) in
+            c.pasid_attach.pt_id = id
+            try MockIOMMU.run(iommufd, &c, what: "PASID_ATTACH device \(stdevID) pasid \(pasid)")
+        }
     }
 
     /// Detaches PASID `pasid`.
@@ -361,8 +369,10 @@ public final class MockAccess: Sendable {
 
     public init(ioas: IOAS) throws(VFIOError) {
         var c = MockIOMMU.command(IOMMU_TEST_OP_CREATE_ACCESS)
-        c.id = ioas.objectID
-        try MockIOMMU.run(ioas.iommufd, &c, what: "CREATE_ACCESS \(ioas.label)")
+        try ioas.withLiveObjectID("IOMMU_TEST_CMD") { (id) throws(VFIOError) in
+            c.id = id
+            try MockIOMMU.run(ioas.iommufd, &c, what: "CREATE_ACCESS \(ioas.label)")
+        }
         self.ioas = ioas
         fd = Int32(bitPattern: c.create_access.out_access_fd)
     }

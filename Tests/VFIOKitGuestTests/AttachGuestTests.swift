@@ -218,6 +218,30 @@ struct AttachGuestTests {
         }
     }
 
+    /// Fds vfioctl holds without close-on-exec (its own inherited ones, such
+    /// as the --iommufd it was given, or any opened so) stay out of the
+    /// program: it gets stdio and the named fds only.
+    @Test func execPassesNoFdVfioctlInheritedOrOpenedWithoutCloseOnExec() throws {
+        try withEduOnVFIO { bdf in
+            let inherited = open("/dev/iommu", O_RDWR)  // as a parent would pass it for --iommufd
+            let stray = open("/dev/null", O_RDONLY)
+            try #require(inherited >= 0 && stray >= 0)
+            defer { close(inherited); close(stray) }
+            let before = Guest.openFDCount()
+            let script = """
+                [ -e /proc/self/fd/\(stray) ] && exit 20
+                [ -e /proc/self/fd/\(inherited) ] && exit 21
+                [ "$(readlink /proc/self/fd/$1)" = /dev/iommu ] || exit 10
+                n=0; for f in /proc/self/fd/*; do case "$(readlink $f)" in /dev/iommu|/dev/vfio/*) n=$((n+1));; esac; done
+                [ "$n" = 2 ] || exit 14
+                exit 3
+                """
+            let r = run(["attach", bdf, "--iommufd", "\(inherited)", "--exec", "--", "sh", "-c", script, "sh", "{iommufd}"])
+            #expect(r.status == 3, "\(r.err)")
+            #expect(Guest.openFDCount() == before)
+        }
+    }
+
     @Test func containerPassesContainerAndGroupFds() throws {
         try withEduOnVFIO { bdf in
             let group = try #require(Guest.iommuGroup(of: bdf))

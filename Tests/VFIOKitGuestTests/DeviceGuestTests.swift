@@ -170,7 +170,7 @@ struct DeviceGuestTests {
                 if try container.checkExtension(VFIO_UNMAP_ALL) {
                     #expect(try container.unmapAll() == 8192)
                 }
-                _ = consume mapping  // its own unmap now fails (ENOENT), dropped in deinit
+                _ = consume mapping  // unmapAll took it: inert, its deinit issues nothing
                 try edu.config.setBusMaster(false)
                 if backend == .legacy {
                     // type1: a group leaves its container only when no device of it is open.
@@ -181,6 +181,63 @@ struct DeviceGuestTests {
             }  // edu's BAR mapping goes here: until then the kernel still counts the device as open
             try group.unsetContainer()
             #expect(try group.status().containerSet == false)
+        }
+        #expect(Guest.openFDCount() == fdsBefore)
+    }
+
+    /// Short unmaps on the container path: type1 answers success with 0
+    /// bytes for a range with nothing mapped; VFIOKit reports that as an error.
+    /// After unmapAll() a DMAMapping is inert: dropping it does not unmap the
+    /// newer mapping at its IOVA (the edu's DMA still lands there).
+    @Test(arguments: [VFIOContainer.Backend.legacy, .iommufdCompat])
+    func containerUnmapsAreExact(_ backend: VFIOContainer.Backend) throws {
+        let bdf = try Guest.requireEdu()
+        try Guest.bindToVFIO(bdf)
+        defer { try? Guest.unbind(bdf) }
+        let fdsBefore = Guest.openFDCount()
+        do {
+            let container = try VFIOContainer(backend: backend)
+            let group = try VFIOGroup(bdf: bdf)
+            try group.setContainer(container)
+            try container.setIOMMU(.type1v2)
+            try #require(try container.checkExtension(VFIO_UNMAP_ALL), "the container needs VFIO_UNMAP_ALL")
+            do {
+                let device = try group.device(bdf)
+                let edu = try EduDevice(device)
+                try edu.enableBusMaster()
+                let source = try DMABuffer(length: 4096), old = try DMABuffer(length: 8192), newer = try DMABuffer(length: 8192)
+                source.write(Self.pattern, at: 0)
+                let sourceMapping = try container.mapDMA(source, at: 0x500000)
+
+                // Unmap twice: the second finds nothing there.
+                try container.unsafeMapDMA(address: UnsafeRawPointer(bitPattern: old.address)!, length: 8192, at: 0x400000)
+                #expect(try container.unmapDMA(iova: 0x400000, length: 8192) == 8192)
+                let twice = #expect(throws: VFIOError.self) { _ = try container.unmapDMA(iova: 0x400000, length: 8192) }
+                #expect(twice?.errno == nil && twice?.description.contains("short unmap") == true, "\(String(describing: twice))")
+                #expect(twice?.description.contains("unmapped 0") == true)
+
+                // unmapAll, a newer mapping at the same IOVA, then the old DMAMapping ends.
+                var stale: DMAMapping? = try container.mapDMA(old, at: 0x300000)
+                #expect(try container.unmapAll() == 8192 + 4096)
+                let availBefore = try container.info().dmaAvailable
+                let sourceAgain = try container.mapDMA(source, at: 0x500000)
+                let fresh = try container.mapDMA(newer, at: 0x300000)
+                stale = nil
+                if backend == .legacy {
+                    #expect(try container.info().dmaAvailable == availBefore.map { $0 - 2 }, "the newer mapping was unmapped")
+                }
+                try edu.dmaToDevice(from: 0x500000, count: 512)
+                try edu.dmaFromDevice(to: 0x300000, count: 512)
+                #expect(firstDifference(newer.read(at: 0, count: 512), Array(Self.pattern.prefix(512))) == nil,
+                        "the device's write did not reach the newer mapping")
+                try fresh.unmap()
+                try sourceAgain.unmap()
+                try sourceMapping.unmap()  // inert since unmapAll: nothing to do
+                try edu.config.setBusMaster(false)
+                try device.close()
+                withExtendedLifetime(stale) {}
+            }
+            try group.unsetContainer()
         }
         #expect(Guest.openFDCount() == fdsBefore)
     }
@@ -306,7 +363,11 @@ struct DeviceGuestTests {
             let devB = try VFIODevice.open(bdf: b)
             let e = #expect(throws: VFIOError.self) { try devB.bind(to: other) }
             #expect(e?.errno?.rawValue == 1)
-            #expect(e?.detail?.contains("IOMMU group") == true, "\(String(describing: e))")
+            #expect(e?.hint?.contains("IOMMU group") == true, "\(String(describing: e))")
+            // Where the BDF is known, the host layer says which cause it is: no other
+            // process holds the group and interrupts are isolated, so another context of ours does.
+            let why = PCIHost.system.explainOwnership(try #require(e), device: try PCIAddress(parsing: b))
+            #expect(why.detail?.contains("another iommufd context of this process holds a member of the group") == true, "\(why)")
             try devB.close()
         }
         // B bound in our context: both ours, with ids; the reset goes through.

@@ -1,6 +1,7 @@
 import CIOMMUFDTest
 import CVFIO
 import Foundation
+import Synchronization
 import Testing
 @_spi(Testing) import VFIOKit
 import VFIOKitTestSupport
@@ -48,6 +49,24 @@ func expectErrno(_ errno: Int32, sourceLocation: SourceLocation = #_sourceLocati
 }
 
 let mockBase = MockIOMMU.apertureStart  // 0x100_0000
+
+/// The error of `m.unmap()`, which must fail.
+func unmapError(_ m: consuming DMAMapping, sourceLocation: SourceLocation = #_sourceLocation) -> VFIOError? {
+    do {
+        try m.unmap()
+        Issue.record("the unmap succeeded", sourceLocation: sourceLocation)
+        return nil
+    } catch {
+        return error
+    }
+}
+
+/// Failures collected from concurrent tasks.
+final class FailureLog: Sendable {
+    private let list = Mutex<[String]>([])
+    func add(_ s: String) { list.withLock { $0.append(s) } }
+    var entries: [String] { list.withLock { $0 } }
+}
 
 extension IOMMUFDMockTests {
     // MARK: objects, destroy, ids
@@ -111,6 +130,155 @@ extension IOMMUFDMockTests {
                 try m.unmap()
                 withExtendedLifetime(dev) {}
             }
+        }
+    }
+
+    // MARK: stale ids, inert mappings, shared contexts
+
+    @Suite struct Lifetimes {
+        /// The kernel hands a destroyed IOAS's id to the next IOAS at once. A
+        /// destroy with live mappings is refused; once destroyed, the old
+        /// owner and its mappings never reach the new IOAS.
+        @Test func aDestroyedIOASIsNeverReachedThroughItsReusedID() throws {
+            try withMockContext { ctx in
+                let a = try IOAS(ctx)
+                let bufA = try DMABuffer(length: 8192), bufB = try DMABuffer(length: 8192)
+                var old: DMAMapping? = try a.map(bufA, at: mockBase)
+                let refused = #expect(throws: VFIOError.self) { try a.destroy() }
+                #expect(refused?.errno == nil && refused?.description.contains("1 live DMAMapping") == true,
+                        "\(String(describing: refused))")
+                #expect(try a.unmapAll() == 8192)  // the mapping is inert now
+                try a.destroy()
+                let b = try IOAS(ctx)
+                #expect(b.objectID == a.objectID, "iommufd reuses the lowest free id")
+                let dev = try MockDevice(attachedTo: b)
+                let newer = try b.map(bufB, at: mockBase)
+                old = nil  // must not unmap b's mapping at the same id and IOVA
+                try MockIOMMU.checkMap(ctx, hwpt: dev.hwptID, iova: mockBase, length: 8192,
+                                       address: UnsafeRawPointer(bitPattern: bufB.address)!)
+                // Every operation of the destroyed owner: refused, naming it.
+                for (name, op) in [("map", { _ = try a.map(bufA, at: mockBase + 0x10_0000) }),
+                                   ("unmapAll", { _ = try a.unmapAll() }),
+                                   ("iovaRanges", { _ = try a.iovaRanges() }),
+                                   ("HWPT", { _ = try HWPT(ioas: a, device: dev.deviceID) })] as [(String, () throws -> Void)] {
+                    do {
+                        try op()
+                        Issue.record("\(name) on a destroyed IOAS succeeded")
+                    } catch let e as VFIOError {
+                        #expect(e.errno == nil && e.description.contains("\(a.label) was destroyed"), "\(name): \(e)")
+                    }
+                }
+                try MockIOMMU.checkMap(ctx, hwpt: dev.hwptID, iova: mockBase, length: 8192,
+                                       address: UnsafeRawPointer(bitPattern: bufB.address)!)
+                try newer.unmap()
+                try dev.destroy()
+                withExtendedLifetime(old) {}
+            }
+        }
+
+        /// unmapAll() takes the mappings from under their DMAMappings: they
+        /// become inert and never unmap the newer mapping at their IOVA.
+        @Test func unmapAllLeavesDMAMappingsInert() throws {
+            try withMockContext { ctx in
+                let ioas = try IOAS(ctx)
+                let dev = try MockDevice(attachedTo: ioas)
+                let buf = try DMABuffer(length: 16384)
+                let p = UnsafeRawPointer(bitPattern: buf.address)!
+                var first: DMAMapping? = try ioas.map(buf, at: mockBase)
+                let second = try ioas.map(buf, at: mockBase + 0x10_0000)
+                #expect(try MockIOMMU.pinCount(ctx, address: p, length: buf.length, is: 2))
+                #expect(try ioas.unmapAll() == 32768)
+                #expect(try MockIOMMU.pinCount(ctx, address: p, length: buf.length, is: 0))
+                let newer = try ioas.map(buf, at: mockBase)
+                first = nil
+                try second.unmap()  // nothing left to unmap: no error
+                try MockIOMMU.checkMap(ctx, hwpt: dev.hwptID, iova: mockBase, length: 16384, address: p)
+                #expect(try MockIOMMU.pinCount(ctx, address: p, length: buf.length, is: 1))
+                try newer.unmap()
+                withExtendedLifetime(first) {}
+                withExtendedLifetime(dev) {}
+            }
+        }
+
+        /// Many threads map and unmap disjoint ranges of one IOAS while
+        /// another calls unmapAll(): no operation fails, none unmaps another's
+        /// range, and every page is unpinned at the end.
+        @Test func concurrentMapsUnmapsAndUnmapAll() async throws {
+            let ctx = try IOMMUFD()
+            let ioas = try IOAS(ctx)
+            let dev = try MockDevice(attachedTo: ioas)
+            let workers = 4, rounds = 100
+            let buffers = try (0..<workers).map { _ in try DMABuffer(length: 8192) }
+            let failures = FailureLog()
+            await withTaskGroup(of: Void.self) { group in
+                for w in 0..<workers {
+                    group.addTask {
+                        let iova = mockBase + UInt64(w) * 0x10_0000
+                        for r in 0..<rounds {
+                            do throws(VFIOError) {
+                                let m = try ioas.map(buffers[w], at: iova)
+                                if r % 2 == 0 { try m.unmap() } else { _ = consume m }
+                            } catch { failures.add("worker \(w) round \(r): \(error)") }
+                            await Task.yield()
+                        }
+                    }
+                }
+                group.addTask {
+                    for r in 0..<rounds {
+                        do throws(VFIOError) { _ = try ioas.unmapAll() } catch { failures.add("unmapAll \(r): \(error)") }
+                        await Task.yield()
+                    }
+                }
+            }
+            #expect(failures.entries == [])
+            #expect(try ioas.unmapAll() == 0)
+            for b in buffers {
+                #expect(try MockIOMMU.pinCount(ctx, address: UnsafeRawPointer(bitPattern: b.address)!, length: b.length, is: 0))
+            }
+            try dev.destroy()
+            try ioas.destroy()
+            try ctx.close()
+        }
+
+        /// An iommufd shared with another process (here: a second reference
+        /// to the same open file, as a passed or inherited fd is). Closing our
+        /// fd destroys nothing in the kernel, so close() destroys what this
+        /// process allocated, newest first; while something of ours cannot go
+        /// (a device still attached), close() refuses and keeps the fd.
+        @Test func closingASharedContextLeavesNothingOfOursBehind() throws {
+            let before = Guest.openFDCount()
+            let theirs = try IOMMUFD()
+            let theirIOAS = try IOAS(theirs)  // the other process's object: must survive our close
+            let ours = IOMMUFD(adopting: try theirs.fd.withDescriptor { dup($0) }, label: "adopted iommufd")
+            let ioas = try IOAS(ours)
+            let dev = try MockDevice(attachedTo: ioas)
+            let parent = try HWPT(ioas: ioas, device: dev.deviceID, flags: .nestParent)
+            let queue = try FaultQueue(ours)
+            let nested = try HWPT(nestedOn: parent, device: dev.deviceID, data: HardwarePageTables.selftestData(),
+                                  faultQueue: queue)
+            let viommu = try VIOMMU(device: dev.deviceID, parent: parent, type: MockIOMMU.viommuType)
+            let vdev = try VDevice(viommu: viommu, device: dev.deviceID, virtualID: 0x42)
+            let mapping = try ioas.map(try DMABuffer(length: 4096), at: mockBase)
+            let ids = [ioas.objectID, parent.objectID, queue.objectID, nested.objectID, viommu.objectID, vdev.objectID]
+            // The mock device is attached to the IOAS's domain: the IOAS cannot go yet.
+            let refused = #expect(throws: VFIOError.self) { try ours.close() }
+            #expect(refused?.description.contains("\(ioas.label): EBUSY") == true, "\(String(describing: refused))")
+            #expect(!ours.fd.isClosed)
+            try dev.destroy()
+            try ours.close()
+            #expect(ours.fd.isClosed)
+            // Through the other process's fd: none of our ids exists any more.
+            for id in ids {
+                expectErrno(ENOENT) { try theirs.destroy(objectID: id) }
+            }
+            #expect(try theirIOAS.iovaRanges().ranges.count == 1)
+            try mapping.unmap()  // inert: the IOAS took it with it
+            #expect(throws: VFIOError.self) { _ = try ioas.iovaRanges() }
+            withExtendedLifetime((nested, vdev)) {}
+            try theirIOAS.destroy()
+            #expect(MockIOMMU.leftoverObjects(theirs) == [])
+            try theirs.close()
+            #expect(MockIOMMU.fdCountSettles(atMost: before), "fds leaked")
         }
     }
 
@@ -317,7 +485,10 @@ extension IOMMUFDMockTests {
                 #expect(try access.read(iova: mockBase + 0x20000 + 100, count: 5) == [1, 2, 3, 4, 5])
                 try access.write(iova: mockBase + 0x20000 + 4096, [9, 8, 7])
                 #expect(buf.read(at: 4096, count: 3) == [9, 8, 7])
-                expectErrno(EBUSY) { try dst.destroy() }  // the access uses it
+                // The copy is a live DMAMapping of dst: VFIOKit refuses before the kernel (which would
+                // answer EBUSY here anyway: the access uses dst).
+                let refused = #expect(throws: VFIOError.self) { try dst.destroy() }
+                #expect(refused?.errno == nil && refused?.description.contains("1 live DMAMapping") == true)
                 access.close()
                 let raw = try dst.copy(from: src, sourceIOVA: mockBase, length: 8192, to: nil)
                 try MockIOMMU.checkMap(ctx, hwpt: dstDev.hwptID, iova: raw, length: 8192, address: p)
@@ -641,6 +812,57 @@ extension IOMMUFDMockTests {
             try dev.replace(with: ioas)
             try iopf.destroy()
         }
+
+        /// The async wait sits on the fault fd's readiness: cancelling it ends
+        /// it within 50 ms, the queue still delivers afterwards, and
+        /// destroying the queue ends a wait in progress with "closed".
+        @Test func faultQueueAsyncWaitCancelsPromptlyAndEndsOnDestroy() async throws {
+            let ctx = try IOMMUFD()
+            let ioas = try IOAS(ctx)
+            let dev = try MockDevice(attachedTo: ioas)
+            let parent = try HWPT(ioas: ioas, device: dev.deviceID, flags: .nestParent)
+            let queue = try FaultQueue(ctx)
+            let iopf = try HWPT(nestedOn: parent, device: dev.deviceID, data: HardwarePageTables.selftestData(),
+                                faultQueue: queue)
+            try dev.replace(with: iopf)
+
+            let cancelled = Task { try await queue.next() }
+            try await Task.sleep(for: .milliseconds(100))
+            let start = ContinuousClock.now
+            cancelled.cancel()
+            let result = await cancelled.result
+            let latency = ContinuousClock.now - start
+            #expect(latency < .milliseconds(50), "cancel took \(latency)")
+            guard case .failure(let error) = result else {
+                Issue.record("a cancelled next() returned \(result)")
+                return
+            }
+            #expect((error as? VFIOError)?.detail == "cancelled", "\(error)")
+
+            // The queue still works: a fault raised while a new wait sits in poll wakes it.
+            let waiter = Task { try await queue.next() }
+            try await Task.sleep(for: .milliseconds(50))
+            try MockIOMMU.triggerPageFault(ctx, device: dev.deviceID, pasid: 1, group: 9, permissions: [.write],
+                                           address: 0x2000)
+            let faults = try await waiter.value
+            #expect(faults.map(\.groupID) == [9])
+            try queue.respond(cookie: faults[0].cookie, success: false)
+
+            // Destroy while a task waits: it ends at once with "closed".
+            try dev.replace(with: ioas)
+            try iopf.destroy()
+            let orphan = Task { try await queue.next() }
+            try await Task.sleep(for: .milliseconds(50))
+            let destroyStart = ContinuousClock.now
+            try queue.destroy()
+            let ended = await orphan.result
+            #expect(ContinuousClock.now - destroyStart < .milliseconds(50))
+            guard case .failure(let closed) = ended else {
+                Issue.record("next() returned after destroy: \(ended)")
+                return
+            }
+            #expect((closed as? VFIOError)?.detail == "the fd was already closed", "\(closed)")
+        }
     }
 
     // MARK: vIOMMU, vDEVICE, vEVENTQ, HW queue
@@ -731,6 +953,52 @@ extension IOMMUFDMockTests {
             }
         }
 
+        /// vEVENTQ from async code: an event raised while next() sits in poll
+        /// wakes it; a cancelled wait ends within 50 ms.
+        @Test func vEventQueueFromAsyncCode() async throws {
+            let ctx = try IOMMUFD()
+            let ioas = try IOAS(ctx)
+            let dev = try MockDevice(attachedTo: ioas)
+            let parent = try HWPT(ioas: ioas, device: dev.deviceID, flags: .nestParent)
+            let viommu = try VIOMMU(device: dev.deviceID, parent: parent, type: MockIOMMU.viommuType)
+            let nested = try HWPT(nestedOn: viommu, device: dev.deviceID, data: HardwarePageTables.selftestData())
+            let queue = try VEventQueue(viommu: viommu, type: MockIOMMU.veventqType, depth: 4, eventSize: 4)
+            let vdev = try VDevice(viommu: viommu, device: dev.deviceID, virtualID: 0x77)
+            try dev.replace(with: nested)
+
+            let waiter = Task { try await queue.next() }
+            try await Task.sleep(for: .milliseconds(50))
+            try MockIOMMU.triggerVEvent(ctx, device: dev.deviceID)
+            let records = try await waiter.value
+            let expected = withUnsafeBytes(of: UInt32(0x77).littleEndian) { Array($0) }
+            #expect(records.count == 1)
+            if case .event(_, let payload)? = records.first {
+                #expect(payload == expected)
+            } else {
+                Issue.record("expected one event, got \(records)")
+            }
+
+            let cancelled = Task { try await queue.next() }
+            try await Task.sleep(for: .milliseconds(100))
+            let start = ContinuousClock.now
+            cancelled.cancel()
+            let result = await cancelled.result
+            let latency = ContinuousClock.now - start
+            #expect(latency < .milliseconds(50), "cancel took \(latency)")
+            if case .failure(let error) = result {
+                #expect((error as? VFIOError)?.detail == "cancelled", "\(error)")
+            } else {
+                Issue.record("a cancelled next() returned \(result)")
+            }
+
+            try dev.replace(with: ioas)
+            try vdev.destroy()
+            try queue.destroy()
+            try nested.destroy()
+            try viommu.destroy()
+            try parent.destroy()
+        }
+
         @Test func hwQueuePinsItsIOVA() throws {
             try withMockContext { ctx in
                 let ioas = try IOAS(ctx)
@@ -738,12 +1006,14 @@ extension IOMMUFDMockTests {
                 let parent = try HWPT(ioas: ioas, device: dev.deviceID, flags: .nestParent)
                 let viommu = try VIOMMU(device: dev.deviceID, parent: parent, type: MockIOMMU.viommuType)
                 let page = UInt64(getpagesize())
-                let buf = try DMABuffer(length: Int(page))
+                var buf: DMABuffer? = try DMABuffer(length: Int(page))
+                weak let weakBuffer = buf
                 // Not mapped yet.
                 expectErrno(ENOENT) {
                     _ = try HWQueue(viommu: viommu, type: MockIOMMU.hwQueueType, index: 0, iova: mockBase, length: page)
                 }
-                let m = try ioas.map(buf, at: mockBase)
+                let m = try ioas.map(try #require(buf), at: mockBase)
+                buf = nil  // the mapping holds it
                 expectErrno(EOPNOTSUPP) {
                     _ = try HWQueue(viommu: viommu, type: UInt32(IOMMU_HW_QUEUE_TYPE_DEFAULT.rawValue), index: 0,
                                     iova: mockBase, length: page)
@@ -752,11 +1022,19 @@ extension IOMMUFDMockTests {
                 expectErrno(EEXIST) {
                     _ = try HWQueue(viommu: viommu, type: MockIOMMU.hwQueueType, index: 0, iova: mockBase, length: page)
                 }
-                let e = expectErrno(EBUSY) { _ = try ioas.unmap(iova: mockBase, length: page) }
-                #expect(e?.description.contains("HW queue") == true)
+                // The range is the mapping's: a raw unmap is refused before the kernel is asked.
+                let raw = #expect(throws: VFIOError.self) { _ = try ioas.unmap(iova: mockBase, length: page) }
+                #expect(raw?.errno == nil && raw?.description.contains("DMAMapping") == true, "\(String(describing: raw))")
+                // The mapping's own unmap: EBUSY. The pages stay mapped and pinned, so the buffer is kept for good.
+                let failed = unmapError(m)
+                #expect(failed?.errno?.rawValue == EBUSY)
+                #expect(failed?.description.contains("HW queue") == true && failed?.description.contains("kept alive") == true,
+                        "\(String(describing: failed))")
                 expectErrno(EBUSY) { try viommu.destroy() }
                 try q.destroy()
-                try m.unmap()
+                // No DMAMapping owns the range any more: the caller unmaps it raw.
+                #expect(try ioas.unmap(iova: mockBase, length: page) == page)
+                #expect(weakBuffer != nil, "the buffer of a mapping that failed to unmap was freed")
                 try viommu.destroy()
                 try parent.destroy()
                 withExtendedLifetime(dev) {}

@@ -42,7 +42,7 @@ func jsonObject(_ text: String) throws -> [String: Any] {
         #expect(devices.count == 6)
         let keys: Set<String> = ["address", "vendor_id", "device_id", "subsystem_vendor_id", "subsystem_device_id",
                                  "class_code", "class_name", "driver", "driver_override", "iommu_group", "numa_node",
-                                 "vfio_cdev", "is_bridge", "header_type", "readiness"]
+                                 "vfio_cdev", "is_bridge", "header_type", "readiness", "fix"]
         for d in devices { #expect(Set(d.keys) == keys) }
         let nvme = try #require(devices.first { $0["address"] as? String == "0000:00:05.0" })
         #expect(nvme["driver"] as? String == "nvme" && nvme["iommu_group"] as? Int == 5 && nvme["class_code"] as? String == "0x010802")
@@ -68,7 +68,7 @@ func jsonObject(_ text: String) throws -> [String: Any] {
         #expect(r.status == 0)
         #expect(r.out.contains("NVMe controller") && r.out.contains("nvme0n1 is mounted on /mnt"))
         let j = try jsonObject(vfioctl(["show", "0000:00:05.0", "--json"], root: f.root).out)
-        #expect(Set(j.keys) == ["device", "readiness", "group", "uses", "binding_record", "vfio", "vfio_error"])
+        #expect(Set(j.keys) == ["device", "readiness", "fix", "group", "uses", "holders", "binding_record", "vfio", "vfio_error"])
         #expect(j["readiness"] as? String == "in-use")
     }
 

@@ -40,7 +40,7 @@ import VFIOKitTestSupport
         try Syscalls.withProvider(kernel) {
             let fd = try OwnedFD.open("/dev/iommu")
             var arg = iommu_ioas_alloc.make()
-            let error = #expect(throws: VFIOError.self) { _ = try Sys.ioctl(fd.raw, IOMMU_IOAS_ALLOC, &arg, object: "/dev/iommu") }
+            let error = #expect(throws: VFIOError.self) { _ = try fd.ioctl(IOMMU_IOAS_ALLOC, &arg, object: "/dev/iommu") }
             #expect(error?.operation == "IOMMU_IOAS_ALLOC")
             #expect(error?.errno == .notSupported)
             try fd.close()
@@ -59,7 +59,7 @@ import VFIOKitTestSupport
             let fd = try OwnedFD.open("/dev/iommu")
             var arg = iommu_destroy.make()
             arg.id = 5
-            _ = try Sys.ioctl(fd.raw, IOMMU_DESTROY, &arg)
+            _ = try fd.ioctl(IOMMU_DESTROY, &arg)
             #expect(attempts.value == 4)
             let call = try #require(kernel.calls(IOMMU_DESTROY).last)
             #expect(call.argument(as: iommu_destroy.self).id == 5)
@@ -81,7 +81,7 @@ import VFIOKitTestSupport
             try fd.close()
             try fd.close()
             #expect(kernel.openFDCount == 0)
-            #expect(throws: VFIOError.self) { _ = try fd.get("IOMMU_IOAS_ALLOC") }
+            #expect(throws: VFIOError.self) { try fd.withDescriptor("IOMMU_IOAS_ALLOC") { (_) throws(VFIOError) in } }
         }
     }
 
@@ -122,7 +122,7 @@ import VFIOKitTestSupport
         }
         try Syscalls.withProvider(kernel) {
             let fd = try OwnedFD.open("/dev/vfio/devices/vfio0")
-            let bytes = try Sys.growingIoctl(fd.raw, VFIO_DEVICE_GET_INFO, vfio_device_info.make())
+            let bytes = try fd.growingIoctl(VFIO_DEVICE_GET_INFO, vfio_device_info.make())
             #expect(bytes.count == Int(full))
             #expect(bytes.header.num_regions == 9)
             let caps = bytes.capabilities(from: bytes.header.cap_offset)

@@ -1,4 +1,6 @@
+import Dispatch
 import Foundation
+import Synchronization
 import Testing
 import VFIOCommands
 import VFIOKit
@@ -43,5 +45,81 @@ import Glibc
 
     @Test func signalDeathMapsTo128PlusSignal() throws {
         #expect(try Launcher(fds: []).run("sh", ["-c", "kill -TERM $$"]) == 128 + SIGTERM)
+    }
+}
+
+/// `--exec` hands over exactly the fds it names: stdio and those, nothing
+/// vfioctl itself inherited or opened without close-on-exec.
+@Suite struct LauncherHandoffTests {
+    @Test func childGetsOnlyStdioAndTheNamedFds() throws {
+        let passed = open("/dev/null", O_RDONLY | O_CLOEXEC)
+        // Inheritable, like an fd vfioctl's own parent left open for it.
+        let leaky = open("/dev/null", O_RDONLY)
+        defer { close(passed); close(leaky) }
+        #expect(passed >= 3 && leaky >= 3)
+        let pidFile = FileManager.default.temporaryDirectory.appendingPathComponent("vfiokit-pid-\(getpid())-\(passed)").path
+        defer { unlink(pidFile) }
+        let launcher = Launcher(fds: [("iommufd", passed)])
+        // The program tells its pid, then becomes `sleep`, which opens nothing: its
+        // fds, read from outside, are exactly what it was handed.
+        let status = Mutex<Int32?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async {
+            let s = try? launcher.run("sh", ["-c", "echo $$ > \"$1\"; exec sleep 1", "sh", pidFile])
+            status.withLock { $0 = s }
+            done.signal()
+        }
+        var fds: Set<Int32> = []
+        var comm = ""
+        let deadline = ContinuousClock.now + .seconds(10)
+        while ContinuousClock.now < deadline {
+            if let text = try? String(contentsOfFile: pidFile, encoding: .utf8),
+               let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)),
+               let name = try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8),
+               name.hasPrefix("sleep") {
+                comm = name
+                let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []
+                fds = Set(entries.compactMap { Int32($0) })
+                break
+            }
+            usleep(10_000)
+        }
+        done.wait()
+        #expect(status.withLock { $0 } == 0)
+        #expect(comm.hasPrefix("sleep"), "never saw the program")
+        #expect(fds.subtracting([0, 1, 2]) == [passed], "the program had fds \(fds.sorted()); the leaky fd was \(leaky)")
+    }
+
+    @Test func anInheritedFDIsAdoptedAsACloseOnExecCopy() throws {
+        let inherited = open("/dev/null", O_RDONLY)
+        defer { close(inherited) }
+        let copy = try Launcher.adoptInherited(inherited)
+        defer { close(copy) }
+        #expect(copy >= 0 && copy != inherited)
+        #expect(fcntl(copy, F_GETFD) & FD_CLOEXEC != 0, "the adopted copy would leak into every program vfioctl starts")
+        let closed = open("/dev/null", O_RDONLY)
+        close(closed)
+        let error = #expect(throws: VFIOError.self) { _ = try Launcher.adoptInherited(closed) }
+        #expect(error?.errno == .badFileDescriptor)
+    }
+
+    /// With no fd number left (EMFILE), the copy fails with an error instead
+    /// of handing -1 to the owner.
+    @Test func aFailedCopyIsAnError() async {
+        await #expect(processExitsWith: .exitCode(0)) {
+            let inherited = open("/dev/null", O_RDONLY)  // the lowest free number: none below it is free
+            var limit = rlimit()
+            getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+            limit.rlim_cur = rlim_t(inherited + 1)
+            guard setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { exit(3) }
+            do {
+                let copy = try Launcher.adoptInherited(inherited)
+                exit(copy < 0 ? 1 : 4)
+            } catch let error as VFIOError {
+                exit(error.errno == .tooManyOpenFiles ? 0 : 2)
+            } catch {
+                exit(5)
+            }
+        }
     }
 }

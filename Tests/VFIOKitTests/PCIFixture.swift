@@ -114,7 +114,7 @@ final class PCIFixture: @unchecked Sendable {
 /// The PCI core's reaction to sysfs writes, on the fixture tree.
 final class FixtureKernel: SysfsWriteHandler, @unchecked Sendable {
     unowned let fixture: PCIFixture
-    private let state = Mutex<(log: [String], failProbe: Set<String>, failWrites: Set<String>, defaults: [String: String], cdev: Int)>(([], [], [], [:], 0))
+    private let state = Mutex<(log: [String], failProbe: Set<String>, failWrites: Set<String>, defaults: [String: [String]], cdev: Int)>(([], [], [], [:], 0))
 
     init(fixture: PCIFixture) { self.fixture = fixture }
 
@@ -124,8 +124,14 @@ final class FixtureKernel: SysfsWriteHandler, @unchecked Sendable {
     func failProbe(_ driver: String) { state.withLock { _ = $0.failProbe.insert(driver) } }
     /// Writes to this path fail with EIO.
     func failWrite(_ path: String) { state.withLock { _ = $0.failWrites.insert(path) } }
-    /// The driver that claims a device when nothing overrides it.
-    func setDefaultDriver(_ bdf: String, _ driver: String) { state.withLock { $0.defaults[bdf] = driver } }
+    /// The cause is fixed: probes and writes work again.
+    func clearFailures() { state.withLock { $0.failProbe = []; $0.failWrites = [] } }
+    /// The driver that claims a device when nothing overrides it (drivers_probe
+    /// picks it). Drivers named earlier still match the device (their bind file
+    /// takes it), as a driver whose id table lists the device does.
+    func setDefaultDriver(_ bdf: String, _ driver: String) {
+        state.withLock { $0.defaults[bdf] = [driver] + ($0.defaults[bdf] ?? []).filter { $0 != driver } }
+    }
     func nextCdev() -> Int { state.withLock { $0.cdev += 1; return $0.cdev - 1 } }
 
     func write(_ value: String, to path: String, host: PCIHost) throws(VFIOError) {
@@ -139,15 +145,23 @@ final class FixtureKernel: SysfsWriteHandler, @unchecked Sendable {
         if path.hasSuffix("/driver_override") {
             try? f.write(path, (v.isEmpty ? "(null)" : v) + "\n")
         } else if path.hasSuffix("/unbind") {
+            // unbind_store: ENODEV unless the device is bound to this driver.
+            let drv = path.split(separator: "/").dropLast().last.map(String.init) ?? ""
+            guard f.driver(v) == drv else { throw VFIOError(operation: "write", errno: Errno(rawValue: 19), object: path) }
             try? f.fm.removeItem(atPath: f.root + f.dev(v) + "/driver")
             try? f.fm.removeItem(atPath: f.root + f.dev(v) + "/vfio-dev")
         } else if path == "/sys/bus/pci/drivers_probe" {
             guard f.driver(v) == nil else { return }
-            let want = f.override(v) ?? defaults[v]
+            let want = f.override(v) ?? defaults[v]?.first
             if let want, f.exists("/sys/bus/pci/drivers/\(want)"), !failing.contains(want) { try? f.bindLink(v, want) }
         } else if path.hasSuffix("/bind") {
+            // bind_store: ENODEV when the driver does not match (driver_override names
+            // another driver, or none is set and the driver does not claim these ids),
+            // EBUSY when the device already has a driver (__driver_probe_device).
             let drv = path.split(separator: "/").dropLast().last.map(String.init) ?? ""
-            if failing.contains(drv) { throw VFIOError(operation: "write", errno: Errno(rawValue: 19), object: path) }
+            let matches = f.override(v).map { $0 == drv } ?? (defaults[v]?.contains(drv) == true)
+            if !matches || failing.contains(drv) { throw VFIOError(operation: "write", errno: Errno(rawValue: 19), object: path) }
+            if f.driver(v) != nil { throw VFIOError(operation: "write", errno: Errno(rawValue: 16), object: path) }
             try? f.bindLink(v, drv)
         } else {
             try? f.write(path, value)

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <spawn.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -25,6 +26,11 @@ static inline int cvfio_sys_memfd_create(const char *name, unsigned int flags) {
     return (int)syscall(SYS_memfd_create, name, flags);
 }
 static inline int cvfio_errno(void) { return errno; }
+
+/* posix_spawn_file_actions_addclosefrom_np (glibc 2.34 and later), which
+ * <spawn.h> declares only under _GNU_SOURCE: close every fd >= from in the
+ * child. Returns 0 or an errno; ENOSYS where the C library lacks it. */
+int cvfio_spawn_file_actions_addclosefrom(posix_spawn_file_actions_t *actions, int from);
 
 static const unsigned int CVFIO_MFD_CLOEXEC = 0x0001U;
 static const unsigned int CVFIO_MFD_HUGETLB = 0x0004U;

@@ -39,7 +39,13 @@ final class OpenedDevice {
         if useContainer {
             let number = try DeviceNodes.groupNumber(of: a, host: host)
             let container = try DeviceNodes.explainingOpen(host) { () throws(VFIOError) in try VFIOContainer() }
-            let group = try DeviceNodes.explainingOpen(host) { () throws(VFIOError) in try VFIOGroup(number: number) }
+            let group: VFIOGroup
+            do throws(VFIOError) {
+                group = try DeviceNodes.explainingOpen(host) { () throws(VFIOError) in try VFIOGroup(number: number, host: host) }
+            } catch {
+                try? container.close()
+                throw error
+            }
             do throws(VFIOError) {
                 try group.setContainer(container)
                 try container.setIOMMU(try container.supports(.type1v2) ? .type1v2 : .type1)
@@ -48,7 +54,7 @@ final class OpenedDevice {
             } catch {
                 try? group.close()
                 try? container.close()
-                throw error
+                throw host.explainOwnership(error, device: a, group: number)
             }
         }
         let cdev = try DeviceNodes.cdevPath(of: a, host: host)
@@ -60,7 +66,7 @@ final class OpenedDevice {
                 return OpenedDevice(address: a, device: device, iommufd: ctx, deviceID: devid, group: nil, container: nil)
             } catch {
                 try? device.close()
-                throw error
+                throw host.explainOwnership(error, device: a)
             }
         } catch {
             try? ctx.close()

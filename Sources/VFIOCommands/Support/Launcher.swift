@@ -1,3 +1,4 @@
+import CVFIO
 import Foundation
 import VFIOKit
 
@@ -6,9 +7,11 @@ import Glibc
 #endif
 
 /// Starts a program with chosen fds inherited, the way libvirt hands iommufd
-/// and VFIO cdev fds to QEMU: every fd VFIOKit opens is close-on-exec, and
-/// exactly the fds named here are made inheritable in the child (dup2 onto
-/// itself clears FD_CLOEXEC in posix_spawn, glibc 2.29 and later).
+/// and VFIO cdev fds to QEMU. The child gets exactly stdin, stdout, stderr
+/// and the fds named here, under the same numbers: the named ones are made
+/// inheritable in the child (dup2 onto itself clears FD_CLOEXEC in
+/// posix_spawn, glibc 2.29 and later) and every other fd is closed in the
+/// child, also those this process inherited or opened without close-on-exec.
 public struct Launcher: Sendable {
     /// The fds to pass, by placeholder name: `iommufd`, `device`,
     /// `device:0000:00:03.0`, `container`, `group`, ...
@@ -79,7 +82,7 @@ public struct Launcher: Sendable {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
-        for (_, fd) in fds { posix_spawn_file_actions_adddup2(&actions, fd, fd) }
+        try Launcher.handOver(Set(fds.map(\.fd)), to: &actions)
 
         // Block the stop signals while we spawn and wait; the child starts with
         // an empty mask and default handlers.
@@ -123,6 +126,57 @@ public struct Launcher: Sendable {
             var timeout = timespec(tv_sec: 0, tv_nsec: 50_000_000)
             let sig = sigtimedwait(&set, nil, &timeout)
             if sig > 0 { kill(pid, sig) }
+        }
+    }
+
+    /// Takes a copy of `fd`, an fd this process inherited (`--iommufd FD`),
+    /// for an owner to close when it is done.
+    public static func adoptInherited(_ fd: Int32) throws(VFIOError) -> Int32 {
+        guard fcntl(fd, F_GETFD) >= 0 else {
+            throw VFIOError(operation: "fcntl", errno: Errno(rawValue: errno), object: "fd \(fd)",
+                            detail: "--iommufd \(fd) is not an open fd of this process",
+                            hint: "pass an fd this process inherited, e.g. {iommufd} from a parent `vfioctl attach --exec`")
+        }
+        let copy = fcntl(fd, F_DUPFD_CLOEXEC, 0)
+        guard copy >= 0 else {
+            let e = errno
+            throw VFIOError(operation: "fcntl(F_DUPFD_CLOEXEC)", errno: Errno(rawValue: e), object: "fd \(fd)",
+                            detail: "could not take a copy of --iommufd \(fd)",
+                            hint: e == EMFILE ? "this process has no fd number left (RLIMIT_NOFILE, `ulimit -n`)" : nil)
+        }
+        return copy
+    }
+
+    /// File actions that leave the child exactly 0, 1, 2 and `named`: each
+    /// named fd is dup2'ed onto itself (clearing close-on-exec), every other
+    /// number is closed (those between explicitly, the rest with closefrom).
+    static func handOver(_ named: Set<Int32>, to actions: inout posix_spawn_file_actions_t) throws(VFIOError) {
+        func check(_ rc: Int32, _ what: String) throws(VFIOError) {
+            if rc != 0 {
+                throw VFIOError(operation: what, errno: Errno(rawValue: rc), object: "posix_spawn file actions",
+                                detail: "could not prepare the fds for the program")
+            }
+        }
+        for fd in named.sorted() {
+            guard fd >= 0, fcntl(fd, F_GETFD) >= 0 else {
+                throw VFIOError(operation: "exec", errno: .badFileDescriptor, object: "fd \(fd)",
+                                detail: "fd \(fd) to pass is not open")
+            }
+            try check(posix_spawn_file_actions_adddup2(&actions, fd, fd), "posix_spawn_file_actions_adddup2")
+        }
+        let top = max(named.max() ?? 2, 2)
+        for fd in stride(from: Int32(3), to: top, by: 1) where !named.contains(fd) {
+            try check(posix_spawn_file_actions_addclose(&actions, fd), "posix_spawn_file_actions_addclose")
+        }
+        let rc = cvfio_spawn_file_actions_addclosefrom(&actions, top + 1)
+        if rc == ENOSYS {
+            // No closefrom in this C library: close what is open now, by number.
+            let open = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd"))?.compactMap { Int32($0) } ?? []
+            for fd in open where fd > top {
+                try check(posix_spawn_file_actions_addclose(&actions, fd), "posix_spawn_file_actions_addclose")
+            }
+        } else {
+            try check(rc, "posix_spawn_file_actions_addclosefrom_np")
         }
     }
 

@@ -11,9 +11,12 @@ enum Hints {
         switch errno.rawValue {
         case 1, 13:  // EPERM, EACCES
             if op == "VFIO_DEVICE_BIND_IOMMUFD" {
-                return "the IOMMU does not isolate MSI interrupts (no interrupt remapping) or the device is "
-                    + "not usable; `vfioctl doctor` checks both. Allowing unsafe interrupts "
-                    + "(iommufd.allow_unsafe_interrupts=1) is a security decision: VFIOKit never sets it."
+                return "two causes: another member of its IOMMU group is bound to another iommufd context (another "
+                    + "process: a group cannot be split between owners), or the IOMMU does not isolate MSIs (no "
+                    + "interrupt remapping); `vfioctl list` marks held devices, `vfioctl show` on one names the holders, "
+                    + "and `vfioctl doctor` checks "
+                    + "remapping. Allowing unsafe interrupts (iommufd.allow_unsafe_interrupts=1) is a security "
+                    + "decision: VFIOKit never sets it."
             }
             if op == "VFIO_SET_IOMMU" || op == "VFIO_GROUP_SET_CONTAINER" {
                 return "the IOMMU does not isolate MSI interrupts; vfio_iommu_type1.allow_unsafe_interrupts=1 "
@@ -30,11 +33,13 @@ enum Hints {
                     return "the kernel has no iommufd (CONFIG_IOMMUFD, Linux 6.2 or later) or the module is not loaded"
                 }
                 if let o = object, o.hasPrefix("/dev/vfio/devices") {
-                    return "no VFIO cdev: bind the device to vfio-pci (`vfioctl bind BDF`); cdevs need "
+                    return "no VFIO cdev: bind the device to vfio-pci (`vfioctl list` shows each device's address and what "
+                        + "makes it ready, e.g. `vfioctl bind` with its address); cdevs need "
                         + "CONFIG_VFIO_DEVICE_CDEV (Linux 6.6 or later)"
                 }
                 if let o = object, o.hasPrefix("/dev/vfio") {
-                    return "the group has no VFIO node: bind every member to vfio-pci (`vfioctl bind BDF --group`) "
+                    return "the group has no VFIO node: bind its devices to vfio-pci (`vfioctl list --groups` shows its "
+                        + "members; `vfioctl bind` one of them with --group) "
                         + "and check that the kernel has an IOMMU enabled (`vfioctl doctor`)"
                 }
             }
@@ -44,8 +49,9 @@ enum Hints {
             return nil
         case 16:  // EBUSY
             if op == "open" || op == "VFIO_GROUP_GET_DEVICE_FD" || op == "VFIO_DEVICE_BIND_IOMMUFD" {
-                return "the group or device is already open in another process (a VM, another driver, "
-                    + "`vfioctl attach --hold`): close it there first"
+                return "the IOMMU group is held by another process or fd: its group node is open, or a member's cdev "
+                    + "is bound (a VM, another driver, `vfioctl attach --hold`); `vfioctl list` marks held devices and "
+                    + "`vfioctl show` on one names the process"
             }
             if op == "IOMMU_DESTROY" {
                 return "the object is still in use (a device or HWPT is attached to it): detach or destroy the users first"
@@ -65,8 +71,8 @@ enum Hints {
             return nil
         case 22:  // EINVAL
             if op == "VFIO_DEVICE_BIND_IOMMUFD" {
-                return "the device is already open and bound through another fd (a VFIO cdev can be bound once "
-                    + "at a time): close the other user, e.g. a VM or `vfioctl attach --hold`"
+                return "the device is already bound through another fd (a VFIO cdev is bound by one fd at a time): "
+                    + "`vfioctl list` marks it held and `vfioctl show` on it names the process that has it"
             }
             if op.hasPrefix("VFIO_IOMMU") || op == "VFIO_CHECK_EXTENSION" && object?.contains("container") == true {
                 return "a container needs VFIO_SET_IOMMU (after VFIO_GROUP_SET_CONTAINER) before it can map or report info"

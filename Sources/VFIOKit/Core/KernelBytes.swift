@@ -64,21 +64,21 @@ public struct VFIOCapability: Sendable, Equatable {
     public var offset: Int
 }
 
-extension Sys {
+extension OwnedFD {
     /// Calls a VFIO info ioctl whose answer may not fit: the kernel writes the
     /// size it needs into `argsz`, and a second call with that size gets the
     /// whole capability chain.
-    static func growingIoctl<H: VFIOArgument>(
-        _ fd: Int32, _ request: UInt, _ header: H, object: @autoclosure () -> String? = nil
+    func growingIoctl<H: VFIOArgument>(
+        _ request: UInt, _ header: H, object: @autoclosure () -> String? = nil
     ) throws(VFIOError) -> KernelBytes<H> {
         var buffer = KernelBytes(header, count: MemoryLayout<H>.size)
-        _ = try buffer.withUnsafeMutableRawPointer { (p) throws(VFIOError) in try ioctl(fd, request, p, object: object()) }
+        _ = try buffer.withUnsafeMutableRawPointer { (p) throws(VFIOError) in try ioctl(request, p, object: object()) }
         let needed = Int(buffer.header.argsz)
         guard needed > buffer.count else { return buffer }
         var h = header
         h.argsz = UInt32(needed)
         buffer = KernelBytes(h, count: needed)
-        _ = try buffer.withUnsafeMutableRawPointer { (p) throws(VFIOError) in try ioctl(fd, request, p, object: object()) }
+        _ = try buffer.withUnsafeMutableRawPointer { (p) throws(VFIOError) in try ioctl(request, p, object: object()) }
         return buffer
     }
 }

@@ -12,7 +12,9 @@ import Musl
 ///
 /// Results follow the kernel's own convention: a non-negative result, or
 /// `-errno`. The real provider is used unless a test installs another with
-/// ``Syscalls/withProvider(_:_:)``.
+/// ``Syscalls/withProvider(_:_:)``. An fd or a mapping belongs to the
+/// provider that made it: every later call on it, and its close or munmap, go
+/// to that provider, inside or outside `withProvider`.
 public protocol SyscallProvider: Sendable {
     func open(_ path: UnsafePointer<CChar>, _ flags: Int32, _ mode: UInt32) -> Int32
     func close(_ fd: Int32) -> Int32
@@ -82,7 +84,9 @@ public enum Syscalls {
     /// The provider in force for the current task; nil means Linux itself.
     @TaskLocal public static var provider: (any SyscallProvider)? = nil
 
-    /// Runs `body` with `provider` as the kernel, for this task and its children.
+    /// Runs `body` with `provider` as the kernel, for this task and its
+    /// children: fds, eventfds and memory made inside `body` belong to it for
+    /// their whole life.
     public static func withProvider<R>(_ provider: any SyscallProvider, _ body: () throws -> R) rethrows -> R {
         try $provider.withValue(provider) { try body() }
     }
@@ -96,14 +100,26 @@ public enum Syscalls {
     }
 }
 
-/// One internal function per syscall: dispatch to the provider, retry EINTR
-/// (never for close), and turn `-errno` into a ``VFIOError`` that names the call.
+/// One internal function per syscall: dispatch to the given kernel (nil:
+/// Linux itself), retry EINTR (never for close), and turn `-errno` into a
+/// ``VFIOError`` that names the call.
+///
+/// The kernel is an argument, not the task-local: an ``OwnedFD`` (and memory
+/// mapped through one) carries the kernel it was made with, so its calls and
+/// its close go to that kernel wherever they happen, and hot paths do not
+/// read a task-local. Only calls that make something new (open, eventfd,
+/// memfd_create, anonymous mmap) read ``current`` once, and the owner they
+/// return keeps it.
 enum Sys {
-    private static let linux = LinuxSyscalls()
+    static let linux = LinuxSyscalls()
+
+    /// The kernel in force for this task: the provider a test installed, or
+    /// nil for Linux. Read when an owner is made.
+    static var current: (any SyscallProvider)? { Syscalls.provider }
 
     @inline(__always)
-    static func call<R>(_ body: (any SyscallProvider) -> R) -> R {
-        if let p = Syscalls.provider { return body(p) }
+    static func call<R>(_ kernel: (any SyscallProvider)?, _ body: (any SyscallProvider) -> R) -> R {
+        if let kernel { return body(kernel) }
         return body(linux)
     }
 
@@ -111,29 +127,36 @@ enum Sys {
         VFIOError(operation: operation, errno: Errno(rawValue: CInt(-Int(result))), object: object)
     }
 
-    static func open(_ path: String, _ flags: Int32, mode: UInt32 = 0) throws(VFIOError) -> Int32 {
+    static func open(_ kernel: (any SyscallProvider)?, _ path: String, _ flags: Int32, mode: UInt32 = 0)
+        throws(VFIOError) -> Int32
+    {
         while true {
-            let fd = path.withCString { p in call { $0.open(p, flags | O_CLOEXEC, mode) } }
+            let fd = path.withCString { p in call(kernel) { $0.open(p, flags | O_CLOEXEC, mode) } }
             if fd >= 0 { return fd }
             if fd != -EINTR { throw fail("open", fd, object: path) }
         }
     }
 
     /// Closes `fd`. Never retried: after EINTR the fd is gone on Linux.
-    static func close(_ fd: Int32, object: @autoclosure () -> String? = nil) throws(VFIOError) {
-        let r = call { $0.close(fd) }
+    static func close(_ kernel: (any SyscallProvider)?, _ fd: Int32, object: @autoclosure () -> String? = nil)
+        throws(VFIOError)
+    {
+        let r = call(kernel) { $0.close(fd) }
         if r < 0 && r != -EINTR { throw fail("close", r, object: object()) }
     }
 
+    // The calls on hot paths (ioctl, read, write, poll) are generic over the
+    // kernel: an owned fd calls them with `Sys.linux` (statically dispatched,
+    // no existential on the path) or with its fake.
+
     /// Issues an ioctl whose name is looked up from the request for errors.
     @inline(__always)
-    static func ioctl(
-        _ fd: Int32, _ request: UInt, _ argument: UnsafeMutableRawPointer?,
+    static func ioctl<K: SyscallProvider>(
+        _ kernel: K, _ fd: Int32, _ request: UInt, _ argument: UnsafeMutableRawPointer?,
         object: @autoclosure () -> String? = nil
     ) throws(VFIOError) -> Int32 {
         while true {
-            let r: Int32
-            if let p = Syscalls.provider { r = p.ioctl(fd, request, argument) } else { r = linux.ioctl(fd, request, argument) }
+            let r = kernel.ioctl(fd, request, argument)
             if r >= 0 { return r }
             if r != -EINTR { throw fail(IoctlNames.name(of: request), r, object: object()) }
         }
@@ -141,98 +164,112 @@ enum Sys {
 
     /// Issues an ioctl on a fixed-size argument struct.
     @inline(__always)
-    static func ioctl<A>(
-        _ fd: Int32, _ request: UInt, _ argument: inout A, object: @autoclosure () -> String? = nil
+    static func ioctl<K: SyscallProvider, A>(
+        _ kernel: K, _ fd: Int32, _ request: UInt, _ argument: inout A, object: @autoclosure () -> String? = nil
     ) throws(VFIOError) -> Int32 {
         while true {
-            let r = withUnsafeMutableBytes(of: &argument) { raw in
-                call { $0.ioctl(fd, request, raw.baseAddress) }
-            }
+            let r = withUnsafeMutableBytes(of: &argument) { raw in kernel.ioctl(fd, request, raw.baseAddress) }
             if r >= 0 { return r }
             if r != -EINTR { throw fail(IoctlNames.name(of: request), r, object: object()) }
         }
     }
 
-    /// Issues an ioctl that takes a plain integer argument (VFIO_CHECK_EXTENSION, VFIO_SET_IOMMU).
-    static func ioctl(_ fd: Int32, _ request: UInt, value: Int, object: @autoclosure () -> String? = nil) throws(VFIOError) -> Int32 {
-        try ioctl(fd, request, UnsafeMutableRawPointer(bitPattern: value), object: object())
-    }
-
-    static func pread(_ fd: Int32, _ buffer: UnsafeMutableRawBufferPointer, at offset: Int64, object: @autoclosure () -> String? = nil) throws(VFIOError) -> Int {
-        while true {
-            let r = call { $0.pread(fd, buffer, offset) }
-            if r >= 0 { return r }
-            if r != -Int(EINTR) { throw fail("pread", r, object: object()) }
-        }
-    }
-
-    static func pwrite(_ fd: Int32, _ buffer: UnsafeRawBufferPointer, at offset: Int64, object: @autoclosure () -> String? = nil) throws(VFIOError) -> Int {
-        while true {
-            let r = call { $0.pwrite(fd, buffer, offset) }
-            if r >= 0 { return r }
-            if r != -Int(EINTR) { throw fail("pwrite", r, object: object()) }
-        }
-    }
-
     /// Reads; EAGAIN comes back as nil so non-blocking readers can poll.
-    static func read(_ fd: Int32, _ buffer: UnsafeMutableRawBufferPointer, object: @autoclosure () -> String? = nil) throws(VFIOError) -> Int? {
+    @inline(__always)
+    static func read<K: SyscallProvider>(_ kernel: K, _ fd: Int32, _ buffer: UnsafeMutableRawBufferPointer,
+                                         object: @autoclosure () -> String? = nil) throws(VFIOError) -> Int?
+    {
         while true {
-            let r = call { $0.read(fd, buffer) }
+            let r = kernel.read(fd, buffer)
             if r >= 0 { return r }
             if r == -Int(EAGAIN) { return nil }
             if r != -Int(EINTR) { throw fail("read", r, object: object()) }
         }
     }
 
-    static func write(_ fd: Int32, _ buffer: UnsafeRawBufferPointer, object: @autoclosure () -> String? = nil) throws(VFIOError) -> Int {
+    static func write<K: SyscallProvider>(_ kernel: K, _ fd: Int32, _ buffer: UnsafeRawBufferPointer,
+                                          object: @autoclosure () -> String? = nil) throws(VFIOError) -> Int
+    {
         while true {
-            let r = call { $0.write(fd, buffer) }
+            let r = kernel.write(fd, buffer)
             if r >= 0 { return r }
             if r != -Int(EINTR) { throw fail("write", r, object: object()) }
         }
     }
 
+    /// Polls; returns the number of ready fds (0 on timeout). EINTR is retried
+    /// with the full timeout again, which is conservative for waits.
+    @inline(__always)
+    static func poll<K: SyscallProvider>(_ kernel: K, _ fds: UnsafeMutablePointer<pollfd>, count: Int,
+                                         timeoutMilliseconds: Int32, object: @autoclosure () -> String? = nil)
+        throws(VFIOError) -> Int32
+    {
+        while true {
+            let r = kernel.poll(fds, count, timeoutMilliseconds)
+            if r >= 0 { return r }
+            if r != -EINTR { throw fail("poll", r, object: object()) }
+        }
+    }
+
+    static func pread(_ kernel: (any SyscallProvider)?, _ fd: Int32, _ buffer: UnsafeMutableRawBufferPointer,
+                      at offset: Int64, object: @autoclosure () -> String? = nil) throws(VFIOError) -> Int
+    {
+        while true {
+            let r = call(kernel) { $0.pread(fd, buffer, offset) }
+            if r >= 0 { return r }
+            if r != -Int(EINTR) { throw fail("pread", r, object: object()) }
+        }
+    }
+
+    static func pwrite(_ kernel: (any SyscallProvider)?, _ fd: Int32, _ buffer: UnsafeRawBufferPointer,
+                       at offset: Int64, object: @autoclosure () -> String? = nil) throws(VFIOError) -> Int
+    {
+        while true {
+            let r = call(kernel) { $0.pwrite(fd, buffer, offset) }
+            if r >= 0 { return r }
+            if r != -Int(EINTR) { throw fail("pwrite", r, object: object()) }
+        }
+    }
+
     static func mmap(
-        length: Int, protection: Int32, flags: Int32, fd: Int32 = -1, offset: Int64 = 0,
-        object: @autoclosure () -> String? = nil
+        _ kernel: (any SyscallProvider)?, length: Int, protection: Int32, flags: Int32, fd: Int32 = -1,
+        offset: Int64 = 0, object: @autoclosure () -> String? = nil
     ) throws(VFIOError) -> UnsafeMutableRawPointer {
-        let (p, e) = call { $0.mmap(length, protection, flags, fd, offset) }
+        let (p, e) = call(kernel) { $0.mmap(length, protection, flags, fd, offset) }
         guard let p else { throw fail("mmap", e, object: object()) }
         return p
     }
 
-    static func munmap(_ address: UnsafeMutableRawPointer, length: Int) throws(VFIOError) {
-        let r = call { $0.munmap(address, length) }
+    static func munmap(_ kernel: (any SyscallProvider)?, _ address: UnsafeMutableRawPointer, length: Int)
+        throws(VFIOError)
+    {
+        let r = call(kernel) { $0.munmap(address, length) }
         if r < 0 { throw fail("munmap", r, object: nil) }
     }
 
-    static func eventfd(initial: UInt32 = 0, flags: Int32) throws(VFIOError) -> Int32 {
-        let r = call { $0.eventfd(initial, flags | CVFIO_EFD_CLOEXEC) }
+    static func eventfd(_ kernel: (any SyscallProvider)?, initial: UInt32 = 0, flags: Int32) throws(VFIOError)
+        -> Int32
+    {
+        let r = call(kernel) { $0.eventfd(initial, flags | CVFIO_EFD_CLOEXEC) }
         if r < 0 { throw fail("eventfd", r, object: nil) }
         return r
     }
 
-    /// Polls; returns the number of ready fds (0 on timeout). EINTR is retried
-    /// with the full timeout again, which is conservative for waits.
-    static func poll(_ fds: UnsafeMutablePointer<pollfd>, count: Int, timeoutMilliseconds: Int32) throws(VFIOError) -> Int32 {
-        while true {
-            let r = call { $0.poll(fds, count, timeoutMilliseconds) }
-            if r >= 0 { return r }
-            if r != -EINTR { throw fail("poll", r, object: nil) }
-        }
-    }
-
-    static func memfdCreate(_ name: String, flags: UInt32) throws(VFIOError) -> Int32 {
-        let r = name.withCString { n in call { $0.memfdCreate(n, flags | CVFIO_MFD_CLOEXEC) } }
+    static func memfdCreate(_ kernel: (any SyscallProvider)?, _ name: String, flags: UInt32) throws(VFIOError)
+        -> Int32
+    {
+        let r = name.withCString { n in call(kernel) { $0.memfdCreate(n, flags | CVFIO_MFD_CLOEXEC) } }
         if r < 0 { throw fail("memfd_create", r, object: name) }
         return r
     }
 
-    static func ftruncate(_ fd: Int32, length: Int64) throws(VFIOError) {
+    static func ftruncate(_ kernel: (any SyscallProvider)?, _ fd: Int32, length: Int64,
+                          object: @autoclosure () -> String? = nil) throws(VFIOError)
+    {
         while true {
-            let r = call { $0.ftruncate(fd, length) }
+            let r = call(kernel) { $0.ftruncate(fd, length) }
             if r >= 0 { return }
-            if r != -EINTR { throw fail("ftruncate", r, object: nil) }
+            if r != -EINTR { throw fail("ftruncate", r, object: object()) }
         }
     }
 }

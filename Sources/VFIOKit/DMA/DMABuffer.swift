@@ -1,3 +1,5 @@
+import CVFIO
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -10,6 +12,30 @@ import Musl
 /// a reference), so the device can never DMA into memory that was freed.
 /// Its bytes are reachable with ``withUnsafeMutableBytes(_:)`` and the copying
 /// helpers; the address is stable for the buffer's lifetime.
+///
+/// ## Sharing memory with a device
+///
+/// Plain accesses (``withUnsafeMutableBytes(_:)``, ``write(_:at:)``) may be
+/// reordered, merged or hoisted by the compiler and, on arm64, by the CPU.
+/// For the fields a driver and a device hand back and forth:
+/// - ``load16(at:)`` and the other volatile accessors happen exactly once,
+///   where written: poll a completion's phase bit with them.
+/// - ``readBarrier()`` (Linux's `dma_rmb`) after reading a phase bit or a
+///   "done" flag, before reading the rest of the entry.
+/// - ``writeBarrier()`` (`dma_wmb`) after writing descriptors, before the
+///   store that hands them over when that store is to memory (a shadow
+///   doorbell, a ring index the device polls). A doorbell in a BAR needs no
+///   explicit barrier: ``MMIORegion/store32(_:at:)`` has one built in.
+///
+///     sq.withUnsafeMutableBytes { $0.storeBytes(of: command, toByteOffset: tail * 64, as: Command.self) }
+///     bar.store32(UInt32(newTail), at: sqDoorbell)          // barrier, then the doorbell
+///
+///     while cq.load16(at: head * 16 + 14) & 1 != phase { }  // the phase bit, read each time
+///     DMABuffer.readBarrier()                                 // then the rest of the entry
+///     let entry = cq.withUnsafeMutableBytes { $0.load(fromByteOffset: head * 16, as: Completion.self) }
+///
+/// On x86-64 both barriers are compiler barriers only (free at run time); on
+/// arm64 they are `dmb oshst` and `dmb oshld`.
 public final class DMABuffer: @unchecked Sendable {
     // @unchecked: the address and length never change; the bytes are shared
     // with a device and synchronised by the driver's own protocol, as with any
@@ -28,9 +54,11 @@ public final class DMABuffer: @unchecked Sendable {
     public let backing: Backing
     /// Length in bytes, a multiple of the page size used.
     public let length: Int
-    let base: UnsafeMutableRawPointer
+    @usableFromInline let base: UnsafeMutableRawPointer
     /// The memfd behind a `.memfd` buffer, else nil.
     public let file: OwnedFD?
+    /// The kernel the memory was mapped through (nil: Linux); it unmaps it too.
+    let kernel: (any SyscallProvider)?
 
     public static let hugePageSize = 2 << 20
 
@@ -40,28 +68,39 @@ public final class DMABuffer: @unchecked Sendable {
             throw VFIOError.invalid("allocate DMA buffer", "length must be positive, got \(length)")
         }
         let page = backing == .hugePages ? DMABuffer.hugePageSize : Int(sysconf(Int32(_SC_PAGESIZE)))
-        let rounded = (length + page - 1) / page * page
+        let (padded, overflow) = length.addingReportingOverflow(page - 1)
+        guard !overflow else {
+            throw VFIOError.invalid("allocate DMA buffer", "length \(length) rounded up to whole \(page)-byte pages "
+                                        + "does not fit in an Int", hint: "ask for a length the machine can hold")
+        }
+        let rounded = padded / page * page
         let prot = PROT_READ | PROT_WRITE
+        let kernel = Sys.current
+        self.kernel = kernel
         switch backing {
         case .anonymous:
-            base = try Sys.mmap(length: rounded, protection: prot, flags: MAP_SHARED | MAP_ANONYMOUS,
+            base = try Sys.mmap(kernel, length: rounded, protection: prot, flags: MAP_SHARED | MAP_ANONYMOUS,
                                 object: "\(rounded) bytes anonymous")
             file = nil
         case .hugePages:
             do {
-                base = try Sys.mmap(length: rounded, protection: prot, flags: MAP_SHARED | MAP_ANONYMOUS | MAP_HUGETLB,
+                base = try Sys.mmap(kernel, length: rounded, protection: prot,
+                                    flags: MAP_SHARED | MAP_ANONYMOUS | MAP_HUGETLB,
                                     object: "\(rounded) bytes in 2 MiB pages")
             } catch {
                 var e = error
-                e.hint = "reserve huge pages first: echo N > /proc/sys/vm/nr_hugepages (see /proc/meminfo HugePages_Free)"
+                let pages = (rounded + (2 << 20) - 1) / (2 << 20)
+                e.hint = "reserve \(pages) more 2 MiB pages (as root): "
+                    + "`echo $(( $(cat /proc/sys/vm/nr_hugepages) + \(pages) )) > /proc/sys/vm/nr_hugepages` "
+                    + "(/proc/meminfo HugePages_Free shows what is free)"
                 throw e
             }
             file = nil
         case .memfd:
-            let fd = OwnedFD(try Sys.memfdCreate("vfiokit-dma", flags: 0), label: "memfd vfiokit-dma")
-            try Sys.ftruncate(fd.raw, length: Int64(rounded))
-            base = try Sys.mmap(length: rounded, protection: prot, flags: MAP_SHARED, fd: fd.raw,
-                                object: "memfd \(rounded) bytes")
+            let fd = OwnedFD(try Sys.memfdCreate(kernel, "vfiokit-dma", flags: 0), label: "memfd vfiokit-dma",
+                             kernel: kernel)
+            try fd.ftruncate(length: Int64(rounded))
+            base = try fd.mmap(length: rounded, protection: prot, flags: MAP_SHARED, object: "memfd \(rounded) bytes")
             file = fd
         }
         self.length = rounded
@@ -78,21 +117,70 @@ public final class DMABuffer: @unchecked Sendable {
 
     /// Copies `bytes` in at `offset`.
     public func write(_ bytes: some Collection<UInt8>, at offset: Int = 0) {
-        precondition(offset >= 0 && offset + bytes.count <= length, "write past the end of the DMA buffer")
+        precondition(offset >= 0 && offset <= length && bytes.count <= length - offset, "write past the end of the DMA buffer")
         let dst = UnsafeMutableRawBufferPointer(start: base + offset, count: bytes.count)
         dst.copyBytes(from: bytes)
     }
 
     /// Copies `count` bytes out from `offset`.
     public func read(at offset: Int = 0, count: Int) -> [UInt8] {
-        precondition(offset >= 0 && count >= 0 && offset + count <= length, "read past the end of the DMA buffer")
+        precondition(offset >= 0 && count >= 0 && offset <= length && count <= length - offset,
+                     "read past the end of the DMA buffer")
         return Array(UnsafeRawBufferPointer(start: base + offset, count: count))
     }
 
     /// Sets every byte to `value`.
     public func fill(_ value: UInt8) { memset(base, Int32(value), length) }
 
+    // MARK: ordered access (see "Sharing memory with a device")
+
+    /// Every earlier store to memory is visible to devices before any later
+    /// store: Linux's `dma_wmb` (arm64 `dmb oshst`; a compiler barrier on x86-64).
+    @inlinable @inline(__always) public static func writeBarrier() { cvfio_dma_wmb() }
+
+    /// Every later load happens after every earlier one: Linux's `dma_rmb`
+    /// (arm64 `dmb oshld`; a compiler barrier on x86-64). Use it between
+    /// reading a completion's phase bit and reading the rest of the entry.
+    @inlinable @inline(__always) public static func readBarrier() { cvfio_dma_rmb() }
+
+    @inlinable @inline(__always)
+    func check(_ offset: Int, _ size: Int) {
+        precondition(MMIORegion.isValidAccess(offset: offset, size: size, length: length),
+                     "DMA buffer access out of bounds or misaligned")
+    }
+
+    /// Volatile loads: performed exactly once, where written (never hoisted
+    /// out of a polling loop or merged). Not ordered with plain accesses:
+    /// follow the load that says an entry is ready with ``readBarrier()``.
+    @inlinable @inline(__always) public func load8(at offset: Int) -> UInt8 {
+        check(offset, 1); return cvfio_mmio_read8_relaxed(base + offset)
+    }
+    @inlinable @inline(__always) public func load16(at offset: Int) -> UInt16 {
+        check(offset, 2); return cvfio_mmio_read16_relaxed(base + offset)
+    }
+    @inlinable @inline(__always) public func load32(at offset: Int) -> UInt32 {
+        check(offset, 4); return cvfio_mmio_read32_relaxed(base + offset)
+    }
+    @inlinable @inline(__always) public func load64(at offset: Int) -> UInt64 {
+        check(offset, 8); return cvfio_mmio_read64_relaxed(base + offset)
+    }
+    /// Volatile stores: performed exactly once, where written. Not ordered
+    /// with plain stores: precede a store that hands data to the device with
+    /// ``writeBarrier()``.
+    @inlinable @inline(__always) public func store8(_ value: UInt8, at offset: Int) {
+        check(offset, 1); cvfio_mmio_write8_relaxed(base + offset, value)
+    }
+    @inlinable @inline(__always) public func store16(_ value: UInt16, at offset: Int) {
+        check(offset, 2); cvfio_mmio_write16_relaxed(base + offset, value)
+    }
+    @inlinable @inline(__always) public func store32(_ value: UInt32, at offset: Int) {
+        check(offset, 4); cvfio_mmio_write32_relaxed(base + offset, value)
+    }
+    @inlinable @inline(__always) public func store64(_ value: UInt64, at offset: Int) {
+        check(offset, 8); cvfio_mmio_write64_relaxed(base + offset, value)
+    }
+
     deinit {
-        try? Sys.munmap(base, length: length)
+        try? Sys.munmap(kernel, base, length: length)
     }
 }

@@ -4,6 +4,17 @@
 /// so neither can go away while a device may still DMA through it. Dropping
 /// the mapping unmaps it (errors are lost, as in any deinit); call
 /// ``unmap()`` to see them.
+///
+/// A mapping only ever unmaps its own range: after the address space's
+/// unmap-all (``IOAS/unmapAll()``, ``VFIOContainer/unmapAll()``) or the
+/// destruction of its IOAS by ``IOMMUFD/close()`` it is *inert*, and ending
+/// it issues nothing (the kernel may have given its IOVA to a newer mapping).
+///
+/// When the kernel refuses the unmap, or unmaps less than the mapping
+/// (a short unmap), the range may still be mapped: a device could still reach
+/// the pages. The mapping then keeps its buffer alive for good (the memory is
+/// leaked, never freed under a device) and, in a ``DMASpace``, its IOVA stays
+/// reserved; the error says so.
 public struct DMAMapping: ~Copyable, Sendable {
     /// Where the device sees the buffer.
     public let iova: UInt64
@@ -12,17 +23,16 @@ public struct DMAMapping: ~Copyable, Sendable {
     /// The memory behind the mapping.
     public let buffer: DMABuffer
     let owner: DMAMappingOwner
+    /// The mapping's entry in its address space's ``MappingTable``.
+    let slot: Int32
     private var live = true
 
-    init(iova: UInt64, length: UInt64, buffer: DMABuffer, owner: DMAMappingOwner) {
+    init(iova: UInt64, length: UInt64, buffer: DMABuffer, owner: DMAMappingOwner, slot: Int32) {
         self.iova = iova
         self.length = length
         self.buffer = buffer
         self.owner = owner
-    }
-
-    init(ioas: IOAS, buffer: DMABuffer, iova: UInt64, length: UInt64) {
-        self.init(iova: iova, length: length, buffer: buffer, owner: .ioas(ioas))
+        self.slot = slot
     }
 
     /// The IOAS the buffer is mapped into, when it is an iommufd mapping.
@@ -31,26 +41,71 @@ public struct DMAMapping: ~Copyable, Sendable {
         return nil
     }
 
-    /// The IOVA range, `iova ..< iova + length`.
-    public var range: Range<UInt64> { iova..<(iova + length) }
+    /// The last IOVA of the mapping, `iova + length - 1` (it may be 2^64 - 1).
+    public var lastIOVA: UInt64 { iova &+ (length &- 1) }
+
+    /// The IOVA range, `iova ..< iova + length`. Throws for a mapping that
+    /// ends at 2^64, which a `Range<UInt64>` cannot express (use ``lastIOVA``).
+    public var range: Range<UInt64> {
+        get throws(VFIOError) {
+            let (end, overflow) = iova.addingReportingOverflow(length)
+            if overflow {
+                throw VFIOError.invalid("DMAMapping.range",
+                                        "the mapping at IOVA 0x\(String(iova, radix: 16)) (\(length) bytes) ends at 2^64, "
+                                            + "which a Range<UInt64> cannot hold",
+                                        hint: "use lastIOVA (the last byte's IOVA) for mappings at the top of the IOVA space")
+            }
+            return iova..<end
+        }
+    }
 
     /// The IOVA of byte `offset` of the buffer.
     @inline(__always)
-    public func iova(at offset: Int) -> UInt64 {
-        precondition(offset >= 0 && UInt64(offset) < length, "offset \(offset) is outside the mapping")
+    public func iova(at offset: Int) throws(VFIOError) -> UInt64 {
+        guard offset >= 0, UInt64(offset) < length else {
+            throw VFIOError.invalid("DMAMapping.iova(at:)",
+                                    "offset \(offset) is outside the mapping (\(length) bytes at IOVA 0x\(String(iova, radix: 16)))")
+        }
         return iova &+ UInt64(offset)
     }
 
     /// Unmaps now and reports the kernel's answer. The corresponding ioctl is
-    /// `IOMMU_IOAS_UNMAP` or `VFIO_IOMMU_UNMAP_DMA`, by address space.
+    /// `IOMMU_IOAS_UNMAP` or `VFIO_IOMMU_UNMAP_DMA`, by address space. An inert
+    /// mapping (see above) issues nothing and succeeds.
     public consuming func unmap() throws(VFIOError) {
         // Whatever the kernel says, deinit must not try again.
         live = false
-        try owner.unmapDMA(iova: iova, length: length)
+        try owner.unmapOwned(iova: iova, length: length, slot: slot, buffer: buffer)
     }
 
     deinit {
-        if live { try? owner.unmapDMA(iova: iova, length: length) }
+        if live { try? owner.unmapOwned(iova: iova, length: length, slot: slot, buffer: buffer) }
+    }
+
+    /// Keeps `buffer` alive for the life of the process: its pages may still
+    /// be mapped for a device, so they must never be unmapped or reused.
+    static func keepForever(_ buffer: DMABuffer) {
+        // Safety: a deliberate leak (one retain that is never balanced); nothing is freed or read here.
+        _ = Unmanaged.passRetained(buffer)
+    }
+
+    /// The error of a failed or short unmap of a mapping, after keeping its buffer.
+    static func unmapFailed(_ error: VFIOError, iova: UInt64, length: UInt64, buffer: DMABuffer) -> VFIOError {
+        keepForever(buffer)
+        var e = error
+        e.detail = (e.detail.map { $0 + ". " } ?? "")
+            + "The mapping (\(length) bytes at IOVA 0x\(String(iova, radix: 16))) may still be mapped, so its DMABuffer "
+            + "is kept alive for good (leaked): freeing pages a device may still reach would be a use-after-free"
+        return e
+    }
+
+    /// A short unmap of exactly a mapping's range.
+    static func shortUnmap(_ operation: String, _ object: String, iova: UInt64, length: UInt64, done: UInt64) -> VFIOError {
+        VFIOError(operation: operation, object: object,
+                  detail: "short unmap: asked for \(length) bytes at IOVA 0x\(String(iova, radix: 16)), the kernel unmapped "
+                      + "\(done) (the mapping was not there as mapped: something else unmapped or changed the range)",
+                  hint: "unmap safe mappings only through their DMAMapping; once whatever holds the range is gone, unmap "
+                      + "it with a raw unmap (IOAS.unmap(iova:length:), VFIOContainer.unmapDMA(iova:length:)) or unmapAll()")
     }
 }
 
@@ -62,11 +117,11 @@ enum DMAMappingOwner: Sendable {
     case space(DMASpace)
 
     @inline(__always)
-    func unmapDMA(iova: UInt64, length: UInt64) throws(VFIOError) {
+    func unmapOwned(iova: UInt64, length: UInt64, slot: Int32, buffer: DMABuffer) throws(VFIOError) {
         switch self {
-        case .ioas(let ioas): _ = try ioas.unmap(iova: iova, length: length)
-        case .container(let c): _ = try c.unmapDMA(iova: iova, length: length)
-        case .space(let s): try s.unmapDMA(iova: iova, length: length)
+        case .ioas(let ioas): try ioas.unmapOwned(iova: iova, length: length, slot: slot, buffer: buffer)
+        case .container(let c): try c.unmapOwned(iova: iova, length: length, slot: slot, buffer: buffer)
+        case .space(let s): try s.unmapOwned(iova: iova, length: length, slot: slot, buffer: buffer)
         }
     }
 }

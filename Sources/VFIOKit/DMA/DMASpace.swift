@@ -98,7 +98,7 @@ public final class DMASpace: Sendable {
         } else {
             backend = .ioas(try IOAS(try IOMMUFD()))
         }
-        allocator = Mutex(IOVAAllocator(dmaMask: dmaMask))
+        allocator = Mutex(try IOVAAllocator(dmaMask: dmaMask))
     }
 
     /// The IOAS (native iommufd mode).
@@ -112,16 +112,22 @@ public final class DMASpace: Sendable {
     /// containers, opens its group (refusing a group with members not bound to
     /// vfio-pci), adds the group and sets the IOMMU type on first use; for
     /// iommufd, opens the cdev, binds and attaches it to the IOAS.
+    /// Errors that come from the group's ownership (held by another process
+    /// or context, MSI isolation) name the holder: ``PCIHost/explainOwnership(_:device:group:)``.
     public func openDevice(bdf: String, requireAllGroupMembersBound: Bool = true) throws(VFIOError) -> VFIODevice {
         let device: VFIODevice
-        switch backend {
-        case .ioas(let ioas):
-            device = try VFIODevice.open(bdf: bdf)
-            try device.bind(to: ioas.iommufd)
-            try device.attach(to: ioas)
-        case .container(let container):
-            let group = try self.group(for: bdf, container: container, strict: requireAllGroupMembersBound)
-            device = try group.device(bdf)
+        do throws(VFIOError) {
+            switch backend {
+            case .ioas(let ioas):
+                device = try VFIODevice.open(bdf: bdf)
+                try device.bind(to: ioas.iommufd)
+                try device.attach(to: ioas)
+            case .container(let container):
+                let group = try self.group(for: bdf, container: container, strict: requireAllGroupMembersBound)
+                device = try group.device(bdf)
+            }
+        } catch {
+            throw PCIHost.system.explainOwnership(error, device: try? PCIAddress(parsing: bdf))
         }
         try refreshRanges()
         return device
@@ -151,9 +157,9 @@ public final class DMASpace: Sendable {
     /// as devices attach). Called by ``openDevice(bdf:requireAllGroupMembersBound:)``.
     public func refreshRanges() throws(VFIOError) {
         let (ranges, alignment) = try usableRanges()
-        allocator.withLock {
-            $0.updateRanges(ranges)
-            $0.alignment = max(alignment, 4096)
+        try allocator.withLock { (a) throws(VFIOError) in
+            a.updateRanges(ranges)
+            try a.setAlignment(max(alignment, 4096))
         }
     }
 
@@ -172,31 +178,8 @@ public final class DMASpace: Sendable {
     }
 
     static func iovaRanges(_ ioas: IOAS) throws(VFIOError) -> (ranges: [ClosedRange<UInt64>], alignment: UInt64) {
-        let fd = try ioas.iommufd.fd.get("IOMMU_IOAS_IOVA_RANGES")
-        var capacity = 8
-        while true {
-            var storage = [iommu_iova_range](repeating: iommu_iova_range(), count: capacity)
-            var arg = iommu_ioas_iova_ranges.make()
-            arg.ioas_id = ioas.objectID
-            arg.num_iovas = UInt32(capacity)
-            let result = storage.withUnsafeMutableBufferPointer { buf in
-                arg.allowed_iovas = UInt64(UInt(bitPattern: buf.baseAddress))
-                return Result { () throws(VFIOError) -> Int32 in
-                    try Sys.ioctl(fd, IOMMU_IOAS_IOVA_RANGES, &arg, object: "IOAS \(ioas.objectID)")
-                }
-            }
-            do {
-                _ = try result.get()
-            } catch {
-                if error.errno?.rawValue == 90, Int(arg.num_iovas) > capacity {  // EMSGSIZE
-                    capacity = Int(arg.num_iovas)
-                    continue
-                }
-                throw error
-            }
-            let ranges = storage.prefix(Int(arg.num_iovas)).map { $0.start...$0.last }
-            return (ranges, max(arg.out_iova_alignment, 1))
-        }
+        let r = try ioas.iovaRanges()
+        return (r.ranges, max(r.alignment, 1))
     }
 
     /// Maps `buffer` at `iova`, or at an IOVA the allocator picks (aligned,
@@ -218,35 +201,45 @@ public final class DMASpace: Sendable {
             }
             at = iova
         } else {
-            guard let a = allocator.withLock({ $0.allocate(length: length) }) else {
+            guard let a = try allocator.withLock({ (a) throws(VFIOError) in try a.allocate(length: length) }) else {
                 throw VFIOError.invalid("map DMA", "no free IOVA range of 0x\(String(length, radix: 16)) bytes below the DMA mask",
                                         object: label, hint: "unmap something, or map fewer/larger buffers")
             }
             at = a
         }
-        do {
+        let slot: Int32
+        do throws(VFIOError) {
             switch backend {
             case .ioas(let ioas):
-                _ = try ioas.unsafeMap(address: UnsafeRawPointer(buffer.base), length: buffer.length, at: at,
-                                       readable: readable, writable: writable)
+                slot = try ioas.mapOwned(UInt64(buffer.address), length: length, at: at, readable: readable,
+                                         writable: writable).slot
             case .container(let c):
-                try c.unsafeMapDMA(address: UnsafeRawPointer(buffer.base), length: buffer.length, at: at,
-                                   readable: readable, writable: writable)
+                slot = try c.mapOwned(address: UnsafeRawPointer(buffer.base), length: buffer.length, at: at,
+                                      readable: readable, writable: writable)
             }
         } catch {
             allocator.withLock { $0.free(at) }
             throw error
         }
-        return DMAMapping(iova: at, length: length, buffer: buffer, owner: .space(self))
+        return DMAMapping(iova: at, length: length, buffer: buffer, owner: .space(self), slot: slot)
     }
 
-    /// Unmaps and releases the IOVA.
-    func unmapDMA(iova: UInt64, length: UInt64) throws(VFIOError) {
-        defer { allocator.withLock { $0.free(iova) } }
-        switch backend {
-        case .ioas(let ioas): _ = try ioas.unmap(iova: iova, length: length)
-        case .container(let c): _ = try c.unmapDMA(iova: iova, length: length)
+    /// The unmap of a ``DMAMapping`` of this space: unmaps (unless unmap-all
+    /// took it already) and releases the IOVA. When the unmap fails the range
+    /// may still be mapped: the IOVA stays reserved for good, and the buffer alive.
+    @inline(__always)
+    func unmapOwned(iova: UInt64, length: UInt64, slot: Int32, buffer: DMABuffer) throws(VFIOError) {
+        do throws(VFIOError) {
+            switch backend {
+            case .ioas(let ioas): try ioas.unmapOwned(iova: iova, length: length, slot: slot, buffer: buffer)
+            case .container(let c): try c.unmapOwned(iova: iova, length: length, slot: slot, buffer: buffer)
+            }
+        } catch {
+            var e = error
+            e.detail = (e.detail.map { $0 + "; " } ?? "") + "its IOVA stays reserved in \(label), never handed out again"
+            throw e
         }
+        allocator.withLock { $0.free(iova) }
     }
 
     /// The allocator's current state (ranges, alignment, mask).

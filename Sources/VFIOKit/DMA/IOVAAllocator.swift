@@ -2,22 +2,41 @@
 /// minimum alignment (the IOMMU page size), below a device's DMA mask.
 ///
 /// First fit over a sorted list of allocations. Freed ranges are reused.
+/// Every range may reach the top of the 64-bit IOVA space: ends are kept
+/// inclusive (the last byte), so an allocation that ends at 2^64 is as good as
+/// any other, and no arithmetic wraps.
 public struct IOVAAllocator: Sendable {
     /// Usable IOVA ranges (inclusive ends), as the kernel reports them.
     public private(set) var ranges: [ClosedRange<UInt64>]
-    /// Every allocation starts at a multiple of this (a power of two).
-    public var alignment: UInt64
+    /// Every allocation starts at a multiple of this (a power of two); see ``setAlignment(_:)``.
+    public private(set) var alignment: UInt64
     /// The highest IOVA the device can address (edu: 2^28 - 1).
     public var dmaMask: UInt64
-    /// Allocated (start, length), sorted by start.
-    private(set) var allocations: [(start: UInt64, length: UInt64)] = []
+    /// Allocated (start, last byte), sorted by start.
+    private(set) var allocations: [(start: UInt64, last: UInt64)] = []
 
-    public init(ranges: [ClosedRange<UInt64>] = [0...UInt64.max], alignment: UInt64 = 4096, dmaMask: UInt64 = .max) {
-        precondition(alignment > 0 && alignment & (alignment - 1) == 0, "alignment must be a power of two")
+    /// An allocator over `ranges`. Throws when `alignment` is not a power of two.
+    public init(ranges: [ClosedRange<UInt64>] = [0...UInt64.max], alignment: UInt64 = 4096, dmaMask: UInt64 = .max)
+        throws(VFIOError)
+    {
+        try IOVAAllocator.checkAlignment(alignment, "alignment")
         self.ranges = ranges.sorted { $0.lowerBound < $1.lowerBound }
         self.alignment = alignment
         self.dmaMask = dmaMask
         allocations.reserveCapacity(64)
+    }
+
+    static func checkAlignment(_ a: UInt64, _ what: String) throws(VFIOError) {
+        guard a > 0, a & (a - 1) == 0 else {
+            throw VFIOError.invalid("IOVA allocator", "\(what) \(a) is not a power of two",
+                                    hint: "IOMMU page sizes and IOVA alignments are powers of two, e.g. 4096")
+        }
+    }
+
+    /// Sets the minimum alignment (a power of two: the IOMMU page size).
+    public mutating func setAlignment(_ a: UInt64) throws(VFIOError) {
+        try IOVAAllocator.checkAlignment(a, "alignment")
+        alignment = a
     }
 
     /// Replaces the usable ranges (they shrink as devices attach and their
@@ -33,8 +52,10 @@ public struct IOVAAllocator: Sendable {
     }
 
     /// Finds and records `length` bytes, aligned to `max(alignment, align)`;
-    /// nil when no usable range has room.
-    public mutating func allocate(length: UInt64, align: UInt64 = 0) -> UInt64? {
+    /// nil when no usable range has room. Throws when `align` is neither 0 nor
+    /// a power of two.
+    public mutating func allocate(length: UInt64, align: UInt64 = 0) throws(VFIOError) -> UInt64? {
+        if align != 0 { try IOVAAllocator.checkAlignment(align, "align") }
         guard length > 0 else { return nil }
         let a = max(alignment, align)
         for r in ranges {
@@ -47,12 +68,14 @@ public struct IOVAAllocator: Sendable {
                 let (last, o) = c.addingReportingOverflow(length - 1)
                 if o || last > hi { break }
                 // Skip allocations that end before c; check the first one after.
-                while i < allocations.count && allocations[i].start &+ allocations[i].length <= c { i += 1 }
+                while i < allocations.count && allocations[i].last < c { i += 1 }
                 if i < allocations.count && allocations[i].start <= last {
-                    candidate = allocations[i].start &+ allocations[i].length
+                    let (next, end) = allocations[i].last.addingReportingOverflow(1)
+                    if end { break }  // that allocation reaches 2^64: nothing after it
+                    candidate = next
                     continue
                 }
-                insert(c, length)
+                insert(c, last)
                 return c
             }
         }
@@ -65,8 +88,8 @@ public struct IOVAAllocator: Sendable {
         guard length > 0 else { return false }
         let (last, o) = start.addingReportingOverflow(length - 1)
         guard !o, last <= dmaMask, ranges.contains(where: { $0.lowerBound <= start && last <= $0.upperBound }) else { return false }
-        for x in allocations where x.start <= last && start <= x.start &+ x.length &- 1 { return false }
-        insert(start, length)
+        for x in allocations where x.start <= last && start <= x.last { return false }
+        insert(start, last)
         return true
     }
 
@@ -81,11 +104,21 @@ public struct IOVAAllocator: Sendable {
         if let i = allocations.firstIndex(where: { $0.start == start }) { allocations.remove(at: i) }
     }
 
-    /// Bytes allocated now.
-    public var allocatedBytes: UInt64 { allocations.reduce(0) { $0 + $1.length } }
+    /// Bytes allocated now; `UInt64.max` when the allocations cover all 2^64
+    /// IOVAs (one more than a UInt64 holds).
+    public var allocatedBytes: UInt64 {
+        var total: UInt64 = 0
+        for x in allocations {
+            let (sum, o) = total.addingReportingOverflow(x.last - x.start)
+            let (next, o2) = sum.addingReportingOverflow(1)
+            if o || o2 { return .max }
+            total = next
+        }
+        return total
+    }
 
-    private mutating func insert(_ start: UInt64, _ length: UInt64) {
+    private mutating func insert(_ start: UInt64, _ last: UInt64) {
         let i = allocations.firstIndex(where: { $0.start > start }) ?? allocations.count
-        allocations.insert((start, length), at: i)
+        allocations.insert((start, last), at: i)
     }
 }

@@ -50,16 +50,18 @@ public struct PageFault: Sendable, Equatable {
 
 /// A queue the kernel delivers I/O page faults of HWPTs allocated with it to.
 ///
-/// Read faults with ``read(maxCount:)`` (never blocks; empty when none) or
-/// ``next(maxCount:pollInterval:)`` from async code, and answer each fault
-/// group with ``respond(cookie:success:)``. Responses the process never sends
-/// are answered with failure by the kernel when the queue is destroyed.
-public final class FaultQueue: Sendable {
+/// Read faults with ``read(maxCount:)`` (never blocks; empty when none),
+/// ``wait(timeoutMilliseconds:)`` from a thread of your own, or
+/// ``next(maxCount:)`` from async code, and answer each fault group with
+/// ``respond(cookie:success:)``. Responses the process never sends are
+/// answered with failure by the kernel when the queue is destroyed.
+/// ``destroy()`` ends waits in progress (they throw "closed").
+public final class FaultQueue: Sendable, IOMMUObjectOwner {
     public let objectID: UInt32
     public let iommufd: IOMMUFD
     /// The queue's fd (read faults, write responses, poll for POLLIN).
     public let fd: OwnedFD
-    let state = IOMMUObjectState()
+    let state: IOMMUObjectState
 
     /// Allocates a fault queue.
     /// The corresponding ioctl is `IOMMU_FAULT_QUEUE_ALLOC`.
@@ -68,50 +70,69 @@ public final class FaultQueue: Sendable {
         try ctx.ioctl(IOMMU_FAULT_QUEUE_ALLOC, &arg, object: ctx.fd.label)
         objectID = arg.out_fault_id
         iommufd = ctx
-        fd = OwnedFD(Int32(bitPattern: arg.out_fault_fd), label: "fault queue \(arg.out_fault_id)")
+        fd = OwnedFD(Int32(bitPattern: arg.out_fault_fd), label: "fault queue \(arg.out_fault_id)", kernel: ctx.fd.kernel)
+        state = IOMMUObjectState(id: arg.out_fault_id, kind: "fault queue", objectFD: fd)
+        ctx.track(state)
     }
 
     public var label: String { "fault queue \(objectID)" }
 
-    /// Destroys the queue: closes its fd and destroys the object.
+    /// Whether the queue was destroyed (by ``destroy()`` or ``IOMMUFD/close()``).
+    public var isDestroyed: Bool { state.isDestroyed }
+
+    /// Destroys the queue: closes its fd (waits in progress end with
+    /// "closed"; the file holds the object, so the close completes first) and
+    /// destroys the object. Refused while a ``HWPT`` of this process delivers
+    /// faults to it (destroy that first). A second call does nothing.
     /// The corresponding ioctl is `IOMMU_DESTROY`.
     public func destroy() throws(VFIOError) {
-        try fd.close()
-        try state.destroy(iommufd, objectID, label: label)
+        try state.destroy(iommufd) { () throws(VFIOError) in
+            let users = state.dependents.load(ordering: .relaxed)
+            guard users == 0 else {
+                throw VFIOError.invalid("IOMMU_DESTROY", "\(users) HWPT(s) of this process deliver their faults to \(label) "
+                                            + "(nothing was closed or destroyed)", object: label,
+                                        hint: "destroy the HWPTs allocated with this fault queue first")
+            }
+        }
     }
 
     deinit {
+        state.destroyQuietly(iommufd)
         try? fd.close()
-        state.destroyQuietly(iommufd, objectID)
     }
 
     /// Reads the faults queued now (at most `maxCount`), never blocking.
     /// Whole fault groups only: a group larger than `maxCount` fails with EINVAL.
     public func read(maxCount: Int = 32) throws(VFIOError) -> [PageFault] {
         precondition(maxCount > 0)
+        try state.requireLive("read")
         var raw = [iommu_hwpt_pgfault](repeating: iommu_hwpt_pgfault(), count: maxCount)
-        let fdv = try fd.get("read")
         let r: Result<Int, VFIOError> = raw.withUnsafeMutableBytes { b in
-            do throws(VFIOError) { return .success(try Sys.read(fdv, b, object: self.label) ?? 0) } catch { return .failure(error) }
+            do throws(VFIOError) { return .success(try fd.read(b, object: self.label) ?? 0) } catch { return .failure(error) }
         }
         let n = try r.get() / MemoryLayout<iommu_hwpt_pgfault>.stride
         return raw[..<n].map(PageFault.init)
     }
 
-    /// Waits (polling) until faults arrive, then reads them. Cancellation ends
-    /// the wait with an error whose operation is "wait for page faults".
-    public func next(maxCount: Int = 32, pollInterval: Duration = .milliseconds(1)) async throws(VFIOError) -> [PageFault] {
+    /// Suspends until faults arrive, then reads them. The wait is on the
+    /// queue fd's readiness, in a dedicated thread (no pool thread blocks, no
+    /// timer wakes): cancelling the task ends it at once with an error whose
+    /// operation is "wait for page faults" and detail "cancelled";
+    /// ``destroy()`` ends it with "closed".
+    public func next(maxCount: Int = 32) async throws(VFIOError) -> [PageFault] {
         while true {
             let faults = try read(maxCount: maxCount)
             if !faults.isEmpty { return faults }
-            if Task.isCancelled { throw VFIOError.invalid("wait for page faults", "cancelled", object: label) }
-            try? await Task.sleep(for: pollInterval)
+            try await fd.readable(operation: "wait for page faults", object: label)
         }
     }
 
-    /// Blocks up to `timeoutMilliseconds` (-1: forever) for a fault; true when one is queued.
+    /// Blocks up to `timeoutMilliseconds` (-1: forever) for a fault; true when
+    /// one is queued. ``destroy()`` from another thread ends the wait at once
+    /// (it throws "closed").
     public func wait(timeoutMilliseconds: Int32) throws(VFIOError) -> Bool {
-        try EventFDs.waitReadable(fd, timeoutMilliseconds: timeoutMilliseconds)
+        try state.requireLive("wait for page faults")
+        return try fd.waitReadableOrClose(timeoutMilliseconds: timeoutMilliseconds, operation: "wait for page faults")
     }
 
     /// Answers the fault group `cookie` (from ``PageFault/cookie``).
@@ -119,17 +140,10 @@ public final class FaultQueue: Sendable {
         var resp = iommu_hwpt_page_response()
         resp.cookie = cookie
         resp.code = success ? UInt32(IOMMUFD_PAGE_RESP_SUCCESS.rawValue) : UInt32(IOMMUFD_PAGE_RESP_INVALID.rawValue)
-        let fdv = try fd.get("write")
-        let n = try withUnsafeBytes(of: &resp) { (b) throws(VFIOError) -> Int in try Sys.write(fdv, b, object: self.label) }
+        try state.requireLive("write")
+        let n = try withUnsafeBytes(of: &resp) { (b) throws(VFIOError) -> Int in try fd.write(b, object: self.label) }
         if n != MemoryLayout<iommu_hwpt_page_response>.size {
             throw VFIOError.invalid("write", "short write of a page response (\(n) bytes)", object: label)
         }
-    }
-}
-
-enum EventFDs {
-    static func waitReadable(_ fd: OwnedFD, timeoutMilliseconds: Int32) throws(VFIOError) -> Bool {
-        var p = pollfd(fd: try fd.get("poll"), events: Int16(POLLIN), revents: 0)
-        return try Sys.poll(&p, count: 1, timeoutMilliseconds: timeoutMilliseconds) > 0 && p.revents & Int16(POLLIN) != 0
     }
 }

@@ -73,7 +73,7 @@ public enum HWPTData: Sendable, Equatable {
 /// *nested* HWPT is a stage-1 table (in the guest's format, ``HWPTData``) on
 /// top of a nesting-parent paging HWPT or a ``VIOMMU``. Devices attach to a
 /// HWPT like to an IOAS. The HWPT keeps its parent and its fault queue alive.
-public final class HWPT: IOMMUAttachTarget {
+public final class HWPT: IOMMUAttachTarget, IOMMUObjectOwner {
     public let objectID: UInt32
     public let iommufd: IOMMUFD
     /// What it is built on: an ``IOAS``, a nesting-parent ``HWPT`` or a ``VIOMMU``.
@@ -81,7 +81,7 @@ public final class HWPT: IOMMUAttachTarget {
     /// The fault queue its I/O page faults go to, if any.
     public let faultQueue: FaultQueue?
     public let flags: Flags
-    let state = IOMMUObjectState()
+    let state: IOMMUObjectState
 
     /// Allocation flags (`enum iommufd_hwpt_alloc_flags`).
     public struct Flags: OptionSet, Sendable, Hashable {
@@ -101,8 +101,8 @@ public final class HWPT: IOMMUAttachTarget {
     public convenience init(ioas: IOAS, device deviceID: UInt32, flags: Flags = [], data: HWPTData = .none,
                             faultQueue: FaultQueue? = nil) throws(VFIOError)
     {
-        try self.init(ctx: ioas.iommufd, parentID: ioas.objectID, parent: ioas, device: deviceID, flags: flags,
-                      data: data, faultQueue: faultQueue)
+        try self.init(ctx: ioas.iommufd, parent: ioas, device: deviceID, flags: flags, data: data,
+                      faultQueue: faultQueue)
     }
 
     /// Allocates a nested (stage-1) HWPT on a nesting-parent HWPT.
@@ -110,8 +110,8 @@ public final class HWPT: IOMMUAttachTarget {
     public convenience init(nestedOn parent: HWPT, device deviceID: UInt32, data: HWPTData, flags: Flags = [],
                             faultQueue: FaultQueue? = nil) throws(VFIOError)
     {
-        try self.init(ctx: parent.iommufd, parentID: parent.objectID, parent: parent, device: deviceID,
-                      flags: flags, data: data, faultQueue: faultQueue)
+        try self.init(ctx: parent.iommufd, parent: parent, device: deviceID, flags: flags, data: data,
+                      faultQueue: faultQueue)
     }
 
     /// Allocates a nested (stage-1) HWPT on a vIOMMU.
@@ -119,30 +119,44 @@ public final class HWPT: IOMMUAttachTarget {
     public convenience init(nestedOn viommu: VIOMMU, device deviceID: UInt32, data: HWPTData, flags: Flags = [],
                             faultQueue: FaultQueue? = nil) throws(VFIOError)
     {
-        try self.init(ctx: viommu.iommufd, parentID: viommu.objectID, parent: viommu, device: deviceID,
-                      flags: flags, data: data, faultQueue: faultQueue)
+        try self.init(ctx: viommu.iommufd, parent: viommu, device: deviceID, flags: flags, data: data,
+                      faultQueue: faultQueue)
     }
 
-    init(ctx: IOMMUFD, parentID: UInt32, parent: any HWPTParent, device: UInt32, flags: Flags,
-         data: HWPTData, faultQueue: FaultQueue?) throws(VFIOError)
+    init(ctx: IOMMUFD, parent: any HWPTParent, device: UInt32, flags: Flags, data: HWPTData,
+         faultQueue: FaultQueue?) throws(VFIOError)
     {
         var (type, bytes) = data.encoded
         var arg = iommu_hwpt_alloc.make()
         arg.flags = flags.rawValue
         arg.dev_id = device
-        arg.pt_id = parentID
         arg.data_type = type
-        if let faultQueue {
-            arg.flags |= UInt32(IOMMU_HWPT_FAULT_ID_VALID.rawValue)
-            arg.fault_id = faultQueue.objectID
+        let parentID = parent.objectID
+        if faultQueue != nil { arg.flags |= UInt32(IOMMU_HWPT_FAULT_ID_VALID.rawValue) }
+        func allocate() throws(VFIOError) {
+            let r: Result<Void, VFIOError> = bytes.withUnsafeMutableBytes { raw in
+                arg.data_len = UInt32(raw.count)
+                arg.data_uptr = raw.count == 0 ? 0 : UInt64(UInt(bitPattern: raw.baseAddress))
+                do throws(VFIOError) {
+                    try ctx.ioctl(IOMMU_HWPT_ALLOC, &arg, object: "object \(parentID) for device \(device)")
+                    return .success(())
+                } catch { return .failure(error) }
+            }
+            try r.get()
         }
-        let r: Result<Void, VFIOError> = bytes.withUnsafeMutableBytes { raw in
-            arg.data_len = UInt32(raw.count)
-            arg.data_uptr = raw.count == 0 ? 0 : UInt64(UInt(bitPattern: raw.baseAddress))
-            do throws(VFIOError) {
-                try ctx.ioctl(IOMMU_HWPT_ALLOC, &arg, object: "object \(parentID) for device \(device)")
-                return .success(())
-            } catch { return .failure(error) }
+        let r: Result<Void, VFIOError> = Result { () throws(VFIOError) in
+            // The parent and the fault queue stay alive (not destroyed) for the whole request.
+            try IOMMUObjects.withID(of: parent, fallback: parentID, "IOMMU_HWPT_ALLOC") { (pt) throws(VFIOError) in
+                arg.pt_id = pt
+                if let faultQueue {
+                    try faultQueue.state.withID("IOMMU_HWPT_ALLOC") { (fault) throws(VFIOError) in
+                        arg.fault_id = fault
+                        try allocate()
+                    }
+                } else {
+                    try allocate()
+                }
+            }
         }
         if case .failure(var e) = r {
             switch e.errno?.rawValue {
@@ -165,16 +179,23 @@ public final class HWPT: IOMMUAttachTarget {
         self.parent = parent
         self.faultQueue = faultQueue
         self.flags = flags
+        let uses = [(parent as? any IOMMUObjectOwner)?.state, faultQueue?.state].compactMap { $0 }
+        state = IOMMUObjectState(id: arg.out_hwpt_id, kind: "HWPT", uses: uses)
+        ctx.track(state)
     }
 
     public var label: String { "HWPT \(objectID)" }
 
-    /// Destroys the HWPT; EBUSY while a device is attached or a nested HWPT
-    /// or vIOMMU is built on it.
-    /// The corresponding ioctl is `IOMMU_DESTROY`.
-    public func destroy() throws(VFIOError) { try state.destroy(iommufd, objectID, label: label) }
+    /// Whether the HWPT was destroyed (by ``destroy()`` or ``IOMMUFD/close()``).
+    public var isDestroyed: Bool { state.isDestroyed }
 
-    deinit { state.destroyQuietly(iommufd, objectID) }
+    /// Destroys the HWPT; EBUSY while a device is attached or a nested HWPT
+    /// or vIOMMU is built on it. Afterwards every operation throws a
+    /// "destroyed" error. A second call does nothing.
+    /// The corresponding ioctl is `IOMMU_DESTROY`.
+    public func destroy() throws(VFIOError) { try state.destroy(iommufd) }
+
+    deinit { state.destroyQuietly(iommufd) }
 
     // MARK: dirty tracking
 
@@ -182,9 +203,11 @@ public final class HWPT: IOMMUAttachTarget {
     /// The corresponding ioctl is `IOMMU_HWPT_SET_DIRTY_TRACKING`.
     public func setDirtyTracking(_ enabled: Bool) throws(VFIOError) {
         var arg = iommu_hwpt_set_dirty_tracking.make()
-        arg.hwpt_id = objectID
         arg.flags = enabled ? UInt32(IOMMU_HWPT_DIRTY_TRACKING_ENABLE.rawValue) : 0
-        try iommufd.ioctl(IOMMU_HWPT_SET_DIRTY_TRACKING, &arg, object: self.label)
+        try state.withID("IOMMU_HWPT_SET_DIRTY_TRACKING") { (id) throws(VFIOError) in
+            arg.hwpt_id = id
+            try iommufd.ioctl(IOMMU_HWPT_SET_DIRTY_TRACKING, &arg, object: self.label)
+        }
     }
 
     /// Reads which pages of `bitmap`'s range were written by devices, into
@@ -193,18 +216,23 @@ public final class HWPT: IOMMUAttachTarget {
     /// The corresponding ioctl is `IOMMU_HWPT_GET_DIRTY_BITMAP`.
     public func readDirty(into bitmap: inout DirtyBitmap, clear: Bool = true) throws(VFIOError) {
         var arg = iommu_hwpt_get_dirty_bitmap.make()
-        arg.hwpt_id = objectID
         arg.flags = clear ? 0 : UInt32(IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR.rawValue)
         arg.iova = bitmap.iova
         arg.length = bitmap.length
         arg.page_size = bitmap.pageSize
         let label = self.label
         let ctx = iommufd
+        let state = self.state
         let r: Result<Void, VFIOError> = bitmap.words.withUnsafeMutableBufferPointer { words in
             for i in words.indices { words[i] = 0 }
             arg.data = UInt64(UInt(bitPattern: words.baseAddress))
-            do throws(VFIOError) { try ctx.ioctl(IOMMU_HWPT_GET_DIRTY_BITMAP, &arg, object: label); return .success(()) }
-            catch { return .failure(error) }
+            do throws(VFIOError) {
+                try state.withID("IOMMU_HWPT_GET_DIRTY_BITMAP") { (id) throws(VFIOError) in
+                    arg.hwpt_id = id
+                    try ctx.ioctl(IOMMU_HWPT_GET_DIRTY_BITMAP, &arg, object: label)
+                }
+                return .success(())
+            } catch { return .failure(error) }
         }
         if case .failure(var e) = r {
             if e.errno?.rawValue == EINVAL {
@@ -236,8 +264,10 @@ public final class HWPT: IOMMUAttachTarget {
     public func invalidate(dataType: UInt32, entryLength: Int, count: Int, entries: UnsafeRawBufferPointer)
         throws(VFIOError) -> Int
     {
-        try iommufd.invalidate(id: objectID, label: label, dataType: dataType, entryLength: entryLength,
-                               count: count, entries: entries)
+        try state.withID("IOMMU_HWPT_INVALIDATE") { (id) throws(VFIOError) -> Int in
+            try iommufd.invalidate(id: id, label: label, dataType: dataType, entryLength: entryLength,
+                                   count: count, entries: entries)
+        }
     }
 
     /// Invalidates VT-d stage-1 IOTLB ranges. Returns the number handled.
@@ -290,7 +320,13 @@ extension IOMMUFD {
     func invalidate(id: UInt32, label: String, dataType: UInt32, entryLength: Int, count: Int,
                     entries: UnsafeRawBufferPointer) throws(VFIOError) -> Int
     {
-        precondition(count == 0 || entries.count >= entryLength * count, "entries shorter than count * entryLength")
+        let (bytes, overflow) = entryLength.multipliedReportingOverflow(by: count)
+        guard entryLength >= 0, count >= 0, entryLength <= Int(UInt32.max), count <= Int(UInt32.max), !overflow,
+              entries.count >= bytes
+        else {
+            throw VFIOError.invalid("IOMMU_HWPT_INVALIDATE", "\(count) entries of \(entryLength) bytes do not fit the "
+                                        + "\(entries.count) bytes given (or the kernel's 32-bit fields)", object: label)
+        }
         var arg = iommu_hwpt_invalidate.make()
         arg.hwpt_id = id
         arg.data_uptr = UInt64(UInt(bitPattern: entries.baseAddress))

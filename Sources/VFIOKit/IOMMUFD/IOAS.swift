@@ -17,15 +17,28 @@ import Musl
 ///
 /// The IOAS is destroyed (`IOMMU_DESTROY`) by ``destroy()`` or when the last
 /// reference goes; devices and HWPTs attached to it keep it alive.
-public final class IOAS: IOMMUAttachTarget {
-    /// The kernel's id of this IOAS (never 0).
+///
+/// The safe mappings of an IOAS are tracked, so that none of them can ever
+/// unmap a range it no longer owns (iommufd reuses IOVAs and ids at once):
+/// - ``destroy()`` is refused while ``DMAMapping``s of the IOAS are live;
+/// - ``unmapAll()`` makes the live ones inert (their `unmap()` and deinit then
+///   do nothing), and ``unmap(iova:length:)`` refuses a range one of them owns;
+/// - every operation after the IOAS was destroyed throws a "destroyed" error
+///   and issues no ioctl.
+/// Many threads may map and unmap at once; unmap-all and destroy wait for the
+/// operations in flight. The bookkeeping allocates nothing per map + unmap.
+public final class IOAS: IOMMUAttachTarget, IOMMUObjectOwner {
+    /// The kernel's id of this IOAS (never 0). After ``destroy()`` the number
+    /// may name another object: the owner no longer uses it.
     public let objectID: UInt32
     /// The context it lives in.
     public let iommufd: IOMMUFD
     /// Whether this owner allocated the IOAS (and destroys it when it goes);
     /// false for ``init(existing:in:)``.
     public let isOwned: Bool
-    let state = IOMMUObjectState()
+    let state: IOMMUObjectState
+    /// The safe mappings (``DMAMapping``) made through this owner.
+    let mappings: MappingTable
 
     /// Allocates an empty IOAS.
     /// The corresponding ioctl is `IOMMU_IOAS_ALLOC`.
@@ -35,17 +48,28 @@ public final class IOAS: IOMMUAttachTarget {
         objectID = arg.out_ioas_id
         iommufd = ctx
         isOwned = true
+        mappings = MappingTable()
+        state = IOMMUObjectState(id: arg.out_ioas_id, kind: "IOAS", mappings: mappings)
+        ctx.track(state)
     }
 
     /// Uses IOAS `id` that already exists in `ctx` (allocated by another
     /// process sharing the iommufd, e.g. the one that passed the fd). The IOAS
     /// is checked with `IOMMU_IOAS_IOVA_RANGES` (ENOENT: no IOAS has that id in
-    /// this context). It is not destroyed when this owner goes; ``destroy()``
-    /// still destroys it on request.
+    /// this context). It is not destroyed when this owner goes (nor by
+    /// ``IOMMUFD/close()``); ``destroy()`` still destroys it on request.
     public init(existing id: UInt32, in ctx: IOMMUFD) throws(VFIOError) {
         objectID = id
         iommufd = ctx
         isOwned = false
+        // An IOAS this process allocated here: share its owner's state, so a destroy through either is seen by both.
+        if let known = ctx.trackedState(id), known.kind == "IOAS", let table = known.mappings {
+            state = known
+            mappings = table
+        } else {
+            mappings = MappingTable()
+            state = IOMMUObjectState(id: id, kind: "IOAS", isOwned: false, mappings: mappings)
+        }
         do throws(VFIOError) {
             _ = try iovaRanges()
         } catch {
@@ -62,14 +86,30 @@ public final class IOAS: IOMMUAttachTarget {
     /// "IOAS 3", for errors.
     public var label: String { "IOAS \(objectID)" }
 
-    /// Destroys the IOAS now. Fails with EBUSY while a device, HWPT, vIOMMU or
-    /// access uses it (the IOAS then stays). A second call does nothing.
+    /// Whether the IOAS was destroyed (by ``destroy()`` or ``IOMMUFD/close()``).
+    public var isDestroyed: Bool { state.isDestroyed }
+
+    /// Destroys the IOAS now. Refused (by VFIOKit, before the kernel is asked)
+    /// while ``DMAMapping``s of it are live: destroying would unmap their
+    /// ranges under their owners. Fails with EBUSY while a device, HWPT,
+    /// vIOMMU or access uses it (the IOAS then stays). Afterwards every
+    /// operation throws a "destroyed" error. A second call does nothing.
     /// The corresponding ioctl is `IOMMU_DESTROY`.
     public func destroy() throws(VFIOError) {
-        try state.destroy(iommufd, objectID, label: label)
+        try state.destroy(iommufd) { () throws(VFIOError) in
+            let live = mappings.liveCount
+            guard live == 0 else {
+                throw VFIOError.invalid(
+                    "IOMMU_DESTROY",
+                    "\(label) still has \(live) live DMAMapping\(live == 1 ? "" : "s"): destroying it would unmap them under "
+                        + "their owners, who still count on them (the kernel was not asked)", object: label,
+                    hint: "unmap or drop those mappings first (DMAMapping.unmap()), or call unmapAll(), which unmaps "
+                        + "everything and leaves the mappings inert")
+            }
+        }
     }
 
-    deinit { if isOwned { state.destroyQuietly(iommufd, objectID) } }
+    deinit { if isOwned { state.destroyQuietly(iommufd) } }
 
     // MARK: mapping
 
@@ -89,9 +129,21 @@ public final class IOAS: IOMMUAttachTarget {
     public func map(_ buffer: DMABuffer, at iova: UInt64?, readable: Bool = true, writable: Bool = true)
         throws(VFIOError) -> DMAMapping
     {
-        let mapped = try mapUser(UInt64(buffer.address), length: UInt64(buffer.length), at: iova,
-                                 readable: readable, writable: writable)
-        return DMAMapping(iova: mapped, length: UInt64(buffer.length), buffer: buffer, owner: .ioas(self))
+        let length = UInt64(buffer.length)
+        let (mapped, slot) = try mapOwned(UInt64(buffer.address), length: length, at: iova,
+                                          readable: readable, writable: writable)
+        return DMAMapping(iova: mapped, length: length, buffer: buffer, owner: .ioas(self), slot: slot)
+    }
+
+    /// Maps and records the mapping as owned by a ``DMAMapping`` (slot in ``mappings``).
+    @inline(__always)
+    func mapOwned(_ va: UInt64, length: UInt64, at iova: UInt64?, readable: Bool, writable: Bool)
+        throws(VFIOError) -> (iova: UInt64, slot: Int32)
+    {
+        try state.withID("IOMMU_IOAS_MAP") { (id) throws(VFIOError) -> (iova: UInt64, slot: Int32) in
+            let mapped = try mapUser(id, va, length: length, at: iova, readable: readable, writable: writable)
+            return (mapped, mappings.register(iova: mapped, length: length))
+        }
     }
 
     /// Maps `length` bytes at `address`, memory VFIOKit does not own, and
@@ -105,17 +157,19 @@ public final class IOAS: IOMMUAttachTarget {
     public func unsafeMap(address: UnsafeRawPointer, length: Int, at iova: UInt64?,
                           readable: Bool = true, writable: Bool = true) throws(VFIOError) -> UInt64
     {
-        try mapUser(UInt64(UInt(bitPattern: address)), length: UInt64(length), at: iova,
-                    readable: readable, writable: writable)
+        try state.withID("IOMMU_IOAS_MAP") { (id) throws(VFIOError) -> UInt64 in
+            try mapUser(id, UInt64(UInt(bitPattern: address)), length: UInt64(length), at: iova,
+                        readable: readable, writable: writable)
+        }
     }
 
     @inline(__always)
-    func mapUser(_ va: UInt64, length: UInt64, at iova: UInt64?, readable: Bool, writable: Bool)
+    func mapUser(_ id: UInt32, _ va: UInt64, length: UInt64, at iova: UInt64?, readable: Bool, writable: Bool)
         throws(VFIOError) -> UInt64
     {
         var arg = iommu_ioas_map.make()
         arg.flags = IOAS.mapFlags(fixed: iova != nil, readable: readable, writable: writable)
-        arg.ioas_id = objectID
+        arg.ioas_id = id
         arg.user_va = va
         arg.length = length
         arg.iova = iova ?? 0
@@ -139,10 +193,15 @@ public final class IOAS: IOMMUAttachTarget {
             throw VFIOError.invalid("IOMMU_IOAS_MAP_FILE", "the buffer is not backed by a memfd", object: label,
                                     hint: "allocate it with DMABuffer(length:backing: .memfd)")
         }
-        let mapped = try unsafeMapFile(fd: try file.get("IOMMU_IOAS_MAP_FILE"), offset: 0,
-                                       length: UInt64(buffer.length), at: iova,
-                                       readable: readable, writable: writable)
-        return DMAMapping(iova: mapped, length: UInt64(buffer.length), buffer: buffer, owner: .ioas(self))
+        let length = UInt64(buffer.length)
+        let (mapped, slot) = try state.withID("IOMMU_IOAS_MAP_FILE") { (id) throws(VFIOError) -> (UInt64, Int32) in
+            // The memfd stays open (its number names it) while the kernel takes its own reference.
+            let mapped = try file.withDescriptor("IOMMU_IOAS_MAP_FILE") { (memfd) throws(VFIOError) in
+                try mapFile(id, fd: memfd, offset: 0, length: length, at: iova, readable: readable, writable: writable)
+            }
+            return (mapped, mappings.register(iova: mapped, length: length))
+        }
+        return DMAMapping(iova: mapped, length: length, buffer: buffer, owner: .ioas(self), slot: slot)
     }
 
     /// Maps `length` bytes of file `fd` (a memfd or a supported dma-buf) from
@@ -152,9 +211,17 @@ public final class IOAS: IOMMUAttachTarget {
     public func unsafeMapFile(fd: Int32, offset: UInt64, length: UInt64, at iova: UInt64?,
                               readable: Bool = true, writable: Bool = true) throws(VFIOError) -> UInt64
     {
+        try state.withID("IOMMU_IOAS_MAP_FILE") { (id) throws(VFIOError) -> UInt64 in
+            try mapFile(id, fd: fd, offset: offset, length: length, at: iova, readable: readable, writable: writable)
+        }
+    }
+
+    func mapFile(_ id: UInt32, fd: Int32, offset: UInt64, length: UInt64, at iova: UInt64?,
+                 readable: Bool, writable: Bool) throws(VFIOError) -> UInt64
+    {
         var arg = iommu_ioas_map_file.make()
         arg.flags = IOAS.mapFlags(fixed: iova != nil, readable: readable, writable: writable)
-        arg.ioas_id = objectID
+        arg.ioas_id = id
         arg.fd = fd
         arg.start = offset
         arg.length = length
@@ -199,10 +266,23 @@ public final class IOAS: IOMMUAttachTarget {
     /// with ENOENT, as does a range with nothing mapped. A range that covers
     /// holes unmaps what is there and then throws (a short unmap is an error:
     /// the caller's view of the IOAS was wrong); the error's detail says how
-    /// much was unmapped.
+    /// much was unmapped. A range that holds a mapping a ``DMAMapping`` owns is
+    /// refused before the kernel is asked: unmap that through the mapping.
     /// The corresponding ioctl is `IOMMU_IOAS_UNMAP`.
     public func unmap(iova: UInt64, length: UInt64) throws(VFIOError) -> UInt64 {
-        let done = try unmapRange(iova: iova, length: length)
+        let done = try state.withID("IOMMU_IOAS_UNMAP") { (id) throws(VFIOError) -> UInt64 in
+            let owned = mappings.liveOverlapping(iova: iova, length: length)
+            if owned > 0 {
+                throw VFIOError.invalid(
+                    "IOMMU_IOAS_UNMAP",
+                    "IOVA 0x\(String(iova, radix: 16)) length \(length) holds \(owned) mapping\(owned == 1 ? "" : "s") owned by "
+                        + "DMAMapping values (the kernel was not asked): unmapped here, their owners would later unmap "
+                        + "the same IOVAs again, which may by then belong to a newer mapping", object: label,
+                    hint: "unmap those with DMAMapping.unmap() or drop them; unmapAll() unmaps everything and leaves "
+                        + "them inert")
+            }
+            return try unmapRange(id, iova: iova, length: length)
+        }
         if done != length {
             throw VFIOError(
                 operation: "IOMMU_IOAS_UNMAP", object: label,
@@ -214,16 +294,62 @@ public final class IOAS: IOMMUAttachTarget {
     }
 
     /// Unmaps everything; returns the bytes unmapped (0 for an empty IOAS).
+    /// Every live ``DMAMapping`` of the IOAS becomes inert: its `unmap()` and
+    /// deinit do nothing, so it can never unmap a newer mapping at its IOVA.
+    /// Waits for maps and unmaps in flight on other threads.
+    ///
+    /// When the kernel stops part way (EBUSY: a range pinned by an access or a
+    /// HW queue) it does not say how far it got; VFIOKit then unmaps the live
+    /// `DMAMapping` ranges one by one, and the error says how many are gone
+    /// (those are inert) and how many are still mapped (those stay with their
+    /// mapping, to unmap once the pin is gone).
     /// The corresponding ioctl is `IOMMU_IOAS_UNMAP` (iova 0, length UINT64_MAX).
     @discardableResult
     public func unmapAll() throws(VFIOError) -> UInt64 {
-        try unmapRange(iova: 0, length: UInt64.max)
+        guard state.gate.enterExclusive() else { throw state.destroyedError("IOMMU_IOAS_UNMAP") }
+        defer { state.gate.leaveExclusive(dead: false) }
+        let id = state.id
+        do throws(VFIOError) {
+            let n = try unmapRange(id, iova: 0, length: UInt64.max)
+            mappings.invalidateAll()
+            return n
+        } catch {
+            throw mappings.resolveFailedUnmapAll(error) { (iova, length) throws(VFIOError) -> UInt64 in
+                try unmapRange(id, iova: iova, length: length)
+            }
+        }
+    }
+
+    /// The unmap of a ``DMAMapping``: nothing when unmap-all or the IOAS's
+    /// destruction already unmapped it; otherwise exactly its range. A failed
+    /// or short unmap keeps the buffer alive for good (see ``DMAMapping``).
+    @inline(__always)
+    func unmapOwned(iova: UInt64, length: UInt64, slot: Int32, buffer: DMABuffer) throws(VFIOError) {
+        guard state.gate.enterShared() else {
+            // Destroyed (IOMMUFD.close()): the kernel unmapped everything with the IOAS.
+            if !mappings.release(slot) { DMAMapping.keepForever(buffer) }
+            return
+        }
+        defer { state.gate.leaveShared() }
+        guard mappings.beginUnmap(slot) else { return }
+        let done: UInt64
+        do throws(VFIOError) {
+            done = try unmapRange(state.id, iova: iova, length: length)
+        } catch {
+            mappings.finishUnmap(slot)
+            throw DMAMapping.unmapFailed(error, iova: iova, length: length, buffer: buffer)
+        }
+        mappings.finishUnmap(slot)
+        if done != length {
+            throw DMAMapping.unmapFailed(DMAMapping.shortUnmap("IOMMU_IOAS_UNMAP", label, iova: iova, length: length, done: done),
+                                         iova: iova, length: length, buffer: buffer)
+        }
     }
 
     @inline(__always)
-    func unmapRange(iova: UInt64, length: UInt64) throws(VFIOError) -> UInt64 {
+    func unmapRange(_ id: UInt32, iova: UInt64, length: UInt64) throws(VFIOError) -> UInt64 {
         var arg = iommu_ioas_unmap.make()
-        arg.ioas_id = objectID
+        arg.ioas_id = id
         arg.iova = iova
         arg.length = length
         do throws(VFIOError) {
@@ -250,10 +376,19 @@ public final class IOAS: IOMMUAttachTarget {
     public func copy(from source: IOAS, sourceIOVA: UInt64, length: UInt64, to iova: UInt64?,
                      readable: Bool = true, writable: Bool = true) throws(VFIOError) -> UInt64
     {
+        try IOAS.withIDs(self, source, "IOMMU_IOAS_COPY") { (dst, src) throws(VFIOError) -> UInt64 in
+            try copyRange(dst, src, source: source, sourceIOVA: sourceIOVA, length: length, to: iova,
+                          readable: readable, writable: writable)
+        }
+    }
+
+    func copyRange(_ dst: UInt32, _ src: UInt32, source: IOAS, sourceIOVA: UInt64, length: UInt64, to iova: UInt64?,
+                   readable: Bool, writable: Bool) throws(VFIOError) -> UInt64
+    {
         var arg = iommu_ioas_copy.make()
         arg.flags = IOAS.mapFlags(fixed: iova != nil, readable: readable, writable: writable)
-        arg.dst_ioas_id = objectID
-        arg.src_ioas_id = source.objectID
+        arg.dst_ioas_id = dst
+        arg.src_ioas_id = src
         arg.length = length
         arg.dst_iova = iova ?? 0
         arg.src_iova = sourceIOVA
@@ -270,6 +405,22 @@ public final class IOAS: IOMMUAttachTarget {
         return arg.dst_iova
     }
 
+    /// Runs `body` with the live ids of two IOASes (the same one twice is
+    /// entered once), entered in a fixed order so that two copies in opposite
+    /// directions cannot wait on each other behind a destroy.
+    static func withIDs<R>(_ a: IOAS, _ b: IOAS, _ operation: String,
+                           _ body: (UInt32, UInt32) throws(VFIOError) -> R) throws(VFIOError) -> R
+    {
+        if a === b { return try a.state.withID(operation) { (id) throws(VFIOError) -> R in try body(id, id) } }
+        let aFirst = ObjectIdentifier(a) < ObjectIdentifier(b)
+        let (first, second) = aFirst ? (a, b) : (b, a)
+        return try first.state.withID(operation) { (x) throws(VFIOError) -> R in
+            try second.state.withID(operation) { (y) throws(VFIOError) -> R in
+                try aFirst ? body(x, y) : body(y, x)
+            }
+        }
+    }
+
     /// Maps the same buffer as `mapping` (which may belong to another IOAS)
     /// into this IOAS as well, and returns a mapping that keeps the buffer alive.
     /// The corresponding ioctl is `IOMMU_IOAS_COPY`.
@@ -279,9 +430,13 @@ public final class IOAS: IOMMUAttachTarget {
         guard case .ioas(let source) = mapping.owner else {
             throw VFIOError.invalid("IOMMU_IOAS_COPY", "the mapping is not in an IOAS (it belongs to a VFIO container)", object: label)
         }
-        let dst = try copy(from: source, sourceIOVA: mapping.iova, length: mapping.length, to: iova,
-                           readable: readable, writable: writable)
-        return DMAMapping(iova: dst, length: mapping.length, buffer: mapping.buffer, owner: .ioas(self))
+        let length = mapping.length, sourceIOVA = mapping.iova
+        let (dst, slot) = try IOAS.withIDs(self, source, "IOMMU_IOAS_COPY") { (d, s) throws(VFIOError) -> (UInt64, Int32) in
+            let dst = try copyRange(d, s, source: source, sourceIOVA: sourceIOVA, length: length, to: iova,
+                                    readable: readable, writable: writable)
+            return (dst, mappings.register(iova: dst, length: length))
+        }
+        return DMAMapping(iova: dst, length: length, buffer: mapping.buffer, owner: .ioas(self), slot: slot)
     }
 
     // MARK: IOVA ranges
@@ -310,12 +465,14 @@ public final class IOAS: IOMMUAttachTarget {
         while true {
             var buffer = [iommu_iova_range](repeating: iommu_iova_range(), count: Int(capacity))
             var arg = iommu_ioas_iova_ranges.make()
-            arg.ioas_id = objectID
             arg.num_iovas = capacity
             let result: Result<Void, VFIOError> = buffer.withUnsafeMutableBufferPointer { p in
                 arg.allowed_iovas = UInt64(UInt(bitPattern: p.baseAddress))
                 do throws(VFIOError) {
-                    try iommufd.ioctl(IOMMU_IOAS_IOVA_RANGES, &arg, object: self.label)
+                    try state.withID("IOMMU_IOAS_IOVA_RANGES") { (id) throws(VFIOError) in
+                        arg.ioas_id = id
+                        try iommufd.ioctl(IOMMU_IOAS_IOVA_RANGES, &arg, object: self.label)
+                    }
                     return .success(())
                 } catch {
                     return .failure(error)
@@ -342,12 +499,16 @@ public final class IOAS: IOMMUAttachTarget {
     public func allowIOVAs(_ ranges: [ClosedRange<UInt64>]) throws(VFIOError) {
         var raw = ranges.map { iommu_iova_range(start: $0.lowerBound, last: $0.upperBound) }
         var arg = iommu_ioas_allow_iovas.make()
-        arg.ioas_id = objectID
         arg.num_iovas = UInt32(raw.count)
         let r: Result<Void, VFIOError> = raw.withUnsafeMutableBufferPointer { p in
             arg.allowed_iovas = UInt64(UInt(bitPattern: p.baseAddress))
-            do throws(VFIOError) { try iommufd.ioctl(IOMMU_IOAS_ALLOW_IOVAS, &arg, object: self.label); return .success(()) }
-            catch { return .failure(error) }
+            do throws(VFIOError) {
+                try state.withID("IOMMU_IOAS_ALLOW_IOVAS") { (id) throws(VFIOError) in
+                    arg.ioas_id = id
+                    try iommufd.ioctl(IOMMU_IOAS_ALLOW_IOVAS, &arg, object: self.label)
+                }
+                return .success(())
+            } catch { return .failure(error) }
         }
         if case .failure(var e) = r {
             if e.errno?.rawValue == EINVAL {
@@ -363,16 +524,20 @@ public final class IOAS: IOMMUAttachTarget {
     /// Whether the IOAS may use huge IOMMU pages (on by default).
     /// The corresponding ioctl is `IOMMU_OPTION` (`IOMMU_OPTION_HUGE_PAGES`).
     public func hugePages() throws(VFIOError) -> Bool {
-        try iommufd.option(UInt32(IOMMU_OPTION_HUGE_PAGES.rawValue), object: objectID,
-                           op: UInt16(IOMMU_OPTION_OP_GET.rawValue), value: 0) != 0
+        try state.withID("IOMMU_OPTION") { (id) throws(VFIOError) -> Bool in
+            try iommufd.option(UInt32(IOMMU_OPTION_HUGE_PAGES.rawValue), object: id,
+                               op: UInt16(IOMMU_OPTION_OP_GET.rawValue), value: 0) != 0
+        }
     }
 
     /// Allows or forbids huge IOMMU pages. Forbidding is only possible while
     /// nothing is mapped and no domain is attached (EBUSY / EINVAL otherwise).
     /// The corresponding ioctl is `IOMMU_OPTION` (`IOMMU_OPTION_HUGE_PAGES`).
     public func setHugePages(_ enabled: Bool) throws(VFIOError) {
-        _ = try iommufd.option(UInt32(IOMMU_OPTION_HUGE_PAGES.rawValue), object: objectID,
-                               op: UInt16(IOMMU_OPTION_OP_SET.rawValue), value: enabled ? 1 : 0)
+        try state.withID("IOMMU_OPTION") { (id) throws(VFIOError) in
+            _ = try iommufd.option(UInt32(IOMMU_OPTION_HUGE_PAGES.rawValue), object: id,
+                                   op: UInt16(IOMMU_OPTION_OP_SET.rawValue), value: enabled ? 1 : 0)
+        }
     }
 }
 

@@ -11,14 +11,23 @@ import Musl
 ///
 /// Every iommufd object (``IOAS``, ``HWPT``, ``FaultQueue``, ``VIOMMU``,
 /// ``VDevice``, ``VEventQueue``, ``HWQueue``) lives in one context and keeps
-/// it alive; the fd closes when the last of them is gone (or at ``close()``,
-/// which destroys every object the kernel still holds for this fd).
+/// it alive; the fd closes when the last of them is gone, or at ``close()``.
+///
+/// The context may be shared: an fd passed to or inherited from another
+/// process (``init(adopting:label:)``, `vfioctl attach --exec`), a bound device
+/// or an open fault queue all hold the kernel's context open after this fd
+/// closes, so closing the fd destroys nothing by itself. VFIOKit therefore
+/// destroys every object this process allocated explicitly: each owner when it
+/// is destroyed or released, and ``close()`` whatever is still alive.
 ///
 /// Object ids are never 0: the kernel allocates them from 1, so 0 always means
-/// "no object" in its uapi.
+/// "no object" in its uapi. A freed id is handed to the next object at once,
+/// which is why a destroyed owner refuses every further operation.
 public final class IOMMUFD: Sendable {
     /// The `/dev/iommu` descriptor.
     public let fd: OwnedFD
+    /// The objects this process allocated here and has not destroyed yet, oldest first.
+    private let owned = Mutex<[IOMMUObjectState]>([])
 
     /// Opens `/dev/iommu`.
     public init() throws(VFIOError) {
@@ -26,22 +35,80 @@ public final class IOMMUFD: Sendable {
     }
 
     /// Takes ownership of an iommufd someone else opened (a VMM that received
-    /// it over a socket, a test harness). `label` names it in errors.
+    /// it over a socket, a test harness). `label` names it in errors. The
+    /// kernel context may be shared with that process: objects allocated
+    /// through this owner are destroyed explicitly (see ``close()``), and ids
+    /// the other process allocated are never destroyed unless asked
+    /// (``IOAS/init(existing:in:)``, ``destroy(objectID:)``).
     public init(adopting fd: Int32, label: String = "iommufd") {
         self.fd = OwnedFD(fd, label: label)
     }
 
-    /// Closes the context. The kernel destroys every object of this fd.
-    /// Objects that still reference the context fail with a "closed" error.
-    public func close() throws(VFIOError) { try fd.close() }
+    /// Destroys every object this process allocated in the context and that
+    /// is still alive, newest first (an object is always newer than what it is
+    /// built on, so the kernel accepts the order), then closes the fd. IOASes
+    /// go even with live ``DMAMapping``s: destroying the IOAS unmaps them, and
+    /// they become inert. Their owners then report "destroyed".
+    ///
+    /// When an object cannot be destroyed (EBUSY: a device is still attached
+    /// to it, or an object this process did not allocate is built on it), the
+    /// fd stays open, so nothing this process made is left behind in a context
+    /// another process may share: the error names each object and why; detach
+    /// or close what uses it and call `close()` again. A second call after
+    /// success does nothing.
+    public func close() throws(VFIOError) {
+        guard !fd.isClosed else { return }
+        let objects = owned.withLock { $0 }
+        var failures: [VFIOError] = []
+        for state in objects.reversed() {
+            do throws(VFIOError) { try state.destroy(self) } catch { failures.append(error) }
+        }
+        if !failures.isEmpty {
+            let list = failures.map { e in
+                (e.object ?? "an object") + ": " + (e.errno.map { "\($0.name)" } ?? (e.detail ?? e.operation))
+            }
+            throw VFIOError(
+                operation: "close", object: fd.label,
+                detail: "\(failures.count) object(s) this process allocated could not be destroyed (\(list.joined(separator: "; "))), "
+                    + "so the iommufd stays open: closing it would leave them in the kernel's context, which another "
+                    + "process or a bound device may hold open",
+                hint: "detach or close the devices attached to them (VFIODevice.detach() or close()) and destroy what "
+                    + "is built on them, then call close() again")
+        }
+        try fd.close()
+    }
+
+    /// Records an object this process allocated, for ``close()`` and
+    /// ``destroy(objectID:)``.
+    func track(_ state: IOMMUObjectState) {
+        owned.withLock { $0.append(state) }
+    }
+
+    /// The state of a live object this process allocated, by id.
+    func trackedState(_ id: UInt32) -> IOMMUObjectState? {
+        owned.withLock { list in list.last { $0.id == id } }
+    }
+
+    /// A last attempt for objects whose owners could not destroy them when
+    /// they went (the fd is about to close, and the context may be shared).
+    deinit {
+        let left = owned.withLock { $0 }
+        for state in left.reversed() { state.destroyQuietly(self) }
+    }
+
+    /// Forgets an object that was destroyed.
+    func forget(_ state: IOMMUObjectState) {
+        owned.withLock { list in
+            if let i = list.lastIndex(where: { $0 === state }) { list.remove(at: i) }
+        }
+    }
 
     // MARK: ioctl plumbing
 
     /// Issues an iommufd ioctl on this context's fd.
     @inline(__always)
     func ioctl<A>(_ request: UInt, _ argument: inout A, object: @autoclosure () -> String?) throws(VFIOError) {
-        let raw = try fd.get(IoctlNames.name(of: request))
-        _ = try Sys.ioctl(raw, request, &argument, object: object())
+        _ = try fd.ioctl(request, &argument, object: object())
     }
 
     /// Issues `request` with `argument` on this iommufd. For ABIs VFIOKit does
@@ -73,9 +140,17 @@ public final class IOMMUFD: Sendable {
     }
 
     /// Destroys object `id` on behalf of a caller that tracks it by number
-    /// (test harnesses, ids handed out by other processes).
+    /// (test harnesses, ids handed out by other processes). When the id is an
+    /// object this process allocated, it is destroyed through its owner, which
+    /// then reports "destroyed" (an IOAS's mappings become inert). Owners made
+    /// with ``IOAS/init(existing:in:)`` of another process's id do not learn of
+    /// it: destroy those through the owner.
     /// The corresponding ioctl is `IOMMU_DESTROY`.
     public func destroy(objectID id: UInt32) throws(VFIOError) {
+        if let state = trackedState(id) {
+            try state.destroy(self)
+            return
+        }
         try destroyObject(id, label: "object \(id)")
     }
 
@@ -144,8 +219,10 @@ public final class IOMMUFD: Sendable {
     public func setCompatibilityIOAS(_ ioas: IOAS) throws(VFIOError) {
         var arg = iommu_vfio_ioas.make()
         arg.op = UInt16(IOMMU_VFIO_IOAS_SET.rawValue)
-        arg.ioas_id = ioas.objectID
-        try ioctl(IOMMU_VFIO_IOAS, &arg, object: "IOAS \(ioas.objectID)")
+        try ioas.state.withID("IOMMU_VFIO_IOAS") { (id) throws(VFIOError) in
+            arg.ioas_id = id
+            try ioctl(IOMMU_VFIO_IOAS, &arg, object: ioas.label)
+        }
     }
 
     /// Unsets the compatibility IOAS.
@@ -174,26 +251,5 @@ public final class IOMMUFD: Sendable {
             }
             throw e
         }
-    }
-}
-
-/// The id bookkeeping every iommufd object owner shares: destroy once,
-/// report errors from `destroy()`, best-effort from deinit.
-final class IOMMUObjectState: Sendable {
-    private let destroyed = Mutex(false)
-
-    var isDestroyed: Bool { destroyed.withLock { $0 } }
-
-    func destroy(_ ctx: IOMMUFD, _ id: UInt32, label: @autoclosure () -> String) throws(VFIOError) {
-        try destroyed.withLock { (d: inout Bool) throws(VFIOError) in
-            guard !d else { return }
-            if ctx.fd.isClosed { d = true; return }  // the kernel destroyed everything at close
-            try ctx.destroyObject(id, label: label())
-            d = true
-        }
-    }
-
-    func destroyQuietly(_ ctx: IOMMUFD, _ id: UInt32) {
-        try? destroy(ctx, id, label: "object \(id)")
     }
 }

@@ -67,12 +67,11 @@ import SystemPackage
 extension IOMMUFD {
     /// Asks the kernel which iommufd requests and flags it supports. Side-effect free.
     public func features() throws(VFIOError) -> IOMMUFDFeatures {
-        let raw = try fd.get("probe iommufd features")
         var supported = Set<String>()
         for (name, request) in IOMMUFDFeatures.requests {
             // Large enough for any iommufd argument; size 0 is always "too short".
             var zero = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0))
-            let r = withUnsafeMutableBytes(of: &zero) { p in Sys.call { $0.ioctl(raw, request, p.baseAddress) } }
+            let r = try withUnsafeMutableBytes(of: &zero) { (p) throws(VFIOError) in try fd.probeIoctl(request, p.baseAddress) }
             if r != -ENOTTY { supported.insert(name) }
         }
         // Map flags on IOAS 0: ENOENT = flags known, EOPNOTSUPP = unknown.
@@ -83,14 +82,14 @@ extension IOMMUFD {
             arg.ioas_id = 0
             arg.length = 4096
             arg.user_va = 4096
-            let r = withUnsafeMutableBytes(of: &arg) { p in Sys.call { $0.ioctl(raw, IOMMU_IOAS_MAP, p.baseAddress) } }
+            let r = try withUnsafeMutableBytes(of: &arg) { (p) throws(VFIOError) in try fd.probeIoctl(IOMMU_IOAS_MAP, p.baseAddress) }
             if r != -EOPNOTSUPP && r != -ENOTTY { flags |= UInt32(f) }
         }
         var opt = iommu_option.make()
         opt.option_id = UInt32(IOMMU_OPTION_HUGE_PAGES.rawValue)
         opt.op = UInt16(IOMMU_OPTION_OP_GET.rawValue)
         opt.object_id = 0
-        let hp = withUnsafeMutableBytes(of: &opt) { p in Sys.call { $0.ioctl(raw, IOMMU_OPTION, p.baseAddress) } }
+        let hp = try withUnsafeMutableBytes(of: &opt) { (p) throws(VFIOError) in try fd.probeIoctl(IOMMU_OPTION, p.baseAddress) }
         return IOMMUFDFeatures(supportedRequests: supported, ioasMapFlags: flags,
                                hugePagesOption: hp == -ENOENT || hp == 0,
                                kernelRelease: KernelFeatures.runningRelease)

@@ -10,7 +10,7 @@ import Musl
 /// one guest (its VMID, its virtual stream ids, its queues), built on a
 /// nesting-parent ``HWPT`` (the stage-2 table). Nested HWPTs, vDEVICEs,
 /// vEVENTQs and HW queues hang off it and keep it alive.
-public final class VIOMMU: HWPTParent {
+public final class VIOMMU: HWPTParent, IOMMUObjectOwner {
     public let objectID: UInt32
     public let iommufd: IOMMUFD
     /// The stage-2 (nesting-parent) HWPT.
@@ -19,7 +19,7 @@ public final class VIOMMU: HWPTParent {
     public let type: UInt32
     /// The data the kernel wrote back into the driver data (mmap offsets and the like).
     public let outputData: [UInt8]
-    let state = IOMMUObjectState()
+    let state: IOMMUObjectState
 
     /// `enum iommu_viommu_type`.
     public static let typeDefault = UInt32(IOMMU_VIOMMU_TYPE_DEFAULT.rawValue)
@@ -34,13 +34,17 @@ public final class VIOMMU: HWPTParent {
         var arg = iommu_viommu_alloc.make()
         arg.type = type
         arg.dev_id = deviceID
-        arg.hwpt_id = parent.objectID
         let ctx = parent.iommufd
         let r: Result<Void, VFIOError> = bytes.withUnsafeMutableBytes { raw in
             arg.data_len = UInt32(raw.count)
             arg.data_uptr = raw.count == 0 ? 0 : UInt64(UInt(bitPattern: raw.baseAddress))
-            do throws(VFIOError) { try ctx.ioctl(IOMMU_VIOMMU_ALLOC, &arg, object: "\(parent.label) for device \(deviceID)"); return .success(()) }
-            catch { return .failure(error) }
+            do throws(VFIOError) {
+                try parent.state.withID("IOMMU_VIOMMU_ALLOC") { (id) throws(VFIOError) in
+                    arg.hwpt_id = id
+                    try ctx.ioctl(IOMMU_VIOMMU_ALLOC, &arg, object: "\(parent.label) for device \(deviceID)")
+                }
+                return .success(())
+            } catch { return .failure(error) }
         }
         if case .failure(var e) = r {
             if e.errno?.rawValue == EOPNOTSUPP {
@@ -56,13 +60,20 @@ public final class VIOMMU: HWPTParent {
         self.parent = parent
         self.type = type
         outputData = bytes
+        state = IOMMUObjectState(id: arg.out_viommu_id, kind: "vIOMMU", uses: [parent.state])
+        ctx.track(state)
     }
 
     public var label: String { "vIOMMU \(objectID)" }
 
-    /// The corresponding ioctl is `IOMMU_DESTROY`.
-    public func destroy() throws(VFIOError) { try state.destroy(iommufd, objectID, label: label) }
-    deinit { state.destroyQuietly(iommufd, objectID) }
+    /// Whether the vIOMMU was destroyed (by ``destroy()`` or ``IOMMUFD/close()``).
+    public var isDestroyed: Bool { state.isDestroyed }
+
+    /// Destroys the vIOMMU (EBUSY while vDEVICEs, vEVENTQs, HW queues or
+    /// nested HWPTs are built on it); afterwards every operation throws a
+    /// "destroyed" error. The corresponding ioctl is `IOMMU_DESTROY`.
+    public func destroy() throws(VFIOError) { try state.destroy(iommufd) }
+    deinit { state.destroyQuietly(iommufd) }
 
     /// Invalidates vIOMMU-wide caches (device caches, TLBs by VMID). Returns
     /// the number of entries handled; on failure the detail says how many were.
@@ -70,8 +81,10 @@ public final class VIOMMU: HWPTParent {
     public func invalidate(dataType: UInt32, entryLength: Int, count: Int, entries: UnsafeRawBufferPointer)
         throws(VFIOError) -> Int
     {
-        try iommufd.invalidate(id: objectID, label: label, dataType: dataType, entryLength: entryLength,
-                               count: count, entries: entries)
+        try state.withID("IOMMU_HWPT_INVALIDATE") { (id) throws(VFIOError) -> Int in
+            try iommufd.invalidate(id: id, label: label, dataType: dataType, entryLength: entryLength,
+                                   count: count, entries: entries)
+        }
     }
 
     /// ARM SMMUv3 commands (`IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3`), two little-endian words each.
@@ -91,22 +104,24 @@ public final class VIOMMU: HWPTParent {
 }
 
 /// A device's identity inside a vIOMMU (its virtual stream id / RID as the guest sees it).
-public final class VDevice: Sendable {
+public final class VDevice: Sendable, IOMMUObjectOwner {
     public let objectID: UInt32
     public let viommu: VIOMMU
     public let deviceID: UInt32
     /// The guest's id for the device (vSID for SMMUv3, vRID for VT-d/AMD).
     public let virtualID: UInt64
-    let state = IOMMUObjectState()
+    let state: IOMMUObjectState
 
     /// The corresponding ioctl is `IOMMU_VDEVICE_ALLOC`.
     public init(viommu: VIOMMU, device deviceID: UInt32, virtualID: UInt64) throws(VFIOError) {
         var arg = iommu_vdevice_alloc.make()
-        arg.viommu_id = viommu.objectID
         arg.dev_id = deviceID
         arg.virt_id = virtualID
         do throws(VFIOError) {
-            try viommu.iommufd.ioctl(IOMMU_VDEVICE_ALLOC, &arg, object: "\(viommu.label) device \(deviceID)")
+            try viommu.state.withID("IOMMU_VDEVICE_ALLOC") { (id) throws(VFIOError) in
+                arg.viommu_id = id
+                try viommu.iommufd.ioctl(IOMMU_VDEVICE_ALLOC, &arg, object: "\(viommu.label) device \(deviceID)")
+            }
         } catch {
             var e = error
             if e.errno?.rawValue == EEXIST {
@@ -119,25 +134,29 @@ public final class VDevice: Sendable {
         self.viommu = viommu
         self.deviceID = deviceID
         self.virtualID = virtualID
+        state = IOMMUObjectState(id: arg.out_vdevice_id, kind: "vDEVICE", uses: [viommu.state])
+        viommu.iommufd.track(state)
     }
 
     public var label: String { "vDEVICE \(objectID)" }
-    /// The corresponding ioctl is `IOMMU_DESTROY`.
-    public func destroy() throws(VFIOError) { try state.destroy(viommu.iommufd, objectID, label: label) }
-    deinit { state.destroyQuietly(viommu.iommufd, objectID) }
+    /// Whether the vDEVICE was destroyed (by ``destroy()`` or ``IOMMUFD/close()``).
+    public var isDestroyed: Bool { state.isDestroyed }
+    /// A second call does nothing. The corresponding ioctl is `IOMMU_DESTROY`.
+    public func destroy() throws(VFIOError) { try state.destroy(viommu.iommufd) }
+    deinit { state.destroyQuietly(viommu.iommufd) }
 }
 
 /// A queue of events a vIOMMU reports for its guest (translation faults the
 /// guest must see). Each record is a header with a sequence number; when the
 /// queue overflowed the kernel inserts a lost-events marker.
-public final class VEventQueue: Sendable {
+public final class VEventQueue: Sendable, IOMMUObjectOwner {
     public let objectID: UInt32
     public let viommu: VIOMMU
     public let fd: OwnedFD
     public let type: UInt32
     /// Payload bytes per event of this type.
     public let eventSize: Int
-    let state = IOMMUObjectState()
+    let state: IOMMUObjectState
     private let lastSequence = Mutex<Int64>(-1)
 
     /// `enum iommu_veventq_type`.
@@ -162,11 +181,13 @@ public final class VEventQueue: Sendable {
                                     object: viommu.label)
         }
         var arg = iommu_veventq_alloc.make()
-        arg.viommu_id = viommu.objectID
         arg.type = type
         arg.veventq_depth = depth
         do throws(VFIOError) {
-            try viommu.iommufd.ioctl(IOMMU_VEVENTQ_ALLOC, &arg, object: viommu.label)
+            try viommu.state.withID("IOMMU_VEVENTQ_ALLOC") { (id) throws(VFIOError) in
+                arg.viommu_id = id
+                try viommu.iommufd.ioctl(IOMMU_VEVENTQ_ALLOC, &arg, object: viommu.label)
+            }
         } catch {
             var e = error
             if e.errno?.rawValue == EEXIST { e.detail = "\(viommu.label) already has a vEVENTQ of this type" }
@@ -174,23 +195,27 @@ public final class VEventQueue: Sendable {
             throw e
         }
         objectID = arg.out_veventq_id
-        fd = OwnedFD(Int32(bitPattern: arg.out_veventq_fd), label: "vEVENTQ \(arg.out_veventq_id)")
+        fd = OwnedFD(Int32(bitPattern: arg.out_veventq_fd), label: "vEVENTQ \(arg.out_veventq_id)",
+                     kernel: viommu.iommufd.fd.kernel)
         self.viommu = viommu
         self.type = type
         self.eventSize = size
+        state = IOMMUObjectState(id: arg.out_veventq_id, kind: "vEVENTQ", objectFD: fd, uses: [viommu.state])
+        viommu.iommufd.track(state)
     }
 
     public var label: String { "vEVENTQ \(objectID)" }
 
-    /// Closes the fd and destroys the queue.
-    /// The corresponding ioctl is `IOMMU_DESTROY`.
-    public func destroy() throws(VFIOError) {
-        try fd.close()
-        try state.destroy(viommu.iommufd, objectID, label: label)
-    }
+    /// Whether the queue was destroyed (by ``destroy()`` or ``IOMMUFD/close()``).
+    public var isDestroyed: Bool { state.isDestroyed }
+
+    /// Closes the fd (waits in progress end with "closed"; the file holds the
+    /// object, so the close completes first) and destroys the queue. A second
+    /// call does nothing. The corresponding ioctl is `IOMMU_DESTROY`.
+    public func destroy() throws(VFIOError) { try state.destroy(viommu.iommufd) }
     deinit {
+        state.destroyQuietly(viommu.iommufd)
         try? fd.close()
-        state.destroyQuietly(viommu.iommufd, objectID)
     }
 
     /// One record read from the queue.
@@ -209,10 +234,10 @@ public final class VEventQueue: Sendable {
     /// Sequence numbers are checked across calls: a jump yields a ``Record/lostEvents(sequence:)``.
     public func read(maxEvents: Int = 16) throws(VFIOError) -> [Record] {
         let header = MemoryLayout<iommufd_vevent_header>.size
+        try state.requireLive("read")
         var buffer = [UInt8](repeating: 0, count: max(1, maxEvents) * (header + eventSize))
-        let fdv = try fd.get("read")
         let r: Result<Int, VFIOError> = buffer.withUnsafeMutableBytes { b in
-            do throws(VFIOError) { return .success(try Sys.read(fdv, b, object: self.label) ?? 0) } catch { return .failure(error) }
+            do throws(VFIOError) { return .success(try fd.read(b, object: self.label) ?? 0) } catch { return .failure(error) }
         }
         let n = try r.get()
         return lastSequence.withLock { last in
@@ -248,18 +273,23 @@ public final class VEventQueue: Sendable {
         return out
     }
 
-    /// Blocks up to `timeoutMilliseconds` (-1: forever); true when an event is queued.
+    /// Blocks up to `timeoutMilliseconds` (-1: forever); true when an event is
+    /// queued. ``destroy()`` from another thread ends the wait at once (it
+    /// throws "closed").
     public func wait(timeoutMilliseconds: Int32) throws(VFIOError) -> Bool {
-        try EventFDs.waitReadable(fd, timeoutMilliseconds: timeoutMilliseconds)
+        try state.requireLive("wait for vEVENTs")
+        return try fd.waitReadableOrClose(timeoutMilliseconds: timeoutMilliseconds, operation: "wait for vEVENTs")
     }
 
-    /// Waits (polling) for events from async code, then reads them.
-    public func next(maxEvents: Int = 16, pollInterval: Duration = .milliseconds(1)) async throws(VFIOError) -> [Record] {
+    /// Suspends until events arrive, then reads them. The wait is on the fd's
+    /// readiness, in a dedicated thread: cancelling the task ends it at once
+    /// (operation "wait for vEVENTs", detail "cancelled"); ``destroy()`` ends
+    /// it with "closed".
+    public func next(maxEvents: Int = 16) async throws(VFIOError) -> [Record] {
         while true {
             let records = try read(maxEvents: maxEvents)
             if !records.isEmpty { return records }
-            if Task.isCancelled { throw VFIOError.invalid("wait for vEVENTs", "cancelled", object: label) }
-            try? await Task.sleep(for: pollInterval)
+            try await fd.readable(operation: "wait for vEVENTs", object: label)
         }
     }
 }
@@ -267,11 +297,11 @@ public final class VEventQueue: Sendable {
 /// A hardware-accelerated queue (a guest's command queue the IOMMU reads
 /// directly) in guest memory at `nesting_parent_iova`, which must be mapped in
 /// the parent's IOAS; the kernel pins that range while the queue lives.
-public final class HWQueue: Sendable {
+public final class HWQueue: Sendable, IOMMUObjectOwner {
     public let objectID: UInt32
     public let viommu: VIOMMU
     public let index: UInt32
-    let state = IOMMUObjectState()
+    let state: IOMMUObjectState
 
     /// `enum iommu_hw_queue_type`.
     public static let typeTegra241CMDQV = UInt32(IOMMU_HW_QUEUE_TYPE_TEGRA241_CMDQV.rawValue)
@@ -279,13 +309,15 @@ public final class HWQueue: Sendable {
     /// The corresponding ioctl is `IOMMU_HW_QUEUE_ALLOC`.
     public init(viommu: VIOMMU, type: UInt32, index: UInt32, iova: UInt64, length: UInt64) throws(VFIOError) {
         var arg = iommu_hw_queue_alloc.make()
-        arg.viommu_id = viommu.objectID
         arg.type = type
         arg.index = index
         arg.nesting_parent_iova = iova
         arg.length = length
         do throws(VFIOError) {
-            try viommu.iommufd.ioctl(IOMMU_HW_QUEUE_ALLOC, &arg, object: "\(viommu.label) queue \(index)")
+            try viommu.state.withID("IOMMU_HW_QUEUE_ALLOC") { (id) throws(VFIOError) in
+                arg.viommu_id = id
+                try viommu.iommufd.ioctl(IOMMU_HW_QUEUE_ALLOC, &arg, object: "\(viommu.label) queue \(index)")
+            }
         } catch {
             var e = error
             if e.errno?.rawValue == ENOENT {
@@ -296,13 +328,17 @@ public final class HWQueue: Sendable {
         objectID = arg.out_hw_queue_id
         self.viommu = viommu
         self.index = index
+        state = IOMMUObjectState(id: arg.out_hw_queue_id, kind: "HW queue", uses: [viommu.state])
+        viommu.iommufd.track(state)
     }
 
     public var label: String { "HW queue \(objectID)" }
+    /// Whether the queue was destroyed (by ``destroy()`` or ``IOMMUFD/close()``).
+    public var isDestroyed: Bool { state.isDestroyed }
     /// Destroys the queue (queues that others depend on, e.g. lower indexes, give EBUSY).
-    /// The corresponding ioctl is `IOMMU_DESTROY`.
-    public func destroy() throws(VFIOError) { try state.destroy(viommu.iommufd, objectID, label: label) }
-    deinit { state.destroyQuietly(viommu.iommufd, objectID) }
+    /// A second call does nothing. The corresponding ioctl is `IOMMU_DESTROY`.
+    public func destroy() throws(VFIOError) { try state.destroy(viommu.iommufd) }
+    deinit { state.destroyQuietly(viommu.iommufd) }
 }
 
 import Synchronization

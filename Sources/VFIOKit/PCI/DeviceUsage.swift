@@ -9,7 +9,8 @@ import Musl
 /// Unbinding the driver under it would pull a mounted filesystem, a live network
 /// link or the console out from under the system. JSON keys: `kind`
 /// (`mounted`, `swap`, `holder`, `network-up`, `console`), `object`
-/// (`nvme0n1p1`, `eth0`), `detail` (one sentence).
+/// (`nvme0n1p1`, `eth0`), `detail` (one sentence), `fix` (a command or step
+/// that ends this use, or null).
 public struct DeviceUse: Sendable, Equatable, Codable {
     public enum Kind: String, Sendable, Codable {
         case mounted, swap, holder
@@ -21,11 +22,23 @@ public struct DeviceUse: Sendable, Equatable, Codable {
     public var kind: Kind
     public var object: String
     public var detail: String
+    /// What ends this use, literally (`umount /mnt/data`, `ip link set eth0 down`).
+    public var fix: String?
 
-    public init(kind: Kind, object: String, detail: String) {
+    public init(kind: Kind, object: String, detail: String, fix: String? = nil) {
         self.kind = kind
         self.object = object
         self.detail = detail
+        self.fix = fix
+    }
+
+    enum CodingKeys: String, CodingKey { case kind, object, detail, fix }
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(kind, forKey: .kind)
+        try c.encode(object, forKey: .object)
+        try c.encode(detail, forKey: .detail)
+        try c.encode(fix, forKey: .fix)
     }
 }
 
@@ -44,21 +57,6 @@ extension PCIHost {
     /// (`/proc/PID/fd`), which costs a scan of every process.
     public func uses(of a: PCIAddress, checkOpenFiles: Bool = true) -> [DeviceUse] {
         uses(of: a, openNodes: checkOpenFiles ? nil : [:])
-    }
-
-    /// Device nodes (`/dev/...`) open in processes other than this one, with
-    /// who holds them (`pid 42 (qemu)`): one scan of `/proc/PID/fd`.
-    public func openDeviceNodes() -> [String: [String]] {
-        var openers: [String: [String]] = [:]
-        let me = String(getpid())
-        for pid in list("/proc") where pid.first?.isNumber == true && pid != me {
-            var seen = Set<String>()
-            for fd in list("/proc/\(pid)/fd") {
-                guard let t = readLink("/proc/\(pid)/fd/\(fd)"), t.hasPrefix("/dev/"), seen.insert(t).inserted else { continue }
-                openers[t, default: []].append("pid \(pid) (\(readTrimmed("/proc/\(pid)/comm") ?? "?"))")
-            }
-        }
-        return openers
     }
 
     /// ``uses(of:checkOpenFiles:)`` with a table from ``openDeviceNodes()``
@@ -97,12 +95,14 @@ extension PCIHost {
         for tag in tags {
             if let points = ninePMounts[tag] {
                 uses.append(DeviceUse(kind: .mounted, object: tag,
-                                      detail: "its 9p share \"\(tag)\" is mounted on \(points.joined(separator: ", "))"))
+                                      detail: "its 9p share \"\(tag)\" is mounted on \(points.joined(separator: ", "))",
+                                      fix: "`" + points.map { "umount \(shellQuoted($0))" }.joined(separator: " && ") + "`"))
             }
         }
         let consoles = Set((readTrimmed("/sys/class/tty/console/active") ?? "").split(separator: " ").map(String.init))
         for t in ttys where consoles.contains(t) {
-            uses.append(DeviceUse(kind: .console, object: t, detail: "\(t) is the active console"))
+            uses.append(DeviceUse(kind: .console, object: t, detail: "\(t) is the active console",
+                                  fix: "boot with the console elsewhere (console= on the kernel command line)"))
         }
         let swaps = Set((read("/proc/swaps") ?? "").split(separator: "\n").dropFirst().compactMap {
             $0.split(separator: " ").first.map { String($0.split(separator: "/").last ?? "") }
@@ -110,15 +110,18 @@ extension PCIHost {
         for b in blocks {
             if let dev = readTrimmed(b.path + "/dev"), let points = mountsByDev[dev] {
                 uses.append(DeviceUse(kind: .mounted, object: b.name,
-                                      detail: "/dev/\(b.name) is mounted on \(points.joined(separator: ", "))"))
+                                      detail: "/dev/\(b.name) is mounted on \(points.joined(separator: ", "))",
+                                      fix: "`" + points.map { "umount \(shellQuoted($0))" }.joined(separator: " && ") + "`"))
             }
             if swaps.contains(b.name) {
-                uses.append(DeviceUse(kind: .swap, object: b.name, detail: "/dev/\(b.name) is in use as swap"))
+                uses.append(DeviceUse(kind: .swap, object: b.name, detail: "/dev/\(b.name) is in use as swap",
+                                      fix: "`swapoff /dev/\(b.name)`"))
             }
             let holders = list(b.path + "/holders")
             if !holders.isEmpty {
                 uses.append(DeviceUse(kind: .holder, object: b.name,
-                                      detail: "/dev/\(b.name) is held by \(holders.joined(separator: ", ")) (device-mapper, md or similar)"))
+                                      detail: "/dev/\(b.name) is held by \(holders.joined(separator: ", ")) (device-mapper, md or similar)",
+                                      fix: "stop \(holders.joined(separator: ", ")) (`dmsetup remove` or `mdadm --stop` on it)"))
             }
         }
         for n in nets {
@@ -126,19 +129,22 @@ extension PCIHost {
             let flags = readTrimmed(n.path + "/flags").flatMap { UInt32($0.dropFirst(2), radix: 16) } ?? 0
             if flags & 1 != 0 || oper == "up" {
                 uses.append(DeviceUse(kind: .networkUp, object: n.name,
-                                      detail: "network interface \(n.name) is up (operstate \(oper ?? "unknown"))"))
+                                      detail: "network interface \(n.name) is up (operstate \(oper ?? "unknown"))",
+                                      fix: "`ip link set \(n.name) down`"))
             }
         }
         if !nodes.isEmpty {
             let table = openNodes ?? openDeviceNodes()
             for node in nodes.sorted() {
                 guard let who = table[node] else { continue }
-                uses.append(DeviceUse(kind: .openByProcess, object: node, detail: "\(node) is open in \(who.joined(separator: ", "))"))
+                uses.append(DeviceUse(kind: .openByProcess, object: node, detail: "\(node) is open in \(who.joined(separator: ", "))",
+                                      fix: "close it there (stop " + who.joined(separator: ", ") + ")"))
             }
         }
         if readTrimmed(dir + "/boot_vga") == "1" {
             uses.append(DeviceUse(kind: .console, object: a.description,
-                                  detail: "\(a) is the boot VGA device and may carry the console"))
+                                  detail: "\(a) is the boot VGA device and may carry the console",
+                                  fix: "move the console to another device (console= on the kernel command line)"))
         }
         return uses
     }
@@ -156,6 +162,17 @@ extension PCIHost {
             walk(p, depth: depth + 1, visit)
         }
     }
+}
+
+/// `s` quoted for a POSIX shell when it needs it (`/mnt/my data` -> `'/mnt/my data'`).
+func shellQuoted(_ s: String) -> String {
+    let plain = s.unicodeScalars.allSatisfy { u in
+        (u >= "a" && u <= "z") || (u >= "A" && u <= "Z") || (u >= "0" && u <= "9") || "/._-:+@%=,".unicodeScalars.contains(u)
+    }
+    if plain && !s.isEmpty { return s }
+    var out = "'"
+    for ch in s { out += ch == "'" ? "'\\''" : String(ch) }
+    return out + "'"
 }
 
 extension String {

@@ -70,13 +70,13 @@ extension PCIHost {
     /// with `EINVAL` before doing anything, and one that does not with `ENOTTY`.
     /// Returns (name, present) pairs; throws when /dev/iommu cannot be opened.
     public func probeIOMMUFD() throws(VFIOError) -> [(name: String, present: Bool)] {
-        let fd = try Sys.open(path("/dev/iommu"), O_RDWR)
-        defer { try? Sys.close(fd, object: "/dev/iommu") }
+        let fd = try OwnedFD.open(path("/dev/iommu"))
+        defer { try? fd.close() }
         var out: [(String, Bool)] = []
         for (name, req) in Self.iommufdProbes {
             var zero = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0))
             do throws(VFIOError) {
-                _ = try Sys.ioctl(fd, req, &zero, object: "/dev/iommu")
+                _ = try fd.ioctl(req, &zero, object: "/dev/iommu")
                 out.append((name, true))
             } catch {
                 out.append((name, error.errno?.rawValue != ENOTTY))
@@ -145,6 +145,9 @@ extension PCIHost {
                                : "not set (N): the safe default; VFIOKit reports it and never sets it"))
         }
 
+        // Cache coherency, as the IOMMUs' capabilities predict it.
+        if let cc = cacheCoherencyFinding(ioms) { f.append(cc) }
+
         // Nodes and kernel support.
         if exists("/dev/iommu") {
             var detail = "present" + permissionText("/dev/iommu")
@@ -209,7 +212,13 @@ extension PCIHost {
             for g in groups() {
                 let members = g.members.compactMap { try? device($0) }
                 guard members.contains(where: { $0.isBoundToVFIO }) else { continue }
-                if let v = try? viability(ofGroup: g.id), !v.viable {
+                let v: GroupViability
+                do { v = try viability(ofGroup: g.id) } catch {
+                    f.append(.init("group.\(g.id)", .fail, "IOMMU group \(g.id)", "could not be checked: " + error.description,
+                                   fix: "`ls -l /sys/kernel/iommu_groups/\(g.id)/devices/`"))
+                    continue
+                }
+                if !v.viable {
                     f.append(.init("group.\(g.id)", .fail, "IOMMU group \(g.id)", v.summary, fix: v.advice))
                 } else {
                     f.append(.init("group.\(g.id)", .ok, "IOMMU group \(g.id)", "viable; on vfio-pci: "
@@ -218,6 +227,43 @@ extension PCIHost {
             }
         }
         return f
+    }
+
+    /// Whether VFIO domains on `iommu` will enforce cache coherency (block
+    /// no-snoop DMA), from what the kernel's driver does: VT-d when ECAP.SC
+    /// (snoop control, bit 7) is set (`intel_iommu_capable`,
+    /// `domain_support_force_snooping`), AMD-Vi always (`amd_iommu_enforce_cache_coherency`),
+    /// virtio-iommu never (no `enforce_cache_coherency` op); nil when unknown.
+    public func expectedCacheCoherency(of iommu: IOMMUInstance) -> Bool? {
+        switch iommu.kind {
+        case .intelVTd:
+            guard let e = readTrimmed("/sys/class/iommu/\(iommu.name)/intel-iommu/ecap"), let v = UInt64(e, radix: 16) else { return nil }
+            return v & (1 << 7) != 0
+        case .amdVi: return true
+        case .virtio: return false
+        case .selftest, .other: return nil
+        }
+    }
+
+    func cacheCoherencyFinding(_ ioms: [IOMMUInstance]) -> DoctorFinding? {
+        let real = ioms.filter { $0.kind != .selftest }
+        guard !real.isEmpty else { return nil }
+        let parts = real.map { i -> String in
+            let why: String = switch i.kind {
+            case .intelVTd: "VT-d ECAP.SC (snoop control) is \(expectedCacheCoherency(of: i).map { $0 ? "1" : "0" } ?? "unreadable")"
+            case .amdVi: "AMD-Vi page tables always set the force-coherent bit"
+            case .virtio: "virtio-iommu cannot block no-snoop DMA"
+            case .selftest, .other: "unknown IOMMU"
+            }
+            let word = expectedCacheCoherency(of: i).map { $0 ? "enforced" : "NOT enforced" } ?? "unknown"
+            return "\(i.name): \(word) (\(why))"
+        }
+        return .init("cache-coherency", .info, "Cache coherency",
+                     "expected for VFIO domains: " + parts.joined(separator: "; ")
+                        + ". Enforced means the IOMMU blocks no-snoop DMA and a VM needs no wbinvd emulation; not enforced "
+                        + "means a device can bypass the CPU caches and a VM must emulate wbinvd. The kernel decides; VFIOKit "
+                        + "reports it and never changes it. `vfioctl doctor` with a device address and `vfioctl attach` ask the kernel "
+                        + "(VFIO_DMA_CC_IOMMU) for a device")
     }
 
     func permissionText(_ p: String) -> String {
@@ -260,8 +306,10 @@ extension PCIHost {
             parts.append("\(d.replacingPrefix("hugepages-", with: "")): \(n) reserved, \(free) free")
         }
         if let thp = readTrimmed("/sys/kernel/mm/transparent_hugepage/enabled") { parts.append("THP \(thp)") }
+        let twoMiB = list("/sys/kernel/mm/hugepages").first { $0 == "hugepages-2048kB" } ?? list("/sys/kernel/mm/hugepages").first
         return .init("hugepages", .info, "Huge pages", parts.isEmpty ? "no huge page support visible" : parts.joined(separator: "; "),
-                     fix: parts.isEmpty ? nil : "huge pages make fewer, larger IOMMU mappings: reserve them with /sys/kernel/mm/hugepages/*/nr_hugepages")
+                     fix: twoMiB.map { "huge pages make fewer, larger IOMMU mappings; to reserve 64 of them: "
+                        + "`echo 64 > /sys/kernel/mm/hugepages/\($0)/nr_hugepages`" })
     }
 
     func deviceFindings(_ a: PCIAddress) -> [DoctorFinding] {
@@ -278,16 +326,22 @@ extension PCIHost {
             f.append(.init("\(id).group", .fail, "IOMMU group", e.detail ?? "", fix: e.hint))
             return f
         }
-        if let v = try? viability(ofGroup: gid) {
+        let viable: GroupViability?
+        do { viable = try viability(ofGroup: gid) } catch {
+            viable = nil
+            f.append(.init("\(id).group", .fail, "IOMMU group \(gid)", "could not be checked: " + error.description,
+                           fix: "`ls -l /sys/kernel/iommu_groups/\(gid)/devices/`"))
+        }
+        if let v = viable {
             let others = v.members.filter { $0.address != a }
-            let blockers = others.filter { $0.status == .blocking }
+            let blockers = others.filter { $0.status == .blocking || $0.status == .unreadable }
             let memberText = v.members.map { "\($0.address) \($0.reason)" }.joined(separator: "; ")
             if blockers.isEmpty {
                 f.append(.init("\(id).group", .ok, "IOMMU group \(gid)",
                                (dev.isBoundToVFIO ? "viable: " : "viable once \(a) is on vfio-pci: ") + memberText))
             } else {
                 f.append(.init("\(id).group", .fail, "IOMMU group \(gid)",
-                               "not viable: " + blockers.map { "\($0.address) is bound to \($0.driver ?? "?")" }.joined(separator: ", ")
+                               "not viable: " + blockers.map(\.blockingText).joined(separator: ", ")
                                + " (members: \(memberText))", fix: v.advice))
             }
         }
@@ -299,12 +353,23 @@ extension PCIHost {
                            "bound to \(dev.driver ?? "no driver"), not vfio-pci" + (uses.isEmpty ? "" : "; in use: " + uses.map(\.detail).joined(separator: "; ")),
                            fix: uses.isEmpty ? "`vfioctl bind \(a)`" : "stop using it, then `vfioctl bind \(a)`"))
         }
+        let holders = groupHolders(ofGroup: gid)
+        if !holders.isEmpty {
+            var pids: [Int32] = []
+            for h in holders where !pids.contains(h.pid) { pids.append(h.pid) }
+            f.append(.init("\(id).holders", .warn, "Owner", "IOMMU group \(gid) is held: "
+                           + holders.map(\.description).joined(separator: "; ")
+                           + "; the devices of one IOMMU group cannot be split between owners",
+                           fix: "stop pid \(pids.map(String.init).joined(separator: ", ")) or let it release the group "
+                            + "(`kill \(pids.map(String.init).joined(separator: " "))`)"))
+        }
         var nodes: [String] = ["/dev/vfio/\(gid)"]
         if let c = dev.vfioCdevPath { nodes.append(c) }
         for n in nodes where exists(n) {
             let rw = canReadWrite(n)
             f.append(.init("\(id).node.\(n)", rw ? .ok : .warn, n, "present" + permissionText(n),
-                           fix: rw ? nil : "give the driver's user access: a udev rule (SUBSYSTEM==\"vfio\", OWNER=\"user\") or `chown user \(n)`"))
+                           fix: rw ? nil : "as root: `chown \(getuid()) \(n)` (this user, uid \(getuid())), or for good a udev rule "
+                            + "(SUBSYSTEM==\"vfio\", OWNER=\"\(getuid())\")"))
         }
         return f
     }

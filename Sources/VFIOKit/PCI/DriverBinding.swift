@@ -4,91 +4,6 @@ import Glibc
 import Musl
 #endif
 
-/// What bind remembers about a device so unbind --restore can give it back:
-/// one JSON file per device in ``PCIHost/stateDirectory`` (`/run/vfiokit/bindings/BDF.json`).
-///
-/// JSON keys: `address`, `original_driver` (null when the device had none),
-/// `original_driver_override` (null when unset), `bound_to`.
-public struct BindingRecord: Sendable, Equatable, Codable {
-    public var address: PCIAddress
-    public var originalDriver: String?
-    public var originalDriverOverride: String?
-    public var boundTo: String
-
-    public init(address: PCIAddress, originalDriver: String?, originalDriverOverride: String?, boundTo: String) {
-        self.address = address
-        self.originalDriver = originalDriver
-        self.originalDriverOverride = originalDriverOverride
-        self.boundTo = boundTo
-    }
-
-    enum CodingKeys: String, CodingKey {
-        case address
-        case originalDriver = "original_driver"
-        case originalDriverOverride = "original_driver_override"
-        case boundTo = "bound_to"
-    }
-
-    /// The file's text (flat JSON, written without Foundation).
-    var json: String {
-        func q(_ s: String?) -> String {
-            guard let s else { return "null" }
-            var o = "\""
-            for ch in s.unicodeScalars {
-                switch ch {
-                case "\"": o += "\\\""
-                case "\\": o += "\\\\"
-                case "\n": o += "\\n"
-                default: o.unicodeScalars.append(ch)
-                }
-            }
-            return o + "\""
-        }
-        return "{\"address\": \(q(address.description)), \"original_driver\": \(q(originalDriver)), "
-            + "\"original_driver_override\": \(q(originalDriverOverride)), \"bound_to\": \(q(boundTo))}\n"
-    }
-
-    /// Parses what ``json`` wrote (a flat object of strings and nulls).
-    init?(json text: String) {
-        var fields: [String: String?] = [:]
-        let s = Array(text.unicodeScalars)
-        var i = 0
-        func skip() { while i < s.count, s[i] == " " || s[i] == "\n" || s[i] == "\t" || s[i] == "," || s[i] == ":" { i += 1 } }
-        func string() -> String? {
-            guard i < s.count, s[i] == "\"" else { return nil }
-            i += 1
-            var o = String.UnicodeScalarView()
-            while i < s.count, s[i] != "\"" {
-                if s[i] == "\\", i + 1 < s.count {
-                    i += 1
-                    o.append(s[i] == "n" ? "\n" : s[i])
-                } else { o.append(s[i]) }
-                i += 1
-            }
-            i += 1
-            return String(o)
-        }
-        skip()
-        guard i < s.count, s[i] == "{" else { return nil }
-        i += 1
-        while true {
-            skip()
-            if i >= s.count || s[i] == "}" { break }
-            guard let key = string() else { return nil }
-            skip()
-            if i + 4 <= s.count, String(String.UnicodeScalarView(s[i..<(i + 4)])) == "null" {
-                fields[key] = .some(nil); i += 4
-            } else if let v = string() {
-                fields[key] = .some(v)
-            } else { return nil }
-        }
-        guard let a = fields["address"] ?? nil, let addr = try? PCIAddress(parsing: a),
-              let bound = fields["bound_to"] ?? nil else { return nil }
-        self.init(address: addr, originalDriver: fields["original_driver"] ?? nil,
-                  originalDriverOverride: fields["original_driver_override"] ?? nil, boundTo: bound)
-    }
-}
-
 /// The result of a bind or unbind, for reports. JSON keys: `address`,
 /// `previous_driver`, `driver`, `driver_override`, `vfio_cdev`, `changed`,
 /// `notes` (sentences about the group and the state kept).
@@ -109,41 +24,14 @@ public struct BindingOutcome: Sendable, Equatable, Codable {
 }
 
 extension PCIHost {
-    /// How long bind/unbind wait for a probe to settle (some drivers, nvme among
-    /// them, probe asynchronously).
-    static let probeTimeoutMilliseconds = 10_000
+    /// How long bind/unbind wait for a driver to appear after a probe or bind.
+    /// Writes to `drivers_probe` and `drivers/NAME/bind` probe synchronously
+    /// (drivers/base/bus.c → `device_attach` → `__device_attach(dev, false)`:
+    /// no async probing, even for drivers that prefer it, such as nvme), so
+    /// the driver link is there when the write returns; this is a safety margin.
+    static let probeTimeoutMilliseconds = 2_000
 
-    func recordPath(_ a: PCIAddress) -> String { stateDirectory + "/" + a.description + ".json" }
-
-    /// Runs `body` holding an exclusive flock on `stateDirectory/.lock`, so two
-    /// vfioctl processes never interleave the steps of a bind or unbind.
-    func withBindingLock<R>(_ body: () throws(VFIOError) -> R) throws(VFIOError) -> R {
-        try makeDirectories(stateDirectory)
-        let lockPath = stateDirectory + "/.lock"
-        let fd = path(lockPath).withCString { Glibc.open($0, O_RDWR | O_CREAT | O_CLOEXEC, 0o600) }
-        if fd < 0 { throw VFIOError(operation: "open", errno: .init(rawValue: errno), object: lockPath) }
-        defer { _ = Glibc.close(fd) }
-        while flock(fd, LOCK_EX) != 0 {
-            if errno != EINTR { throw VFIOError(operation: "flock", errno: .init(rawValue: errno), object: lockPath) }
-        }
-        return try body()
-    }
-
-    /// The remembered original driver of a device, if bind recorded one.
-    public func bindingRecord(_ a: PCIAddress) -> BindingRecord? {
-        read(recordPath(a)).flatMap(BindingRecord.init(json:))
-    }
-
-    func saveRecord(_ r: BindingRecord) throws(VFIOError) {
-        try makeDirectories(stateDirectory)
-        let tmp = recordPath(r.address) + ".tmp"
-        try writeFile(r.json, to: tmp, create: true)
-        if path(tmp).withCString({ src in path(recordPath(r.address)).withCString { rename(src, $0) } }) != 0 {
-            throw VFIOError(operation: "rename", errno: .init(rawValue: errno), object: recordPath(r.address))
-        }
-    }
-
-    /// Waits until the device's driver is `want` (nil: any driver, or none when `none`).
+    /// Waits until the device's driver is `want` (nil: any driver).
     func waitForDriver(_ a: PCIAddress, _ want: String?, timeoutMilliseconds: Int = PCIHost.probeTimeoutMilliseconds) -> String? {
         var waited = 0
         while true {
@@ -157,16 +45,105 @@ extension PCIHost {
     /// Detaches the device from whatever driver it has.
     func detachDriver(_ a: PCIAddress) throws(VFIOError) {
         guard let drv = linkName(sysfsPath(a) + "/driver") else { return }
+        if let why = DriverName.problem(drv) {
+            throw .invalid("unbind", "\(a)'s driver link names \"\(drv)\", which \(why)", object: a.description)
+        }
         try write(a.description, to: "/sys/bus/pci/drivers/\(drv)/unbind")
     }
 
     /// Sets `driver_override` (nil clears it).
     func setOverride(_ a: PCIAddress, _ value: String?) throws(VFIOError) {
+        if let value, let why = DriverName.problem(value) {
+            throw .invalid("set driver_override", "\"\(value)\" \(why)", object: a.description)
+        }
         try write(value ?? "\n", to: sysfsPath(a) + "/driver_override")
     }
 
     func probe(_ a: PCIAddress) throws(VFIOError) {
         try write(a.description, to: "/sys/bus/pci/drivers_probe")
+    }
+
+    /// Throws unless `name` is a safe driver name registered on the PCI bus.
+    func requireDriver(_ name: String, _ what: String, device a: PCIAddress) throws(VFIOError) {
+        if let why = DriverName.problem(name) {
+            throw .invalid(what, "\"\(name)\" \(why)", object: a.description)
+        }
+        guard driverRegistered(name) else {
+            throw .invalid(what, "the \(name) driver is not loaded (/sys/bus/pci/drivers/\(name) does not exist)",
+                           object: a.description, hint: "load it: `modprobe \(name)`")
+        }
+    }
+
+    /// Puts the device back on `driver` (nil: no driver) with `override` as its
+    /// `driver_override`, and checks that it took; throws when it did not.
+    ///
+    /// Never attaches a driver the device did not have: the original driver is
+    /// bound through its own `bind` file (which attaches only that driver, and
+    /// matches through its id table as the first probe did); only when the
+    /// driver has no bind file, `driver_override` names it for one
+    /// `drivers_probe`, so nothing else can match. For "no driver" the device
+    /// is unbound and its override restored, and nothing is probed: the device
+    /// is as it was (a later `drivers_probe` or module load may claim it, as
+    /// it could before).
+    func putBack(_ a: PCIAddress, driver: String?, override: String?) throws(VFIOError) {
+        let what = "put \(a) back"
+        if let driver { try requireDriver(driver, what, device: a) }
+        if let o = override, let why = DriverName.problem(o) { throw .invalid(what, "driver_override \"\(o)\" \(why)", object: a.description) }
+        let cur = linkName(sysfsPath(a) + "/driver")
+        if cur != nil && cur != driver { try detachDriver(a) }
+        guard let driver else {
+            try setOverride(a, override)
+            if let now = linkName(sysfsPath(a) + "/driver") {
+                throw .invalid(what, "\(a) should have no driver but \(now) took it", object: a.description)
+            }
+            return
+        }
+        if linkName(sysfsPath(a) + "/driver") == driver {
+            try setOverride(a, override)
+            return
+        }
+        let bindFile = "/sys/bus/pci/drivers/\(driver)/bind"
+        if exists(bindFile) {
+            try setOverride(a, override)
+            try write(a.description, to: bindFile)
+        } else {
+            try setOverride(a, driver)
+            try probe(a)
+            try setOverride(a, override)
+        }
+        let now = waitForDriver(a, driver)
+        guard now == driver else {
+            throw .invalid(what, "\(a) did not go back to \(driver) (driver now: \(now ?? "none"))", object: a.description,
+                           hint: "is the \(driver) module loaded (`modprobe \(driver)`)? dmesg has its probe error")
+        }
+    }
+
+    /// Undoes a failed bind of `a`: puts the device back as `before` and the
+    /// record back to `previous`. Returns `error` with what happened added:
+    /// put back (verified), or not, in which case the record (naming the
+    /// original driver) is kept so `vfioctl unbind --restore` can retry.
+    func rollBack(_ a: PCIAddress, to before: PCIDevice, record previous: BindingRecord?, in dir: BindingStateDirectory,
+                  after error: VFIOError) -> VFIOError {
+        var e = error
+        let original = previous?.originalDriver ?? before.driver
+        do throws(VFIOError) {
+            try putBack(a, driver: before.driver, override: before.driverOverride)
+        } catch {
+            e.detail = (e.detail.map { $0 + "; " } ?? "") + "\(a) could not be put back to "
+                + (before.driver ?? "no driver") + ": " + (error.detail ?? error.description)
+            e.hint = "\(dir.name)/\(a).json keeps its original driver (\(original ?? "none")): "
+                + "`vfioctl unbind \(a) --restore` puts it back once the cause is fixed (dmesg has the driver's error)"
+            return e
+        }
+        do throws(VFIOError) {
+            try dir.restore(a, to: previous)
+        } catch {
+            e.detail = (e.detail.map { $0 + "; " } ?? "") + "\(a) was put back to \(before.driver ?? "no driver"), "
+                + "but its record could not be restored: \(error.description)"
+            return e
+        }
+        e.detail = (e.detail.map { $0 + "; " } ?? "") + "\(a) was put back to \(before.driver ?? "no driver") (checked)"
+        return e
     }
 
     /// Binds one device to `driver` (vfio-pci by default) through
@@ -176,17 +153,19 @@ extension PCIHost {
     /// Steps: refuse a device in use (``uses(of:)``) unless `force`; record the
     /// original driver in ``stateDirectory``; set the override; unbind the current
     /// driver; probe; verify the new driver is bound. When any step fails, the
-    /// device is put back (override restored, original driver reprobed) and the
-    /// error says what failed. The override stays set afterwards so that a
-    /// rescan or module reload does not hand the device back to its old driver;
-    /// ``unbind(_:restore:)`` clears it.
+    /// device is put back (override restored, original driver rebound, checked)
+    /// and the error says what failed and whether the device is back; when it
+    /// is not, the record stays so that ``unbind(_:restore:force:)`` can retry.
+    /// The override stays set afterwards so that a rescan or module reload
+    /// does not hand the device back to its old driver;
+    /// ``unbind(_:restore:force:)`` clears it.
     ///
-    /// This binds one device only; ``bind(_:group:force:)`` checks the group.
+    /// This binds one device only; ``bind(_:group:force:driver:)`` checks the group.
     public func bindDevice(_ a: PCIAddress, to driver: String = "vfio-pci", force: Bool = false) throws(VFIOError) -> BindingOutcome {
-        try withBindingLock { () throws(VFIOError) in try bindDeviceLocked(a, to: driver, force: force) }
+        try withBindingLock { (dir) throws(VFIOError) in try bindDeviceLocked(a, to: driver, force: force, dir: dir) }
     }
 
-    func bindDeviceLocked(_ a: PCIAddress, to driver: String, force: Bool) throws(VFIOError) -> BindingOutcome {
+    func bindDeviceLocked(_ a: PCIAddress, to driver: String, force: Bool, dir: BindingStateDirectory) throws(VFIOError) -> BindingOutcome {
         let dev = try device(a)
         if dev.driver == driver {
             return BindingOutcome(address: a, previousDriver: driver, driver: driver, driverOverride: dev.driverOverride,
@@ -196,29 +175,26 @@ extension PCIHost {
             guard dev.iommuGroup != nil else { throw noGroupError(a) }
             if dev.isBridge {
                 throw .invalid("bind", "\(a) is a PCI bridge (\(dev.className)); vfio-pci does not take bridges",
-                               object: a.description, hint: "bridges may stay on pcieport or without a driver: they do not block their group")
+                               object: a.description,
+                               hint: "a bridge blocks its group only on a driver without managed DMA; "
+                                + "to move it off such a driver: `vfioctl bind \(a) --driver pci-stub`")
             }
         }
-        guard driverRegistered(driver) else {
-            throw .invalid("bind", "the \(driver) driver is not loaded (/sys/bus/pci/drivers/\(driver) does not exist)",
-                           object: a.description, hint: "load it: `modprobe \(driver)`")
-        }
+        try requireDriver(driver, "bind", device: a)
         if !force {
             let u = uses(of: a)
             if !u.isEmpty {
                 throw .invalid("bind", "\(a) is in use through its \(dev.driver ?? "kernel") driver: "
                                + u.map(\.detail).joined(separator: "; "),
-                               object: a.description,
-                               hint: "stop using it first (unmount, swapoff, `ip link set DEV down`), or pass --force to take it anyway")
+                               object: a.description, hint: stopUsingHint(u, retry: "vfioctl bind \(a)"))
             }
         }
         // Remember the original only on the first bind: a second bind keeps the first record.
-        let existing = bindingRecord(a)
-        let record = existing ?? BindingRecord(address: a, originalDriver: dev.driver,
-                                                      originalDriverOverride: dev.driverOverride, boundTo: driver)
-        var newRecord = record
-        newRecord.boundTo = driver
-        try saveRecord(newRecord)
+        let existing = try dir.load(a)
+        var record = existing ?? BindingRecord(address: a, originalDriver: dev.driver,
+                                               originalDriverOverride: dev.driverOverride, boundTo: driver)
+        record.boundTo = driver
+        try dir.save(record)
         do throws(VFIOError) {
             try setOverride(a, driver)
             try detachDriver(a)
@@ -226,17 +202,14 @@ extension PCIHost {
             let now = waitForDriver(a, driver)
             guard now == driver else {
                 throw VFIOError.invalid("bind", "\(a) did not bind to \(driver) after drivers_probe (driver now: \(now ?? "none"))",
-                                        object: a.description,
-                                        hint: "the kernel log (dmesg) has the driver's probe error; the device was put back to \(dev.driver ?? "no driver")")
+                                        object: a.description, hint: "the kernel log (dmesg) has the driver's probe error")
             }
         } catch {
-            restore(a, driver: dev.driver, override: dev.driverOverride)
-            if let existing { try? saveRecord(existing) } else { try? remove(recordPath(a)) }
-            throw error
+            throw rollBack(a, to: dev, record: existing, in: dir, after: error)
         }
         let after = try device(a)
         var notes: [String] = []
-        if let o = dev.driver { notes.append("unbound from \(o); `vfioctl unbind \(a) --restore` gives it back") }
+        if let o = record.originalDriver { notes.append("unbound from \(o); `vfioctl unbind \(a) --restore` gives it back") }
         // A cdev may appear a moment after the probe returns.
         var cdev = after.vfioCdev
         if cdev == nil && driver == "vfio-pci" && sysfsWriter == nil {
@@ -246,47 +219,48 @@ extension PCIHost {
                               vfioCdev: cdev, changed: true, notes: notes)
     }
 
-    /// Best effort: puts the device back on `driver` with `override`, as it was.
-    func restore(_ a: PCIAddress, driver: String?, override: String?) {
-        let cur = linkName(sysfsPath(a) + "/driver")
-        if cur != driver { try? detachDriver(a) }
-        try? setOverride(a, override)
-        if let driver, linkName(sysfsPath(a) + "/driver") != driver {
-            try? probe(a)
-            if waitForDriver(a, driver) != driver {
-                try? write(a.description, to: "/sys/bus/pci/drivers/\(driver)/bind")
-                _ = waitForDriver(a, driver, timeoutMilliseconds: 2000)
-            }
-        }
+    /// A hint that names what ends each use, then the retry.
+    func stopUsingHint(_ uses: [DeviceUse], retry: String) -> String {
+        let steps = uses.map { $0.fix ?? "end: \($0.detail)" }
+        return "stop using it: " + steps.joined(separator: ", ") + "; then `\(retry)` (or `\(retry) --force` to take it anyway)"
     }
 
-    /// Binds a device to vfio-pci after checking its group.
+    /// Binds a device to vfio-pci (or `driver`) after checking its group.
     ///
-    /// Without `group`: refuses when another member of the group is on a kernel
-    /// driver that uses the DMA API (the group would not be viable), naming it,
-    /// unless `force`. With `group`: binds every endpoint member of the group
-    /// (bridges stay as they are); when one fails, the members this call
-    /// changed are put back. Returns one outcome per device changed or checked.
+    /// Without `group`: refuses when another member of the group blocks it (on
+    /// a kernel driver that uses the DMA API, or unreadable), naming it, unless
+    /// `force`. With `group`: binds every endpoint member of the group (bridges
+    /// stay as they are); when one fails, the members this call changed are put
+    /// back as they were, records included. Returns one outcome per device
+    /// changed or checked.
     public func bind(_ a: PCIAddress, group: Bool = false, force: Bool = false, driver: String = "vfio-pci") throws(VFIOError) -> [BindingOutcome] {
-        try withBindingLock { () throws(VFIOError) in try bindLocked(a, group: group, force: force, driver: driver) }
+        try withBindingLock { (dir) throws(VFIOError) in try bindLocked(a, group: group, force: force, driver: driver, dir: dir) }
     }
 
-    func bindLocked(_ a: PCIAddress, group: Bool, force: Bool, driver: String) throws(VFIOError) -> [BindingOutcome] {
+    func bindLocked(_ a: PCIAddress, group: Bool, force: Bool, driver: String, dir: BindingStateDirectory) throws(VFIOError) -> [BindingOutcome] {
         let dev = try device(a)
+        // A bridge goes to pci-stub (or another driver that manages DMA), alone: its group is not checked.
+        if dev.isBridge && driver != "vfio-pci" && !driver.hasSuffix("vfio-pci") && !group {
+            return [try bindDeviceLocked(a, to: driver, force: force, dir: dir)]
+        }
         guard let gid = dev.iommuGroup else { throw noGroupError(a) }
         let v = try viability(ofGroup: gid)
         let others = v.members.filter { $0.address != a }
         if !group {
-            let blockers = others.filter { $0.status == .blocking }
+            let blockers = others.filter { $0.status == .blocking || $0.status == .unreadable }
             if !blockers.isEmpty && !force {
                 throw .invalid(
                     "bind", "IOMMU group \(gid) is not viable: \(a) shares it with "
-                        + blockers.map { "\($0.address) (bound to \($0.driver ?? "?"))" }.joined(separator: ", ")
-                        + "; VFIO cannot use any member while one is on a kernel driver",
-                    object: a.description,
-                    hint: "bind the whole group: `vfioctl bind \(a) --group` (or unbind the others)")
+                        + blockers.map(\.blockingText).joined(separator: ", ")
+                        + "; VFIO cannot use any member while one is on a kernel driver that does DMA",
+                    object: a.description, hint: {
+                        var cmds = v.fixCommands(for: a)
+                        if !cmds.contains(where: { $0.hasSuffix("--group") }) { cmds.append("vfioctl bind \(a)") }
+                        return "run " + cmds.map { "`\($0)`" }.joined(separator: ", then ")
+                            + (cmds.count > 1 ? "" : " (or unbind the others)")
+                    }())
             }
-            var out = try bindDeviceLocked(a, to: driver, force: force)
+            var out = try bindDeviceLocked(a, to: driver, force: force, dir: dir)
             if !others.isEmpty {
                 out.notes.append("IOMMU group \(gid) also holds " + others.map { "\($0.address) (\($0.reason))" }.joined(separator: ", ")
                                  + (blockers.isEmpty ? "; the group is viable" : "; the group is NOT viable until they are unbound"))
@@ -296,11 +270,19 @@ extension PCIHost {
         // Whole group: check everything first, then change.
         var targets: [PCIDevice] = []
         for m in v.members {
+            if m.status == .unreadable {
+                throw .invalid("bind", "IOMMU group \(gid): \(m.blockingText)", object: a.description,
+                               hint: "check sysfs for \(m.address) (`ls -l /sys/bus/pci/devices/\(m.address)/`)")
+            }
             let d = try device(m.address)
             if d.isBridge {
                 if m.status == .blocking {
-                    throw .invalid("bind", "bridge \(m.address) in IOMMU group \(gid) is bound to \(m.driver ?? "?"), which blocks the group",
-                                   object: a.description, hint: "unbind it first: `vfioctl unbind \(m.address)`")
+                    throw .invalid("bind", "bridge \(m.address) in IOMMU group \(gid) is bound to \(m.driver ?? "?"), which does not "
+                                   + "declare managed DMA and so blocks the group; a bridge never goes to vfio-pci",
+                                   object: a.description,
+                                   hint: "give the bridge pci-stub (it manages DMA; `vfioctl unbind \(m.address) --restore` gives "
+                                    + "\(m.driver ?? "its driver") back): `vfioctl bind \(m.address) --driver pci-stub`, "
+                                    + "then `vfioctl bind \(a) --group`")
                 }
                 continue
             }
@@ -309,26 +291,36 @@ extension PCIHost {
                 let u = uses(of: m.address)
                 if !u.isEmpty {
                     throw .invalid("bind", "\(m.address) in IOMMU group \(gid) is in use: " + u.map(\.detail).joined(separator: "; "),
-                                   object: m.address.description, hint: "stop using it first, or pass --force")
+                                   object: m.address.description, hint: stopUsingHint(u, retry: "vfioctl bind \(a) --group"))
                 }
             }
             targets.append(d)
         }
-        var done: [(PCIDevice, BindingOutcome)] = []
+        var done: [(before: PCIDevice, record: BindingRecord?, outcome: BindingOutcome)] = []
         for d in targets {
             do throws(VFIOError) {
-                done.append((d, try bindDeviceLocked(d.address, to: driver, force: true)))
+                let previous = try dir.load(d.address)
+                done.append((d, previous, try bindDeviceLocked(d.address, to: driver, force: true, dir: dir)))
             } catch {
-                for (prev, _) in done.reversed() {
-                    restore(prev.address, driver: prev.driver, override: prev.driverOverride)
-                    try? remove(recordPath(prev.address))
-                }
                 var e = error
-                e.detail = (e.detail ?? "") + "; the \(done.count) member(s) bound before it were put back"
+                var back: [String] = []
+                var stuck: [String] = []
+                for (prev, record, _) in done.reversed() {
+                    let r = rollBack(prev.address, to: prev, record: record, in: dir, after: .invalid("bind", ""))
+                    if r.detail?.contains("could not be put back") == true {
+                        stuck.append("\(prev.address) (\(r.detail ?? ""); its record is kept: `vfioctl unbind \(prev.address) --restore` retries)")
+                    } else {
+                        back.append(prev.address.description)
+                    }
+                }
+                var text = e.detail ?? ""
+                if !back.isEmpty { text += "; put back as they were (checked): " + back.joined(separator: ", ") }
+                if !stuck.isEmpty { text += "; NOT put back: " + stuck.joined(separator: "; ") }
+                e.detail = text
                 throw e
             }
         }
-        var outcomes = done.map(\.1)
+        var outcomes = done.map(\.outcome)
         if outcomes.isEmpty {
             outcomes.append(BindingOutcome(address: a, previousDriver: dev.driver, driver: dev.driver, driverOverride: dev.driverOverride,
                                            vfioCdev: dev.vfioCdev, changed: false, notes: ["every endpoint of IOMMU group \(gid) was already on \(driver)"]))
@@ -340,32 +332,35 @@ extension PCIHost {
     ///
     /// Without `restore`: detaches the driver and clears the override bind set;
     /// the device is left without a driver (the record of its original driver
-    /// stays, so a later `restore` still works). With `restore`: detaches,
-    /// puts back the original `driver_override`, reprobes, and verifies the
-    /// original driver (from the record bind wrote) is bound again; without a
-    /// record the kernel picks the driver. Refuses when a process still has
-    /// the device's VFIO node open (vfio-pci's remove would block until it
-    /// closes), unless `force`.
+    /// stays, so a later `restore` still works). With `restore`: puts back the
+    /// original driver and `driver_override` from the record bind wrote, and
+    /// checks the result (see ``putBack(_:driver:override:)``: a device that had
+    /// no driver gets none); the record is removed only when that took. Without
+    /// a record the kernel picks the driver (`drivers_probe`). Refuses when a
+    /// process still has the device's VFIO node open (vfio-pci's remove would
+    /// block until it closes), unless `force`.
     public func unbind(_ a: PCIAddress, restore: Bool = false, force: Bool = false) throws(VFIOError) -> BindingOutcome {
-        try withBindingLock { () throws(VFIOError) in try unbindLocked(a, restore: restore, force: force) }
+        try withBindingLock { (dir) throws(VFIOError) in try unbindLocked(a, restore: restore, force: force, dir: dir) }
     }
 
-    func unbindLocked(_ a: PCIAddress, restore: Bool, force: Bool) throws(VFIOError) -> BindingOutcome {
+    func unbindLocked(_ a: PCIAddress, restore: Bool, force: Bool, dir: BindingStateDirectory) throws(VFIOError) -> BindingOutcome {
         let dev = try device(a)
-        let record = bindingRecord(a)
+        let record = try dir.load(a)
         if !force, dev.isBoundToVFIO {
             let holders = vfioOpeners(of: dev)
             if !holders.isEmpty {
+                let pids = holders.compactMap { $0.split(separator: " ").dropFirst().first.map(String.init) }
                 throw .invalid("unbind", "\(a) is open through VFIO by " + holders.joined(separator: ", ")
                                + "; vfio-pci would wait for it to close", object: a.description,
-                               hint: "stop that process first, or pass --force")
+                               hint: "stop that process first (`kill \(pids.joined(separator: " "))`), then "
+                                + "`vfioctl unbind \(a)\(restore ? " --restore" : "")`; or add --force")
             }
         }
         if !force, !dev.isBoundToVFIO, dev.driver != nil {
             let u = uses(of: a)
             if !u.isEmpty {
                 throw .invalid("unbind", "\(a) is in use through \(dev.driver!): " + u.map(\.detail).joined(separator: "; "),
-                               object: a.description, hint: "stop using it first, or pass --force")
+                               object: a.description, hint: stopUsingHint(u, retry: "vfioctl unbind \(a)\(restore ? " --restore" : "")"))
             }
         }
         var notes: [String] = []
@@ -379,23 +374,27 @@ extension PCIHost {
             return BindingOutcome(address: a, previousDriver: dev.driver, driver: after.driver, driverOverride: after.driverOverride,
                                   vfioCdev: after.vfioCdev, changed: dev.driver != nil, notes: notes)
         }
-        let want = record?.originalDriver
-        if dev.driver != nil && dev.driver != want { try detachDriver(a) }
-        try setOverride(a, record?.originalDriverOverride)
-        if linkName(sysfsPath(a) + "/driver") == nil { try probe(a) }
-        let now = waitForDriver(a, want)
-        if let want, now != want {
-            // drivers_probe found nothing; try the driver's own bind file once.
-            try? write(a.description, to: "/sys/bus/pci/drivers/\(want)/bind")
-            let again = waitForDriver(a, want)
-            guard again == want else {
-                throw .invalid("unbind --restore", "\(a) did not go back to \(want) (driver now: \(again ?? "none"))",
-                               object: a.description,
-                               hint: "is the \(want) module loaded (`modprobe \(want)`)? dmesg has its probe error")
+        if let record {
+            if let d = record.originalDriver, !driverRegistered(d) {
+                throw .invalid("unbind --restore", "the record's original_driver \"\(d)\" is not a registered PCI driver "
+                               + "(/sys/bus/pci/drivers/\(d) does not exist); the record \(dir.name)/\(a).json is kept",
+                               object: a.description, hint: "load it (`modprobe \(d)`), then `vfioctl unbind \(a) --restore`")
             }
-        }
-        try remove(recordPath(a))
-        if record == nil {
+            do throws(VFIOError) {
+                try putBack(a, driver: record.originalDriver, override: record.originalDriverOverride)
+            } catch {
+                var e = error
+                e.operation = "unbind --restore"
+                e.detail = (e.detail ?? "") + "; the record \(dir.name)/\(a).json is kept"
+                throw e
+            }
+            try dir.remove(a)
+            if record.originalDriver == nil { notes.append("\(a) had no driver before `vfioctl bind`; it has none now") }
+        } else {
+            try detachDriver(a)
+            try setOverride(a, nil)
+            try probe(a)
+            let now = waitForDriver(a, nil, timeoutMilliseconds: 200)
             notes.append("no record of an original driver: the kernel chose \(now ?? "no driver")")
         }
         let after = try device(a)
@@ -403,22 +402,15 @@ extension PCIHost {
                               vfioCdev: after.vfioCdev, changed: dev.driver != after.driver, notes: notes)
     }
 
-    /// Processes holding the device's VFIO cdev or group node open (`pid (comm)`).
-    public func vfioOpeners(of dev: PCIDevice) -> [String] {
-        var nodes: Set<String> = []
-        if let c = dev.vfioCdevPath { nodes.insert(c) }
-        if let g = dev.vfioGroupPath { nodes.insert(g) }
+    /// Processes holding the device's VFIO cdev or group node open (`pid N (comm)`).
+    public func vfioOpeners(of dev: PCIDevice, openNodes: [String: [String]]? = nil) -> [String] {
+        var nodes: [String] = []
+        if let c = dev.vfioCdevPath { nodes.append(c) }
+        if let g = dev.vfioGroupPath { nodes.append(g) }
         guard !nodes.isEmpty else { return [] }
-        let me = String(getpid())
+        let table = openNodes ?? openDeviceNodes()
         var out: [String] = []
-        for pid in list("/proc") where pid.first?.isNumber == true && pid != me {
-            for fd in list("/proc/\(pid)/fd") {
-                if let t = readLink("/proc/\(pid)/fd/\(fd)"), nodes.contains(t) {
-                    out.append("pid \(pid) (\(readTrimmed("/proc/\(pid)/comm") ?? "?"))")
-                    break
-                }
-            }
-        }
+        for n in nodes { for who in table[n] ?? [] where !out.contains(who) { out.append(who) } }
         return out
     }
 }
@@ -433,15 +425,5 @@ extension BindingOutcome {
         try c.encode(vfioCdev, forKey: .vfioCdev)
         try c.encode(changed, forKey: .changed)
         try c.encode(notes, forKey: .notes)
-    }
-}
-
-extension BindingRecord {
-    public func encode(to encoder: any Encoder) throws {
-        var c = encoder.container(keyedBy: CodingKeys.self)
-        try c.encode(address, forKey: .address)
-        try c.encode(originalDriver, forKey: .originalDriver)
-        try c.encode(originalDriverOverride, forKey: .originalDriverOverride)
-        try c.encode(boundTo, forKey: .boundTo)
     }
 }

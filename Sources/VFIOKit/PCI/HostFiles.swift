@@ -86,6 +86,20 @@ public struct PCIHost: Sendable {
         return t.split(separator: "/").last.map(String.init)
     }
 
+    /// The driver a device is bound to (its `driver` link), nil when it has
+    /// none (`ENOENT`); throws when the link cannot be read (not a symlink,
+    /// permission), so that a caller deciding on safety can fail closed.
+    public func driverLink(of a: PCIAddress) throws(VFIOError) -> String? {
+        let p = sysfsPath(a) + "/driver"
+        var buf = [CChar](repeating: 0, count: 4096)
+        let n = path(p).withCString { Glibc.readlink($0, &buf, buf.count - 1) }
+        if n < 0 {
+            if Glibc.errno == ENOENT { return nil }
+            throw VFIOError(operation: "readlink", errno: Errno(rawValue: Glibc.errno), object: p)
+        }
+        return String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self).split(separator: "/").last.map(String.init)
+    }
+
     /// A symlink's target text, or nil.
     public func readLink(_ p: String) -> String? {
         var buf = [CChar](repeating: 0, count: 4096)

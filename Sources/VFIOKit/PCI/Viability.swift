@@ -20,6 +20,8 @@ public struct GroupViability: Sendable, Equatable, Codable {
         case managedDMA = "managed-dma"
         /// Bound to an ordinary kernel driver: makes the group not viable.
         case blocking
+        /// Its sysfs entry or driver could not be read: counted as blocking (fail closed).
+        case unreadable
     }
 
     public struct Member: Sendable, Equatable, Codable, CustomStringConvertible {
@@ -31,7 +33,15 @@ public struct GroupViability: Sendable, Equatable, Codable {
         /// A PCI bridge: never handed to VFIO, never in its way.
         public var isBridge: Bool = false
 
-        public var description: String { "\(address) (\(driver.map { "driver \($0)" } ?? "no driver"))" }
+        public var description: String {
+            status == .unreadable ? "\(address) (unreadable)" : "\(address) (\(driver.map { "driver \($0)" } ?? "no driver"))"
+        }
+
+        /// Why this member stops its group, in a few words (`0000:01:02.0 (bound to e1000e)`).
+        public var blockingText: String {
+            if status == .unreadable { return "\(address) (\(reason))" }
+            return "\(address) (\(isBridge ? "a bridge " : "")bound to \(driver ?? "?"))"
+        }
     }
 
     /// The members that stop the group from being used. With `requireVFIO`
@@ -39,7 +49,7 @@ public struct GroupViability: Sendable, Equatable, Codable {
     /// bridges excepted: the kernel accepts them, but a kernel driver can claim
     /// an unbound device at any time, so VFIOKit wants every device on vfio-pci.
     public func blockers(requireVFIO: Bool) -> [Member] {
-        members.filter { $0.status == .blocking || (requireVFIO && $0.status == .unbound && !$0.isBridge) }
+        members.filter { $0.status == .blocking || $0.status == .unreadable || (requireVFIO && $0.status == .unbound && !$0.isBridge) }
     }
 
     public var group: Int
@@ -53,9 +63,39 @@ public struct GroupViability: Sendable, Equatable, Codable {
     /// One sentence naming the blockers, for errors.
     public var summary: String {
         if viable { return "IOMMU group \(group) is viable (\(members.count) member\(members.count == 1 ? "" : "s"))" }
-        let names = members.filter { $0.status == .blocking }.map { "\($0.address) (bound to \($0.driver ?? "?"))" }
-        return "IOMMU group \(group) is not viable: " + names.joined(separator: ", ")
-            + (names.count == 1 ? " is" : " are") + " still on a kernel driver"
+        var parts: [String] = []
+        let names = members.filter { $0.status == .blocking }.map(\.blockingText)
+        if !names.isEmpty {
+            parts.append(names.joined(separator: ", ") + (names.count == 1 ? " is" : " are") + " still on a kernel driver that does DMA")
+        }
+        let unread = members.filter { $0.status == .unreadable }
+        if !unread.isEmpty {
+            parts.append(unread.map(\.blockingText).joined(separator: ", ") + " could not be read, so VFIOKit cannot say the group is safe")
+        }
+        return "IOMMU group \(group) is not viable: " + parts.joined(separator: "; ")
+    }
+
+    /// The commands that make this group usable for `device`, in order:
+    /// each bridge on a driver without managed DMA to pci-stub (a bridge never
+    /// goes to vfio-pci; pci-stub declares managed DMA, and
+    /// `vfioctl unbind BRIDGE --restore` gives the bridge its driver back),
+    /// then the group's endpoints to vfio-pci. Empty when a member could not
+    /// be read (nothing to run until sysfs answers) or nothing blocks.
+    public func fixCommands(for device: PCIAddress, requireVFIO: Bool = false) -> [String] {
+        if members.contains(where: { $0.status == .unreadable }) { return [] }
+        var out: [String] = []
+        for m in members where m.isBridge && m.status == .blocking {
+            out.append("vfioctl bind \(m.address) --driver pci-stub")
+        }
+        let endpointBlockers = members.filter {
+            !$0.isBridge && $0.address != device && ($0.status == .blocking || (requireVFIO && $0.status == .unbound))
+        }
+        if !endpointBlockers.isEmpty {
+            let target = members.first { $0.address == device && !$0.isBridge }?.address
+                ?? members.first { !$0.isBridge }?.address ?? device
+            out.append("vfioctl bind \(target) --group")
+        }
+        return out
     }
 }
 
@@ -78,8 +118,17 @@ extension PCIHost {
         let g = try group(id)
         var members: [GroupViability.Member] = []
         for a in g.members {
-            let d = try? device(a)
-            let drv = d?.driver
+            // Fail closed: a member whose entry or driver link cannot be read counts as blocking.
+            let d: PCIDevice
+            let drv: String?
+            do throws(VFIOError) {
+                d = try device(a)
+                drv = try driverLink(of: a)
+            } catch {
+                members.append(.init(address: a, driver: nil, status: .unreadable,
+                                     reason: "could not read it from sysfs: " + error.description, isBridge: false))
+                continue
+            }
             let status: GroupViability.MemberStatus
             let reason: String
             switch drv {
@@ -93,19 +142,26 @@ extension PCIHost {
                 status = .stub; reason = "bound to pci-stub"
             case let x? where ManagedDMADrivers.contains(x):
                 status = .managedDMA; reason = "\(x) manages DMA itself (driver_managed_dma)"
+            case let x? where d.isBridge:
+                status = .blocking; reason = "a bridge bound to \(x), which does not declare managed DMA"
             case let x?:
                 status = .blocking; reason = "bound to \(x), which uses the kernel's DMA API"
             }
-            members.append(.init(address: a, driver: drv, status: status, reason: reason, isBridge: d?.isBridge ?? false))
+            members.append(.init(address: a, driver: drv, status: status, reason: reason, isBridge: d.isBridge))
         }
-        let blocking = members.filter { $0.status == .blocking }.map(\.address)
+        let blocking = members.filter { $0.status == .blocking || $0.status == .unreadable }.map(\.address)
         var advice: String
         if blocking.isEmpty {
             advice = "every member is unbound, on vfio-pci/pci-stub, or on a driver that manages DMA itself"
             if !g.otherMembers.isEmpty { advice += "; non-PCI members: \(g.otherMembers.joined(separator: ", "))" }
+        } else if let bad = members.first(where: { $0.status == .unreadable }) {
+            advice = "find out why \(bad.address) cannot be read (`ls -l /sys/bus/pci/devices/\(bad.address)/`); "
+                + "until then VFIOKit treats the group as not viable"
         } else {
-            advice = "bind every member to vfio-pci (`vfioctl bind \(blocking[0]) --group`) or unbind "
-                + blocking.map(\.description).joined(separator: ", ")
+            let v = GroupViability(group: id, viable: false, members: members, blocking: blocking, advice: "")
+            let target = members.first { !$0.isBridge && $0.status != .blocking }?.address
+                ?? members.first { !$0.isBridge }?.address ?? blocking[0]
+            advice = "run " + v.fixCommands(for: target).map { "`\($0)`" }.joined(separator: ", then ")
                 + "; the IOMMU cannot isolate devices in one group from each other"
         }
         return GroupViability(group: id, viable: blocking.isEmpty, members: members, blocking: blocking, advice: advice)
@@ -132,21 +188,31 @@ extension GroupViability.Member {
 }
 
 /// How close a device is to being usable through VFIO, in one word for `vfioctl list`.
-public enum VFIOReadiness: String, Sendable, Codable {
-    /// On vfio-pci, and every other member of its group is fine.
+/// Every word that promises a fix has it in ``PCIHost/readinessFix(of:_:)``: the
+/// exact commands, which `vfioctl list --json` prints as `fix`.
+public enum VFIOReadiness: String, Sendable, Codable, CaseIterable {
+    /// On vfio-pci, every other member of its group is fine, and no process holds the group.
     case ready
-    /// On vfio-pci, but another group member is on a kernel driver.
+    /// On vfio-pci and usable, but a VFIO node of its group (its own or a group
+    /// mate's cdev, or the group node) is open in a process: that process owns the group.
+    case held
+    /// On vfio-pci, but another group member is on a kernel driver that does DMA.
     case groupNotViable = "group-not-viable"
-    /// Not on vfio-pci; `vfioctl bind` would work.
+    /// Not on vfio-pci; `vfioctl bind BDF` would work.
     case bindable
-    /// Not on vfio-pci; another group member blocks (`vfioctl bind --group`).
+    /// Not on vfio-pci; another endpoint of the group blocks: `vfioctl bind BDF --group`.
     case bindableWithGroup = "needs-group"
+    /// A bridge of the group is on a driver without managed DMA (shpchp, say): it
+    /// goes to pci-stub first (`vfioctl bind BRIDGE --driver pci-stub`).
+    case needsBridgeStub = "needs-bridge-stub"
     /// Not on vfio-pci, and its kernel driver is in use (mounted, up).
     case inUse = "in-use"
     /// In no IOMMU group: VFIO cannot use it.
     case noIOMMUGroup = "no-iommu-group"
-    /// A bridge: never handed to VFIO, and never in the way.
+    /// A bridge: never handed to VFIO.
     case bridge
+    /// A member of its group could not be read from sysfs: VFIOKit cannot say it is safe.
+    case groupUnreadable = "group-unreadable"
 }
 
 extension PCIHost {
@@ -161,9 +227,39 @@ extension PCIHost {
     public func readiness(of dev: PCIDevice, openNodes: [String: [String]]) -> VFIOReadiness {
         if dev.isBridge || dev.classCode >> 16 == 0x06 { return .bridge }
         guard let g = dev.iommuGroup else { return .noIOMMUGroup }
-        let others = (try? viability(ofGroup: g))?.members.filter { $0.address != dev.address && $0.status == .blocking } ?? []
-        if dev.isBoundToVFIO { return others.isEmpty ? .ready : .groupNotViable }
+        guard let v = try? viability(ofGroup: g), !v.members.contains(where: { $0.status == .unreadable }) else {
+            return .groupUnreadable
+        }
+        let others = v.members.filter { $0.address != dev.address && $0.status == .blocking }
+        if dev.isBoundToVFIO {
+            if !others.isEmpty { return .groupNotViable }
+            return groupVFIONodes(v).contains { openNodes[$0] != nil } ? .held : .ready
+        }
         if dev.driver != nil && !uses(of: dev.address, openNodes: openNodes).isEmpty { return .inUse }
+        if others.contains(where: \.isBridge) { return .needsBridgeStub }
         return others.isEmpty ? .bindable : .bindableWithGroup
+    }
+
+    /// The commands that make `dev` ready from `readiness`, in order, to be run
+    /// as printed; empty when the word promises none (ready, held, in-use,
+    /// bridge, no-iommu-group, group-unreadable: `vfioctl show BDF` says why).
+    public func readinessFix(of dev: PCIDevice, _ readiness: VFIOReadiness) -> [String] {
+        switch readiness {
+        case .bindable: return ["vfioctl bind \(dev.address)"]
+        case .bindableWithGroup: return ["vfioctl bind \(dev.address) --group"]
+        case .needsBridgeStub, .groupNotViable:
+            guard let g = dev.iommuGroup, let v = try? viability(ofGroup: g) else { return [] }
+            var cmds = v.fixCommands(for: dev.address)
+            if !dev.isBoundToVFIO && !cmds.contains(where: { $0.hasSuffix("--group") }) { cmds.append("vfioctl bind \(dev.address)") }
+            return cmds
+        case .ready, .held, .inUse, .noIOMMUGroup, .bridge, .groupUnreadable: return []
+        }
+    }
+
+    /// The VFIO nodes of a group: `/dev/vfio/N` and every member's cdev.
+    func groupVFIONodes(_ v: GroupViability) -> [String] {
+        var nodes = ["/dev/vfio/\(v.group)"]
+        for m in v.members { if let c = (try? device(m.address))?.vfioCdevPath { nodes.append(c) } }
+        return nodes
     }
 }

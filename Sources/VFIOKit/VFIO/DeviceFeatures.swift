@@ -64,11 +64,10 @@ extension VFIODevice {
         header.argsz = UInt32(headerSize + payload.count)
         header.flags = flags
         var buffer = KernelBytes(header, count: Int(header.argsz))
-        let dfd = try fd.get("VFIO_DEVICE_FEATURE")
         let name = featureName(flags & VFIO_DEVICE_FEATURE_MASK)
         return try buffer.withUnsafeMutableRawPointer { (p) throws(VFIOError) in
             for (i, b) in payload.enumerated() { p.storeBytes(of: b, toByteOffset: headerSize + i, as: UInt8.self) }
-            return try Sys.ioctl(dfd, VFIO_DEVICE_FEATURE, p, object: "\(label) get \(name)")
+            return try fd.ioctl(VFIO_DEVICE_FEATURE, p, object: "\(label) get \(name)")
         }
     }
 
@@ -78,11 +77,10 @@ extension VFIODevice {
         header.argsz = UInt32(headerSize + payload.count)
         header.flags = flags
         var buffer = KernelBytes(header, count: Int(header.argsz))
-        let dfd = try fd.get("VFIO_DEVICE_FEATURE")
         let name = featureName(flags & VFIO_DEVICE_FEATURE_MASK)
         _ = try buffer.withUnsafeMutableRawPointer { (p) throws(VFIOError) in
             for (i, b) in payload.enumerated() { p.storeBytes(of: b, toByteOffset: headerSize + i, as: UInt8.self) }
-            return try Sys.ioctl(dfd, VFIO_DEVICE_FEATURE, p, object: "\(label) \(what) \(name)")
+            return try fd.ioctl(VFIO_DEVICE_FEATURE, p, object: "\(label) \(what) \(name)")
         }
         return buffer.bytes(at: headerSize, length: payload.count) ?? []
     }
@@ -129,7 +127,7 @@ extension VFIODevice {
         let out = try runFeature(flags: VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE | VFIO_DEVICE_FEATURE_SET, payload: payload,
                               object: "set")
         let dataFD = out.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 4, as: Int32.self) }
-        return dataFD >= 0 ? OwnedFD(dataFD, label: "\(label) migration data") : nil
+        return dataFD >= 0 ? OwnedFD(dataFD, label: "\(label) migration data", kernel: fd.kernel) : nil
     }
 
     /// Enters runtime low power (D3); `VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY`.
@@ -173,10 +171,13 @@ extension VFIODevice {
         }
         arg.offset = region.offset + offset
         arg.data = data
-        arg.fd = eventfd.map { $0.fd.raw } ?? -1
-        do {
-            _ = try Sys.ioctl(try fd.get("VFIO_DEVICE_IOEVENTFD"), VFIO_DEVICE_IOEVENTFD, &arg,
-                              object: "\(label) region \(region.index) + 0x\(String(offset, radix: 16))")
+        do throws(VFIOError) {
+            // The eventfd's number is in the argument: hold it open for the call.
+            try OwnedFD.withDescriptors([eventfd?.fd], "VFIO_DEVICE_IOEVENTFD") { (numbers) throws(VFIOError) in
+                arg.fd = numbers[0]
+                _ = try fd.ioctl(VFIO_DEVICE_IOEVENTFD, &arg,
+                                 object: "\(label) region \(region.index) + 0x\(String(offset, radix: 16))")
+            }
         } catch {
             var e = error
             if let n = e.errno?.rawValue, n == 25 || n == 95 { e.detail = "not supported by this device" }

@@ -21,6 +21,10 @@ import Musl
 ///   iterator stops the thread through a second eventfd. Tasks awaiting it never
 ///   block a pool thread.
 /// Do not use both on one eventfd at the same time: each read consumes the count.
+///
+/// ``close()`` ends both: a blocked ``wait(timeout:)`` throws "closed" and the
+/// sequence ends; the fd itself closes when the last of them has returned
+/// (see ``OwnedFD``), so the kernel never sees its number after the close.
 public final class EventFD: Sendable {
     public let fd: OwnedFD
 
@@ -28,8 +32,9 @@ public final class EventFD: Sendable {
     /// With `semaphore`, each read takes 1 instead of the whole count.
     public init(semaphore: Bool = false) throws(VFIOError) {
         let flags = CVFIO_EFD_NONBLOCK | (semaphore ? CVFIO_EFD_SEMAPHORE : 0)
-        let raw = try Sys.eventfd(flags: flags)
-        fd = OwnedFD(raw, label: "eventfd \(raw)")
+        let kernel = Sys.current
+        let raw = try Sys.eventfd(kernel, flags: flags)
+        fd = OwnedFD(raw, label: "eventfd \(raw)", kernel: kernel)
     }
 
     /// Reads and resets the counter; nil when it is zero.
@@ -37,14 +42,15 @@ public final class EventFD: Sendable {
     public func consume() throws(VFIOError) -> UInt64? {
         var value: UInt64 = 0
         let n = try withUnsafeMutableBytes(of: &value) { (raw) throws(VFIOError) -> Int? in
-            try Sys.read(fd.raw, raw, object: fd.label)
+            try fd.read(raw)
         }
         return n == 8 ? value : nil
     }
 
     /// Blocks until the counter is non-zero or `timeout` passes (nil: forever);
     /// returns the count read (the number of signals since the last read), or
-    /// nil on timeout.
+    /// nil on timeout. Throws "closed" when the eventfd is closed, also by
+    /// another thread while this one waits.
     public func wait(timeout: Duration? = nil) throws(VFIOError) -> UInt64? {
         let ms: Int32
         if let timeout {
@@ -54,12 +60,23 @@ public final class EventFD: Sendable {
         } else {
             ms = -1
         }
-        // poll, then read: the same two syscalls a C driver makes per interrupt.
+        // poll, then read: the same two syscalls a C driver makes per interrupt,
+        // inside one use of the fd (a close meanwhile signals it to wake us).
+        guard fd.enter() else { throw fd.closedError("wait for eventfd") }
+        defer { fd.leave() }
+        let number = fd.number
         while true {
-            var pfd = pollfd(fd: fd.raw, events: Int16(POLLIN), revents: 0)
-            let ready = try Sys.poll(&pfd, count: 1, timeoutMilliseconds: ms)
+            var pfd = pollfd(fd: number, events: Int16(POLLIN), revents: 0)
+            let ready = try fd.pollHeld(&pfd, count: 1, timeoutMilliseconds: ms)
             if ready == 0 { return nil }
-            if let v = try consume() { return v }
+            if fd.isClosed { throw fd.closedError("wait for eventfd") }
+            var value: UInt64 = 0
+            let n = try withUnsafeMutableBytes(of: &value) { (raw) throws(VFIOError) -> Int? in
+                try fd.readHeld(raw, object: nil)
+            }
+            // A count read after the close may include the close's own signal: drop it.
+            if fd.isClosed { throw fd.closedError("wait for eventfd") }
+            if n == 8 { return value }
             // Another reader took the count first: wait again.
         }
     }
@@ -67,13 +84,21 @@ public final class EventFD: Sendable {
     /// Adds `value` to the counter (what the kernel does on an interrupt).
     public func signal(_ value: UInt64 = 1) throws(VFIOError) {
         var v = value
-        _ = try withUnsafeBytes(of: &v) { (raw) throws(VFIOError) -> Int in try Sys.write(fd.raw, raw, object: fd.label) }
+        _ = try withUnsafeBytes(of: &v) { (raw) throws(VFIOError) -> Int in try fd.write(raw) }
     }
 
     /// Each signal as a count, delivered to Swift concurrency by a dedicated thread.
     public func interrupts() -> Interrupts { Interrupts(eventfd: self) }
 
-    public func close() throws(VFIOError) { try fd.close() }
+    /// Closes the eventfd. Waiters in ``wait(timeout:)`` and ``interrupts()``
+    /// are woken (they end with "closed" and the end of the sequence); the
+    /// number is closed when the last of them has left.
+    public func close() throws(VFIOError) {
+        try fd.close(wakingUsers: { number in
+            var one: UInt64 = 1
+            _ = withUnsafeBytes(of: &one) { b in Sys.call(fd.kernel) { $0.write(number, b) } }
+        })
+    }
 
     /// The signals of an ``EventFD`` as an async sequence of counts.
     public struct Interrupts: AsyncSequence, Sendable {
@@ -82,75 +107,62 @@ public final class EventFD: Sendable {
 
         public func makeAsyncIterator() -> AsyncStream<UInt64>.Iterator {
             let (stream, continuation) = AsyncStream<UInt64>.makeStream(bufferingPolicy: .unbounded)
-            guard let waiter = try? WaiterThread(eventfd: eventfd, continuation: continuation) else {
+            guard let wait = try? ReadinessWait(eventfd.fd) else {
                 continuation.finish()
                 return stream.makeAsyncIterator()
             }
-            continuation.onTermination = { _ in waiter.stop() }
+            let waiter = WaiterThread(eventfd: eventfd, wait: wait, continuation: continuation)
+            continuation.onTermination = { _ in wait.wakeUp() }
             waiter.start()
             return stream.makeAsyncIterator()
         }
     }
 }
 
-/// The thread behind ``EventFD/Interrupts``: polls the eventfd and a stop
-/// eventfd, yields counts, exits when stopped or when the eventfd fails.
+/// The thread behind ``EventFD/Interrupts``: holds a use of the eventfd for
+/// its whole life, polls it with a wake eventfd, yields counts, and exits when
+/// the iterator stops, the eventfd closes, or a read fails. The eventfd's
+/// close(2), when it was closed meanwhile, happens as this thread leaves.
 final class WaiterThread: Sendable {
     let eventfd: EventFD
-    let stopFD: Int32
+    let wait: ReadinessWait
     let continuation: AsyncStream<UInt64>.Continuation
 
-    init(eventfd: EventFD, continuation: AsyncStream<UInt64>.Continuation) throws(VFIOError) {
+    init(eventfd: EventFD, wait: ReadinessWait, continuation: AsyncStream<UInt64>.Continuation) {
         self.eventfd = eventfd
+        self.wait = wait
         self.continuation = continuation
-        stopFD = cvfio_sys_eventfd(0, CVFIO_EFD_CLOEXEC | CVFIO_EFD_NONBLOCK)
-        if stopFD < 0 { throw VFIOError(operation: "eventfd", errno: .init(rawValue: cvfio_errno())) }
     }
 
     func start() {
-        let context = Unmanaged.passRetained(self).toOpaque()
-        var thread = pthread_t()
-        let r = pthread_create(&thread, nil, { arg in
-            let me = Unmanaged<WaiterThread>.fromOpaque(arg!).takeRetainedValue()
-            me.run()
-            return nil
-        }, context)
-        if r != 0 {
-            Unmanaged<WaiterThread>.fromOpaque(context).release()
+        if DetachedThread.start({ [self] in run() }) != nil {
+            try? wait.wake.close()
             continuation.finish()
-        } else {
-            pthread_detach(thread)
         }
-    }
-
-    func stop() {
-        var one: UInt64 = 1
-        _ = Glibc.write(stopFD, &one, 8)
     }
 
     private func run() {
-        defer {
-            continuation.finish()
-            Glibc.close(stopFD)
+        defer { continuation.finish() }
+        do throws(VFIOError) {
+            try wait.begin("wait for eventfd")
+        } catch {
+            try? wait.wake.close()
+            return
         }
-        var fds = (pollfd(fd: eventfd.fd.raw, events: Int16(POLLIN), revents: 0),
-                   pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0))
-        while !eventfd.fd.isClosed {
-            let r = withUnsafeMutableBytes(of: &fds) { raw in
-                Glibc.poll(raw.baseAddress!.assumingMemoryBound(to: pollfd.self), 2, -1)
+        defer { wait.end() }
+        let fd = eventfd.fd
+        while true {
+            guard case .readable? = try? wait.poll(timeoutMilliseconds: -1) else { return }
+            var value: UInt64 = 0
+            let n: Int?
+            do throws(VFIOError) {
+                n = try withUnsafeMutableBytes(of: &value) { (b) throws(VFIOError) in try fd.readHeld(b, object: nil) }
+            } catch {
+                return  // the eventfd failed
             }
-            if r < 0 {
-                if errno == EINTR { continue }
-                return
-            }
-            if fds.1.revents != 0 { return }
-            if fds.0.revents & Int16(POLLERR | POLLNVAL) != 0 { return }
-            if fds.0.revents != 0 {
-                var v: UInt64 = 0
-                if Glibc.read(eventfd.fd.raw, &v, 8) == 8 {
-                    if case .terminated = continuation.yield(v) { return }
-                }
-            }
+            if fd.isClosed { return }  // the count may hold the close's own signal
+            // nil: another reader took the count (EAGAIN); poll again.
+            if n == 8, case .terminated = continuation.yield(value) { return }
         }
     }
 }

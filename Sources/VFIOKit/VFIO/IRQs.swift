@@ -37,8 +37,8 @@ extension VFIODevice {
     public func irqInfo(_ index: IRQIndex) throws(VFIOError) -> IRQInfo {
         var arg = vfio_irq_info.make()
         arg.index = index.rawValue
-        _ = try Sys.ioctl(try fd.get("VFIO_DEVICE_GET_IRQ_INFO"), VFIO_DEVICE_GET_IRQ_INFO, &arg,
-                          object: "\(label) \(index)")
+        _ = try fd.ioctl(VFIO_DEVICE_GET_IRQ_INFO, &arg,
+                         object: "\(label) \(index)")
         return IRQInfo(index: arg.index, flags: arg.flags, count: arg.count)
     }
 
@@ -46,6 +46,13 @@ extension VFIODevice {
     func setIRQs(_ index: IRQIndex, flags: UInt32, start: UInt32, count: UInt32, data: [UInt8],
                  what: String) throws(VFIOError)
     {
+        // Vectors start ..< start + count, counted in 64 bits: the end may be 2^32, never more.
+        let end = UInt64(start) + UInt64(count)
+        guard end <= UInt64(UInt32.max) + 1 else {
+            throw VFIOError.invalid("VFIO_DEVICE_SET_IRQS", "vectors \(start)..<\(end) of \(index) run past the last "
+                                        + "vector number the kernel can name (\(UInt32.max))", object: label,
+                                    hint: "irqInfo(_:).count says how many vectors the device has")
+        }
         let headerSize = MemoryLayout<vfio_irq_set>.size
         var header = vfio_irq_set.make()
         header.argsz = UInt32(headerSize + data.count)
@@ -54,11 +61,10 @@ extension VFIODevice {
         header.start = start
         header.count = count
         var buffer = KernelBytes(header, count: headerSize + data.count)
-        let dfd = try fd.get("VFIO_DEVICE_SET_IRQS")
         _ = try buffer.withUnsafeMutableRawPointer { (p) throws(VFIOError) in
             for (i, b) in data.enumerated() { p.storeBytes(of: b, toByteOffset: headerSize + i, as: UInt8.self) }
-            return try Sys.ioctl(dfd, VFIO_DEVICE_SET_IRQS, p,
-                                 object: "\(label) \(index) \(what) vectors \(start)..<\(start + count)")
+            return try fd.ioctl(VFIO_DEVICE_SET_IRQS, p,
+                                object: "\(label) \(index) \(what) vectors \(start)..<\(end)")
         }
     }
 
@@ -68,14 +74,15 @@ extension VFIODevice {
     /// The corresponding ioctl is `VFIO_DEVICE_SET_IRQS` with
     /// `VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER`.
     public func setIRQTrigger(_ index: IRQIndex, start: UInt32 = 0, eventfds: [EventFD?]) throws(VFIOError) {
-        var data: [UInt8] = []
-        data.reserveCapacity(eventfds.count * 4)
-        for e in eventfds {
-            let v = e.map { $0.fd.raw } ?? -1
-            withUnsafeBytes(of: v.littleEndian) { data.append(contentsOf: $0) }
+        // The eventfd numbers are in the argument: hold each open for the call
+        // (a closed one throws "closed" and is never routed to an interrupt).
+        try OwnedFD.withDescriptors(eventfds.map { $0?.fd }, "VFIO_DEVICE_SET_IRQS") { (numbers) throws(VFIOError) in
+            var data: [UInt8] = []
+            data.reserveCapacity(numbers.count * 4)
+            for v in numbers { withUnsafeBytes(of: v.littleEndian) { data.append(contentsOf: $0) } }
+            try setIRQs(index, flags: VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER, start: start,
+                        count: UInt32(eventfds.count), data: data, what: "trigger eventfds")
         }
-        try setIRQs(index, flags: VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER, start: start,
-                    count: UInt32(eventfds.count), data: data, what: "trigger eventfds")
         binding.withLock { b in
             var list = b.irqEventFDs[index.rawValue] ?? []
             let end = Int(start) + eventfds.count
@@ -116,10 +123,11 @@ extension VFIODevice {
     /// Lets the kernel unmask INTx itself when `eventfd` is signalled (irqfd
     /// style). `VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_UNMASK`.
     public func setIRQUnmaskEventFD(_ index: IRQIndex, vector: UInt32 = 0, eventfd: EventFD?) throws(VFIOError) {
-        let v = eventfd.map { $0.fd.raw } ?? -1
-        let data = withUnsafeBytes(of: v.littleEndian) { Array($0) }
-        try setIRQs(index, flags: VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_UNMASK, start: vector, count: 1,
-                    data: data, what: "unmask eventfd")
+        try OwnedFD.withDescriptors([eventfd?.fd], "VFIO_DEVICE_SET_IRQS") { (numbers) throws(VFIOError) in
+            let data = withUnsafeBytes(of: numbers[0].littleEndian) { Array($0) }
+            try setIRQs(index, flags: VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_UNMASK, start: vector, count: 1,
+                        data: data, what: "unmask eventfd")
+        }
     }
 
     /// Fires vectors from software, as if the device had (a loopback test of

@@ -68,8 +68,7 @@ extension VFIODevice {
     /// Flags, region and IRQ counts and capabilities. The corresponding ioctl
     /// is `VFIO_DEVICE_GET_INFO`.
     public func info() throws(VFIOError) -> VFIODeviceInfo {
-        let bytes = try Sys.growingIoctl(try fd.get("VFIO_DEVICE_GET_INFO"), VFIO_DEVICE_GET_INFO,
-                                         vfio_device_info.make(), object: label)
+        let bytes = try fd.growingIoctl(VFIO_DEVICE_GET_INFO, vfio_device_info.make(), object: label)
         let h = bytes.header
         let caps = h.flags & VFIO_DEVICE_FLAGS_CAPS != 0 ? bytes.capabilities(from: h.cap_offset) : []
         var atomic: UInt32?
@@ -86,8 +85,7 @@ extension VFIODevice {
     public func regionInfo(_ index: UInt32) throws(VFIOError) -> VFIORegionInfo {
         var header = vfio_region_info.make()
         header.index = index
-        let bytes = try Sys.growingIoctl(try fd.get("VFIO_DEVICE_GET_REGION_INFO"), VFIO_DEVICE_GET_REGION_INFO,
-                                         header, object: "\(label) region \(index)")
+        let bytes = try fd.growingIoctl(VFIO_DEVICE_GET_REGION_INFO, header, object: "\(label) region \(index)")
         return VFIORegionInfo(parsing: bytes)
     }
 }
@@ -131,7 +129,7 @@ extension VFIODevice {
     /// device fd (works for every readable region, mappable or not).
     public func read(region: VFIORegionInfo, at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(VFIOError) {
         try checkAccess(region, offset, buffer.count, write: false)
-        let n = try Sys.pread(try fd.get("pread"), buffer, at: Int64(region.offset + offset),
+        let n = try fd.pread(buffer, at: Int64(region.offset + offset),
                               object: "\(label) region \(region.index) + 0x\(String(offset, radix: 16))")
         if n != buffer.count {
             throw VFIOError.invalid("pread", "short read: \(n) of \(buffer.count) bytes", object: "\(label) region \(region.index)")
@@ -141,7 +139,7 @@ extension VFIODevice {
     /// Writes `bytes` at `offset` within a region, through the device fd.
     public func write(region: VFIORegionInfo, at offset: UInt64, _ bytes: UnsafeRawBufferPointer) throws(VFIOError) {
         try checkAccess(region, offset, bytes.count, write: true)
-        let n = try Sys.pwrite(try fd.get("pwrite"), bytes, at: Int64(region.offset + offset),
+        let n = try fd.pwrite(bytes, at: Int64(region.offset + offset),
                                object: "\(label) region \(region.index) + 0x\(String(offset, radix: 16))")
         if n != bytes.count {
             throw VFIOError.invalid("pwrite", "short write: \(n) of \(bytes.count) bytes", object: "\(label) region \(region.index)")
@@ -200,8 +198,9 @@ extension VFIODevice {
         var prot: Int32 = 0
         if region.isReadable { prot |= PROT_READ }
         if region.isWritable { prot |= PROT_WRITE }
-        let p = try Sys.mmap(length: Int(length), protection: prot, flags: MAP_SHARED, fd: try fd.get("mmap"),
-                             offset: Int64(region.offset + offset), object: "\(label) region \(region.index)")
-        return MMIORegion(device: self, base: p, length: Int(length), regionIndex: region.index, regionOffset: offset)
+        let p = try fd.mmap(length: Int(length), protection: prot, flags: MAP_SHARED,
+                            offset: Int64(region.offset + offset), object: "\(label) region \(region.index)")
+        return MMIORegion(device: self, base: p, length: Int(length), regionIndex: region.index, regionOffset: offset,
+                          kernel: fd.kernel)
     }
 }

@@ -52,7 +52,7 @@ extension VFIODevice {
     /// ``VFIODeviceInfo/supportsReset`` first. The corresponding ioctl is `VFIO_DEVICE_RESET`.
     public func reset() throws(VFIOError) {
         do {
-            _ = try Sys.ioctl(try fd.get("VFIO_DEVICE_RESET"), VFIO_DEVICE_RESET, nil, object: label)
+            _ = try fd.ioctl(VFIO_DEVICE_RESET, nil, object: label)
         } catch {
             var e = error
             if e.errno?.rawValue == 25 || e.errno?.rawValue == 95 || e.errno?.rawValue == 22 {
@@ -67,7 +67,6 @@ extension VFIODevice {
     /// neither a slot nor a bus reset is possible (e.g. a device on a root bus).
     /// The corresponding ioctl is `VFIO_DEVICE_GET_PCI_HOT_RESET_INFO`.
     public func hotResetInfo() throws(VFIOError) -> HotResetInfo {
-        let dfd = try fd.get("VFIO_DEVICE_GET_PCI_HOT_RESET_INFO")
         let entry = MemoryLayout<vfio_pci_dependent_device>.stride
         let headerSize = MemoryLayout<vfio_pci_hot_reset_info>.size
         var capacity = 4
@@ -77,7 +76,7 @@ extension VFIODevice {
             var buffer = KernelBytes(header, count: Int(header.argsz))
             do {
                 _ = try buffer.withUnsafeMutableRawPointer { (p) throws(VFIOError) in
-                    try Sys.ioctl(dfd, VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, p, object: label)
+                    try fd.ioctl(VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, p, object: label)
                 }
             } catch {
                 // ENOSPC: the kernel wrote the count it needs into the header.
@@ -111,12 +110,13 @@ extension VFIODevice {
     /// Hot-resets the bus or slot on the group path, proving ownership with the
     /// fd of every affected group. The corresponding ioctl is `VFIO_DEVICE_PCI_HOT_RESET`.
     public func hotReset(groups: [VFIOGroup]) throws(VFIOError) {
-        var fds: [Int32] = []
-        for g in groups { fds.append(try g.fd.get("VFIO_DEVICE_PCI_HOT_RESET")) }
-        if fds.isEmpty {
+        if groups.isEmpty {
             throw VFIOError.invalid("VFIO_DEVICE_PCI_HOT_RESET", "the group path needs at least one group fd", object: label)
         }
-        try hotReset(groupFDs: fds)
+        // The group numbers are in the argument: hold each open for the call.
+        try OwnedFD.withDescriptors(groups.map(\.fd), "VFIO_DEVICE_PCI_HOT_RESET") { (fds) throws(VFIOError) in
+            try hotReset(groupFDs: fds)
+        }
     }
 
     func hotReset(groupFDs: [Int32]) throws(VFIOError) {
@@ -125,10 +125,9 @@ extension VFIODevice {
         header.argsz = UInt32(headerSize + groupFDs.count * 4)
         header.count = UInt32(groupFDs.count)
         var buffer = KernelBytes(header, count: Int(header.argsz))
-        let dfd = try fd.get("VFIO_DEVICE_PCI_HOT_RESET")
         _ = try buffer.withUnsafeMutableRawPointer { (p) throws(VFIOError) in
             for (i, g) in groupFDs.enumerated() { p.storeBytes(of: g, toByteOffset: headerSize + i * 4, as: Int32.self) }
-            return try Sys.ioctl(dfd, VFIO_DEVICE_PCI_HOT_RESET, p, object: label)
+            return try fd.ioctl(VFIO_DEVICE_PCI_HOT_RESET, p, object: label)
         }
     }
 }

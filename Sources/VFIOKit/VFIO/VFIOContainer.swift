@@ -33,12 +33,16 @@ public final class VFIOContainer: Sendable {
     public let fd: OwnedFD
     public let backend: Backend
     private let iommuType = Mutex<IOMMUType?>(nil)
+    /// Safe mappings (``DMAMapping``) made through this container, and the
+    /// gate that keeps their map + record atomic with respect to unmap-all.
+    let mappings = MappingTable()
+    let gate = ObjectGate()
 
     /// Opens a container and checks the API version (`VFIO_GET_API_VERSION`).
     public init(backend: Backend = .legacy) throws(VFIOError) {
         fd = try OwnedFD.open(backend.rawValue)
         self.backend = backend
-        let version = try Sys.ioctl(fd.raw, VFIO_GET_API_VERSION, value: 0, object: label)
+        let version = try fd.ioctl(VFIO_GET_API_VERSION, value: 0, object: label)
         if version != VFIO_API_VERSION {
             throw VFIOError.invalid("VFIO_GET_API_VERSION", "the kernel speaks VFIO API \(version); VFIOKit knows \(VFIO_API_VERSION)",
                                     object: label)
@@ -50,7 +54,7 @@ public final class VFIOContainer: Sendable {
     /// Whether the container supports an extension (an IOMMU type or a feature
     /// such as `VFIO_UNMAP_ALL`). The corresponding ioctl is `VFIO_CHECK_EXTENSION`.
     public func checkExtension(_ ext: UInt) throws(VFIOError) -> Bool {
-        try Sys.ioctl(try fd.get("VFIO_CHECK_EXTENSION"), VFIO_CHECK_EXTENSION, value: Int(ext), object: label) > 0
+        try fd.ioctl(VFIO_CHECK_EXTENSION, value: Int(ext), object: label) > 0
     }
 
     public func supports(_ type: IOMMUType) throws(VFIOError) -> Bool { try checkExtension(type.rawValue) }
@@ -61,8 +65,8 @@ public final class VFIOContainer: Sendable {
     /// Sets the IOMMU model; needs at least one group in the container first.
     /// The corresponding ioctl is `VFIO_SET_IOMMU`.
     public func setIOMMU(_ type: IOMMUType) throws(VFIOError) {
-        _ = try Sys.ioctl(try fd.get("VFIO_SET_IOMMU"), VFIO_SET_IOMMU, value: Int(type.rawValue),
-                          object: "\(label) (\(type))")
+        _ = try fd.ioctl(VFIO_SET_IOMMU, value: Int(type.rawValue),
+                         object: "\(label) (\(type))")
         iommuType.withLock { $0 = type }
     }
 
@@ -89,19 +93,30 @@ public final class VFIOContainer: Sendable {
     /// Page sizes, IOVA ranges, mapping budget and migration caps. The
     /// corresponding ioctl is `VFIO_IOMMU_GET_INFO`.
     public func info() throws(VFIOError) -> Info {
-        let bytes = try Sys.growingIoctl(try fd.get("VFIO_IOMMU_GET_INFO"), VFIO_IOMMU_GET_INFO,
-                                         vfio_iommu_type1_info.make(), object: label)
+        let bytes = try fd.growingIoctl(VFIO_IOMMU_GET_INFO, vfio_iommu_type1_info.make(), object: label)
         return Info(parsing: bytes)
     }
 
     /// Maps `buffer` at `iova` (type1 needs an explicit IOVA). The mapping keeps
-    /// the buffer and container alive. The corresponding ioctl is `VFIO_IOMMU_MAP_DMA`.
+    /// the buffer and container alive, and unmaps exactly its range when it
+    /// ends (nothing after ``unmapAll()``). The corresponding ioctl is `VFIO_IOMMU_MAP_DMA`.
     public func mapDMA(_ buffer: DMABuffer, at iova: UInt64, readable: Bool = true, writable: Bool = true)
         throws(VFIOError) -> DMAMapping
     {
-        try unsafeMapDMA(address: UnsafeRawPointer(buffer.base), length: buffer.length, at: iova,
-                         readable: readable, writable: writable)
-        return DMAMapping(iova: iova, length: UInt64(buffer.length), buffer: buffer, owner: .container(self))
+        let slot = try mapOwned(address: UnsafeRawPointer(buffer.base), length: buffer.length, at: iova,
+                                readable: readable, writable: writable)
+        return DMAMapping(iova: iova, length: UInt64(buffer.length), buffer: buffer, owner: .container(self), slot: slot)
+    }
+
+    /// Maps and records the mapping as owned by a ``DMAMapping``; returns its slot.
+    @inline(__always)
+    func mapOwned(address: UnsafeRawPointer, length: Int, at iova: UInt64, readable: Bool, writable: Bool)
+        throws(VFIOError) -> Int32
+    {
+        guard gate.enterShared() else { preconditionFailure("a container's gate is never closed") }
+        defer { gate.leaveShared() }
+        try unsafeMapDMA(address: address, length: length, at: iova, readable: readable, writable: writable)
+        return mappings.register(iova: iova, length: UInt64(length))
     }
 
     /// Maps memory the caller owns and keeps alive until it unmaps it.
@@ -115,7 +130,7 @@ public final class VFIOContainer: Sendable {
         arg.vaddr = UInt64(UInt(bitPattern: address))
         arg.iova = iova
         arg.size = UInt64(length)
-        _ = try Sys.ioctl(try fd.get("VFIO_IOMMU_MAP_DMA"), VFIO_IOMMU_MAP_DMA, &arg, object: label)
+        _ = try fd.ioctl(VFIO_IOMMU_MAP_DMA, &arg, object: label)
     }
 
     /// Gives an existing mapping (invalidated with ``invalidateVirtualAddresses(iova:length:all:)``)
@@ -127,29 +142,90 @@ public final class VFIOContainer: Sendable {
         arg.vaddr = UInt64(UInt(bitPattern: address))
         arg.iova = iova
         arg.size = UInt64(length)
-        _ = try Sys.ioctl(try fd.get("VFIO_IOMMU_MAP_DMA"), VFIO_IOMMU_MAP_DMA, &arg, object: label)
+        _ = try fd.ioctl(VFIO_IOMMU_MAP_DMA, &arg, object: label)
     }
 
-    /// Unmaps `[iova, iova+length)`; returns the bytes unmapped. The
-    /// corresponding ioctl is `VFIO_IOMMU_UNMAP_DMA`.
+    /// Unmaps `[iova, iova+length)`; returns the bytes unmapped. The range
+    /// must hold exactly what is unmapped: type1 answers success with 0 bytes
+    /// when nothing is mapped there, and (VFIO_TYPE1_IOMMU) unmaps a whole
+    /// mapping when the range covers only its start; either is an error here (a
+    /// short unmap: the caller's view of the container was wrong), and the
+    /// detail says how much the kernel unmapped. A range that holds a mapping a
+    /// ``DMAMapping`` owns is refused before the kernel is asked.
+    /// The corresponding ioctl is `VFIO_IOMMU_UNMAP_DMA`.
     @discardableResult
     public func unmapDMA(iova: UInt64, length: UInt64) throws(VFIOError) -> UInt64 {
+        let owned = mappings.liveOverlapping(iova: iova, length: length)
+        if owned > 0 {
+            throw VFIOError.invalid(
+                "VFIO_IOMMU_UNMAP_DMA",
+                "IOVA 0x\(String(iova, radix: 16)) length \(length) holds \(owned) mapping\(owned == 1 ? "" : "s") owned by "
+                    + "DMAMapping values (the kernel was not asked): unmapped here, their owners would later unmap the "
+                    + "same IOVAs again, which may by then belong to a newer mapping", object: label,
+                hint: "unmap those with DMAMapping.unmap() or drop them; unmapAll() unmaps everything and leaves them inert")
+        }
+        let done = try unmapRange(iova: iova, length: length)
+        if done != length {
+            throw VFIOError(
+                operation: "VFIO_IOMMU_UNMAP_DMA", object: label,
+                detail: "short unmap: asked for \(length) bytes at IOVA 0x\(String(iova, radix: 16)), the kernel unmapped "
+                    + "\(done) (0: nothing was mapped there; more or less: the range does not match the mappings)",
+                hint: "unmap exactly the ranges that were mapped")
+        }
+        return done
+    }
+
+    @inline(__always)
+    func unmapRange(iova: UInt64, length: UInt64) throws(VFIOError) -> UInt64 {
         var arg = vfio_iommu_type1_dma_unmap.make()
         arg.iova = iova
         arg.size = length
-        _ = try Sys.ioctl(try fd.get("VFIO_IOMMU_UNMAP_DMA"), VFIO_IOMMU_UNMAP_DMA, &arg, object: label)
+        _ = try fd.ioctl(VFIO_IOMMU_UNMAP_DMA, &arg, object: label)
         return arg.size
     }
 
-    /// Unmaps every mapping (needs the `VFIO_UNMAP_ALL` extension). Mappings
-    /// still held by ``DMAMapping`` values then fail to unmap (ENOENT, ignored
-    /// in their deinit). The corresponding ioctl is `VFIO_IOMMU_UNMAP_DMA` with
-    /// `VFIO_DMA_UNMAP_FLAG_ALL`.
+    /// The unmap of a ``DMAMapping``: nothing after ``unmapAll()`` took it;
+    /// otherwise exactly its range. A failed or short unmap keeps the buffer
+    /// alive for good.
+    @inline(__always)
+    func unmapOwned(iova: UInt64, length: UInt64, slot: Int32, buffer: DMABuffer) throws(VFIOError) {
+        guard gate.enterShared() else { preconditionFailure("a container's gate is never closed") }
+        defer { gate.leaveShared() }
+        guard mappings.beginUnmap(slot) else { return }
+        let done: UInt64
+        do throws(VFIOError) {
+            done = try unmapRange(iova: iova, length: length)
+        } catch {
+            mappings.finishUnmap(slot)
+            throw DMAMapping.unmapFailed(error, iova: iova, length: length, buffer: buffer)
+        }
+        mappings.finishUnmap(slot)
+        if done != length {
+            throw DMAMapping.unmapFailed(DMAMapping.shortUnmap("VFIO_IOMMU_UNMAP_DMA", label, iova: iova, length: length, done: done),
+                                         iova: iova, length: length, buffer: buffer)
+        }
+    }
+
+    /// Unmaps every mapping (needs the `VFIO_UNMAP_ALL` extension). Live
+    /// ``DMAMapping``s become inert: ending them issues nothing, so they never
+    /// unmap a newer mapping at their IOVA. Waits for their maps and unmaps in
+    /// flight on other threads. If the kernel stops part way (EBUSY), the
+    /// mappings are resolved one by one, as ``IOAS/unmapAll()`` does.
+    /// The corresponding ioctl is `VFIO_IOMMU_UNMAP_DMA` with `VFIO_DMA_UNMAP_FLAG_ALL`.
     @discardableResult
     public func unmapAll() throws(VFIOError) -> UInt64 {
+        guard gate.enterExclusive() else { preconditionFailure("a container's gate is never closed") }
+        defer { gate.leaveExclusive(dead: false) }
         var arg = vfio_iommu_type1_dma_unmap.make()
         arg.flags = VFIO_DMA_UNMAP_FLAG_ALL
-        _ = try Sys.ioctl(try fd.get("VFIO_IOMMU_UNMAP_DMA"), VFIO_IOMMU_UNMAP_DMA, &arg, object: label)
+        do throws(VFIOError) {
+            _ = try fd.ioctl(VFIO_IOMMU_UNMAP_DMA, &arg, object: label)
+        } catch {
+            throw mappings.resolveFailedUnmapAll(error) { (iova, length) throws(VFIOError) -> UInt64 in
+                try unmapRange(iova: iova, length: length)
+            }
+        }
+        mappings.invalidateAll()
         return arg.size
     }
 
@@ -162,7 +238,7 @@ public final class VFIOContainer: Sendable {
         arg.flags = VFIO_DMA_UNMAP_FLAG_VADDR | (all ? VFIO_DMA_UNMAP_FLAG_ALL : 0)
         arg.iova = all ? 0 : iova
         arg.size = all ? 0 : length
-        _ = try Sys.ioctl(try fd.get("VFIO_IOMMU_UNMAP_DMA"), VFIO_IOMMU_UNMAP_DMA, &arg, object: label)
+        _ = try fd.ioctl(VFIO_IOMMU_UNMAP_DMA, &arg, object: label)
     }
 
     /// Closes the container; idempotent.

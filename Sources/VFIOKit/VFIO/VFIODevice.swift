@@ -110,24 +110,18 @@ public final class VFIODevice: Sendable {
                                     hint: "a device fd binds once; close it and open the cdev again to bind elsewhere")
         }
         var arg = vfio_device_bind_iommufd.make()
-        arg.iommufd = try iommufd.fd.get("VFIO_DEVICE_BIND_IOMMUFD")
         var uuid = token?.uuid ?? (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-        let devfd = try fd.get("VFIO_DEVICE_BIND_IOMMUFD")
-        try withUnsafeMutableBytes(of: &uuid) { (raw) throws(VFIOError) in
-            if token != nil {
-                arg.flags |= VFIO_DEVICE_BIND_FLAG_TOKEN
-                arg.token_uuid_ptr = UInt64(UInt(bitPattern: raw.baseAddress))
-            }
-            do throws(VFIOError) {
-                _ = try Sys.ioctl(devfd, VFIO_DEVICE_BIND_IOMMUFD, &arg, object: label)
-            } catch {
-                var e = error
-                if e.errno?.rawValue == 1 {
-                    e.detail = "every device of an IOMMU group must be bound to the same iommufd context; "
-                        + "if another device of this device's group is open elsewhere (another context, or a "
-                        + "legacy container), that blocks it too"
+        // The iommufd's number is in the argument: hold it open for the call.
+        try iommufd.fd.withDescriptor("VFIO_DEVICE_BIND_IOMMUFD") { (ctx) throws(VFIOError) in
+            try withUnsafeMutableBytes(of: &uuid) { (raw) throws(VFIOError) in
+                arg.iommufd = ctx
+                if token != nil {
+                    arg.flags |= VFIO_DEVICE_BIND_FLAG_TOKEN
+                    arg.token_uuid_ptr = UInt64(UInt(bitPattern: raw.baseAddress))
                 }
-                throw e
+                // Who holds the group (EPERM, EINVAL, EBUSY) is for callers that know the BDF:
+                // PCIHost.explainOwnership(_:device:) (DMASpace.openDevice, vfioctl).
+                _ = try fd.ioctl(VFIO_DEVICE_BIND_IOMMUFD, &arg, object: label)
             }
         }
         let devid = arg.out_devid
@@ -155,9 +149,11 @@ public final class VFIODevice: Sendable {
     public func attach(to target: any IOMMUAttachTarget) throws(VFIOError) -> UInt32 {
         try requireBound(to: target, "VFIO_DEVICE_ATTACH_IOMMUFD_PT")
         var arg = vfio_device_attach_iommufd_pt.make()
-        arg.pt_id = target.objectID
-        _ = try Sys.ioctl(try fd.get("VFIO_DEVICE_ATTACH_IOMMUFD_PT"), VFIO_DEVICE_ATTACH_IOMMUFD_PT, &arg,
-                          object: "\(label) -> object \(target.objectID)")
+        // The id only while the object exists (a destroyed IOAS/HWPT's id may name another object).
+        try IOMMUObjects.withID(of: target, fallback: target.objectID, "VFIO_DEVICE_ATTACH_IOMMUFD_PT") { (id) throws(VFIOError) in
+            arg.pt_id = id
+            _ = try fd.ioctl(VFIO_DEVICE_ATTACH_IOMMUFD_PT, &arg, object: "\(label) -> object \(id)")
+        }
         let pt = arg.pt_id
         binding.withLock {
             $0.attached = target
@@ -174,10 +170,11 @@ public final class VFIODevice: Sendable {
         try requireBound(to: target, "VFIO_DEVICE_ATTACH_IOMMUFD_PT")
         var arg = vfio_device_attach_iommufd_pt.make()
         arg.flags = VFIO_DEVICE_ATTACH_PASID
-        arg.pt_id = target.objectID
         arg.pasid = pasid
-        _ = try Sys.ioctl(try fd.get("VFIO_DEVICE_ATTACH_IOMMUFD_PT"), VFIO_DEVICE_ATTACH_IOMMUFD_PT, &arg,
-                          object: "\(label) pasid \(pasid) -> object \(target.objectID)")
+        try IOMMUObjects.withID(of: target, fallback: target.objectID, "VFIO_DEVICE_ATTACH_IOMMUFD_PT") { (id) throws(VFIOError) in
+            arg.pt_id = id
+            _ = try fd.ioctl(VFIO_DEVICE_ATTACH_IOMMUFD_PT, &arg, object: "\(label) pasid \(pasid) -> object \(id)")
+        }
         binding.withLock { $0.pasids[pasid] = target }
         return arg.pt_id
     }
@@ -186,7 +183,7 @@ public final class VFIODevice: Sendable {
     /// The corresponding ioctl is `VFIO_DEVICE_DETACH_IOMMUFD_PT`.
     public func detach() throws(VFIOError) {
         var arg = vfio_device_detach_iommufd_pt.make()
-        _ = try Sys.ioctl(try fd.get("VFIO_DEVICE_DETACH_IOMMUFD_PT"), VFIO_DEVICE_DETACH_IOMMUFD_PT, &arg, object: label)
+        _ = try fd.ioctl(VFIO_DEVICE_DETACH_IOMMUFD_PT, &arg, object: label)
         binding.withLock {
             $0.attached = nil
             $0.attachedID = nil
@@ -199,7 +196,7 @@ public final class VFIODevice: Sendable {
         var arg = vfio_device_detach_iommufd_pt.make()
         arg.flags = VFIO_DEVICE_DETACH_PASID
         arg.pasid = pasid
-        _ = try Sys.ioctl(try fd.get("VFIO_DEVICE_DETACH_IOMMUFD_PT"), VFIO_DEVICE_DETACH_IOMMUFD_PT, &arg,
+        _ = try fd.ioctl(VFIO_DEVICE_DETACH_IOMMUFD_PT, &arg,
                           object: "\(label) pasid \(pasid)")
         _ = binding.withLock { $0.pasids.removeValue(forKey: pasid) }
     }

@@ -28,12 +28,22 @@ public final class VFIOGroup: Sendable {
     }
 
     static func blockedError(_ op: String, _ v: GroupViability, _ blocking: [GroupViability.Member], errno: Errno? = nil) -> VFIOError {
-        let names = blocking.map(\.description).joined(separator: ", ")
+        let names = blocking.map { m in
+            m.status == .unbound ? "\(m.address) (no driver; VFIOKit wants every endpoint on vfio-pci)" : m.blockingText
+        }.joined(separator: ", ")
+        let hint: String
+        if let bad = blocking.first(where: { $0.status == .unreadable }) {
+            hint = "find out why \(bad.address) cannot be read (`ls -l /sys/bus/pci/devices/\(bad.address)/`); "
+                + "VFIOKit does not use a group it cannot check"
+        } else {
+            let first = v.members.first { !$0.isBridge }?.address ?? v.members[0].address
+            var cmds = v.fixCommands(for: first, requireVFIO: true)
+            if cmds.isEmpty { cmds = ["vfioctl bind \(first) --group"] }
+            hint = "run " + cmds.map { "`\($0)`" }.joined(separator: ", then ")
+                + " (every endpoint of a group on vfio-pci; a bridge on pci-stub or a driver that manages DMA)"
+        }
         return VFIOError(operation: op, errno: errno, object: "/dev/vfio/\(v.group)",
-                         detail: "IOMMU group \(v.group) is not viable: \(names) "
-                            + "\(blocking.count == 1 ? "is" : "are") not bound to vfio-pci",
-                         hint: "every device in an IOMMU group must be bound to vfio-pci before the group can be used: "
-                            + blocking.map { "`vfioctl bind \($0.address)`" }.joined(separator: ", "))
+                         detail: "IOMMU group \(v.group) is not usable: \(names)", hint: hint)
     }
 
     /// Opens `/dev/vfio/N` and checks that the group is viable. With
@@ -49,13 +59,25 @@ public final class VFIOGroup: Sendable {
                case let blocking = v.blockers(requireVFIO: true), !blocking.isEmpty {
                 throw VFIOGroup.blockedError("open", v, blocking, errno: error.errno)
             }
-            throw error
+            // EBUSY: held by another process or through a member's cdev: say by whom.
+            throw host.explainOwnership(error, device: nil, group: number)
         }
         self.number = number
         let s = try status()
-        // The kernel's flag decides; sysfs names the members (and adds
-        // VFIOKit's stricter every-member-on-vfio-pci rule when it can be read).
-        let v = try? host.viability(ofGroup: number)
+        // The kernel's flag decides; sysfs names the members and adds VFIOKit's
+        // stricter every-member-on-vfio-pci rule. A group whose members cannot
+        // be read is refused under that rule (fail closed).
+        let v: GroupViability?
+        do throws(VFIOError) {
+            v = try host.viability(ofGroup: number)
+        } catch {
+            if requireAllMembersBound {
+                var e = error
+                e.detail = (e.detail.map { $0 + "; " } ?? "") + "VFIOKit cannot check the members of IOMMU group \(number), so it does not use it"
+                throw e
+            }
+            v = nil
+        }
         if !s.viable {
             guard let v else {
                 throw VFIOError.invalid("VFIO_GROUP_GET_STATUS", "IOMMU group \(number) is not viable", object: label,
@@ -84,7 +106,7 @@ public final class VFIOGroup: Sendable {
     /// The corresponding ioctl is `VFIO_GROUP_GET_STATUS`.
     public func status() throws(VFIOError) -> Status {
         var arg = vfio_group_status.make()
-        _ = try Sys.ioctl(try fd.get("VFIO_GROUP_GET_STATUS"), VFIO_GROUP_GET_STATUS, &arg, object: label)
+        _ = try fd.ioctl(VFIO_GROUP_GET_STATUS, &arg, object: label)
         return Status(viable: arg.flags & VFIO_GROUP_FLAGS_VIABLE != 0,
                       containerSet: arg.flags & VFIO_GROUP_FLAGS_CONTAINER_SET != 0)
     }
@@ -95,16 +117,18 @@ public final class VFIOGroup: Sendable {
     /// Adds the group to a container (which it then keeps alive). The
     /// corresponding ioctl is `VFIO_GROUP_SET_CONTAINER`.
     public func setContainer(_ container: VFIOContainer) throws(VFIOError) {
-        var cfd = try container.fd.get("VFIO_GROUP_SET_CONTAINER")
-        _ = try Sys.ioctl(try fd.get("VFIO_GROUP_SET_CONTAINER"), VFIO_GROUP_SET_CONTAINER, &cfd,
-                          object: "\(label) -> \(container.label)")
+        // The container's number is the argument: hold it open for the call.
+        try container.fd.withDescriptor("VFIO_GROUP_SET_CONTAINER") { (number) throws(VFIOError) in
+            var cfd = number
+            _ = try fd.ioctl(VFIO_GROUP_SET_CONTAINER, &cfd, object: "\(label) -> \(container.label)")
+        }
         containerBox.withLock { $0 = container }
     }
 
     /// Removes the group from its container (every device fd of the group must
     /// be closed). The corresponding ioctl is `VFIO_GROUP_UNSET_CONTAINER`.
     public func unsetContainer() throws(VFIOError) {
-        _ = try Sys.ioctl(try fd.get("VFIO_GROUP_UNSET_CONTAINER"), VFIO_GROUP_UNSET_CONTAINER, nil, object: label)
+        _ = try fd.ioctl(VFIO_GROUP_UNSET_CONTAINER, nil, object: label)
         containerBox.withLock { $0 = nil }
     }
 
@@ -113,14 +137,14 @@ public final class VFIOGroup: Sendable {
     /// The corresponding ioctl is `VFIO_GROUP_GET_DEVICE_FD`.
     public func device(_ name: String, vfToken: UUID? = nil) throws(VFIOError) -> VFIODevice {
         let request = vfToken.map { "\(name) vf_token=\($0.uuidString.lowercased())" } ?? name
-        let gfd = try fd.get("VFIO_GROUP_GET_DEVICE_FD")
         let result = request.withCString { p in
             Result { () throws(VFIOError) -> Int32 in
-                try Sys.ioctl(gfd, VFIO_GROUP_GET_DEVICE_FD, UnsafeMutableRawPointer(mutating: p), object: "\(label) device \(name)")
+                try fd.ioctl(VFIO_GROUP_GET_DEVICE_FD, UnsafeMutableRawPointer(mutating: p), object: "\(label) device \(name)")
             }
         }
         let dfd = try result.get()
-        return VFIODevice(fd: OwnedFD(dfd, label: "\(name) (group \(number))"), path: .group(name), group: self)
+        return VFIODevice(fd: OwnedFD(dfd, label: "\(name) (group \(number))", kernel: fd.kernel), path: .group(name),
+                          group: self)
     }
 
     /// Closes the group fd, then releases the container; idempotent.

@@ -1,0 +1,194 @@
+import Synchronization
+
+/// The safe mappings (``DMAMapping`` values) of one address space, an IOAS or
+/// a VFIO container: which of them still own their range in the kernel.
+///
+/// A mapping is registered when the kernel mapped it and gets a slot; the slot
+/// is given back exactly once, by the mapping's `unmap()` or deinit (a
+/// `DMAMapping` is noncopyable). In between, unmap-all (or the IOAS's
+/// destruction by ``IOMMUFD/close()``) can make it *inert*: the kernel already
+/// unmapped it, so its owner must issue no unmap, which at the same IOVA could
+/// hit a newer mapping, and may free its buffer.
+///
+/// Storage is reserved up front and slots are reused, so a map + unmap pair
+/// allocates nothing once the table has grown to the number of mappings alive
+/// at once. The lock is held for a few loads and stores, never across an ioctl.
+final class MappingTable: Sendable {
+    enum SlotState: UInt8 {
+        case free, live, unmapping, inert
+    }
+
+    struct Entry {
+        var iova: UInt64
+        var length: UInt64
+        var state: SlotState
+        var last: UInt64 { iova &+ (length &- 1) }
+    }
+
+    struct Storage {
+        var entries: [Entry] = []
+        var free: [Int32] = []
+        /// Entries live or being unmapped.
+        var live = 0
+    }
+
+    private let storage: Mutex<Storage>
+
+    init(capacity: Int = 64) {
+        var s = Storage()
+        s.entries.reserveCapacity(capacity)
+        s.free.reserveCapacity(capacity)
+        storage = Mutex(s)
+    }
+
+    /// Mappings that still own their range (live or being unmapped).
+    var liveCount: Int { storage.withLock { $0.live } }
+
+    /// Records a mapping the kernel just made; returns its slot.
+    @inline(__always)
+    func register(iova: UInt64, length: UInt64) -> Int32 {
+        storage.withLock { s in
+            s.live += 1
+            let entry = Entry(iova: iova, length: length, state: .live)
+            if let slot = s.free.popLast() {
+                s.entries[Int(slot)] = entry
+                return slot
+            }
+            s.entries.append(entry)
+            if s.free.capacity < s.entries.capacity { s.free.reserveCapacity(s.entries.capacity) }
+            return Int32(s.entries.count - 1)
+        }
+    }
+
+    /// Starts the owner's unmap of `slot`: true when the mapping is live (the
+    /// caller unmaps, then calls ``finishUnmap(_:)``); false when it is inert
+    /// (unmapped by someone else already: the slot is released, nothing to do).
+    @inline(__always)
+    func beginUnmap(_ slot: Int32) -> Bool {
+        storage.withLock { s in
+            let i = Int(slot)
+            switch s.entries[i].state {
+            case .live:
+                s.entries[i].state = .unmapping
+                return true
+            case .inert:
+                s.entries[i].state = .free
+                s.free.append(slot)
+                return false
+            case .free, .unmapping:
+                preconditionFailure("mapping slot \(slot) given back twice")
+            }
+        }
+    }
+
+    /// Ends the owner's unmap of `slot`, whatever the kernel said: the table
+    /// no longer tracks the range (after a failure the caller may unmap it with
+    /// a raw unmap once what held it is gone).
+    @inline(__always)
+    func finishUnmap(_ slot: Int32) {
+        storage.withLock { s in
+            s.entries[Int(slot)].state = .free
+            s.free.append(slot)
+            s.live -= 1
+        }
+    }
+
+    /// Gives back the slot of a mapping whose address space is gone (every
+    /// entry was made inert then); true when it was inert.
+    func release(_ slot: Int32) -> Bool {
+        storage.withLock { s in
+            let i = Int(slot)
+            let wasInert = s.entries[i].state == .inert
+            if s.entries[i].state == .live || s.entries[i].state == .unmapping { s.live -= 1 }
+            s.entries[i].state = .free
+            s.free.append(slot)
+            return wasInert
+        }
+    }
+
+    /// Marks every live mapping inert: the kernel unmapped them all. Called
+    /// with the address space held exclusively (no unmap in flight).
+    func invalidateAll() {
+        storage.withLock { s in
+            for i in s.entries.indices where s.entries[i].state == .live { s.entries[i].state = .inert }
+            s.live = 0
+        }
+    }
+
+    /// The live mappings (slot, IOVA, length), to find out which a failed
+    /// unmap-all took. Called with the address space held exclusively.
+    func liveEntries() -> [(slot: Int32, iova: UInt64, length: UInt64)] {
+        storage.withLock { s in
+            s.entries.indices.compactMap { i in
+                s.entries[i].state == .live ? (Int32(i), s.entries[i].iova, s.entries[i].length) : nil
+            }
+        }
+    }
+
+    /// Marks one live mapping inert (the kernel no longer maps it).
+    func invalidate(_ slot: Int32) {
+        storage.withLock { s in
+            guard s.entries[Int(slot)].state == .live else { return }
+            s.entries[Int(slot)].state = .inert
+            s.live -= 1
+        }
+    }
+
+    /// How many live mappings overlap `[iova, iova + length)`.
+    @inline(__always)
+    func liveOverlapping(iova: UInt64, length: UInt64) -> Int {
+        guard length > 0 else { return 0 }
+        let last = iova.addingReportingOverflow(length - 1).overflow ? UInt64.max : iova + (length - 1)
+        return storage.withLock { s in
+            guard s.live > 0 else { return 0 }
+            var n = 0
+            for e in s.entries where (e.state == .live || e.state == .unmapping) && e.iova <= last && iova <= e.last {
+                n += 1
+            }
+            return n
+        }
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+extension MappingTable {
+    /// After an unmap-all failed: finds out which live mappings it took.
+    ///
+    /// Both kernels check their arguments before unmapping anything; only
+    /// EBUSY (a range pinned by an access or a HW queue) or EDEADLK stop them
+    /// part way, and then they do not say how far they got. With the address
+    /// space held exclusively (no map of this process can come in between),
+    /// each live mapping's exact range is unmapped again: the bytes back or
+    /// "nothing there" mean it is gone now (inert); any other error means it is
+    /// still mapped and stays with its ``DMAMapping``. Returns `error` with
+    /// what happened.
+    func resolveFailedUnmapAll(_ error: VFIOError, unmapOne: (UInt64, UInt64) throws(VFIOError) -> UInt64) -> VFIOError {
+        guard let code = error.errno?.rawValue, code == EBUSY || code == EDEADLK else { return error }
+        let live = liveEntries()
+        guard !live.isEmpty else { return error }
+        var gone = 0
+        for m in live {
+            do throws(VFIOError) {
+                _ = try unmapOne(m.iova, m.length)
+                invalidate(m.slot)
+                gone += 1
+            } catch where error.errno?.rawValue == ENOENT {
+                invalidate(m.slot)
+                gone += 1
+            } catch {
+                continue
+            }
+        }
+        var e = error
+        e.detail = (e.detail.map { $0 + ". " } ?? "")
+            + "The kernel stopped part way without saying how far it got, so VFIOKit unmapped the DMAMapping ranges "
+            + "one by one: \(gone) of \(live.count) are unmapped now (those mappings have nothing left to unmap), "
+            + "\(live.count - gone) still mapped (they stay with their DMAMapping)"
+        return e
+    }
+}

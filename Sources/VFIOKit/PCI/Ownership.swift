@@ -1,0 +1,169 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// A process that has a VFIO node of an IOMMU group open: a member's cdev
+/// (`/dev/vfio/devices/vfioN`) or the group node (`/dev/vfio/N`).
+///
+/// The IOMMU group is the unit of ownership: the kernel gives DMA ownership of
+/// a whole group to one owner (one iommufd context, or one group fd with its
+/// container; drivers/iommu/iommu.c `iommu_device_claim_dma_owner`), so a
+/// holder of any member keeps every other owner away from all of them.
+/// JSON keys: `pid`, `command`, `node`, `member` (BDF, null for the group node).
+public struct VFIOHolder: Sendable, Equatable, Codable, CustomStringConvertible {
+    public var pid: Int32
+    /// `/proc/PID/comm`.
+    public var command: String
+    public var node: String
+    /// The member whose cdev is open; nil for the group node.
+    public var member: PCIAddress?
+
+    public var description: String {
+        "pid \(pid) (\(command)) has \(node)\(member.map { " (\($0))" } ?? " (the group node)") open"
+    }
+}
+
+extension PCIHost {
+    /// Device nodes (`/dev/...`) open in processes other than this one: one
+    /// scan of `/proc/PID/fd`, node -> (pid, command). Every holder and user
+    /// check (``openDeviceNodes()``, ``vfioOpeners(of:openNodes:)``,
+    /// ``groupHolders(ofGroup:)``) reads this one table.
+    public func deviceNodeOpeners() -> [String: [(pid: Int32, command: String)]] {
+        var openers: [String: [(pid: Int32, command: String)]] = [:]
+        let me = getpid()
+        for name in list("/proc") {
+            guard let pid = Int32(name), pid != me else { continue }
+            var seen = Set<String>()
+            var command: String?
+            for fd in list("/proc/\(name)/fd") {
+                guard let t = readLink("/proc/\(name)/fd/\(fd)"), t.hasPrefix("/dev/"), seen.insert(t).inserted else { continue }
+                if command == nil { command = readTrimmed("/proc/\(name)/comm") ?? "?" }
+                openers[t, default: []].append((pid, command ?? "?"))
+            }
+        }
+        return openers
+    }
+
+    /// ``deviceNodeOpeners()`` as `pid 42 (qemu)` strings.
+    public func openDeviceNodes() -> [String: [String]] {
+        deviceNodeOpeners().mapValues { $0.map { "pid \($0.pid) (\($0.command))" } }
+    }
+
+    /// Every process (other than this one) holding a VFIO node of group `id`:
+    /// the group node or any member's cdev.
+    public func groupHolders(ofGroup id: Int, openers: [String: [(pid: Int32, command: String)]]? = nil) -> [VFIOHolder] {
+        let table = openers ?? deviceNodeOpeners()
+        var out: [VFIOHolder] = []
+        let members = (try? group(id))?.members ?? []
+        var nodes: [(String, PCIAddress?)] = [("/dev/vfio/\(id)", nil)]
+        for m in members { if let c = (try? device(m))?.vfioCdevPath { nodes.append((c, m)) } }
+        for (node, member) in nodes {
+            for o in table[node] ?? [] { out.append(VFIOHolder(pid: o.pid, command: o.command, node: node, member: member)) }
+        }
+        return out
+    }
+
+    /// Adds to `error` — from opening or binding a VFIO device or group — who
+    /// owns the group, when the errno says ownership may be the cause:
+    ///
+    /// - `VFIO_DEVICE_BIND_IOMMUFD` EINVAL: the device is already bound through
+    ///   another fd (drivers/vfio/vfio_main.c `vfio_df_open`: one cdev open at a time).
+    /// - `VFIO_DEVICE_BIND_IOMMUFD` EPERM: another member of the group is bound to
+    ///   another iommufd context (`iommu_device_claim_dma_owner`), or MSIs are not
+    ///   isolated (drivers/iommu/iommufd/device.c: no interrupt remapping and
+    ///   `allow_unsafe_interrupts` off). The two are told apart by the holders
+    ///   found in /proc and the interrupt-remapping state.
+    /// - EBUSY opening `/dev/vfio/N`, binding a cdev or getting a device fd: the
+    ///   group node is open elsewhere, or a member's cdev is bound
+    ///   (drivers/vfio/group.c `vfio_group_fops_open`, `vfio_device_block_group`).
+    ///
+    /// Other errors come back unchanged. `device` is the BDF being opened (nil
+    /// when only the group is known).
+    public func explainOwnership(_ error: VFIOError, device: PCIAddress?, group: Int? = nil) -> VFIOError {
+        guard let code = error.errno?.rawValue, code == EPERM || code == EBUSY || code == EINVAL else { return error }
+        let op = error.operation
+        let groupOps: Set<String> = ["VFIO_DEVICE_BIND_IOMMUFD", "VFIO_GROUP_GET_DEVICE_FD", "VFIO_GROUP_SET_CONTAINER", "VFIO_SET_IOMMU"]
+        // A group node is /dev/vfio/N (not the container /dev/vfio/vfio, not a cdev).
+        let isGroupOpen = op == "open" && (error.object.map { $0.hasPrefix("/dev/vfio/") && Int($0.dropFirst(10)) != nil } ?? false)
+        guard groupOps.contains(op) || isGroupOpen else { return error }
+        if code == EINVAL && op != "VFIO_DEVICE_BIND_IOMMUFD" { return error }
+        guard let gid = group ?? device.flatMap({ (try? self.device($0))?.iommuGroup }) else { return error }
+        let holders = groupHolders(ofGroup: gid)
+        let own = holders.filter { $0.member != nil && $0.member == device }
+        let mates = holders.filter { $0.member == nil || $0.member != device }
+        let who = device?.description ?? "IOMMU group \(gid)"
+        func pids(_ hs: [VFIOHolder]) -> String {
+            var seen: [Int32] = []
+            for h in hs where !seen.contains(h.pid) { seen.append(h.pid) }
+            return seen.map(String.init).joined(separator: " ")
+        }
+        func list(_ hs: [VFIOHolder]) -> String { hs.map(\.description).joined(separator: "; ") }
+        let rule = "the devices of one IOMMU group cannot be split between owners (processes or iommufd contexts)"
+        var e = error
+        func add(_ text: String) { e.detail = (e.detail.map { $0 + ". " } ?? "") + text }
+
+        if code == EINVAL {
+            if !own.isEmpty {
+                add("\(who) is already bound through another fd: \(list(own)); a VFIO cdev is bound by one fd at a time")
+                e.hint = "stop pid \(pids(own)) or let it release \(who) (`kill \(pids(own))`), or use the device from that process"
+            } else {
+                add("\(who) is already bound through another fd; no other process has its cdev open, so another fd of this "
+                    + "process holds it (a VFIO cdev is bound by one fd at a time)")
+                e.hint = "close the other VFIODevice of \(who) in this process first"
+            }
+            return e
+        }
+        if code == EBUSY {
+            if !holders.isEmpty {
+                add("IOMMU group \(gid) is held: \(list(holders)); \(rule)")
+                e.hint = "stop pid \(pids(holders)) or let it release the group (`kill \(pids(holders))`), "
+                    + "or use every device of the group from that process"
+            } else {
+                add("IOMMU group \(gid) is held by this process: its group node (/dev/vfio/\(gid)) is open, or a member's "
+                    + "cdev is bound to an iommufd; the group path and the cdev path cannot share a group")
+                e.hint = "close the other VFIOGroup or VFIODevice of group \(gid) in this process first"
+            }
+            return e
+        }
+        // EPERM.
+        let ir = interruptRemapping()
+        let param = op == "VFIO_DEVICE_BIND_IOMMUFD" ? "iommufd.allow_unsafe_interrupts" : "vfio_iommu_type1.allow_unsafe_interrupts"
+        let paramFile = op == "VFIO_DEVICE_BIND_IOMMUFD" ? "/sys/module/iommufd/parameters/allow_unsafe_interrupts"
+            : "/sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts"
+        let unsafeAllowed = readTrimmed(paramFile) == "Y"
+        let msiPossible = ir.state != .enabled && !unsafeAllowed
+        let msiText = "interrupt remapping is \(ir.state.rawValue) (\(ir.evidence)) and \(param) is "
+            + (readTrimmed(paramFile) ?? "not readable")
+        let ownershipOp = op == "VFIO_DEVICE_BIND_IOMMUFD"
+        var causes: [String] = []
+        var fixes: [String] = []
+        if ownershipOp && !mates.isEmpty {
+            causes.append("IOMMU group \(gid) is held by another owner: \(list(mates)); \(rule)")
+            fixes.append("stop pid \(pids(mates)) or let it release the group (`kill \(pids(mates))`), or open \(who) in that "
+                         + "process, bound to the same iommufd")
+        }
+        if msiPossible {
+            causes.append("MSIs are not isolated: \(msiText)")
+            fixes.append("enable interrupt remapping (`vfioctl doctor` checks it); setting \(param)=1 instead is a security "
+                         + "decision (a device could then forge interrupts) that VFIOKit never takes for you")
+        }
+        if causes.isEmpty {
+            if ownershipOp {
+                causes.append("no process holds a member of IOMMU group \(gid), and MSI isolation is not the cause (\(msiText)): "
+                              + "another iommufd context of this process holds a member of the group; \(rule)")
+                fixes.append("bind every device of the group to one iommufd in this process")
+            } else {
+                return error
+            }
+        } else if ownershipOp && mates.isEmpty {
+            causes.insert("no process holds a member of IOMMU group \(gid)", at: 0)
+        } else if !msiPossible {
+            causes.append("MSI isolation is not the cause: \(msiText)")
+        }
+        add(causes.joined(separator: "; "))
+        e.hint = fixes.joined(separator: "; or ")
+        return e
+    }
+}
