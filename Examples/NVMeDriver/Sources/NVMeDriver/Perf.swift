@@ -5,10 +5,12 @@ public final class LatencyHistogram: @unchecked Sendable {
     static let subBits = 5
     static let bucketCount = 1920
     private let counts: UnsafeMutablePointer<UInt64>
-    public private(set) var count: UInt64 = 0
-    public private(set) var sum: UInt64 = 0
-    public private(set) var min: UInt64 = .max
-    public private(set) var max: UInt64 = 0
+    // @exclusivity(unchecked): one thread records (see above); without it each
+    // record() pays four runtime access checks.
+    @exclusivity(unchecked) public private(set) var count: UInt64 = 0
+    @exclusivity(unchecked) public private(set) var sum: UInt64 = 0
+    @exclusivity(unchecked) public private(set) var min: UInt64 = .max
+    @exclusivity(unchecked) public private(set) var max: UInt64 = 0
 
     public init() {
         counts = .allocate(capacity: Self.bucketCount)
@@ -167,24 +169,14 @@ public func runPerf(_ controller: NVMeController, options: PerfOptions, histogra
     }
     let op: IOOpcode = options.write ? .write : .read
 
-    var rng = options.seed == 0 ? 1 : options.seed
-    @inline(__always) func nextLBA() -> UInt64 {
-        // xorshift64*
-        rng ^= rng >> 12
-        rng ^= rng << 25
-        rng ^= rng >> 27
-        return first &+ ((rng &* 0x2545_F491_4F6C_DD1D) % span) &* UInt64(blocks)
-    }
-
+    let loop = PerfLoop(queue: q, op: op, namespace: ns.id, first: first, span: span, blocks: blocks, buffer: buffer,
+                        stride: stride, seed: options.seed, histogram: histogram)
     let durationNs = options.duration.nanoseconds
     let intervalNs = max(options.progressInterval.nanoseconds, 1_000_000)
-    var failed: NVMeStatus?
-    var submitFailed = false
-    var ios: UInt64 = 0
-    var stopping = false
 
     for slot in 0..<options.queueDepth {
-        try q.submit(op, namespace: ns.id, lba: nextLBA(), blocks: blocks, buffer: buffer, at: slot * stride, tag: UInt64(slot))
+        try q.submit(op, namespace: ns.id, lba: loop.nextLBA(), blocks: blocks, buffer: buffer, at: slot * stride,
+                     tag: UInt64(slot))
     }
     let start = monotonicNanoseconds()
     let end = start &+ durationNs
@@ -195,41 +187,30 @@ public func runPerf(_ controller: NVMeController, options: PerfOptions, histogra
     q.ring()
 
     while true {
-        _ = try q.waitForCompletions { c in
-            if !c.status.isSuccess && failed == nil { failed = c.status }
-            histogram.record(c.latencyNanoseconds)
-            ios &+= 1
-            if !stopping {
-                do throws(NVMeError) {
-                    try q.submit(op, namespace: ns.id, lba: nextLBA(), blocks: blocks, buffer: buffer,
-                                 at: Int(c.tag) &* stride, tag: c.tag)
-                } catch {
-                    submitFailed = true
-                }
-            }
-        }
+        _ = try q.waitForCompletions { loop.complete($0) }
         q.ring()
         let now = monotonicNanoseconds()
-        if !stopping && (now >= end || failed != nil || submitFailed || stop()) { stopping = true }
-        if stopping && q.outstanding == 0 {
+        if !loop.stopping && (now >= end || loop.failed != nil || loop.submitFailed || stop()) { loop.stopping = true }
+        if loop.stopping && q.outstanding == 0 {
             steadyState(false)
             break
         }
         if let progress, now >= nextReport {
             let dt = Double(now - lastTime) / 1e9
-            let d = Double(ios - lastIOs)
-            progress(PerfProgress(elapsed: .ns(now - start), ios: ios, intervalIOPS: d / dt,
+            let d = Double(loop.ios - lastIOs)
+            progress(PerfProgress(elapsed: .ns(now - start), ios: loop.ios, intervalIOPS: d / dt,
                                   intervalMBps: d * Double(bs) / dt / 1e6))
-            lastIOs = ios
+            lastIOs = loop.ios
             lastTime = now
             nextReport = now &+ intervalNs
         }
     }
+    let ios = loop.ios
     let elapsed = Double(monotonicNanoseconds() - start) / 1e9
-    if let failed {
+    if let failed = loop.failed {
         throw NVMeError(.commandFailed(failed), "a \(op) failed during the run: \(failed)", device: controller.address)
     }
-    if submitFailed {
+    if loop.submitFailed {
         throw NVMeError(.invalidArgument, "a resubmission failed during the run", device: controller.address)
     }
     let us = { (v: UInt64) in Double(v) / 1000 }
@@ -242,4 +223,65 @@ public func runPerf(_ controller: NVMeController, options: PerfOptions, histogra
                                    p99: us(histogram.percentile(0.99)), p999: us(histogram.percentile(0.999)),
                                    max: us(histogram.max)),
         interruptWakeups: q.interruptWakeups)
+}
+
+/// The state of one perf run and what happens on each completion: record
+/// the latency, resubmit to the same buffer slot at a new random address.
+/// A class with stored properties, so the completion handler captures one
+/// reference and nothing else (no boxed captures, no allocation per I/O).
+final class PerfLoop {
+    let queue: IOQueue
+    let op: IOOpcode
+    let namespace: UInt32
+    let first: UInt64
+    let span: UInt64
+    let blocks: Int
+    let buffer: IOBuffer
+    let stride: Int
+    let histogram: LatencyHistogram
+    var rng: UInt64
+    var ios: UInt64 = 0
+    var failed: NVMeStatus?
+    var submitFailed = false
+    var stopping = false
+
+    init(queue: IOQueue, op: IOOpcode, namespace: UInt32, first: UInt64, span: UInt64, blocks: Int, buffer: IOBuffer,
+         stride: Int, seed: UInt64, histogram: LatencyHistogram)
+    {
+        self.queue = queue
+        self.op = op
+        self.namespace = namespace
+        self.first = first
+        self.span = span
+        self.blocks = blocks
+        self.buffer = buffer
+        self.stride = stride
+        self.histogram = histogram
+        rng = seed == 0 ? 1 : seed
+    }
+
+    /// xorshift64*, scaled to an aligned address in the region.
+    @inline(__always)
+    func nextLBA() -> UInt64 {
+        var x = rng
+        x ^= x >> 12
+        x ^= x << 25
+        x ^= x >> 27
+        rng = x
+        return first &+ ((x &* 0x2545_F491_4F6C_DD1D) % span) &* UInt64(blocks)
+    }
+
+    @inline(__always)
+    func complete(_ c: IOCompletion) {
+        if !c.status.isSuccess && failed == nil { failed = c.status }
+        histogram.record(c.latencyNanoseconds)
+        ios &+= 1
+        guard !stopping else { return }
+        do throws(NVMeError) {
+            try queue.submit(op, namespace: namespace, lba: nextLBA(), blocks: blocks, buffer: buffer,
+                             at: Int(c.tag) &* stride, tag: c.tag)
+        } catch {
+            submitFailed = true
+        }
+    }
 }

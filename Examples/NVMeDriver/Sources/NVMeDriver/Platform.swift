@@ -4,7 +4,6 @@
 // driver sees only the small types below, so moving to another way of
 // opening devices means changing this file alone.
 
-import Synchronization
 import VFIOKit
 
 /// The five ways Linux gives a device an IOMMU address space (VFIOKit's
@@ -39,14 +38,15 @@ public enum NVMeDMAMode: String, CaseIterable, Sendable, CustomStringConvertible
 }
 
 /// Orders the driver's stores to DMA memory (a submission queue entry, a PRP
-/// list) before a following doorbell store, as Linux's `dma_wmb()`/`writel`.
-/// A compiler barrier on x86-64 (stores are not reordered with stores there).
-@inline(__always) func writeBarrier() { atomicMemoryFence(ordering: .releasing) }
+/// list) before later stores: VFIOKit's `dma_wmb`. (An `MMIORegion` store has
+/// this barrier built in, as Linux's `writel`; the queues still call it before
+/// a doorbell to say what they rely on.)
+@inline(__always) func writeBarrier() { DMABuffer.writeBarrier() }
 
 /// Orders the load of a completion entry's phase bit before the loads of the
-/// rest of the entry, as Linux's `dma_rmb()`; also keeps the compiler from
-/// hoisting the phase load out of a polling loop.
-@inline(__always) func readBarrier() { atomicMemoryFence(ordering: .acquiring) }
+/// rest of the entry: VFIOKit's `dma_rmb` (a compiler barrier on x86-64, so it
+/// also keeps the phase load inside a polling loop).
+@inline(__always) func readBarrier() { DMABuffer.readBarrier() }
 
 /// BAR0: the controller's registers and doorbells. Every access is a
 /// VFIOKit `MMIORegion` load or store (bounds-checked, one `mov`).
