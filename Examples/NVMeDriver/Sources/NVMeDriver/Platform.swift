@@ -110,12 +110,6 @@ struct Interrupt: Sendable {
             throw platformError(error, "wait for MSI-X vector \(vector)")
         }
     }
-
-    /// Reads and clears the count without blocking; the number of interrupts since the last read.
-    func take() -> UInt64 { ((try? eventfd.consume()) ?? nil) ?? 0 }
-
-    /// Each interrupt, for async code (VFIOKit runs one waiter thread per sequence).
-    var signals: EventFD.Interrupts { eventfd.interrupts() }
 }
 
 /// The controller's PCI function opened through VFIOKit.
