@@ -2,7 +2,7 @@
 // test guest, on QEMU's edu device behind the emulated IOMMU; then the NVMe
 // driver (Examples/NVMeDriver) against the kernel's nvme driver (NVMe.swift).
 //
-//   Scripts/bench.sh [--iommu intel|amd|virtio] [--json] [--no-nvme | --nvme-only] [--seconds N]
+//   Scripts/bench.sh [--iommu intel|amd|virtio] [--json] [--no-nvme | --nvme-only] [--seconds N] [--rounds N]
 //
 // For each operation it runs the C loop and the VFIOKit loop in alternating
 // rounds and prints the median time per operation of each, their ratio, and
@@ -119,7 +119,8 @@ do {
     let args = CommandLine.arguments
     let seconds = args.firstIndex(of: "--seconds").flatMap { i in i + 1 < args.count ? Int(args[i + 1]) : nil } ?? 5
     let results = args.contains("--nvme-only") ? [] : try run()
-    let nvme = args.contains("--no-nvme") ? [] : try runNVMe(seconds: seconds)
+    let rounds = args.firstIndex(of: "--rounds").flatMap { i in i + 1 < args.count ? Int(args[i + 1]) : nil } ?? 3
+    let nvme = args.contains("--no-nvme") ? [] : try runNVMe(seconds: seconds, rounds: max(1, rounds))
     if args.contains("--json") {
         let rows = results.map {
             "{\"name\":\"\($0.name)\",\"raw_ns\":\(Int($0.rawNs)),\"vfiokit_ns\":\(Int($0.swiftNs)),"

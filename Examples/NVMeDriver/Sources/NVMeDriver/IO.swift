@@ -192,6 +192,17 @@ public final class IOQueue: @unchecked Sendable {
         }
     }
 
+    /// Queues a read or write already known to be valid (the perf loop checks
+    /// its parameters once): no checks, `now` as the submission time. False
+    /// when the queue is full.
+    @inline(__always)
+    func submitChecked(_ op: IOOpcode, namespace: UInt32, lba: UInt64, blocks: Int, bytes: Int, iova: UInt64,
+                       tag: UInt64, now: UInt64) -> Bool
+    {
+        var e = SubmissionEntry.readWrite(op, namespace: namespace, lba: lba, blocks: blocks)
+        return pair.submit(&e, dataIOVA: iova, length: bytes, state: .handled, tag: tag, now: now) != nil
+    }
+
     /// Rings the submission doorbell for everything submitted since the last ring.
     @inline(__always)
     public func ring() { pair.ring() }

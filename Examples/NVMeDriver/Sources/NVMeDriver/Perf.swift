@@ -169,8 +169,8 @@ public func runPerf(_ controller: NVMeController, options: PerfOptions, histogra
     }
     let op: IOOpcode = options.write ? .write : .read
 
-    let loop = PerfLoop(queue: q, op: op, namespace: ns.id, first: first, span: span, blocks: blocks, buffer: buffer,
-                        stride: stride, seed: options.seed, histogram: histogram)
+    let loop = PerfLoop(queue: q, op: op, namespace: ns.id, first: first, span: span, blocks: blocks, bytes: bs,
+                        buffer: buffer, stride: stride, seed: options.seed, histogram: histogram)
     let durationNs = options.duration.nanoseconds
     let intervalNs = max(options.progressInterval.nanoseconds, 1_000_000)
 
@@ -237,6 +237,8 @@ final class PerfLoop {
     let span: UInt64
     let blocks: Int
     let buffer: IOBuffer
+    let bufferIOVA: UInt64
+    let bytes: Int
     let stride: Int
     let histogram: LatencyHistogram
     var rng: UInt64
@@ -245,8 +247,8 @@ final class PerfLoop {
     var submitFailed = false
     var stopping = false
 
-    init(queue: IOQueue, op: IOOpcode, namespace: UInt32, first: UInt64, span: UInt64, blocks: Int, buffer: IOBuffer,
-         stride: Int, seed: UInt64, histogram: LatencyHistogram)
+    init(queue: IOQueue, op: IOOpcode, namespace: UInt32, first: UInt64, span: UInt64, blocks: Int, bytes: Int,
+         buffer: IOBuffer, stride: Int, seed: UInt64, histogram: LatencyHistogram)
     {
         self.queue = queue
         self.op = op
@@ -255,6 +257,8 @@ final class PerfLoop {
         self.span = span
         self.blocks = blocks
         self.buffer = buffer
+        bufferIOVA = buffer.iova
+        self.bytes = bytes
         self.stride = stride
         self.histogram = histogram
         rng = seed == 0 ? 1 : seed
@@ -277,10 +281,11 @@ final class PerfLoop {
         histogram.record(c.latencyNanoseconds)
         ios &+= 1
         guard !stopping else { return }
-        do throws(NVMeError) {
-            try queue.submit(op, namespace: namespace, lba: nextLBA(), blocks: blocks, buffer: buffer,
-                             at: Int(c.tag) &* stride, tag: c.tag)
-        } catch {
+        // Checked once in runPerf (namespace, region, sizes); the slot just
+        // freed makes room; the reap time stands for the submission time.
+        if !queue.submitChecked(op, namespace: namespace, lba: nextLBA(), blocks: blocks, bytes: bytes,
+                                iova: bufferIOVA &+ UInt64(Int(c.tag) &* stride), tag: c.tag, now: c.reapedAt)
+        {
             submitFailed = true
         }
     }

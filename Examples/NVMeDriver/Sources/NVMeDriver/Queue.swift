@@ -34,6 +34,9 @@ public struct IOCompletion: Sendable {
     public var latencyNanoseconds: UInt64
     /// The caller's tag given at submission.
     public var tag: UInt64
+    /// When reap saw the completion (CLOCK_MONOTONIC ns): a command submitted
+    /// from the handler may use it as its own submission time.
+    public var reapedAt: UInt64
 }
 
 /// A submission queue and the completion queue it posts to, in one DMA
@@ -237,7 +240,7 @@ final class QueuePair: @unchecked Sendable {
                 let s = slots[cid]
                 release(UInt16(cid))
                 handler(IOCompletion(commandID: UInt16(cid), status: NVMeStatus(raw: status), result: dw0,
-                                     latencyNanoseconds: now &- s.submitted, tag: s.tag))
+                                     latencyNanoseconds: now &- s.submitted, tag: s.tag, reapedAt: now))
             case .abandoned:
                 release(UInt16(cid))
                 lateCompletions &+= 1
