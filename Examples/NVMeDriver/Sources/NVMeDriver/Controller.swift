@@ -307,6 +307,7 @@ public final class NVMeController: @unchecked Sendable {
     }
 
     private func scratchBytes() -> [UInt8] {
+        // Safety: scratch is a live mapping of at least one page.
         Array(UnsafeRawBufferPointer(start: scratch.base, count: pageSize))
     }
 

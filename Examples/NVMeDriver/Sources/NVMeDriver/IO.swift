@@ -15,7 +15,9 @@ public final class IOBuffer: @unchecked Sendable {
 
     /// Length in bytes (a multiple of 4 KiB).
     public var count: Int { memory.length }
-    /// The bytes, for the CPU.
+    /// The bytes, for the CPU. Valid while this buffer lives.
+    // Safety: base and length describe the mapping this object keeps alive;
+    // read(at:)/write(_:at:) check their ranges first.
     public var bytes: UnsafeMutableRawBufferPointer { UnsafeMutableRawBufferPointer(start: memory.base, count: memory.length) }
     /// Where the device sees the first byte.
     public var iova: UInt64 { memory.iova }

@@ -36,6 +36,7 @@ public final class LatencyHistogram: @unchecked Sendable {
 
     @inline(__always)
     public func record(_ ns: UInt64) {
+        // Safety: bucket(_:) is below bucketCount for every UInt64 (at most 1887).
         counts[Self.bucket(ns)] &+= 1
         count &+= 1
         sum &+= ns

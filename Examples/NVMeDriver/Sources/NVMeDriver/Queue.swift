@@ -45,6 +45,13 @@ public struct IOCompletion: Sendable {
 /// Not thread-safe: one thread (or one lock holder) at a time. Submitting
 /// and reaping allocate nothing and make no syscalls; the only device access
 /// is the doorbell store.
+///
+/// Safety (every raw pointer use below): `sq`, `cq` and `prpLists` point into
+/// `memory`, which this object keeps mapped for its lifetime and whose length
+/// `layout` checked in init; SQ/CQ indices stay below `entries` (they wrap),
+/// command identifiers below `slotCount` (checked where they come from the
+/// device), so every offset is inside the mapping. `slots` and `freeList`
+/// are this object's own allocations of `slotCount` elements.
 final class QueuePair: @unchecked Sendable {
     // @unchecked: confined to one thread at a time by the owner (IOQueue's
     // documented rule, the controller's admin lock).
@@ -145,6 +152,7 @@ final class QueuePair: @unchecked Sendable {
     /// reset: the controller forgot every command). The completion ring is
     /// zeroed so old phase tags cannot look new.
     func resetState() {
+        // Safety: `cq` holds `entries` 16-byte entries (see the type's note).
         sqTail = 0
         cqHead = 0
         phase = 1
@@ -177,6 +185,7 @@ final class QueuePair: @unchecked Sendable {
             entry.prp2 = prp.prp2
         }
         freeCount &-= 1
+        // Safety: cid came from the free list (< slotCount); sqTail < entries.
         slots[Int(cid)] = Slot(state: state, status: 0, result: 0, submitted: now, tag: tag)
         entry.store(at: sq + Int(sqTail) &* 64, cid: cid)
         sqTail &+= 1
@@ -210,6 +219,7 @@ final class QueuePair: @unchecked Sendable {
     func reap(now: UInt64, _ handler: (IOCompletion) -> Void) -> Int {
         var n = 0
         while true {
+            // Safety: cqHead < entries; the entry lies inside the mapping.
             let entry = cq + Int(cqHead) &* 16
             let dw3 = entry.load(fromByteOffset: 12, as: UInt32.self)
             // dma_rmb: the phase tag before the rest of the entry; also a
@@ -227,7 +237,7 @@ final class QueuePair: @unchecked Sendable {
             n &+= 1
             let cid = Int(UInt16(truncatingIfNeeded: dw3))
             let status = UInt16(truncatingIfNeeded: dw3 >> 17)
-            guard cid < slotCount else {
+            guard cid < slotCount else {  // the device's number: checked before it indexes `slots`
                 unknownCompletions &+= 1
                 continue
             }
