@@ -21,7 +21,7 @@ struct PerfCommand: ParsableCommand {
             Examples:
               vfio-nvme perf 0000:00:05.0 --qd 1 --bs 4k --time 5s
               vfio-nvme perf 0000:00:05.0 --qd 32 --bs 512 --time 10s --poll
-              vfio-nvme perf 0000:00:05.0 --qd 8 --bs 64k --time 5s --write --lba 1048576 --count 65536 --json
+              vfio-nvme perf 0000:00:05.0 --qd 8 --bs 64k --time 5s --write --lba 2048 --count 65536 --json
             """)
 
     @OptionGroup var controller: ControllerOptions
