@@ -11,6 +11,9 @@ let package = Package(
     products: [
         .library(name: "VFIOKit", targets: ["VFIOKit"]),
         .executable(name: "vfioctl", targets: ["vfioctl"]),
+        // The worked example: a userspace NVMe driver on VFIOKit, and its tool.
+        .library(name: "NVMeDriver", targets: ["NVMeDriver"]),
+        .executable(name: "vfio-nvme", targets: ["vfio-nvme"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -70,12 +73,28 @@ let package = Package(
         .executableTarget(name: "vfioctl", dependencies: ["VFIOCommands"], swiftSettings: strict),
         // Test helper: adopts the fds `vfioctl attach --exec` passes and runs an edu DMA round trip.
         .executableTarget(
-            name: "vfiokit-edu-dma", dependencies: ["VFIOKit", "VFIOSystem", "VFIOKitTestSupport"], swiftSettings: strict),
+                        name: "vfiokit-edu-dma", dependencies: ["VFIOKit", "VFIOSystem", "VFIOKitTestSupport"], swiftSettings: strict),
+        // The NVMe driver (Examples/NVMeDriver): VFIOKit's public product only.
+        .target(name: "NVMeDriver", dependencies: ["VFIOKit"], path: "Examples/NVMeDriver/Sources/NVMeDriver",
+                swiftSettings: strict),
+        .executableTarget(
+            name: "vfio-nvme",
+            dependencies: ["NVMeDriver", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "Examples/NVMeDriver/Sources/vfio-nvme",
+            swiftSettings: strict
+        ),
+        // The driver's tests: host unit tests, and guest suites that skip outside the test guest.
+        .testTarget(
+            name: "NVMeDriverTests",
+            dependencies: ["NVMeDriver", "VFIOKit", "VFIOKitTestSupport", "CVFIO"],
+            path: "Examples/NVMeDriver/Tests/NVMeDriverTests",
+            swiftSettings: strict
+        ),
         // Benchmarks: VFIOKit's hot paths against raw C in the test guest.
         .target(name: "CBenchSupport", dependencies: ["CVFIO"], path: "Benchmarks/CBenchSupport"),
         .executableTarget(
             name: "vfiokit-bench",
-            dependencies: ["VFIOKit", "VFIOKitTestSupport", "CBenchSupport", "CVFIO"],
+            dependencies: ["VFIOKit", "VFIOKitTestSupport", "CBenchSupport", "CVFIO", "NVMeDriver"],
             path: "Benchmarks/vfiokit-bench",
             swiftSettings: strict
         ),

@@ -5,7 +5,8 @@
 #   Scripts/setup.sh          apt packages + test kernel
 #
 # Packages: QEMU (the guest), the kernel's build tools, e2fsprogs (the guest's
-# nvme image), python3 (the ABI check). QEMU comes from bookworm-backports
+# nvme image), python3 (the ABI check), fio (the kernel's side of the NVMe
+# benchmark; the guest runs the host's binaries). QEMU comes from bookworm-backports
 # (10.x) when available: it accepts ready iommufd/VFIO fds (`-object
 # iommufd,fd=N`), which `vfioctl attach --exec` hands to it. The machine's own
 # apt sources are not changed: backports is reached through a private list.
@@ -17,7 +18,7 @@ sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 export DEBIAN_FRONTEND=noninteractive
 
-need=(bc bison flex libelf-dev libssl-dev cpio xz-utils make gcc python3 e2fsprogs util-linux)
+need=(bc bison flex libelf-dev libssl-dev cpio xz-utils make gcc python3 e2fsprogs util-linux fio)
 missing=()
 for p in "${need[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -6,7 +6,7 @@
 #   3. unit tests on the host (fake kernel; guest suites skip there),
 #   4. the ABI check of CVFIO against the kernel's own uapi headers, and its self-test,
 #   5. the guest suites: all of them under Intel VT-d, the DMA suites under AMD-Vi
-#      and virtio-iommu.
+#      and virtio-iommu, the NVMe driver's on all three.
 # Prints one summary line per run and a total; exits non-zero if anything failed.
 #
 #   Scripts/test.sh                  everything
@@ -73,11 +73,17 @@ if grep -q . "$out/abi.log" && [ $abi_rc -eq 0 ]; then p=2; else f=1; fi
 echo "abi: $p passed, $f failed, 0 skipped" | tee "$out/abi.summary"
 record abi $abi_rc
 
-guest() {  # LABEL IOMMU FILTER [SKIP]
+# The guest's nvme starts from a known image in every run: an ext4 file system
+# (the CLI tests mount it) and the pattern the NVMe driver's tests read back.
+nvme_image="$out/nvme-test.img"
+$host_only || Scripts/nvme-test-image.sh "$nvme_image" || { echo "Scripts/nvme-test-image.sh failed" >&2; exit 1; }
+
+guest() {  # LABEL IOMMU FILTER [SKIP [VM.SH OPTIONS...]]
   local label=$1 iommu=$2 filter=$3 skip=${4:-^$} rc
+  shift 3; [ $# -eq 0 ] || shift
   say "guest suites on $iommu (filter: $filter)"
   mkdir -p "$out/$label"
-  VFIOKIT_RESULTS="$out/$label" Scripts/vm.sh --iommu "$iommu" --timeout 1200 -- sh -c \
+  VFIOKIT_RESULTS="$out/$label" Scripts/vm.sh --iommu "$iommu" --timeout 1200 --nvme-image "$nvme_image" "$@" -- sh -c \
     'exec "$0" --testing-library swift-testing --filter "$1" --skip "$2" --event-stream-output-path "$VFIOKIT_RESULTS_DIR/events.jsonl" --event-stream-version 0' \
     "$tests" "$filter" "$skip" > "$out/$label.log" 2>&1
   rc=$?
@@ -95,6 +101,13 @@ if ! $host_only; then
   guest "guest-intel-failnth" intel "VFIOKitGuestTests\\.FailNth"
   guest "guest-amd" amd "VFIOKitGuestTests\\.(EndToEnd|DMAModes)"
   guest "guest-virtio" virtio "VFIOKitGuestTests\\.(EndToEnd|DMAModes)"
+  # The NVMe driver (Examples/NVMeDriver) on each IOMMU, with single-threaded
+  # TCG: its tests open the nvme dozens of times, each open and close an FLR
+  # that remaps the BAR, and QEMU 10.0's multi-threaded TCG then sometimes trips
+  # (iotlb_to_section assertion) or hangs (vm.sh --help, --tcg-thread).
+  for i in intel amd virtio; do
+    guest "guest-$i-nvme" "$i" "NVMeDriverTests" "^$" --tcg-thread single
+  done
 fi
 
 say "summary"

@@ -23,6 +23,17 @@ Options:
                              translate emulated devices' DMA)
   --append ARGS              extra kernel command line arguments
   --qemu-arg ARG             extra QEMU argument (repeatable), e.g. --qemu-arg=-trace
+  --tcg-thread multi|single  TCG with a thread per vCPU (default) or one thread for all:
+                             QEMU 10.0's multi-threaded TCG can trip an assertion
+                             (iotlb_to_section) or hang when a device's BARs are remapped
+                             (an FLR on every VFIO open and close) while the other vCPU
+                             runs; the NVMe driver's suites open the nvme dozens of times
+  --nvme-image FILE          the nvme's disk starts as a copy of FILE (a multiple of 512
+                             bytes) instead of a fresh ext4 image; the guest finds an
+                             untouched copy at $VFIOKIT_NVME_IMAGE (tests compare with it)
+  --nvme-null                the nvme is backed by QEMU's null-co driver (1 GiB, 512-byte
+                             blocks, reads return zeros, writes are dropped): steady
+                             numbers for benchmarks
   -v, --verbose              print the run directory and the QEMU command line
   -h, --help                 this text
 Environment: VFIOKIT_RESULTS (where runs are kept), VFIOKIT_CACHE (kernel cache).
@@ -37,8 +48,8 @@ Guest devices (fixed; the guest also exports their BDFs, see below):
                      (one IOMMU group: the bridge and both edus). intel and amd only:
   00:06.0, 00:06.1   with --iommu virtio the pair is one multifunction slot instead
                      (one group of two, no bridge; QEMU 7.2 cannot do the bridge there)
-  00:05.0            nvme, serial vfiokit0, 64 MiB ext4 image (fresh for each run),
-                     bound to the guest's nvme driver
+  00:05.0            nvme, serial vfiokit0, 64 MiB ext4 image (fresh for each run;
+                     see --nvme-image, --nvme-null), bound to the guest's nvme driver
   00:01.0            the AMD IOMMU's own PCI function (--iommu amd only)
   00:02.0            virtio-iommu-pci (--iommu virtio only)
   00:10.0-00:12.0    virtio-serial (command output), 9p root, 9p results
@@ -50,6 +61,7 @@ In the guest, COMMAND sees:
       VFIOKIT_IOMMU VFIOKIT_EDU VFIOKIT_EDU_PAIR_A VFIOKIT_EDU_PAIR_B
           VFIOKIT_BRIDGE (empty with virtio) VFIOKIT_NVME VFIOKIT_NVME_BLOCK (/dev/nvme0n1)
           VFIOKIT_BRIDGE_BOOT_DRIVER (shpchp: it binds the bridge at boot; init unbinds it)
+  VFIOKIT_NVME_IMAGE     with --nvme-image: the disk's initial contents (read-only copy)
   VFIOKIT_GUEST=1, VFIOKIT_DEVICES_FILE=/run/vfiokit/devices
   VFIOKIT_SCRATCH=/tmp/vfiokit     writable scratch (tmpfs)
   VFIOKIT_RESULTS_DIR              writable, shared with the host: the run's
@@ -75,7 +87,7 @@ EOF
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(dirname "$here")
 
-iommu=intel memory=2G timeout_secs=600 kernel= extra_append= verbose=
+iommu=intel memory=2G timeout_secs=600 kernel= extra_append= verbose= nvme_image= nvme_null= tcg_thread=multi
 extra_qemu=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -92,6 +104,11 @@ while [ $# -gt 0 ]; do
     --append=*) extra_append=${1#*=}; shift ;;
     --qemu-arg) extra_qemu+=("${2?--qemu-arg needs a value}"); shift 2 ;;
     --qemu-arg=*) extra_qemu+=("${1#*=}"); shift ;;
+    --nvme-image) nvme_image=${2:?--nvme-image needs a file}; shift 2 ;;
+    --nvme-image=*) nvme_image=${1#*=}; shift ;;
+    --nvme-null) nvme_null=1; shift ;;
+    --tcg-thread) tcg_thread=${2:?--tcg-thread needs multi or single}; shift 2 ;;
+    --tcg-thread=*) tcg_thread=${1#*=}; shift ;;
     -v|--verbose) verbose=1; shift ;;
     -h|--help) usage; exit 0 ;;
     --) shift; break ;;
@@ -101,6 +118,7 @@ done
 [ $# -gt 0 ] || { echo "vm.sh: no command given" >&2; usage >&2; exit 125; }
 case "$iommu" in intel|amd|virtio) ;; *) echo "vm.sh: --iommu must be intel, amd or virtio" >&2; exit 125 ;; esac
 [[ "$timeout_secs" =~ ^[0-9]+$ ]] || { echo "vm.sh: --timeout must be a number of seconds" >&2; exit 125; }
+case "$tcg_thread" in multi|single) ;; *) echo "vm.sh: --tcg-thread must be multi or single" >&2; exit 125 ;; esac
 
 say() { printf 'vm.sh: %s\n' "$*" >&2; }
 die() { say "$*"; exit 125; }
@@ -132,12 +150,25 @@ ls -1dt "$base"/run-*/ 2>/dev/null | tail -n +21 | while read -r old; do
 done
 console="$run/console.log"
 
-# A fresh, small ext4 disk for the guest's nvme. Initialize the inode tables and
-# journal now, so the guest kernel does not start writing in the background.
-mkfs=$(PATH=$PATH:/usr/sbin:/sbin command -v mkfs.ext4) || die "mkfs.ext4 not found (apt-get install e2fsprogs)"
-truncate -s 64M "$run/nvme.img"
-"$mkfs" -q -F -L vfiokit -E lazy_itable_init=0,lazy_journal_init=0 "$run/nvme.img" \
-  || die "mkfs.ext4 failed for $run/nvme.img"
+# The guest's nvme disk: the caller's image (and an untouched copy the guest can
+# compare with), or a fresh, small ext4 disk. For ext4, initialize the inode
+# tables and journal now, so the guest kernel does not start writing in the background.
+nvme_drive="file=$run/nvme.img,if=none,id=nvm,format=raw"
+if [ -n "$nvme_null" ]; then
+  [ -z "$nvme_image" ] || die "--nvme-image and --nvme-null exclude each other"
+  nvme_drive="file=null-co://,file.read-zeroes=on,if=none,id=nvm,format=raw"
+elif [ -n "$nvme_image" ]; then
+  [ -f "$nvme_image" ] || die "--nvme-image: no file $nvme_image"
+  size=$(stat -c %s "$nvme_image")
+  { [ "$size" -gt 0 ] && [ $((size % 512)) -eq 0 ]; } || die "--nvme-image: $nvme_image is $size bytes, not a multiple of 512"
+  cp "$nvme_image" "$run/nvme.img" && cp "$nvme_image" "$run/nvme-image" && chmod a-w "$run/nvme-image" \
+    || die "cannot copy $nvme_image into $run"
+else
+  mkfs=$(PATH=$PATH:/usr/sbin:/sbin command -v mkfs.ext4) || die "mkfs.ext4 not found (apt-get install e2fsprogs)"
+  truncate -s 64M "$run/nvme.img"
+  "$mkfs" -q -F -L vfiokit -E lazy_itable_init=0,lazy_journal_init=0 "$run/nvme.img" \
+    || die "mkfs.ext4 failed for $run/nvme.img"
+fi
 
 # The command for the guest init, quoted for POSIX sh (single quotes; ' as '\'').
 q() { local s=${1//\'/\'\\\'\'}; printf "'%s'" "$s"; }
@@ -147,6 +178,8 @@ case "$PWD" in /tmp|/tmp/*|/run|/run/*|/dev/shm|/dev/shm/*)
   echo "VFIOKIT_RUN=$(q "$run")"
   echo "VFIOKIT_IOMMU=$(q "$iommu")"
   echo "VFIOKIT_CWD=$(q "$PWD")"
+  # Exported here, so the guest init passes it on unchanged.
+  [ -z "$nvme_image" ] || echo "export VFIOKIT_NVME_IMAGE=$(q "$run/nvme-image")"
   printf 'set --'; for a in "$@"; do printf ' %s' "$(q "$a")"; done; echo
 } >"$run/command"
 
@@ -209,13 +242,13 @@ if [ -d "$modules" ] && [ "$(dirname "$qemu_bin")" != /usr/bin ]; then
   qemu_data=(-L "$(dirname "$qemu_bin")/../share/qemu" -L /usr/share/seabios -L /usr/lib/ipxe/qemu)
 fi
 qemu=("$qemu_bin" "${qemu_data[@]}" -name vfiokit-test -no-user-config -nodefaults -no-reboot -display none
-  -accel tcg,thread=multi -M q35 -m "$memory" -smp 2
+  -accel "tcg,thread=$tcg_thread" -M q35 -m "$memory" -smp 2
   -kernel "$kernel" -append "$append"
   -serial "file:$console"
   "${iommu_args[@]}"
   -device edu,bus=pcie.0,addr=0x3
   "${pair_args[@]}"
-  -drive "file=$run/nvme.img,if=none,id=nvm,format=raw"
+  -drive "$nvme_drive"
   -device nvme,serial=vfiokit0,drive=nvm,bus=pcie.0,addr=0x5
   -add-fd "fd=$out_fd,set=1" -add-fd "fd=$err_fd,set=2"
   -chardev file,id=gout,path=/dev/fdset/1,append=on

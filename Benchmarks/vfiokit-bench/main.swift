@@ -1,7 +1,8 @@
 // vfiokit-bench: VFIOKit's hot paths against the same work in plain C, in the
-// test guest, on QEMU's edu device behind the emulated IOMMU.
+// test guest, on QEMU's edu device behind the emulated IOMMU; then the NVMe
+// driver (Examples/NVMeDriver) against the kernel's nvme driver (NVMe.swift).
 //
-//   Scripts/bench.sh [--iommu intel|amd|virtio] [--json]
+//   Scripts/bench.sh [--iommu intel|amd|virtio] [--json] [--no-nvme | --nvme-only] [--seconds N] [--rounds N]
 //
 // For each operation it runs the C loop and the VFIOKit loop in alternating
 // rounds and prints the median time per operation of each, their ratio, and
@@ -115,13 +116,24 @@ func run() throws -> [Result] {
 }
 
 do {
-    let results = try run()
-    if CommandLine.arguments.contains("--json") {
+    let args = CommandLine.arguments
+    let seconds = args.firstIndex(of: "--seconds").flatMap { i in i + 1 < args.count ? Int(args[i + 1]) : nil } ?? 5
+    let results = args.contains("--nvme-only") ? [] : try run()
+    let rounds = args.firstIndex(of: "--rounds").flatMap { i in i + 1 < args.count ? Int(args[i + 1]) : nil } ?? 3
+    let nvme = args.contains("--no-nvme") ? [] : try runNVMe(seconds: seconds, rounds: max(1, rounds))
+    if args.contains("--json") {
         let rows = results.map {
             "{\"name\":\"\($0.name)\",\"raw_ns\":\(Int($0.rawNs)),\"vfiokit_ns\":\(Int($0.swiftNs)),"
                 + "\"ratio\":\(String(format: "%.3f", $0.ratio)),\"allocations_per_op\":\($0.allocationsPerOp)}"
         }
-        print("[" + rows.joined(separator: ",") + "]")
+        let nvmeRows = nvme.map { r in
+            func side(_ s: Side) -> String {
+                String(format: "{\"iops\":%.0f,\"p50_us\":%.1f,\"p99_us\":%.1f,\"mean_us\":%.1f}", s.iops, s.p50us, s.p99us, s.meanus)
+            }
+            return "{\"name\":\"\(r.name)\",\"bs\":\(r.bs),\"qd\":\(r.qd),\"poll\":\(r.poll),\"kernel\":\(side(r.kernel)),"
+                + "\"driver\":\(side(r.driver)),\"ratio\":\(String(format: "%.3f", r.ratio)),\"allocations_per_io\":\(r.allocationsPerIO)}"
+        }
+        print("{\"hot_paths\":[" + rows.joined(separator: ",") + "],\"nvme\":[" + nvmeRows.joined(separator: ",") + "]}")
     } else {
         let iommu = ProcessInfo.processInfo.environment["VFIOKIT_IOMMU"] ?? "?"
         print("vfiokit-bench (\(iommu) IOMMU, TCG guest): median ns per operation, 7 alternating rounds")
@@ -130,6 +142,7 @@ do {
             print(r.name.padding(toLength: 34, withPad: " ", startingAt: 0)
                 + String(format: " %10.0f %10.0f %7.3f %10.2f", r.rawNs, r.swiftNs, r.ratio, r.allocationsPerOp))
         }
+        if !nvme.isEmpty { printNVMe(nvme) }
     }
 } catch {
     FileHandle.standardError.write(Data("vfiokit-bench: \(error)\n".utf8))
