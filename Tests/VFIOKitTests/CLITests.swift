@@ -2,10 +2,6 @@ import Foundation
 import Testing
 import VFIOCommands
 import VFIOKit
-@testable import VFIODMA
-@testable import VFIOHost
-@testable import VFIOObjects
-@testable import VFIOSystem
 
 /// Runs vfioctl in-process against a fixture tree (read-only commands only: the
 /// CLI's host has no fake kernel, so it must not write into the fixture).

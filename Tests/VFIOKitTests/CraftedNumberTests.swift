@@ -3,10 +3,6 @@ import Synchronization
 import Testing
 @testable import VFIOCommands
 import VFIOKit
-@testable import VFIODMA
-@testable import VFIOHost
-@testable import VFIOObjects
-@testable import VFIOSystem
 import VFIOKitTestSupport
 
 #if canImport(Glibc)

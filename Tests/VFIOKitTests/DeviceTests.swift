@@ -4,10 +4,8 @@ import Synchronization
 import SystemPackage
 import Testing
 @testable import VFIOKit
-@testable import VFIODMA
 @testable import VFIOHost
 @testable import VFIOObjects
-@testable import VFIOSystem
 import VFIOKitTestSupport
 
 #if canImport(Glibc)

@@ -2,10 +2,6 @@ import Foundation
 import Testing
 import VFIOCommands
 import VFIOKit
-@testable import VFIODMA
-@testable import VFIOHost
-@testable import VFIOObjects
-@testable import VFIOSystem
 
 #if canImport(Glibc)
 import Glibc

@@ -4,10 +4,6 @@ import Synchronization
 import Testing
 import VFIOKitTestSupport
 import VFIOKit
-@testable import VFIODMA
-@testable import VFIOHost
-@testable import VFIOObjects
-@testable import VFIOSystem
 
 #if canImport(Glibc)
 import Glibc

@@ -3,10 +3,7 @@ import Synchronization
 import SystemPackage
 import Testing
 import VFIOKit
-@testable import VFIODMA
-@testable import VFIOHost
 @testable import VFIOObjects
-@testable import VFIOSystem
 import VFIOKitTestSupport
 
 #if canImport(Glibc)

@@ -1,9 +1,6 @@
 import Testing
 import VFIOKit
-@testable import VFIODMA
-@testable import VFIOHost
 @testable import VFIOObjects
-@testable import VFIOSystem
 import VFIOKitTestSupport
 
 #if canImport(Glibc)

@@ -3,10 +3,6 @@ import Dispatch
 import Synchronization
 import Testing
 import VFIOKit
-@testable import VFIODMA
-@testable import VFIOHost
-@testable import VFIOObjects
-@testable import VFIOSystem
 import VFIOKitTestSupport
 
 #if canImport(Glibc)

@@ -2,10 +2,6 @@ import Foundation
 import SystemPackage
 import Synchronization
 import VFIOKit
-@testable import VFIODMA
-@testable import VFIOHost
-@testable import VFIOObjects
-@testable import VFIOSystem
 
 /// A sysfs/procfs tree in a temporary directory, shaped like the kernel's,
 /// plus a fake kernel that reacts to sysfs writes the way the PCI core does.

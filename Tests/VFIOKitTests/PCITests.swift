@@ -1,10 +1,7 @@
 import Foundation
 import Testing
 import VFIOKit
-@testable import VFIODMA
 @testable import VFIOHost
-@testable import VFIOObjects
-@testable import VFIOSystem
 
 @Suite struct PCIAddressTests {
     @Test func parsesFullAndShortForms() throws {

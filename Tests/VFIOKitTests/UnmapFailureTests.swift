@@ -2,10 +2,6 @@ import CVFIO
 import Synchronization
 import Testing
 import VFIOKit
-@testable import VFIODMA
-@testable import VFIOHost
-@testable import VFIOObjects
-@testable import VFIOSystem
 import VFIOKitTestSupport
 
 #if canImport(Glibc)
