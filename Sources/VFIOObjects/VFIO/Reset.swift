@@ -16,14 +16,13 @@ public struct HotResetDevice: Sendable, Equatable, CustomStringConvertible {
     /// where ownership means holding the group's fd.
     public var owned: Bool?
 
-    /// `SSSS:BB:DD.F`.
-    public var bdf: String {
-        func hex(_ v: some BinaryInteger, _ width: Int) -> String {
-            let s = String(v, radix: 16)
-            return String(repeating: "0", count: max(0, width - s.count)) + s
-        }
-        return "\(hex(segment, 4)):\(hex(bus, 2)):\(hex(devfn >> 3, 2)).\(devfn & 7)"
+    /// The device's PCI address (segment, bus, and slot and function from `devfn`).
+    public var address: PCIAddress {
+        PCIAddress(domain: UInt32(segment), bus: bus, device: devfn >> 3, function: devfn & 7)
     }
+
+    /// `SSSS:BB:DD.F`.
+    public var bdf: String { address.description }
 
     public var description: String {
         var s = bdf
