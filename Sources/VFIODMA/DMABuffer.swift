@@ -1,6 +1,6 @@
+import CVFIO
 import VFIOObjects
 import VFIOSystem
-import CVFIO
 
 #if canImport(Glibc)
 import Glibc

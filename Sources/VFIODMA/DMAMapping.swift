@@ -1,5 +1,6 @@
 import VFIOObjects
 import VFIOSystem
+
 /// One IOVA range mapped to a ``DMABuffer`` that VFIOKit allocated.
 ///
 /// The mapping holds the buffer and the address space it lives in strongly,

@@ -1,7 +1,7 @@
-import VFIOObjects
-import VFIOSystem
 import CVFIO
 import Synchronization
+import VFIOObjects
+import VFIOSystem
 
 #if canImport(Glibc)
 import Glibc

@@ -1,5 +1,5 @@
-import VFIOObjects
 import VFIOSystem
+
 /// Hands out IOVA ranges inside the usable ranges an IOMMU reports, at a
 /// minimum alignment (the IOMMU page size), below a device's DMA mask.
 ///

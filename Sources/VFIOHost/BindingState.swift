@@ -1,6 +1,6 @@
-import VFIOSystem
 import FoundationEssentials
 import SystemPackage
+import VFIOSystem
 
 #if canImport(Glibc)
 import Glibc

@@ -1,5 +1,5 @@
-import VFIOSystem
 import SystemPackage
+import VFIOSystem
 
 #if canImport(Glibc)
 import Glibc

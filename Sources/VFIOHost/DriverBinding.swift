@@ -1,4 +1,5 @@
 import VFIOSystem
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)

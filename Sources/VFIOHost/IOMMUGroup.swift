@@ -1,4 +1,5 @@
 import VFIOSystem
+
 /// An IOMMU group: the smallest set of devices the IOMMU can isolate from each other.
 ///
 /// VFIO hands out a group (or a device in it) only when every member is safe:

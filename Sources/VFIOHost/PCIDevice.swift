@@ -1,4 +1,5 @@
 import VFIOSystem
+
 /// One PCI function as sysfs describes it (`/sys/bus/pci/devices/BDF`).
 ///
 /// A snapshot: read it again after binding. JSON keys (stable): `address`,

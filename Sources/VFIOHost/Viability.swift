@@ -1,4 +1,5 @@
 import VFIOSystem
+
 /// Whether a group can be handed to VFIO, member by member.
 ///
 /// The kernel's rule (drivers/iommu/iommu.c, `iommu_device_claim_dma_owner`;

@@ -1,4 +1,5 @@
 import VFIOSystem
+
 /// Something a device can be attached to in iommufd: an ``IOAS`` (the kernel
 /// then picks or makes a paging domain) or a ``HWPT``.
 ///

@@ -1,5 +1,5 @@
-import VFIOSystem
 import CVFIO
+import VFIOSystem
 
 /// What `IOMMU_GET_HW_INFO` says about the IOMMU behind one bound device,
 /// decoded per vendor.

@@ -1,6 +1,6 @@
-import VFIOSystem
 import CVFIO
 import Synchronization
+import VFIOSystem
 
 #if canImport(Glibc)
 import Glibc

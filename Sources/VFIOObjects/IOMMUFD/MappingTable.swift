@@ -1,5 +1,5 @@
-import VFIOSystem
 import Synchronization
+import VFIOSystem
 
 /// The safe mappings (VFIODMA's `DMAMapping` values) of one address space, an IOAS or
 /// a VFIO container: which of them still own their range in the kernel.

@@ -1,5 +1,5 @@
-import VFIOSystem
 import Synchronization
+import VFIOSystem
 
 #if canImport(Glibc)
 import Glibc

@@ -1,5 +1,5 @@
-import VFIOSystem
 import CVFIO
+import VFIOSystem
 
 #if canImport(Glibc)
 import Glibc

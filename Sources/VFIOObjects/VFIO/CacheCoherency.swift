@@ -1,5 +1,5 @@
-import VFIOSystem
 import CVFIO
+import VFIOSystem
 
 /// Whether the IOMMU enforces cache coherency for a device's DMA: every
 /// transaction snooped by the CPU caches, PCIe no-snoop requests included

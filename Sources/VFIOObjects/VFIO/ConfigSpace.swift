@@ -1,4 +1,5 @@
 import VFIOSystem
+
 /// PCI configuration space of a VFIO device, through the config region
 /// (vfio-pci virtualizes parts of it: the kernel filters what userspace may
 /// change). Reads and writes are little-endian.

@@ -1,5 +1,5 @@
-import VFIOSystem
 import CVFIO
+import VFIOSystem
 
 /// What a `VFIO_DEVICE_FEATURE` probe found.
 public struct FeatureSupport: Sendable, Equatable {

@@ -1,5 +1,5 @@
-import VFIOSystem
 import CVFIO
+import VFIOSystem
 
 /// The vfio-pci interrupt indexes.
 public enum IRQIndex: UInt32, Sendable, CaseIterable, CustomStringConvertible {

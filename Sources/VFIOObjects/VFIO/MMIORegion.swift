@@ -1,5 +1,5 @@
-import VFIOSystem
 import CVFIO
+import VFIOSystem
 
 /// A mapped device region (a BAR): volatile 8/16/32/64-bit loads and stores at
 /// byte offsets, bounds- and alignment-checked.

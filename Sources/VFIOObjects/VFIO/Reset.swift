@@ -1,5 +1,5 @@
-import VFIOSystem
 import CVFIO
+import VFIOSystem
 
 /// One device a PCI hot reset would reach (`struct vfio_pci_dependent_device`).
 public struct HotResetDevice: Sendable, Equatable, CustomStringConvertible {

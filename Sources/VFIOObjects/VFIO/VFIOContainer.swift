@@ -1,6 +1,6 @@
-import VFIOSystem
 import CVFIO
 import Synchronization
+import VFIOSystem
 
 /// A legacy VFIO container: groups join it and share one IOMMU context, set
 /// with ``setIOMMU(_:)`` and mapped with `mapDMA(_:at:readable:writable:)`

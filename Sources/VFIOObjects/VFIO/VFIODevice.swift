@@ -1,7 +1,7 @@
-import VFIOSystem
 import CVFIO
 import FoundationEssentials
 import Synchronization
+import VFIOSystem
 
 /// A VFIO device fd: a PCI function bound to vfio-pci, opened either as a cdev
 /// (`/dev/vfio/devices/vfioN`, then bound to an ``IOMMUFD``) or through its

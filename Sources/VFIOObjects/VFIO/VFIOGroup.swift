@@ -1,7 +1,7 @@
-import VFIOSystem
 import CVFIO
 import FoundationEssentials
 import Synchronization
+import VFIOSystem
 
 /// A VFIO group (`/dev/vfio/N`): the unit of isolation of the legacy VFIO
 /// API. It joins a ``VFIOContainer`` and hands out device fds.
