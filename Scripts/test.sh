@@ -4,13 +4,16 @@
 #   2. debug and release builds,
 #   3. unit tests on the host (fake kernel; guest suites skip there),
 #   4. the ABI check of CVFIO against the kernel's own uapi headers, and its self-test,
-#   5. the guest suites: all of them under Intel VT-d, the DMA suites under AMD-Vi
-#      and virtio-iommu.
+#   5. the guest suites, one boot per IOMMU (Intel VT-d, AMD-Vi, virtio-iommu), each
+#      held to its manifest (Tests/GuestManifest): every suite that applies there,
+#      nothing skipped, nothing missing, nothing unlisted, no kernel warning,
+#   6. a working tree under /tmp, which the guest's own tmpfs would hide.
 # Prints one summary line per run and a total; exits non-zero if anything failed.
 #
 #   Scripts/test.sh                  everything
 #   Scripts/test.sh --host-only      steps 1-4
-#   VFIOKIT_GUEST_FILTER=REGEX Scripts/test.sh   limit the Intel guest run
+#   VFIOKIT_GUEST_FILTER=REGEX Scripts/test.sh   limit the guest runs (a partial run:
+#                                                listed tests that did not run are not reported)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -32,12 +35,22 @@ record() {  # LABEL RC: remember the summary line printed in $out/LABEL.summary
 say "setup"
 Scripts/setup.sh || { echo "setup failed" >&2; exit 1; }
 
-say "build (debug, with tests)"
-swift build --build-tests 2>&1 | grep -vE '^\[[0-9]+/[0-9]+\]' || true
-[ "${PIPESTATUS[0]}" -eq 0 ] || { echo "debug build failed" >&2; exit 1; }
-say "build (release)"
-swift build -c release 2>&1 | grep -vE '^\[[0-9]+/[0-9]+\]' || true
-[ "${PIPESTATUS[0]}" -eq 0 ] || { echo "release build failed" >&2; exit 1; }
+# Each build's own exit status decides (a pipe into grep would hide it): a
+# failed release build fails the run, and a failed debug build never lets a
+# stale test binary run.
+build() {  # LABEL SWIFT-BUILD-ARGS...
+  local label=$1 rc; shift
+  say "build ($label)"
+  swift build "$@" > "$out/build-$label.log" 2>&1
+  rc=$?
+  grep -vE '^\[[0-9]+/[0-9]+\]' "$out/build-$label.log" | tail -n 40
+  if [ $rc -ne 0 ]; then
+    echo "test.sh: the $label build failed (swift build $*: exit status $rc); log: $out/build-$label.log" >&2
+    exit 1
+  fi
+}
+build debug --build-tests
+build release -c release
 
 tests=.build/debug/VFIOKitPackageTests.xctest
 
@@ -61,28 +74,60 @@ if grep -q . "$out/abi.log" && [ $abi_rc -eq 0 ]; then p=2; else f=1; fi
 echo "abi: $p passed, $f failed, 0 skipped" | tee "$out/abi.summary"
 record abi $abi_rc
 
-guest() {  # LABEL IOMMU FILTER [SKIP]
-  local label=$1 iommu=$2 filter=$3 skip=${4:-^$} rc
-  say "guest suites on $iommu (filter: $filter)"
+# One guest boot per manifest (Tests/GuestManifest/*.txt): it names the IOMMU,
+# the filter and the suites that do not apply there (with the reason). The run
+# must execute exactly the tests the manifest lists: a listed test that is
+# skipped or missing, or a test that ran and is not listed, fails it.
+guest() {  # LABEL MANIFEST
+  local label=$1 manifest=$2 iommu filter skip rc partial=()
+  iommu=$(python3 Scripts/test-summary.py --directive "$manifest" iommu)
+  filter=$(python3 Scripts/test-summary.py --directive "$manifest" filter)
+  skip=$(python3 Scripts/test-summary.py --directive "$manifest" skip)
+  if [ -n "${VFIOKIT_GUEST_FILTER:-}" ]; then filter=$VFIOKIT_GUEST_FILTER; partial=(--partial); fi
+  say "guest suites on $iommu ($manifest)"
   mkdir -p "$out/$label"
-  VFIOKIT_RESULTS="$out/$label" Scripts/vm.sh --iommu "$iommu" --timeout 1200 -- sh -c \
-    'exec "$0" --testing-library swift-testing --filter "$1" --skip "$2" --event-stream-output-path "$VFIOKIT_RESULTS_DIR/events.jsonl" --event-stream-version 0' \
-    "$tests" "$filter" "$skip" > "$out/$label.log" 2>&1
+  # Scripts/guest/watchdog dumps the test threads' kernel stacks if the event
+  # stream stalls for 7 minutes (the longest test takes about 3).
+  VFIOKIT_RESULTS="$out/$label" Scripts/vm.sh --iommu "$iommu" --timeout 1500 -- sh -c \
+    'e="$VFIOKIT_RESULTS_DIR/events.jsonl"; exec Scripts/guest/watchdog "$e" 420 "$0" --testing-library swift-testing --filter "$1" --skip "$2" --event-stream-output-path "$e" --event-stream-version 0' \
+    "$tests" "$filter" "${skip:-^\$}" > "$out/$label.log" 2>&1
   rc=$?
   grep -E '✘|Test run with' "$out/$label.log" | tail -n 30
   [ $rc -eq 0 ] || tail -n 40 "$out/$label.log"
-  python3 Scripts/test-summary.py "$label" "$out/$label/latest/results/events.jsonl" > "$out/$label.summary" || rc=1
+  python3 Scripts/test-summary.py "$label" "$out/$label/latest/results/events.jsonl" --manifest "$manifest" \
+    --console "$out/$label/latest/console.log" \
+    ${partial[@]+"${partial[@]}"} > "$out/$label.summary" || rc=1
   cat "$out/$label.summary"
   record "$label" $rc
 }
 
+# A new user's clone in /tmp: the guest mounts its own tmpfs there, so vm.sh must
+# export the tree into the guest. A small tree (the scripts, a file, a built
+# binary) under /tmp, vm.sh run from inside it: the guest must read the file and
+# run the binary at the same paths.
+tmp_tree() {
+  local t rc=0 log="$out/tmp-tree.log"
+  say "a working tree under /tmp (hidden in the guest by its tmpfs, exported by vm.sh)"
+  t=$(mktemp -d /tmp/vfiokit-tree.XXXXXX)
+  mkdir -p "$t/.build/release"
+  cp -R Scripts "$t/Scripts"
+  ln .build/release/vfioctl "$t/.build/release/vfioctl" 2>/dev/null || cp .build/release/vfioctl "$t/.build/release/vfioctl"
+  echo "a file in $t" > "$t/marker"
+  (cd "$t" && Scripts/vm.sh --timeout 300 -- sh -c \
+    'cat marker && .build/release/vfioctl list --json | grep -q "\"address\"" && echo "vfioctl ran in $(pwd)"') > "$log" 2>&1 || rc=1
+  cat "$log"
+  grep -qx "a file in $t" "$log" && grep -qx "vfioctl ran in $t" "$log" || rc=1
+  rm -rf "$t"
+  if [ $rc -eq 0 ]; then echo "tmp-tree: 1 passed, 0 failed, 0 skipped"; else echo "tmp-tree: 0 passed, 1 failed, 0 skipped"; fi > "$out/tmp-tree.summary"
+  cat "$out/tmp-tree.summary"
+  record tmp-tree $rc
+}
+
 if ! $host_only; then
-  # The fail-nth sweeps get a guest of their own: they change the kernel's
-  # fault-injection settings, and a fresh boot keeps the other suites' state out.
-  guest "guest-intel" intel "${VFIOKIT_GUEST_FILTER:-VFIOKitGuestTests}" "FailNth"
-  guest "guest-intel-failnth" intel "VFIOKitGuestTests\\.FailNth"
-  guest "guest-amd" amd "VFIOKitGuestTests\\.(EndToEnd|DMAModes)"
-  guest "guest-virtio" virtio "VFIOKitGuestTests\\.(EndToEnd|DMAModes)"
+  guest "guest-intel" Tests/GuestManifest/intel.txt
+  guest "guest-amd" Tests/GuestManifest/amd.txt
+  guest "guest-virtio" Tests/GuestManifest/virtio.txt
+  tmp_tree
 fi
 
 say "summary"
