@@ -13,8 +13,15 @@ iommu=intel
 
 Scripts/setup.sh
 echo "== building vfioctl (release)"
-swift build -c release --product vfioctl 2>&1 | grep -E 'error|warning|Compiling|Build' | grep -v '^\[' | tail -n 3
-swift build -c release --product vfiokit-edu-dma 2>&1 | grep -E 'error|warning' || true
+# Each build's own exit status decides; its log is shown when it fails.
+for product in vfioctl vfiokit-edu-dma; do
+  log=$(swift build -c release --product "$product" 2>&1) || {
+    printf '%s\n' "$log" | grep -vE '^\[[0-9]+/[0-9]+\]' >&2
+    echo "demo.sh: building $product failed" >&2
+    exit 1
+  }
+  printf '%s\n' "$log" | grep -E 'warning:|Build' | tail -n 3 || true
+done
 
 bin=$(swift build -c release --show-bin-path)
 exec Scripts/vm.sh --iommu "$iommu" -- env BIN="$bin" sh -c '

@@ -5,13 +5,17 @@
 #      and the layer check (Scripts/check-layers.sh),
 #   3. unit tests on the host (fake kernel; guest suites skip there),
 #   4. the ABI check of CVFIO against the kernel's own uapi headers, and its self-test,
-#   5. the guest suites: all of them under Intel VT-d, the DMA suites under AMD-Vi
-#      and virtio-iommu, the NVMe driver's on all three.
+#   5. the guest suites, one boot per manifest (Tests/GuestManifest): every suite on
+#      each IOMMU (Intel VT-d, AMD-Vi, virtio-iommu), and the NVMe driver's on each,
+#      held to the manifest: nothing skipped, nothing missing, nothing unlisted, no
+#      kernel warning,
+#   6. a working tree under /tmp, which the guest's own tmpfs would hide.
 # Prints one summary line per run and a total; exits non-zero if anything failed.
 #
 #   Scripts/test.sh                  everything
 #   Scripts/test.sh --host-only      steps 1-4
-#   VFIOKIT_GUEST_FILTER=REGEX Scripts/test.sh   limit the Intel guest run
+#   VFIOKIT_GUEST_FILTER=REGEX Scripts/test.sh   limit the guest runs (a partial run:
+#                                                listed tests that did not run are not reported)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -33,14 +37,24 @@ record() {  # LABEL RC: remember the summary line printed in $out/LABEL.summary
 say "setup"
 Scripts/setup.sh || { echo "setup failed" >&2; exit 1; }
 
-# --explicit-target-dependency-import-check=error: a target may import only what the
-# package graph gives it (otherwise any module already built in .build would do).
-say "build (debug, with tests)"
-swift build --build-tests --explicit-target-dependency-import-check=error 2>&1 | grep -vE '^\[[0-9]+/[0-9]+\]' || true
-[ "${PIPESTATUS[0]}" -eq 0 ] || { echo "debug build failed" >&2; exit 1; }
-say "build (release)"
-swift build -c release --explicit-target-dependency-import-check=error 2>&1 | grep -vE '^\[[0-9]+/[0-9]+\]' || true
-[ "${PIPESTATUS[0]}" -eq 0 ] || { echo "release build failed" >&2; exit 1; }
+# Each build's own exit status decides (a pipe into grep would hide it): a
+# failed release build fails the run, and a failed debug build never lets a
+# stale test binary run. --explicit-target-dependency-import-check=error: a
+# target may import only what the package graph gives it (otherwise any module
+# already built in .build would do).
+build() {  # LABEL SWIFT-BUILD-ARGS...
+  local label=$1 rc; shift
+  say "build ($label)"
+  swift build --explicit-target-dependency-import-check=error "$@" > "$out/build-$label.log" 2>&1
+  rc=$?
+  grep -vE '^\[[0-9]+/[0-9]+\]' "$out/build-$label.log" | tail -n 40
+  if [ $rc -ne 0 ]; then
+    echo "test.sh: the $label build failed (swift build $*: exit status $rc); log: $out/build-$label.log" >&2
+    exit 1
+  fi
+}
+build debug --build-tests
+build release -c release
 
 say "layers (package graph, libc calls outside the syscall layer, import checks)"
 layers_rc=0
@@ -78,36 +92,66 @@ record abi $abi_rc
 nvme_image="$out/nvme-test.img"
 $host_only || Scripts/nvme-test-image.sh "$nvme_image" || { echo "Scripts/nvme-test-image.sh failed" >&2; exit 1; }
 
-guest() {  # LABEL IOMMU FILTER [SKIP [VM.SH OPTIONS...]]
-  local label=$1 iommu=$2 filter=$3 skip=${4:-^$} rc
-  shift 3; [ $# -eq 0 ] || shift
-  say "guest suites on $iommu (filter: $filter)"
+# One guest boot per manifest (Tests/GuestManifest/*.txt): it names the IOMMU,
+# the filter, the suites that do not apply there (with the reason) and any
+# vm.sh options. The run must execute exactly the tests the manifest lists: a
+# listed test that is skipped or missing, or a test that ran and is not listed,
+# fails it.
+guest() {  # LABEL MANIFEST
+  local label=$1 manifest=$2 iommu filter skip rc partial=() vmargs=()
+  iommu=$(python3 Scripts/test-summary.py --directive "$manifest" iommu)
+  filter=$(python3 Scripts/test-summary.py --directive "$manifest" filter)
+  skip=$(python3 Scripts/test-summary.py --directive "$manifest" skip)
+  read -r -a vmargs <<< "$(python3 Scripts/test-summary.py --directive "$manifest" vm)"
+  if [ -n "${VFIOKIT_GUEST_FILTER:-}" ]; then filter=$VFIOKIT_GUEST_FILTER; partial=(--partial); fi
+  say "guest suites on $iommu ($manifest)"
   mkdir -p "$out/$label"
-  VFIOKIT_RESULTS="$out/$label" Scripts/vm.sh --iommu "$iommu" --timeout 1200 --nvme-image "$nvme_image" "$@" -- sh -c \
-    'exec "$0" --testing-library swift-testing --filter "$1" --skip "$2" --event-stream-output-path "$VFIOKIT_RESULTS_DIR/events.jsonl" --event-stream-version 0' \
-    "$tests" "$filter" "$skip" > "$out/$label.log" 2>&1
+  # Scripts/guest/watchdog dumps the test threads' kernel stacks if the event
+  # stream stalls for 7 minutes (the longest test takes about 3).
+  VFIOKIT_RESULTS="$out/$label" Scripts/vm.sh --iommu "$iommu" --timeout 1500 --nvme-image "$nvme_image" \
+    ${vmargs[@]+"${vmargs[@]}"} -- sh -c \
+    'e="$VFIOKIT_RESULTS_DIR/events.jsonl"; exec Scripts/guest/watchdog "$e" 420 "$0" --testing-library swift-testing --filter "$1" --skip "$2" --event-stream-output-path "$e" --event-stream-version 0' \
+    "$tests" "$filter" "${skip:-^\$}" > "$out/$label.log" 2>&1
   rc=$?
   grep -E '✘|Test run with' "$out/$label.log" | tail -n 30
   [ $rc -eq 0 ] || tail -n 40 "$out/$label.log"
-  python3 Scripts/test-summary.py "$label" "$out/$label/latest/results/events.jsonl" > "$out/$label.summary" || rc=1
+  python3 Scripts/test-summary.py "$label" "$out/$label/latest/results/events.jsonl" --manifest "$manifest" \
+    --console "$out/$label/latest/console.log" \
+    ${partial[@]+"${partial[@]}"} > "$out/$label.summary" || rc=1
   cat "$out/$label.summary"
   record "$label" $rc
 }
 
+# A new user's clone in /tmp: the guest mounts its own tmpfs there, so vm.sh must
+# export the tree into the guest. A small tree (the scripts, a file, a built
+# binary) under /tmp, vm.sh run from inside it: the guest must read the file and
+# run the binary at the same paths.
+tmp_tree() {
+  local t rc=0 log="$out/tmp-tree.log"
+  say "a working tree under /tmp (hidden in the guest by its tmpfs, exported by vm.sh)"
+  t=$(mktemp -d /tmp/vfiokit-tree.XXXXXX)
+  mkdir -p "$t/.build/release"
+  cp -R Scripts "$t/Scripts"
+  ln .build/release/vfioctl "$t/.build/release/vfioctl" 2>/dev/null || cp .build/release/vfioctl "$t/.build/release/vfioctl"
+  echo "a file in $t" > "$t/marker"
+  (cd "$t" && Scripts/vm.sh --timeout 300 -- sh -c \
+    'cat marker && .build/release/vfioctl list --json | grep -q "\"address\"" && echo "vfioctl ran in $(pwd)"') > "$log" 2>&1 || rc=1
+  cat "$log"
+  grep -qx "a file in $t" "$log" && grep -qx "vfioctl ran in $t" "$log" || rc=1
+  rm -rf "$t"
+  if [ $rc -eq 0 ]; then echo "tmp-tree: 1 passed, 0 failed, 0 skipped"; else echo "tmp-tree: 0 passed, 1 failed, 0 skipped"; fi > "$out/tmp-tree.summary"
+  cat "$out/tmp-tree.summary"
+  record tmp-tree $rc
+}
+
 if ! $host_only; then
-  # The fail-nth sweeps get a guest of their own: they change the kernel's
-  # fault-injection settings, and a fresh boot keeps the other suites' state out.
-  guest "guest-intel" intel "${VFIOKIT_GUEST_FILTER:-VFIOKitGuestTests}" "FailNth"
-  guest "guest-intel-failnth" intel "VFIOKitGuestTests\\.FailNth"
-  guest "guest-amd" amd "VFIOKitGuestTests\\.(EndToEnd|DMAModes)"
-  guest "guest-virtio" virtio "VFIOKitGuestTests\\.(EndToEnd|DMAModes)"
-  # The NVMe driver (Examples/NVMeDriver) on each IOMMU, with single-threaded
-  # TCG: its tests open the nvme dozens of times, each open and close an FLR
-  # that remaps the BAR, and QEMU 10.0's multi-threaded TCG then sometimes trips
-  # (iotlb_to_section assertion) or hangs (vm.sh --help, --tcg-thread).
   for i in intel amd virtio; do
-    guest "guest-$i-nvme" "$i" "NVMeDriverTests" "^$" --tcg-thread single
+    guest "guest-$i" "Tests/GuestManifest/$i.txt"
+    # The NVMe driver (Examples/NVMeDriver) in a boot of its own, with
+    # single-threaded TCG (the manifest's @vm): see its manifest for why.
+    guest "guest-$i-nvme" "Tests/GuestManifest/$i-nvme.txt"
   done
+  tmp_tree
 fi
 
 say "summary"

@@ -53,6 +53,8 @@ Guest devices (fixed; the guest also exports their BDFs, see below):
   00:01.0            the AMD IOMMU's own PCI function (--iommu amd only)
   00:02.0            virtio-iommu-pci (--iommu virtio only)
   00:10.0-00:12.0    virtio-serial (command output), 9p root, 9p results
+  00:13.0, 00:14.0   9p exports of the working tree and the current directory, when
+                     they are under /tmp, /run or /dev/shm (see below)
   The edus have no driver. --iommu amd runs Debian 12's QEMU 7.2 (see --qemu) and boots with iommu.passthrough=1 (identity
   default domains; VFIO's are translated), virtio with allow_unsafe_interrupts.
 
@@ -68,7 +70,11 @@ In the guest, COMMAND sees:
                                    results/ directory, same path on both sides
   HOME=/tmp/home, PATH includes /opt/swift/usr/bin
   Writable: /tmp, /run, /dev/shm, /dev/hugepages (16 x 2 MiB), the results dir.
-  Everything else is the host's filesystem, read-only. The host's /tmp is hidden.
+  Everything else is the host's filesystem, read-only. The host's /tmp, /run and
+  /dev/shm are hidden by the guest's own tmpfs there, except the working tree
+  (this script's repository) and the current directory: when they are under one
+  of them, each is exported read-only and mounted at the same path, so a clone
+  in /tmp runs as it would anywhere else.
 
 Runs are kept under ${VFIOKIT_RESULTS:-<repo>/.build/vm}/run-*/ (the newest 20):
 console.log, qemu.log, command, status, nvme.img, results/. `latest` links to the
@@ -84,7 +90,7 @@ Examples:
 EOF
 }
 
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
 repo=$(dirname "$here")
 
 iommu=intel memory=2G timeout_secs=600 kernel= extra_append= verbose= nvme_image= nvme_null= tcg_thread=multi
@@ -172,16 +178,39 @@ fi
 
 # The command for the guest init, quoted for POSIX sh (single quotes; ' as '\'').
 q() { local s=${1//\'/\'\\\'\'}; printf "'%s'" "$s"; }
-case "$PWD" in /tmp|/tmp/*|/run|/run/*|/dev/shm|/dev/shm/*)
-  say "warning: $PWD is hidden in the guest (it has its own tmpfs there)" ;; esac
+# The guest mounts its own tmpfs on /tmp, /run and /dev/shm, which hides the
+# host's files there. A working tree (or current directory) under one of them is
+# exported into the guest through a 9p share of its own, read-only like the
+# root, and mounted at the same path: a clone in /tmp works as anywhere else.
+hidden() { case "$1" in /tmp|/tmp/*|/run|/run/*|/dev/shm|/dev/shm/*) return 0 ;; esac; return 1; }
+exports=()
+add_export() {
+  local d=$1 e
+  for e in ${exports[@]+"${exports[@]}"}; do case "$d/" in "$e"/*) return ;; esac; done
+  [[ "$d" != *[[:space:],]* ]] || die "$d is hidden in the guest (its own tmpfs) and cannot be exported: its path contains a space or comma"
+  exports+=("$d")
+}
+cwd=$(pwd -P)
+if hidden "$repo"; then add_export "$repo"; fi
+if hidden "$cwd"; then add_export "$cwd"; fi
 {
   echo "VFIOKIT_RUN=$(q "$run")"
   echo "VFIOKIT_IOMMU=$(q "$iommu")"
-  echo "VFIOKIT_CWD=$(q "$PWD")"
+  echo "VFIOKIT_CWD=$(q "$cwd")"
+  # Mount tags and paths of the extra exports (paths have no spaces: checked above).
+  printf 'VFIOKIT_EXPORTS='\''%s'\''\n' "$(i=0; for e in ${exports[@]+"${exports[@]}"}; do printf 'tree%d %s ' "$i" "$e"; i=$((i + 1)); done)"
   # Exported here, so the guest init passes it on unchanged.
   [ -z "$nvme_image" ] || echo "export VFIOKIT_NVME_IMAGE=$(q "$run/nvme-image")"
   printf 'set --'; for a in "$@"; do printf ' %s' "$(q "$a")"; done; echo
 } >"$run/command"
+export_args=()
+i=0
+for e in ${exports[@]+"${exports[@]}"}; do
+  export_args+=(-fsdev "local,id=tree$i,path=$e,security_model=none,readonly=on,multidevs=remap"
+                -device "virtio-9p-pci,fsdev=tree$i,mount_tag=tree$i,bus=pcie.0,addr=0x$((19 + i))")
+  i=$((i + 1))
+done
+[ -z "$verbose" ] || [ ${#exports[@]} -eq 0 ] || say "exported into the guest (hidden by its tmpfs): ${exports[*]}"
 
 # --- QEMU
 append="console=ttyS0 panic=-1 root=host rootfstype=9p ro"
@@ -260,6 +289,7 @@ qemu=("$qemu_bin" "${qemu_data[@]}" -name vfiokit-test -no-user-config -nodefaul
   -device virtio-9p-pci,fsdev=root,mount_tag=host,bus=pcie.0,addr=0x11
   -fsdev "local,id=res,path=$run,security_model=none,multidevs=remap"
   -device virtio-9p-pci,fsdev=res,mount_tag=vfiokit,bus=pcie.0,addr=0x12
+  ${export_args[@]+"${export_args[@]}"}
   ${extra_qemu[@]+"${extra_qemu[@]}"}
 )
 [ -z "$verbose" ] || { say "run directory: $run"; say "qemu: ${qemu[*]}"; }

@@ -1,4 +1,5 @@
 import Foundation
+import VFIOKit
 
 #if canImport(Glibc)
 import Glibc
@@ -7,17 +8,35 @@ import Glibc
 /// Fault injection by the kernel's fail-nth: make the n-th kernel allocation of
 /// this thread fail, for n = 1, 2, ... until a run of the scenario no longer
 /// reaches an injection point. Each run must either succeed or throw, and leave
-/// nothing behind; ``sweep(limit:scenario:)`` checks fds and pinned memory
-/// after every run and reports each outcome.
+/// nothing behind; ``sweep(limit:scenario:afterEach:)`` checks fds, pinned and
+/// locked memory (and whatever `afterEach` checks) after every run and reports
+/// each outcome.
+///
+/// Pinned memory is charged to different counters by the two kernel paths,
+/// so both are compared (Linux 7.2):
+/// - VFIO type1 (drivers/vfio/vfio_iommu_type1.c, `vfio_lock_acct`) charges
+///   every pinned page to `mm->locked_vm` (VmLck) through `__account_locked_vm`,
+///   with or without CAP_IPC_LOCK (the capability only skips the limit).
+/// - iommufd (drivers/iommu/iommufd/pages.c, `iopt_pages_update_pinned`) adds
+///   every pinned page to `mm->pinned_vm` (VmPin) in all three rlimit modes;
+///   in the `mm` mode (IOMMU_OPTION_RLIMIT_MODE 0, and always for iommufd's
+///   /dev/vfio/vfio compat container) it charges `mm->locked_vm` (VmLck) too;
+///   in the `user` mode (the default without CAP_IPC_LOCK) also the user's
+///   `locked_vm`, which /proc does not show (VmPin covers it).
 ///
 /// Needs CONFIG_FAULT_INJECTION_DEBUG_FS, FAILSLAB and FAIL_PAGE_ALLOC, and
 /// debugfs mounted at /sys/kernel/debug (the test guest has all of them).
 /// Scenarios must be synchronous: fail-nth is per thread.
 public enum FailNth {
-    /// Whether this kernel offers fail-nth for this thread.
-    public static var available: Bool {
-        access("/proc/thread-self/fail-nth", R_OK | W_OK) == 0
-            && access("/sys/kernel/debug/failslab/ignore-gfp-wait", W_OK) == 0
+    /// Requires fail-nth for this thread (CONFIG_FAULT_INJECTION_DEBUG_FS,
+    /// FAILSLAB, FAIL_PAGE_ALLOC, debugfs mounted): throws what is missing.
+    public static func requireAvailable() throws(VFIOError) {
+        for (path, mode) in [("/proc/thread-self/fail-nth", R_OK | W_OK), ("/sys/kernel/debug/failslab/ignore-gfp-wait", W_OK),
+                             ("/sys/kernel/debug/fail_page_alloc/ignore-gfp-wait", W_OK)]
+        where access(path, mode) != 0 {
+            throw VFIOError(operation: "access", errno: .init(rawValue: errno), object: path,
+                            detail: "fail-nth needs CONFIG_FAULT_INJECTION_DEBUG_FS, FAILSLAB and FAIL_PAGE_ALLOC, and debugfs at /sys/kernel/debug")
+        }
     }
 
     /// Lets every allocation be failed (not only atomic ones) and quiets the log,
@@ -40,35 +59,55 @@ public enum FailNth {
         public var injected: Bool
         /// The error the scenario threw, nil when it succeeded.
         public var error: String?
-        /// Open fds and pinned KiB before and after the run.
+        /// Open fds, and this process's pinned (VmPin) and locked (VmLck) KiB, before and after the run.
         public var fdsBefore: Int, fdsAfter: Int
         public var pinnedBefore: Int, pinnedAfter: Int
-        /// Nothing leaked.
-        public var clean: Bool { fdsBefore == fdsAfter && pinnedBefore == pinnedAfter }
+        public var lockedBefore: Int, lockedAfter: Int
+        /// What `afterEach` found wrong after this run (a changed driver binding, ...).
+        public var problems: [String] = []
+        /// Nothing leaked, nothing changed.
+        public var clean: Bool {
+            fdsBefore == fdsAfter && pinnedBefore == pinnedAfter && lockedBefore == lockedAfter && problems.isEmpty
+                && min(fdsBefore, pinnedBefore, lockedBefore) >= 0  // -1: could not be read
+        }
         public var description: String {
-            "nth \(nth): \(error.map { "threw: \($0)" } ?? "succeeded")"
-                + (clean ? "" : " LEAKED fds \(fdsBefore)->\(fdsAfter) pinned \(pinnedBefore)->\(pinnedAfter) KiB")
+            var s = "nth \(nth): \(error.map { "threw: \($0)" } ?? "succeeded")"
+            if fdsBefore != fdsAfter { s += " LEAKED fds \(fdsBefore)->\(fdsAfter)" }
+            if pinnedBefore != pinnedAfter { s += " LEAKED pinned (VmPin) \(pinnedBefore)->\(pinnedAfter) KiB" }
+            if lockedBefore != lockedAfter { s += " LEAKED locked (VmLck) \(lockedBefore)->\(lockedAfter) KiB" }
+            for p in problems { s += " CHANGED: \(p)" }
+            return s
         }
     }
 
     /// Sweeps `scenario` over every kernel allocation it makes. The scenario
     /// runs once cleanly first (it must succeed), then once per injection point.
-    /// Returns every run; stops after `limit` injections.
-    public static func sweep<E: Error>(limit: Int = 3000, scenario: () throws(E) -> Void) -> [Run] {
+    /// After each run, with injection off, `afterEach` checks what the
+    /// scenario must have left as it found it and returns what it did not
+    /// (recorded in ``Run/problems``). Returns every run; stops after `limit`
+    /// injections.
+    public static func sweep<E: Error>(limit: Int = 3000, scenario: () throws(E) -> Void,
+                                       afterEach: () -> [String] = { [] }) throws(VFIOError) -> [Run] {
+        try requireAvailable()
         configure()
         var runs: [Run] = []
         let control = open("/proc/thread-self/fail-nth", O_RDWR | O_CLOEXEC)
-        guard control >= 0 else { return runs }
+        guard control >= 0 else {
+            throw VFIOError(operation: "open", errno: .init(rawValue: errno), object: "/proc/thread-self/fail-nth")
+        }
         defer { close(control) }
         var nth = 0
         while nth <= limit {
-            let fdsBefore = Guest.openFDCount(), pinnedBefore = pinnedKiB()
+            let fdsBefore = Guest.openFDCount()
+            let (pinnedBefore, lockedBefore) = (pinnedKiB(), lockedKiB())
             var thrown: String?
             if nth > 0 { arm(control, nth) }
             do throws(E) { try scenario() } catch { thrown = "\(error)" }
             let fired = nth > 0 && disarm(control)
-            runs.append(Run(nth: nth, injected: fired, error: thrown, fdsBefore: fdsBefore, fdsAfter: Guest.openFDCount(),
-                            pinnedBefore: pinnedBefore, pinnedAfter: pinnedKiB()))
+            var run = Run(nth: nth, injected: fired, error: thrown, fdsBefore: fdsBefore, fdsAfter: Guest.openFDCount(),
+                          pinnedBefore: pinnedBefore, pinnedAfter: pinnedKiB(), lockedBefore: lockedBefore, lockedAfter: lockedKiB())
+            run.problems = afterEach()
+            runs.append(run)
             if nth > 0 && !fired { break }  // the scenario no longer reaches the n-th allocation: all swept
             nth += 1
         }
@@ -91,10 +130,18 @@ public enum FailNth {
         return n >= 2 && buf[0] == UInt8(ascii: "0") && buf[1] == UInt8(ascii: "\n")
     }
 
-    /// Pages pinned by this process (VmPin of /proc/self/status), in KiB.
-    public static func pinnedKiB() -> Int {
+    /// Pages pinned by this process (VmPin of /proc/self/status, `mm->pinned_vm`), in KiB.
+    public static func pinnedKiB() -> Int { statusKiB("VmPin:") }
+
+    /// Pages locked by or charged to this process as locked (VmLck of
+    /// /proc/self/status, `mm->locked_vm`: mlock, and VFIO type1's pins), in KiB.
+    public static func lockedKiB() -> Int { statusKiB("VmLck:") }
+
+    /// A `kB` field of /proc/self/status; -1 when it cannot be read (a run
+    /// with -1 is never ``Run/clean``).
+    static func statusKiB(_ field: String) -> Int {
         guard let s = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return -1 }
-        for line in s.split(separator: "\n") where line.hasPrefix("VmPin:") {
+        for line in s.split(separator: "\n") where line.hasPrefix(field) {
             return Int(line.split(separator: " ").dropFirst().first ?? "") ?? -1
         }
         return -1

@@ -8,11 +8,17 @@ import Musl
 
 /// Facts about the test guest (Scripts/vm.sh) for guest tests: whether we are
 /// in it, the BDFs of its devices by role, and a stopgap sysfs binder.
+///
+/// Gating: a guest suite is skipped as a whole outside the guest (one
+/// suite-level condition, ``Trait/guestOnly(_:)``). Inside the guest nothing is
+/// skipped: everything a test needs is checked with `#require` or a throwing
+/// `require...` here, so a guest that lacks it fails the test, and the run's
+/// manifest (Tests/GuestManifest) fails the run when a test did not run.
 public enum Guest {
-    /// In the guest: /dev/iommu exists and VFIOKIT_EDU names the lone edu.
-    public static var available: Bool {
-        access("/dev/iommu", F_OK) == 0 && env("VFIOKIT_EDU") != nil
-    }
+    /// Whether this process runs in the test guest: Scripts/vm.sh's init sets
+    /// VFIOKIT_GUEST=1. Nothing else is checked here on purpose: what the
+    /// guest must provide is required by the tests (and by GuestEnvironmentTests).
+    public static var inGuest: Bool { env("VFIOKIT_GUEST") == "1" }
 
     static func env(_ name: String) -> String? {
         guard let v = getenv(name) else { return nil }
@@ -22,7 +28,8 @@ public enum Guest {
 
     /// The lone edu, alone in its IOMMU group.
     public static var edu: String? { env("VFIOKIT_EDU") }
-    /// The two edu functions behind the PCIe-to-PCI bridge (one IOMMU group with it).
+    /// The two edu functions that share one IOMMU group (behind the
+    /// PCIe-to-PCI bridge, or one multifunction slot under virtio-iommu).
     public static var eduPairA: String? { env("VFIOKIT_EDU_PAIR_A") }
     public static var eduPairB: String? { env("VFIOKIT_EDU_PAIR_B") }
     public static var bridge: String? { env("VFIOKIT_BRIDGE") }
@@ -30,10 +37,43 @@ public enum Guest {
     /// intel, amd or virtio.
     public static var iommu: String? { env("VFIOKIT_IOMMU") }
 
+    /// The emulated IOMMU of this guest.
+    public enum IOMMUKind: String, Sendable, CaseIterable {
+        case intel, amd, virtio
+        /// Whether vm.sh puts the edu pair behind a PCIe-to-PCI bridge (a
+        /// group of three); under virtio-iommu it is one multifunction slot
+        /// (a group of two, no bridge): virtio-iommu cannot handle the alias.
+        public var pairIsBehindABridge: Bool { self != .virtio }
+    }
+
+    /// The emulated IOMMU (VFIOKIT_IOMMU), or an error naming what is wrong.
+    public static func requireIOMMU() throws(VFIOError) -> IOMMUKind {
+        guard let s = iommu, let k = IOMMUKind(rawValue: s) else {
+            throw VFIOError.invalid("guest", "VFIOKIT_IOMMU is \(iommu.map { "'\($0)'" } ?? "not set"); Scripts/vm.sh sets intel, amd or virtio")
+        }
+        return k
+    }
+
+    /// The BDF of a device role the guest must provide (VFIOKIT_EDU, ...).
+    public static func require(_ role: String) throws(VFIOError) -> String {
+        guard let v = env(role) else {
+            throw VFIOError.invalid("guest", "\(role) is not set: the guest did not find that device (see the console log)")
+        }
+        return v
+    }
+
     /// The lone edu's BDF, or a test failure error outside the guest.
-    public static func requireEdu() throws -> String {
-        guard let e = edu else { throw VFIOError.invalid("guest", "VFIOKIT_EDU is not set") }
-        return e
+    public static func requireEdu() throws(VFIOError) -> String { try require("VFIOKIT_EDU") }
+
+    /// The bridge in front of the edu pair: required where the pair is behind
+    /// one, required absent (nil) where it is not (virtio-iommu).
+    public static func requireBridgeAsExpected() throws(VFIOError) -> String? {
+        let kind = try requireIOMMU()
+        if kind.pairIsBehindABridge { return try require("VFIOKIT_BRIDGE") }
+        if let b = bridge {
+            throw VFIOError.invalid("guest", "VFIOKIT_BRIDGE is \(b) under \(kind.rawValue), where the pair has no bridge")
+        }
+        return nil
     }
 
     static func writeFile(_ path: String, _ text: String) throws(VFIOError) {
@@ -88,6 +128,32 @@ public enum Guest {
         return cdev
     }
 
+    /// Binds `bdf` to `driver` (driver_override + drivers_probe), as a
+    /// fixture step outside the library (e.g. pci-stub standing in for a
+    /// kernel driver the device had). Throws unless `driver` is bound after.
+    public static func bind(_ bdf: String, to driver: String) throws(VFIOError) {
+        let dev = "/sys/bus/pci/devices/\(bdf)"
+        if let d = self.driver(of: bdf), d != driver { try writeFile("\(dev)/driver/unbind", bdf) }
+        try writeFile("\(dev)/driver_override", driver)
+        if self.driver(of: bdf) != driver { try writeFile("/sys/bus/pci/drivers_probe", bdf) }
+        guard self.driver(of: bdf) == driver else {
+            throw VFIOError.invalid("bind", "\(bdf) did not bind to \(driver) (driver now: \(self.driver(of: bdf) ?? "none"))", object: bdf)
+        }
+    }
+
+    /// The device's `driver_override` (nil when unset).
+    public static func driverOverride(of bdf: String) -> String? {
+        let fd = open("/sys/bus/pci/devices/\(bdf)/driver_override", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var buf = [UInt8](repeating: 0, count: 256)
+        let n = read(fd, &buf, buf.count)
+        guard n > 0 else { return nil }
+        var s = String(decoding: buf[0..<n], as: UTF8.self)
+        while s.last?.isNewline == true { s.removeLast() }
+        return s == "(null)" || s.isEmpty ? nil : s
+    }
+
     /// Unbinds `bdf` from its driver and clears driver_override, leaving it with
     /// no driver (the guest's starting state for edu).
     public static func unbind(_ bdf: String) throws(VFIOError) {
@@ -114,6 +180,16 @@ public enum Guest {
 
 import Testing
 
+extension Trait where Self == ConditionTrait {
+    /// The one condition of a guest suite: it runs only in the QEMU test guest
+    /// and is skipped as a whole elsewhere (the host run), with a comment
+    /// saying how to run it. Nothing inside a guest suite may skip.
+    public static func guestOnly(_ suite: String) -> Self {
+        .enabled(if: Guest.inGuest, Comment(rawValue:
+            "runs in the QEMU test guest: Scripts/vm.sh -- .build/debug/VFIOKitPackageTests.xctest --testing-library swift-testing --filter \(suite)"))
+    }
+}
+
 /// Guest tests share the guest's few devices and the process's fd table
 /// (tests assert that /proc/self/fd is unchanged afterwards): they must not run
 /// at the same time, across suites too (Swift Testing runs suites in
@@ -122,7 +198,7 @@ import Testing
 /// takes one process-wide async lock around each test case, so it never
 /// blocks a thread of the cooperative pool while waiting.
 ///
-///     @Suite(.serialized, .exclusiveGuestDevices, .enabled(if: Guest.available))
+///     @Suite(.serialized, .exclusiveGuestDevices, .guestOnly("SuiteName"))
 public struct ExclusiveGuestDevices: SuiteTrait, TestTrait, TestScoping {
     public var isRecursive: Bool { true }
 

@@ -37,14 +37,27 @@ public enum MockIOMMU {
 
     static let registered: Void = Request.register("IOMMU_TEST_CMD", IOMMU_TEST_CMD)
 
-    /// Whether this kernel has the mock IOMMU: /dev/iommu opens and
-    /// `IOMMU_TEST_CMD` is known (a kernel without CONFIG_IOMMUFD_TEST answers ENOTTY).
-    public static var available: Bool {
-        guard let ctx = try? IOMMUFD() else { return false }
+    /// Requires the kernel's mock IOMMU: /dev/iommu opens and `IOMMU_TEST_CMD`
+    /// is known (a kernel without CONFIG_IOMMUFD_TEST answers ENOTTY). Throws
+    /// the error that stands in the way, so a guest without mock domains fails
+    /// every mock-domain test instead of skipping it.
+    public static func requireAvailable() throws(VFIOError) {
+        let ctx: IOMMUFD
+        do throws(VFIOError) { ctx = try IOMMUFD() } catch {
+            var e = error
+            e.detail = (e.detail.map { $0 + "; " } ?? "") + "the mock-domain tests need /dev/iommu (CONFIG_IOMMUFD)"
+            throw e
+        }
         var cmd = iommu_test_cmd.make()
         cmd.op = UInt32(IOMMU_TEST_OP_MD_CHECK_REFS)
         // length 0: checks nothing, succeeds on a kernel with the selftest.
-        return (try? run(ctx, &cmd, what: "probe")) != nil
+        do throws(VFIOError) { try run(ctx, &cmd, what: "probe (IOMMU_TEST_OP_MD_CHECK_REFS, length 0)") } catch {
+            var e = error
+            e.detail = (e.detail.map { $0 + "; " } ?? "")
+                + "the kernel's iommufd selftest (CONFIG_IOMMUFD_TEST) is needed; Scripts/guest-kernel.config enables it"
+            throw e
+        }
+        try ctx.close()
     }
 
     /// Issues one test command; errors name the op.
@@ -188,12 +201,14 @@ public enum MockIOMMU {
         return found
     }
 
-    /// Whether the process's fd count drops to `limit` or below within
+    /// Whether the process's fd count settles at exactly `expected` within
     /// `seconds`: a leak check that tolerates tests of other suites opening
-    /// fds at the same time (a leak keeps the count above for good).
-    public static func fdCountSettles(atMost limit: Int, seconds: Double = 3) -> Bool {
+    /// fds for a moment (a leak keeps the count above for good), and that also
+    /// rejects fewer fds than before (something closed an fd it did not own,
+    /// a double close).
+    public static func fdCountSettles(at expected: Int, seconds: Double = 3) -> Bool {
         var waited = 0.0
-        while Guest.openFDCount() > limit {
+        while Guest.openFDCount() != expected {
             if waited >= seconds { return false }
             usleep(20_000)
             waited += 0.02

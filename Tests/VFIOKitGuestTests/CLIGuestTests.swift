@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import VFIOKitTestSupport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -47,17 +48,14 @@ struct VFIOCtlBinary {
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
         let code: Int32 = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
-        let out = (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? ""
-        let err = (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? ""
+        let out = try String(contentsOfFile: outPath, encoding: .utf8)
+        let err = try String(contentsOfFile: errPath, encoding: .utf8)
         return Result(status: code, out: out, err: err)
     }
 }
 
 enum GuestDevices {
     static var env: [String: String] { ProcessInfo.processInfo.environment }
-    static var available: Bool {
-        env["VFIOKIT_GUEST"] == "1" && FileManager.default.fileExists(atPath: "/dev/iommu") && env["VFIOKIT_EDU"] != nil
-    }
     static func bdf(_ role: String) throws -> String { try #require(optional(role), "\(role) not set by the guest") }
     /// A role the guest may leave empty (VFIOKIT_BRIDGE with virtio-iommu).
     static func optional(_ role: String) -> String? { env[role].flatMap { $0.isEmpty ? nil : $0 } }
@@ -84,11 +82,11 @@ enum GuestDevices {
     }
 }
 
-@Suite(.serialized, .exclusiveGuestDevices, .enabled(if: GuestDevices.available, "runs in the QEMU test guest (Scripts/vm.sh)"))
+@Suite(.serialized, .exclusiveGuestDevices, .guestOnly("CLIGuestTests"))
 struct CLIGuestTests {
     @Test func listShowsTheTestDevicesWithGroupsAndDrivers() throws {
         let edu = try GuestDevices.bdf("VFIOKIT_EDU"), a = try GuestDevices.bdf("VFIOKIT_EDU_PAIR_A")
-        let b = try GuestDevices.bdf("VFIOKIT_EDU_PAIR_B"), bridge = GuestDevices.optional("VFIOKIT_BRIDGE")
+        let b = try GuestDevices.bdf("VFIOKIT_EDU_PAIR_B"), bridge = try Guest.requireBridgeAsExpected()
         let nvme = try GuestDevices.bdf("VFIOKIT_NVME")
         let r = try VFIOCtlBinary.run("list", "--json")
         #expect(r.status == 0)
@@ -129,16 +127,13 @@ struct CLIGuestTests {
         #expect(show.status == 0)
         let j = try show.json()
         #expect((j["device"] as? [String: Any])?["vfio_cdev"] as? String == cdev)
-        if let vfio = j["vfio"] as? [String: Any] {
-            let regions = try #require(vfio["regions"] as? [[String: Any]])
-            let bar0 = try #require(regions.first { $0["index"] as? Int == 0 })
-            #expect(bar0["size"] as? Int == 1 << 20 && bar0["mmap"] as? Bool == true)
-            let irqs = try #require(vfio["irqs"] as? [[String: Any]])
-            #expect(irqs.contains { $0["name"] as? String == "MSI" && $0["count"] as? Int == 1 })
-            #expect(irqs.contains { $0["name"] as? String == "INTx" && $0["count"] as? Int == 1 })
-        } else {
-            Issue.record("show has no VFIO details: \(j["vfio_error"] ?? "?")")
-        }
+        let vfio = try #require(j["vfio"] as? [String: Any], "show has no VFIO details: \(j["vfio_error"] ?? "?")")
+        let regions = try #require(vfio["regions"] as? [[String: Any]])
+        let bar0 = try #require(regions.first { $0["index"] as? Int == 0 })
+        #expect(bar0["size"] as? Int == 1 << 20 && bar0["mmap"] as? Bool == true)
+        let irqs = try #require(vfio["irqs"] as? [[String: Any]])
+        #expect(irqs.contains { $0["name"] as? String == "MSI" && $0["count"] as? Int == 1 })
+        #expect(irqs.contains { $0["name"] as? String == "INTx" && $0["count"] as? Int == 1 })
         let text = try VFIOCtlBinary.run("show", edu)
         #expect(text.status == 0 && text.out.contains("VFIO cdev") && text.out.contains("/dev/vfio/devices/\(cdev)"))
 
@@ -154,7 +149,7 @@ struct CLIGuestTests {
 
     @Test func pairSharesAGroupAndGroupBindTakesBoth() throws {
         let a = try GuestDevices.bdf("VFIOKIT_EDU_PAIR_A"), b = try GuestDevices.bdf("VFIOKIT_EDU_PAIR_B")
-        let bridge = GuestDevices.optional("VFIOKIT_BRIDGE")
+        let bridge = try Guest.requireBridgeAsExpected()
         defer {
             _ = try? VFIOCtlBinary.run("unbind", a, "--restore")
             _ = try? VFIOCtlBinary.run("unbind", b, "--restore")
@@ -218,12 +213,12 @@ struct CLIGuestTests {
     }
 
     @Test func doctorReportsInterruptRemappingPerIOMMU() throws {
-        let iommu = GuestDevices.env["VFIOKIT_IOMMU"] ?? "intel"
+        let iommu = try Guest.requireIOMMU()
         let r = try VFIOCtlBinary.run("doctor", "--json", "--memlock", "64M")
         let j = try r.json()
         let findings = try #require(j["findings"] as? [[String: Any]])
         let ir = try #require(findings.first { $0["id"] as? String == "interrupt-remapping" })
-        if iommu == "virtio" {
+        if iommu == .virtio {
             #expect(ir["status"] as? String == "fail" || ir["status"] as? String == "warn")
             #expect((ir["detail"] as? String)?.contains("virtio-iommu") == true)
         } else {
@@ -245,16 +240,23 @@ struct CLIGuestTests {
         let showMissing = try VFIOCtlBinary.run("show", "0000:00:1e.7", "--json")
         #expect(showMissing.status == 1)
         #expect(try showMissing.json()["error"] != nil)
-        // A device without an IOMMU group, when the machine has one.
+        // A device without an IOMMU group: the IOMMU's own PCI function (AMD-Vi at 00:01.0,
+        // virtio-iommu at 00:02.0). Under VT-d (no PCI function of its own) every device has a group.
         let devices = try #require(try VFIOCtlBinary.run("list", "--json").json()["devices"] as? [[String: Any]])
-        if let lone = devices.first(where: { $0["iommu_group"] is NSNull })?["address"] as? String {
+        let groupless = devices.filter { $0["iommu_group"] is NSNull }.compactMap { $0["address"] as? String }
+        switch try Guest.requireIOMMU() {
+        case .intel: #expect(groupless == [])
+        case .amd: #expect(groupless == ["0000:00:01.0"])
+        case .virtio: #expect(groupless == ["0000:00:02.0"])
+        }
+        for lone in groupless {
             let r = try VFIOCtlBinary.run("bind", lone)
-            #expect(r.status == 1 && r.err.contains("no IOMMU group"))
+            #expect(r.status == 1 && r.err.contains("no IOMMU group"), "\(r.err)")
         }
         // The bridge is never handed to vfio-pci.
-        if let bridge = GuestDevices.optional("VFIOKIT_BRIDGE") {
+        if let bridge = try Guest.requireBridgeAsExpected() {
             let br = try VFIOCtlBinary.run("bind", bridge)
-            #expect(br.status == 1 && br.err.contains("bridge"))
+            #expect(br.status == 1 && br.err.contains("bridge"), "\(br.err)")
         }
         #expect(try VFIOCtlBinary.run("list", "--json").out == before)
     }

@@ -9,14 +9,14 @@ import Glibc
 
 /// The edu device: IRQs, resets, features, groups. Serialized and exclusive:
 /// every test uses the same guest devices and restores their driver binding.
-@Suite(.serialized, .exclusiveGuestDevices, .enabled(if: Guest.available))
+@Suite(.serialized, .exclusiveGuestDevices, .guestOnly("DeviceGuestTests"))
 struct DeviceGuestTests {
     static let pattern = DMAModesTests.pattern
 
     @Test(.timeLimit(.minutes(1))) func msiThroughAsyncSequence() async throws {
         let bdf = try Guest.requireEdu()
         try Guest.bindToVFIO(bdf)
-        defer { try? Guest.unbind(bdf) }
+        defer { #expect(throws: Never.self, "put the device back") { try Guest.unbind(bdf) } }
         let space = try DMASpace(mode: .iommufd, dmaMask: EduDevice.dmaMask)
         let edu = try EduDevice(try space.openDevice(bdf: bdf))
         try edu.enableBusMaster()  // an MSI is a memory write by the device
@@ -32,7 +32,7 @@ struct DeviceGuestTests {
     @Test func irqInfoResetAndFeaturesOnEdu() throws {
         let bdf = try Guest.requireEdu()
         try Guest.bindToVFIO(bdf)
-        defer { try? Guest.unbind(bdf) }
+        defer { #expect(throws: Never.self, "put the device back") { try Guest.unbind(bdf) } }
         let ctx = try IOMMUFD()
         let device = try VFIODevice.open(bdf: bdf)
         try device.bind(to: ctx)
@@ -53,22 +53,13 @@ struct DeviceGuestTests {
 
         print("edu \(bdf): VFIO_DEVICE_FLAGS_RESET=\(info.supportsReset), caps \(caps.map { String($0.id, radix: 16) }), "
               + "features \(try device.featureSummary().map { "\($0.name)=\($0.support.isSupported)" })")
-        // edu has no reset method: VFIOKit says so cleanly.
-        if info.supportsReset {
-            try device.reset()
-        } else {
-            let e = #expect(throws: VFIOError.self) { try device.reset() }
-            #expect(e?.detail?.contains("not supported by this device") == true, "\(String(describing: e))")
-        }
+        // edu has no reset method (no FLR, no PM reset): VFIOKit says so cleanly.
+        #expect(!info.supportsReset)
+        let e = #expect(throws: VFIOError.self) { try device.reset() }
+        #expect(e?.detail?.contains("not supported by this device") == true, "\(String(describing: e))")
         // On the root bus there is no slot or bus reset.
-        do {
-            let hr = try device.hotResetInfo()
-            print("edu \(bdf): hot reset reaches \(hr.devices)")
-            #expect(hr.devices.contains { $0.bdf == bdf })
-        } catch {
-            print("edu \(bdf): hot reset: \(error)")
-            #expect(error.detail?.contains("not supported by this device") == true, "\(error)")
-        }
+        let hr = #expect(throws: VFIOError.self) { _ = try device.hotResetInfo() }
+        #expect(hr?.detail?.contains("not supported by this device") == true, "\(String(describing: hr))")
         // Features: probing never throws for an emulated device.
         let summary = try device.featureSummary()
         #expect(summary.count == 7)
@@ -78,11 +69,12 @@ struct DeviceGuestTests {
     }
 
     @Test func groupRefusesUntilEveryMemberIsBound() throws {
-        let a = try #require(Guest.eduPairA)
-        let b = try #require(Guest.eduPairB)
+        let a = try Guest.require("VFIOKIT_EDU_PAIR_A")
+        let b = try Guest.require("VFIOKIT_EDU_PAIR_B")
+        let bridge = try Guest.requireBridgeAsExpected()
         defer {
-            try? Guest.unbind(a)
-            try? Guest.unbind(b)
+            #expect(throws: Never.self, "put the device back") { try Guest.unbind(a) }
+            #expect(throws: Never.self, "put the device back") { try Guest.unbind(b) }
         }
         try Guest.bindToVFIO(a)
         let fdsBefore = Guest.openFDCount()
@@ -113,9 +105,20 @@ struct DeviceGuestTests {
             buffer.write(Self.pattern, at: 0)
             try eduA.dmaToDevice(from: mapping.iova, count: 1000)
             try eduA.dmaFromDevice(to: mapping.iova + 4096, count: 1000)
-            #expect(firstDifference(buffer.read(at: 4096, count: 1000), Array(Self.pattern.prefix(1000))) == nil)
+            let landed = { firstDifference(buffer.read(at: 4096, count: 1000), Array(Self.pattern.prefix(1000))) }
+            if try Guest.requireIOMMU() == .amd {
+                // QEMU 7.2's AMD-Vi (the AMD guests' QEMU, see vm.sh) does not translate the DMA of
+                // devices behind the PCIe-to-PCI bridge: in one boot vfiokit-edu-dma's round trip
+                // fails for 01:01.0 and passes for the lone 00:03.0, through iommufd as here through
+                // the container. Known, so that a QEMU that fixes it makes this fail.
+                withKnownIssue("QEMU 7.2 AMD-Vi: no DMA translation behind a PCIe-to-PCI bridge") {
+                    #expect(landed() == nil)
+                }
+            } else {
+                #expect(landed() == nil)
+            }
 
-            if Guest.bridge != nil {
+            if bridge != nil {
                 // Behind the bridge a bus reset is possible: it reaches both functions.
                 let hr = try devA.hotResetInfo()
                 let bdfs = Set(hr.devices.map(\.bdf))
@@ -137,7 +140,7 @@ struct DeviceGuestTests {
     func containerInfoUnmapAllAndUnsetContainer(_ backend: VFIOContainer.Backend) throws {
         let bdf = try Guest.requireEdu()
         try Guest.bindToVFIO(bdf)
-        defer { try? Guest.unbind(bdf) }
+        defer { #expect(throws: Never.self, "put the device back") { try Guest.unbind(bdf) } }
         let fdsBefore = Guest.openFDCount()
         do {
             let container = try VFIOContainer(backend: backend)
@@ -167,9 +170,8 @@ struct DeviceGuestTests {
                 try edu.dmaToDevice(from: 0x300000, count: 512)
                 try edu.dmaFromDevice(to: 0x301000, count: 512)
                 #expect(firstDifference(buffer.read(at: 4096, count: 512), Array(Self.pattern.prefix(512))) == nil)
-                if try container.checkExtension(VFIO_UNMAP_ALL) {
-                    #expect(try container.unmapAll() == 8192)
-                }
+                #expect(try container.checkExtension(VFIO_UNMAP_ALL))
+                #expect(try container.unmapAll() == 8192)
                 _ = consume mapping  // unmapAll took it: inert, its deinit issues nothing
                 try edu.config.setBusMaster(false)
                 if backend == .legacy {
@@ -245,7 +247,7 @@ struct DeviceGuestTests {
     @Test func intxIsAutomaskedAndUnmasked() throws {
         let bdf = try Guest.requireEdu()
         try Guest.bindToVFIO(bdf)
-        defer { try? Guest.unbind(bdf) }
+        defer { #expect(throws: Never.self, "put the device back") { try Guest.unbind(bdf) } }
         let space = try DMASpace(mode: .iommufd, dmaMask: EduDevice.dmaMask)
         let device = try space.openDevice(bdf: bdf)
         let edu = try EduDevice(device)
@@ -272,7 +274,7 @@ struct DeviceGuestTests {
     @Test func ioeventfdWritesTheRegisterWithoutUs() throws {
         let bdf = try Guest.requireEdu()
         try Guest.bindToVFIO(bdf)
-        defer { try? Guest.unbind(bdf) }
+        defer { #expect(throws: Never.self, "put the device back") { try Guest.unbind(bdf) } }
         let space = try DMASpace(mode: .iommufd, dmaMask: EduDevice.dmaMask)
         let device = try space.openDevice(bdf: bdf)
         let edu = try EduDevice(device)
@@ -296,7 +298,7 @@ struct DeviceGuestTests {
     @Test func attachReplacesAndDetachBlocksDMA() throws {
         let bdf = try Guest.requireEdu()
         try Guest.bindToVFIO(bdf)
-        defer { try? Guest.unbind(bdf) }
+        defer { #expect(throws: Never.self, "put the device back") { try Guest.unbind(bdf) } }
         let fdsBefore = Guest.openFDCount()
         do {
             let ctx = try IOMMUFD()
@@ -334,13 +336,46 @@ struct DeviceGuestTests {
         #expect(Guest.openFDCount() == fdsBefore)
     }
 
-    @Test(.enabled(if: Guest.bridge != nil, "needs the pair behind a bridge (bus reset)"))
-    func cdevHotResetInfoReportsOwnership() throws {
-        let a = try #require(Guest.eduPairA)
-        let b = try #require(Guest.eduPairB)
+    /// Devices of one IOMMU group share one iommufd context: binding the
+    /// second member to another context is refused, and the error says why.
+    @Test func groupMembersShareOneIOMMUFDContext() throws {
+        let a = try Guest.require("VFIOKIT_EDU_PAIR_A")
+        let b = try Guest.require("VFIOKIT_EDU_PAIR_B")
         defer {
-            try? Guest.unbind(a)
-            try? Guest.unbind(b)
+            #expect(throws: Never.self, "put the device back") { try Guest.unbind(a) }
+            #expect(throws: Never.self, "put the device back") { try Guest.unbind(b) }
+        }
+        try Guest.bindToVFIO(a)
+        try Guest.bindToVFIO(b)
+        let ctx = try IOMMUFD()
+        let devA = try VFIODevice.open(bdf: a)
+        try devA.bind(to: ctx)
+        let other = try IOMMUFD()
+        let devB = try VFIODevice.open(bdf: b)
+        let e = #expect(throws: VFIOError.self) { try devB.bind(to: other) }
+        #expect(e?.errno?.rawValue == 1)
+        #expect(e?.hint?.contains("IOMMU group") == true, "\(String(describing: e))")
+        // Where the BDF is known, the host layer says which cause it is: no other
+        // process holds the group and interrupts are isolated, so another context of ours does.
+        let why = PCIHost.system.explainOwnership(try #require(e), device: try PCIAddress(parsing: b))
+        #expect(why.detail?.contains("another iommufd context of this process holds a member of the group") == true, "\(why)")
+        try devB.close()
+        // In the same context it binds.
+        let again = try VFIODevice.open(bdf: b)
+        #expect(try again.bind(to: ctx) != 0)
+        try again.close()
+        try devA.close()
+    }
+
+    /// Needs the pair behind a bridge (a bus reset): not under virtio-iommu,
+    /// where the manifest leaves it out (Tests/GuestManifest/virtio.txt).
+    @Test func cdevHotResetInfoReportsOwnership() throws {
+        let a = try Guest.require("VFIOKIT_EDU_PAIR_A")
+        let b = try Guest.require("VFIOKIT_EDU_PAIR_B")
+        try #require(try Guest.requireBridgeAsExpected() != nil, "the pair is not behind a bridge under \(Guest.iommu ?? "?")")
+        defer {
+            #expect(throws: Never.self, "put the device back") { try Guest.unbind(a) }
+            #expect(throws: Never.self, "put the device back") { try Guest.unbind(b) }
         }
         try Guest.bindToVFIO(a)
         try Guest.bindToVFIO(b)
@@ -355,21 +390,6 @@ struct DeviceGuestTests {
         #expect(hr.devices.first { $0.bdf == b }?.owned == true)
         #expect(hr.devices.first { $0.bdf == b }?.deviceID == nil)
         #expect(hr.allOwned)
-
-        // Devices of one IOMMU group share one iommufd context: binding B to
-        // another context is refused, and the error says why.
-        do {
-            let other = try IOMMUFD()
-            let devB = try VFIODevice.open(bdf: b)
-            let e = #expect(throws: VFIOError.self) { try devB.bind(to: other) }
-            #expect(e?.errno?.rawValue == 1)
-            #expect(e?.hint?.contains("IOMMU group") == true, "\(String(describing: e))")
-            // Where the BDF is known, the host layer says which cause it is: no other
-            // process holds the group and interrupts are isolated, so another context of ours does.
-            let why = PCIHost.system.explainOwnership(try #require(e), device: try PCIAddress(parsing: b))
-            #expect(why.detail?.contains("another iommufd context of this process holds a member of the group") == true, "\(why)")
-            try devB.close()
-        }
         // B bound in our context: both ours, with ids; the reset goes through.
         let devB = try VFIODevice.open(bdf: b)
         let idB = try devB.bind(to: ctx)
@@ -381,7 +401,7 @@ struct DeviceGuestTests {
 }
 
 /// The edu device through each of the five DMA modes (run on every IOMMU by CI).
-@Suite(.serialized, .exclusiveGuestDevices, .enabled(if: Guest.available))
+@Suite(.serialized, .exclusiveGuestDevices, .guestOnly("DMAModesTests"))
 struct DMAModesTests {
     static let pattern: [UInt8] = (0..<4000).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ 5) }
 
@@ -389,7 +409,7 @@ struct DMAModesTests {
     func eduDMAInEveryMode(_ mode: DMAMode) throws {
         let bdf = try Guest.requireEdu()
         try Guest.bindToVFIO(bdf)
-        defer { try? Guest.unbind(bdf) }
+        defer { #expect(throws: Never.self, "put the device back") { try Guest.unbind(bdf) } }
         #expect(DMAMode.available().contains(mode), "\(mode) should be available in the guest")
         let fdsBefore = Guest.openFDCount()
         do {
@@ -444,7 +464,7 @@ struct DMAModesTests {
     func eduDMAWithOtherBuffers(_ backing: DMABuffer.Backing) throws {
         let bdf = try Guest.requireEdu()
         try Guest.bindToVFIO(bdf)
-        defer { try? Guest.unbind(bdf) }
+        defer { #expect(throws: Never.self, "put the device back") { try Guest.unbind(bdf) } }
         for mode in [DMAMode.iommufd, .type1v2] {
             let space = try DMASpace(mode: mode, dmaMask: EduDevice.dmaMask)
             let edu = try EduDevice(try space.openDevice(bdf: bdf))
@@ -465,7 +485,7 @@ struct DMAModesTests {
     @Test func reopenAfterClose() throws {
         let bdf = try Guest.requireEdu()
         try Guest.bindToVFIO(bdf)
-        defer { try? Guest.unbind(bdf) }
+        defer { #expect(throws: Never.self, "put the device back") { try Guest.unbind(bdf) } }
         for mode in [DMAMode.iommufd, .type1v2] {
             for _ in 0..<2 {
                 let space = try DMASpace(mode: mode, dmaMask: EduDevice.dmaMask)

@@ -7,9 +7,8 @@ import VFIOKitTestSupport
 /// cleanly, then again with the 1st, 2nd, 3rd ... kernel allocation of the
 /// thread failing (the kernel's fail-nth), until it no longer reaches the
 /// injection point. Every run must either succeed or throw a VFIOError, and
-/// leave no fd, no pinned page and no driver binding behind.
-@Suite(.serialized, .exclusiveGuestDevices, .enabled(if: Guest.available && FailNth.available,
-                             "runs in the QEMU test guest (fail-nth): Scripts/vm.sh -- .build/debug/VFIOKitPackageTests.xctest --testing-library swift-testing --filter FailNth"))
+/// leave no fd, no pinned or locked page and no changed driver binding behind.
+@Suite(.serialized, .exclusiveGuestDevices, .guestOnly("FailNthTests"))
 struct FailNthTests {
     /// Checks the sweep's outcome and records what it did.
     func check(_ runs: [FailNth.Run], minimumInjections: Int, sourceLocation: SourceLocation = #_sourceLocation) {
@@ -21,7 +20,7 @@ struct FailNthTests {
         #expect(runs.last.map { !$0.injected } ?? false, "the sweep did not finish", sourceLocation: sourceLocation)
         let leaks = runs.filter { !$0.clean }
         for run in leaks {
-            Issue.record("leak after a failure: \(run)", sourceLocation: sourceLocation)
+            Issue.record("leak or change after a run: \(run)", sourceLocation: sourceLocation)
         }
         let threw = injected.filter { $0.error != nil }.count
         print("fail-nth: \(injected.count) injections, \(threw) surfaced as errors, "
@@ -32,7 +31,7 @@ struct FailNthTests {
     @Test func iommufdMapUnmap() throws {
         let buffer = try DMABuffer(length: 64 * 1024)
         buffer.fill(1)
-        let runs = FailNth.sweep { () throws(VFIOError) in
+        let runs = try FailNth.sweep { () throws(VFIOError) in
             let ctx = try IOMMUFD()
             let ioas = try IOAS(ctx)
             _ = try ioas.iovaRanges()
@@ -60,7 +59,7 @@ struct FailNthTests {
     @Test func cdevDeviceDMA() throws {
         let bdf = try Guest.requireEdu()
         try Guest.bindToVFIO(bdf)
-        defer { try? Guest.unbind(bdf) }
+        defer { #expect(throws: Never.self, "put the device back") { try Guest.unbind(bdf) } }
         let buffer = try DMABuffer(length: 8192)
         let pattern = (0..<512).map { UInt8(truncatingIfNeeded: $0 &* 13) }
         buffer.write(pattern)
@@ -69,7 +68,7 @@ struct FailNthTests {
         try device.bind(to: ctx)
         let edu = try EduDevice(device)
         try edu.enableBusMaster()
-        let runs = FailNth.sweep { () throws(VFIOError) in
+        let runs = try FailNth.sweep(scenario: { () throws(VFIOError) in
             let ioas = try IOAS(ctx)
             try device.attach(to: ioas)
             // The device outlives this run: whatever fails, it lets go of the
@@ -82,7 +81,7 @@ struct FailNthTests {
             try device.disableIRQ(.msi)
             try msi.close()
             try mapping.unmap()
-        }
+        }, afterEach: { Self.stillOnVFIO(bdf) })
         check(runs, minimumInjections: 5)
         // The device still works after every failure: one more round trip.
         let ioas = try IOAS(ctx)
@@ -103,25 +102,109 @@ struct FailNthTests {
     @Test func groupPathType1v2() throws {
         let bdf = try Guest.requireEdu()
         try Guest.bindToVFIO(bdf)
-        defer { try? Guest.unbind(bdf) }
+        defer { #expect(throws: Never.self, "put the device back") { try Guest.unbind(bdf) } }
         let buffer = try DMABuffer(length: 16384)
         let container = try VFIOContainer()
         let group = try VFIOGroup(bdf: bdf)
         try group.setContainer(container)
         try container.setIOMMU(.type1v2)
         let held = try group.device(bdf)
-        let runs = FailNth.sweep { () throws(VFIOError) in
+        let runs = try FailNth.sweep(scenario: { () throws(VFIOError) in
             let device = try group.device(bdf)
             _ = try container.info()
             let mapping = try container.mapDMA(buffer, at: 0x300000)
             try mapping.unmap()
             try device.close()
-        }
+        }, afterEach: { Self.stillOnVFIO(bdf) })
         check(runs, minimumInjections: 3)
         try held.close()
         try group.unsetContainer()
         try group.close()
         try container.close()
         #expect(Guest.driver(of: bdf) == "vfio-pci")
+    }
+    /// The device sweeps keep the device bound to vfio-pci throughout.
+    static func stillOnVFIO(_ bdf: String) -> [String] {
+        let d = Guest.driver(of: bdf)
+        return d == "vfio-pci" ? [] : ["\(bdf) is on \(d ?? "no driver"), not vfio-pci"]
+    }
+
+    /// A device's binding as the binder sees it: driver, driver_override, and
+    /// whether a record of its original driver is on file.
+    struct Binding: Equatable, CustomStringConvertible {
+        var driver: String?, override: String?, recorded: Bool
+        init(_ bdf: String, _ host: PCIHost, _ a: PCIAddress) {
+            driver = Guest.driver(of: bdf)
+            override = Guest.driverOverride(of: bdf)
+            recorded = host.bindingRecord(a) != nil
+        }
+        var description: String { "driver \(driver ?? "none"), override \(override ?? "none"), record \(recorded ? "kept" : "none")" }
+    }
+
+    /// Driver binding through the library: bind the lone edu to vfio-pci and
+    /// give it back (`unbind --restore`), with every kernel allocation of the
+    /// calling thread failing in turn (sysfs reads and writes, vfio-pci's and
+    /// pci-stub's probe and remove). pci-stub stands in for the kernel driver
+    /// the device had, so the restore has a real driver to bring back. After
+    /// each run (injection off): either everything succeeded and the binding is
+    /// what it was, or the failing call left it as it was, or (a failed
+    /// restore) the record of pci-stub is still on file and a plain
+    /// `unbind --restore` brings it back.
+    ///
+    /// The binder's sysfs writes pass through a `SysfsWriteHandler` to the real
+    /// files: with a handler the binder does not poll for an asynchronous probe
+    /// (10 s per failed probe). Writing drivers_probe probes synchronously
+    /// (drivers/base/bus.c drivers_probe_store -> device_attach, allow_async
+    /// false), so the driver link is final when the write returns.
+    @Test func bindAndRestoreDriver() throws {
+        let bdf = try Guest.requireEdu()
+        let a = try PCIAddress(parsing: bdf)
+        try Guest.bind(bdf, to: "pci-stub")
+        defer { #expect(throws: Never.self, "put the device back") { try Guest.unbind(bdf) } }
+        var host = PCIHost(root: "/", sysfsWriter: PassThroughSysfs())
+        host.stateDirectory = "/run/vfiokit/failnth-bindings"
+        let original = Binding(bdf, host, a)
+        try #require(original.driver == "pci-stub" && original.override == "pci-stub" && !original.recorded, "\(original)")
+        var restoredAfterFailure = 0
+        let runs = try FailNth.sweep(scenario: { () throws(VFIOError) in
+            _ = try host.bind(a)
+            _ = try host.unbind(a, restore: true)
+        }, afterEach: {
+            var problems: [String] = []
+            let now = Binding(bdf, host, a)
+            if now != original {
+                // Only a failed restore may leave a change, and only with the record kept.
+                if !now.recorded {
+                    problems.append("binding \(original) -> \(now), and no record of pci-stub")
+                } else {
+                    do {
+                        _ = try host.unbind(a, restore: true)
+                        restoredAfterFailure += 1
+                        let after = Binding(bdf, host, a)
+                        if after != original { problems.append("binding \(original) -> \(after) after a second unbind --restore") }
+                    } catch {
+                        problems.append("binding \(original) -> \(now); a second unbind --restore failed: \(error)")
+                    }
+                }
+            }
+            // Each run starts from the original binding, whatever the last one left.
+            if Binding(bdf, host, a) != original {
+                unlink(host.stateDirectory + "/\(bdf).json")
+                do { try Guest.bind(bdf, to: "pci-stub") } catch { problems.append("resetting the fixture failed: \(error)") }
+            }
+            return problems
+        })
+        check(runs, minimumInjections: 20)
+        print("fail-nth bind/unbind: \(restoredAfterFailure) failed restores put right by a second unbind --restore")
+        #expect(Binding(bdf, host, a) == original)
+    }
+}
+
+/// Sysfs writes straight to the files (see FailNthTests.bindAndRestoreDriver).
+struct PassThroughSysfs: SysfsWriteHandler {
+    func write(_ value: String, to path: String, host: PCIHost) throws(VFIOError) {
+        var real = host
+        real.sysfsWriter = nil
+        try real.write(value, to: path)
     }
 }

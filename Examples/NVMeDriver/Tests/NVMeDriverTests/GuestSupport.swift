@@ -12,9 +12,6 @@ let oDirect: Int32 = 0o40000
 /// The test guest's nvme (Scripts/vm.sh) as the driver's guest tests see it.
 enum NVMeGuest {
     static var env: [String: String] { ProcessInfo.processInfo.environment }
-    /// In the guest, with an nvme.
-    static var available: Bool { Guest.available && Guest.nvme != nil }
-
     /// The pattern Scripts/nvme-test-image.sh writes: 512-byte blocks from this LBA on.
     static let patternLBA: UInt64 = 98304
     static let patternBlocks = 32768

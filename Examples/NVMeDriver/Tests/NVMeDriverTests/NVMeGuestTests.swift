@@ -7,7 +7,7 @@ import VFIOKitTestSupport
 /// The driver on the guest's nvme (QEMU's emulated controller behind the
 /// emulated IOMMU), with the test image from Scripts/nvme-test-image.sh.
 /// Run on Intel VT-d, AMD-Vi and virtio-iommu by Scripts/test.sh.
-@Suite(.serialized, .exclusiveGuestDevices, .enabled(if: NVMeGuest.available, "runs in the QEMU test guest (Scripts/vm.sh)"))
+@Suite(.serialized, .exclusiveGuestDevices, .guestOnly("NVMeGuestTests"))
 struct NVMeGuestTests {
     /// Bytes a mode writes: distinct per mode and per block.
     static func data(_ mode: NVMeDMAMode, blocks: Int) -> [UInt8] {

@@ -3,7 +3,7 @@ import Testing
 import VFIOKitTestSupport
 
 /// `vfio-nvme` as a user runs it in the guest.
-@Suite(.serialized, .exclusiveGuestDevices, .enabled(if: NVMeGuest.available, "runs in the QEMU test guest (Scripts/vm.sh)"))
+@Suite(.serialized, .exclusiveGuestDevices, .guestOnly("NVMeToolGuestTests"))
 struct NVMeToolGuestTests {
     /// Not bound: the error names the driver that has the controller and the
     /// fix; the fix, run literally, works.
