@@ -53,14 +53,14 @@ func run() throws -> [Result] {
     defer { try? Guest.unbind(bdf) }
 
     let ctx = try IOMMUFD()
-    let device = try VFIODevice.open(bdf: bdf)
+    let device = try VFIODevice.open(try PCIAddress(parsing: bdf))
     try device.bind(to: ctx)
     let ioas = try IOAS(ctx)
     try device.attach(to: ioas)
     let edu = try EduDevice(device)
     try edu.enableBusMaster()
     let buffer = try DMABuffer(length: 4096)
-    let iova: UInt64 = 0x100000
+    let iova: IOVA = 0x100000
     var results: [Result] = []
     let scale = Int(ProcessInfo.processInfo.environment["VFIOKIT_BENCH_SCALE"] ?? "1") ?? 1
 
@@ -68,7 +68,7 @@ func run() throws -> [Result] {
     let ioasID = ioas.objectID, iommufd = ctx.fd.numberForHandoff
     let page = buffer.withUnsafeMutableBytes { $0.baseAddress! }
     results.append(compare("IOAS map+unmap 4 KiB (unsafeMap)", iterations: 2000 * scale, raw: { n in
-        precondition(bench_raw_map_unmap(iommufd, ioasID, page, 4096, iova, Int32(n)) == 0)
+        precondition(bench_raw_map_unmap(iommufd, ioasID, page, 4096, iova.rawValue, Int32(n)) == 0)
     }, swift: { n in
         for _ in 0..<n {
             _ = try! ioas.unsafeMap(address: page, length: 4096, at: iova)
@@ -76,7 +76,7 @@ func run() throws -> [Result] {
         }
     }))
     results.append(compare("IOAS map+unmap 4 KiB (DMABuffer)", iterations: 2000 * scale, raw: { n in
-        precondition(bench_raw_map_unmap(iommufd, ioasID, page, 4096, iova, Int32(n)) == 0)
+        precondition(bench_raw_map_unmap(iommufd, ioasID, page, 4096, iova.rawValue, Int32(n)) == 0)
     }, swift: { n in
         for _ in 0..<n {
             let m = try! ioas.map(buffer, at: iova)
@@ -100,8 +100,8 @@ func run() throws -> [Result] {
     }))
 
     // Interrupt round trip: raise through MMIO, wait for the MSI's eventfd, acknowledge.
-    let msi = try device.enableIRQ(.msi)
-    let efd = msi.fd.numberForHandoff
+    let msi = try device.interrupt(.msi)
+    let efd = msi.eventFD.fd.numberForHandoff
     results.append(compare("IRQ raise + eventfd wait (MSI)", iterations: 500 * scale, raw: { n in
         precondition(bench_raw_edu_irq_roundtrip(bar.base, efd, 0x1, Int32(n)) == 0)
     }, swift: { n in
@@ -111,7 +111,7 @@ func run() throws -> [Result] {
             edu.acknowledge(0x1)
         }
     }))
-    try device.disableIRQ(.msi)
+    try msi.close()
     return results
 }
 

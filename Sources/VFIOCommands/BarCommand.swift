@@ -57,7 +57,7 @@ public struct BarCommand: ParsableCommand {
     public func run() throws {
         try reporting(json: output.json) { () throws(VFIOError) in
             let a = try access()
-            let opened = try OpenedDevice.open(address, host: hostOptions.host, container: path.container)
+            let opened = try AttachedDevice.forCommand(address, host: hostOptions.host, mode: path.mode)
             let device = opened.device
             let region = try device.regionInfo(PCIRegion.bar(bar))
             guard region.size > 0 else {

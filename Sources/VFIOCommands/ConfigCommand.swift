@@ -99,7 +99,7 @@ public struct ConfigCommand: ParsableCommand {
     public func run() throws {
         try reporting(json: output.json) { () throws(VFIOError) in
             let a = try access()
-            let opened = try OpenedDevice.open(address, host: hostOptions.host, container: path.container)
+            let opened = try AttachedDevice.forCommand(address, host: hostOptions.host, mode: path.mode)
             let config = try opened.device.configSpace()
             var v: UInt64
             switch (a.operation, a.width) {

@@ -36,9 +36,9 @@ public struct HWInfoCommand: ParsableCommand {
 
     public func run() throws {
         try reporting(json: output.json) { () throws(VFIOError) in
-            let opened = try OpenedDevice.open(address, host: hostOptions.host, container: false)
-            let devid = opened.deviceID ?? 0
-            let info = try opened.iommufd!.hardwareInfo(device: devid)
+            let opened = try AttachedDevice.forCommand(address, host: hostOptions.host, mode: .iommufd)
+            let devid = opened.device.deviceID ?? 0
+            let info = try opened.device.boundIOMMUFD!.hardwareInfo(device: devid)
             try opened.close()
             let report = HWInfoReport(info)
             if output.json {

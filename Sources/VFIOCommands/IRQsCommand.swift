@@ -51,7 +51,7 @@ public struct IRQsCommand: ParsableCommand {
 
     public func run() throws {
         try reporting(json: output.json) { () throws(VFIOError) in
-            let opened = try OpenedDevice.open(address, host: hostOptions.host, container: path.container)
+            let opened = try AttachedDevice.forCommand(address, host: hostOptions.host, mode: path.mode)
             let count = try opened.device.info().irqCount
             var irqs: [IRQ] = []
             for index in IRQIndex.allCases where Int(index.rawValue) < count {

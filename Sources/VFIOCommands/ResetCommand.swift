@@ -48,7 +48,7 @@ public struct ResetCommand: ParsableCommand {
     public func run() throws {
         let host = hostOptions.host
         try reporting(json: output.json) { () throws(VFIOError) in
-            let opened = try OpenedDevice.open(address, host: host, container: path.container)
+            let opened = try AttachedDevice.forCommand(address, host: host, mode: path.mode)
             let a = opened.address
             if !hot {
                 let info = try opened.device.info()
@@ -68,59 +68,41 @@ public struct ResetCommand: ParsableCommand {
                 return
             }
             let info = try opened.device.hotResetInfo()
-            let affected = info.devices.map(\.bdf)
+            let affected = info.devices.map(\.address)
             if !output.json {
                 CommandOutput.out("A hot reset of \(a) resets \(affected.count) device\(affected.count == 1 ? "" : "s"): "
-                                  + affected.joined(separator: ", "))
+                                  + affected.map(\.description).joined(separator: ", "))
             }
-            // Own every other affected device: open it in the same context (or its group).
-            var others: [VFIODevice] = []
-            var otherGroups: [VFIOGroup] = []
-            defer {
-                for d in others { try? d.close() }
-                for g in otherGroups { try? g.close() }
-            }
-            for bdf in affected where bdf != a.description {
-                let other = try PCIAddress(parsing: bdf)
+            // Own every other affected device: open it in the same address space (the same iommufd, or
+            // its group in the same container).
+            var others: [AttachedDevice] = []
+            defer { for d in others { try? d.close() } }
+            for other in affected where other != a {
                 do throws(VFIOError) {
-                    if let ctx = opened.iommufd {
-                        let cdev = try DeviceNodes.cdevPath(of: other, host: host)
-                        let d = try VFIODevice.open(cdev: cdev)
-                        others.append(d)
-                        try d.bind(to: ctx)
-                    } else if let g = opened.group, let c = opened.container {
-                        let n = try DeviceNodes.groupNumber(of: other, host: host)
-                        if n != g.number && !otherGroups.contains(where: { $0.number == n }) {
-                            let og = try VFIOGroup(number: n, host: host)
-                            otherGroups.append(og)
-                            try og.setContainer(c)
-                        }
-                    }
+                    others.append(try AttachedDevice.open(other, in: opened.space, host: host))
                 } catch {
                     throw VFIOError(operation: "VFIO_DEVICE_PCI_HOT_RESET", errno: error.errno, object: a.description,
-                                    detail: "refusing: the hot reset would also reset \(bdf), which is not ours: "
+                                    detail: "refusing: the hot reset would also reset \(other), which is not ours: "
                                         + error.description.replacingOccurrences(of: "\n  hint: ", with: " (") + (error.hint == nil ? "" : ")"),
-                                    hint: "bind \(bdf) to vfio-pci too (`vfioctl bind \(bdf)`) and close it wherever it is open; nothing was reset")
+                                    hint: "bind \(other) to vfio-pci too (`vfioctl bind \(other)`) and close it wherever it is open; nothing was reset")
                 }
             }
-            if opened.iommufd != nil {
+            if opened.mode == .iommufd {
                 let again = try opened.device.hotResetInfo()
                 if let stranger = again.devices.first(where: { $0.owned == false }) {
-                    throw VFIOError.invalid("VFIO_DEVICE_PCI_HOT_RESET", "refusing: \(stranger.bdf) is not owned by this process",
+                    throw VFIOError.invalid("VFIO_DEVICE_PCI_HOT_RESET", "refusing: \(stranger.address) is not owned by this process",
                                             object: a.description, hint: "nothing was reset")
                 }
                 try opened.device.hotReset()
             } else {
-                try opened.device.hotReset(groups: [opened.group!] + otherGroups)
+                try opened.device.hotReset(groups: opened.space.addedGroups)
             }
             for d in others { try d.close() }
             others = []
-            for g in otherGroups { try g.close() }
-            otherGroups = []
             try opened.close()
             if output.json {
                 CommandOutput.out(JSON.render(Out(address: a.description, kind: "hot",
-                                                  affected: affected.map { Affected(address: $0, owned: true) }, reset: true)))
+                                                  affected: affected.map { Affected(address: $0.description, owned: true) }, reset: true)))
             } else {
                 CommandOutput.out("\(a): hot reset done (VFIO_DEVICE_PCI_HOT_RESET)")
             }

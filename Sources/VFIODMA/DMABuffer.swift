@@ -12,8 +12,10 @@ import Musl
 ///
 /// A buffer stays alive for as long as any mapping of it lives (mappings keep
 /// a reference), so the device can never DMA into memory that was freed.
-/// Its bytes are reachable with ``withUnsafeMutableBytes(_:)`` and the copying
-/// helpers; the address is stable for the buffer's lifetime.
+/// Its bytes are reachable with ``withUnsafeMutableBytes(_:)``, the copying
+/// helpers, the volatile accessors and ``baseAddress`` (stable for the
+/// buffer's lifetime). That is the process's address of the memory; the
+/// device's is the IOVA of a mapping, a different type (`IOVA`).
 ///
 /// ## Sharing memory with a device
 ///
@@ -109,8 +111,11 @@ public final class DMABuffer: @unchecked Sendable {
         self.backing = backing
     }
 
-    /// The start address, for descriptors that a device reads from memory.
-    public var address: UInt { UInt(bitPattern: base) }
+    /// Where the buffer starts in this process: for the CPU's accesses only
+    /// (a ring's entries, a payload). A device reaches the buffer at the IOVA
+    /// of its mapping (``DMAMapping/iova``, an `IOVA`), never at this address.
+    /// Stable for the buffer's lifetime; valid while the buffer is alive.
+    @inlinable public var baseAddress: UnsafeMutableRawPointer { base }
 
     /// Runs `body` with the buffer's bytes.
     public func withUnsafeMutableBytes<R, E: Error>(_ body: (UnsafeMutableRawBufferPointer) throws(E) -> R) throws(E) -> R {

@@ -19,8 +19,9 @@ import VFIOSystem
 /// leaked, never freed under a device) and, in a ``DMASpace``, its IOVA stays
 /// reserved; the error says so.
 public struct DMAMapping: ~Copyable, Sendable {
-    /// Where the device sees the buffer.
-    public let iova: UInt64
+    /// Where the device sees the buffer: the address to give it (never the
+    /// buffer's process address, ``DMABuffer/baseAddress``).
+    public let iova: IOVA
     /// Bytes mapped (the whole buffer).
     public let length: UInt64
     /// The memory behind the mapping.
@@ -30,7 +31,7 @@ public struct DMAMapping: ~Copyable, Sendable {
     let slot: Int32
     private var live = true
 
-    package init(iova: UInt64, length: UInt64, buffer: DMABuffer, owner: DMAMappingOwner, slot: Int32) {
+    package init(iova: IOVA, length: UInt64, buffer: DMABuffer, owner: DMAMappingOwner, slot: Int32) {
         self.iova = iova
         self.length = length
         self.buffer = buffer
@@ -45,31 +46,20 @@ public struct DMAMapping: ~Copyable, Sendable {
     }
 
     /// The last IOVA of the mapping, `iova + length - 1` (it may be 2^64 - 1).
-    public var lastIOVA: UInt64 { iova &+ (length &- 1) }
+    public var lastIOVA: IOVA { IOVA(iova.rawValue &+ (length &- 1)) }
 
-    /// The IOVA range, `iova ..< iova + length`. Throws for a mapping that
-    /// ends at 2^64, which a `Range<UInt64>` cannot express (use ``lastIOVA``).
-    public var range: Range<UInt64> {
-        get throws(VFIOError) {
-            let (end, overflow) = iova.addingReportingOverflow(length)
-            if overflow {
-                throw VFIOError.invalid("DMAMapping.range",
-                                        "the mapping at IOVA 0x\(String(iova, radix: 16)) (\(length) bytes) ends at 2^64, "
-                                            + "which a Range<UInt64> cannot hold",
-                                        hint: "use lastIOVA (the last byte's IOVA) for mappings at the top of the IOVA space")
-            }
-            return iova..<end
-        }
-    }
+    /// The IOVA range, `iova ... lastIOVA` (a closed range: a mapping may end
+    /// at the top of the 64-bit IOVA space).
+    public var range: ClosedRange<IOVA> { iova...lastIOVA }
 
     /// The IOVA of byte `offset` of the buffer.
     @inline(__always)
-    public func iova(at offset: Int) throws(VFIOError) -> UInt64 {
+    public func iova(at offset: Int) throws(VFIOError) -> IOVA {
         guard offset >= 0, UInt64(offset) < length else {
             throw VFIOError.invalid("DMAMapping.iova(at:)",
-                                    "offset \(offset) is outside the mapping (\(length) bytes at IOVA 0x\(String(iova, radix: 16)))")
+                                    "offset \(offset) is outside the mapping (\(length) bytes at IOVA \(iova))")
         }
-        return iova &+ UInt64(offset)
+        return IOVA(iova.rawValue &+ UInt64(offset))
     }
 
     /// Unmaps now and reports the kernel's answer. The corresponding ioctl is
@@ -78,11 +68,11 @@ public struct DMAMapping: ~Copyable, Sendable {
     public consuming func unmap() throws(VFIOError) {
         // Whatever the kernel says, deinit must not try again.
         live = false
-        try owner.unmapOwned(iova: iova, length: length, slot: slot, buffer: buffer)
+        try owner.unmapOwned(iova: iova.rawValue, length: length, slot: slot, buffer: buffer)
     }
 
     deinit {
-        if live { try? owner.unmapOwned(iova: iova, length: length, slot: slot, buffer: buffer) }
+        if live { try? owner.unmapOwned(iova: iova.rawValue, length: length, slot: slot, buffer: buffer) }
     }
 
     /// Keeps `buffer` alive for the life of the process: its pages may still

@@ -46,23 +46,44 @@ public enum DMAMode: String, Sendable, CaseIterable, CustomStringConvertible {
     /// The modes this kernel offers: nodes present and, for containers, the
     /// IOMMU type reported by `VFIO_CHECK_EXTENSION`. A node that cannot be
     /// checked or opened, or a check that fails, is a mode not offered.
+    ///
+    /// Native iommufd needs `/dev/iommu` and VFIO's device cdevs
+    /// (`CONFIG_VFIO_DEVICE_CDEV`), which the kernel announces by registering
+    /// the `vfio-dev` character devices (`/proc/devices`) when VFIO loads: it
+    /// is offered before any device is bound (`/dev/vfio/devices` only
+    /// appears with the first cdev).
     public static func available() -> [DMAMode] {
-        allCases.filter { mode in
-            let kernel = Sys.current
-            func exists(_ path: String) -> Bool { (try? Sys.access(kernel, path, F_OK)) != nil }
+        let kernel = Sys.current
+        func exists(_ path: String) -> Bool { (try? Sys.access(kernel, path, F_OK)) != nil }
+        return allCases.filter { mode in
             guard let c = mode.container else {
-                return exists("/dev/iommu") && exists("/dev/vfio/devices")
+                return exists("/dev/iommu") && (exists("/dev/vfio/devices") || hasDeviceCdevs(kernel))
             }
             guard exists(c.backend.rawValue), let container = try? VFIOContainer(backend: c.backend) else { return false }
             return (try? container.supports(c.type)) ?? false
         }
     }
 
+    /// Whether VFIO registered its device cdevs: a `vfio-dev` line among the
+    /// character devices of `/proc/devices` (drivers/vfio/device_cdev.c,
+    /// `vfio_cdev_init`). An unreadable file says no.
+    static func hasDeviceCdevs(_ kernel: (any SyscallProvider)?) -> Bool {
+        guard let bytes = try? Sys.readFile(kernel, "/proc/devices", limit: 1 << 16) else { return false }
+        for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") {
+            if line.hasPrefix("Block devices") { return false }
+            if line.split(separator: " ").last == "vfio-dev" { return true }
+        }
+        return false
+    }
+
     /// The best mode available: native iommufd, then type1v2 (legacy, then
     /// compat), then type1. Nil when the kernel has none.
-    public static func best() -> DMAMode? {
-        let a = available()
-        return [.iommufd, .type1v2, .compatType1v2, .type1, .compatType1].first(where: a.contains)
+    public static func best() -> DMAMode? { best(among: available()) }
+
+    /// The best of `modes` in that order (native iommufd, type1v2, compat
+    /// type1v2, type1, compat type1); nil when `modes` is empty.
+    public static func best(among modes: [DMAMode]) -> DMAMode? {
+        [.iommufd, .type1v2, .compatType1v2, .type1, .compatType1].first(where: modes.contains)
     }
 }
 
@@ -70,10 +91,15 @@ public enum DMAMode: String, Sendable, CaseIterable, CustomStringConvertible {
 /// ``DMAMode``s, with an IOVA allocator that honours the usable ranges, the
 /// IOMMU page size and a DMA mask.
 ///
-///     let space = try DMASpace(dmaMask: (1 << 28) - 1)  // the best mode available
-///     let device = try space.openDevice(bdf: "0000:00:03.0")  // VFIOKit: by address
+///     let space = try DMASpace(dmaMask: (1 << 28) - 1)       // the best mode available
+///     let a = try AttachedDevice.open(edu0, in: space)         // VFIOKit: by PCI address
+///     let b = try AttachedDevice.open(edu1, in: space)         // the same mappings
 ///     let mapping = try space.map(try DMABuffer(length: 8192))
-///     // program mapping.iova into the device
+///     // program mapping.iova into the devices
+///
+/// A driver with one device needs no space of its own: `AttachedDevice.open(_:mode:dmaMask:)`
+/// makes one. Here are the lower-level pieces: ``attach(_:)`` a cdev device
+/// opened yourself, ``add(_:)`` a group.
 ///
 /// Devices opened here keep what they need alive (group -> container, or
 /// iommufd + IOAS); mappings keep the space and their buffer alive.
@@ -89,10 +115,7 @@ public final class DMASpace: Sendable {
 
     /// Picks the best mode when `mode` is nil.
     public convenience init(mode: DMAMode? = nil, dmaMask: UInt64 = .max) throws(VFIOError) {
-        guard let m = mode ?? DMAMode.best() else {
-            throw VFIOError.invalid("choose DMA mode", "neither /dev/iommu nor /dev/vfio/vfio offers an IOMMU",
-                                    hint: "enable an IOMMU (intel_iommu=on, amd_iommu=on) and load vfio-pci / iommufd; `vfioctl doctor` checks")
-        }
+        guard let m = mode ?? DMAMode.best() else { throw DMASpace.noModeError() }
         try self.init(mode: m, dmaMask: dmaMask)
     }
 
@@ -117,7 +140,7 @@ public final class DMASpace: Sendable {
     /// mode): binds it to the space's iommufd, attaches it to the IOAS, and
     /// re-reads the usable IOVA ranges (the device's IOMMU may reserve some).
     /// The device stays the caller's; on failure it may be bound but not
-    /// attached (close it). VFIOKit's `openDevice(bdf:)` opens and adds by address.
+    /// attached (close it). VFIOKit's `openDevice(_:)` opens and adds by address.
     /// The corresponding ioctls are `VFIO_DEVICE_BIND_IOMMUFD` and `VFIO_DEVICE_ATTACH_IOMMUFD_PT`.
     public func attach(_ device: VFIODevice) throws(VFIOError) {
         guard case .ioas(let ioas) = backend else {
@@ -154,6 +177,17 @@ public final class DMASpace: Sendable {
     /// The group of number `number` this space holds, if it was added.
     public func group(number: Int) -> VFIOGroup? { groups.withLock { $0[number] } }
 
+    /// The groups this space holds (container modes), by number.
+    public var addedGroups: [VFIOGroup] {
+        groups.withLock { g in g.keys.sorted().compactMap { g[$0] } }
+    }
+
+    /// The error for a kernel that offers no DMA mode.
+    package static func noModeError(object: String? = nil) -> VFIOError {
+        VFIOError.invalid("choose DMA mode", "neither /dev/iommu nor /dev/vfio/vfio offers an IOMMU", object: object,
+                          hint: "enable an IOMMU (intel_iommu=on, amd_iommu=on) and load vfio-pci / iommufd; `vfioctl doctor` checks")
+    }
+
     /// Re-reads the usable IOVA ranges and the IOMMU page size (they change
     /// as devices attach). Called by ``attach(_:)`` and ``add(_:)``.
     public func refreshRanges() throws(VFIOError) {
@@ -166,39 +200,48 @@ public final class DMASpace: Sendable {
 
     /// The usable IOVA ranges and minimum alignment as the kernel reports them
     /// now. The corresponding ioctl is `IOMMU_IOAS_IOVA_RANGES` or `VFIO_IOMMU_GET_INFO`.
-    public func usableRanges() throws(VFIOError) -> (ranges: [ClosedRange<UInt64>], alignment: UInt64) {
+    public func usableRanges() throws(VFIOError) -> (ranges: [ClosedRange<IOVA>], alignment: UInt64) {
         switch backend {
         case .container(let c):
-            guard c.type != nil else { return ([0...UInt64.max], 4096) }
+            guard c.type != nil else { return ([IOVA.zero...IOVA.max], 4096) }
             let info = try c.info()
             let pg = info.pageSizes.map { $0 & (~$0 &+ 1) } ?? 4096
-            return (info.iovaRanges ?? [0...UInt64.max], max(pg, 4096))
+            return (info.iovaRanges ?? [IOVA.zero...IOVA.max], max(pg, 4096))
         case .ioas(let ioas):
             let r = try ioas.iovaRanges()
             return (r.ranges, max(r.alignment, 1))
         }
     }
 
-    /// Maps `buffer` at `iova`, or at an IOVA the allocator picks (aligned,
-    /// in a usable range, below the DMA mask). The mapping keeps this space and
-    /// the buffer alive and unmaps (and frees its IOVA) when dropped.
+    /// Maps `buffer` at `iova`, or at an IOVA the allocator picks (aligned to
+    /// the IOMMU page size, and a 2 MiB buffer of huge pages to 2 MiB so the
+    /// IOMMU can map it with one large page; in a usable range; below the DMA
+    /// mask). A given `iova` must be aligned and free. The mapping keeps this
+    /// space and the buffer alive and unmaps (and frees its IOVA) when dropped.
     /// The corresponding ioctl is `IOMMU_IOAS_MAP` or `VFIO_IOMMU_MAP_DMA`.
-    public func map(_ buffer: DMABuffer, at iova: UInt64? = nil, readable: Bool = true, writable: Bool = true)
+    public func map(_ buffer: DMABuffer, at iova: IOVA? = nil, readable: Bool = true, writable: Bool = true)
         throws(VFIOError) -> DMAMapping
     {
         let length = UInt64(buffer.length)
-        let at: UInt64
+        let at: IOVA
         if let iova {
+            let alignment = allocator.withLock { $0.alignment }
+            guard iova.isAligned(to: alignment) else {
+                throw VFIOError.invalid("map DMA", "IOVA \(iova) is not a multiple of the IOMMU page size "
+                                        + "(\(formatBytes(alignment)))", object: label,
+                                        hint: "pick an aligned IOVA, or let the space choose one (at: nil)")
+            }
             guard allocator.withLock({ $0.reserve(iova, length: length) }) else {
                 let (r, m) = allocator.withLock { ($0.ranges, $0.dmaMask) }
-                throw VFIOError.invalid("map DMA", "IOVA 0x\(String(iova, radix: 16))+0x\(String(length, radix: 16)) "
+                throw VFIOError.invalid("map DMA", "IOVA \(iova)+0x\(String(length, radix: 16)) "
                                         + "overlaps a mapping or lies outside the usable ranges "
-                                        + "\(r.map { "0x\(String($0.lowerBound, radix: 16))-0x\(String($0.upperBound, radix: 16))" }) "
+                                        + "[\(r.map(\.hexDescription).joined(separator: ", "))] "
                                         + "below the DMA mask 0x\(String(m, radix: 16))", object: label)
             }
             at = iova
         } else {
-            guard let a = try allocator.withLock({ (a) throws(VFIOError) in try a.allocate(length: length) }) else {
+            let align = buffer.backing == .hugePages ? UInt64(DMABuffer.hugePageSize) : 0
+            guard let a = try allocator.withLock({ (a) throws(VFIOError) in try a.allocate(length: length, align: align) }) else {
                 throw VFIOError.invalid("map DMA", "no free IOVA range of 0x\(String(length, radix: 16)) bytes below the DMA mask",
                                         object: label, hint: "unmap something, or map fewer/larger buffers")
             }
@@ -208,7 +251,7 @@ public final class DMASpace: Sendable {
         do throws(VFIOError) {
             switch backend {
             case .ioas(let ioas):
-                slot = try ioas.mapOwned(UInt64(buffer.address), length: length, at: at, readable: readable,
+                slot = try ioas.mapOwned(buffer.base, length: length, at: at, readable: readable,
                                          writable: writable).slot
             case .container(let c):
                 slot = try c.mapOwned(address: UnsafeRawPointer(buffer.base), length: buffer.length, at: at,
@@ -236,7 +279,7 @@ public final class DMASpace: Sendable {
             e.detail = (e.detail.map { $0 + "; " } ?? "") + "its IOVA stays reserved in \(label), never handed out again"
             throw e
         }
-        allocator.withLock { $0.free(iova) }
+        allocator.withLock { $0.free(IOVA(iova)) }
     }
 
     /// The allocator's current state (ranges, alignment, mask).

@@ -9,7 +9,7 @@ import VFIOSystem
 /// any other, and no arithmetic wraps.
 public struct IOVAAllocator: Sendable {
     /// Usable IOVA ranges (inclusive ends), as the kernel reports them.
-    public private(set) var ranges: [ClosedRange<UInt64>]
+    public private(set) var ranges: [ClosedRange<IOVA>]
     /// Every allocation starts at a multiple of this (a power of two); see ``setAlignment(_:)``.
     public private(set) var alignment: UInt64
     /// The highest IOVA the device can address (edu: 2^28 - 1).
@@ -18,7 +18,7 @@ public struct IOVAAllocator: Sendable {
     private(set) var allocations: [(start: UInt64, last: UInt64)] = []
 
     /// An allocator over `ranges`. Throws when `alignment` is not a power of two.
-    public init(ranges: [ClosedRange<UInt64>] = [0...UInt64.max], alignment: UInt64 = 4096, dmaMask: UInt64 = .max)
+    public init(ranges: [ClosedRange<IOVA>] = [IOVA.zero...IOVA.max], alignment: UInt64 = 4096, dmaMask: UInt64 = .max)
         throws(VFIOError)
     {
         try IOVAAllocator.checkAlignment(alignment, "alignment")
@@ -43,7 +43,7 @@ public struct IOVAAllocator: Sendable {
 
     /// Replaces the usable ranges (they shrink as devices attach and their
     /// reserved regions, e.g. the MSI window, are carved out).
-    public mutating func updateRanges(_ new: [ClosedRange<UInt64>]) {
+    public mutating func updateRanges(_ new: [ClosedRange<IOVA>]) {
         ranges = new.sorted { $0.lowerBound < $1.lowerBound }
     }
 
@@ -56,14 +56,14 @@ public struct IOVAAllocator: Sendable {
     /// Finds and records `length` bytes, aligned to `max(alignment, align)`;
     /// nil when no usable range has room. Throws when `align` is neither 0 nor
     /// a power of two.
-    public mutating func allocate(length: UInt64, align: UInt64 = 0) throws(VFIOError) -> UInt64? {
+    public mutating func allocate(length: UInt64, align: UInt64 = 0) throws(VFIOError) -> IOVA? {
         if align != 0 { try IOVAAllocator.checkAlignment(align, "align") }
         guard length > 0 else { return nil }
         let a = max(alignment, align)
         for r in ranges {
-            guard r.lowerBound <= dmaMask else { break }
-            let hi = min(r.upperBound, dmaMask)
-            var candidate = r.lowerBound
+            guard r.lowerBound.rawValue <= dmaMask else { break }
+            let hi = min(r.upperBound.rawValue, dmaMask)
+            var candidate = r.lowerBound.rawValue
             var i = 0
             while true {
                 guard let c = IOVAAllocator.alignUp(candidate, a), c <= hi else { break }
@@ -78,7 +78,7 @@ public struct IOVAAllocator: Sendable {
                     continue
                 }
                 insert(c, last)
-                return c
+                return IOVA(c)
             }
         }
         return nil
@@ -86,24 +86,26 @@ public struct IOVAAllocator: Sendable {
 
     /// Records a caller-chosen range; false when it overlaps an allocation or
     /// lies outside the usable ranges or the DMA mask.
-    public mutating func reserve(_ start: UInt64, length: UInt64) -> Bool {
+    public mutating func reserve(_ iova: IOVA, length: UInt64) -> Bool {
         guard length > 0 else { return false }
+        let start = iova.rawValue
         let (last, o) = start.addingReportingOverflow(length - 1)
-        guard !o, last <= dmaMask, ranges.contains(where: { $0.lowerBound <= start && last <= $0.upperBound }) else { return false }
+        guard !o, last <= dmaMask,
+              ranges.contains(where: { $0.lowerBound.rawValue <= start && last <= $0.upperBound.rawValue }) else { return false }
         for x in allocations where x.start <= last && start <= x.last { return false }
         insert(start, last)
         return true
     }
 
     /// Whether a range would be accepted by ``reserve(_:length:)``.
-    public func isUsable(_ start: UInt64, length: UInt64) -> Bool {
+    public func isUsable(_ start: IOVA, length: UInt64) -> Bool {
         var copy = self
         return copy.reserve(start, length: length)
     }
 
     /// Releases the allocation that starts at `start`.
-    public mutating func free(_ start: UInt64) {
-        if let i = allocations.firstIndex(where: { $0.start == start }) { allocations.remove(at: i) }
+    public mutating func free(_ iova: IOVA) {
+        if let i = allocations.firstIndex(where: { $0.start == iova.rawValue }) { allocations.remove(at: i) }
     }
 
     /// Bytes allocated now; `UInt64.max` when the allocations cover all 2^64

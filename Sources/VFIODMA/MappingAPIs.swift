@@ -10,11 +10,11 @@ extension IOAS {
     /// returns the mapping, which keeps the buffer and this IOAS alive and
     /// unmaps on deinit. Allocates nothing on success.
     /// The corresponding ioctl is `IOMMU_IOAS_MAP`.
-    public func map(_ buffer: DMABuffer, at iova: UInt64?, readable: Bool = true, writable: Bool = true)
+    public func map(_ buffer: DMABuffer, at iova: IOVA?, readable: Bool = true, writable: Bool = true)
         throws(VFIOError) -> DMAMapping
     {
         let length = UInt64(buffer.length)
-        let (mapped, slot) = try mapOwned(UInt64(buffer.address), length: length, at: iova,
+        let (mapped, slot) = try mapOwned(buffer.base, length: length, at: iova,
                                           readable: readable, writable: writable)
         return DMAMapping(iova: mapped, length: length, buffer: buffer, owner: .ioas(self), slot: slot)
     }
@@ -24,7 +24,7 @@ extension IOAS {
     /// process (``IOMMUFD/changeProcess()``) and does not depend on this
     /// process's page tables.
     /// The corresponding ioctl is `IOMMU_IOAS_MAP_FILE`.
-    public func mapFile(_ buffer: DMABuffer, at iova: UInt64?, readable: Bool = true, writable: Bool = true)
+    public func mapFile(_ buffer: DMABuffer, at iova: IOVA?, readable: Bool = true, writable: Bool = true)
         throws(VFIOError) -> DMAMapping
     {
         guard let file = buffer.file else {
@@ -39,7 +39,7 @@ extension IOAS {
     /// Maps the same buffer as `mapping` (which may belong to another IOAS)
     /// into this IOAS as well, and returns a mapping that keeps the buffer alive.
     /// The corresponding ioctl is `IOMMU_IOAS_COPY`.
-    public func copy(_ mapping: borrowing DMAMapping, to iova: UInt64?, readable: Bool = true, writable: Bool = true)
+    public func copy(_ mapping: borrowing DMAMapping, to iova: IOVA?, readable: Bool = true, writable: Bool = true)
         throws(VFIOError) -> DMAMapping
     {
         guard case .ioas(let source) = mapping.owner else {
@@ -56,7 +56,7 @@ extension VFIOContainer {
     /// Maps `buffer` at `iova` (type1 needs an explicit IOVA). The mapping keeps
     /// the buffer and container alive, and unmaps exactly its range when it
     /// ends (nothing after ``unmapAll()``). The corresponding ioctl is `VFIO_IOMMU_MAP_DMA`.
-    public func mapDMA(_ buffer: DMABuffer, at iova: UInt64, readable: Bool = true, writable: Bool = true)
+    public func mapDMA(_ buffer: DMABuffer, at iova: IOVA, readable: Bool = true, writable: Bool = true)
         throws(VFIOError) -> DMAMapping
     {
         let slot = try mapOwned(address: UnsafeRawPointer(buffer.base), length: buffer.length, at: iova,

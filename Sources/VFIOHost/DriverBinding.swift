@@ -31,16 +31,17 @@ extension PCIHost {
     /// (drivers/base/bus.c → `device_attach` → `__device_attach(dev, false)`:
     /// no async probing, even for drivers that prefer it, such as nvme), so
     /// the driver link is there when the write returns; this is a safety margin.
-    static let probeTimeoutMilliseconds = 2_000
+    static let probeTimeout = Duration.seconds(2)
 
-    /// Waits until the device's driver is `want` (nil: any driver).
-    func waitForDriver(_ a: PCIAddress, _ want: String?, timeoutMilliseconds: Int = PCIHost.probeTimeoutMilliseconds) -> String? {
-        var waited = 0
+    /// Waits until the device's driver is `want` (nil: any driver), up to `timeout`.
+    func waitForDriver(_ a: PCIAddress, _ want: String?, timeout: Duration = PCIHost.probeTimeout) -> String? {
+        let step = Duration.milliseconds(20)
+        var waited = Duration.zero
         while true {
             let cur = linkName(sysfsPath(a) + "/driver")
             if let want { if cur == want { return cur } } else if cur != nil { return cur }
-            if waited >= timeoutMilliseconds || sysfsWriter != nil { return cur }
-            Sys.sleep(kernel, nanoseconds: 20_000_000); waited += 20
+            if waited >= timeout || sysfsWriter != nil { return cur }
+            Sys.sleep(kernel, for: step); waited += step
         }
     }
 
@@ -173,7 +174,7 @@ extension PCIHost {
             return BindingOutcome(address: a, previousDriver: driver, driver: driver, driverOverride: dev.driverOverride,
                                   vfioCdev: dev.vfioCdev, changed: false, notes: ["\(a) was already bound to \(driver)"])
         }
-        if driver == "vfio-pci" || driver.hasSuffix("vfio-pci") {
+        if VFIODrivers.isVFIOPCI(driver) {
             guard dev.iommuGroup != nil else { throw noGroupError(a) }
             if dev.isBridge {
                 throw .invalid("bind", "\(a) is a PCI bridge (\(dev.className)); vfio-pci does not take bridges",
@@ -215,7 +216,7 @@ extension PCIHost {
         // A cdev may appear a moment after the probe returns.
         var cdev = after.vfioCdev
         if cdev == nil && driver == "vfio-pci" && sysfsWriter == nil {
-            for _ in 0..<50 where cdev == nil { Sys.sleep(kernel, nanoseconds: 20_000_000); cdev = list(sysfsPath(a) + "/vfio-dev").first }
+            for _ in 0..<50 where cdev == nil { Sys.sleep(kernel, for: .milliseconds(20)); cdev = list(sysfsPath(a) + "/vfio-dev").first }
         }
         return BindingOutcome(address: a, previousDriver: dev.driver, driver: after.driver, driverOverride: after.driverOverride,
                               vfioCdev: cdev, changed: true, notes: notes)
@@ -242,7 +243,7 @@ extension PCIHost {
     func bindLocked(_ a: PCIAddress, group: Bool, force: Bool, driver: String, dir: BindingStateDirectory) throws(VFIOError) -> [BindingOutcome] {
         let dev = try device(a)
         // A bridge goes to pci-stub (or another driver that manages DMA), alone: its group is not checked.
-        if dev.isBridge && driver != "vfio-pci" && !driver.hasSuffix("vfio-pci") && !group {
+        if dev.isBridge && !VFIODrivers.isVFIOPCI(driver) && !group {
             return [try bindDeviceLocked(a, to: driver, force: force, dir: dir)]
         }
         guard let gid = dev.iommuGroup else { throw noGroupError(a) }
@@ -396,7 +397,7 @@ extension PCIHost {
             try detachDriver(a)
             try setOverride(a, nil)
             try probe(a)
-            let now = waitForDriver(a, nil, timeoutMilliseconds: 200)
+            let now = waitForDriver(a, nil, timeout: .milliseconds(200))
             notes.append("no record of an original driver: the kernel chose \(now ?? "no driver")")
         }
         let after = try device(a)

@@ -56,8 +56,10 @@ public struct PCIDevice: Sendable, Equatable, Codable {
     /// `1234:11e8`.
     public var ids: String { hex(UInt32(vendorID), 4) + ":" + hex(UInt32(deviceID), 4) }
 
-    /// Whether the device is bound to vfio-pci (or a vfio-pci variant driver with a VFIO cdev).
-    public var isBoundToVFIO: Bool { driver == "vfio-pci" || (driver != nil && vfioCdev != nil) }
+    /// Whether the device is bound to a driver that hands it to VFIO: vfio-pci
+    /// or a variant (``VFIODrivers/isVFIOPCI(_:)``), or any driver that made it
+    /// a VFIO cdev.
+    public var isBoundToVFIO: Bool { VFIODrivers.isVFIOPCI(driver) || (driver != nil && vfioCdev != nil) }
 
     /// The device's cdev path (`/dev/vfio/devices/vfio0`), when it has one.
     public var vfioCdevPath: String? { vfioCdev.map { "/dev/vfio/devices/" + $0 } }
@@ -210,11 +212,6 @@ extension PCIHost {
             classCode: cls, driver: driver, driverOverride: override,
             iommuGroup: group, numaNode: numa, vfioCdev: cdev,
             isBridge: classBridge || headerType == 1 || headerType == 2, headerType: headerType)
-    }
-
-    /// Parses `text` and looks the device up: the one-step form the CLI uses.
-    public func device(_ text: String) throws(VFIOError) -> PCIDevice {
-        try device(try PCIAddress(parsing: text))
     }
 
     /// Whether a kernel driver by this name is registered on the PCI bus.

@@ -102,7 +102,7 @@ public struct GroupViability: Sendable, Equatable, Codable {
 }
 
 /// Drivers known to set `driver_managed_dma`: they coexist with VFIO in a group.
-/// vfio-pci variants (`*-vfio-pci`) are recognised by name.
+/// vfio-pci and its variants are recognised by ``VFIODrivers/isVFIOPCI(_:)``.
 public enum ManagedDMADrivers {
     public static let names: Set<String> = [
         "vfio-pci", "pci-stub", "pcieport", "vfio-platform", "vfio-amba", "vfio-fsl-mc", "vfio-cdx",
@@ -110,7 +110,7 @@ public enum ManagedDMADrivers {
     ]
 
     public static func contains(_ driver: String) -> Bool {
-        names.contains(driver) || driver.hasSuffix("-vfio-pci") || driver.hasSuffix("_vfio_pci")
+        names.contains(driver) || VFIODrivers.isVFIOPCI(driver)
     }
 }
 
@@ -136,9 +136,9 @@ extension PCIHost {
             switch drv {
             case nil:
                 status = .unbound; reason = "no driver"
-            case "vfio-pci"?:
+            case VFIODrivers.vfioPCI?:
                 status = .vfio; reason = "bound to vfio-pci"
-            case let x? where x.hasSuffix("vfio-pci") || x.hasSuffix("vfio_pci"):
+            case let x? where VFIODrivers.isVFIOPCI(x):
                 status = .vfio; reason = "bound to \(x), a vfio-pci variant"
             case "pci-stub"?, "pci_stub"?:
                 status = .stub; reason = "bound to pci-stub"

@@ -7,33 +7,37 @@ import SystemPackage
 // by cdev path and group number only (`VFIODevice.open(cdev:)`, `VFIOGroup(number:)`).
 
 extension VFIODevice {
-    /// The cdev path of a PCI function bound to vfio-pci, from
-    /// `/sys/bus/pci/devices/BDF/vfio-dev/vfioN`.
-    public static func cdevPath(bdf: String, host: PCIHost = PCIHost()) throws(VFIOError) -> String {
-        let device = try host.device(try PCIAddress(parsing: bdf))
-        guard let name = device.vfioCdev else {
-            throw VFIOError.invalid("find VFIO cdev", "\(bdf) has no VFIO cdev (bound to \(device.driver ?? "no driver"))",
-                                    object: bdf,
-                                    hint: "bind it to vfio-pci (`vfioctl bind \(bdf)`); cdevs need "
+    /// The cdev path of a PCI function on vfio-pci, from
+    /// `/sys/bus/pci/devices/BDF/vfio-dev/vfioN`. The error says when the
+    /// device does not exist, which driver has it instead, or that it has no cdev.
+    public static func cdevPath(of address: PCIAddress, host: PCIHost = .system) throws(VFIOError) -> String {
+        let device = try host.vfioDevice(address)
+        guard let path = device.vfioCdevPath else {
+            throw VFIOError.invalid("find VFIO cdev", "\(address) has no VFIO cdev (bound to \(device.driver ?? "no driver"))",
+                                    object: address.description,
+                                    hint: "bind it to vfio-pci (`vfioctl bind \(address)`); cdevs need "
                                         + "CONFIG_VFIO_DEVICE_CDEV (Linux 6.6 or later)")
         }
-        return "/dev/vfio/devices/\(name)"
+        return path
     }
 
-    /// Opens the cdev of a PCI function bound to vfio-pci, by BDF.
-    public static func open(bdf: String, host: PCIHost = PCIHost()) throws(VFIOError) -> VFIODevice {
-        try open(cdev: try cdevPath(bdf: bdf, host: host))
+    /// Opens the cdev of a PCI function on vfio-pci (not bound to an iommufd
+    /// yet: ``bind(to:token:)``). Lower level than ``AttachedDevice``, which
+    /// also binds and attaches. A refused open says who holds the device or
+    /// lacks permission on the node.
+    public static func open(_ address: PCIAddress, host: PCIHost = .system) throws(VFIOError) -> VFIODevice {
+        let path = try cdevPath(of: address, host: host)
+        do throws(VFIOError) {
+            return try open(cdev: path)
+        } catch {
+            throw host.explainOwnership(host.explainAccess(error), device: address)
+        }
     }
 }
 
 extension VFIOGroup {
     /// The IOMMU group number of a PCI device.
-    public static func groupNumber(of bdf: String, host: PCIHost = PCIHost()) throws(VFIOError) -> Int {
-        try groupNumber(of: try PCIAddress(parsing: bdf), host: host)
-    }
-
-    /// The IOMMU group number of a PCI device.
-    public static func groupNumber(of address: PCIAddress, host: PCIHost = PCIHost()) throws(VFIOError) -> Int {
+    public static func groupNumber(of address: PCIAddress, host: PCIHost = .system) throws(VFIOError) -> Int {
         guard let n = try host.device(address).iommuGroup else { throw host.noGroupError(address) }
         return n
     }
@@ -74,7 +78,7 @@ extension VFIOGroup {
                 throw VFIOGroup.blockedError("open", v, blocking, errno: error.errno)
             }
             // EBUSY: held by another process or through a member's cdev: say by whom.
-            throw host.explainOwnership(error, device: nil, group: number)
+            throw host.explainOwnership(host.explainAccess(error), device: nil, group: number)
         }
         self.init(fd: fd, number: number)
         let s = try status()
@@ -105,43 +109,55 @@ extension VFIOGroup {
     }
 
     /// Opens the group of a PCI device, checked as ``init(number:host:requireAllMembersBound:)`` does.
-    public convenience init(bdf: String, host: PCIHost = PCIHost(), requireAllMembersBound: Bool = true) throws(VFIOError) {
-        try self.init(number: try VFIOGroup.groupNumber(of: bdf, host: host), host: host,
+    public convenience init(of address: PCIAddress, host: PCIHost = .system, requireAllMembersBound: Bool = true)
+        throws(VFIOError)
+    {
+        try self.init(number: try VFIOGroup.groupNumber(of: address, host: host), host: host,
                       requireAllMembersBound: requireAllMembersBound)
     }
 }
 
 extension DMASpace {
-    /// Opens a device bound to vfio-pci and puts it in this address space: for
+    /// Opens a device on vfio-pci and puts it in this address space: for
     /// containers, opens its group (refusing a group with members not bound to
-    /// vfio-pci) and adds it (``add(_:)``: the IOMMU type is set on first use);
-    /// for iommufd, opens the cdev, binds and attaches it to the IOAS
-    /// (``attach(_:)``). Errors that come from the group's ownership (held by
-    /// another process or context, MSI isolation) name the holder:
-    /// ``PCIHost/explainOwnership(_:device:group:)``.
-    public func openDevice(bdf: String, requireAllGroupMembersBound: Bool = true) throws(VFIOError) -> VFIODevice {
-        let host = PCIHost.system
+    /// vfio-pci), adds it (``add(_:)``: the IOMMU type is set on first use)
+    /// and opens the device from it; for iommufd, opens the cdev, binds it and
+    /// attaches it to the IOAS (``attach(_:)``). Nothing of the device stays
+    /// open when it throws (a group added to a container space stays in it).
+    /// Errors name what the host knows: the driver the device is on instead,
+    /// the process that holds its group, the permission missing on a node.
+    /// ``AttachedDevice/open(_:in:host:)`` does this and keeps the pair.
+    public func openDevice(_ address: PCIAddress, requireAllGroupMembersBound: Bool = true, host: PCIHost = .system)
+        throws(VFIOError) -> VFIODevice
+    {
         do throws(VFIOError) {
             if container != nil {
-                let group = try self.group(for: bdf, requireAllMembersBound: requireAllGroupMembersBound)
-                return try group.device(bdf)
+                _ = try host.vfioDevice(address)
+                let group = try self.group(for: address, requireAllMembersBound: requireAllGroupMembersBound, host: host)
+                return try group.device(address)
             }
-            let device = try VFIODevice.open(bdf: bdf, host: host)
-            try attach(device)
+            let device = try VFIODevice.open(cdev: try VFIODevice.cdevPath(of: address, host: host))
+            do throws(VFIOError) {
+                try attach(device)
+            } catch {
+                try? device.close()
+                throw error
+            }
             return device
         } catch {
-            throw host.explainOwnership(error, device: try? PCIAddress(parsing: bdf))
+            throw host.explainOwnership(host.explainAccess(error), device: address)
         }
     }
 
-    /// The group of `bdf`, opened (checked as `VFIOGroup(number:host:)` does)
-    /// and added to the container on first use.
-    public func group(for bdf: String, requireAllMembersBound: Bool = true) throws(VFIOError) -> VFIOGroup {
+    /// The group of `address`, opened (checked as `VFIOGroup(number:host:)`
+    /// does) and added to the container on first use.
+    public func group(for address: PCIAddress, requireAllMembersBound: Bool = true, host: PCIHost = .system)
+        throws(VFIOError) -> VFIOGroup
+    {
         guard container != nil else {
-            throw VFIOError.invalid("open group", "DMA space (\(mode)) uses cdevs, not groups", object: bdf)
+            throw VFIOError.invalid("open group", "DMA space (\(mode)) uses cdevs, not groups", object: address.description)
         }
-        let host = PCIHost.system
-        let n = try VFIOGroup.groupNumber(of: bdf, host: host)
+        let n = try VFIOGroup.groupNumber(of: address, host: host)
         if let g = group(number: n) { return g }
         return try add(try VFIOGroup(number: n, host: host, requireAllMembersBound: requireAllMembersBound))
     }

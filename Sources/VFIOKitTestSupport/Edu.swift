@@ -49,36 +49,33 @@ public final class EduDevice: Sendable {
     }
 
     /// Computes n! on the device (32-bit result), polling for completion.
-    public func factorial(_ n: UInt32, timeoutSeconds: Double = 10) throws(VFIOError) -> UInt32 {
+    public func factorial(_ n: UInt32, timeout: Duration = .seconds(10)) throws(VFIOError) -> UInt32 {
         bar0.store32(n, at: Reg.factorial)
-        try poll("factorial", timeoutSeconds) { self.bar0.load32(at: Reg.status) & 0x01 == 0 }
+        try poll("factorial", timeout) { self.bar0.load32(at: Reg.status) & 0x01 == 0 }
         return bar0.load32(at: Reg.factorial)
     }
 
-    /// Routes the device's one MSI vector to a new eventfd (the device keeps
-    /// it alive until MSI is disabled).
-    public func enableMSI() throws(VFIOError) -> EventFD {
-        try device.enableIRQ(.msi)
+    /// Routes the device's one MSI vector to an eventfd: a handle that turns
+    /// MSI off again when released (``Interrupt/close()`` or the last copy gone).
+    public func enableMSI() throws(VFIOError) -> Interrupt {
+        try device.interrupt(.msi)
     }
-
-    /// Turns off MSI.
-    public func disableMSI() throws(VFIOError) { try device.disableIRQ(.msi) }
 
     /// Turns on bus mastering (the device may DMA).
     public func enableBusMaster() throws(VFIOError) { try config.setBusMaster(true) }
 
     /// Copies `count` bytes from memory at `iova` into the device buffer at `deviceOffset`.
-    public func dmaToDevice(from iova: UInt64, count: Int, deviceOffset: Int = 0, interrupt: Bool = false,
+    public func dmaToDevice(from iova: IOVA, count: Int, deviceOffset: Int = 0, interrupt: Bool = false,
                             wait: Bool = true) throws(VFIOError) {
-        try start(source: iova, destination: EduDevice.bufferAddress + UInt64(deviceOffset), count: count,
+        try start(source: iova.rawValue, destination: EduDevice.bufferAddress + UInt64(deviceOffset), count: count,
                   command: 0x01 | (interrupt ? 0x04 : 0), deviceOffset: deviceOffset)
         if wait { try waitForDMA() }
     }
 
     /// Copies `count` bytes from the device buffer at `deviceOffset` to memory at `iova`.
-    public func dmaFromDevice(to iova: UInt64, count: Int, deviceOffset: Int = 0, interrupt: Bool = false,
+    public func dmaFromDevice(to iova: IOVA, count: Int, deviceOffset: Int = 0, interrupt: Bool = false,
                               wait: Bool = true) throws(VFIOError) {
-        try start(source: EduDevice.bufferAddress + UInt64(deviceOffset), destination: iova, count: count,
+        try start(source: EduDevice.bufferAddress + UInt64(deviceOffset), destination: iova.rawValue, count: count,
                   command: 0x01 | 0x02 | (interrupt ? 0x04 : 0), deviceOffset: deviceOffset)
         if wait { try waitForDMA() }
     }
@@ -97,8 +94,8 @@ public final class EduDevice: Sendable {
     public var dmaBusy: Bool { bar0.load64(at: Reg.dmaCommand) & 0x01 != 0 }
 
     /// Polls the DMA command register until the transfer is done.
-    public func waitForDMA(timeoutSeconds: Double = 10) throws(VFIOError) {
-        try poll("edu DMA", timeoutSeconds) { !self.dmaBusy }
+    public func waitForDMA(timeout: Duration = .seconds(10)) throws(VFIOError) {
+        try poll("edu DMA", timeout) { !self.dmaBusy }
     }
 
     /// Interrupt status bits (0x1 factorial, 0x100 DMA, or what was raised).
@@ -108,20 +105,14 @@ public final class EduDevice: Sendable {
     /// Raises interrupt status bits (the device then signals its interrupt).
     public func raise(_ bits: UInt32) { bar0.store32(bits, at: Reg.irqRaise) }
 
-    private func poll(_ what: String, _ timeout: Double, _ done: () -> Bool) throws(VFIOError) {
-        let deadline = EduDevice.now() + timeout
+    private func poll(_ what: String, _ timeout: Duration, _ done: () -> Bool) throws(VFIOError) {
+        let deadline = ContinuousClock.now + timeout
         while !done() {
-            if EduDevice.now() > deadline {
-                throw VFIOError.invalid(what, "the device did not finish within \(timeout) s", object: device.label)
+            if ContinuousClock.now > deadline {
+                throw VFIOError.invalid(what, "the device did not finish within \(timeout)", object: device.label)
             }
             usleep(50)
         }
-    }
-
-    static func now() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
     }
 }
 

@@ -38,6 +38,9 @@ package final class FakeKernel: SyscallProvider, @unchecked Sendable {
         case node
         /// Fails with this errno.
         case error(Int32)
+        /// A small file with these bytes (a /proc file): read(2) returns them
+        /// in order, then 0.
+        case contents([UInt8])
     }
 
     /// One recorded ioctl: the request, the fd, and the argument bytes as the
@@ -93,6 +96,8 @@ package final class FakeKernel: SyscallProvider, @unchecked Sendable {
     struct State {
         var nextFD: Int32 = 1000
         var fakeFDs: [Int32: String] = [:]
+        /// How far read(2) got in each fake fd opened on a ``File/contents(_:)`` file.
+        var readOffsets: [Int32: Int] = [:]
         var realFDs: Set<Int32> = []
         var files: [String: File] = [:]
         var roots: [String] = []
@@ -261,7 +266,7 @@ package final class FakeKernel: SyscallProvider, @unchecked Sendable {
             switch s.files[p] {
             case nil: return -ENOENT
             case .error(let e)?: return -e
-            case .node?: return newFakeFD(&s, p)
+            case .node?, .contents?: return newFakeFD(&s, p)
             }
         }
     }
@@ -278,6 +283,7 @@ package final class FakeKernel: SyscallProvider, @unchecked Sendable {
         noteUse(fd, "close")
         let real = state.withLock { s -> Bool? in
             if s.fakeFDs.removeValue(forKey: fd) != nil {
+                s.readOffsets[fd] = nil
                 s.closedFDs.insert(fd)
                 s.closedAt[fd] = .now
                 return false
@@ -341,8 +347,19 @@ package final class FakeKernel: SyscallProvider, @unchecked Sendable {
     package func read(_ fd: Int32, _ buffer: UnsafeMutableRawBufferPointer) -> Int {
         if let e = enter(.read) { return -Int(e) }
         noteUse(fd, "read")
-        state.withLock { $0.reads[fd, default: 0] += 1 }
-        return isReal(fd) ? linux.read(fd, buffer) : -Int(EINVAL)
+        if isReal(fd) {
+            state.withLock { $0.reads[fd, default: 0] += 1 }
+            return linux.read(fd, buffer)
+        }
+        return state.withLock { s in
+            s.reads[fd, default: 0] += 1
+            guard let path = s.fakeFDs[fd], case .contents(let bytes)? = s.files[path] else { return -Int(EINVAL) }
+            let at = s.readOffsets[fd] ?? 0
+            let n = min(buffer.count, bytes.count - at)
+            for i in 0..<n { buffer[i] = bytes[at + i] }
+            s.readOffsets[fd] = at + n
+            return n
+        }
     }
 
     package func write(_ fd: Int32, _ buffer: UnsafeRawBufferPointer) -> Int {
@@ -408,6 +425,9 @@ package final class FakeKernel: SyscallProvider, @unchecked Sendable {
         case .error(let e)?: return -e
         case .node?:
             status = FileStatus(mode: 0o020600)
+            return 0
+        case .contents?:
+            status = FileStatus(mode: 0o100444)  // a regular file, read-only
             return 0
         }
     }
@@ -495,10 +515,10 @@ package final class FakeKernel: SyscallProvider, @unchecked Sendable {
         return adoptReal(linux.eventfd(initial, flags))
     }
 
-    package func poll(_ fds: UnsafeMutablePointer<pollfd>, _ count: Int, _ timeoutMilliseconds: Int32) -> Int32 {
+    package func poll(_ fds: UnsafeMutablePointer<pollfd>, _ count: Int, _ timeoutNanoseconds: Int64) -> Int32 {
         if let e = enter(.poll) { return -e }
         for i in 0..<count { noteUse(fds[i].fd, "poll") }
-        return linux.poll(fds, count, timeoutMilliseconds)
+        return linux.poll(fds, count, timeoutNanoseconds)
     }
 
     package func startThread(_ body: @escaping @Sendable () -> Void) -> Int32 {

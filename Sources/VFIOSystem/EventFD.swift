@@ -10,11 +10,13 @@ import Musl
 /// An eventfd: the kernel signals a device interrupt (or a request to release
 /// the device) by adding to its counter.
 ///
-/// Two ways to wait:
-/// - ``wait(timeout:)`` blocks the calling thread in `poll(2)` and reads the
-///   counter: no allocation, no locks, one syscall pair per interrupt. Use it
-///   from your own threads (a driver's completion thread), not from Swift
-///   concurrency's cooperative pool.
+/// Three ways to wait, each with a timeout but the sequence:
+/// - ``wait(timeout:)`` blocks the calling thread in `ppoll(2)` (nanosecond
+///   resolution) and reads the counter: no allocation, no locks, one syscall
+///   pair per interrupt. Use it from your own threads (a driver's completion
+///   thread), not from Swift concurrency's cooperative pool.
+/// - `await wait(timeout:)`, its async twin: the task suspends while a thread
+///   of the eventfd's own polls with the deadline (see the async overload).
 /// - ``interrupts()`` is an `AsyncSequence` for Swift concurrency: a dedicated
 ///   thread (one per sequence, not from the cooperative pool) blocks in
 ///   `poll(2)` and yields each count; cancelling the task or dropping the
@@ -27,6 +29,8 @@ import Musl
 /// (see ``OwnedFD``), so the kernel never sees its number after the close.
 public final class EventFD: Sendable {
     public let fd: OwnedFD
+    /// The thread serving async waits (``wait(timeout:)`` from async code), once one ran.
+    let asyncWaiter = Mutex<AsyncEventWaits?>(nil)
 
     /// A non-blocking eventfd (the reads here never block; waits use poll).
     /// With `semaphore`, each read takes 1 instead of the whole count.
@@ -52,14 +56,6 @@ public final class EventFD: Sendable {
     /// nil on timeout. Throws "closed" when the eventfd is closed, also by
     /// another thread while this one waits.
     public func wait(timeout: Duration? = nil) throws(VFIOError) -> UInt64? {
-        let ms: Int32
-        if let timeout {
-            let c = timeout.components
-            let total = c.seconds * 1000 + (c.attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000
-            ms = Int32(clamping: max(0, total))
-        } else {
-            ms = -1
-        }
         // poll, then read: the same two syscalls a C driver makes per interrupt,
         // inside one use of the fd (a close meanwhile signals it to wake us).
         guard fd.enter() else { throw fd.closedError("wait for eventfd") }
@@ -67,7 +63,7 @@ public final class EventFD: Sendable {
         let number = fd.number
         while true {
             var pfd = pollfd(fd: number, events: Int16(POLLIN), revents: 0)
-            let ready = try fd.pollHeld(&pfd, count: 1, timeoutMilliseconds: ms)
+            let ready = try fd.pollHeld(&pfd, count: 1, timeout: timeout)
             if ready == 0 { return nil }
             if fd.isClosed { throw fd.closedError("wait for eventfd") }
             var value: UInt64 = 0
@@ -99,6 +95,10 @@ public final class EventFD: Sendable {
             _ = withUnsafeBytes(of: &one) { b in Sys.call(fd.kernel) { $0.write(number, b) } }
         })
     }
+
+    /// Closes the eventfd if ``close()`` did not (and ends the thread of its
+    /// async waits, which holds a use of the fd).
+    deinit { try? close() }
 
     /// The signals of an ``EventFD`` as an async sequence of counts.
     public struct Interrupts: AsyncSequence, Sendable {
@@ -156,7 +156,7 @@ final class WaiterThread: Sendable {
         defer { wait.end() }
         let fd = eventfd.fd
         while true {
-            guard case .readable? = try? wait.poll(timeoutMilliseconds: -1) else { return }
+            guard case .readable? = try? wait.poll(timeout: nil) else { return }
             var value: UInt64 = 0
             let n: Int?
             do throws(VFIOError) {

@@ -104,8 +104,8 @@ package struct LinuxSyscalls: SyscallProvider {
 
     package func eventfd(_ initial: UInt32, _ flags: Int32) -> Int32 { r(cvfio_sys_eventfd(initial, flags)) }
     @inline(__always)
-    package func poll(_ fds: UnsafeMutablePointer<pollfd>, _ count: Int, _ timeoutMilliseconds: Int32) -> Int32 {
-        r(Glibc.poll(fds, nfds_t(count), timeoutMilliseconds))
+    package func poll(_ fds: UnsafeMutablePointer<pollfd>, _ count: Int, _ timeoutNanoseconds: Int64) -> Int32 {
+        r(cvfio_sys_ppoll(fds, UInt(count), timeoutNanoseconds))
     }
 
     private final class ThreadBody: Sendable {

@@ -188,7 +188,7 @@ public final class OwnedFD: Sendable {
                                         + "when it returns", object: label,
                                         hint: "do not destroy an object from inside a call on its fd")
             }
-            Sys.sleep(kernel, nanoseconds: Int64(pause))
+            Sys.sleep(kernel, for: .nanoseconds(pause))
             pause = min(pause * 2, 1_000_000)
         }
     }
@@ -285,11 +285,11 @@ extension OwnedFD {
     /// poll(2) through this fd's kernel (the pollfds name this fd, and
     /// others the caller holds).
     @inline(__always)
-    package func pollHeld(_ fds: UnsafeMutablePointer<pollfd>, count: Int, timeoutMilliseconds: Int32) throws(VFIOError)
+    package func pollHeld(_ fds: UnsafeMutablePointer<pollfd>, count: Int, timeout: Duration?) throws(VFIOError)
         -> Int32
     {
-        if isLinux { return try Sys.poll(Sys.linux, fds, count: count, timeoutMilliseconds: timeoutMilliseconds, object: label) }
-        return try Sys.poll(kernel!, fds, count: count, timeoutMilliseconds: timeoutMilliseconds, object: label)
+        if isLinux { return try Sys.poll(Sys.linux, fds, count: count, timeout: timeout, object: label) }
+        return try Sys.poll(kernel!, fds, count: count, timeout: timeout, object: label)
     }
 
     /// An ioctl on a fixed-size argument struct.

@@ -48,21 +48,39 @@ package final class ReadinessWait: Sendable {
     }
 
     /// Blocks until the fd is readable (or reports an error, which the
-    /// following read will name), the timeout passes (-1: never), the owner
+    /// following read will name), `timeout` passes (nil: never), the owner
     /// closes, or ``wakeUp()``. Between ``begin(_:)`` and ``end()`` only.
-    package func poll(timeoutMilliseconds: Int32) throws(VFIOError) -> Outcome {
+    package func poll(timeout: Duration?) throws(VFIOError) -> Outcome {
         try wake.withDescriptor("poll") { (w) throws(VFIOError) -> Outcome in
             var fds = (pollfd(fd: target.number, events: Int16(POLLIN), revents: 0),
                        pollfd(fd: w, events: Int16(POLLIN), revents: 0))
             let n = try withUnsafeMutableBytes(of: &fds) { (raw) throws(VFIOError) -> Int32 in
                 try target.pollHeld(raw.baseAddress!.assumingMemoryBound(to: pollfd.self), count: 2,
-                                    timeoutMilliseconds: timeoutMilliseconds)
+                                    timeout: timeout)
             }
             if n == 0 { return .timedOut }
             if target.isClosed { return .closed }
             if fds.0.revents & Int16(POLLIN | POLLERR | POLLHUP) != 0 { return .readable }
             return .woken
         }
+    }
+
+    /// Blocks until ``wakeUp()`` or the owner's close (the target is not
+    /// polled: a wait that has nothing to wait for). Between ``begin(_:)`` and
+    /// ``end()`` only; ``drainWake()`` resets the wake fd afterwards.
+    package func pollWake() throws(VFIOError) -> Outcome {
+        try wake.withDescriptor("poll") { (w) throws(VFIOError) -> Outcome in
+            var pfd = pollfd(fd: w, events: Int16(POLLIN), revents: 0)
+            _ = try wake.pollHeld(&pfd, count: 1, timeout: nil)
+            return target.isClosed ? .closed : .woken
+        }
+    }
+
+    /// Reads the wake fd's count, so the next poll waits again (a wait that
+    /// goes on after being woken).
+    package func drainWake() {
+        var value: UInt64 = 0
+        _ = try? withUnsafeMutableBytes(of: &value) { (b) throws(VFIOError) in try wake.read(b) }
     }
 
     /// Gives back the use (closing the fd if it was closed meanwhile) and
@@ -75,11 +93,11 @@ package final class ReadinessWait: Sendable {
 
     /// One wait from start to end: true when readable, false on timeout.
     /// Throws "closed" when the owner closed, "cancelled" when woken.
-    package func run(timeoutMilliseconds: Int32, operation: String, object: String) throws(VFIOError) -> Bool {
+    package func run(timeout: Duration?, operation: String, object: String) throws(VFIOError) -> Bool {
         defer { try? wake.close() }
         try begin(operation)
         defer { end() }
-        switch try poll(timeoutMilliseconds: timeoutMilliseconds) {
+        switch try poll(timeout: timeout) {
         case .readable: return true
         case .timedOut: return false
         case .closed: throw target.closedError(operation)
@@ -101,7 +119,7 @@ extension OwnedFD {
                 do throws(VFIOError) {
                     try Sys.startThread(kernel, object: object) {
                         c.resume(returning: Result { () throws(VFIOError) -> Bool in
-                            try wait.run(timeoutMilliseconds: -1, operation: operation, object: object)
+                            try wait.run(timeout: nil, operation: operation, object: object)
                         })
                     }
                 } catch {
@@ -118,10 +136,10 @@ extension OwnedFD {
     }
 
     /// Blocks the calling thread until the fd is readable (true) or the
-    /// timeout passes (false; -1 waits forever). A close of the owner from
+    /// timeout passes (false; nil waits forever). A close of the owner from
     /// another thread ends the wait at once with "closed".
-    package func waitReadableOrClose(timeoutMilliseconds: Int32, operation: String) throws(VFIOError) -> Bool {
-        try ReadinessWait(self).run(timeoutMilliseconds: timeoutMilliseconds, operation: operation, object: label)
+    package func waitReadableOrClose(timeout: Duration?, operation: String) throws(VFIOError) -> Bool {
+        try ReadinessWait(self).run(timeout: timeout, operation: operation, object: label)
     }
 }
 

@@ -115,15 +115,17 @@ package enum Sys {
         }
     }
 
-    /// Polls; returns the number of ready fds (0 on timeout). EINTR is retried
-    /// with the full timeout again, which is conservative for waits.
+    /// Polls (ppoll(2): nanosecond resolution) up to `timeout` (nil: forever);
+    /// returns the number of ready fds (0 on timeout). EINTR is retried with
+    /// the full timeout again, which is conservative for waits.
     @inline(__always)
     package static func poll<K: SyscallProvider>(_ kernel: K, _ fds: UnsafeMutablePointer<pollfd>, count: Int,
-                                         timeoutMilliseconds: Int32, object: @autoclosure () -> String? = nil)
+                                         timeout: Duration?, object: @autoclosure () -> String? = nil)
         throws(VFIOError) -> Int32
     {
+        let ns = timeout.map(\.kernelNanoseconds) ?? -1
         while true {
-            let r = kernel.poll(fds, count, timeoutMilliseconds)
+            let r = kernel.poll(fds, count, ns)
             if r >= 0 { return r }
             if r != -EINTR { throw fail("poll", r, object: object()) }
         }

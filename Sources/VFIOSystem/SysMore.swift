@@ -142,10 +142,11 @@ extension Sys {
         if r < 0 { throw fail("pthread_create", r, object: object()) }
     }
 
-    /// Sleeps about `nanoseconds`. An interrupted or failed sleep returns
+    /// Sleeps about `duration`. An interrupted or failed sleep returns
     /// early: every caller polls for a state again afterwards.
-    package static func sleep(_ kernel: Kernel, nanoseconds: Int64) {
-        _ = call(kernel) { $0.nanosleep(nanoseconds) }
+    package static func sleep(_ kernel: Kernel, for duration: Duration) {
+        let ns = duration.kernelNanoseconds
+        _ = call(kernel) { $0.nanosleep(ns) }
     }
 
     /// Gives the CPU to another thread (sched_yield(2), which cannot fail).
@@ -236,11 +237,12 @@ extension Sys {
     }
 
     /// sigtimedwait(2): a signal of `set` taken, or nil when none came within the timeout.
-    package static func sigtimedwait(_ kernel: Kernel, _ set: sigset_t, timeoutNanoseconds: Int64)
+    package static func sigtimedwait(_ kernel: Kernel, _ set: sigset_t, timeout: Duration)
         throws(VFIOError) -> Int32?
     {
         var s = set
-        let r = call(kernel) { $0.sigtimedwait(&s, timeoutNanoseconds) }
+        let ns = timeout.kernelNanoseconds
+        let r = call(kernel) { $0.sigtimedwait(&s, ns) }
         if r > 0 { return r }
         if r == -EAGAIN || r == -EINTR || r == 0 { return nil }
         throw fail("sigtimedwait", r, object: nil)

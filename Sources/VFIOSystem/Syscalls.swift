@@ -61,7 +61,9 @@ package protocol SyscallProvider: Sendable {
 
     // MARK: events, threads, time
     func eventfd(_ initial: UInt32, _ flags: Int32) -> Int32
-    func poll(_ fds: UnsafeMutablePointer<pollfd>, _ count: Int, _ timeoutMilliseconds: Int32) -> Int32
+    /// ppoll(2) with a relative timeout of `timeoutNanoseconds` (-1: forever)
+    /// and no signal mask: the ready count, 0 on timeout, or `-errno`.
+    func poll(_ fds: UnsafeMutablePointer<pollfd>, _ count: Int, _ timeoutNanoseconds: Int64) -> Int32
     /// pthread_create(3) of a detached thread running `body`: 0, or `-errno`
     /// (then `body` never runs).
     func startThread(_ body: @escaping @Sendable () -> Void) -> Int32

@@ -48,3 +48,18 @@ extension String {
     package func replacingPrefix(_ p: String, with r: String) -> String { hasPrefix(p) ? r + dropFirst(p.count) : self }
 }
 
+
+extension Duration {
+    /// The duration in whole nanoseconds for a syscall's timeout: rounded up
+    /// (a wait never ends before the time asked), negative durations as 0,
+    /// and anything beyond what an Int64 holds (292 years) as Int64.max.
+    @inlinable
+    package var kernelNanoseconds: Int64 {
+        let c = components
+        guard c.seconds >= 0 else { return 0 }
+        let (whole, o1) = c.seconds.multipliedReportingOverflow(by: 1_000_000_000)
+        let fraction = (c.attoseconds + 999_999_999) / 1_000_000_000
+        let (sum, o2) = whole.addingReportingOverflow(fraction)
+        return o1 || o2 ? .max : max(0, sum)
+    }
+}

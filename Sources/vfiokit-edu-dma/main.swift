@@ -56,7 +56,7 @@ let iommufdFD = Int32(truncatingIfNeeded: required("iommufd"))
 let deviceFD = Int32(truncatingIfNeeded: required("device"))
 let ioasID = UInt32(truncatingIfNeeded: required("ioas"))
 let devid = options["devid"].flatMap(number).map { UInt32(truncatingIfNeeded: $0) }
-let iova = options["iova"].flatMap(number) ?? 0x0800_0000
+let iova = IOVA(options["iova"].flatMap(number) ?? 0x0800_0000)
 let bytes = Int(options["bytes"].flatMap(number) ?? 4000)
 let name = options["bdf"] ?? "device fd \(deviceFD)"
 for (what, fd) in [("iommufd", iommufdFD), ("device", deviceFD)] where (try? Sys.fcntl(nil, fd, F_GETFD)) == nil {
@@ -87,9 +87,9 @@ do {
     try mapping.unmap()
     guard back == pattern else {
         let firstBad = zip(back, pattern).enumerated().first { $0.element.0 != $0.element.1 }?.offset ?? 0
-        fail(1, "DMA round trip mismatch at byte \(firstBad) (IOAS \(ioasID), IOVA 0x\(String(iova, radix: 16)))")
+        fail(1, "DMA round trip mismatch at byte \(firstBad) (IOAS \(ioasID), IOVA \(iova))")
     }
-    print("edu DMA round trip OK: \(bytes) bytes through IOAS \(ioasID) at IOVA 0x\(String(iova, radix: 16)) "
+    print("edu DMA round trip OK: \(bytes) bytes through IOAS \(ioasID) at IOVA \(iova) "
           + "(device \(devid.map { "id \($0), prebound" } ?? "bound here"))")
 } catch {
     fail(1, error.description)

@@ -18,15 +18,15 @@ struct DeviceGuestTests {
         try Guest.bindToVFIO(bdf)
         defer { #expect(throws: Never.self, "put the device back") { try Guest.unbind(bdf) } }
         let space = try DMASpace(mode: .iommufd, dmaMask: EduDevice.dmaMask)
-        let edu = try EduDevice(try space.openDevice(bdf: bdf))
+        let edu = try EduDevice(try space.openDevice(try PCIAddress(parsing: bdf)))
         try edu.enableBusMaster()  // an MSI is a memory write by the device
         let msi = try edu.enableMSI()
-        var it = msi.interrupts().makeAsyncIterator()
+        var it = msi.eventFD.interrupts().makeAsyncIterator()
         edu.raise(0x1)  // a software-raised edu interrupt goes out as MSI
         let count = await it.next()
         #expect(count != nil && count! >= 1)
         edu.acknowledge(0x1)
-        try edu.disableMSI()
+        try msi.close()
     }
 
     @Test func irqInfoResetAndFeaturesOnEdu() throws {
@@ -34,7 +34,7 @@ struct DeviceGuestTests {
         try Guest.bindToVFIO(bdf)
         defer { #expect(throws: Never.self, "put the device back") { try Guest.unbind(bdf) } }
         let ctx = try IOMMUFD()
-        let device = try VFIODevice.open(bdf: bdf)
+        let device = try VFIODevice.open(try PCIAddress(parsing: bdf))
         try device.bind(to: ctx)
 
         let info = try device.info()
@@ -80,7 +80,7 @@ struct DeviceGuestTests {
         let fdsBefore = Guest.openFDCount()
         do {
             let space = try DMASpace(mode: .type1v2, dmaMask: EduDevice.dmaMask)
-            let error = #expect(throws: VFIOError.self) { _ = try space.openDevice(bdf: a) }
+            let error = #expect(throws: VFIOError.self) { _ = try space.openDevice(try PCIAddress(parsing: a)) }
             let text = error.map { "\($0)" } ?? ""
             #expect(text.contains(b), "the error must name the blocking member \(b): \(text)")
             #expect(!text.contains("\(a) ("), "the bound member is not blocking: \(text)")
@@ -90,8 +90,8 @@ struct DeviceGuestTests {
         try Guest.bindToVFIO(b)
         do {
             let space = try DMASpace(mode: .type1v2, dmaMask: EduDevice.dmaMask)
-            let devA = try space.openDevice(bdf: a)
-            let devB = try space.openDevice(bdf: b)
+            let devA = try space.openDevice(try PCIAddress(parsing: a))
+            let devB = try space.openDevice(try PCIAddress(parsing: b))
             #expect(devA.group === devB.group, "both functions share one group")
             let eduA = try EduDevice(devA)
             let eduB = try EduDevice(devB)
@@ -121,10 +121,10 @@ struct DeviceGuestTests {
             if bridge != nil {
                 // Behind the bridge a bus reset is possible: it reaches both functions.
                 let hr = try devA.hotResetInfo()
-                let bdfs = Set(hr.devices.map(\.bdf))
+                let bdfs = Set(hr.devices.map(\.address.description))
                 #expect(bdfs.contains(a) && bdfs.contains(b), "hot reset reaches \(bdfs)")
                 #expect(!hr.usesDeviceIDs)
-                #expect(hr.groupIDs == [UInt32(try VFIOGroup.groupNumber(of: a))])
+                #expect(hr.groupIDs == [UInt32(try VFIOGroup.groupNumber(of: try PCIAddress(parsing: a)))])
                 try devA.hotReset(groups: [try #require(devA.group)])
             } else {
                 // virtio guest: the pair is one multifunction slot on the root bus; no bus reset there.
@@ -145,14 +145,14 @@ struct DeviceGuestTests {
         do {
             let container = try VFIOContainer(backend: backend)
             #expect(try container.supports(.type1v2) && container.supports(.type1))
-            let group = try VFIOGroup(bdf: bdf)
+            let group = try VFIOGroup(of: try PCIAddress(parsing: bdf))
             let status = try group.status()
             #expect(status.viable && !status.containerSet)
             try group.setContainer(container)
             #expect(try group.status().containerSet)
             try container.setIOMMU(.type1v2)
             do {
-                let device = try group.device(bdf)
+                let device = try group.device(try PCIAddress(parsing: bdf))
                 // Ranges after the device is in: iommufd compat attaches it (and carves out
                 // its reserved regions) when the device fd is opened, type1 at VFIO_SET_IOMMU.
                 let info = try container.info()
@@ -199,12 +199,12 @@ struct DeviceGuestTests {
         let fdsBefore = Guest.openFDCount()
         do {
             let container = try VFIOContainer(backend: backend)
-            let group = try VFIOGroup(bdf: bdf)
+            let group = try VFIOGroup(of: try PCIAddress(parsing: bdf))
             try group.setContainer(container)
             try container.setIOMMU(.type1v2)
             try #require(try container.checkExtension(VFIO_UNMAP_ALL), "the container needs VFIO_UNMAP_ALL")
             do {
-                let device = try group.device(bdf)
+                let device = try group.device(try PCIAddress(parsing: bdf))
                 let edu = try EduDevice(device)
                 try edu.enableBusMaster()
                 let source = try DMABuffer(length: 4096), old = try DMABuffer(length: 8192), newer = try DMABuffer(length: 8192)
@@ -212,7 +212,7 @@ struct DeviceGuestTests {
                 let sourceMapping = try container.mapDMA(source, at: 0x500000)
 
                 // Unmap twice: the second finds nothing there.
-                try container.unsafeMapDMA(address: UnsafeRawPointer(bitPattern: old.address)!, length: 8192, at: 0x400000)
+                try container.unsafeMapDMA(address: UnsafeRawPointer(old.baseAddress), length: 8192, at: 0x400000)
                 #expect(try container.unmapDMA(iova: 0x400000, length: 8192) == 8192)
                 let twice = #expect(throws: VFIOError.self) { _ = try container.unmapDMA(iova: 0x400000, length: 8192) }
                 #expect(twice?.errno == nil && twice?.description.contains("short unmap") == true, "\(String(describing: twice))")
@@ -249,11 +249,11 @@ struct DeviceGuestTests {
         try Guest.bindToVFIO(bdf)
         defer { #expect(throws: Never.self, "put the device back") { try Guest.unbind(bdf) } }
         let space = try DMASpace(mode: .iommufd, dmaMask: EduDevice.dmaMask)
-        let device = try space.openDevice(bdf: bdf)
+        let device = try space.openDevice(try PCIAddress(parsing: bdf))
         let edu = try EduDevice(device)
         let info = try device.irqInfo(.intx)
         #expect(info.isAutomasked && info.supportsEventFD)
-        let intx = try device.enableIRQ(.intx)
+        let intx = try device.interrupt(.intx)
         for round in 0..<3 {
             edu.raise(0x1)
             #expect(try intx.wait(timeout: .seconds(20)) != nil, "INTx round \(round) not signalled")
@@ -268,7 +268,7 @@ struct DeviceGuestTests {
         #expect(try intx.wait(timeout: .seconds(20)) != nil, "the pending INTx arrives on unmask")
         edu.acknowledge(0x1)
         try device.unmaskIRQ(.intx)
-        try device.disableIRQ(.intx)
+        try intx.close()
     }
 
     @Test func ioeventfdWritesTheRegisterWithoutUs() throws {
@@ -276,7 +276,7 @@ struct DeviceGuestTests {
         try Guest.bindToVFIO(bdf)
         defer { #expect(throws: Never.self, "put the device back") { try Guest.unbind(bdf) } }
         let space = try DMASpace(mode: .iommufd, dmaMask: EduDevice.dmaMask)
-        let device = try space.openDevice(bdf: bdf)
+        let device = try space.openDevice(try PCIAddress(parsing: bdf))
         let edu = try EduDevice(device)
         let bar0 = try device.regionInfo(PCIRegion.bar(0))
         let kick = try EventFD()
@@ -302,7 +302,7 @@ struct DeviceGuestTests {
         let fdsBefore = Guest.openFDCount()
         do {
             let ctx = try IOMMUFD()
-            let device = try VFIODevice.open(bdf: bdf)
+            let device = try VFIODevice.open(try PCIAddress(parsing: bdf))
             try device.bind(to: ctx)
             let first = try IOAS(ctx)
             let second = try IOAS(ctx)
@@ -348,10 +348,10 @@ struct DeviceGuestTests {
         try Guest.bindToVFIO(a)
         try Guest.bindToVFIO(b)
         let ctx = try IOMMUFD()
-        let devA = try VFIODevice.open(bdf: a)
+        let devA = try VFIODevice.open(try PCIAddress(parsing: a))
         try devA.bind(to: ctx)
         let other = try IOMMUFD()
-        let devB = try VFIODevice.open(bdf: b)
+        let devB = try VFIODevice.open(try PCIAddress(parsing: b))
         let e = #expect(throws: VFIOError.self) { try devB.bind(to: other) }
         #expect(e?.errno?.rawValue == 1)
         #expect(e?.hint?.contains("IOMMU group") == true, "\(String(describing: e))")
@@ -361,7 +361,7 @@ struct DeviceGuestTests {
         #expect(why.detail?.contains("another iommufd context of this process holds a member of the group") == true, "\(why)")
         try devB.close()
         // In the same context it binds.
-        let again = try VFIODevice.open(bdf: b)
+        let again = try VFIODevice.open(try PCIAddress(parsing: b))
         #expect(try again.bind(to: ctx) != 0)
         try again.close()
         try devA.close()
@@ -380,21 +380,21 @@ struct DeviceGuestTests {
         try Guest.bindToVFIO(a)
         try Guest.bindToVFIO(b)
         let ctx = try IOMMUFD()
-        let devA = try VFIODevice.open(bdf: a)
+        let devA = try VFIODevice.open(try PCIAddress(parsing: a))
         let idA = try devA.bind(to: ctx)
         // B is bound to vfio-pci but opened by nobody: the kernel counts it as
         // ours (resetting it disturbs no user), without a device id.
         var hr = try devA.hotResetInfo()
         #expect(hr.usesDeviceIDs)
-        #expect(hr.devices.first { $0.bdf == a }?.deviceID == idA)
-        #expect(hr.devices.first { $0.bdf == b }?.owned == true)
-        #expect(hr.devices.first { $0.bdf == b }?.deviceID == nil)
+        #expect(hr.devices.first { $0.address.description == a }?.deviceID == idA)
+        #expect(hr.devices.first { $0.address.description == b }?.owned == true)
+        #expect(hr.devices.first { $0.address.description == b }?.deviceID == nil)
         #expect(hr.allOwned)
         // B bound in our context: both ours, with ids; the reset goes through.
-        let devB = try VFIODevice.open(bdf: b)
+        let devB = try VFIODevice.open(try PCIAddress(parsing: b))
         let idB = try devB.bind(to: ctx)
         hr = try devA.hotResetInfo()
-        #expect(hr.devices.first { $0.bdf == b }?.deviceID == idB)
+        #expect(hr.devices.first { $0.address.description == b }?.deviceID == idB)
         #expect(hr.allOwned)
         try devA.hotReset()
     }
@@ -414,7 +414,7 @@ struct DMAModesTests {
         let fdsBefore = Guest.openFDCount()
         do {
             let space = try DMASpace(mode: mode, dmaMask: EduDevice.dmaMask)
-            let device = try space.openDevice(bdf: bdf)
+            let device = try space.openDevice(try PCIAddress(parsing: bdf))
             let edu = try EduDevice(device)
 
             // MMIO: identification, liveness, factorial.
@@ -454,7 +454,7 @@ struct DMAModesTests {
             try edu.dmaFromDevice(to: iova + 4096, count: Self.pattern.count)
             #expect(firstDifference(buffer.read(at: 4096, count: Self.pattern.count), [UInt8](repeating: 0x5A, count: Self.pattern.count)) == nil)
 
-            try edu.disableMSI()
+            try msi.close()
             try edu.config.setBusMaster(false)
         }
         #expect(Guest.openFDCount() == fdsBefore, "teardown must close every fd")
@@ -467,14 +467,14 @@ struct DMAModesTests {
         defer { #expect(throws: Never.self, "put the device back") { try Guest.unbind(bdf) } }
         for mode in [DMAMode.iommufd, .type1v2] {
             let space = try DMASpace(mode: mode, dmaMask: EduDevice.dmaMask)
-            let edu = try EduDevice(try space.openDevice(bdf: bdf))
+            let edu = try EduDevice(try space.openDevice(try PCIAddress(parsing: bdf)))
             try edu.enableBusMaster()
             let (ranges, alignment) = try space.usableRanges()
             #expect(!ranges.isEmpty && alignment >= 4096)
             let buffer = try DMABuffer(length: 8192, backing: backing)
             #expect(buffer.length == (backing == .hugePages ? DMABuffer.hugePageSize : 8192))
             let mapping = try space.map(buffer)
-            #expect(ranges.contains { $0.contains(mapping.iova) }, "IOVA 0x\(String(mapping.iova, radix: 16)) in \(ranges)")
+            #expect(ranges.contains { $0.contains(mapping.iova) }, "IOVA \(mapping.iova) in \(ranges)")
             buffer.write(Self.pattern, at: 0)
             try edu.dmaToDevice(from: mapping.iova, count: Self.pattern.count)
             try edu.dmaFromDevice(to: mapping.iova + 4096, count: Self.pattern.count)
@@ -489,7 +489,7 @@ struct DMAModesTests {
         for mode in [DMAMode.iommufd, .type1v2] {
             for _ in 0..<2 {
                 let space = try DMASpace(mode: mode, dmaMask: EduDevice.dmaMask)
-                let device = try space.openDevice(bdf: bdf)
+                let device = try space.openDevice(try PCIAddress(parsing: bdf))
                 #expect(try EduDevice(device).id == EduDevice.identification)
                 try device.close()
                 try device.close()  // idempotent

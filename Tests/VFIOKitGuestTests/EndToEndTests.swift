@@ -12,7 +12,7 @@ struct EndToEndTests {
         let fdsBefore = Guest.openFDCount()
         do {
             let ctx = try IOMMUFD()
-            let device = try VFIODevice.open(bdf: bdf)
+            let device = try VFIODevice.open(try PCIAddress(parsing: bdf))
             try device.bind(to: ctx)
             let ioas = try IOAS(ctx)
             try device.attach(to: ioas)

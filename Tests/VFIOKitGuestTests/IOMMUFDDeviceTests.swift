@@ -8,7 +8,7 @@ import VFIOKitTestSupport
 /// every step. Serialized and exclusive (process-wide): it binds the one lone edu.
 @Suite(.serialized, .exclusiveGuestDevices, .guestOnly("IOMMUFDDeviceTests"))
 struct IOMMUFDDeviceTests {
-    static let iova: UInt64 = 0x100000
+    static let iova: IOVA = 0x100000
 
     /// RAM → device from the first page, device → RAM into the second: the
     /// bytes come back only if the device's current translation maps the buffer.
@@ -32,7 +32,7 @@ struct IOMMUFDDeviceTests {
         let fdsBefore = Guest.openFDCount()
         do {
             let ctx = try IOMMUFD()
-            let device = try VFIODevice.open(bdf: bdf)
+            let device = try VFIODevice.open(try PCIAddress(parsing: bdf))
             let devid = try device.bind(to: ctx)
             #expect(devid != 0)
             let ioas = try IOAS(ctx)
@@ -87,7 +87,7 @@ struct IOMMUFDDeviceTests {
         try Guest.bindToVFIO(bdf)
         defer { #expect(throws: Never.self, "put the device back") { try Guest.unbind(bdf) } }
         let ctx = try IOMMUFD()
-        let device = try VFIODevice.open(bdf: bdf)
+        let device = try VFIODevice.open(try PCIAddress(parsing: bdf))
         let devid = try device.bind(to: ctx)
         let info = try ctx.hardwareInfo(device: devid)
         switch try Guest.requireIOMMU() {

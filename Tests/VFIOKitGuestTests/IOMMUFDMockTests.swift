@@ -81,7 +81,7 @@ extension IOMMUFDMockTests {
                 var arg = iommu_ioas_map.make()
                 arg.flags = UInt32(IOMMU_IOAS_MAP_READABLE.rawValue)
                 arg.ioas_id = 0
-                arg.user_va = UInt64(buf.address)
+                arg.user_va = UInt64(UInt(bitPattern: buf.baseAddress))
                 arg.length = 4096
                 expectErrno(ENOENT) { try ctx.unsafeIoctl(IOMMU_IOAS_MAP, &arg) }
             }
@@ -120,9 +120,9 @@ extension IOMMUFDMockTests {
                 #expect(try dev.replace(with: hwpt) == hwpt.objectID)
                 // The HWPT maps what the IOAS maps.
                 let buf = try DMABuffer(length: 8192)
-                let m = try ioas.map(buf, at: mockBase)
+                let m = try ioas.map(buf, at: IOVA(mockBase))
                 try MockIOMMU.checkMap(ctx, hwpt: hwpt.objectID, iova: mockBase, length: 8192,
-                                       address: UnsafeRawPointer(bitPattern: buf.address)!)
+                                       address: UnsafeRawPointer(buf.baseAddress))
                 expectErrno(EBUSY) { try hwpt.destroy() }
                 try dev.replace(with: ioas)
                 try hwpt.destroy()
@@ -142,7 +142,7 @@ extension IOMMUFDMockTests {
             try withMockContext { ctx in
                 let a = try IOAS(ctx)
                 let bufA = try DMABuffer(length: 8192), bufB = try DMABuffer(length: 8192)
-                var old: DMAMapping? = try a.map(bufA, at: mockBase)
+                var old: DMAMapping? = try a.map(bufA, at: IOVA(mockBase))
                 let refused = #expect(throws: VFIOError.self) { try a.destroy() }
                 #expect(refused?.errno == nil && refused?.description.contains("1 live DMAMapping") == true,
                         "\(String(describing: refused))")
@@ -151,12 +151,12 @@ extension IOMMUFDMockTests {
                 let b = try IOAS(ctx)
                 #expect(b.objectID == a.objectID, "iommufd reuses the lowest free id")
                 let dev = try MockDevice(attachedTo: b)
-                let newer = try b.map(bufB, at: mockBase)
+                let newer = try b.map(bufB, at: IOVA(mockBase))
                 old = nil  // must not unmap b's mapping at the same id and IOVA
                 try MockIOMMU.checkMap(ctx, hwpt: dev.hwptID, iova: mockBase, length: 8192,
-                                       address: UnsafeRawPointer(bitPattern: bufB.address)!)
+                                       address: UnsafeRawPointer(bufB.baseAddress))
                 // Every operation of the destroyed owner: refused, naming it.
-                for (name, op) in [("map", { _ = try a.map(bufA, at: mockBase + 0x10_0000) }),
+                for (name, op) in [("map", { _ = try a.map(bufA, at: IOVA(mockBase + 0x10_0000)) }),
                                    ("unmapAll", { _ = try a.unmapAll() }),
                                    ("iovaRanges", { _ = try a.iovaRanges() }),
                                    ("HWPT", { _ = try HWPT(ioas: a, device: dev.deviceID) })] as [(String, () throws -> Void)] {
@@ -168,7 +168,7 @@ extension IOMMUFDMockTests {
                     }
                 }
                 try MockIOMMU.checkMap(ctx, hwpt: dev.hwptID, iova: mockBase, length: 8192,
-                                       address: UnsafeRawPointer(bitPattern: bufB.address)!)
+                                       address: UnsafeRawPointer(bufB.baseAddress))
                 try newer.unmap()
                 try dev.destroy()
                 withExtendedLifetime(old) {}
@@ -182,13 +182,13 @@ extension IOMMUFDMockTests {
                 let ioas = try IOAS(ctx)
                 let dev = try MockDevice(attachedTo: ioas)
                 let buf = try DMABuffer(length: 16384)
-                let p = UnsafeRawPointer(bitPattern: buf.address)!
-                var first: DMAMapping? = try ioas.map(buf, at: mockBase)
-                let second = try ioas.map(buf, at: mockBase + 0x10_0000)
+                let p = UnsafeRawPointer(buf.baseAddress)
+                var first: DMAMapping? = try ioas.map(buf, at: IOVA(mockBase))
+                let second = try ioas.map(buf, at: IOVA(mockBase + 0x10_0000))
                 #expect(try MockIOMMU.pinCount(ctx, address: p, length: buf.length, is: 2))
                 #expect(try ioas.unmapAll() == 32768)
                 #expect(try MockIOMMU.pinCount(ctx, address: p, length: buf.length, is: 0))
-                let newer = try ioas.map(buf, at: mockBase)
+                let newer = try ioas.map(buf, at: IOVA(mockBase))
                 first = nil
                 try second.unmap()  // nothing left to unmap: no error
                 try MockIOMMU.checkMap(ctx, hwpt: dev.hwptID, iova: mockBase, length: 16384, address: p)
@@ -212,7 +212,7 @@ extension IOMMUFDMockTests {
             await withTaskGroup(of: Void.self) { group in
                 for w in 0..<workers {
                     group.addTask {
-                        let iova = mockBase + UInt64(w) * 0x10_0000
+                        let iova = IOVA(mockBase + UInt64(w) * 0x10_0000)
                         for r in 0..<rounds {
                             do throws(VFIOError) {
                                 let m = try ioas.map(buffers[w], at: iova)
@@ -232,7 +232,7 @@ extension IOMMUFDMockTests {
             #expect(failures.entries == [])
             #expect(try ioas.unmapAll() == 0)
             for b in buffers {
-                #expect(try MockIOMMU.pinCount(ctx, address: UnsafeRawPointer(bitPattern: b.address)!, length: b.length, is: 0))
+                #expect(try MockIOMMU.pinCount(ctx, address: UnsafeRawPointer(b.baseAddress), length: b.length, is: 0))
             }
             try dev.destroy()
             try ioas.destroy()
@@ -257,7 +257,7 @@ extension IOMMUFDMockTests {
                                   faultQueue: queue)
             let viommu = try VIOMMU(device: dev.deviceID, parent: parent, type: MockIOMMU.viommuType)
             let vdev = try VDevice(viommu: viommu, device: dev.deviceID, virtualID: 0x42)
-            let mapping = try ioas.map(try DMABuffer(length: 4096), at: mockBase)
+            let mapping = try ioas.map(try DMABuffer(length: 4096), at: IOVA(mockBase))
             let ids = [ioas.objectID, parent.objectID, queue.objectID, nested.objectID, viommu.objectID, vdev.objectID]
             // The mock device is attached to the IOAS's domain: the IOAS cannot go yet.
             let refused = #expect(throws: VFIOError.self) { try ours.close() }
@@ -289,10 +289,10 @@ extension IOMMUFDMockTests {
                 let ioas = try IOAS(ctx)
                 let dev = try MockDevice(attachedTo: ioas)
                 let buf = try DMABuffer(length: 16384)
-                let p = UnsafeRawPointer(bitPattern: buf.address)!
+                let p = UnsafeRawPointer(buf.baseAddress)
                 #expect(try MockIOMMU.pinCount(ctx, address: p, length: buf.length, is: 0))
-                let fixed = try ioas.map(buf, at: mockBase)
-                #expect(fixed.iova == mockBase)
+                let fixed = try ioas.map(buf, at: IOVA(mockBase))
+                #expect(fixed.iova == IOVA(mockBase))
                 try MockIOMMU.checkMap(ctx, hwpt: dev.hwptID, iova: mockBase, length: 16384, address: p)
                 #expect(try MockIOMMU.pinCount(ctx, address: p, length: buf.length, is: 1))
 
@@ -300,8 +300,8 @@ extension IOMMUFDMockTests {
                 let chosen = try ioas.map(buf2, at: nil, writable: false)
                 let ranges = try ioas.iovaRanges()
                 #expect(ranges.contains(iova: chosen.iova, length: 4096))
-                try MockIOMMU.checkMap(ctx, hwpt: dev.hwptID, iova: chosen.iova, length: 4096,
-                                       address: UnsafeRawPointer(bitPattern: buf2.address)!)
+                try MockIOMMU.checkMap(ctx, hwpt: dev.hwptID, iova: chosen.iova.rawValue, length: 4096,
+                                       address: UnsafeRawPointer(buf2.baseAddress))
 
                 try fixed.unmap()
                 #expect(try MockIOMMU.pinCount(ctx, address: p, length: buf.length, is: 0))
@@ -317,8 +317,8 @@ extension IOMMUFDMockTests {
                 let dev = try MockDevice(attachedTo: ioas)
                 let mem = UnsafeMutableRawPointer.allocate(byteCount: 8192, alignment: 4096)
                 defer { mem.deallocate() }
-                let iova = try ioas.unsafeMap(address: mem, length: 8192, at: mockBase + 0x10000)
-                try MockIOMMU.checkMap(ctx, hwpt: dev.hwptID, iova: iova, length: 8192, address: mem)
+                let iova = try ioas.unsafeMap(address: mem, length: 8192, at: IOVA(mockBase + 0x10000))
+                try MockIOMMU.checkMap(ctx, hwpt: dev.hwptID, iova: iova.rawValue, length: 8192, address: mem)
                 #expect(try ioas.unmap(iova: iova, length: 8192) == 8192)
                 withExtendedLifetime(dev) {}
             }
@@ -328,8 +328,8 @@ extension IOMMUFDMockTests {
             try withMockContext { ctx in
                 let ioas = try IOAS(ctx)
                 let a = try DMABuffer(length: 8192), b = try DMABuffer(length: 8192)
-                let m = try ioas.map(a, at: mockBase)
-                let e = expectErrno(EEXIST) { _ = try ioas.map(b, at: mockBase + 4096) }
+                let m = try ioas.map(a, at: IOVA(mockBase))
+                let e = expectErrno(EEXIST) { _ = try ioas.map(b, at: IOVA(mockBase + 4096)) }
                 #expect(e?.description.contains("overlap") == true)
                 try m.unmap()
             }
@@ -339,7 +339,7 @@ extension IOMMUFDMockTests {
             try withMockContext { ctx in
                 let ioas = try IOAS(ctx)
                 let buf = try DMABuffer(length: 8192)
-                let iova = try ioas.unsafeMap(address: UnsafeRawPointer(bitPattern: buf.address)!, length: 8192, at: mockBase)
+                let iova = try ioas.unsafeMap(address: UnsafeRawPointer(buf.baseAddress), length: 8192, at: IOVA(mockBase))
                 let e = expectErrno(ENOENT) { _ = try ioas.unmap(iova: iova, length: 4096) }
                 #expect(e?.description.contains("splits a mapping") == true)
                 #expect(try ioas.unmap(iova: iova, length: 8192) == 8192)
@@ -353,9 +353,9 @@ extension IOMMUFDMockTests {
                 let ioas = try IOAS(ctx)
                 #expect(try ioas.unmapAll() == 0)
                 let buf = try DMABuffer(length: 4096)
-                let p = UnsafeRawPointer(bitPattern: buf.address)!
-                _ = try ioas.unsafeMap(address: p, length: 4096, at: mockBase)
-                _ = try ioas.unsafeMap(address: p, length: 4096, at: mockBase + 0x100000)
+                let p = UnsafeRawPointer(buf.baseAddress)
+                _ = try ioas.unsafeMap(address: p, length: 4096, at: IOVA(mockBase))
+                _ = try ioas.unsafeMap(address: p, length: 4096, at: IOVA(mockBase + 0x100000))
                 #expect(try ioas.unmapAll() == 8192)
                 #expect(try ioas.unmapAll() == 0)
                 withExtendedLifetime(buf) {}
@@ -366,11 +366,11 @@ extension IOMMUFDMockTests {
             try withMockContext { ctx in
                 let ioas = try IOAS(ctx)
                 let buf = try DMABuffer(length: 4096)
-                let p = UnsafeRawPointer(bitPattern: buf.address)!
-                _ = try ioas.unsafeMap(address: p, length: 4096, at: mockBase)
-                _ = try ioas.unsafeMap(address: p, length: 4096, at: mockBase + 0x4000)
+                let p = UnsafeRawPointer(buf.baseAddress)
+                _ = try ioas.unsafeMap(address: p, length: 4096, at: IOVA(mockBase))
+                _ = try ioas.unsafeMap(address: p, length: 4096, at: IOVA(mockBase + 0x4000))
                 do {
-                    _ = try ioas.unmap(iova: mockBase, length: 0x8000)
+                    _ = try ioas.unmap(iova: IOVA(mockBase), length: 0x8000)
                     Issue.record("a short unmap must throw")
                 } catch let error as VFIOError {
                     #expect(error.errno == nil)
@@ -386,15 +386,15 @@ extension IOMMUFDMockTests {
                 let ioas = try IOAS(ctx)
                 let dev = try MockDevice(attachedTo: ioas)
                 let buf = try DMABuffer(length: 8192)
-                let p = UnsafeRawPointer(bitPattern: buf.address)!
-                let e = expectErrno(EINVAL) { _ = try ioas.unsafeMap(address: p, length: 8192, at: mockBase + 1) }
+                let p = UnsafeRawPointer(buf.baseAddress)
+                let e = expectErrno(EINVAL) { _ = try ioas.unsafeMap(address: p, length: 8192, at: IOVA(mockBase + 1)) }
                 #expect(e?.description.contains("alignment") == true)
-                expectErrno(EINVAL) { _ = try ioas.unsafeMap(address: p + 1, length: 4096, at: mockBase) }
-                expectErrno(EOVERFLOW) { _ = try ioas.unsafeMap(address: p, length: 8192, at: UInt64.max - 4095) }
-                expectErrno(EOVERFLOW) { _ = try ioas.unmap(iova: UInt64.max - 4095, length: 8192) }
+                expectErrno(EINVAL) { _ = try ioas.unsafeMap(address: p + 1, length: 4096, at: IOVA(mockBase)) }
+                expectErrno(EOVERFLOW) { _ = try ioas.unsafeMap(address: p, length: 8192, at: IOVA(UInt64.max - 4095)) }
+                expectErrno(EOVERFLOW) { _ = try ioas.unmap(iova: IOVA(UInt64.max - 4095), length: 8192) }
                 // Neither readable nor writable.
                 expectErrno(EINVAL) {
-                    _ = try ioas.unsafeMap(address: p, length: 8192, at: mockBase, readable: false, writable: false)
+                    _ = try ioas.unsafeMap(address: p, length: 8192, at: IOVA(mockBase), readable: false, writable: false)
                 }
                 #expect(try ioas.unmapAll() == 0)
                 withExtendedLifetime(dev) {}
@@ -410,15 +410,15 @@ extension IOMMUFDMockTests {
                 let dev = try MockDevice(attachedTo: ioas)
                 let buf = try DMABuffer(length: 1 << 20)
                 let err: VFIOError? = try Unprivileged.withMemlockLimit(65536) {
-                    expectErrno(ENOMEM) { _ = try ioas.map(buf, at: mockBase) }
+                    expectErrno(ENOMEM) { _ = try ioas.map(buf, at: IOVA(mockBase)) }
                 }
                 let text = err?.description ?? ""
                 #expect(text.contains("RLIMIT_MEMLOCK is 65536 bytes"), "\(text)")
                 #expect(text.contains("asked to pin 1048576 bytes"), "\(text)")
-                #expect(try MockIOMMU.pinCount(ctx, address: UnsafeRawPointer(bitPattern: buf.address)!,
+                #expect(try MockIOMMU.pinCount(ctx, address: UnsafeRawPointer(buf.baseAddress),
                                                length: buf.length, is: 0))
                 // With the limit back, the same map works.
-                let m = try ioas.map(buf, at: mockBase)
+                let m = try ioas.map(buf, at: IOVA(mockBase))
                 try m.unmap()
                 withExtendedLifetime(dev) {}
             }
@@ -430,9 +430,9 @@ extension IOMMUFDMockTests {
                 let dev = try MockDevice(attachedTo: ioas)
                 let buf = try DMABuffer(length: 16384, backing: .memfd)
                 buf.fill(0x5a)
-                let m = try ioas.mapFile(buf, at: mockBase)
+                let m = try ioas.mapFile(buf, at: IOVA(mockBase))
                 try MockIOMMU.checkMap(ctx, hwpt: dev.hwptID, iova: mockBase, length: 16384,
-                                       address: UnsafeRawPointer(bitPattern: buf.address)!)
+                                       address: UnsafeRawPointer(buf.baseAddress))
                 let access = try MockAccess(ioas: ioas)
                 #expect(try access.read(iova: mockBase + 8000, count: 4) == [0x5a, 0x5a, 0x5a, 0x5a])
                 access.close()
@@ -453,10 +453,10 @@ extension IOMMUFDMockTests {
                 let ioas = try IOAS(ctx)
                 let dev = try MockDevice(attachedTo: ioas)
                 let file = try DMABuffer(length: 8192, backing: .memfd)
-                let fm = try ioas.mapFile(file, at: mockBase)
+                let fm = try ioas.mapFile(file, at: IOVA(mockBase))
                 try ctx.changeProcess()
                 let anon = try DMABuffer(length: 4096)
-                let um = try ioas.map(anon, at: mockBase + 0x100000)
+                let um = try ioas.map(anon, at: IOVA(mockBase + 0x100000))
                 let e = expectErrno(EINVAL) { try ctx.changeProcess() }
                 #expect(e?.description.contains("file mapping") == true)
                 try um.unmap()
@@ -474,9 +474,9 @@ extension IOMMUFDMockTests {
                 let src = try IOAS(ctx), dst = try IOAS(ctx)
                 let srcDev = try MockDevice(attachedTo: src), dstDev = try MockDevice(attachedTo: dst)
                 let buf = try DMABuffer(length: 8192)
-                let p = UnsafeRawPointer(bitPattern: buf.address)!
-                let m = try src.map(buf, at: mockBase)
-                let copied = try dst.copy(m, to: mockBase + 0x20000)
+                let p = UnsafeRawPointer(buf.baseAddress)
+                let m = try src.map(buf, at: IOVA(mockBase))
+                let copied = try dst.copy(m, to: IOVA(mockBase + 0x20000))
                 try MockIOMMU.checkMap(ctx, hwpt: dstDev.hwptID, iova: mockBase + 0x20000, length: 8192, address: p)
                 // The copy sees the same bytes (read through the destination IOAS by a mock access).
                 buf.write([1, 2, 3, 4, 5], at: 100)
@@ -489,11 +489,11 @@ extension IOMMUFDMockTests {
                 let refused = #expect(throws: VFIOError.self) { try dst.destroy() }
                 #expect(refused?.errno == nil && refused?.description.contains("1 live DMAMapping") == true)
                 access.close()
-                let raw = try dst.copy(from: src, sourceIOVA: mockBase, length: 8192, to: nil)
-                try MockIOMMU.checkMap(ctx, hwpt: dstDev.hwptID, iova: raw, length: 8192, address: p)
+                let raw = try dst.copy(from: src, sourceIOVA: IOVA(mockBase), length: 8192, to: nil)
+                try MockIOMMU.checkMap(ctx, hwpt: dstDev.hwptID, iova: raw.rawValue, length: 8192, address: p)
                 #expect(try dst.unmap(iova: raw, length: 8192) == 8192)
                 // A source range that is not mapped.
-                let e = expectErrno(ENOENT) { _ = try dst.copy(from: src, sourceIOVA: mockBase + 0x800000, length: 4096, to: nil) }
+                let e = expectErrno(ENOENT) { _ = try dst.copy(from: src, sourceIOVA: IOVA(mockBase + 0x800000), length: 4096, to: nil) }
                 #expect(e?.description.contains("not exactly covered") == true)
                 try copied.unmap()
                 try m.unmap()
@@ -510,14 +510,14 @@ extension IOMMUFDMockTests {
                 #expect(empty.alignment >= 1)
                 let dev = try MockDevice(attachedTo: ioas)
                 let attached = try ioas.iovaRanges()
-                #expect(attached.ranges == [MockIOMMU.apertureStart...MockIOMMU.apertureLast])
+                #expect(attached.ranges == [IOVA(MockIOMMU.apertureStart)...IOVA(MockIOMMU.apertureLast)])
                 // Seven holes punched into the aperture: eight ranges, more than the first call's room (4).
                 for i in 1...7 {
                     try MockIOMMU.addReserved(ioas, start: mockBase + UInt64(i) * 0x100000, length: 0x1000)
                 }
                 let split = try ioas.iovaRanges()
                 #expect(split.ranges.count == 8)
-                #expect(split.ranges.first == MockIOMMU.apertureStart...(mockBase + 0x100000 - 1))
+                #expect(split.ranges.first == IOVA(MockIOMMU.apertureStart)...IOVA(mockBase + 0x100000 - 1))
                 withExtendedLifetime(dev) {}
             }
         }
@@ -525,13 +525,13 @@ extension IOMMUFDMockTests {
         @Test func allowedIOVAsSteerKernelChosenMaps() throws {
             try withMockContext { ctx in
                 let ioas = try IOAS(ctx)
-                let window = (mockBase + 0x400000)...(mockBase + 0x4fffff)
+                let window = IOVA(mockBase + 0x400000)...IOVA(mockBase + 0x4fffff)
                 try ioas.allowIOVAs([window])
                 let buf = try DMABuffer(length: 8192)
                 let m = try ioas.map(buf, at: nil)
                 #expect(window.contains(m.iova) && window.contains(m.iova + 8191))
                 // A one-byte range: rejected.
-                expectErrno(EINVAL) { try ioas.allowIOVAs([(mockBase + 0x2000)...(mockBase + 0x2000)]) }  // the kernel wants start < last
+                expectErrno(EINVAL) { try ioas.allowIOVAs([IOVA(mockBase + 0x2000)...IOVA(mockBase + 0x2000)]) }  // the kernel wants start < last
                 try m.unmap()
                 // A mock device cannot translate below its aperture: with that range allowed, attach fails.
                 try ioas.allowIOVAs([0x1000...0xfffff])
@@ -585,7 +585,7 @@ extension IOMMUFDMockTests {
                 var map = iommu_ioas_map.make()
                 map.flags = UInt32(IOMMU_IOAS_MAP_READABLE.rawValue) | (1 << 31)
                 map.ioas_id = ioas.objectID
-                map.user_va = UInt64(buf.address)
+                map.user_va = UInt64(UInt(bitPattern: buf.baseAddress))
                 map.length = 4096
                 expectErrno(EOPNOTSUPP) { try ctx.unsafeIoctl(IOMMU_IOAS_MAP, &map) }
                 expectErrno(EOPNOTSUPP) { _ = try HWPT(ioas: ioas, device: dev.deviceID, flags: .init(rawValue: 1 << 30)) }
@@ -651,7 +651,7 @@ extension IOMMUFDMockTests {
                 let hwpt = try HWPT(ioas: ioas, device: first.deviceID, flags: .dirtyTracking)
                 let dev = try MockDevice(attachedTo: hwpt)
                 let buf = try DMABuffer(length: 65536)
-                let m = try ioas.map(buf, at: mockBase)
+                let m = try ioas.map(buf, at: IOVA(mockBase))
                 try hwpt.setDirtyTracking(true)
                 let page = MockIOMMU.pageSize
                 var mark = [UInt64](repeating: 0, count: 1)
@@ -660,17 +660,18 @@ extension IOMMUFDMockTests {
                 mark[0] = 1 << 0 | 1 << 6 | 1 << 30
                 #expect(try MockIOMMU.setDirty(ctx, hwpt: hwpt.objectID, iova: mockBase, length: 65536,
                                                pageSize: page, bitmap: &mark) == 3)
-                let dirty = try hwpt.dirtyBitmap(iova: mockBase, length: 65536, pageSize: page, clear: clear)
+                let dirty = try hwpt.dirtyBitmap(iova: IOVA(mockBase), length: 65536, pageSize: page, clear: clear)
                 #expect(dirty.pageCount == 32)
                 #expect(dirty.dirtyCount == 3)
-                #expect(dirty.dirtyIOVAs == [mockBase, mockBase + 6 * page, mockBase + 30 * page])
-                #expect(dirty.isDirty(iova: mockBase + 6 * page + 7))
+                let base = IOVA(mockBase)
+                #expect(dirty.dirtyIOVAs == [base, base + 6 * page, base + 30 * page])
+                #expect(dirty.isDirty(iova: base + (6 * page + 7)))
                 #expect(!dirty.isDirty(page: 1))
-                var again = try DirtyBitmap(iova: mockBase, length: 65536, pageSize: page)
+                var again = try DirtyBitmap(iova: base, length: 65536, pageSize: page)
                 try hwpt.readDirty(into: &again)
                 #expect(again.dirtyCount == (clear ? 0 : 3))
                 // Misaligned IOVA.
-                expectErrno(EINVAL) { _ = try hwpt.dirtyBitmap(iova: mockBase, length: 65536 + 512, pageSize: 512) }
+                expectErrno(EINVAL) { _ = try hwpt.dirtyBitmap(iova: IOVA(mockBase), length: 65536 + 512, pageSize: 512) }
                 try hwpt.setDirtyTracking(false)
                 try m.unmap()
                 try dev.destroy()
@@ -773,7 +774,7 @@ extension IOMMUFDMockTests {
                 try dev.replace(with: iopf)
                 try MockIOMMU.triggerPageFault(ctx, device: dev.deviceID, pasid: 1, group: 2,
                                                permissions: [.read, .write], address: 0xdead_b000)
-                #expect(try queue.wait(timeoutMilliseconds: 1000))
+                #expect(try queue.wait(timeout: .seconds(1)))
                 let faults = try queue.read()
                 #expect(faults.count == 1)
                 let f = try #require(faults.first)
@@ -892,7 +893,7 @@ extension IOMMUFDMockTests {
                 expectErrno(EBUSY) { try viommu.destroy() }
 
                 try MockIOMMU.triggerVEvent(ctx, device: dev.deviceID)
-                #expect(try queue.wait(timeoutMilliseconds: 1000))
+                #expect(try queue.wait(timeout: .seconds(1)))
                 let one = try queue.read()
                 let expected = withUnsafeBytes(of: UInt32(0x99).littleEndian) { Array($0) }
                 guard case .event(let seq0, let payload)? = one.first, one.count == 1 else {
@@ -1010,20 +1011,20 @@ extension IOMMUFDMockTests {
                 weak let weakBuffer = buf
                 // Not mapped yet.
                 expectErrno(ENOENT) {
-                    _ = try HWQueue(viommu: viommu, type: MockIOMMU.hwQueueType, index: 0, iova: mockBase, length: page)
+                    _ = try HWQueue(viommu: viommu, type: MockIOMMU.hwQueueType, index: 0, iova: IOVA(mockBase), length: page)
                 }
-                let m = try ioas.map(try #require(buf), at: mockBase)
+                let m = try ioas.map(try #require(buf), at: IOVA(mockBase))
                 buf = nil  // the mapping holds it
                 expectErrno(EOPNOTSUPP) {
                     _ = try HWQueue(viommu: viommu, type: UInt32(IOMMU_HW_QUEUE_TYPE_DEFAULT.rawValue), index: 0,
-                                    iova: mockBase, length: page)
+                                    iova: IOVA(mockBase), length: page)
                 }
-                let q = try HWQueue(viommu: viommu, type: MockIOMMU.hwQueueType, index: 0, iova: mockBase, length: page)
+                let q = try HWQueue(viommu: viommu, type: MockIOMMU.hwQueueType, index: 0, iova: IOVA(mockBase), length: page)
                 expectErrno(EEXIST) {
-                    _ = try HWQueue(viommu: viommu, type: MockIOMMU.hwQueueType, index: 0, iova: mockBase, length: page)
+                    _ = try HWQueue(viommu: viommu, type: MockIOMMU.hwQueueType, index: 0, iova: IOVA(mockBase), length: page)
                 }
                 // The range is the mapping's: a raw unmap is refused before the kernel is asked.
-                let raw = #expect(throws: VFIOError.self) { _ = try ioas.unmap(iova: mockBase, length: page) }
+                let raw = #expect(throws: VFIOError.self) { _ = try ioas.unmap(iova: IOVA(mockBase), length: page) }
                 #expect(raw?.errno == nil && raw?.description.contains("DMAMapping") == true, "\(String(describing: raw))")
                 // The mapping's own unmap: EBUSY. The pages stay mapped and pinned, so the buffer is kept for good.
                 let failed = unmapError(m)
@@ -1033,7 +1034,7 @@ extension IOMMUFDMockTests {
                 expectErrno(EBUSY) { try viommu.destroy() }
                 try q.destroy()
                 // No DMAMapping owns the range any more: the caller unmaps it raw.
-                #expect(try ioas.unmap(iova: mockBase, length: page) == page)
+                #expect(try ioas.unmap(iova: IOVA(mockBase), length: page) == page)
                 #expect(weakBuffer != nil, "the buffer of a mapping that failed to unmap was freed")
                 try viommu.destroy()
                 try parent.destroy()

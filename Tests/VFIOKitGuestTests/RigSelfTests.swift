@@ -36,9 +36,9 @@ struct RigSelfTests {
         try Guest.bindToVFIO(bdf)
         defer { #expect(throws: Never.self, "put the device back") { try Guest.unbind(bdf) } }
         let buffer = try DMABuffer(length: 16384)
-        let address = UnsafeRawPointer(bitPattern: buffer.address)!
+        let address = UnsafeRawPointer(buffer.baseAddress)
         let container = try VFIOContainer(backend: .legacy)
-        let group = try VFIOGroup(bdf: bdf)
+        let group = try VFIOGroup(of: try PCIAddress(parsing: bdf))
         try group.setContainer(container)
         try container.setIOMMU(.type1v2)
         // The deliberate fault: map, and skip the unmap.
@@ -59,13 +59,13 @@ struct RigSelfTests {
     @Test func aSweepCatchesAMappingLeftBehindOnTheIOMMUFDPath() throws {
         try MockIOMMU.requireAvailable()
         let buffer = try DMABuffer(length: 16384)
-        let address = UnsafeRawPointer(bitPattern: buffer.address)!
+        let address = UnsafeRawPointer(buffer.baseAddress)
         let ctx = try IOMMUFD()
         let ioas = try IOAS(ctx)
         // Pages are pinned once a domain holds them: a mock device gives the IOAS one.
         let device = try MockDevice(attachedTo: ioas)
         let runs = try FailNth.sweep(limit: 0) { () throws(VFIOError) in
-            _ = try ioas.unsafeMap(address: address, length: buffer.length, at: MockIOMMU.apertureStart)
+            _ = try ioas.unsafeMap(address: address, length: buffer.length, at: IOVA(MockIOMMU.apertureStart))
         }
         let run = try #require(runs.first)
         #expect(runs.count == 1 && run.error == nil, "\(runs)")

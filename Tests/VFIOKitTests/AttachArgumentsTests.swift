@@ -20,7 +20,7 @@ import VFIOKit
     @Test func mapRequestsParseSizeIOVAAndBacking() throws {
         #expect(try MapRequest(parsing: "2M") == MapRequest(size: 2 << 20))
         #expect(try MapRequest(parsing: "64K@0x100000") == MapRequest(size: 65536, iova: 0x100000))
-        #expect(try MapRequest(parsing: "2M@4M,memfd") == MapRequest(size: 2 << 20, iova: 4 << 20, backing: .memfd))
+        #expect(try MapRequest(parsing: "2M@4M,memfd") == MapRequest(size: 2 << 20, iova: IOVA(4 << 20), backing: .memfd))
         #expect(try MapRequest(parsing: "4M,huge") == MapRequest(size: 4 << 20, backing: .huge))
         for bad in ["3K", "0", "2M@0x1001", "2M,weird", "abc", "4K@", "1M,huge", "8K@0xfffffffffffff000"] {
             let e = #expect(throws: VFIOError.self, "\(bad)") { _ = try MapRequest(parsing: bad) }
@@ -104,10 +104,10 @@ import VFIOKit
     }
 
     @Test func permissionErrorsNameTheNodeAndTheMode() {
-        let e = DeviceNodes.explain(VFIOError(operation: "open", errno: .permissionDenied, object: "/dev/null"), host: .system)
+        let e = PCIHost.system.explainAccess(VFIOError(operation: "open", errno: .permissionDenied, object: "/dev/null"))
         #expect(e.detail?.contains("/dev/null is crw-rw-rw-") == true, "\(e.detail ?? "")")
         #expect(e.detail?.contains("this process runs as uid") == true)
         #expect(e.hint?.contains("udev") == true)
-        #expect(DeviceNodes.modeString(0o020600) == "crw-------")
+        #expect(FileStatus(mode: 0o020600).modeString == "crw-------")
     }
 }

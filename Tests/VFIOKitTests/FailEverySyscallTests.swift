@@ -220,11 +220,11 @@ import Glibc
             arg(a, iommu_ioas_map.self).pointee.iova = 0x10_0000
             return 0
         }
-        let mapped = Mutex<Result<UInt64, VFIOError>?>(nil)
+        let mapped = Mutex<Result<IOVA, VFIOError>?>(nil)
         try Sys.startThread(k) {
             mapped.withLock { m in
-                m = Result { () throws(VFIOError) -> UInt64 in
-                    try ioas.unsafeMap(address: UnsafeRawPointer(bitPattern: buffer.address)!, length: 4096, at: nil)
+                m = Result { () throws(VFIOError) -> IOVA in
+                    try ioas.unsafeMap(address: UnsafeRawPointer(buffer.baseAddress), length: 4096, at: nil)
                 }
             }
         }

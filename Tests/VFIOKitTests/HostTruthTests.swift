@@ -206,7 +206,7 @@ import Glibc
         let v = try f.host.viability(ofGroup: 4)
         #expect(!v.viable)
         #expect(v.members.first { $0.address.description == "0000:01:02.0" }?.status == .unreadable)
-        #expect(f.host.readiness(of: try f.host.device("0000:01:01.0")) == .groupUnreadable)
+        #expect(f.host.readiness(of: try f.host.device(try PCIAddress(parsing: "0000:01:01.0"))) == .groupUnreadable)
     }
 }
 

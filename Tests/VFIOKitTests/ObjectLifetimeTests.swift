@@ -64,7 +64,7 @@ import Glibc
             #expect(reused.objectID == ioas.objectID)
 
             let buf = try DMABuffer(length: 4096), file = try DMABuffer(length: 4096, backing: .memfd)
-            let page = UnsafeRawPointer(bitPattern: buf.address)!
+            let page = UnsafeRawPointer(buf.baseAddress)
             var bitmap = try DirtyBitmap(iova: 0, length: 4096, pageSize: 4096)
             let entry = [UInt8](repeating: 0, count: 16)
             let operations: [(String, String, () throws -> Void)] = [
@@ -92,7 +92,7 @@ import Glibc
                 ("HWPT", "vIOMMU on it", { _ = try VIOMMU(device: 42, parent: parent, type: 0xff) }),
                 ("HWPT", "attach a device", { try device.attach(to: hwpt) }),
                 ("fault queue", "read", { _ = try queue.read() }),
-                ("fault queue", "wait", { _ = try queue.wait(timeoutMilliseconds: 0) }),
+                ("fault queue", "wait", { _ = try queue.wait(timeout: .zero) }),
                 ("fault queue", "respond", { try queue.respond(cookie: 1, success: true) }),
                 ("fault queue", "HWPT with it", { _ = try HWPT(ioas: other, device: 42, faultQueue: queue) }),
                 ("vIOMMU", "invalidate", { _ = try viommu.invalidate(armSMMUv3Commands: [(1, 2)]) }),
@@ -101,7 +101,7 @@ import Glibc
                 ("vIOMMU", "vEVENTQ", { _ = try VEventQueue(viommu: viommu, type: 0xff, depth: 1, eventSize: 4) }),
                 ("vIOMMU", "HW queue", { _ = try HWQueue(viommu: viommu, type: 0xff, index: 1, iova: 0, length: 4096) }),
                 ("vEVENTQ", "read", { _ = try veventq.read() }),
-                ("vEVENTQ", "wait", { _ = try veventq.wait(timeoutMilliseconds: 0) }),
+                ("vEVENTQ", "wait", { _ = try veventq.wait(timeout: .zero) }),
             ]
             for (owner, name, op) in operations {
                 let before = k.calls.count
@@ -202,7 +202,7 @@ import Glibc
                 let rounds = Atomic<Int>(0)
             }
             let shared = Shared()
-            @Sendable func iova(_ w: Int) -> UInt64 { 0x100_0000 + UInt64(w) * 0x10_0000 }
+            @Sendable func iova(_ w: Int) -> IOVA { IOVA(0x100_0000 + UInt64(w) * 0x10_0000) }
             await withTaskGroup(of: Void.self) { group in
                 for w in 0..<workers {
                     group.addTask {
@@ -262,7 +262,7 @@ import Glibc
             let next = try IOAS(ctx)
             #expect(next.objectID == ioas.objectID)
             for w in 0..<workers {
-                _ = try next.unsafeMap(address: UnsafeRawPointer(bitPattern: buffers[w].address)!, length: 4096, at: iova(w))
+                _ = try next.unsafeMap(address: UnsafeRawPointer(buffers[w].baseAddress), length: 4096, at: iova(w))
             }
             #expect(throws: VFIOError.self) { _ = try ioas.unmapAll() }
             #expect(model.areas(next.objectID)?.count == workers)

@@ -55,24 +55,24 @@ func guestLikeFixture() throws -> PCIFixture {
         let devs = f.host.devices()
         #expect(devs.map(\.address.description) == ["0000:00:02.0", "0000:00:04.0", "0000:00:05.0", "0000:00:06.0",
                                                     "0000:01:01.0", "0000:01:02.0"])
-        let edu = try f.host.device("00:02.0")
+        let edu = try f.host.device(try PCIAddress(parsing: "00:02.0"))
         #expect(edu.vendorID == 0x1234 && edu.deviceID == 0x11e8 && edu.ids == "1234:11e8")
         #expect(edu.subsystemVendorID == 0x1af4 && edu.subsystemDeviceID == 0x1100)
         #expect(edu.classCode == 0x00ff00 && edu.className == "Unclassified device")
         #expect(edu.driver == nil && edu.driverOverride == nil && edu.iommuGroup == 3 && edu.numaNode == 0)
         #expect(!edu.isBridge && edu.headerType == 0)
-        let nvme = try f.host.device("0000:00:05.0")
+        let nvme = try f.host.device(try PCIAddress(parsing: "0000:00:05.0"))
         #expect(nvme.driver == "nvme" && nvme.className == "NVMe controller" && nvme.numaNode == nil)
-        let bridge = try f.host.device("0000:00:04.0")
+        let bridge = try f.host.device(try PCIAddress(parsing: "0000:00:04.0"))
         #expect(bridge.isBridge && bridge.className == "PCI bridge" && bridge.headerType == 1)
-        let vga = try f.host.device("0000:00:06.0")
+        let vga = try f.host.device(try PCIAddress(parsing: "0000:00:06.0"))
         #expect(vga.iommuGroup == nil && vga.className == "VGA compatible controller")
     }
 
     @Test func missingDeviceIsAClearError() throws {
         let f = try guestLikeFixture()
-        #expect(throws: VFIOError.self) { _ = try f.host.device("0000:00:1f.0") }
-        do { _ = try f.host.device("0000:00:1f.0") } catch {
+        #expect(throws: VFIOError.self) { _ = try f.host.device(try PCIAddress(parsing: "0000:00:1f.0")) }
+        do throws(VFIOError) { _ = try f.host.device(try PCIAddress(parsing: "0000:00:1f.0")) } catch {
             #expect(error.description.contains("no PCI device 0000:00:1f.0"))
             #expect(error.hint?.contains("vfioctl list") == true)
         }
@@ -97,7 +97,7 @@ func guestLikeFixture() throws -> PCIFixture {
     @Test func cdevAndOverrideAreRead() throws {
         let f = try guestLikeFixture()
         try f.addDevice("0000:00:07.0", vendor: 0x1234, device: 0x11e8, cls: 0xff00, driver: "vfio-pci", group: 7, override: "vfio-pci")
-        let d = try f.host.device("0000:00:07.0")
+        let d = try f.host.device(try PCIAddress(parsing: "0000:00:07.0"))
         #expect(d.vfioCdev == "vfio0" && d.vfioCdevPath == "/dev/vfio/devices/vfio0" && d.driverOverride == "vfio-pci")
         #expect(d.isBoundToVFIO && f.host.readiness(of: d) == .ready)
     }
@@ -409,7 +409,7 @@ func guestLikeFixture() throws -> PCIFixture {
         try f.write("/proc/self/mountinfo", "17 1 0:15 / / ro,relatime - 9p host ro,access=client,msize=512000,trans=virtio\n")
         let u = f.host.uses(of: try PCIAddress(parsing: "0000:00:11.0"))
         #expect(u.count == 1 && u.first?.kind == .mounted && u.first?.detail.contains("\"host\" is mounted on /") == true)
-        #expect(f.host.readiness(of: try f.host.device("0000:00:11.0")) == .inUse)
+        #expect(f.host.readiness(of: try f.host.device(try PCIAddress(parsing: "0000:00:11.0"))) == .inUse)
     }
 }
 

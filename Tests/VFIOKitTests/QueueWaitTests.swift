@@ -145,7 +145,7 @@ import Glibc
         let base = k.openFDCount
         let outcome = Mutex<(result: Result<Bool, VFIOError>, at: ContinuousClock.Instant)?>(nil)
         try Sys.startThread(nil) {
-            let r = Result { () throws(VFIOError) -> Bool in try q.wait(timeoutMilliseconds: 10_000) }
+            let r = Result { () throws(VFIOError) -> Bool in try q.wait(timeout: .seconds(10)) }
             outcome.withLock { $0 = (r, ContinuousClock.now) }
         }
         try #require(await QueueWaitTests.waitForOpenCount(k, base + 1), "wait() never waited in poll")

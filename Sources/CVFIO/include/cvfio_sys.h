@@ -54,6 +54,11 @@ static inline int cvfio_errno(void) { return errno; }
  * child. Returns 0 or an errno; ENOSYS where the C library lacks it. */
 int cvfio_spawn_file_actions_addclosefrom(posix_spawn_file_actions_t *actions, int from);
 
+/* ppoll(2) with a relative timeout in nanoseconds (negative: wait forever) and
+ * no signal mask change: poll(2) with nanosecond rather than millisecond
+ * resolution. ppoll is declared only under _GNU_SOURCE. */
+int cvfio_sys_ppoll(struct pollfd *fds, unsigned long count, long long timeout_ns);
+
 static const unsigned int CVFIO_MFD_CLOEXEC = 0x0001U;
 static const unsigned int CVFIO_MFD_HUGETLB = 0x0004U;
 

@@ -45,14 +45,14 @@ struct MapRequest: Equatable, Sendable, CustomStringConvertible {
         }
     }
     var size: UInt64
-    /// nil: the kernel chooses (iommufd) or vfioctl does (container).
-    var iova: UInt64?
+    /// nil: the kernel chooses (iommufd) or VFIOKit's allocator does (container).
+    var iova: IOVA?
     var backing: Backing
 
     static let page: UInt64 = 4096
     static let form = "SIZE[@IOVA][,anonymous|memfd|huge], e.g. 2M, 64K@0x100000, 2M@0x200000,memfd"
 
-    init(size: UInt64, iova: UInt64? = nil, backing: Backing = .anonymous) {
+    init(size: UInt64, iova: IOVA? = nil, backing: Backing = .anonymous) {
         self.size = size
         self.iova = iova
         self.backing = backing
@@ -70,11 +70,11 @@ struct MapRequest: Equatable, Sendable, CustomStringConvertible {
             backing = b
             body = body[..<comma]
         }
-        var iova: UInt64?
+        var iova: IOVA?
         if let at = body.firstIndex(of: "@") {
             let t = String(body[body.index(after: at)...])
             guard let v = ArgumentValues.size(t) else { throw bad("IOVA '\(t)' is not a number") }
-            iova = v
+            iova = IOVA(v)
             body = body[..<at]
         }
         guard let size = ArgumentValues.size(String(body)) else { throw bad("size '\(body)' is not a size") }
@@ -84,14 +84,14 @@ struct MapRequest: Equatable, Sendable, CustomStringConvertible {
             throw bad("the size must be a multiple of \(unit == MapRequest.page ? "4 KiB" : "2 MiB") (the page size of the backing)")
         }
         if let iova {
-            guard iova % MapRequest.page == 0 else { throw bad("the IOVA must be a multiple of 4 KiB") }
-            guard iova <= UInt64.max - (size - 1) else { throw bad("the range runs past the end of the 64-bit IOVA space") }
+            guard iova.isAligned(to: MapRequest.page) else { throw bad("the IOVA must be a multiple of 4 KiB") }
+            guard iova.adding(size - 1) != nil else { throw bad("the range runs past the end of the 64-bit IOVA space") }
         }
         self.init(size: size, iova: iova, backing: backing)
     }
 
     var description: String {
-        formatBytes(size) + (iova.map { "@0x" + String($0, radix: 16) } ?? "") + (backing == .anonymous ? "" : "," + backing.rawValue)
+        formatBytes(size) + (iova.map { "@\($0)" } ?? "") + (backing == .anonymous ? "" : "," + backing.rawValue)
     }
 }
 

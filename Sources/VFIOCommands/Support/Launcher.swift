@@ -111,7 +111,7 @@ public struct Launcher: Sendable {
                 return 128 + (status & 0x7f)  // killed by a signal
             }
             // A signal that cannot be passed on (the child is already gone) is dropped; the wait goes on.
-            if let sig = try Sys.sigtimedwait(kernel, signals, timeoutNanoseconds: 50_000_000) {
+            if let sig = try Sys.sigtimedwait(kernel, signals, timeout: .milliseconds(50)) {
                 _ = try? Sys.kill(kernel, pid, sig)
             }
         }
@@ -178,7 +178,7 @@ public struct Launcher: Sendable {
         let kernel = Sys.current
         try Sys.sigmask(kernel, SIG_BLOCK, stopSignals)
         while true {
-            if let sig = try Sys.sigtimedwait(kernel, stopSignals, timeoutNanoseconds: 1_000_000_000) { return sig }
+            if let sig = try Sys.sigtimedwait(kernel, stopSignals, timeout: .seconds(1)) { return sig }
         }
     }
 }

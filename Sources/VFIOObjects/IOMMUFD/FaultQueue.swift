@@ -52,7 +52,7 @@ public struct PageFault: Sendable, Equatable {
 /// A queue the kernel delivers I/O page faults of HWPTs allocated with it to.
 ///
 /// Read faults with ``read(maxCount:)`` (never blocks; empty when none),
-/// ``wait(timeoutMilliseconds:)`` from a thread of your own, or
+/// ``wait(timeout:)`` from a thread of your own, or
 /// ``next(maxCount:)`` from async code, and answer each fault group with
 /// ``respond(cookie:success:)``. Responses the process never sends are
 /// answered with failure by the kernel when the queue is destroyed.
@@ -128,12 +128,12 @@ public final class FaultQueue: Sendable, IOMMUObjectOwner {
         }
     }
 
-    /// Blocks up to `timeoutMilliseconds` (-1: forever) for a fault; true when
+    /// Blocks up to `timeout` (nil: forever) for a fault; true when
     /// one is queued. ``destroy()`` from another thread ends the wait at once
     /// (it throws "closed").
-    public func wait(timeoutMilliseconds: Int32) throws(VFIOError) -> Bool {
+    public func wait(timeout: Duration?) throws(VFIOError) -> Bool {
         try state.requireLive("wait for page faults")
-        return try fd.waitReadableOrClose(timeoutMilliseconds: timeoutMilliseconds, operation: "wait for page faults")
+        return try fd.waitReadableOrClose(timeout: timeout, operation: "wait for page faults")
     }
 
     /// Answers the fault group `cookie` (from ``PageFault/cookie``).

@@ -218,7 +218,7 @@ public final class HWPT: IOMMUAttachTarget, IOMMUObjectOwner {
     public func readDirty(into bitmap: inout DirtyBitmap, clear: Bool = true) throws(VFIOError) {
         var arg = iommu_hwpt_get_dirty_bitmap.make()
         arg.flags = clear ? 0 : UInt32(IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR.rawValue)
-        arg.iova = bitmap.iova
+        arg.iova = bitmap.iova.rawValue
         arg.length = bitmap.length
         arg.page_size = bitmap.pageSize
         let label = self.label
@@ -237,7 +237,7 @@ public final class HWPT: IOMMUAttachTarget, IOMMUObjectOwner {
         }
         if case .failure(var e) = r {
             if e.errno?.rawValue == EINVAL {
-                e.detail = "IOVA 0x\(String(bitmap.iova, radix: 16)) and length \(bitmap.length) must be multiples "
+                e.detail = "IOVA \(bitmap.iova) and length \(bitmap.length) must be multiples "
                     + "of the page size \(bitmap.pageSize) (a power of two), and dirty tracking must be enabled"
             }
             throw e
@@ -246,7 +246,7 @@ public final class HWPT: IOMMUAttachTarget, IOMMUObjectOwner {
 
     /// The dirty pages of `[iova, iova + length)` at `pageSize` granularity.
     /// The corresponding ioctl is `IOMMU_HWPT_GET_DIRTY_BITMAP`.
-    public func dirtyBitmap(iova: UInt64, length: UInt64, pageSize: UInt64 = 4096, clear: Bool = true)
+    public func dirtyBitmap(iova: IOVA, length: UInt64, pageSize: UInt64 = 4096, clear: Bool = true)
         throws(VFIOError) -> DirtyBitmap
     {
         var b = try DirtyBitmap(iova: iova, length: length, pageSize: pageSize)
@@ -351,7 +351,7 @@ extension IOMMUFD {
 /// (the buffer `IOMMU_HWPT_GET_DIRTY_BITMAP` fills).
 public struct DirtyBitmap: Sendable, Equatable {
     /// First IOVA covered.
-    public let iova: UInt64
+    public let iova: IOVA
     /// Bytes covered.
     public let length: UInt64
     /// Bytes per bit (a power of two).
@@ -360,12 +360,12 @@ public struct DirtyBitmap: Sendable, Equatable {
     public internal(set) var words: [UInt64]
 
     /// An empty bitmap for `[iova, iova + length)`.
-    public init(iova: UInt64, length: UInt64, pageSize: UInt64) throws(VFIOError) {
-        guard pageSize > 0, pageSize & (pageSize - 1) == 0, iova % pageSize == 0, length % pageSize == 0,
+    public init(iova: IOVA, length: UInt64, pageSize: UInt64) throws(VFIOError) {
+        guard pageSize > 0, pageSize & (pageSize - 1) == 0, iova.isAligned(to: pageSize), length % pageSize == 0,
               length > 0
         else {
             throw VFIOError.invalid("IOMMU_HWPT_GET_DIRTY_BITMAP",
-                                    "page size \(pageSize) must be a power of two dividing IOVA 0x\(String(iova, radix: 16)) "
+                                    "page size \(pageSize) must be a power of two dividing IOVA \(iova) "
                                         + "and length \(length) > 0")
         }
         self.iova = iova
@@ -385,7 +385,7 @@ public struct DirtyBitmap: Sendable, Equatable {
     }
 
     /// Whether the page containing `address` is dirty; false outside the range.
-    public func isDirty(iova address: UInt64) -> Bool {
+    public func isDirty(iova address: IOVA) -> Bool {
         guard address >= iova, address - iova < length else { return false }
         return isDirty(page: Int((address - iova) / pageSize))
     }
@@ -394,8 +394,8 @@ public struct DirtyBitmap: Sendable, Equatable {
     public var dirtyCount: Int { words.reduce(0) { $0 + $1.nonzeroBitCount } }
 
     /// The IOVAs of the dirty pages, in order.
-    public var dirtyIOVAs: [UInt64] {
-        var out: [UInt64] = []
+    public var dirtyIOVAs: [IOVA] {
+        var out: [IOVA] = []
         for (w, word) in words.enumerated() where word != 0 {
             var bits = word
             while bits != 0 {

@@ -126,12 +126,13 @@ public final class IOAS: IOMMUAttachTarget, IOMMUObjectOwner {
     /// Maps and records the mapping as owned by a safe mapping (VFIODMA's
     /// `DMAMapping`); returns the IOVA and its slot in ``mappings``.
     @inline(__always)
-    package func mapOwned(_ va: UInt64, length: UInt64, at iova: UInt64?, readable: Bool, writable: Bool)
-        throws(VFIOError) -> (iova: UInt64, slot: Int32)
+    package func mapOwned(_ address: UnsafeRawPointer, length: UInt64, at iova: IOVA?, readable: Bool, writable: Bool)
+        throws(VFIOError) -> (iova: IOVA, slot: Int32)
     {
-        try state.withID("IOMMU_IOAS_MAP") { (id) throws(VFIOError) -> (iova: UInt64, slot: Int32) in
-            let mapped = try mapUser(id, va, length: length, at: iova, readable: readable, writable: writable)
-            return (mapped, mappings.register(iova: mapped, length: length))
+        try state.withID("IOMMU_IOAS_MAP") { (id) throws(VFIOError) -> (iova: IOVA, slot: Int32) in
+            let mapped = try mapUser(id, UInt64(UInt(bitPattern: address)), length: length, at: iova?.rawValue,
+                                     readable: readable, writable: writable)
+            return (IOVA(mapped), mappings.register(iova: mapped, length: length))
         }
     }
 
@@ -143,12 +144,12 @@ public final class IOAS: IOMMUAttachTarget, IOMMUObjectOwner {
     /// mapped, the device reads and writes pages the process no longer sees.
     /// Unmap with ``unmap(iova:length:)`` before releasing the memory.
     /// The corresponding ioctl is `IOMMU_IOAS_MAP`.
-    public func unsafeMap(address: UnsafeRawPointer, length: Int, at iova: UInt64?,
-                          readable: Bool = true, writable: Bool = true) throws(VFIOError) -> UInt64
+    public func unsafeMap(address: UnsafeRawPointer, length: Int, at iova: IOVA?,
+                          readable: Bool = true, writable: Bool = true) throws(VFIOError) -> IOVA
     {
-        try state.withID("IOMMU_IOAS_MAP") { (id) throws(VFIOError) -> UInt64 in
-            try mapUser(id, UInt64(UInt(bitPattern: address)), length: UInt64(length), at: iova,
-                        readable: readable, writable: writable)
+        try state.withID("IOMMU_IOAS_MAP") { (id) throws(VFIOError) -> IOVA in
+            IOVA(try mapUser(id, UInt64(UInt(bitPattern: address)), length: UInt64(length), at: iova?.rawValue,
+                             readable: readable, writable: writable))
         }
     }
 
@@ -174,14 +175,15 @@ public final class IOAS: IOMMUAttachTarget, IOMMUObjectOwner {
     /// records the mapping as owned by a safe mapping; returns the IOVA and its
     /// slot. The file stays open (its number names it) while the kernel takes
     /// its own reference.
-    package func mapFileOwned(_ file: OwnedFD, length: UInt64, at iova: UInt64?, readable: Bool, writable: Bool)
-        throws(VFIOError) -> (iova: UInt64, slot: Int32)
+    package func mapFileOwned(_ file: OwnedFD, length: UInt64, at iova: IOVA?, readable: Bool, writable: Bool)
+        throws(VFIOError) -> (iova: IOVA, slot: Int32)
     {
-        try state.withID("IOMMU_IOAS_MAP_FILE") { (id) throws(VFIOError) -> (iova: UInt64, slot: Int32) in
+        try state.withID("IOMMU_IOAS_MAP_FILE") { (id) throws(VFIOError) -> (iova: IOVA, slot: Int32) in
             let mapped = try file.withDescriptor("IOMMU_IOAS_MAP_FILE") { (memfd) throws(VFIOError) in
-                try mapFile(id, fd: memfd, offset: 0, length: length, at: iova, readable: readable, writable: writable)
+                try mapFile(id, fd: memfd, offset: 0, length: length, at: iova?.rawValue, readable: readable,
+                            writable: writable)
             }
-            return (mapped, mappings.register(iova: mapped, length: length))
+            return (IOVA(mapped), mappings.register(iova: mapped, length: length))
         }
     }
 
@@ -189,11 +191,12 @@ public final class IOAS: IOMMUAttachTarget, IOMMUObjectOwner {
     /// `offset`, and returns the IOVA. The kernel holds its own reference to
     /// the file; the caller keeps track of unmapping.
     /// The corresponding ioctl is `IOMMU_IOAS_MAP_FILE`.
-    public func unsafeMapFile(fd: Int32, offset: UInt64, length: UInt64, at iova: UInt64?,
-                              readable: Bool = true, writable: Bool = true) throws(VFIOError) -> UInt64
+    public func unsafeMapFile(fd: Int32, offset: UInt64, length: UInt64, at iova: IOVA?,
+                              readable: Bool = true, writable: Bool = true) throws(VFIOError) -> IOVA
     {
-        try state.withID("IOMMU_IOAS_MAP_FILE") { (id) throws(VFIOError) -> UInt64 in
-            try mapFile(id, fd: fd, offset: offset, length: length, at: iova, readable: readable, writable: writable)
+        try state.withID("IOMMU_IOAS_MAP_FILE") { (id) throws(VFIOError) -> IOVA in
+            IOVA(try mapFile(id, fd: fd, offset: offset, length: length, at: iova?.rawValue, readable: readable,
+                             writable: writable))
         }
     }
 
@@ -250,7 +253,8 @@ public final class IOAS: IOMMUAttachTarget, IOMMUObjectOwner {
     /// much was unmapped. A range that holds a mapping a ``DMAMapping`` owns is
     /// refused before the kernel is asked: unmap that through the mapping.
     /// The corresponding ioctl is `IOMMU_IOAS_UNMAP`.
-    public func unmap(iova: UInt64, length: UInt64) throws(VFIOError) -> UInt64 {
+    public func unmap(iova at: IOVA, length: UInt64) throws(VFIOError) -> UInt64 {
+        let iova = at.rawValue
         let done = try state.withID("IOMMU_IOAS_UNMAP") { (id) throws(VFIOError) -> UInt64 in
             let owned = mappings.liveOverlapping(iova: iova, length: length)
             if owned > 0 {
@@ -357,12 +361,12 @@ public final class IOAS: IOMMUAttachTarget, IOMMUObjectOwner {
     /// into this IOAS at `iova` (or where the kernel chooses), without pinning
     /// them again. Returns the IOVA in this IOAS.
     /// The corresponding ioctl is `IOMMU_IOAS_COPY`.
-    public func copy(from source: IOAS, sourceIOVA: UInt64, length: UInt64, to iova: UInt64?,
-                     readable: Bool = true, writable: Bool = true) throws(VFIOError) -> UInt64
+    public func copy(from source: IOAS, sourceIOVA: IOVA, length: UInt64, to iova: IOVA?,
+                     readable: Bool = true, writable: Bool = true) throws(VFIOError) -> IOVA
     {
-        try IOAS.withIDs(self, source, "IOMMU_IOAS_COPY") { (dst, src) throws(VFIOError) -> UInt64 in
-            try copyRange(dst, src, source: source, sourceIOVA: sourceIOVA, length: length, to: iova,
-                          readable: readable, writable: writable)
+        try IOAS.withIDs(self, source, "IOMMU_IOAS_COPY") { (dst, src) throws(VFIOError) -> IOVA in
+            IOVA(try copyRange(dst, src, source: source, sourceIOVA: sourceIOVA.rawValue, length: length,
+                               to: iova?.rawValue, readable: readable, writable: writable))
         }
     }
 
@@ -408,13 +412,13 @@ public final class IOAS: IOMMUAttachTarget, IOMMUObjectOwner {
     /// Copies the safe mapping `[sourceIOVA, +length)` of `source` into this
     /// IOAS at `iova` (or where the kernel chooses) and records it as owned by
     /// a safe mapping; returns the IOVA and its slot.
-    package func copyOwned(from source: IOAS, sourceIOVA: UInt64, length: UInt64, to iova: UInt64?,
-                           readable: Bool, writable: Bool) throws(VFIOError) -> (iova: UInt64, slot: Int32)
+    package func copyOwned(from source: IOAS, sourceIOVA: IOVA, length: UInt64, to iova: IOVA?,
+                           readable: Bool, writable: Bool) throws(VFIOError) -> (iova: IOVA, slot: Int32)
     {
-        try IOAS.withIDs(self, source, "IOMMU_IOAS_COPY") { (d, s) throws(VFIOError) -> (iova: UInt64, slot: Int32) in
-            let dst = try copyRange(d, s, source: source, sourceIOVA: sourceIOVA, length: length, to: iova,
-                                    readable: readable, writable: writable)
-            return (dst, mappings.register(iova: dst, length: length))
+        try IOAS.withIDs(self, source, "IOMMU_IOAS_COPY") { (d, s) throws(VFIOError) -> (iova: IOVA, slot: Int32) in
+            let dst = try copyRange(d, s, source: source, sourceIOVA: sourceIOVA.rawValue, length: length,
+                                    to: iova?.rawValue, readable: readable, writable: writable)
+            return (IOVA(dst), mappings.register(iova: dst, length: length))
         }
     }
 
@@ -423,14 +427,18 @@ public final class IOAS: IOMMUAttachTarget, IOMMUObjectOwner {
     /// The IOVA ranges a mapping may use and the alignment IOVAs and lengths need.
     public struct IOVARanges: Sendable, Equatable {
         /// Inclusive ranges (`last` is the last usable byte).
-        public var ranges: [ClosedRange<UInt64>]
+        public var ranges: [ClosedRange<IOVA>]
         /// IOVAs and lengths must be multiples of this.
         public var alignment: UInt64
 
+        public init(ranges: [ClosedRange<IOVA>], alignment: UInt64) {
+            self.ranges = ranges
+            self.alignment = alignment
+        }
+
         /// Whether `[iova, iova + length)` lies in one allowed range.
-        public func contains(iova: UInt64, length: UInt64) -> Bool {
-            guard length > 0, iova <= UInt64.max - (length - 1) else { return false }
-            let last = iova + (length - 1)
+        public func contains(iova: IOVA, length: UInt64) -> Bool {
+            guard length > 0, let last = iova.adding(length - 1) else { return false }
             return ranges.contains { $0.contains(iova) && $0.contains(last) }
         }
     }
@@ -465,7 +473,7 @@ public final class IOAS: IOMMUAttachTarget, IOMMUObjectOwner {
                 throw e
             }
             let n = Int(min(arg.num_iovas, capacity))
-            return IOVARanges(ranges: buffer[..<n].map { $0.start...$0.last }, alignment: arg.out_iova_alignment)
+            return IOVARanges(ranges: buffer[..<n].map { IOVA($0.start)...IOVA($0.last) }, alignment: arg.out_iova_alignment)
         }
     }
 
@@ -475,8 +483,8 @@ public final class IOAS: IOMMUAttachTarget, IOMMUObjectOwner {
     /// removes the guarantee. Ranges must not overlap, and must lie within
     /// what ``iovaRanges()`` reports now.
     /// The corresponding ioctl is `IOMMU_IOAS_ALLOW_IOVAS`.
-    public func allowIOVAs(_ ranges: [ClosedRange<UInt64>]) throws(VFIOError) {
-        var raw = ranges.map { iommu_iova_range(start: $0.lowerBound, last: $0.upperBound) }
+    public func allowIOVAs(_ ranges: [ClosedRange<IOVA>]) throws(VFIOError) {
+        var raw = ranges.map { iommu_iova_range(start: $0.lowerBound.rawValue, last: $0.upperBound.rawValue) }
         var arg = iommu_ioas_allow_iovas.make()
         arg.num_iovas = UInt32(raw.count)
         let r: Result<Void, VFIOError> = raw.withUnsafeMutableBufferPointer { p in

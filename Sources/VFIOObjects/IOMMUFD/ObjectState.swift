@@ -80,7 +80,7 @@ final class ObjectGate: Sendable {
     /// Gives the CPU away while another thread finishes a short section (one ioctl).
     private func pause(_ spins: inout Int) {
         spins += 1
-        if spins < 64 { Sys.yield(kernel) } else { Sys.sleep(kernel, nanoseconds: 50_000) }
+        if spins < 64 { Sys.yield(kernel) } else { Sys.sleep(kernel, for: .microseconds(50)) }
     }
 }
 

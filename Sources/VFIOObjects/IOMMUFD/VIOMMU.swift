@@ -274,12 +274,12 @@ public final class VEventQueue: Sendable, IOMMUObjectOwner {
         return out
     }
 
-    /// Blocks up to `timeoutMilliseconds` (-1: forever); true when an event is
+    /// Blocks up to `timeout` (nil: forever); true when an event is
     /// queued. ``destroy()`` from another thread ends the wait at once (it
     /// throws "closed").
-    public func wait(timeoutMilliseconds: Int32) throws(VFIOError) -> Bool {
+    public func wait(timeout: Duration?) throws(VFIOError) -> Bool {
         try state.requireLive("wait for vEVENTs")
-        return try fd.waitReadableOrClose(timeoutMilliseconds: timeoutMilliseconds, operation: "wait for vEVENTs")
+        return try fd.waitReadableOrClose(timeout: timeout, operation: "wait for vEVENTs")
     }
 
     /// Suspends until events arrive, then reads them. The wait is on the fd's
@@ -308,11 +308,11 @@ public final class HWQueue: Sendable, IOMMUObjectOwner {
     public static let typeTegra241CMDQV = UInt32(IOMMU_HW_QUEUE_TYPE_TEGRA241_CMDQV.rawValue)
 
     /// The corresponding ioctl is `IOMMU_HW_QUEUE_ALLOC`.
-    public init(viommu: VIOMMU, type: UInt32, index: UInt32, iova: UInt64, length: UInt64) throws(VFIOError) {
+    public init(viommu: VIOMMU, type: UInt32, index: UInt32, iova: IOVA, length: UInt64) throws(VFIOError) {
         var arg = iommu_hw_queue_alloc.make()
         arg.type = type
         arg.index = index
-        arg.nesting_parent_iova = iova
+        arg.nesting_parent_iova = iova.rawValue
         arg.length = length
         do throws(VFIOError) {
             try viommu.state.withID("IOMMU_HW_QUEUE_ALLOC") { (id) throws(VFIOError) in
@@ -322,7 +322,7 @@ public final class HWQueue: Sendable, IOMMUObjectOwner {
         } catch {
             var e = error
             if e.errno?.rawValue == ENOENT {
-                e.detail = "IOVA 0x\(String(iova, radix: 16)) length \(length) is not mapped in the parent's IOAS"
+                e.detail = "IOVA \(iova) length \(length) is not mapped in the parent's IOAS"
             }
             throw e
         }

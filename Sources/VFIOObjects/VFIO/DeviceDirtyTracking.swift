@@ -16,8 +16,8 @@ extension VFIODevice {
     /// Starts device-side dirty tracking of DMA writes over `ranges` (IOVA, length)
     /// at `pageSize` granularity (devices with migration support only).
     /// The corresponding ioctl is `VFIO_DEVICE_FEATURE` with `VFIO_DEVICE_FEATURE_DMA_LOGGING_START`.
-    public func startDMALogging(pageSize: UInt64, ranges: [(iova: UInt64, length: UInt64)]) throws(VFIOError) {
-        var list = ranges.map { vfio_device_feature_dma_logging_range(iova: $0.iova, length: $0.length) }
+    public func startDMALogging(pageSize: UInt64, ranges: [(iova: IOVA, length: UInt64)]) throws(VFIOError) {
+        var list = ranges.map { vfio_device_feature_dma_logging_range(iova: $0.iova.rawValue, length: $0.length) }
         // Safety: the control structure carries the ranges' address, valid only inside this closure;
         // the ioctl that reads it runs inside it too.
         let result: Result<Void, VFIOError> = list.withUnsafeMutableBufferPointer { p in
@@ -41,14 +41,14 @@ extension VFIODevice {
     /// The pages of `[iova, iova+length)` the device wrote since the last
     /// report (and clears them): one bit per `pageSize` page, in 64-bit words.
     /// `VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT`.
-    public func dmaLoggingReport(iova: UInt64, length: UInt64, pageSize: UInt64) throws(VFIOError) -> [UInt64] {
+    public func dmaLoggingReport(iova: IOVA, length: UInt64, pageSize: UInt64) throws(VFIOError) -> [UInt64] {
         // The kernel's own checks (vfio_ioctl_device_feature_logging_report), before any arithmetic here.
         guard pageSize >= 4096, pageSize & (pageSize - 1) == 0, length > 0 else {
             throw VFIOError.invalid("VFIO_DEVICE_FEATURE", "DMA logging report: page size \(pageSize) must be a power of "
                                         + "two of at least 4096, and length \(length) positive", object: label)
         }
-        guard !iova.addingReportingOverflow(length).overflow else {
-            throw VFIOError.invalid("VFIO_DEVICE_FEATURE", "DMA logging report: IOVA 0x\(String(iova, radix: 16)) + "
+        guard iova.adding(length) != nil else {
+            throw VFIOError.invalid("VFIO_DEVICE_FEATURE", "DMA logging report: IOVA \(iova) + "
                                         + "length \(length) runs past 2^64", object: label)
         }
         let pages = length / pageSize + (length % pageSize == 0 ? 0 : 1)
@@ -61,7 +61,7 @@ extension VFIODevice {
         var bitmap = [UInt64](repeating: 0, count: Int(words))
         let result = bitmap.withUnsafeMutableBufferPointer { p in
             var report = vfio_device_feature_dma_logging_report()
-            report.iova = iova
+            report.iova = iova.rawValue
             report.length = length
             report.page_size = pageSize
             // Safety: the kernel writes the bitmap during the ioctl, which runs inside this closure.

@@ -72,6 +72,8 @@ extension VFIODevice {
     /// Routes vectors `start..<start+eventfds.count` of `index` to eventfds
     /// (nil de-assigns that vector, fd -1). Enables MSI/MSI-X with that many
     /// vectors. The device keeps the eventfds alive until ``disableIRQ(_:)``.
+    /// Lower level than ``interrupts(_:count:start:)``, whose handles turn
+    /// their vectors off when released: here that is the caller's job.
     /// The corresponding ioctl is `VFIO_DEVICE_SET_IRQS` with
     /// `VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER`.
     public func setIRQTrigger(_ index: IRQIndex, start: UInt32 = 0, eventfds: [EventFD?]) throws(VFIOError) {
@@ -91,13 +93,6 @@ extension VFIODevice {
             for (i, e) in eventfds.enumerated() { list[Int(start) + i] = e }
             b.irqEventFDs[index.rawValue] = list
         }
-    }
-
-    /// Routes one vector to a new eventfd and returns it.
-    public func enableIRQ(_ index: IRQIndex, vector: UInt32 = 0) throws(VFIOError) -> EventFD {
-        let e = try EventFD()
-        try setIRQTrigger(index, start: vector, eventfds: [e])
-        return e
     }
 
     /// Turns off all vectors of `index` (MSI/MSI-X are disabled in the device).

@@ -21,11 +21,8 @@ public struct HotResetDevice: Sendable, Equatable, CustomStringConvertible {
         PCIAddress(domain: UInt32(segment), bus: bus, device: devfn >> 3, function: devfn & 7)
     }
 
-    /// `SSSS:BB:DD.F`.
-    public var bdf: String { address.description }
-
     public var description: String {
-        var s = bdf
+        var s = address.description
         if let g = groupID { s += " group \(g)" }
         if let d = deviceID { s += " devid \(d)" }
         if let o = owned { s += o ? " (owned)" : " (not owned)" }

@@ -78,7 +78,7 @@ public final class VFIOContainer: Sendable {
         /// Supported IOMMU page sizes (a bitmap of sizes), when reported.
         public var pageSizes: UInt64?
         /// Usable IOVA ranges (inclusive ends), when reported.
-        public var iovaRanges: [ClosedRange<UInt64>]?
+        public var iovaRanges: [ClosedRange<IOVA>]?
         /// How many more mappings the type1 driver accepts (`dma_entry_limit`).
         public var dmaAvailable: UInt32?
         /// Dirty-page tracking support: (flags, page size bitmap, max bitmap size).
@@ -102,25 +102,25 @@ public final class VFIOContainer: Sendable {
     /// Maps and records the mapping as owned by a safe mapping (VFIODMA's
     /// `DMAMapping`); returns its slot.
     @inline(__always)
-    package func mapOwned(address: UnsafeRawPointer, length: Int, at iova: UInt64, readable: Bool, writable: Bool)
+    package func mapOwned(address: UnsafeRawPointer, length: Int, at iova: IOVA, readable: Bool, writable: Bool)
         throws(VFIOError) -> Int32
     {
         guard gate.enterShared() else { preconditionFailure("a container's gate is never closed") }
         defer { gate.leaveShared() }
         try unsafeMapDMA(address: address, length: length, at: iova, readable: readable, writable: writable)
-        return mappings.register(iova: iova, length: UInt64(length))
+        return mappings.register(iova: iova.rawValue, length: UInt64(length))
     }
 
     /// Maps memory the caller owns and keeps alive until it unmaps it.
     /// The corresponding ioctl is `VFIO_IOMMU_MAP_DMA`.
-    public func unsafeMapDMA(address: UnsafeRawPointer, length: Int, at iova: UInt64,
+    public func unsafeMapDMA(address: UnsafeRawPointer, length: Int, at iova: IOVA,
                              readable: Bool = true, writable: Bool = true) throws(VFIOError)
     {
         var arg = vfio_iommu_type1_dma_map.make()
         if readable { arg.flags |= VFIO_DMA_MAP_FLAG_READ }
         if writable { arg.flags |= VFIO_DMA_MAP_FLAG_WRITE }
         arg.vaddr = UInt64(UInt(bitPattern: address))
-        arg.iova = iova
+        arg.iova = iova.rawValue
         arg.size = UInt64(length)
         _ = try fd.ioctl(VFIO_IOMMU_MAP_DMA, &arg, object: label)
     }
@@ -128,11 +128,11 @@ public final class VFIOContainer: Sendable {
     /// Gives an existing mapping (invalidated with ``invalidateVirtualAddresses(iova:length:all:)``)
     /// a new process address, e.g. after live update. The corresponding ioctl is
     /// `VFIO_IOMMU_MAP_DMA` with `VFIO_DMA_MAP_FLAG_VADDR`.
-    public func updateVirtualAddress(_ address: UnsafeRawPointer, iova: UInt64, length: Int) throws(VFIOError) {
+    public func updateVirtualAddress(_ address: UnsafeRawPointer, iova: IOVA, length: Int) throws(VFIOError) {
         var arg = vfio_iommu_type1_dma_map.make()
         arg.flags = VFIO_DMA_MAP_FLAG_VADDR
         arg.vaddr = UInt64(UInt(bitPattern: address))
-        arg.iova = iova
+        arg.iova = iova.rawValue
         arg.size = UInt64(length)
         _ = try fd.ioctl(VFIO_IOMMU_MAP_DMA, &arg, object: label)
     }
@@ -146,7 +146,8 @@ public final class VFIOContainer: Sendable {
     /// ``DMAMapping`` owns is refused before the kernel is asked.
     /// The corresponding ioctl is `VFIO_IOMMU_UNMAP_DMA`.
     @discardableResult
-    public func unmapDMA(iova: UInt64, length: UInt64) throws(VFIOError) -> UInt64 {
+    public func unmapDMA(iova at: IOVA, length: UInt64) throws(VFIOError) -> UInt64 {
+        let iova = at.rawValue
         let owned = mappings.liveOverlapping(iova: iova, length: length)
         if owned > 0 {
             throw VFIOError.invalid(
@@ -225,10 +226,10 @@ public final class VFIOContainer: Sendable {
     /// device) until ``updateVirtualAddress(_:iova:length:)``. Needs
     /// `VFIO_UPDATE_VADDR`. The corresponding ioctl is `VFIO_IOMMU_UNMAP_DMA`
     /// with `VFIO_DMA_UNMAP_FLAG_VADDR`.
-    public func invalidateVirtualAddresses(iova: UInt64, length: UInt64, all: Bool = false) throws(VFIOError) {
+    public func invalidateVirtualAddresses(iova: IOVA, length: UInt64, all: Bool = false) throws(VFIOError) {
         var arg = vfio_iommu_type1_dma_unmap.make()
         arg.flags = VFIO_DMA_UNMAP_FLAG_VADDR | (all ? VFIO_DMA_UNMAP_FLAG_ALL : 0)
-        arg.iova = all ? 0 : iova
+        arg.iova = all ? 0 : iova.rawValue
         arg.size = all ? 0 : length
         _ = try fd.ioctl(VFIO_IOMMU_UNMAP_DMA, &arg, object: label)
     }
@@ -241,7 +242,7 @@ extension VFIOContainer.Info {
     init(parsing bytes: KernelBytes<vfio_iommu_type1_info>) {
         let h = bytes.header
         let caps = h.flags & VFIO_IOMMU_INFO_CAPS != 0 ? bytes.capabilities(from: h.cap_offset) : []
-        var ranges: [ClosedRange<UInt64>]?
+        var ranges: [ClosedRange<IOVA>]?
         var avail: UInt32?
         var mig: Migration?
         for c in caps {
@@ -249,11 +250,11 @@ extension VFIOContainer.Info {
             case VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE:
                 guard let cap = bytes.load(vfio_iommu_type1_info_cap_iova_range.self, at: c.offset) else { continue }
                 let first = c.offset + MemoryLayout<vfio_iommu_type1_info_cap_iova_range>.size
-                var out: [ClosedRange<UInt64>] = []
+                var out: [ClosedRange<IOVA>] = []
                 for i in 0..<Int(cap.nr_iovas) {
                     guard let r = bytes.load(vfio_iova_range.self, at: first + i * MemoryLayout<vfio_iova_range>.stride),
                           r.start <= r.end else { break }
-                    out.append(r.start...r.end)
+                    out.append(IOVA(r.start)...IOVA(r.end))
                 }
                 ranges = out
             case VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL:

@@ -20,7 +20,7 @@ public final class VFIOGroup: Sendable {
     /// (`VFIO_GROUP_GET_STATUS`): a group that is not viable (a member is on a
     /// kernel driver that does DMA) is refused. Which members, and VFIOKit's
     /// stricter every-member-on-vfio-pci rule, are the host's to say: VFIOKit's
-    /// `VFIOGroup(number:host:)` and `VFIOGroup(bdf:)` add them.
+    /// `VFIOGroup(number:host:)` and `VFIOGroup(of:)` add them.
     public convenience init(number: Int) throws(VFIOError) {
         self.init(fd: try OwnedFD.open("/dev/vfio/\(number)"), number: number)
         let s = try status()
@@ -75,10 +75,17 @@ public final class VFIOGroup: Sendable {
         containerBox.withLock { $0 = nil }
     }
 
-    /// Opens a device of the group by name (its BDF), optionally with the VF
+    /// Opens the PCI function `address` of the group, optionally with the VF
     /// token a PF driver set. The group must be in a container with an IOMMU set.
     /// The corresponding ioctl is `VFIO_GROUP_GET_DEVICE_FD`.
-    public func device(_ name: String, vfToken: UUID? = nil) throws(VFIOError) -> VFIODevice {
+    public func device(_ address: PCIAddress, vfToken: UUID? = nil) throws(VFIOError) -> VFIODevice {
+        try device(named: address.description, vfToken: vfToken)
+    }
+
+    /// Opens a device of the group by the kernel's name for it (a PCI
+    /// function's `DDDD:BB:DD.F`, an mdev's UUID), optionally with a VF token.
+    /// The corresponding ioctl is `VFIO_GROUP_GET_DEVICE_FD`.
+    public func device(named name: String, vfToken: UUID? = nil) throws(VFIOError) -> VFIODevice {
         let request = vfToken.map { "\(name) vf_token=\($0.uuidString.lowercased())" } ?? name
         let result = request.withCString { p in
             Result { () throws(VFIOError) -> Int32 in

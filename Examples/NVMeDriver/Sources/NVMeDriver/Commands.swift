@@ -1,3 +1,5 @@
+import VFIOKit
+
 /// Admin command opcodes (NVMe base specification 2.0, figure 28).
 public enum AdminOpcode: UInt8, Sendable {
     case deleteIOSubmissionQueue = 0x00
@@ -78,18 +80,18 @@ public struct SubmissionEntry: Sendable, Equatable {
 
     /// Create I/O Completion Queue: physically contiguous, interrupts on
     /// `vector` when given.
-    static func createCompletionQueue(id: UInt16, entries: Int, iova: UInt64, vector: UInt16?) -> SubmissionEntry {
+    static func createCompletionQueue(id: UInt16, entries: Int, iova: IOVA, vector: UInt16?) -> SubmissionEntry {
         var e = SubmissionEntry(opcode: AdminOpcode.createIOCompletionQueue.rawValue)
-        e.prp1 = iova
+        e.prp1 = iova.rawValue
         e.cdw10 = UInt32(id) | UInt32(entries - 1) << 16
         e.cdw11 = 1 | (vector != nil ? 2 : 0) | UInt32(vector ?? 0) << 16
         return e
     }
 
     /// Create I/O Submission Queue bound to completion queue `cq`.
-    static func createSubmissionQueue(id: UInt16, entries: Int, iova: UInt64, cq: UInt16) -> SubmissionEntry {
+    static func createSubmissionQueue(id: UInt16, entries: Int, iova: IOVA, cq: UInt16) -> SubmissionEntry {
         var e = SubmissionEntry(opcode: AdminOpcode.createIOSubmissionQueue.rawValue)
-        e.prp1 = iova
+        e.prp1 = iova.rawValue
         e.cdw10 = UInt32(id) | UInt32(entries - 1) << 16
         e.cdw11 = 1 | UInt32(cq) << 16
         return e
@@ -148,11 +150,13 @@ public struct Completion: Sendable, Equatable {
 ///
 /// PRP1 may start anywhere dword-aligned; every further entry is a page
 /// start. Two pages: PRP2 is the second page. More: PRP2 points at a list of
-/// the remaining pages (within one page, so no chaining). Allocation-free.
+/// the remaining pages (within one page, so no chaining). Returns the two
+/// entries as the command carries them. Allocation-free.
 @inline(__always)
-func buildPRPs(iova: UInt64, length: Int, pageSize: Int, list: UnsafeMutableRawPointer, listIOVA: UInt64,
+func buildPRPs(iova address: IOVA, length: Int, pageSize: Int, list: UnsafeMutableRawPointer, listIOVA: IOVA,
                listCapacity: Int) -> (prp1: UInt64, prp2: UInt64)?
 {
+    let iova = address.rawValue
     let page = UInt64(pageSize)
     let firstChunk = page - (iova & (page - 1))
     let len = UInt64(length)
@@ -166,5 +170,5 @@ func buildPRPs(iova: UInt64, length: Int, pageSize: Int, list: UnsafeMutableRawP
         // Safety: list has listCapacity >= entries 8-byte slots (checked above).
         list.storeBytes(of: next &+ UInt64(i) &* page, toByteOffset: i &* 8, as: UInt64.self)
     }
-    return (iova, listIOVA)
+    return (iova, listIOVA.rawValue)
 }

@@ -1,4 +1,5 @@
 import Synchronization
+import VFIOKit
 
 /// A userspace NVMe controller: bring-up, admin commands, I/O queues and
 /// teardown as the NVMe base specification 2.0 describes them (section 3.5).
@@ -64,9 +65,10 @@ public final class NVMeController: @unchecked Sendable {
     /// The largest transfer one command moves.
     public private(set) var maxTransferBytes: Int
     /// MSI-X vectors in use (admin + one per I/O queue), 0 when polling.
-    public var interruptVectors: Int { interrupts.count }
+    public var interruptVectors: Int { interrupts?.count ?? 0 }
 
-    let platform: PlatformDevice
+    /// The PCI function through VFIOKit's front door.
+    let device: AttachedDevice
     let registers: Registers
     let pageSize = NVMeController.pageSize
     static let pageSize = 4096
@@ -74,7 +76,8 @@ public final class NVMeController: @unchecked Sendable {
     private let adminLock = Mutex<Void>(())
     /// A 4 KiB buffer for Identify data, used under the admin lock.
     private let scratch: DMAMemory
-    private var interrupts: [Interrupt] = []
+    /// Vector 0 for the admin queue, vector i for I/O queue i; nil when polling.
+    private var interrupts: InterruptSet?
     /// Running, failed (disabled after an unrecoverable timeout) or closed; shared with the queues.
     let shared = ControllerState()
     private let failure = Mutex<String?>(nil)
@@ -84,12 +87,8 @@ public final class NVMeController: @unchecked Sendable {
     /// Opens the controller at `address` (bound to vfio-pci) and brings it up:
     /// reset, admin queue, enable, identify, I/O queues.
     public init(address: String, options: Options = Options()) throws(NVMeError) {
-        let platform = try PlatformDevice.open(address, mode: options.mode)
-        let name = platform.address
-        guard let registers = platform.registers else {
-            try? platform.close()
-            throw NVMeError(.closed, "BAR0 is not mapped", device: name)
-        }
+        let (device, registers) = try AttachedDevice.nvme(address, mode: options.mode)
+        let name = device.address.description
         let cap = ControllerCapabilities(raw: registers.load64(Register.cap))
         let pageSize = NVMeController.pageSize
 
@@ -97,7 +96,7 @@ public final class NVMeController: @unchecked Sendable {
         // releases what exists so far.
         var adminMemory: DMAMemory?
         var scratchMemory: DMAMemory?
-        var vectors: [Interrupt] = []
+        var vectors: InterruptSet?
         let adminQueue: QueuePair
         do throws(NVMeError) {
             if cap.raw == .max {
@@ -114,32 +113,33 @@ public final class NVMeController: @unchecked Sendable {
             }
             try Self.disable(registers, cap, timeout: options.timeout, address: name)
             let adminEntries = min(32, cap.maxQueueEntries)
-            let am = try platform.allocate(QueuePair.layout(entries: adminEntries, prpListBytes: 0).total)
+            let am = try device.dmaMemory(QueuePair.layout(entries: adminEntries, prpListBytes: 0).total)
             adminMemory = am
-            scratchMemory = try platform.allocate(pageSize)
+            scratchMemory = try device.dmaMemory(pageSize)
             // Vector 0 for the admin queue, vector i for I/O queue i.
             if options.interrupts {
-                let available = try platform.msixVectorCount()
+                let available = try device.msixVectorCount()
                 guard available >= 2 else {
                     throw NVMeError(.unsupported, "the controller has \(available) MSI-X vectors; interrupts need 2 or more",
                                     device: name, hint: "use polling (--poll)")
                 }
-                vectors = try platform.enableMSIX(count: min(max(1, options.ioQueueCount), available - 1) + 1)
+                vectors = try device.msix(count: min(max(1, options.ioQueueCount), available - 1) + 1)
             }
             adminQueue = QueuePair(id: 0, entries: adminEntries, memory: am, prpListBytes: 0, pageSize: pageSize,
-                                   registers: registers, doorbellStride: cap.doorbellStride, interrupt: vectors.first)
+                                   registers: registers, doorbellStride: cap.doorbellStride, interrupt: vectors?[0])
             try Self.enable(registers, cap, admin: adminQueue, timeout: options.timeout, address: name)
         } catch {
             try? Self.disable(registers, cap, timeout: options.timeout, address: name)
             try? adminMemory?.release()
             try? scratchMemory?.release()
-            try? platform.close()
+            try? vectors?.close()
+            try? device.release()
             throw error
         }
 
-        self.platform = platform
+        self.device = device
         self.address = name
-        self.mode = platform.mode
+        self.mode = device.mode
         self.options = options
         self.registers = registers
         capabilities = cap
@@ -158,7 +158,7 @@ public final class NVMeController: @unchecked Sendable {
                 maxTransferBytes = min(maxTransferBytes, mdts)
             }
             namespaces = try identifyNamespaces()
-            try createIOQueues(count: max(1, vectors.isEmpty ? options.ioQueueCount : vectors.count - 1))
+            try createIOQueues(count: max(1, vectors.map { $0.count - 1 } ?? options.ioQueueCount))
         } catch {
             try? close()
             throw error
@@ -195,8 +195,8 @@ public final class NVMeController: @unchecked Sendable {
     {
         let size = UInt32(admin.entries - 1)
         r.store32(size << 16 | size, Register.aqa)
-        r.store64(admin.sqIOVA, Register.asq)
-        r.store64(admin.cqIOVA, Register.acq)
+        r.store64(admin.sqIOVA.rawValue, Register.asq)
+        r.store64(admin.cqIOVA.rawValue, Register.acq)
         var cc = ControllerConfiguration.nvm(pageShift: 12)
         r.store32(cc.raw, Register.cc)
         cc.enabled = true
@@ -234,14 +234,14 @@ public final class NVMeController: @unchecked Sendable {
     /// A timed-out admin command fails the controller (it is disabled, so
     /// nothing it may still do reaches memory); ``reset()`` recovers.
     @discardableResult
-    func adminCommand(_ entry: SubmissionEntry, data: (iova: UInt64, length: Int)? = nil,
+    func adminCommand(_ entry: SubmissionEntry, data: (iova: IOVA, length: Int)? = nil,
                       timeout: Duration? = nil, closing: Bool = false,
                       what: @autoclosure () -> String) throws(NVMeError) -> Completion
     {
         if !closing { try checkRunning() }
         let result = adminLock.withLock { _ -> Result<Completion, NVMeError> in
             var e = entry
-            guard let cid = admin.submit(&e, dataIOVA: data?.iova ?? 0, length: data?.length ?? 0, state: .awaited,
+            guard let cid = admin.submit(&e, dataIOVA: data?.iova ?? .zero, length: data?.length ?? 0, state: .awaited,
                                          tag: 0, now: monotonicNanoseconds())
             else {
                 return .failure(NVMeError(.invalidArgument, "admin queue full or transfer too large", device: address))
@@ -324,10 +324,10 @@ public final class NVMeController: @unchecked Sendable {
         while listBytes < (maxTransferBytes / pageSize) * 8 { listBytes *= 2 }
         let geometry = namespaces.map { IOQueue.Geometry(id: $0.id, blockShift: $0.format.dataShift, blocks: $0.size) }
         for i in 1...count {
-            let memory = try platform.allocate(QueuePair.layout(entries: entries, prpListBytes: listBytes).total)
+            let memory = try device.dmaMemory(QueuePair.layout(entries: entries, prpListBytes: listBytes).total)
             let pair = QueuePair(id: UInt16(i), entries: entries, memory: memory, prpListBytes: listBytes, pageSize: pageSize,
                                  registers: registers, doorbellStride: capabilities.doorbellStride,
-                                 interrupt: options.interrupts ? interrupts[i] : nil)
+                                 interrupt: interrupts?[i])
             let q = IOQueue(pair: pair, controller: self, state: shared, geometry: geometry, timeout: options.timeout,
                             maxTransferBytes: maxTransferBytes)
             ioQueues.append(q)
@@ -431,7 +431,7 @@ public final class NVMeController: @unchecked Sendable {
     /// DMA memory for data, mapped for the device: `bytes` rounded up to 4 KiB.
     public func makeBuffer(bytes: Int) throws(NVMeError) -> IOBuffer {
         guard bytes > 0 else { throw NVMeError(.invalidArgument, "a buffer needs at least one byte", device: address) }
-        return IOBuffer(memory: try platform.allocate(bytes))
+        return IOBuffer(memory: try device.dmaMemory(bytes))
     }
 
     /// I/O queue `index` (0-based; its NVMe queue id is index + 1).
@@ -479,8 +479,9 @@ public final class NVMeController: @unchecked Sendable {
         admin.registers = nil
         do { try admin.memory?.release() } catch { first = first ?? error }
         do { try scratch.release() } catch { first = first ?? error }
-        interrupts = []
-        do { try platform.close() } catch { first = first ?? error }
+        do { try interrupts?.close() } catch { first = first ?? platformError(error, "turn off MSI-X") }
+        interrupts = nil
+        do { try device.release() } catch { first = first ?? error }
         if let first { throw first }
     }
 

@@ -1,3 +1,5 @@
+import VFIOKit
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -20,7 +22,7 @@ public final class IOBuffer: @unchecked Sendable {
     // read(at:)/write(_:at:) check their ranges first.
     public var bytes: UnsafeMutableRawBufferPointer { UnsafeMutableRawBufferPointer(start: memory.base, count: memory.length) }
     /// Where the device sees the first byte.
-    public var iova: UInt64 { memory.iova }
+    public var iova: IOVA { memory.iova }
 
     /// Copies `count` bytes out, from `offset`.
     public func read(at offset: Int = 0, count: Int) -> [UInt8] {
@@ -89,7 +91,7 @@ public final class IOQueue: @unchecked Sendable {
     /// Commands submitted and not yet completed.
     public var outstanding: Int { pair.outstanding }
     /// The MSI-X vector this queue's completions signal, nil when polling.
-    public var interruptVector: Int? { pair.interrupt?.vector }
+    public var interruptVector: Int? { pair.interrupt.map { Int($0.vector) } }
     /// Waits an interrupt ended (0 when polling).
     public var interruptWakeups: UInt64 { pair.interruptWakeups }
     /// Completions of commands the driver had given up on (timeouts).
@@ -115,7 +117,7 @@ public final class IOQueue: @unchecked Sendable {
     public func flush(namespace: UInt32 = 1, timeout: Duration? = nil) throws(NVMeError) {
         try checkRunning()
         var e = SubmissionEntry.flush(namespace: namespace)
-        try run(&e, iova: 0, length: 0, timeout: timeout, what: .flush)
+        try run(&e, iova: .zero, length: 0, timeout: timeout, what: .flush)
     }
 
     @inline(__always)
@@ -125,11 +127,11 @@ public final class IOQueue: @unchecked Sendable {
         try checkRunning()
         let bytes = try validate(namespace: namespace, lba: lba, blocks: blocks, buffer: buffer, offset: offset)
         var e = SubmissionEntry.readWrite(op, namespace: namespace, lba: lba, blocks: blocks)
-        try run(&e, iova: buffer.memory.iova &+ UInt64(offset), length: bytes, timeout: timeout, what: op)
+        try run(&e, iova: buffer.memory.iova + UInt64(offset), length: bytes, timeout: timeout, what: op)
     }
 
     @inline(__always)
-    func run(_ e: inout SubmissionEntry, iova: UInt64, length: Int, timeout: Duration?, what: IOOpcode) throws(NVMeError) {
+    func run(_ e: inout SubmissionEntry, iova: IOVA, length: Int, timeout: Duration?, what: IOOpcode) throws(NVMeError) {
         guard let cid = pair.submit(&e, dataIOVA: iova, length: length, state: .awaited, tag: 0, now: monotonicNanoseconds()) else {
             throw NVMeError(.invalidArgument, "I/O queue \(pair.id) is full (\(pair.outstanding) commands outstanding)",
                             device: controller.address, hint: "reap completions first, or use a deeper queue")
@@ -186,7 +188,7 @@ public final class IOQueue: @unchecked Sendable {
         try checkRunning()
         let bytes = op == .flush ? 0 : try validate(namespace: namespace, lba: lba, blocks: blocks, buffer: buffer, offset: offset)
         var e = op == .flush ? .flush(namespace: namespace) : SubmissionEntry.readWrite(op, namespace: namespace, lba: lba, blocks: blocks)
-        guard pair.submit(&e, dataIOVA: buffer.memory.iova &+ UInt64(offset), length: bytes, state: .handled, tag: tag,
+        guard pair.submit(&e, dataIOVA: buffer.memory.iova + UInt64(offset), length: bytes, state: .handled, tag: tag,
                           now: monotonicNanoseconds()) != nil
         else {
             throw NVMeError(.invalidArgument, "I/O queue \(pair.id) is full (\(pair.outstanding) commands outstanding)",
@@ -198,7 +200,7 @@ public final class IOQueue: @unchecked Sendable {
     /// its parameters once): no checks, `now` as the submission time. False
     /// when the queue is full.
     @inline(__always)
-    func submitChecked(_ op: IOOpcode, namespace: UInt32, lba: UInt64, blocks: Int, bytes: Int, iova: UInt64,
+    func submitChecked(_ op: IOOpcode, namespace: UInt32, lba: UInt64, blocks: Int, bytes: Int, iova: IOVA,
                        tag: UInt64, now: UInt64) -> Bool
     {
         var e = SubmissionEntry.readWrite(op, namespace: namespace, lba: lba, blocks: blocks)

@@ -1,3 +1,5 @@
+import VFIOKit
+
 /// Latencies in nanoseconds, in log-linear buckets (32 per power of two,
 /// about 3% resolution), preallocated: recording allocates nothing.
 public final class LatencyHistogram: @unchecked Sendable {
@@ -238,7 +240,7 @@ final class PerfLoop {
     let span: UInt64
     let blocks: Int
     let buffer: IOBuffer
-    let bufferIOVA: UInt64
+    let bufferIOVA: IOVA
     let bytes: Int
     let stride: Int
     let histogram: LatencyHistogram
@@ -285,7 +287,7 @@ final class PerfLoop {
         // Checked once in runPerf (namespace, region, sizes); the slot just
         // freed makes room; the reap time stands for the submission time.
         if !queue.submitChecked(op, namespace: namespace, lba: nextLBA(), blocks: blocks, bytes: bytes,
-                                iova: bufferIOVA &+ UInt64(Int(c.tag) &* stride), tag: c.tag, now: c.reapedAt)
+                                iova: bufferIOVA + UInt64(Int(c.tag) &* stride), tag: c.tag, now: c.reapedAt)
         {
             submitFailed = true
         }

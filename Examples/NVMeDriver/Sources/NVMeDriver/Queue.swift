@@ -1,3 +1,5 @@
+import VFIOKit
+
 /// What happened to one command slot.
 @usableFromInline
 enum SlotState: UInt8 {
@@ -62,10 +64,10 @@ final class QueuePair: @unchecked Sendable {
     let memory: DMAMemory?
     let sq: UnsafeMutableRawPointer
     let cq: UnsafeMutableRawPointer
-    let sqIOVA: UInt64
-    let cqIOVA: UInt64
+    let sqIOVA: IOVA
+    let cqIOVA: IOVA
     let prpLists: UnsafeMutableRawPointer
-    let prpListsIOVA: UInt64
+    let prpListsIOVA: IOVA
     let prpListBytes: Int
     let pageSize: Int
     /// BAR0; nil after the controller closed.
@@ -112,7 +114,7 @@ final class QueuePair: @unchecked Sendable {
 
     /// The rings live at `base` (device address `iova`), at least
     /// `layout(...).total` bytes, zeroed.
-    init(id: UInt16, entries: Int, base: UnsafeMutableRawPointer, iova: UInt64, length: Int, owner: DMAMemory?,
+    init(id: UInt16, entries: Int, base: UnsafeMutableRawPointer, iova: IOVA, length: Int, owner: DMAMemory?,
          prpListBytes: Int, pageSize: Int, registers: Registers, doorbellStride: Int, interrupt: Interrupt?)
     {
         precondition(entries >= 2 && entries <= 65536)
@@ -170,7 +172,7 @@ final class QueuePair: @unchecked Sendable {
     /// for `length` bytes at `dataIOVA`; does not ring the doorbell. Nil when
     /// no slot is free or the transfer needs more PRP entries than a list holds.
     @inline(__always)
-    func submit(_ entry: inout SubmissionEntry, dataIOVA: UInt64, length: Int, state: SlotState, tag: UInt64,
+    func submit(_ entry: inout SubmissionEntry, dataIOVA: IOVA, length: Int, state: SlotState, tag: UInt64,
                 now: UInt64) -> UInt16?
     {
         guard freeCount > 0 else { return nil }
@@ -178,7 +180,7 @@ final class QueuePair: @unchecked Sendable {
         if length > 0 {
             let list = prpLists + Int(cid) &* prpListBytes
             guard let prp = buildPRPs(iova: dataIOVA, length: length, pageSize: pageSize, list: list,
-                                      listIOVA: prpListsIOVA &+ UInt64(Int(cid) &* prpListBytes),
+                                      listIOVA: prpListsIOVA + UInt64(Int(cid) &* prpListBytes),
                                       listCapacity: prpListBytes / 8)
             else { return nil }
             entry.prp1 = prp.prp1
@@ -294,7 +296,7 @@ final class QueuePair: @unchecked Sendable {
             now = monotonicNanoseconds()
             if now >= deadline { return false }
             if let interrupt {
-                if try interrupt.wait(timeout: .ns(deadline - now)) { interruptWakeups &+= 1 }
+                if try interrupt.fired(within: .ns(deadline - now)) { interruptWakeups &+= 1 }
             }
         }
     }
@@ -308,7 +310,7 @@ final class QueuePair: @unchecked Sendable {
             if n > 0 { return n }
             if now >= deadline { return 0 }
             if let interrupt {
-                if try interrupt.wait(timeout: .ns(deadline - now)) { interruptWakeups &+= 1 }
+                if try interrupt.fired(within: .ns(deadline - now)) { interruptWakeups &+= 1 }
             }
         }
     }

@@ -45,7 +45,7 @@ final class RingMemory {
 /// A queue pair over plain memory at a made-up IOVA, and a stand-in for the
 /// controller that posts completion entries the way the spec says.
 struct Harness {
-    static let iova: UInt64 = 0x4000_0000
+    static let iova: IOVA = 0x4000_0000
     let registers: Registers
     let memory: RingMemory
     let pair: QueuePair
@@ -180,12 +180,12 @@ struct Harness {
         let h = try Harness(entries: 4, prpListBytes: 256)
         // 5 pages' worth starting 0x200 into a page: PRP1 + 5 list entries.
         var e = SubmissionEntry.readWrite(.read, namespace: 1, lba: 0, blocks: 40)
-        let data: UInt64 = 0x20_0200
+        let data: IOVA = 0x20_0200
         let cid = try #require(h.pair.submit(&e, dataIOVA: data, length: 5 * 4096, state: .awaited, tag: 0, now: 0))
         let sqe = h.sqEntry(0)
-        #expect(sqe.load(fromByteOffset: 24, as: UInt64.self) == data)
+        #expect(sqe.load(fromByteOffset: 24, as: UInt64.self) == data.rawValue)
         let listOffset = QueuePair.layout(entries: 4, prpListBytes: 256).prpOffset + Int(cid) * 256
-        #expect(sqe.load(fromByteOffset: 32, as: UInt64.self) == Harness.iova + UInt64(listOffset))
+        #expect(sqe.load(fromByteOffset: 32, as: UInt64.self) == (Harness.iova + UInt64(listOffset)).rawValue)
         let list = h.memory.base + listOffset
         #expect((0..<5).map { list.load(fromByteOffset: $0 * 8, as: UInt64.self) }
                 == [0x20_1000, 0x20_2000, 0x20_3000, 0x20_4000, 0x20_5000])

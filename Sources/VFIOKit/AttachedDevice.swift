@@ -1,0 +1,167 @@
+// The front door for a driver: from a PCI address to a device that is open,
+// bound and attached to an IOMMU address space, with its BARs, DMA memory and
+// interrupts one call away. It lives here because it needs both sides: the
+// host (sysfs: which node, which group, who holds it) and the kernel objects.
+
+/// A PCI function opened for a userspace driver: its VFIO device open,
+/// bound and attached to a ``DMASpace``, so the device can do DMA to exactly
+/// the memory mapped there (and nowhere else).
+///
+///     let nvme = try AttachedDevice.open(try PCIAddress(parsing: "0000:00:05.0"))
+///     let bar0 = try nvme.bar(0)                          // registers and doorbells
+///     try nvme.setBusMaster(true)                         // the device may now DMA
+///     let ring = try nvme.allocateDMA(bytes: 16384)       // memory + its IOVA
+///     bar0.store64(ring.iova.rawValue, at: 0x28)          // the device's address of it
+///     let vectors = try nvme.interrupts(.msix, count: 2)  // off again when released
+///     _ = try vectors[1].wait(timeout: .seconds(1))
+///
+/// The device must be on vfio-pci (`PCIDevice.isBoundToVFIO`); errors say
+/// when it is not, who holds its IOMMU group, or what permission is missing.
+///
+/// Lifetimes follow the kernel's order without the caller's help: the device
+/// keeps its space (iommufd and IOAS, or group and container) alive; a BAR
+/// (``MMIORegion``), a DMA mapping and an interrupt handle each keep what
+/// they need. ``close()`` closes the device fd (the kernel turns off its
+/// interrupts and bus mastering as it takes the device back); the space goes
+/// with its last mapping and device.
+///
+/// Lower doors, for what this one does not cover: ``device`` is the
+/// ``VFIODevice`` (regions, features, resets, PASIDs); ``space`` the
+/// ``DMASpace`` (its IOAS or container); and `VFIODevice.open(cdev:)`,
+/// `VFIOGroup(number:)`, ``IOMMUFD`` and ``IOAS`` open the kernel's objects
+/// one by one.
+public final class AttachedDevice: Sendable {
+    /// The PCI function.
+    public let address: PCIAddress
+    /// The VFIO device (the lower-level API: regions, features, resets).
+    public let device: VFIODevice
+    /// The address space the device is attached to; devices opened ``open(_:in:host:)``
+    /// in the same space see the same mappings.
+    public let space: DMASpace
+
+    init(address: PCIAddress, device: VFIODevice, space: DMASpace) {
+        self.address = address
+        self.device = device
+        self.space = space
+    }
+
+    /// How the device reaches its address space (one of the five ``DMAMode``s).
+    public var mode: DMAMode { space.mode }
+
+    // MARK: opening
+
+    /// Opens the device in an address space of its own: in `mode`, or (nil)
+    /// the best the kernel and the device offer (native iommufd when the
+    /// device has a VFIO cdev, else the best container mode; ``DMAMode/best(among:)``).
+    /// `dmaMask` bounds the IOVAs the space hands out (the device's DMA
+    /// addressing limit, e.g. `(1 << 32) - 1`). Nothing stays open when it throws.
+    /// The corresponding ioctls are `VFIO_DEVICE_BIND_IOMMUFD` and
+    /// `VFIO_DEVICE_ATTACH_IOMMUFD_PT` (iommufd), or `VFIO_GROUP_SET_CONTAINER`,
+    /// `VFIO_SET_IOMMU` and `VFIO_GROUP_GET_DEVICE_FD` (containers).
+    public static func open(_ address: PCIAddress, mode: DMAMode? = nil, dmaMask: UInt64 = .max,
+                            host: PCIHost = .system) throws(VFIOError) -> AttachedDevice
+    {
+        let pci = try host.vfioDevice(address)
+        let chosen: DMAMode
+        if let mode {
+            chosen = mode
+        } else {
+            let offered = DMAMode.available()
+            // Native iommufd needs this device's cdev, not only the kernel's support.
+            let usable = pci.vfioCdev == nil ? offered.filter { $0 != .iommufd } : offered
+            guard let best = DMAMode.best(among: usable) else {
+                throw DMASpace.noModeError(object: address.description)
+            }
+            chosen = best
+        }
+        let space: DMASpace
+        do throws(VFIOError) {
+            space = try DMASpace(mode: chosen, dmaMask: dmaMask)
+        } catch {
+            throw host.explainAccess(error)
+        }
+        return try open(address, in: space, host: host)
+    }
+
+    /// Opens the device in `space`, which other devices may share (their
+    /// mappings are one address space; iommufd: one context and IOAS,
+    /// containers: one container, each device's group added once).
+    /// Nothing of the device stays open when it throws (in a container space
+    /// its group, once added, stays).
+    public static func open(_ address: PCIAddress, in space: DMASpace, host: PCIHost = .system)
+        throws(VFIOError) -> AttachedDevice
+    {
+        AttachedDevice(address: address, device: try space.openDevice(address, host: host), space: space)
+    }
+
+    // MARK: BARs and config space
+
+    /// Maps BAR `n` (0...5) whole for volatile loads and stores. The region
+    /// keeps the device open while mapped; vfio-pci gives the device back to
+    /// a kernel driver only once every mapping of it is gone.
+    /// The corresponding calls are `VFIO_DEVICE_GET_REGION_INFO` and `mmap`.
+    public func bar(_ n: Int) throws(VFIOError) -> MMIORegion {
+        guard (0...5).contains(n) else {
+            throw VFIOError.invalid("map BAR", "BAR \(n) does not exist: PCI functions have BARs 0 to 5",
+                                    object: address.description)
+        }
+        let region = try device.regionInfo(PCIRegion.bar(n))
+        guard region.size > 0 else {
+            throw VFIOError.invalid("map BAR", "\(address) has no BAR \(n) (its size is 0)", object: address.description)
+        }
+        return try device.map(region: region)
+    }
+
+    /// The device's PCI configuration space (through the VFIO config region).
+    public func configSpace() throws(VFIOError) -> PCIConfigSpace { try device.configSpace() }
+
+    /// Turns bus mastering on (the device may start DMA, to what the space
+    /// maps) or off, in the command register.
+    public func setBusMaster(_ enabled: Bool) throws(VFIOError) {
+        try device.configSpace().setBusMaster(enabled)
+    }
+
+    // MARK: DMA memory
+
+    /// `bytes` (rounded up to whole pages) of zeroed memory, mapped for the
+    /// device at an IOVA the space's allocator picks: aligned, in a usable
+    /// range, below the DMA mask. The device uses ``DMAMapping/iova``; the
+    /// CPU ``DMAMapping/buffer`` (``DMABuffer/baseAddress``, the volatile
+    /// accessors). The mapping keeps the memory and the space alive and
+    /// unmaps when it ends. The corresponding ioctl is `IOMMU_IOAS_MAP` or
+    /// `VFIO_IOMMU_MAP_DMA`.
+    public func allocateDMA(bytes: Int, backing: DMABuffer.Backing = .anonymous, readable: Bool = true,
+                            writable: Bool = true) throws(VFIOError) -> DMAMapping
+    {
+        try space.map(try DMABuffer(length: bytes, backing: backing), readable: readable, writable: writable)
+    }
+
+    // MARK: interrupts
+
+    /// How many vectors the device has for `index` (0: none).
+    /// The corresponding ioctl is `VFIO_DEVICE_GET_IRQ_INFO`.
+    public func interruptCount(_ index: IRQIndex) throws(VFIOError) -> Int { Int(try device.irqInfo(index).count) }
+
+    /// Vectors `start ..< start + count` of `index`, each routed to an eventfd,
+    /// as a set that turns them off when released. MSI-X with N vectors:
+    /// `interrupts(.msix, count: N)`.
+    public func interrupts(_ index: IRQIndex, count: Int, start: UInt32 = 0) throws(VFIOError) -> InterruptSet {
+        try device.interrupts(index, count: count, start: start)
+    }
+
+    /// One vector as a handle that turns it off when released.
+    public func interrupt(_ index: IRQIndex, vector: UInt32 = 0) throws(VFIOError) -> Interrupt {
+        try device.interrupt(index, vector: vector)
+    }
+
+    // MARK: closing
+
+    /// Whether ``close()`` ran.
+    public var isClosed: Bool { device.isClosed }
+
+    /// Closes the device fd: the kernel detaches it, turns off its interrupts
+    /// and bus mastering, and (once no BAR of it is mapped) lets it go back to
+    /// a kernel driver. Stop the device first (a driver's own shutdown).
+    /// The space stays while mappings or other devices use it. Idempotent.
+    public func close() throws(VFIOError) { try device.close() }
+}
