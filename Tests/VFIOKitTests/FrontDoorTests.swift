@@ -1,6 +1,6 @@
 import CVFIO
 import Testing
-import VFIOKit
+@testable import VFIOKit
 import VFIOKitTestSupport
 import VFIOSystem
 
@@ -29,5 +29,119 @@ import VFIOSystem
         let none = FakeKernel()
         none.files["/proc/devices"] = .contents(Array(Self.procDevices.utf8))
         #expect(!Syscalls.withProvider(none) { DMAMode.available() }.contains(.iommufd), "no /dev/iommu")
+    }
+}
+
+/// Interrupt handles (the NVMe driver's friction item 8: enabling, disabling
+/// and closing eventfds were three separate steps, and nothing turned a vector
+/// off when its owner went away) and their waits (item 9: a Duration with
+/// sub-millisecond resolution, and an async wait with a deadline).
+@Suite struct InterruptHandleTests {
+    static func kernel() -> FakeKernel {
+        let k = FakeKernel()
+        k.files["/dev/vfio/devices/vfio0"] = .node
+        k.onIoctl(VFIO_DEVICE_SET_IRQS) { _, _ in 0 }
+        return k
+    }
+
+    /// The SET_IRQS calls as (flags, index, start, count).
+    static func setIRQs(_ k: FakeKernel) -> [[UInt32]] {
+        k.calls(VFIO_DEVICE_SET_IRQS).map { c in [4, 8, 12, 16].map { o in
+            c.bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: o, as: UInt32.self) } } }
+    }
+
+    static let eventfds = VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER
+    static let none = VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER
+
+    @Test func theLastHandleGoneTurnsTheVectorsOffAndClosesTheirEventfds() throws {
+        let k = Self.kernel()
+        try Syscalls.withProvider(k) {
+            let device = try VFIODevice.open(cdev: "/dev/vfio/devices/vfio0")
+            let fdsBefore = k.openFDCount
+            var set: InterruptSet? = try device.interrupts(.msix, count: 3)
+            #expect(Self.setIRQs(k) == [[Self.eventfds, 2, 0, 3]])
+            #expect(k.openFDCount == fdsBefore + 3, "one eventfd per vector")
+            var admin: Interrupt? = set![0]
+            #expect(admin?.vector == 0 && set![2].vector == 2)
+            set = nil
+            #expect(Self.setIRQs(k).count == 1, "a handle still holds the set: MSI-X stays on")
+            admin = nil
+            #expect(Self.setIRQs(k).last == [Self.none, 2, 0, 0], "the last handle gone disables MSI-X")
+            #expect(k.openFDCount == fdsBefore, "and closes the eventfds")
+            _ = admin
+            try device.close()
+        }
+    }
+
+    @Test func closingOneSetUnroutesOnlyItsVectorsWhileAnotherSetHoldsSome() throws {
+        let k = Self.kernel()
+        try Syscalls.withProvider(k) {
+            let device = try VFIODevice.open(cdev: "/dev/vfio/devices/vfio0")
+            let low = try device.interrupts(.msix, count: 2)
+            let high = try device.interrupt(.msix, vector: 5)
+            try high.close()
+            #expect(Self.setIRQs(k).last == [Self.eventfds, 2, 5, 1], "vector 5 unrouted (fd -1), vectors 0-1 stay")
+            try high.close()  // idempotent
+            try low.close()
+            #expect(Self.setIRQs(k).last == [Self.none, 2, 0, 0], "nothing routed: MSI-X off")
+            #expect(Self.setIRQs(k).count == 4)
+            try device.close()
+        }
+    }
+
+    @Test func nothingIsSentToAClosedDevice() throws {
+        let k = Self.kernel()
+        try Syscalls.withProvider(k) {
+            let device = try VFIODevice.open(cdev: "/dev/vfio/devices/vfio0")
+            let msi = try device.interrupt(.msi)
+            try device.close()
+            try msi.close()
+            #expect(Self.setIRQs(k).count == 1, "the kernel turned the vectors off with the device")
+        }
+    }
+
+    @Test func waitsTakeADurationAndTheAsyncWaitHasADeadline() async throws {
+        let k = Self.kernel()
+        let device = try Syscalls.withProvider(k) { try VFIODevice.open(cdev: "/dev/vfio/devices/vfio0") }
+        let irq = try Syscalls.withProvider(k) { try device.interrupt(.msix, vector: 1) }
+        func blocking(_ t: Duration) throws(VFIOError) -> UInt64? { try irq.wait(timeout: t) }
+        // poll(2) would round 200 µs up to 1 ms; the fastest of ten tries shows the resolution.
+        var fastest = Duration.seconds(1)
+        for _ in 0..<10 {
+            let start = ContinuousClock.now
+            #expect(try blocking(.microseconds(200)) == nil)
+            fastest = min(fastest, ContinuousClock.now - start)
+        }
+        #expect(fastest < .microseconds(900), "a 200 µs deadline took \(fastest)")
+        try irq.eventFD.signal(2)
+        #expect(try blocking(.seconds(1)) == 2)
+        #expect(try await irq.wait(timeout: .milliseconds(5)) == nil, "the async wait times out")
+        try irq.eventFD.signal()
+        #expect(try await irq.wait(timeout: .seconds(5)) == 1)
+        try irq.close()
+        try device.close()
+    }
+}
+
+/// The front door's own checks (the device and space come from the guest
+/// tests: FrontDoorGuestTests).
+@Suite struct FrontDoorBARTests {
+    @Test func barsOutsideZeroToFiveAreRefusedBeforeAnyIoctl() throws {
+        let k = FakeKernel()
+        k.files["/dev/vfio/devices/vfio0"] = .node
+        k.files["/dev/vfio/vfio"] = .node
+        k.onIoctl(VFIO_GET_API_VERSION) { _, _ in 0 }
+        k.onIoctl(VFIO_CHECK_EXTENSION) { _, _ in 1 }
+        try Syscalls.withProvider(k) {
+            let device = try VFIODevice.open(cdev: "/dev/vfio/devices/vfio0")
+            let space = try DMASpace(mode: .type1v2)
+            let door = AttachedDevice(address: try PCIAddress(parsing: "0000:00:03.0"), device: device, space: space)
+            for n in [-1, 6] {
+                let e = #expect(throws: VFIOError.self) { _ = try door.bar(n) }
+                #expect(e?.description.contains("BAR \(n) does not exist") == true, "\(String(describing: e))")
+            }
+            #expect(k.calls(VFIO_DEVICE_GET_REGION_INFO).isEmpty)
+            try door.close()
+        }
     }
 }

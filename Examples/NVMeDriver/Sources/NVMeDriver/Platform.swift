@@ -45,9 +45,12 @@ final class DMAMemory: @unchecked Sendable {
     let base: UnsafeMutableRawPointer
     let iova: IOVA
     let length: Int
+    /// The memory: kept past ``release()`` (the mapping holds it only until it is unmapped).
+    private let buffer: DMABuffer
     private var mapping: DMAMapping?
 
     init(_ mapping: consuming DMAMapping) {
+        buffer = mapping.buffer
         base = mapping.buffer.baseAddress
         iova = mapping.iova
         length = mapping.buffer.length
