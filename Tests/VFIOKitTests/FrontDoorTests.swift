@@ -127,11 +127,8 @@ import VFIOSystem
 /// tests: FrontDoorGuestTests).
 @Suite struct FrontDoorBARTests {
     @Test func barsOutsideZeroToFiveAreRefusedBeforeAnyIoctl() throws {
-        let k = FakeKernel()
+        let k = type1Kernel()
         k.files["/dev/vfio/devices/vfio0"] = .node
-        k.files["/dev/vfio/vfio"] = .node
-        k.onIoctl(VFIO_GET_API_VERSION) { _, _ in 0 }
-        k.onIoctl(VFIO_CHECK_EXTENSION) { _, _ in 1 }
         try Syscalls.withProvider(k) {
             let device = try VFIODevice.open(cdev: "/dev/vfio/devices/vfio0")
             let space = try DMASpace(mode: .type1v2)

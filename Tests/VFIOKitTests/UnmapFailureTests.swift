@@ -10,7 +10,7 @@ import Glibc
 
 /// A type1 container whose unmap answers with `answer(iova, size)` bytes
 /// (type1 answers success and 0 bytes for a mapping that is gone).
-private func type1Kernel(unmapAnswer: @escaping @Sendable (UInt64, UInt64) -> UInt64 = { _, size in size }) -> FakeKernel {
+func type1Kernel(unmapAnswer: @escaping @Sendable (UInt64, UInt64) -> UInt64 = { _, size in size }) -> FakeKernel {
     let k = FakeKernel()
     k.files["/dev/vfio/vfio"] = .node
     k.onIoctl(VFIO_GET_API_VERSION) { _, _ in 0 }
