@@ -16,7 +16,12 @@ struct FrontDoorGuestTests {
         return text.contains("vfio-msi[0](\(bdf))")
     }
 
-    @Test(arguments: [DMAMode?.none, .type1v2])
+    /// No mode given: the best (native iommufd, as edu has a cdev).
+    @Test func eduThroughTheFrontDoorInTheBestMode() async throws { try await eduThroughTheFrontDoor(nil) }
+
+    /// A container mode: the same calls through a group and type1v2.
+    @Test func eduThroughTheFrontDoorInAContainer() async throws { try await eduThroughTheFrontDoor(.type1v2) }
+
     func eduThroughTheFrontDoor(_ mode: DMAMode?) async throws {
         let bdf = try Guest.requireEdu()
         try Guest.bindToVFIO(bdf)
