@@ -3,6 +3,8 @@
 // interrupts one call away. It lives here because it needs both sides: the
 // host (sysfs: which node, which group, who holds it) and the kernel objects.
 
+import Synchronization
+
 /// A PCI function opened for a userspace driver: its VFIO device open,
 /// bound and attached to a ``DMASpace``, so the device can do DMA to exactly
 /// the memory mapped there (and nowhere else).
@@ -21,9 +23,11 @@
 /// Lifetimes follow the kernel's order without the caller's help: the device
 /// keeps its space (iommufd and IOAS, or group and container) alive; a BAR
 /// (``MMIORegion``), a DMA mapping and an interrupt handle each keep what
-/// they need. ``close()`` closes the device fd (the kernel turns off its
-/// interrupts and bus mastering as it takes the device back); the space goes
-/// with its last mapping and device.
+/// they need. ``close()`` unmaps the BARs and closes the device fd (the
+/// kernel turns off its interrupts and bus mastering as it takes the device
+/// back), so vfio-pci can give the device to a kernel driver even while
+/// copies of this object or of a BAR remain; the space goes with its last
+/// mapping and device.
 ///
 /// Lower doors, for what this one does not cover: ``device`` is the
 /// ``VFIODevice`` (regions, features, resets, PASIDs); ``space`` the
@@ -31,6 +35,9 @@
 /// `VFIOGroup(number:)`, ``IOMMUFD`` and ``IOAS`` open the kernel's objects
 /// one by one.
 public final class AttachedDevice: Sendable {
+    /// The BARs ``bar(_:)`` mapped, unmapped by ``close()``.
+    private let bars = Mutex<[MMIORegion]>([])
+
     /// The PCI function.
     public let address: PCIAddress
     /// The VFIO device (the lower-level API: regions, features, resets).
@@ -96,9 +103,10 @@ public final class AttachedDevice: Sendable {
 
     // MARK: BARs and config space
 
-    /// Maps BAR `n` (0...5) whole for volatile loads and stores. The region
-    /// keeps the device open while mapped; vfio-pci gives the device back to
-    /// a kernel driver only once every mapping of it is gone.
+    /// Maps BAR `n` (0...5) whole for volatile loads and stores. vfio-pci
+    /// gives the device back to a kernel driver only once every mapping of it
+    /// is gone: ``close()`` unmaps the BARs mapped here (``MMIORegion/unmap()``),
+    /// whoever still holds them.
     /// The corresponding calls are `VFIO_DEVICE_GET_REGION_INFO` and `mmap`.
     public func bar(_ n: Int) throws(VFIOError) -> MMIORegion {
         guard (0...5).contains(n) else {
@@ -109,7 +117,9 @@ public final class AttachedDevice: Sendable {
         guard region.size > 0 else {
             throw VFIOError.invalid("map BAR", "\(address) has no BAR \(n) (its size is 0)", object: address.description)
         }
-        return try device.map(region: region)
+        let mapped = try device.map(region: region)
+        bars.withLock { $0.append(mapped) }
+        return mapped
     }
 
     /// The device's PCI configuration space (through the VFIO config region).
@@ -159,9 +169,19 @@ public final class AttachedDevice: Sendable {
     /// Whether ``close()`` ran.
     public var isClosed: Bool { device.isClosed }
 
-    /// Closes the device fd: the kernel detaches it, turns off its interrupts
-    /// and bus mastering, and (once no BAR of it is mapped) lets it go back to
-    /// a kernel driver. Stop the device first (a driver's own shutdown).
-    /// The space stays while mappings or other devices use it. Idempotent.
-    public func close() throws(VFIOError) { try device.close() }
+    /// Unmaps the BARs ``bar(_:)`` mapped (an access through one afterwards
+    /// stops the process: ``MMIORegion/unmap()``) and closes the device fd:
+    /// the kernel detaches it, turns off its interrupts and bus mastering,
+    /// and lets it go back to a kernel driver (BARs mapped through ``device``
+    /// directly must be gone too). Stop the device first (a driver's own
+    /// shutdown). The space stays while mappings or other devices use it.
+    /// Idempotent; reports the first error after every step ran.
+    public func close() throws(VFIOError) {
+        var first: VFIOError?
+        for bar in bars.withLock({ b in defer { b = [] }; return b }) {
+            do throws(VFIOError) { try bar.unmap() } catch { first = first ?? error }
+        }
+        do throws(VFIOError) { try device.close() } catch { first = first ?? error }
+        if let first { throw first }
+    }
 }

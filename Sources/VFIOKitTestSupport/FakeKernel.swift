@@ -494,6 +494,17 @@ package final class FakeKernel: SyscallProvider, @unchecked Sendable {
         return (p, 0)
     }
 
+    package func mmapFixed(_ address: UnsafeMutableRawPointer, _ length: Int, _ protection: Int32, _ flags: Int32,
+                           _ fd: Int32, _ offset: Int64) -> Int32
+    {
+        if let e = enter(.mmap) { return -e }
+        if fd >= 0 { noteUse(fd, "mmap") }
+        // The address stays one of this kernel's mappings (munmap ends it).
+        return isReal(fd)
+            ? linux.mmapFixed(address, length, protection, flags, fd, offset)
+            : linux.mmapFixed(address, length, protection, (flags & ~MAP_HUGETLB) | MAP_ANONYMOUS, -1, 0)
+    }
+
     package func munmap(_ address: UnsafeMutableRawPointer, _ length: Int) -> Int32 {
         let injected = enter(.munmap)
         state.withLock { _ = $0.mappings.remove(UInt(bitPattern: address)) }

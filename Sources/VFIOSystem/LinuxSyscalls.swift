@@ -96,6 +96,11 @@ package struct LinuxSyscalls: SyscallProvider {
     package func munmap(_ address: UnsafeMutableRawPointer, _ length: Int) -> Int32 {
         r(Glibc.munmap(address, length))
     }
+    package func mmapFixed(_ address: UnsafeMutableRawPointer, _ length: Int, _ protection: Int32, _ flags: Int32,
+                           _ fd: Int32, _ offset: Int64) -> Int32
+    {
+        Glibc.mmap(address, length, protection, flags | MAP_FIXED, fd, off_t(offset)) == MAP_FAILED ? -cvfio_errno() : 0
+    }
     package func memfdCreate(_ name: UnsafePointer<CChar>, _ flags: UInt32) -> Int32 {
         r(cvfio_sys_memfd_create(name, flags))
     }

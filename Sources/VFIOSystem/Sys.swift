@@ -159,6 +159,15 @@ package enum Sys {
         if r < 0 { throw fail("munmap", r, object: nil) }
     }
 
+    /// `mmap(MAP_FIXED)` over `length` bytes at `address`, replacing the mapping there.
+    package static func mmapFixed(
+        _ kernel: (any SyscallProvider)?, at address: UnsafeMutableRawPointer, length: Int, protection: Int32,
+        flags: Int32, fd: Int32 = -1, offset: Int64 = 0, object: @autoclosure () -> String? = nil
+    ) throws(VFIOError) {
+        let r = call(kernel) { $0.mmapFixed(address, length, protection, flags, fd, offset) }
+        if r < 0 { throw fail("mmap", r, object: object()) }
+    }
+
     package static func eventfd(_ kernel: (any SyscallProvider)?, initial: UInt32 = 0, flags: Int32) throws(VFIOError)
         -> Int32
     {

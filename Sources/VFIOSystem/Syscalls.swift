@@ -57,6 +57,10 @@ package protocol SyscallProvider: Sendable {
     func mmap(_ length: Int, _ protection: Int32, _ flags: Int32, _ fd: Int32, _ offset: Int64)
         -> (UnsafeMutableRawPointer?, Int32)
     func munmap(_ address: UnsafeMutableRawPointer, _ length: Int) -> Int32
+    /// `mmap` with `MAP_FIXED` at `address`: replaces what is mapped there.
+    /// Returns 0, or `-errno`.
+    func mmapFixed(_ address: UnsafeMutableRawPointer, _ length: Int, _ protection: Int32, _ flags: Int32, _ fd: Int32,
+                   _ offset: Int64) -> Int32
     func memfdCreate(_ name: UnsafePointer<CChar>, _ flags: UInt32) -> Int32
 
     // MARK: events, threads, time

@@ -342,7 +342,7 @@ struct AttachGuestTests {
         #expect(Guest.driver(of: nvme) == "nvme")
         // A BDF that does not exist.
         let none = run(["attach", "0000:00:1f.7"])
-        #expect(none.status == 1 && none.err.contains("there is no PCI device 0000:00:1f.7"), "\(none.err)")
+        #expect(none.status == 1 && none.err.contains("no PCI device 0000:00:1f.7"), "\(none.err)")
         #expect(Guest.openFDCount() == before)
         try withEduOnVFIO { bdf in
             // An IOAS id that does not exist in the new context.

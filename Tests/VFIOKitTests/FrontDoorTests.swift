@@ -1,4 +1,5 @@
 import CVFIO
+import Foundation
 import Testing
 @testable import VFIOKit
 import VFIOKitTestSupport
@@ -139,6 +140,83 @@ import VFIOSystem
             }
             #expect(k.calls(VFIO_DEVICE_GET_REGION_INFO).isEmpty)
             try door.close()
+        }
+    }
+}
+
+/// `MMIORegion.unmap()` (the NVMe driver's friction item 9: a BAR mapping,
+/// and with it the device file, lived until the last reference to the region
+/// went, so a driver's close() could not let vfio-pci give the device back).
+@Suite struct MMIORegionUnmapTests {
+    /// The permissions of the mapping that holds `address`, from /proc/self/maps
+    /// (`rw-p`); nil when nothing is mapped there.
+    static func permissions(at address: UnsafeMutableRawPointer) -> String? {
+        let a = UInt(bitPattern: address)
+        // procfs files report size 0: read to the end.
+        guard let file = FileHandle(forReadingAtPath: "/proc/self/maps") else { return nil }
+        defer { try? file.close() }
+        let maps = String(decoding: file.readDataToEndOfFile(), as: UTF8.self)
+        for line in maps.split(separator: "\n") {
+            let fields = line.split(separator: " ")
+            let bounds = fields.first?.split(separator: "-").compactMap { UInt($0, radix: 16) } ?? []
+            guard fields.count >= 2, bounds.count == 2, bounds[0] <= a, a < bounds[1] else { continue }
+            return String(fields[1])
+        }
+        return nil
+    }
+
+    @Test func unmapLeavesAnInaccessibleRangeUntilTheLastReference() throws {
+        let kernel = FakeKernel()
+        kernel.files["/dev/vfio/devices/vfio0"] = .node
+        RegionInfoTests.install(kernel)
+        try Syscalls.withProvider(kernel) {
+            let device = try VFIODevice.open(cdev: "/dev/vfio/devices/vfio0")
+            let region = try device.regionInfo(0)
+            var bar: MMIORegion? = try device.map(region: region, area: region.sparseAreas![0])
+            let base = bar!.base
+            bar!.store32(0x1234_5678, at: 0)
+            #expect(Self.permissions(at: base)?.hasPrefix("rw") == true)
+            // A failed unmap leaves the region mapped and usable.
+            kernel.failCall(1)
+            let e = #expect(throws: VFIOError.self) { try bar!.unmap() }
+            #expect(e?.description.contains("mmap") == true, "\(String(describing: e))")
+            #expect(!bar!.isUnmapped && bar!.load32(at: 0) == 0x1234_5678)
+            try bar!.unmap()
+            #expect(bar!.isUnmapped)
+            #expect(Self.permissions(at: base) == "---p", "the range is reserved and inaccessible")
+            #expect(kernel.liveMappingCount == 1, "the placeholder is still the region's to release")
+            let calls = kernel.syscallCount
+            try bar!.unmap()
+            #expect(kernel.syscallCount == calls, "idempotent")
+            bar = nil
+            #expect(kernel.liveMappingCount == 0)
+            #expect(Self.permissions(at: base) == nil)
+            try device.close()
+        }
+        #expect(kernel.openFDCount == 0)
+    }
+
+    @Test func closingTheFrontDoorUnmapsItsBARs() throws {
+        let kernel = type1Kernel()
+        kernel.files["/dev/vfio/devices/vfio0"] = .node
+        // Every region a whole, mappable 4 KiB BAR.
+        kernel.onIoctl(VFIO_DEVICE_GET_REGION_INFO) { _, arg in
+            let h = arg!.assumingMemoryBound(to: vfio_region_info.self)
+            h.pointee.flags = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE | VFIO_REGION_INFO_FLAG_MMAP
+            h.pointee.size = 0x1000
+            h.pointee.offset = UInt64(h.pointee.index) << 40
+            h.pointee.cap_offset = 0
+            return 0
+        }
+        try Syscalls.withProvider(kernel) {
+            let device = try VFIODevice.open(cdev: "/dev/vfio/devices/vfio0")
+            let door = AttachedDevice(address: try PCIAddress(parsing: "0000:00:03.0"), device: device,
+                                      space: try DMASpace(mode: .type1v2))
+            let bar1 = try door.bar(1)
+            #expect(!bar1.isUnmapped)
+            try door.close()
+            #expect(bar1.isUnmapped, "a copy the caller kept is unmapped too")
+            #expect(Self.permissions(at: bar1.base) == "---p")
         }
     }
 }

@@ -1,5 +1,12 @@
 import CVFIO
+import Synchronization
 import VFIOSystem
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
 
 /// A mapped device region (a BAR): volatile 8/16/32/64-bit loads and stores at
 /// byte offsets, bounds- and alignment-checked.
@@ -8,7 +15,7 @@ import VFIOSystem
 /// the accessors are `@inlinable @inline(__always)` over C volatile accessors.
 /// A bad offset traps (it is a driver bug, like an array index out of range).
 /// The region keeps its ``VFIODevice`` open; the mapping goes away with the
-/// last reference. MMIO is little-endian on PCI; values are returned as the
+/// last reference, or earlier with ``unmap()``. MMIO is little-endian on PCI; values are returned as the
 /// device presents them on this (little-endian) host.
 ///
 /// ## Ordering against DMA memory
@@ -57,6 +64,8 @@ public final class MMIORegion: @unchecked Sendable {
     public let regionOffset: UInt64
     /// The kernel the region was mapped through (nil: Linux); it unmaps it too.
     let kernel: (any SyscallProvider)?
+    /// False once ``unmap()`` replaced the BAR's mapping.
+    private let mapped = Mutex(true)
 
     init(device: VFIODevice, base: UnsafeMutableRawPointer, length: Int, regionIndex: UInt32, regionOffset: UInt64,
          kernel: (any SyscallProvider)?) {
@@ -144,7 +153,33 @@ public final class MMIORegion: @unchecked Sendable {
         check(offset, 8); cvfio_mmio_write64_relaxed(base + offset, value)
     }
 
+    /// Whether ``unmap()`` ran.
+    public var isUnmapped: Bool { !mapped.withLock { $0 } }
+
+    /// Ends the mapping of the device now instead of with the last reference
+    /// to the region: the BAR's pages go, and with them the mapping's hold on
+    /// the device file, so once the device fd is closed too vfio-pci can give
+    /// the device back to a kernel driver (its unbind waits for every user of
+    /// the file). A driver's `close()` calls it, whoever may still hold a copy.
+    ///
+    /// The address range stays reserved as inaccessible memory until the last
+    /// reference goes: an access through the region afterwards stops the
+    /// process (SIGSEGV) instead of reaching the device or memory mapped there
+    /// since. Stop every user of the region first. Idempotent; when it throws
+    /// the region is still mapped and usable.
+    /// The corresponding call is `mmap(MAP_FIXED, PROT_NONE)` over the range.
+    public func unmap() throws(VFIOError) {
+        try mapped.withLock { (m) throws(VFIOError) in
+            guard m else { return }
+            try Sys.mmapFixed(kernel, at: base, length: length, protection: PROT_NONE,
+                              flags: MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                              object: "\(device.label) region \(regionIndex)")
+            m = false
+        }
+    }
+
     deinit {
+        // The BAR's mapping, or the inaccessible range that replaced it.
         try? Sys.munmap(kernel, base, length: length)
     }
 }

@@ -257,6 +257,26 @@ struct NVMeGuestTests {
         #expect(difference(buffer.read(count: 4096), expected) == nil)
     }
 
+    /// `close()` lets the kernel take the controller back at once, while the
+    /// controller object (and with it its BAR0 region) is still referenced:
+    /// closing the front door unmaps BAR0, so no mapping holds the device
+    /// file and vfio-pci's unbind does not wait for it.
+    @Test func closeHandsTheControllerBackWhileItIsStillReferenced() throws {
+        let bdf = try NVMeGuest.bdf()
+        try Tool.bind(bdf)
+        var restored = false
+        defer { if !restored { try? Tool.restore(bdf) } }
+        let c = try NVMeController(address: bdf, options: .init(mode: .iommufd, interrupts: true, ioQueueCount: 1))
+        let bar0 = c.registers.region
+        try c.close()
+        #expect(bar0.isUnmapped, "close() unmapped BAR0")
+        try Tool.restore(bdf)
+        restored = true
+        try NVMeGuest.waitForKernelDriver(bdf)
+        #expect(Guest.driver(of: bdf) == "nvme")
+        withExtendedLifetime(c) {}
+    }
+
     /// Errors name the problem and the fix; nothing is left open.
     @Test func openingTheWrongDeviceSaysWhy() throws {
         let bdf = try NVMeGuest.bdf()
