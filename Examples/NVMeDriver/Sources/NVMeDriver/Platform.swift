@@ -90,8 +90,9 @@ extension AttachedDevice {
                             hint: "`vfioctl bind \(name)` hands it to vfio-pci"
                                 + (pci.driver.map { "; `vfioctl unbind \(name) --restore` gives it back to \($0)" } ?? ""))
         }
+        let device: AttachedDevice
+        do { device = try AttachedDevice.open(address, mode: mode) } catch { throw platformError(error, "open \(name) through VFIO") }
         do throws(VFIOError) {
-            let device = try AttachedDevice.open(address, mode: mode)
             let bar0 = try device.bar(0)
             guard bar0.length >= 0x1008 else {
                 throw VFIOError.invalid("map BAR0", "BAR0 is \(bar0.length) bytes, too small for NVMe registers and doorbells")
@@ -99,6 +100,7 @@ extension AttachedDevice {
             try device.setBusMaster(true)
             return (device, Registers(region: bar0))
         } catch {
+            try? device.close()  // BAR0 unmapped, the device fd closed: nothing stays open
             throw platformError(error, "open \(name) through VFIO")
         }
     }
