@@ -83,7 +83,7 @@ extension IOMMUFDMockTests {
                 arg.ioas_id = 0
                 arg.user_va = UInt64(buf.address)
                 arg.length = 4096
-                expectErrno(ENOENT) { try ctx.unsafeIoctl(IOMMU_IOAS_MAP, &arg) }
+                expectErrno(ENOENT) { try ctx.unsafeIoctl(IOMMU_IOAS_MAP, as: .ioctl(.iommuIOASMap), &arg) }
             }
         }
 
@@ -587,11 +587,11 @@ extension IOMMUFDMockTests {
                 map.ioas_id = ioas.objectID
                 map.user_va = UInt64(buf.address)
                 map.length = 4096
-                expectErrno(EOPNOTSUPP) { try ctx.unsafeIoctl(IOMMU_IOAS_MAP, &map) }
+                expectErrno(EOPNOTSUPP) { try ctx.unsafeIoctl(IOMMU_IOAS_MAP, as: .ioctl(.iommuIOASMap), &map) }
                 expectErrno(EOPNOTSUPP) { _ = try HWPT(ioas: ioas, device: dev.deviceID, flags: .init(rawValue: 1 << 30)) }
                 var opt = iommu_option.make()
                 opt.option_id = 0xbad
-                expectErrno(EOPNOTSUPP) { try ctx.unsafeIoctl(IOMMU_OPTION, &opt) }
+                expectErrno(EOPNOTSUPP) { try ctx.unsafeIoctl(IOMMU_OPTION, as: .ioctl(.iommuOption), &opt) }
                 withExtendedLifetime(dev) {}
             }
         }
@@ -603,11 +603,11 @@ extension IOMMUFDMockTests {
                 #expect(f.supportedRequests.count == IOMMUFDFeatures.requests.count)
                 #expect(f.ioasMapFlags == 7)
                 #expect(f.hugePagesOption)
-                try f.require("IOMMU_HW_QUEUE_ALLOC")
+                try f.require(.iommuHWQueueAlloc)
                 var missing = f
-                missing.supportedRequests.remove("IOMMU_HW_QUEUE_ALLOC")
+                missing.supportedRequests.remove(.iommuHWQueueAlloc)
                 do {
-                    try missing.require("IOMMU_HW_QUEUE_ALLOC")
+                    try missing.require(.iommuHWQueueAlloc)
                     Issue.record("require must throw")
                 } catch let error as VFIOError {
                     #expect(error.description.contains("Linux 6.17"))
@@ -1027,7 +1027,7 @@ extension IOMMUFDMockTests {
                 #expect(raw?.errno == nil && raw?.description.contains("DMAMapping") == true, "\(String(describing: raw))")
                 // The mapping's own unmap: EBUSY. The pages stay mapped and pinned, so the buffer is kept for good.
                 let failed = unmapError(m)
-                #expect(failed?.errno?.rawValue == EBUSY)
+                #expect(failed?.errno == .resourceBusy)
                 #expect(failed?.description.contains("HW queue") == true && failed?.description.contains("kept alive") == true,
                         "\(String(describing: failed))")
                 expectErrno(EBUSY) { try viommu.destroy() }

@@ -150,12 +150,12 @@ func shpchpFixture() throws -> PCIFixture {
             let fs = f.host.doctor(DoctorOptions(device: try PCIAddress(parsing: "0000:01:01.0"), probeKernel: false))
             let g = try #require(fs.first { $0.id == "device.0000:01:01.0.group" })
             #expect(g.status == .fail)
-            followAll(g.fix, in: f)
+            followAll(DoctorWording.fix(g), in: f)
             let after = f.host.doctor(DoctorOptions(device: try PCIAddress(parsing: "0000:01:01.0"), probeKernel: false))
             #expect(after.first { $0.id == "device.0000:01:01.0.group" }?.status == .ok, "\(after)")
             // The driver finding's fix, when there is one to follow.
             if let d = after.first(where: { $0.id == "device.0000:01:01.0.driver" }), d.status != .ok {
-                followAll(d.fix, in: f)
+                followAll(DoctorWording.fix(d), in: f)
             }
             #expect(f.driver("0000:01:01.0") == "vfio-pci")
         }
@@ -215,7 +215,7 @@ func shpchpFixture() throws -> PCIFixture {
     @Test func deviceNodeFixNamesThisUser() throws {
         let f = try guestLikeFixture()
         let fs = f.host.doctor(DoctorOptions(probeKernel: false))
-        if let h = fs.first(where: { $0.id == "hugepages" })?.fix {
+        if let h = fs.first(where: { $0.id == "hugepages" }).flatMap(DoctorWording.fix) {
             #expect(!h.contains("*"), "a glob is not a command: \(h)")
         }
     }

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import VFIOCommands
 import VFIOKit
 @testable import VFIOHost
 
@@ -20,7 +21,7 @@ import VFIOKit
             _ = try PCIAddress(parsing: text)
             Issue.record("\(text) parsed")
         } catch {
-            #expect(error.operation == "parse PCI address")
+            #expect(error.operation == .step(.parsePCIAddress))
             #expect(error.hint?.contains("DDDD:BB:DD.F") == true)
             #expect(error.description.contains("is not a PCI address"))
         }
@@ -292,7 +293,7 @@ func guestLikeFixture() throws -> PCIFixture {
     @Test func singleBindInASharedGroupNamesTheOtherMembers() throws {
         let f = try guestLikeFixture()
         let out = try f.host.bind(PCIAddress(parsing: "0000:01:01.0"))
-        let note = out[0].notes.joined(separator: " ")
+        let note = out[0].notes.map { $0.worded() }.joined(separator: " ")
         #expect(note.contains("0000:01:02.0") && note.contains("0000:00:04.0") && note.contains("viable"))
     }
 
@@ -359,9 +360,9 @@ func guestLikeFixture() throws -> PCIFixture {
         func find(_ id: String) -> DoctorFinding? { fs.first { $0.id == id } }
         #expect(find("iommu.present")?.status == .ok)
         #expect(find("interrupt-remapping")?.status == .fail)
-        #expect(find("interrupt-remapping")?.fix != nil)
+        #expect(find("interrupt-remapping").flatMap(DoctorWording.fix) != nil)
         #expect(find("param.iommufd.allow_unsafe_interrupts")?.status == .info)
-        #expect(find("param.vfio_iommu_type1.dma_entry_limit")?.detail.contains("65535") == true)
+        #expect(find("param.vfio_iommu_type1.dma_entry_limit").map(DoctorWording.detail)?.contains("65535") == true)
         #expect(find("dev.iommu")?.status == .fail)
         #expect(find("driver.vfio-pci")?.status == .ok)
         #expect(find("device.0000:00:05.0.group")?.status == .ok)
@@ -376,7 +377,8 @@ func guestLikeFixture() throws -> PCIFixture {
         try f.bindLink("0000:01:02.0", "e1000e")
         let fs = f.host.doctor(DoctorOptions(probeKernel: false))
         let g = try #require(fs.first { $0.id == "group.4" })
-        #expect(g.status == .fail && g.detail.contains("0000:01:02.0") && g.fix?.contains("--group") == true)
+        #expect(g.status == .fail && DoctorWording.detail(g).contains("0000:01:02.0")
+                && DoctorWording.fix(g)?.contains("--group") == true)
     }
 
     @Test func sizesParse() {
