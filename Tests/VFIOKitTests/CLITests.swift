@@ -117,7 +117,7 @@ func jsonObject(_ text: String) throws -> [String: Any] {
         let j = try jsonObject(r.out)
         #expect(j["worst"] as? String == "fail")
         let findings = try #require(j["findings"] as? [[String: Any]])
-        for x in findings { #expect(Set(x.keys) == ["id", "status", "title", "detail", "fix"]) }
+        for x in findings { #expect(Set(x.keys) == ["id", "status", "title", "detail", "fix", "remedies"]) }
         #expect(findings.contains { $0["id"] as? String == "memlock" })
         let bad = vfioctl(["doctor", "--memlock", "lots"], root: f.root)
         #expect(bad.status == 64 && bad.err.contains("is not a size"))

@@ -19,7 +19,8 @@ import VFIOKitTestSupport
     @Test func describesOperationErrnoObjectAndHint() {
         let e = VFIOError(operation: .syscall(.open), errno: .permissionDenied, object: "/dev/vfio/7")
         #expect(e.description.hasPrefix("open on /dev/vfio/7 failed: EACCES (13, Permission denied)"))
-        #expect(e.hint?.contains("permission") == true)
+        #expect(e.remedies.first == .grantAccess(path: "/dev/vfio/7", uid: nil))
+        #expect(e.hint?.contains("read and write access to /dev/vfio/7") == true)
     }
 
     @Test func missingIoctlNamesTheKernelThatAddedIt() {

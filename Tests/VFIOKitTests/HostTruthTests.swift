@@ -2,6 +2,7 @@ import CVFIO
 import Foundation
 import Synchronization
 import Testing
+import VFIOCommands
 import VFIOKitTestSupport
 import VFIOKit
 
@@ -23,7 +24,8 @@ import Glibc
         } catch {
             #expect(!(error.hint ?? "").contains("was put back"), "\(error)")
             #expect(error.description.contains("could not be put back to nvme"), "\(error)")
-            #expect(error.description.contains("vfioctl unbind \(a) --restore"), "\(error)")
+            #expect(error.remedies.contains(.restoreDriver(a)), "\(error)")
+            #expect(CLIWording.message(error).contains("vfioctl unbind \(a) --restore"), "\(error)")
         }
         // The record still names the true original driver.
         #expect(f.host.bindingRecord(a)?.originalDriver == "nvme")

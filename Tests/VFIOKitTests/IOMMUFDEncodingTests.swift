@@ -2,6 +2,7 @@ import CVFIO
 import Synchronization
 import SystemPackage
 import Testing
+import VFIOCommands
 import VFIOKit
 @testable import VFIOObjects
 import VFIOKitTestSupport
@@ -121,7 +122,8 @@ func arg<T>(_ p: UnsafeMutableRawPointer?, _: T.Type) -> UnsafeMutablePointer<T>
             #expect(text.contains("IOMMU_IOAS_MAP on IOAS 7 failed: ENOMEM"))
             #expect(text.contains("asked to pin 1048576 bytes at IOVA 0x100000"))
             #expect(text.contains("RLIMIT_MEMLOCK is \(try MemlockLimit.current().description)"))
-            #expect(e?.hint?.contains("ulimit -l") == true)
+            #expect(e?.remedies.contains { $0.kind == .raiseMemlock } == true)
+            #expect(CLIWording.text(e?.remedies ?? [])?.contains("ulimit -l") == true)
         }
     }
 

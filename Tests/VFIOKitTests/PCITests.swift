@@ -22,7 +22,7 @@ import VFIOKit
             Issue.record("\(text) parsed")
         } catch {
             #expect(error.operation == .step(.parsePCIAddress))
-            #expect(error.hint?.contains("DDDD:BB:DD.F") == true)
+            #expect(CLIWording.text(error.remedies)?.contains("DDDD:BB:DD.F") == true)
             #expect(error.description.contains("is not a PCI address"))
         }
     }
@@ -75,7 +75,7 @@ func guestLikeFixture() throws -> PCIFixture {
         #expect(throws: VFIOError.self) { _ = try f.host.device("0000:00:1f.0") }
         do { _ = try f.host.device("0000:00:1f.0") } catch {
             #expect(error.description.contains("no PCI device 0000:00:1f.0"))
-            #expect(error.hint?.contains("vfioctl list") == true)
+            #expect(CLIWording.text(error.remedies)?.contains("vfioctl list") == true)
         }
     }
 
@@ -155,7 +155,7 @@ func guestLikeFixture() throws -> PCIFixture {
         #expect(v.blocking.map(\.description) == ["0000:01:02.0"])
         #expect(v.members.first { $0.address.description == "0000:00:04.0" }?.status == .managedDMA)
         #expect(v.summary.contains("0000:01:02.0 (bound to e1000e)"))
-        #expect(v.advice.contains("--group"))
+        #expect(CLIWording.text(v.remedies)?.contains("--group") == true)
     }
 
     @Test func stubAndVFIOAreFine() throws {
@@ -261,7 +261,7 @@ func guestLikeFixture() throws -> PCIFixture {
             Issue.record("bind succeeded")
         } catch {
             #expect(error.description.contains("nvme0n1 is mounted on /tmp/data"))
-            #expect(error.hint?.contains("--force") == true)
+            #expect(CLIWording.text(error.remedies)?.contains("--force") == true)
         }
         #expect(f.kernel.log.isEmpty)
         #expect(f.driver("0000:00:05.0") == "nvme" && f.host.bindingRecord(a) == nil)
@@ -280,7 +280,7 @@ func guestLikeFixture() throws -> PCIFixture {
         } catch {
             #expect(error.description.contains("not viable"))
             #expect(error.description.contains("0000:01:02.0 (bound to e1000e)"))
-            #expect(error.hint?.contains("--group") == true)
+            #expect(CLIWording.text(error.remedies)?.contains("--group") == true)
         }
         #expect(f.kernel.log.isEmpty && f.driver("0000:01:01.0") == nil)
         let out = try f.host.bind(a, group: true)
@@ -324,7 +324,7 @@ func guestLikeFixture() throws -> PCIFixture {
         let f = try guestLikeFixture()
         try f.fm.removeItem(atPath: f.root + "/sys/bus/pci/drivers/vfio-pci")
         do { _ = try f.host.bind(PCIAddress(parsing: "0000:00:02.0")); Issue.record("no error") } catch {
-            #expect(error.hint?.contains("modprobe vfio-pci") == true)
+            #expect(CLIWording.text(error.remedies)?.contains("modprobe vfio-pci") == true)
         }
     }
 
@@ -428,7 +428,7 @@ func guestLikeFixture() throws -> PCIFixture {
             Issue.record("unbind succeeded")
         } catch {
             #expect(error.description.contains("pid 4242 (qemu-system-x86)"))
-            #expect(error.hint?.contains("--force") == true)
+            #expect(CLIWording.text(error.remedies)?.contains("--force") == true)
         }
         #expect(f.driver("0000:00:02.0") == "vfio-pci")
         _ = try f.host.unbind(a, restore: true, force: true)
