@@ -244,13 +244,13 @@ extension PCIHost {
                     remedies = error.remedies
                 }
             }
-            f.append(.init("dev.iommu", status, .iommufdNode(access("/dev/iommu"), probe: probe), remedies: remedies))
+            f.append(.init("dev.iommu", status, .iommufdNode(nodeAccess("/dev/iommu"), probe: probe), remedies: remedies))
         } else {
             f.append(.init("dev.iommu", .fail, .iommufdNodeMissing,
                            remedies: [.kernelConfig(["CONFIG_IOMMUFD"], since: KernelVersion(6, 2)), .loadModule("iommufd")]))
         }
         if exists("/dev/vfio/vfio") {
-            f.append(.init("dev.vfio", .ok, .containerNode(access("/dev/vfio/vfio"))))
+            f.append(.init("dev.vfio", .ok, .containerNode(nodeAccess("/dev/vfio/vfio"))))
         } else {
             f.append(.init("dev.vfio", .info, .containerNodeMissing,
                            remedies: [.kernelConfig(["CONFIG_VFIO_CONTAINER", "CONFIG_IOMMUFD_VFIO_CONTAINER"], since: nil)]))
@@ -301,7 +301,7 @@ extension PCIHost {
     }
 
     /// A node's permissions, or nil when it cannot be stat'ed.
-    func access(_ p: String) -> DoctorCheck.NodeAccess? {
+    func nodeAccess(_ p: String) -> DoctorCheck.NodeAccess? {
         guard let st = fileStatus(p) else { return nil }
         return DoctorCheck.NodeAccess(path: p, status: st, canReadWrite: canReadWrite(p))
     }
@@ -412,7 +412,7 @@ extension PCIHost {
         if let c = dev.vfioCdevPath { nodes.append(c) }
         let uid = Sys.getuid(kernel)
         for n in nodes where exists(n) {
-            guard let node = access(n) else { continue }
+            guard let node = nodeAccess(n) else { continue }
             f.append(.init("\(id).node.\(n)", node.canReadWrite ? .ok : .warn, .deviceNode(node),
                            remedies: node.canReadWrite ? [] : [.grantAccess(path: n, uid: uid)]))
         }

@@ -90,6 +90,9 @@ func jsonObject(_ text: String) throws -> [String: Any] {
         let j = vfioctl(["show", "0000:00:1f.0", "--json"], root: f.root)
         let e = try #require(try jsonObject(j.out)["error"] as? [String: Any])
         #expect(e["operation"] as? String == "find PCI device" && e["hint"] is String && e["errno"] is NSNull)
+        #expect(e["operation_kind"] as? String == "step" && e["errno_name"] is NSNull)
+        let remedies = try #require(e["remedies"] as? [[String: Any]])
+        #expect(remedies.first?["kind"] as? String == "list-devices", "\(remedies)")
     }
 
     @Test func bindOfAGrouplessDeviceChangesNothing() throws {

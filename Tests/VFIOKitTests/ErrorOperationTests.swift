@@ -25,6 +25,7 @@ import Glibc
             let e = #expect(throws: VFIOError.self) {
                 try buffer.withUnsafeBytes { p in try c.unsafeMapDMA(address: p.baseAddress!, length: 4096, at: 0x10_0000) }
             }
+            #expect(e?.operation == .ioctl(.vfioIOMMUMapDMA) && e?.errno == .noSpace)
             #expect(e?.description.hasPrefix("VFIO_IOMMU_MAP_DMA on container /dev/vfio/vfio failed: ENOSPC") == true,
                     "\(String(describing: e))")
             // The hint for this request and errno (type1's mapping count limit) now fires.
@@ -45,6 +46,8 @@ import Glibc
         try Syscalls.withProvider(k) {
             let device = try VFIODevice.open(cdev: "/dev/vfio/devices/vfio0")
             let e = #expect(throws: VFIOError.self) { _ = try device.setMigrationState(.stop) }
+            #expect(e?.operation == .ioctl(.vfioDeviceFeature) && e?.errno == .inappropriateIOCTLForDevice)
+            #expect(e?.remedies.contains { $0.kind == .newerKernel } == false, "\(String(describing: e))")
             let text = e?.description ?? ""
             #expect(!text.contains("this kernel lacks"), "\(text)")
             #expect(text.contains("does not support"), "\(text)")
