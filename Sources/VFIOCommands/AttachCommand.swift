@@ -130,7 +130,7 @@ public struct AttachCommand: ParsableCommand {
     public init() {}
 
     public func validate() throws {
-        do { _ = try AttachPlan(self) } catch { throw ValidationError(error.description) }
+        do { _ = try AttachPlan(self) } catch { throw ValidationError(CLIWording.message(error)) }
     }
 
     public func run() throws {

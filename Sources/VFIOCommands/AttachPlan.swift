@@ -16,7 +16,9 @@ struct AttachPlan: Equatable {
     enum Mode: Equatable { case check, hold, exec([String]) }
 
     init(_ command: AttachCommand) throws(VFIOError) {
-        func usage(_ what: String, hint: String? = nil) -> VFIOError { .invalid("attach", what, hint: hint) }
+        func usage(_ what: String, hint: String? = nil) -> VFIOError {
+            .invalid(.step("attach"), what, remedies: hint.map { [.advice($0)] } ?? [])
+        }
         guard !command.addresses.isEmpty else { throw usage("name at least one device (BDF)") }
         var list: [PCIAddress] = []
         for a in command.addresses {

@@ -45,7 +45,7 @@ extension AttachSession {
             }
             return try ioas.cacheCoherency()
         } catch {
-            return .unknown(error.description)
+            return .unknown(CLIWording.message(error))
         }
     }
 }

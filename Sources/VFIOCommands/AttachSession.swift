@@ -137,14 +137,16 @@ final class AttachSession {
     /// A fixed `--map` IOVA on an IOAS: aligned, and inside one usable range.
     static func check(_ m: MapRequest, iova: IOVA, in r: IOAS.IOVARanges) throws(VFIOError) {
         if r.alignment > 0, !iova.isAligned(to: r.alignment) || m.size % r.alignment != 0 {
-            throw VFIOError.invalid("map \(m)", "IOVA \(iova) and size \(m.size) must be multiples of the "
-                                    + "IOVA alignment, \(formatBytes(r.alignment))", hint: "pick an aligned IOVA, or leave @IOVA out")
+            throw VFIOError.invalid(.step("map \(m)"), "IOVA \(iova) and size \(m.size) must be multiples of the "
+                                    + "IOVA alignment, \(formatBytes(r.alignment))",
+                                    remedies: [.advice("pick an aligned IOVA, or leave @IOVA out")])
         }
         guard r.contains(iova: iova, length: m.size) else {
             let last = iova.adding(m.size - 1).map(\.description) ?? "past 2^64"
-            throw VFIOError.invalid("map \(m)", "\(iova)-\(last) is not inside one usable IOVA range ("
+            throw VFIOError.invalid(.step("map \(m)"), "\(iova)-\(last) is not inside one usable IOVA range ("
                                     + AttachReport.rangesText(r.ranges) + ")",
-                                    hint: "the ranges exclude reserved regions (MSI window, apertures): pick an IOVA inside one")
+                                    remedies: [.advice("the ranges exclude reserved regions (MSI window, apertures): pick an "
+                                                       + "IOVA inside one")])
         }
     }
 

@@ -56,7 +56,7 @@ public struct DMAMapping: ~Copyable, Sendable {
     @inline(__always)
     public func iova(at offset: Int) throws(VFIOError) -> IOVA {
         guard offset >= 0, UInt64(offset) < length else {
-            throw VFIOError.invalid("DMAMapping.iova(at:)",
+            throw VFIOError.invalid(.step(.mappingIOVA),
                                     "offset \(offset) is outside the mapping (\(length) bytes at IOVA \(iova))")
         }
         return IOVA(iova.rawValue &+ UInt64(offset))

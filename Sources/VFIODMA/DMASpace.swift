@@ -144,7 +144,7 @@ public final class DMASpace: Sendable {
     /// The corresponding ioctls are `VFIO_DEVICE_BIND_IOMMUFD` and `VFIO_DEVICE_ATTACH_IOMMUFD_PT`.
     public func attach(_ device: VFIODevice) throws(VFIOError) {
         guard case .ioas(let ioas) = backend else {
-            throw VFIOError.invalid("attach device", "\(label) uses groups and a container: add the device's group "
+            throw VFIOError.invalid(.step(.attachDevice), "\(label) uses groups and a container: add the device's group "
                                     + "(add(_:)) and open the device from it", object: device.label)
         }
         try device.bind(to: ioas.iommufd)
@@ -161,7 +161,7 @@ public final class DMASpace: Sendable {
     @discardableResult
     public func add(_ group: VFIOGroup) throws(VFIOError) -> VFIOGroup {
         guard case .container(let container) = backend else {
-            throw VFIOError.invalid("add group", "\(label) uses cdevs, not groups: attach the device (attach(_:))",
+            throw VFIOError.invalid(.step(.addGroup), "\(label) uses cdevs, not groups: attach the device (attach(_:))",
                                     object: "/dev/vfio/\(group.number)")
         }
         if let known = groups.withLock({ $0[group.number] }) { return known }
@@ -184,8 +184,8 @@ public final class DMASpace: Sendable {
 
     /// The error for a kernel that offers no DMA mode.
     package static func noModeError(object: String? = nil) -> VFIOError {
-        VFIOError.invalid("choose DMA mode", "neither /dev/iommu nor /dev/vfio/vfio offers an IOMMU", object: object,
-                          hint: "enable an IOMMU (intel_iommu=on, amd_iommu=on) and load vfio-pci / iommufd; `vfioctl doctor` checks")
+        VFIOError.invalid(.step(.chooseDMAMode), "neither /dev/iommu nor /dev/vfio/vfio offers an IOMMU", object: object,
+                          remedies: [.enableIOMMU, .loadModule("vfio-pci"), .loadModule("iommufd"), .diagnose(nil)])
     }
 
     /// Re-reads the usable IOVA ranges and the IOMMU page size (they change
@@ -227,13 +227,13 @@ public final class DMASpace: Sendable {
         if let iova {
             let alignment = allocator.withLock { $0.alignment }
             guard iova.isAligned(to: alignment) else {
-                throw VFIOError.invalid("map DMA", "IOVA \(iova) is not a multiple of the IOMMU page size "
+                throw VFIOError.invalid(.step(.mapDMA), "IOVA \(iova) is not a multiple of the IOMMU page size "
                                         + "(\(formatBytes(alignment)))", object: label,
-                                        hint: "pick an aligned IOVA, or let the space choose one (at: nil)")
+                                        remedies: [.advice("pick an aligned IOVA, or let the space choose one (at: nil)")])
             }
             guard allocator.withLock({ $0.reserve(iova, length: length) }) else {
                 let (r, m) = allocator.withLock { ($0.ranges, $0.dmaMask) }
-                throw VFIOError.invalid("map DMA", "IOVA \(iova)+0x\(String(length, radix: 16)) "
+                throw VFIOError.invalid(.step(.mapDMA), "IOVA \(iova)+0x\(String(length, radix: 16)) "
                                         + "overlaps a mapping or lies outside the usable ranges "
                                         + "[\(r.map(\.hexDescription).joined(separator: ", "))] "
                                         + "below the DMA mask 0x\(String(m, radix: 16))", object: label)
@@ -242,8 +242,8 @@ public final class DMASpace: Sendable {
         } else {
             let align = buffer.backing == .hugePages ? UInt64(DMABuffer.hugePageSize) : 0
             guard let a = try allocator.withLock({ (a) throws(VFIOError) in try a.allocate(length: length, align: align) }) else {
-                throw VFIOError.invalid("map DMA", "no free IOVA range of 0x\(String(length, radix: 16)) bytes below the DMA mask",
-                                        object: label, hint: "unmap something, or map fewer/larger buffers")
+                throw VFIOError.invalid(.step(.mapDMA), "no free IOVA range of 0x\(String(length, radix: 16)) bytes below the DMA mask",
+                                        object: label, remedies: [.advice("unmap something, or map fewer/larger buffers")])
             }
             at = a
         }

@@ -29,8 +29,8 @@ extension PCIHost {
     public func vfioDevice(_ a: PCIAddress) throws(VFIOError) -> PCIDevice {
         let dev = try device(a)
         guard dev.isBoundToVFIO else {
-            throw VFIOError.invalid("find VFIO device", "\(a) is not bound to vfio-pci (its driver is \(dev.driver ?? "none"))",
-                                    object: a.description, hint: "bind it first: `vfioctl bind \(a)`")
+            throw VFIOError.invalid(.step("find VFIO device"), "\(a) is not bound to vfio-pci (its driver is \(dev.driver ?? "none"))",
+                                    object: a.description, remedies: [.bindToVFIO(a)])
         }
         return dev
     }
@@ -39,8 +39,8 @@ extension PCIHost {
     /// `/dev/vfio/...`) the node's owner and mode and this process's ids, and
     /// what grants access. Other errors come back unchanged.
     public func explainAccess(_ error: VFIOError) -> VFIOError {
-        guard error.operation == "open", let node = error.object,
-              let code = error.errno?.rawValue, code == EACCES || code == EPERM else { return error }
+        guard error.operation == .syscall(.open), let node = error.object,
+              let code = error.errno, code == .permissionDenied || code == .notPermitted else { return error }
         var e = error
         var facts = "this process runs as uid \(Sys.getuid(kernel)) gid \(Sys.getgid(kernel))"
         if let st = fileStatus(node) {
@@ -48,9 +48,9 @@ extension PCIHost {
                 + "; open needs read and write permission on it"
         }
         e.detail = [e.detail, facts].compactMap { $0 }.joined(separator: ". ")
-        e.hint = "run as root, or give this user access to \(node) (a udev rule with OWNER=/GROUP=/MODE=, or chown); "
-            + (node.hasPrefix("/dev/iommu") ? "/dev/iommu is safe to open for any user who may use a VFIO device"
-                : "the VFIO node grants control of the device")
+        e.remedies = [.grantAccess(path: node, uid: nil),
+                      .advice(node.hasPrefix("/dev/iommu") ? "/dev/iommu is safe to open for any user who may use a VFIO device"
+                                                           : "the VFIO node grants control of the device")]
         return e
     }
 }

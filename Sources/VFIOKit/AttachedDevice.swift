@@ -110,12 +110,12 @@ public final class AttachedDevice: Sendable {
     /// The corresponding calls are `VFIO_DEVICE_GET_REGION_INFO` and `mmap`.
     public func bar(_ n: Int) throws(VFIOError) -> MMIORegion {
         guard (0...5).contains(n) else {
-            throw VFIOError.invalid("map BAR", "BAR \(n) does not exist: PCI functions have BARs 0 to 5",
+            throw VFIOError.invalid(.step("map BAR"), "BAR \(n) does not exist: PCI functions have BARs 0 to 5",
                                     object: address.description)
         }
         let region = try device.regionInfo(PCIRegion.bar(n))
         guard region.size > 0 else {
-            throw VFIOError.invalid("map BAR", "\(address) has no BAR \(n) (its size is 0)", object: address.description)
+            throw VFIOError.invalid(.step("map BAR"), "\(address) has no BAR \(n) (its size is 0)", object: address.description)
         }
         let mapped = try device.map(region: region)
         bars.withLock { $0.append(mapped) }

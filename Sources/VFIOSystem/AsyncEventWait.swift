@@ -18,7 +18,7 @@ extension EventFD {
     /// count); a second one throws. Task cancellation ends the wait at once
     /// with an error whose detail is "cancelled"; ``close()`` ends it with "closed".
     public func wait(timeout: Duration? = nil) async throws(VFIOError) -> UInt64? {
-        if Task.isCancelled { throw VFIOError.invalid("wait for eventfd", "cancelled", object: fd.label) }
+        if Task.isCancelled { throw VFIOError.invalid(.step(.waitForEventFD), "cancelled", object: fd.label) }
         let waits = try asyncWaits()
         return try await waits.wait(timeout: timeout)
     }
@@ -65,7 +65,7 @@ final class AsyncEventWaits: Sendable {
         self.fd = fd
         waiter = try ReadinessWait(fd)
         do throws(VFIOError) {
-            try waiter.begin("wait for eventfd")
+            try waiter.begin(.step(.waitForEventFD))
         } catch {
             try? waiter.wake.close()
             throw error
@@ -93,7 +93,7 @@ final class AsyncEventWaits: Sendable {
                 let refused: VFIOError? = state.withLock { s in
                     if let e = s.ended { return e }
                     if s.request != nil {
-                        return VFIOError.invalid("wait for eventfd", "another task is already waiting on it; each "
+                        return VFIOError.invalid(.step(.waitForEventFD), "another task is already waiting on it; each "
                                                      + "read takes the whole count, so one waiter at a time",
                                                  object: fd.label)
                     }
@@ -126,7 +126,7 @@ final class AsyncEventWaits: Sendable {
                 guard let r = s.request else { return .idle }
                 if r.cancelled {
                     s.request = nil
-                    return .resume(r.continuation, .failure(.invalid("wait for eventfd", "cancelled", object: fd.label)))
+                    return .resume(r.continuation, .failure(.invalid(.step(.waitForEventFD), "cancelled", object: fd.label)))
                 }
                 guard let deadline = r.deadline else { return .poll(nil) }
                 let left = deadline - ContinuousClock.now
@@ -153,7 +153,7 @@ final class AsyncEventWaits: Sendable {
             case .timedOut: continue  // the next round resumes the waiter with nil
             case .woken: waiter.drainWake()
             case .closed:
-                finish(fd.closedError("wait for eventfd"))
+                finish(fd.closedError(.step(.waitForEventFD)))
                 return
             case .readable:
                 // Take the waiter before reading, so a count is never read for nobody.
@@ -171,7 +171,7 @@ final class AsyncEventWaits: Sendable {
                     return
                 }
                 if fd.isClosed {  // the count may hold the close's own signal
-                    let e = fd.closedError("wait for eventfd")
+                    let e = fd.closedError(.step(.waitForEventFD))
                     request.continuation.resume(returning: .failure(e))
                     finish(e)
                     return

@@ -69,8 +69,9 @@ struct FrontDoorGuestTests {
     @Test func aDeviceNotOnVFIOIsRefusedWithTheBindHint() throws {
         let bdf = try Guest.requireEdu()
         try Guest.unbind(bdf)
-        let e = #expect(throws: VFIOError.self) { _ = try AttachedDevice.open(try PCIAddress(parsing: bdf)) }
+        let address = try PCIAddress(parsing: bdf)
+        let e = #expect(throws: VFIOError.self) { _ = try AttachedDevice.open(address) }
         #expect(e?.description.contains("not bound to vfio-pci") == true, "\(String(describing: e))")
-        #expect(e?.hint?.contains("vfioctl bind \(bdf)") == true, "\(String(describing: e?.hint))")
+        #expect(e?.remedies.contains(.bindToVFIO(address)) == true, "\(String(describing: e?.remedies))")
     }
 }

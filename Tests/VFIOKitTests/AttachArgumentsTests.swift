@@ -104,7 +104,7 @@ import VFIOKit
     }
 
     @Test func permissionErrorsNameTheNodeAndTheMode() {
-        let e = PCIHost.system.explainAccess(VFIOError(operation: "open", errno: .permissionDenied, object: "/dev/null"))
+        let e = PCIHost.system.explainAccess(VFIOError(operation: .syscall(.open), errno: .permissionDenied, object: "/dev/null"))
         #expect(e.detail?.contains("/dev/null is crw-rw-rw-") == true, "\(e.detail ?? "")")
         #expect(e.detail?.contains("this process runs as uid") == true)
         #expect(e.hint?.contains("udev") == true)

@@ -133,8 +133,8 @@ extension VFIODevice {
     /// `VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER`.
     public func interrupts(_ index: IRQIndex, count: Int, start: UInt32 = 0) throws(VFIOError) -> InterruptSet {
         guard count > 0 else {
-            throw VFIOError.invalid("VFIO_DEVICE_SET_IRQS", "asked for \(count) \(index) vectors; at least 1",
-                                    object: label, hint: "irqInfo(_:).count says how many the device has")
+            throw VFIOError.invalid(.ioctl(.vfioDeviceSetIRQs), "asked for \(count) \(index) vectors; at least 1",
+                                    object: label, remedies: [.advice("irqInfo(_:).count says how many the device has")])
         }
         var fds: [EventFD] = []
         fds.reserveCapacity(count)

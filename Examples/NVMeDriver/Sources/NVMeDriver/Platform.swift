@@ -95,7 +95,7 @@ extension AttachedDevice {
         do throws(VFIOError) {
             let bar0 = try device.bar(0)
             guard bar0.length >= 0x1008 else {
-                throw VFIOError.invalid("map BAR0", "BAR0 is \(bar0.length) bytes, too small for NVMe registers and doorbells")
+                throw VFIOError.invalid(.step("map BAR0"), "BAR0 is \(bar0.length) bytes, too small for NVMe registers and doorbells")
             }
             try device.setBusMaster(true)
             return (device, Registers(region: bar0))
@@ -140,7 +140,5 @@ extension Interrupt {
 
 /// A VFIOKit error as the driver's error, keeping its words and hint.
 func platformError(_ e: VFIOError, _ what: String) -> NVMeError {
-    var bare = e
-    bare.hint = nil
-    return NVMeError(.vfio, "\(what): \(bare.description)", hint: e.hint)
+    NVMeError(.vfio, "\(what): \(e.summary)", hint: e.hint)
 }
