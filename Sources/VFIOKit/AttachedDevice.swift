@@ -35,8 +35,9 @@ import Synchronization
 /// `VFIOGroup(number:)`, ``IOMMUFD`` and ``IOAS`` open the kernel's objects
 /// one by one.
 public final class AttachedDevice: Sendable {
-    /// The BARs ``bar(_:)`` mapped, unmapped by ``close()``.
-    private let bars = Mutex<[MMIORegion]>([])
+    /// The BARs ``bar(_:)`` mapped that are still alive, for ``close()`` to unmap.
+    private let bars = Mutex<[MappedBAR]>([])
+    private struct MappedBAR { weak var region: MMIORegion? }
 
     /// The PCI function.
     public let address: PCIAddress
@@ -118,7 +119,10 @@ public final class AttachedDevice: Sendable {
             throw VFIOError.invalid(.step("map BAR"), "\(address) has no BAR \(n) (its size is 0)", object: address.description)
         }
         let mapped = try device.map(region: region)
-        bars.withLock { $0.append(mapped) }
+        bars.withLock { b in
+            b.removeAll { $0.region == nil }  // dropped (and unmapped) already
+            b.append(MappedBAR(region: mapped))
+        }
         return mapped
     }
 
@@ -178,7 +182,7 @@ public final class AttachedDevice: Sendable {
     /// Idempotent; reports the first error after every step ran.
     public func close() throws(VFIOError) {
         var first: VFIOError?
-        for bar in bars.withLock({ b in defer { b = [] }; return b }) {
+        for bar in bars.withLock({ b in defer { b = [] }; return b.compactMap(\.region) }) {
             do throws(VFIOError) { try bar.unmap() } catch { first = first ?? error }
         }
         do throws(VFIOError) { try device.close() } catch { first = first ?? error }

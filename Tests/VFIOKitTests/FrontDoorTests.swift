@@ -214,6 +214,11 @@ import VFIOSystem
                                       space: try DMASpace(mode: .type1v2))
             let bar1 = try door.bar(1)
             #expect(!bar1.isUnmapped)
+            // A BAR the caller dropped is gone at once; the front door does not keep it.
+            var bar2: MMIORegion? = try door.bar(2)
+            #expect(kernel.liveMappingCount == 2 && bar2 != nil)
+            bar2 = nil
+            #expect(kernel.liveMappingCount == 1)
             try door.close()
             #expect(bar1.isUnmapped, "a copy the caller kept is unmapped too")
             #expect(Self.permissions(at: bar1.base) == "---p")
