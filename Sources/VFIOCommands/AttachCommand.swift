@@ -138,7 +138,9 @@ public struct AttachCommand: ParsableCommand {
     }
 
     func plan() throws(VFIOError) -> Plan {
-        func usage(_ what: String, hint: String? = nil) -> VFIOError { .invalid("attach", what, hint: hint) }
+        func usage(_ what: String, hint: String? = nil) -> VFIOError {
+            .invalid(.step("attach"), what, remedies: hint.map { [.advice($0)] } ?? [])
+        }
         guard !addresses.isEmpty else { throw usage("name at least one device (BDF)") }
         var list: [PCIAddress] = []
         for a in addresses {
@@ -169,7 +171,7 @@ public struct AttachCommand: ParsableCommand {
     }
 
     public func validate() throws {
-        do { _ = try plan() } catch { throw ValidationError(error.description) }
+        do { _ = try plan() } catch { throw ValidationError(CLIWording.message(error)) }
     }
 
     public func run() throws {
@@ -357,9 +359,9 @@ final class AttachSession {
         // Every number here may sit at the top of the 64-bit space (--map 4K@0xfffffffffffff000):
         // `cursor` is the first free IOVA after the fixed maps, nil when they end at 2^64.
         func noRoom(_ m: MapRequest) -> VFIOError {
-            .invalid("map \(m)", "no room for it: type1 needs an explicit IOVA, and vfioctl places maps without one "
+            .invalid(.step("map \(m)"), "no room for it: type1 needs an explicit IOVA, and vfioctl places maps without one "
                      + "after the fixed ones, which reach the end of the 64-bit IOVA space",
-                     hint: "give it an IOVA (SIZE@IOVA) inside a usable range (" + AttachReport.rangesText(ranges) + ")")
+                     remedies: [.advice("give it an IOVA (SIZE@IOVA) inside a usable range (" + AttachReport.rangesText(ranges) + ")")])
         }
         func alignUp(_ v: UInt64, _ a: UInt64) -> UInt64? {
             let (x, o) = v.addingReportingOverflow(a - 1)
@@ -396,14 +398,15 @@ final class AttachSession {
 
     static func check(_ m: MapRequest, iova: UInt64, ranges: [ClosedRange<UInt64>], alignment: UInt64) throws(VFIOError) {
         if alignment > 0, iova % alignment != 0 || m.size % alignment != 0 {
-            throw VFIOError.invalid("map \(m)", "IOVA 0x\(String(iova, radix: 16)) and size \(m.size) must be multiples of the "
-                                    + "IOVA alignment, \(formatBytes(alignment))", hint: "pick an aligned IOVA, or leave @IOVA out")
+            throw VFIOError.invalid(.step("map \(m)"), "IOVA 0x\(String(iova, radix: 16)) and size \(m.size) must be multiples of the "
+                                    + "IOVA alignment, \(formatBytes(alignment))", remedies: [.advice("pick an aligned IOVA, or leave @IOVA out")])
         }
         let (last, overflow) = iova.addingReportingOverflow(m.size - 1)
         if overflow || !ranges.contains(where: { $0.contains(iova) && $0.contains(last) }) {
-            throw VFIOError.invalid("map \(m)", "0x\(String(iova, radix: 16))-" + (overflow ? "past 2^64" : "0x" + String(last, radix: 16)) + " is not inside one "
+            throw VFIOError.invalid(.step("map \(m)"), "0x\(String(iova, radix: 16))-" + (overflow ? "past 2^64" : "0x" + String(last, radix: 16)) + " is not inside one "
                                     + "usable IOVA range (" + AttachReport.rangesText(ranges) + ")",
-                                    hint: "the ranges exclude reserved regions (MSI window, apertures): pick an IOVA inside one")
+                                    remedies: [.advice("the ranges exclude reserved regions (MSI window, apertures): pick an IOVA "
+                                                       + "inside one")])
         }
     }
 
@@ -452,7 +455,7 @@ final class AttachSession {
             }
             return try ioas.cacheCoherency()
         } catch {
-            return .unknown(error.description)
+            return .unknown(CLIWording.message(error))
         }
     }
 

@@ -44,14 +44,14 @@ public struct BarCommand: ParsableCommand {
 
     func access() throws(VFIOError) -> RegisterAccess {
         guard (0...5).contains(bar) else {
-            throw VFIOError.invalid("parse BAR", "BAR \(bar) does not exist: PCI functions have BARs 0 to 5")
+            throw VFIOError.invalid(.step("parse BAR"), "BAR \(bar) does not exist: PCI functions have BARs 0 to 5")
         }
         return try RegisterAccess(operation: operation, offset: offset, value: value, width: width, allowed: [1, 2, 4, 8])
     }
 
     public func validate() throws {
         try validateAddress(address)
-        do { _ = try access() } catch { throw ValidationError(error.description) }
+        do { _ = try access() } catch { throw ValidationError(CLIWording.message(error)) }
     }
 
     public func run() throws {
@@ -61,11 +61,11 @@ public struct BarCommand: ParsableCommand {
             let device = opened.device
             let region = try device.regionInfo(PCIRegion.bar(bar))
             guard region.size > 0 else {
-                throw VFIOError.invalid("access BAR \(bar)", "\(opened.address) has no BAR \(bar) (size 0)",
-                                        object: opened.address.description, hint: "`vfioctl show \(opened.address)` lists its regions")
+                throw VFIOError.invalid(.step("access BAR \(bar)"), "\(opened.address) has no BAR \(bar) (size 0)",
+                                        object: opened.address.description, remedies: [.showDevice(opened.address)])
             }
             guard a.offset < region.size, UInt64(a.width) <= region.size - a.offset else {
-                throw VFIOError.invalid("access BAR \(bar)", "\(a.width) bytes at 0x\(String(a.offset, radix: 16)) run past the end of "
+                throw VFIOError.invalid(.step("access BAR \(bar)"), "\(a.width) bytes at 0x\(String(a.offset, radix: 16)) run past the end of "
                                         + "BAR \(bar) (size 0x\(String(region.size, radix: 16)))", object: opened.address.description)
             }
             var v: UInt64 = a.value ?? 0

@@ -72,7 +72,7 @@ public struct BindCommand: ParsableCommand {
                 line += o.changed ? "\(o.previousDriver ?? "no driver") -> \(o.driver ?? "no driver")" : "already on \(o.driver ?? "no driver")"
                 if let c = o.vfioCdev { line += " (/dev/vfio/devices/\(c))" }
                 CommandOutput.out(line)
-                for n in o.notes { CommandOutput.out("  " + n) }
+                for n in o.notes { CommandOutput.out("  " + n.worded(CLIWording.wording)) }
             }
         }
     }

@@ -15,18 +15,18 @@ struct RegisterAccess: Equatable {
 
     init(operation: RegisterOperation, offset: String, value: String?, width: Int, allowed: [Int]) throws(VFIOError) {
         guard let o = ArgumentValues.number(offset) else {
-            throw VFIOError.invalid("parse OFFSET", "'\(offset)' is not a number", hint: "write it in decimal or as 0x hex")
+            throw VFIOError.invalid(.step("parse OFFSET"), "'\(offset)' is not a number", remedies: [.advice("write it in decimal or as 0x hex")])
         }
         var v: UInt64?
         switch (operation, value) {
         case (.read, nil): break
         case (.read, let extra?):
-            throw VFIOError.invalid("parse VALUE", "read takes no value (got '\(extra)')")
+            throw VFIOError.invalid(.step("parse VALUE"), "read takes no value (got '\(extra)')")
         case (.write, nil):
-            throw VFIOError.invalid("parse VALUE", "write needs a VALUE", hint: "e.g. `write 0x4 0x0006 --width 2`")
+            throw VFIOError.invalid(.step("parse VALUE"), "write needs a VALUE", remedies: [.advice("e.g. `write 0x4 0x0006 --width 2`")])
         case (.write, let text?):
             guard let n = ArgumentValues.number(text) else {
-                throw VFIOError.invalid("parse VALUE", "'\(text)' is not a number", hint: "write it in decimal or as 0x hex")
+                throw VFIOError.invalid(.step("parse VALUE"), "'\(text)' is not a number", remedies: [.advice("write it in decimal or as 0x hex")])
             }
             v = n
         }
@@ -93,7 +93,7 @@ public struct ConfigCommand: ParsableCommand {
 
     public func validate() throws {
         try validateAddress(address)
-        do { _ = try access() } catch { throw ValidationError(error.description) }
+        do { _ = try access() } catch { throw ValidationError(CLIWording.message(error)) }
     }
 
     public func run() throws {

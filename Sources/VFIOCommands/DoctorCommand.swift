@@ -25,7 +25,8 @@ public struct DoctorCommand: ParsableCommand {
             when any finding is fail. Nothing is changed.
 
             JSON (--json): {"findings": [FINDING], "worst": STATUS} where FINDING has id, \
-            status, title, detail, fix (null when nothing to do).
+            status, title, detail, fix (null when nothing to do) and remedies (the fix as \
+            data: each {"kind", ...} as in an error's remedies, see `vfioctl --help`).
 
             Examples:
               vfioctl doctor
@@ -62,11 +63,11 @@ public struct DoctorCommand: ParsableCommand {
                                                      probeKernel: hostOptions.root == "/"))
             worst = findings.map(\.status).max() ?? .ok
             if output.json {
-                struct Out: Encodable { var findings: [DoctorFinding]; var worst: DoctorFinding.Status }
-                CommandOutput.out(JSON.render(Out(findings: findings, worst: worst)))
+                struct Out: Encodable { var findings: [DoctorWording.Row]; var worst: DoctorFinding.Status }
+                CommandOutput.out(JSON.render(Out(findings: findings.map(DoctorWording.Row.init), worst: worst)))
                 return
             }
-            let width = findings.map(\.title.count).max() ?? 10
+            let width = findings.map { DoctorWording.title($0).count }.max() ?? 10
             for f in findings {
                 let tag = switch f.status {
                 case .ok: "[ ok ]"
@@ -74,8 +75,9 @@ public struct DoctorCommand: ParsableCommand {
                 case .warn: "[warn]"
                 case .fail: "[FAIL]"
                 }
-                CommandOutput.out("\(tag) \(f.title.padding(toLength: width, withPad: " ", startingAt: 0))  \(f.detail)")
-                if let fix = f.fix, f.status == .warn || f.status == .fail {
+                let title = DoctorWording.title(f)
+                CommandOutput.out("\(tag) \(title.padding(toLength: width, withPad: " ", startingAt: 0))  \(DoctorWording.detail(f))")
+                if let fix = DoctorWording.fix(f), f.status == .warn || f.status == .fail {
                     CommandOutput.out(String(repeating: " ", count: width + 9) + "fix: " + fix)
                 }
             }

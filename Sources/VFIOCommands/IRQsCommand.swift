@@ -58,7 +58,7 @@ public struct IRQsCommand: ParsableCommand {
                 do throws(VFIOError) {
                     let i = try opened.device.irqInfo(index)
                     irqs.append(IRQ(index: index.rawValue, name: index.description, count: i.count, flags: IRQsCommand.flagNames(i)))
-                } catch where error.errno?.rawValue == 22 && (index == .err || index == .req) {
+                } catch where error.errno == .invalidArgument && (index == .err || index == .req) {
                     // vfio-pci answers EINVAL for ERR on a device without PCIe (no AER): it has none.
                     irqs.append(IRQ(index: index.rawValue, name: index.description, count: 0, flags: []))
                 }

@@ -130,7 +130,7 @@ public struct ListCommand: ParsableCommand {
             let open = host.openDeviceNodes()
             let rows = host.devices().map { d in
                 let r = host.readiness(of: d, openNodes: open)
-                return DeviceRow(device: d, readiness: r, fix: host.readinessFix(of: d, r))
+                return DeviceRow(device: d, readiness: r, fix: CLIWording.commands(host.readinessRemedies(of: d, r)))
             }
             if output.json {
                 struct Out: Encodable { var devices: [DeviceRow] }

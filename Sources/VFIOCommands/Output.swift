@@ -61,38 +61,56 @@ public struct HostOptions: ParsableArguments {
 }
 
 enum JSON {
-    /// Pretty, key-sorted JSON of `value`.
+    /// Pretty, key-sorted JSON of `value`; remedies inside are worded as vfioctl commands.
     static func render<T: Encodable>(_ value: T) -> String {
         let enc = JSONEncoder()
         enc.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        enc.userInfo[RemedyWording.key] = CLIWording.wording
         guard let data = try? enc.encode(value) else { return "{}" }
         return String(decoding: data, as: UTF8.self)
     }
 }
 
-/// The JSON form of an error: `{"error": {"message", "operation", "errno", "errno_name", "object", "detail", "hint"}}`.
+/// The JSON form of an error, `{"error": ERROR}`, where ERROR has:
+/// `message` (the first line of the text), `operation` (its name:
+/// `IOMMU_IOAS_MAP`, `open`, `bind`), `operation_kind` (`ioctl`, `syscall` or
+/// `step`), `errno` (the number or null), `errno_name` (`ENOMEM` or null),
+/// `object`, `detail`, `hint` (the remedies as vfioctl prints them, or null)
+/// and `remedies` (each `{"kind": KIND, ...}` with its facts: see
+/// ``ErrorJSON/remedyKeys``).
 struct ErrorJSON: Encodable {
+    /// The keys of one remedy object, documented in `--help`.
+    static let remedyKeys = "kind (bind-to-vfio, bind-group, bind-bridge-to-stub, forced, unbind-driver, restore-driver, "
+        + "stop-processes, unmount, swap-off, stop-stacked-devices, link-down, move-console, raise-memlock, show-memlock, "
+        + "reserve-huge-pages, add-huge-pages, grant-access, run-privileged, take-ownership, restrict-mode, "
+        + "remove-group-write, remove-path, enable-iommu, enable-interrupt-remapping, allow-unsafe-interrupts, "
+        + "kernel-config, load-module, newer-kernel, read-kernel-log, inspect, diagnose, find-holder, list-devices, "
+        + "list-groups, show-device, hot-reset, advice) and its facts: address, driver, remedy, processes (pid, "
+        + "command), paths, device, names, interface, bytes, count, pool, path, uid, recursive, virtio_iommu, "
+        + "parameter, options, since, module, requests, running, words, text"
+
     struct Body: Encodable {
-        var message: String
-        var operation: String
-        var errno: Int32?
-        var errnoName: String?
-        var object: String?
-        var detail: String?
-        var hint: String?
+        var error: VFIOError
         enum CodingKeys: String, CodingKey {
-            case message, operation, errno, object, detail, hint
-            case errnoName = "errno_name"
+            case message, operation, errno, object, detail, hint, remedies
+            case operationKind = "operation_kind", errnoName = "errno_name"
         }
         func encode(to encoder: any Encoder) throws {
             var c = encoder.container(keyedBy: CodingKeys.self)
-            try c.encode(message, forKey: .message)
-            try c.encode(operation, forKey: .operation)
-            try c.encode(errno, forKey: .errno)
-            try c.encode(errnoName, forKey: .errnoName)
-            try c.encode(object, forKey: .object)
-            try c.encode(detail, forKey: .detail)
-            try c.encode(hint, forKey: .hint)
+            try c.encode(error.summary, forKey: .message)
+            try c.encode(error.operation.description, forKey: .operation)
+            let kind = switch error.operation {
+            case .ioctl: "ioctl"
+            case .syscall: "syscall"
+            case .step: "step"
+            }
+            try c.encode(kind, forKey: .operationKind)
+            try c.encode(error.errno?.rawValue, forKey: .errno)
+            try c.encode(error.errno?.name, forKey: .errnoName)
+            try c.encode(error.object, forKey: .object)
+            try c.encode(error.detail, forKey: .detail)
+            try c.encode(CLIWording.text(error.remedies), forKey: .hint)
+            try c.encode(error.remedies, forKey: .remedies)
         }
     }
     var error: Body
@@ -104,13 +122,9 @@ func reporting(json: Bool, _ body: () throws(VFIOError) -> Void) throws {
         try body()
     } catch {
         if json {
-            var firstLine = error.description
-            if let r = firstLine.range(of: "\n  hint:") { firstLine = String(firstLine[..<r.lowerBound]) }
-            CommandOutput.out(JSON.render(ErrorJSON(error: .init(
-                message: firstLine, operation: error.operation, errno: error.errno?.rawValue,
-                errnoName: error.errno?.name, object: error.object, detail: error.detail, hint: error.hint))))
+            CommandOutput.out(JSON.render(ErrorJSON(error: .init(error: error))))
         }
-        CommandOutput.err("error: " + error.description)
+        CommandOutput.err("error: " + CLIWording.message(error))
         throw ExitCode.failure
     }
 }

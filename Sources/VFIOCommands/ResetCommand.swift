@@ -53,9 +53,9 @@ public struct ResetCommand: ParsableCommand {
             if !hot {
                 let info = try opened.device.info()
                 guard info.supportsReset else {
-                    throw VFIOError.invalid("VFIO_DEVICE_RESET", "\(a) has no function reset: VFIO_DEVICE_FLAGS_RESET is clear "
+                    throw VFIOError.invalid(.ioctl(.vfioDeviceReset), "\(a) has no function reset: VFIO_DEVICE_FLAGS_RESET is clear "
                                             + "(no FLR, no PM reset, and no slot or bus it has to itself)",
-                                            object: a.description, hint: "a bus or slot hot reset may still work: `vfioctl reset \(a) --hot`")
+                                            object: a.description, remedies: [.hotReset(a)])
                 }
                 try opened.device.reset()
                 try opened.close()
@@ -97,17 +97,19 @@ public struct ResetCommand: ParsableCommand {
                         }
                     }
                 } catch {
-                    throw VFIOError(operation: "VFIO_DEVICE_PCI_HOT_RESET", errno: error.errno, object: a.description,
+                    throw VFIOError(operation: .ioctl(.vfioDevicePCIHotReset), errno: error.errno, object: a.description,
                                     detail: "refusing: the hot reset would also reset \(bdf), which is not ours: "
-                                        + error.description.replacingOccurrences(of: "\n  hint: ", with: " (") + (error.hint == nil ? "" : ")"),
-                                    hint: "bind \(bdf) to vfio-pci too (`vfioctl bind \(bdf)`) and close it wherever it is open; nothing was reset")
+                                        + CLIWording.message(error).replacingOccurrences(of: "\n  hint: ", with: " (")
+                                        + (error.remedies.isEmpty ? "" : ")"),
+                                    remedies: [.advice("bind \(bdf) to vfio-pci too and close it wherever it is open; nothing was reset"),
+                                               .bindToVFIO(try? PCIAddress(parsing: bdf))])
                 }
             }
             if opened.iommufd != nil {
                 let again = try opened.device.hotResetInfo()
                 if let stranger = again.devices.first(where: { $0.owned == false }) {
-                    throw VFIOError.invalid("VFIO_DEVICE_PCI_HOT_RESET", "refusing: \(stranger.bdf) is not owned by this process",
-                                            object: a.description, hint: "nothing was reset")
+                    throw VFIOError.invalid(.ioctl(.vfioDevicePCIHotReset), "refusing: \(stranger.bdf) is not owned by this process",
+                                            object: a.description, remedies: [.advice("nothing was reset")])
                 }
                 try opened.device.hotReset()
             } else {

@@ -91,12 +91,12 @@ public struct ShowCommand: ParsableCommand {
                                     : host.uses(of: d.address, openNodes: open),
                                 bindingRecord: host.bindingRecord(d.address))
             report.holders = d.iommuGroup.map { host.groupHolders(ofGroup: $0, openers: openers) } ?? []
-            report.fix = host.readinessFix(of: d, readiness)
+            report.fix = CLIWording.commands(host.readinessRemedies(of: d, readiness))
             if d.isBoundToVFIO {
                 do throws(VFIOError) {
                     report.vfio = try VFIODetails.read(device: d, host: host)
                 } catch {
-                    report.vfioError = error.description
+                    report.vfioError = CLIWording.message(error)
                 }
             }
             if output.json {
@@ -130,7 +130,7 @@ public struct ShowCommand: ParsableCommand {
             CommandOutput.out(table(["  MEMBER", "DRIVER", "STATUS", "WHY"], g.members.map {
                 ["  " + $0.address.description + ($0.address == d.address ? " *" : ""), $0.driver ?? "-", $0.status.rawValue, $0.reason]
             }))
-            if !g.viable { CommandOutput.out("  what to do: " + g.advice) }
+            if !g.viable { CommandOutput.out("  what to do: " + (CLIWording.text(g.remedies) ?? g.advice)) }
         }
         if !r.uses.isEmpty {
             CommandOutput.out("")

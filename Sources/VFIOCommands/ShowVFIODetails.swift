@@ -47,11 +47,11 @@ struct VFIODetails: Encodable {
     /// detaches. Everything is closed before returning.
     static func read(device: PCIDevice, host: PCIHost) throws(VFIOError) -> VFIODetails {
         guard host.root == "/" else {
-            throw .invalid("read VFIO details", "VFIO details need the real /dev (not a fixture root)", object: device.address.description)
+            throw .invalid(.step("read VFIO details"), "VFIO details need the real /dev (not a fixture root)", object: device.address.description)
         }
         guard let cdev = device.vfioCdevPath else {
-            throw .invalid("read VFIO details", "\(device.address) has no VFIO cdev", object: device.address.description,
-                           hint: "VFIO details need CONFIG_VFIO_DEVICE_CDEV (Linux 6.6 or later)")
+            throw .invalid(.step("read VFIO details"), "\(device.address) has no VFIO cdev", object: device.address.description,
+                           remedies: [.kernelConfig(["CONFIG_VFIO_DEVICE_CDEV"], since: KernelVersion(6, 6))])
         }
         let iommufd = try IOMMUFD()
         let dev = try VFIODevice.open(cdev: cdev)
@@ -65,7 +65,7 @@ struct VFIODetails: Encodable {
         for i in 0..<UInt32(info.regionCount) {
             // vfio-pci answers EINVAL for regions the device lacks (VGA on a non-VGA device).
             let r: VFIORegionInfo
-            do { r = try dev.regionInfo(i) } catch where error.errno?.rawValue == EINVAL { continue }
+            do { r = try dev.regionInfo(i) } catch where error.errno == .invalidArgument { continue }
             var rf: [String] = []
             if r.isReadable { rf.append("read") }
             if r.isWritable { rf.append("write") }
@@ -84,7 +84,7 @@ struct VFIODetails: Encodable {
         var irqs: [IRQ] = []
         for idx in IRQIndex.allCases where idx.rawValue < UInt32(info.irqCount) {
             let q: IRQInfo
-            do { q = try dev.irqInfo(idx) } catch where error.errno?.rawValue == EINVAL { continue }
+            do { q = try dev.irqInfo(idx) } catch where error.errno == .invalidArgument { continue }
             var f: [String] = []
             if q.supportsEventFD { f.append("eventfd") }
             if q.isMaskable { f.append("maskable") }
@@ -109,7 +109,7 @@ struct VFIODetails: Encodable {
             defer { try? dev.detach() }
             cc = try ioas.cacheCoherency()
         } catch {
-            cc = .unknown(error.description)
+            cc = .unknown(CLIWording.message(error))
         }
         return VFIODetails(deviceFlags: flags, supportsReset: info.supportsReset,
                            resetMethods: resetMethods.map { $0.split(separator: " ").map(String.init) } ?? [],

@@ -53,7 +53,7 @@ public struct UnbindCommand: ParsableCommand {
             var line = "\(o.address): "
             line += o.changed || restore ? "\(o.previousDriver ?? "no driver") -> \(o.driver ?? "no driver")" : "had no driver"
             CommandOutput.out(line)
-            for n in o.notes { CommandOutput.out("  " + n) }
+            for n in o.notes { CommandOutput.out("  " + n.worded(CLIWording.wording)) }
         }
     }
 }

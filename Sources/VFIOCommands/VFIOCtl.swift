@@ -31,6 +31,12 @@ public struct VFIOCtl: ParsableCommand {
             each command's help). Exit status: 0 on success, 1 on failure (for doctor: \
             when any check fails), 64 for usage errors.
 
+            Errors with --json: {"error": ERROR} where ERROR has message (the first line of \
+            the text), operation (IOMMU_IOAS_MAP, open, bind), operation_kind (ioctl, \
+            syscall or step), errno (a number or null), errno_name (ENOMEM or null), object, \
+            detail, hint (the fix as printed) and remedies (the fix as data, in order). A \
+            remedy is {"kind": KIND, ...}: \(ErrorJSON.remedyKeys).
+
             Examples:
               vfioctl list
               vfioctl list --groups

@@ -67,14 +67,14 @@ public final class DMABuffer: @unchecked Sendable {
     /// Allocates `length` bytes (rounded up to the page size of `backing`), zeroed.
     public init(length: Int, backing: Backing = .anonymous) throws(VFIOError) {
         guard length > 0 else {
-            throw VFIOError.invalid("allocate DMA buffer", "length must be positive, got \(length)")
+            throw VFIOError.invalid(.step(.allocateDMABuffer), "length must be positive, got \(length)")
         }
         let kernel = Sys.current
         let page = backing == .hugePages ? DMABuffer.hugePageSize : try Sys.pageSize(kernel)
         let (padded, overflow) = length.addingReportingOverflow(page - 1)
         guard !overflow else {
-            throw VFIOError.invalid("allocate DMA buffer", "length \(length) rounded up to whole \(page)-byte pages "
-                                        + "does not fit in an Int", hint: "ask for a length the machine can hold")
+            throw VFIOError.invalid(.step(.allocateDMABuffer), "length \(length) rounded up to whole \(page)-byte pages "
+                                        + "does not fit in an Int", remedies: [.advice("ask for a length the machine can hold")])
         }
         let rounded = padded / page * page
         let prot = PROT_READ | PROT_WRITE
@@ -92,9 +92,7 @@ public final class DMABuffer: @unchecked Sendable {
             } catch {
                 var e = error
                 let pages = (rounded + (2 << 20) - 1) / (2 << 20)
-                e.hint = "reserve \(pages) more 2 MiB pages (as root): "
-                    + "`echo $(( $(cat /proc/sys/vm/nr_hugepages) + \(pages) )) > /proc/sys/vm/nr_hugepages` "
-                    + "(/proc/meminfo HugePages_Free shows what is free)"
+                e.remedies = [.addHugePages(count: pages)]
                 throw e
             }
             file = nil

@@ -53,10 +53,10 @@ public struct DMAMapping: ~Copyable, Sendable {
         get throws(VFIOError) {
             let (end, overflow) = iova.addingReportingOverflow(length)
             if overflow {
-                throw VFIOError.invalid("DMAMapping.range",
+                throw VFIOError.invalid(.step(.mappingRange),
                                         "the mapping at IOVA 0x\(String(iova, radix: 16)) (\(length) bytes) ends at 2^64, "
                                             + "which a Range<UInt64> cannot hold",
-                                        hint: "use lastIOVA (the last byte's IOVA) for mappings at the top of the IOVA space")
+                                        remedies: [.advice("use lastIOVA (the last byte's IOVA) for mappings at the top of the IOVA space")])
             }
             return iova..<end
         }
@@ -66,7 +66,7 @@ public struct DMAMapping: ~Copyable, Sendable {
     @inline(__always)
     public func iova(at offset: Int) throws(VFIOError) -> UInt64 {
         guard offset >= 0, UInt64(offset) < length else {
-            throw VFIOError.invalid("DMAMapping.iova(at:)",
+            throw VFIOError.invalid(.step(.mappingIOVA),
                                     "offset \(offset) is outside the mapping (\(length) bytes at IOVA 0x\(String(iova, radix: 16)))")
         }
         return iova &+ UInt64(offset)

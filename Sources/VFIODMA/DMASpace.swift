@@ -90,8 +90,8 @@ public final class DMASpace: Sendable {
     /// Picks the best mode when `mode` is nil.
     public convenience init(mode: DMAMode? = nil, dmaMask: UInt64 = .max) throws(VFIOError) {
         guard let m = mode ?? DMAMode.best() else {
-            throw VFIOError.invalid("choose DMA mode", "neither /dev/iommu nor /dev/vfio/vfio offers an IOMMU",
-                                    hint: "enable an IOMMU (intel_iommu=on, amd_iommu=on) and load vfio-pci / iommufd; `vfioctl doctor` checks")
+            throw VFIOError.invalid(.step(.chooseDMAMode), "neither /dev/iommu nor /dev/vfio/vfio offers an IOMMU",
+                                    remedies: [.enableIOMMU, .loadModule("vfio-pci"), .loadModule("iommufd"), .diagnose(nil)])
         }
         try self.init(mode: m, dmaMask: dmaMask)
     }
@@ -121,7 +121,7 @@ public final class DMASpace: Sendable {
     /// The corresponding ioctls are `VFIO_DEVICE_BIND_IOMMUFD` and `VFIO_DEVICE_ATTACH_IOMMUFD_PT`.
     public func attach(_ device: VFIODevice) throws(VFIOError) {
         guard case .ioas(let ioas) = backend else {
-            throw VFIOError.invalid("attach device", "\(label) uses groups and a container: add the device's group "
+            throw VFIOError.invalid(.step(.attachDevice), "\(label) uses groups and a container: add the device's group "
                                     + "(add(_:)) and open the device from it", object: device.label)
         }
         try device.bind(to: ioas.iommufd)
@@ -138,7 +138,7 @@ public final class DMASpace: Sendable {
     @discardableResult
     public func add(_ group: VFIOGroup) throws(VFIOError) -> VFIOGroup {
         guard case .container(let container) = backend else {
-            throw VFIOError.invalid("add group", "\(label) uses cdevs, not groups: attach the device (attach(_:))",
+            throw VFIOError.invalid(.step(.addGroup), "\(label) uses cdevs, not groups: attach the device (attach(_:))",
                                     object: "/dev/vfio/\(group.number)")
         }
         if let known = groups.withLock({ $0[group.number] }) { return known }
@@ -191,7 +191,7 @@ public final class DMASpace: Sendable {
         if let iova {
             guard allocator.withLock({ $0.reserve(iova, length: length) }) else {
                 let (r, m) = allocator.withLock { ($0.ranges, $0.dmaMask) }
-                throw VFIOError.invalid("map DMA", "IOVA 0x\(String(iova, radix: 16))+0x\(String(length, radix: 16)) "
+                throw VFIOError.invalid(.step(.mapDMA), "IOVA 0x\(String(iova, radix: 16))+0x\(String(length, radix: 16)) "
                                         + "overlaps a mapping or lies outside the usable ranges "
                                         + "\(r.map { "0x\(String($0.lowerBound, radix: 16))-0x\(String($0.upperBound, radix: 16))" }) "
                                         + "below the DMA mask 0x\(String(m, radix: 16))", object: label)
@@ -199,8 +199,8 @@ public final class DMASpace: Sendable {
             at = iova
         } else {
             guard let a = try allocator.withLock({ (a) throws(VFIOError) in try a.allocate(length: length) }) else {
-                throw VFIOError.invalid("map DMA", "no free IOVA range of 0x\(String(length, radix: 16)) bytes below the DMA mask",
-                                        object: label, hint: "unmap something, or map fewer/larger buffers")
+                throw VFIOError.invalid(.step(.mapDMA), "no free IOVA range of 0x\(String(length, radix: 16)) bytes below the DMA mask",
+                                        object: label, remedies: [.advice("unmap something, or map fewer/larger buffers")])
             }
             at = a
         }

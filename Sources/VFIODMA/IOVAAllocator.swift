@@ -30,8 +30,8 @@ public struct IOVAAllocator: Sendable {
 
     static func checkAlignment(_ a: UInt64, _ what: String) throws(VFIOError) {
         guard a > 0, a & (a - 1) == 0 else {
-            throw VFIOError.invalid("IOVA allocator", "\(what) \(a) is not a power of two",
-                                    hint: "IOMMU page sizes and IOVA alignments are powers of two, e.g. 4096")
+            throw VFIOError.invalid(.step(.allocateIOVA), "\(what) \(a) is not a power of two",
+                                    remedies: [.advice("IOMMU page sizes and IOVA alignments are powers of two, e.g. 4096")])
         }
     }
 

@@ -28,8 +28,8 @@ extension IOAS {
         throws(VFIOError) -> DMAMapping
     {
         guard let file = buffer.file else {
-            throw VFIOError.invalid("IOMMU_IOAS_MAP_FILE", "the buffer is not backed by a memfd", object: label,
-                                    hint: "allocate it with DMABuffer(length:backing: .memfd)")
+            throw VFIOError.invalid(.ioctl(.iommuIOASMapFile), "the buffer is not backed by a memfd", object: label,
+                                    remedies: [.advice("allocate it with DMABuffer(length:backing: .memfd)")])
         }
         let length = UInt64(buffer.length)
         let (mapped, slot) = try mapFileOwned(file, length: length, at: iova, readable: readable, writable: writable)
@@ -43,7 +43,7 @@ extension IOAS {
         throws(VFIOError) -> DMAMapping
     {
         guard case .ioas(let source) = mapping.owner else {
-            throw VFIOError.invalid("IOMMU_IOAS_COPY", "the mapping is not in an IOAS (it belongs to a VFIO container)", object: label)
+            throw VFIOError.invalid(.ioctl(.iommuIOASCopy), "the mapping is not in an IOAS (it belongs to a VFIO container)", object: label)
         }
         let length = mapping.length
         let (dst, slot) = try copyOwned(from: source, sourceIOVA: mapping.iova, length: length, to: iova,

@@ -115,15 +115,16 @@ final class BindingStateDirectory {
         if !parent.isEmpty, let st = host.linkStatus(parent) {
             if !st.isDirectory {
                 throw unsafe(dir, "its parent \(parent) is not a directory (\(modeText(st.mode)))",
-                             fix: "`rm \(parent)`; bind creates it again")
+                             remedies: [.removePath(parent, recursive: false), .advice("bind creates it again")])
             }
             if st.uid != me && st.uid != 0 {
                 throw unsafe(dir, "its parent \(parent) is owned by uid \(st.uid), not by this process's uid \(me) or root",
-                             fix: "check who made it; if nothing in it is needed: `rm -r \(parent)` (bind creates it again)")
+                             remedies: [.advice("check who made it; if nothing in it is needed, remove it"),
+                                       .removePath(parent, recursive: true), .advice("bind creates it again")])
             }
             if st.mode & 0o022 != 0 && st.mode & 0o1000 == 0 {  // writable by others, no sticky bit
                 throw unsafe(dir, "its parent \(parent) is writable by group or others (\(modeText(st.mode)))",
-                             fix: "`chmod go-w \(parent)`")
+                             remedies: [.removeGroupWrite(path: parent)])
             }
         }
         let raw: Int32
@@ -133,7 +134,7 @@ final class BindingStateDirectory {
             if error.errno == .noSuchFileOrDirectory && !create { return nil }
             if error.errno == .tooManySymbolicLinkLevels || error.errno == .notDirectory {
                 throw unsafe(dir, "it is a symlink or not a directory", errno: error.errno,
-                             fix: "`rm \(dir)`; bind creates the directory again")
+                             remedies: [.removePath(dir, recursive: false), .advice("bind creates the directory again")])
             }
             throw error
         }
@@ -141,24 +142,24 @@ final class BindingStateDirectory {
         let st = try Sys.fstat(kernel, raw, object: dir)
         if st.uid != me {
             throw unsafe(dir, "it is owned by uid \(st.uid), not by this process's uid \(me)",
-                         fix: "check who made it and its records; if they are yours: `chown \(me) \(dir) && chmod 0755 \(dir)`")
+                         remedies: [.takeOwnership(path: dir, uid: me)])
         }
         if st.mode & 0o022 != 0 {
             throw unsafe(dir, "it is writable by group or others (\(modeText(st.mode)))",
-                         fix: "check its records, then `chmod 0755 \(dir)`")
+                         remedies: [.restrictMode(path: dir)])
         }
         return BindingStateDirectory(fd: fd, name: dir)
     }
 
-    static func unsafe(_ dir: String, _ why: String, errno: Errno? = nil, fix: String) -> VFIOError {
-        VFIOError(operation: "use state directory", errno: errno, object: dir,
+    static func unsafe(_ dir: String, _ why: String, errno: Errno? = nil, remedies: [Remedy]) -> VFIOError {
+        VFIOError(operation: .step(.useStateDirectory), errno: errno, object: dir,
                   detail: "refusing to keep binding records in \(dir): \(why); records there could be forged "
-                    + "or redirected, and vfioctl runs as root",
-                  hint: fix)
+                    + "or redirected, and binding runs as root",
+                  remedies: remedies)
     }
 
     /// Runs `body` with the directory's fd number held open.
-    private func withDirectory<R>(_ operation: String, _ body: (Int32) throws(VFIOError) -> R) throws(VFIOError) -> R {
+    private func withDirectory<R>(_ operation: VFIOError.Operation, _ body: (Int32) throws(VFIOError) -> R) throws(VFIOError) -> R {
         try fd.withDescriptor(operation, body)
     }
 
@@ -168,15 +169,15 @@ final class BindingStateDirectory {
     private func openEntry(_ file: String, _ flags: Int32, mode: UInt32 = 0, what: String) throws(VFIOError) -> OwnedFD {
         let path = name + "/" + file
         do throws(VFIOError) {
-            let raw = try withDirectory("open") { (d) throws(VFIOError) in
+            let raw = try withDirectory(.syscall(.open)) { (d) throws(VFIOError) in
                 try Sys.openat(kernel, d, file, flags | O_NOFOLLOW, mode: mode, object: path)
             }
             return OwnedFD(raw, label: path, kernel: kernel)
         } catch {
             var e = error
             if error.errno == .tooManySymbolicLinkLevels {
-                e.detail = "\(what) is a symlink; vfioctl follows none in its state directory"
-                e.hint = "`rm \(path)`"
+                e.detail = "\(what) is a symlink; VFIOKit follows none in its state directory"
+                e.remedies = [.removePath(path, recursive: false)]
             }
             throw e
         }
@@ -186,7 +187,7 @@ final class BindingStateDirectory {
     /// the lock is held until the returned fd closes.
     func lock() throws(VFIOError) -> OwnedFD {
         let lfd = try openEntry(".lock", O_RDWR | O_CREAT, mode: 0o600, what: "\(name)/.lock")
-        try lfd.withDescriptor("flock") { (l) throws(VFIOError) in try Sys.flock(kernel, l, LOCK_EX, object: lfd.label) }
+        try lfd.withDescriptor(.syscall(.flock)) { (l) throws(VFIOError) in try Sys.flock(kernel, l, LOCK_EX, object: lfd.label) }
         return lfd
     }
 
@@ -203,16 +204,17 @@ final class BindingStateDirectory {
             return nil
         }
         defer { try? rfd.close() }
-        let bytes = try rfd.withDescriptor("read") { (r) throws(VFIOError) in
+        let bytes = try rfd.withDescriptor(.syscall(.read)) { (r) throws(VFIOError) in
             try Sys.readAll(kernel, r, limit: 65536, object: path)
         }
-        let fix = "if you know the device's original driver, remove the record (`rm \(path)`) and bind the driver yourself"
+        let fix: [Remedy] = [.advice("if you know the device's original driver, remove the record and bind the driver "
+                                     + "yourself"), .removePath(path, recursive: false)]
         guard let record = BindingRecord(json: String(decoding: bytes, as: UTF8.self)) else {
-            throw .invalid("read binding record", "\(path) is not a binding record (a JSON object with address, "
-                           + "original_driver, original_driver_override, bound_to)", object: path, hint: fix)
+            throw .invalid(.step(.readBindingRecord), "\(path) is not a binding record (a JSON object with address, "
+                           + "original_driver, original_driver_override, bound_to)", object: path, remedies: fix)
         }
         if let why = record.problem(for: a) {
-            throw .invalid("read binding record", "\(path) cannot be trusted: \(why)", object: path, hint: fix)
+            throw .invalid(.step(.readBindingRecord), "\(path) cannot be trusted: \(why)", object: path, remedies: fix)
         }
         return record
     }
@@ -221,7 +223,7 @@ final class BindingStateDirectory {
     /// following a symlink), then renamed over the old one.
     func save(_ r: BindingRecord) throws(VFIOError) {
         if let why = r.problem(for: r.address) {
-            throw .invalid("write binding record", "refusing to record \(r.address): \(why)", object: name)
+            throw .invalid(.step(.writeBindingRecord), "refusing to record \(r.address): \(why)", object: name)
         }
         let final = fileName(r.address)
         var tmp = ""
@@ -238,7 +240,7 @@ final class BindingStateDirectory {
         guard let wfd = created else { return }  // unreachable: the last attempt throws
         var failure: VFIOError?
         do throws(VFIOError) {
-            try wfd.withDescriptor("write") { (w) throws(VFIOError) in
+            try wfd.withDescriptor(.syscall(.write)) { (w) throws(VFIOError) in
                 try Sys.writeAll(kernel, w, Array(r.json.utf8), object: wfd.label)
                 try Sys.fsync(kernel, w, object: wfd.label)
             }
@@ -248,7 +250,7 @@ final class BindingStateDirectory {
         try? wfd.close()
         if failure == nil {
             do throws(VFIOError) {
-                try withDirectory("rename") { (d) throws(VFIOError) in
+                try withDirectory(.syscall(.rename)) { (d) throws(VFIOError) in
                     try Sys.renameat(kernel, d, tmp, to: final, object: name + "/" + final)
                 }
             } catch {
@@ -256,7 +258,7 @@ final class BindingStateDirectory {
             }
         }
         if let failure {
-            _ = try? withDirectory("unlink") { (d) throws(VFIOError) in
+            _ = try? withDirectory(.syscall(.unlink)) { (d) throws(VFIOError) in
                 try Sys.unlinkat(kernel, d, tmp, object: name + "/" + tmp)
             }
             throw failure
@@ -267,7 +269,7 @@ final class BindingStateDirectory {
     func remove(_ a: PCIAddress) throws(VFIOError) {
         let file = fileName(a)
         do throws(VFIOError) {
-            try withDirectory("unlink") { (d) throws(VFIOError) in
+            try withDirectory(.syscall(.unlink)) { (d) throws(VFIOError) in
                 try Sys.unlinkat(kernel, d, file, object: name + "/" + file)
             }
         } catch where error.errno == .noSuchFileOrDirectory {
@@ -297,11 +299,11 @@ extension PCIHost {
     }
 
     /// Runs `body` with the state directory open and checked, holding an
-    /// exclusive flock on its `.lock`, so two vfioctl processes never
+    /// exclusive flock on its `.lock`, so two binding processes never
     /// interleave the steps of a bind or unbind.
     func withBindingLock<R>(_ body: (BindingStateDirectory) throws(VFIOError) -> R) throws(VFIOError) -> R {
         guard let dir = try BindingStateDirectory.open(self, create: true) else {
-            throw .invalid("open state directory", "\(stateDirectory) could not be created", object: stateDirectory)
+            throw .invalid(.step(.openStateDirectory), "\(stateDirectory) could not be created", object: stateDirectory)
         }
         let lfd = try dir.lock()
         defer { try? lfd.close() }

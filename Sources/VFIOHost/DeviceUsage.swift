@@ -10,10 +10,10 @@ import Musl
 ///
 /// Unbinding the driver under it would pull a mounted filesystem, a live network
 /// link or the console out from under the system. JSON keys: `kind`
-/// (`mounted`, `swap`, `holder`, `network-up`, `console`), `object`
-/// (`nvme0n1p1`, `eth0`), `detail` (one sentence), `fix` (a command or step
-/// that ends this use, or null).
-public struct DeviceUse: Sendable, Equatable, Codable {
+/// (`mounted`, `swap`, `holder`, `network-up`, `console`, `open`), `object`
+/// (`nvme0n1p1`, `eth0`), `detail` (one sentence), `fix` (what ends this use,
+/// in plain words, or null), `remedy` (the same as a ``Remedy``, or null).
+public struct DeviceUse: Sendable, Equatable, Encodable {
     public enum Kind: String, Sendable, Codable {
         case mounted, swap, holder
         case networkUp = "network-up"
@@ -24,23 +24,27 @@ public struct DeviceUse: Sendable, Equatable, Codable {
     public var kind: Kind
     public var object: String
     public var detail: String
-    /// What ends this use, literally (`umount /mnt/data`, `ip link set eth0 down`).
-    public var fix: String?
+    /// What ends this use (unmount, swap off, take the link down, stop a process).
+    public var remedy: Remedy?
 
-    public init(kind: Kind, object: String, detail: String, fix: String? = nil) {
+    public init(kind: Kind, object: String, detail: String, remedy: Remedy? = nil) {
         self.kind = kind
         self.object = object
         self.detail = detail
-        self.fix = fix
+        self.remedy = remedy
     }
 
-    enum CodingKeys: String, CodingKey { case kind, object, detail, fix }
+    /// What ends this use, in plain words.
+    public var fix: String? { remedy?.description }
+
+    enum CodingKeys: String, CodingKey { case kind, object, detail, fix, remedy }
     public func encode(to encoder: any Encoder) throws {
         var c = encoder.container(keyedBy: CodingKeys.self)
         try c.encode(kind, forKey: .kind)
         try c.encode(object, forKey: .object)
         try c.encode(detail, forKey: .detail)
-        try c.encode(fix, forKey: .fix)
+        try c.encode(remedy.flatMap { encoder.remedyWording.words([$0]) }, forKey: .fix)
+        try c.encode(remedy, forKey: .remedy)
     }
 }
 
@@ -98,13 +102,12 @@ extension PCIHost {
             if let points = ninePMounts[tag] {
                 uses.append(DeviceUse(kind: .mounted, object: tag,
                                       detail: "its 9p share \"\(tag)\" is mounted on \(points.joined(separator: ", "))",
-                                      fix: "`" + points.map { "umount \(shellQuoted($0))" }.joined(separator: " && ") + "`"))
+                                      remedy: .unmount(points)))
             }
         }
         let consoles = Set((readTrimmed("/sys/class/tty/console/active") ?? "").split(separator: " ").map(String.init))
         for t in ttys where consoles.contains(t) {
-            uses.append(DeviceUse(kind: .console, object: t, detail: "\(t) is the active console",
-                                  fix: "boot with the console elsewhere (console= on the kernel command line)"))
+            uses.append(DeviceUse(kind: .console, object: t, detail: "\(t) is the active console", remedy: .moveConsole))
         }
         let swaps = Set((read("/proc/swaps") ?? "").split(separator: "\n").dropFirst().compactMap {
             $0.split(separator: " ").first.map { String($0.split(separator: "/").last ?? "") }
@@ -113,17 +116,17 @@ extension PCIHost {
             if let dev = readTrimmed(b.path + "/dev"), let points = mountsByDev[dev] {
                 uses.append(DeviceUse(kind: .mounted, object: b.name,
                                       detail: "/dev/\(b.name) is mounted on \(points.joined(separator: ", "))",
-                                      fix: "`" + points.map { "umount \(shellQuoted($0))" }.joined(separator: " && ") + "`"))
+                                      remedy: .unmount(points)))
             }
             if swaps.contains(b.name) {
                 uses.append(DeviceUse(kind: .swap, object: b.name, detail: "/dev/\(b.name) is in use as swap",
-                                      fix: "`swapoff /dev/\(b.name)`"))
+                                      remedy: .swapOff("/dev/\(b.name)")))
             }
             let holders = list(b.path + "/holders")
             if !holders.isEmpty {
                 uses.append(DeviceUse(kind: .holder, object: b.name,
                                       detail: "/dev/\(b.name) is held by \(holders.joined(separator: ", ")) (device-mapper, md or similar)",
-                                      fix: "stop \(holders.joined(separator: ", ")) (`dmsetup remove` or `mdadm --stop` on it)"))
+                                      remedy: .stopStackedDevices(holders)))
             }
         }
         for n in nets {
@@ -132,21 +135,22 @@ extension PCIHost {
             if flags & 1 != 0 || oper == "up" {
                 uses.append(DeviceUse(kind: .networkUp, object: n.name,
                                       detail: "network interface \(n.name) is up (operstate \(oper ?? "unknown"))",
-                                      fix: "`ip link set \(n.name) down`"))
+                                      remedy: .linkDown(n.name)))
             }
         }
         if !nodes.isEmpty {
             let table = openNodes ?? openDeviceNodes()
             for node in nodes.sorted() {
                 guard let who = table[node] else { continue }
-                uses.append(DeviceUse(kind: .openByProcess, object: node, detail: "\(node) is open in \(who.joined(separator: ", "))",
-                                      fix: "close it there (stop " + who.joined(separator: ", ") + ")"))
+                let processes = who.compactMap(Remedy.RunningProcess.init(listed:))
+                uses.append(DeviceUse(kind: .openByProcess, object: node,
+                                      detail: "\(node) is open in \(processes.map(\.description).joined(separator: ", "))",
+                                      remedy: .stopProcesses(processes)))
             }
         }
         if readTrimmed(dir + "/boot_vga") == "1" {
             uses.append(DeviceUse(kind: .console, object: a.description,
-                                  detail: "\(a) is the boot VGA device and may carry the console",
-                                  fix: "move the console to another device (console= on the kernel command line)"))
+                                  detail: "\(a) is the boot VGA device and may carry the console", remedy: .moveConsole))
         }
         return uses
     }
@@ -164,17 +168,6 @@ extension PCIHost {
             walk(p, depth: depth + 1, visit)
         }
     }
-}
-
-/// `s` quoted for a POSIX shell when it needs it (`/mnt/my data` -> `'/mnt/my data'`).
-func shellQuoted(_ s: String) -> String {
-    let plain = s.unicodeScalars.allSatisfy { u in
-        (u >= "a" && u <= "z") || (u >= "A" && u <= "Z") || (u >= "0" && u <= "9") || "/._-:+@%=,".unicodeScalars.contains(u)
-    }
-    if plain && !s.isEmpty { return s }
-    var out = "'"
-    for ch in s { out += ch == "'" ? "'\\''" : String(ch) }
-    return out + "'"
 }
 
 extension String {

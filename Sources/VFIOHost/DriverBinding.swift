@@ -8,8 +8,9 @@ import Musl
 
 /// The result of a bind or unbind, for reports. JSON keys: `address`,
 /// `previous_driver`, `driver`, `driver_override`, `vfio_cdev`, `changed`,
-/// `notes` (sentences about the group and the state kept).
-public struct BindingOutcome: Sendable, Equatable, Codable {
+/// `notes` (sentences about the group and the state kept, each with its
+/// remedy worded), `note_remedies` (each note's remedy or null).
+public struct BindingOutcome: Sendable, Equatable, Encodable {
     public var address: PCIAddress
     public var previousDriver: String?
     public var driver: String?
@@ -17,12 +18,36 @@ public struct BindingOutcome: Sendable, Equatable, Codable {
     public var vfioCdev: String?
     /// False when the device was already where it was asked to be.
     public var changed: Bool
-    public var notes: [String]
+    public var notes: [BindingNote]
 
     enum CodingKeys: String, CodingKey {
         case address, driver, changed, notes
         case previousDriver = "previous_driver", driverOverride = "driver_override", vfioCdev = "vfio_cdev"
+        case noteRemedies = "note_remedies"
     }
+}
+
+/// A sentence about a bind or unbind, and what undoes or follows it
+/// (`unbound from nvme; to give it back:` and ``Remedy/restoreDriver(_:)``).
+public struct BindingNote: Sendable, Equatable, ExpressibleByStringInterpolation, CustomStringConvertible {
+    public var text: String
+    public var remedy: Remedy?
+
+    public init(_ text: String, remedy: Remedy? = nil) {
+        self.text = text
+        self.remedy = remedy
+    }
+
+    public init(stringLiteral value: String) { self.init(value) }
+    public init(stringInterpolation: DefaultStringInterpolation) { self.init(String(stringInterpolation: stringInterpolation)) }
+
+    /// The note with its remedy worded by `wording` (plain words by default).
+    public func worded(_ wording: RemedyWording = .plain) -> String {
+        guard let remedy, let w = wording.words([remedy]) else { return text }
+        return text + ": " + w
+    }
+
+    public var description: String { worded() }
 }
 
 extension PCIHost {
@@ -48,7 +73,7 @@ extension PCIHost {
     func detachDriver(_ a: PCIAddress) throws(VFIOError) {
         guard let drv = try driverLink(of: a) else { return }
         if let why = DriverName.problem(drv) {
-            throw .invalid("unbind", "\(a)'s driver link names \"\(drv)\", which \(why)", object: a.description)
+            throw .invalid(.step(.unbind), "\(a)'s driver link names \"\(drv)\", which \(why)", object: a.description)
         }
         try write(a.description, to: "/sys/bus/pci/drivers/\(drv)/unbind")
     }
@@ -56,7 +81,7 @@ extension PCIHost {
     /// Sets `driver_override` (nil clears it).
     func setOverride(_ a: PCIAddress, _ value: String?) throws(VFIOError) {
         if let value, let why = DriverName.problem(value) {
-            throw .invalid("set driver_override", "\"\(value)\" \(why)", object: a.description)
+            throw .invalid(.step(.setDriverOverride), "\"\(value)\" \(why)", object: a.description)
         }
         try write(value ?? "\n", to: sysfsPath(a) + "/driver_override")
     }
@@ -66,13 +91,13 @@ extension PCIHost {
     }
 
     /// Throws unless `name` is a safe driver name registered on the PCI bus.
-    func requireDriver(_ name: String, _ what: String, device a: PCIAddress) throws(VFIOError) {
+    func requireDriver(_ name: String, _ what: VFIOError.Operation, device a: PCIAddress) throws(VFIOError) {
         if let why = DriverName.problem(name) {
             throw .invalid(what, "\"\(name)\" \(why)", object: a.description)
         }
         guard driverRegistered(name) else {
             throw .invalid(what, "the \(name) driver is not loaded (/sys/bus/pci/drivers/\(name) does not exist)",
-                           object: a.description, hint: "load it: `modprobe \(name)`")
+                           object: a.description, remedies: [.loadModule(name)])
         }
     }
 
@@ -88,7 +113,7 @@ extension PCIHost {
     /// is as it was (a later `drivers_probe` or module load may claim it, as
     /// it could before).
     func putBack(_ a: PCIAddress, driver: String?, override: String?) throws(VFIOError) {
-        let what = "put \(a) back"
+        let what: VFIOError.Operation = .step(.putBack)
         if let driver { try requireDriver(driver, what, device: a) }
         if let o = override, let why = DriverName.problem(o) { throw .invalid(what, "driver_override \"\(o)\" \(why)", object: a.description) }
         let cur = try driverLink(of: a)
@@ -116,14 +141,14 @@ extension PCIHost {
         let now = waitForDriver(a, driver)
         guard now == driver else {
             throw .invalid(what, "\(a) did not go back to \(driver) (driver now: \(now ?? "none"))", object: a.description,
-                           hint: "is the \(driver) module loaded (`modprobe \(driver)`)? dmesg has its probe error")
+                           remedies: [.loadModule(driver), .readKernelLog(matching: [])])
         }
     }
 
     /// Undoes a failed bind of `a`: puts the device back as `before` and the
     /// record back to `previous`. Returns `error` with what happened added:
     /// put back (verified), or not, in which case the record (naming the
-    /// original driver) is kept so `vfioctl unbind --restore` can retry.
+    /// original driver) is kept so a restore (``unbind(_:restore:force:)``) can retry.
     func rollBack(_ a: PCIAddress, to before: PCIDevice, record previous: BindingRecord?, in dir: BindingStateDirectory,
                   after error: VFIOError) -> VFIOError {
         var e = error
@@ -133,8 +158,8 @@ extension PCIHost {
         } catch {
             e.detail = (e.detail.map { $0 + "; " } ?? "") + "\(a) could not be put back to "
                 + (before.driver ?? "no driver") + ": " + (error.detail ?? error.description)
-            e.hint = "\(dir.name)/\(a).json keeps its original driver (\(original ?? "none")): "
-                + "`vfioctl unbind \(a) --restore` puts it back once the cause is fixed (dmesg has the driver's error)"
+                + "; \(dir.name)/\(a).json keeps its original driver (\(original ?? "none"))"
+            e.remedies = [.advice("once the cause is fixed (dmesg has the driver's error), put it back"), .restoreDriver(a)]
             return e
         }
         do throws(VFIOError) {
@@ -176,19 +201,20 @@ extension PCIHost {
         if driver == "vfio-pci" || driver.hasSuffix("vfio-pci") {
             guard dev.iommuGroup != nil else { throw noGroupError(a) }
             if dev.isBridge {
-                throw .invalid("bind", "\(a) is a PCI bridge (\(dev.className)); vfio-pci does not take bridges",
+                throw .invalid(.step(.bind), "\(a) is a PCI bridge (\(dev.className)); vfio-pci does not take bridges",
                                object: a.description,
-                               hint: "a bridge blocks its group only on a driver without managed DMA; "
-                                + "to move it off such a driver: `vfioctl bind \(a) --driver pci-stub`")
+                               remedies: [.advice("a bridge blocks its group only on a driver without managed DMA; to move "
+                                                  + "it off such a driver"),
+                                          .bindBridgeToStub(a, driver: dev.driver)])
             }
         }
-        try requireDriver(driver, "bind", device: a)
+        try requireDriver(driver, .step(.bind), device: a)
         if !force {
             let u = uses(of: a)
             if !u.isEmpty {
-                throw .invalid("bind", "\(a) is in use through its \(dev.driver ?? "kernel") driver: "
+                throw .invalid(.step(.bind), "\(a) is in use through its \(dev.driver ?? "kernel") driver: "
                                + u.map(\.detail).joined(separator: "; "),
-                               object: a.description, hint: stopUsingHint(u, retry: "vfioctl bind \(a)"))
+                               object: a.description, remedies: stopUsing(u, retry: .bindToVFIO(a)))
             }
         }
         // Remember the original only on the first bind: a second bind keeps the first record.
@@ -203,15 +229,15 @@ extension PCIHost {
             try probe(a)
             let now = waitForDriver(a, driver)
             guard now == driver else {
-                throw VFIOError.invalid("bind", "\(a) did not bind to \(driver) after drivers_probe (driver now: \(now ?? "none"))",
-                                        object: a.description, hint: "the kernel log (dmesg) has the driver's probe error")
+                throw VFIOError.invalid(.step(.bind), "\(a) did not bind to \(driver) after drivers_probe (driver now: \(now ?? "none"))",
+                                        object: a.description, remedies: [.readKernelLog(matching: [])])
             }
         } catch {
             throw rollBack(a, to: dev, record: existing, in: dir, after: error)
         }
         let after = try device(a)
-        var notes: [String] = []
-        if let o = record.originalDriver { notes.append("unbound from \(o); `vfioctl unbind \(a) --restore` gives it back") }
+        var notes: [BindingNote] = []
+        if let o = record.originalDriver { notes.append(BindingNote("unbound from \(o); to give it back", remedy: .restoreDriver(a))) }
         // A cdev may appear a moment after the probe returns.
         var cdev = after.vfioCdev
         if cdev == nil && driver == "vfio-pci" && sysfsWriter == nil {
@@ -221,10 +247,9 @@ extension PCIHost {
                               vfioCdev: cdev, changed: true, notes: notes)
     }
 
-    /// A hint that names what ends each use, then the retry.
-    func stopUsingHint(_ uses: [DeviceUse], retry: String) -> String {
-        let steps = uses.map { $0.fix ?? "end: \($0.detail)" }
-        return "stop using it: " + steps.joined(separator: ", ") + "; then `\(retry)` (or `\(retry) --force` to take it anyway)"
+    /// The remedies that end each use, then the retry (and the retry forced).
+    func stopUsing(_ uses: [DeviceUse], retry: Remedy) -> [Remedy] {
+        uses.map { $0.remedy ?? .advice("end: \($0.detail)") } + [retry, .forced(retry)]
     }
 
     /// Binds a device to vfio-pci (or `driver`) after checking its group.
@@ -252,20 +277,21 @@ extension PCIHost {
             let blockers = others.filter { $0.status == .blocking || $0.status == .unreadable }
             if !blockers.isEmpty && !force {
                 throw .invalid(
-                    "bind", "IOMMU group \(gid) is not viable: \(a) shares it with "
+                    .step(.bind), "IOMMU group \(gid) is not viable: \(a) shares it with "
                         + blockers.map(\.blockingText).joined(separator: ", ")
                         + "; VFIO cannot use any member while one is on a kernel driver that does DMA",
-                    object: a.description, hint: {
-                        var cmds = v.fixCommands(for: a)
-                        if !cmds.contains(where: { $0.hasSuffix("--group") }) { cmds.append("vfioctl bind \(a)") }
-                        return "run " + cmds.map { "`\($0)`" }.joined(separator: ", then ")
-                            + (cmds.count > 1 ? "" : " (or unbind the others)")
+                    object: a.description, remedies: {
+                        var steps = v.fixes(for: a)
+                        if !steps.contains(where: { $0.kind == .bindGroup }) { steps.append(.bindToVFIO(a)) }
+                        return steps + (steps.count > 1 ? [] : [.advice("or unbind the others")])
                     }())
             }
             var out = try bindDeviceLocked(a, to: driver, force: force, dir: dir)
             if !others.isEmpty {
-                out.notes.append("IOMMU group \(gid) also holds " + others.map { "\($0.address) (\($0.reason))" }.joined(separator: ", ")
-                                 + (blockers.isEmpty ? "; the group is viable" : "; the group is NOT viable until they are unbound"))
+                out.notes.append(BindingNote("IOMMU group \(gid) also holds "
+                                             + others.map { "\($0.address) (\($0.reason))" }.joined(separator: ", ")
+                                             + (blockers.isEmpty ? "; the group is viable"
+                                                                 : "; the group is NOT viable until they are unbound")))
             }
             return [out]
         }
@@ -273,18 +299,18 @@ extension PCIHost {
         var targets: [PCIDevice] = []
         for m in v.members {
             if m.status == .unreadable {
-                throw .invalid("bind", "IOMMU group \(gid): \(m.blockingText)", object: a.description,
-                               hint: "check sysfs for \(m.address) (`ls -l /sys/bus/pci/devices/\(m.address)/`)")
+                throw .invalid(.step(.bind), "IOMMU group \(gid): \(m.blockingText)", object: a.description,
+                               remedies: [.inspect(path: "/sys/bus/pci/devices/\(m.address)/")])
             }
             let d = try device(m.address)
             if d.isBridge {
                 if m.status == .blocking {
-                    throw .invalid("bind", "bridge \(m.address) in IOMMU group \(gid) is bound to \(m.driver ?? "?"), which does not "
+                    throw .invalid(.step(.bind), "bridge \(m.address) in IOMMU group \(gid) is bound to \(m.driver ?? "?"), which does not "
                                    + "declare managed DMA and so blocks the group; a bridge never goes to vfio-pci",
                                    object: a.description,
-                                   hint: "give the bridge pci-stub (it manages DMA; `vfioctl unbind \(m.address) --restore` gives "
-                                    + "\(m.driver ?? "its driver") back): `vfioctl bind \(m.address) --driver pci-stub`, "
-                                    + "then `vfioctl bind \(a) --group`")
+                                   remedies: [.advice("give the bridge pci-stub (it manages DMA; restoring the bridge's "
+                                                      + "driver gives \(m.driver ?? "its driver") back)"),
+                                              .bindBridgeToStub(m.address, driver: m.driver), .bindGroup(a)])
                 }
                 continue
             }
@@ -292,8 +318,8 @@ extension PCIHost {
             if !force {
                 let u = uses(of: m.address)
                 if !u.isEmpty {
-                    throw .invalid("bind", "\(m.address) in IOMMU group \(gid) is in use: " + u.map(\.detail).joined(separator: "; "),
-                                   object: m.address.description, hint: stopUsingHint(u, retry: "vfioctl bind \(a) --group"))
+                    throw .invalid(.step(.bind), "\(m.address) in IOMMU group \(gid) is in use: " + u.map(\.detail).joined(separator: "; "),
+                                   object: m.address.description, remedies: stopUsing(u, retry: .bindGroup(a)))
                 }
             }
             targets.append(d)
@@ -308,9 +334,10 @@ extension PCIHost {
                 var back: [String] = []
                 var stuck: [String] = []
                 for (prev, record, _) in done.reversed() {
-                    let r = rollBack(prev.address, to: prev, record: record, in: dir, after: .invalid("bind", ""))
+                    let r = rollBack(prev.address, to: prev, record: record, in: dir, after: .invalid(.step(.bind), ""))
                     if r.detail?.contains("could not be put back") == true {
-                        stuck.append("\(prev.address) (\(r.detail ?? ""); its record is kept: `vfioctl unbind \(prev.address) --restore` retries)")
+                        stuck.append("\(prev.address) (\(r.detail ?? ""); its record is kept, so restoring its driver retries)")
+                        e.remedies.append(.restoreDriver(prev.address))
                     } else {
                         back.append(prev.address.description)
                     }
@@ -351,47 +378,51 @@ extension PCIHost {
         if !force, dev.isBoundToVFIO {
             let holders = vfioOpeners(of: dev)
             if !holders.isEmpty {
-                let pids = holders.compactMap { $0.split(separator: " ").dropFirst().first.map(String.init) }
-                throw .invalid("unbind", "\(a) is open through VFIO by " + holders.joined(separator: ", ")
+                let retry: Remedy = restore ? .restoreDriver(a) : .unbindDriver(a)
+                throw .invalid(.step(.unbind), "\(a) is open through VFIO by " + holders.joined(separator: ", ")
                                + "; vfio-pci would wait for it to close", object: a.description,
-                               hint: "stop that process first (`kill \(pids.joined(separator: " "))`), then "
-                                + "`vfioctl unbind \(a)\(restore ? " --restore" : "")`; or add --force")
+                               remedies: [.stopProcesses(holders.compactMap(Remedy.RunningProcess.init(listed:))), retry,
+                                          .forced(retry)])
             }
         }
         if !force, !dev.isBoundToVFIO, dev.driver != nil {
             let u = uses(of: a)
             if !u.isEmpty {
-                throw .invalid("unbind", "\(a) is in use through \(dev.driver!): " + u.map(\.detail).joined(separator: "; "),
-                               object: a.description, hint: stopUsingHint(u, retry: "vfioctl unbind \(a)\(restore ? " --restore" : "")"))
+                throw .invalid(.step(.unbind), "\(a) is in use through \(dev.driver!): " + u.map(\.detail).joined(separator: "; "),
+                               object: a.description,
+                               remedies: stopUsing(u, retry: restore ? .restoreDriver(a) : .unbindDriver(a)))
             }
         }
-        var notes: [String] = []
+        var notes: [BindingNote] = []
         if !restore {
             try detachDriver(a)
             if dev.driverOverride != nil {
                 try setOverride(a, record?.originalDriverOverride)
             }
             let after = try device(a)
-            if record != nil { notes.append("the original driver (\(record?.originalDriver ?? "none")) is remembered: `vfioctl unbind \(a) --restore` brings it back") }
+            if record != nil {
+                notes.append(BindingNote("the original driver (\(record?.originalDriver ?? "none")) is remembered; to bring it back",
+                                         remedy: .restoreDriver(a)))
+            }
             return BindingOutcome(address: a, previousDriver: dev.driver, driver: after.driver, driverOverride: after.driverOverride,
                                   vfioCdev: after.vfioCdev, changed: dev.driver != nil, notes: notes)
         }
         if let record {
             if let d = record.originalDriver, !driverRegistered(d) {
-                throw .invalid("unbind --restore", "the record's original_driver \"\(d)\" is not a registered PCI driver "
+                throw .invalid(.step(.restoreDriver), "the record's original_driver \"\(d)\" is not a registered PCI driver "
                                + "(/sys/bus/pci/drivers/\(d) does not exist); the record \(dir.name)/\(a).json is kept",
-                               object: a.description, hint: "load it (`modprobe \(d)`), then `vfioctl unbind \(a) --restore`")
+                               object: a.description, remedies: [.loadModule(d), .restoreDriver(a)])
             }
             do throws(VFIOError) {
                 try putBack(a, driver: record.originalDriver, override: record.originalDriverOverride)
             } catch {
                 var e = error
-                e.operation = "unbind --restore"
+                e.operation = .step(.restoreDriver)
                 e.detail = (e.detail ?? "") + "; the record \(dir.name)/\(a).json is kept"
                 throw e
             }
             try dir.remove(a)
-            if record.originalDriver == nil { notes.append("\(a) had no driver before `vfioctl bind`; it has none now") }
+            if record.originalDriver == nil { notes.append("\(a) had no driver before it was bound; it has none now") }
         } else {
             try detachDriver(a)
             try setOverride(a, nil)
@@ -426,6 +457,7 @@ extension BindingOutcome {
         try c.encode(driverOverride, forKey: .driverOverride)
         try c.encode(vfioCdev, forKey: .vfioCdev)
         try c.encode(changed, forKey: .changed)
-        try c.encode(notes, forKey: .notes)
+        try c.encode(notes.map { $0.worded(encoder.remedyWording) }, forKey: .notes)
+        try c.encode(notes.map(\.remedy), forKey: .noteRemedies)
     }
 }

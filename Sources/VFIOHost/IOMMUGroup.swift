@@ -78,8 +78,8 @@ extension PCIHost {
     public func group(_ id: Int) throws(VFIOError) -> IOMMUGroup {
         let dir = Self.groupsDir + "/\(id)"
         guard exists(dir) else {
-            throw .invalid("find IOMMU group", "IOMMU group \(id) does not exist (\(dir))", object: "group \(id)",
-                           hint: "`vfioctl list --groups` shows the groups there are")
+            throw .invalid(.step(.findIOMMUGroup), "IOMMU group \(id) does not exist (\(dir))", object: "group \(id)",
+                           remedies: [.listGroups])
         }
         var pci: [PCIAddress] = []
         var other: [String] = []
@@ -100,18 +100,19 @@ extension PCIHost {
         let real = iommus().filter { $0.kind != .selftest }
         let anyGroups = !list(Self.groupsDir).isEmpty
         let why: String
-        let hint: String
+        let remedies: [Remedy]
         if real.isEmpty {
             why = ": this kernel has no IOMMU enabled"
-            hint = "enable the IOMMU (intel_iommu=on / amd_iommu=on on the kernel command line, VT-d/AMD-Vi in firmware); `vfioctl doctor` checks it"
+            remedies = [.enableIOMMU, .diagnose(nil)]
         } else if !anyGroups {
             why = ": \(real.map(\.name).joined(separator: ", ")) is registered but no device is in any IOMMU group"
-            hint = "the IOMMU covers no device; the kernel log (dmesg | grep -i iommu) says why; `vfioctl doctor` checks it"
+            remedies = [.advice("the IOMMU covers no device"), .readKernelLog(matching: ["iommu"]), .diagnose(nil)]
         } else {
             why = ""
-            hint = "the IOMMU does not translate this device (it may sit behind a non-translating bridge); VFIO cannot use it"
+            remedies = [.advice("the IOMMU does not translate this device (it may sit behind a non-translating bridge); "
+                                + "VFIO cannot use it")]
         }
-        return .invalid("find IOMMU group", "\(a) is in no IOMMU group" + why, object: a.description, hint: hint)
+        return .invalid(.step(.findIOMMUGroup), "\(a) is in no IOMMU group" + why, object: a.description, remedies: remedies)
     }
 
     /// The IOMMUs registered with the kernel (`/sys/class/iommu`).

@@ -50,7 +50,7 @@ extension PCIHost {
 
     /// ``deviceNodeOpeners()`` as `pid 42 (qemu)` strings.
     public func openDeviceNodes() -> [String: [String]] {
-        deviceNodeOpeners().mapValues { $0.map { "pid \($0.pid) (\($0.command))" } }
+        deviceNodeOpeners().mapValues { $0.map { Remedy.RunningProcess(pid: $0.pid, command: $0.command).description } }
     }
 
     /// Every process (other than this one) holding a VFIO node of group `id`:
@@ -84,78 +84,81 @@ extension PCIHost {
     /// Other errors come back unchanged. `device` is the BDF being opened (nil
     /// when only the group is known).
     public func explainOwnership(_ error: VFIOError, device: PCIAddress?, group: Int? = nil) -> VFIOError {
-        guard let code = error.errno?.rawValue, code == EPERM || code == EBUSY || code == EINVAL else { return error }
+        guard let code = error.errno, code == .notPermitted || code == .resourceBusy || code == .invalidArgument else { return error }
         let op = error.operation
-        let groupOps: Set<String> = ["VFIO_DEVICE_BIND_IOMMUFD", "VFIO_GROUP_GET_DEVICE_FD", "VFIO_GROUP_SET_CONTAINER", "VFIO_SET_IOMMU"]
+        let groupOps: Set<VFIOError.Operation> = [.ioctl(.vfioDeviceBindIOMMUFD), .ioctl(.vfioGroupGetDeviceFD),
+                                                  .ioctl(.vfioGroupSetContainer), .ioctl(.vfioSetIOMMU)]
         // A group node is /dev/vfio/N (not the container /dev/vfio/vfio, not a cdev).
-        let isGroupOpen = op == "open" && (error.object.map { $0.hasPrefix("/dev/vfio/") && Int($0.dropFirst(10)) != nil } ?? false)
+        let isGroupOpen = op == .syscall(.open)
+            && (error.object.map { $0.hasPrefix("/dev/vfio/") && Int($0.dropFirst(10)) != nil } ?? false)
         guard groupOps.contains(op) || isGroupOpen else { return error }
-        if code == EINVAL && op != "VFIO_DEVICE_BIND_IOMMUFD" { return error }
+        let isBind = op == .ioctl(.vfioDeviceBindIOMMUFD)
+        if code == .invalidArgument && !isBind { return error }
         guard let gid = group ?? device.flatMap({ (try? self.device($0))?.iommuGroup }) else { return error }
         let holders = groupHolders(ofGroup: gid)
         let own = holders.filter { $0.member != nil && $0.member == device }
         let mates = holders.filter { $0.member == nil || $0.member != device }
         let who = device?.description ?? "IOMMU group \(gid)"
-        func pids(_ hs: [VFIOHolder]) -> String {
-            var seen: [Int32] = []
-            for h in hs where !seen.contains(h.pid) { seen.append(h.pid) }
-            return seen.map(String.init).joined(separator: " ")
+        func processes(_ hs: [VFIOHolder]) -> [Remedy.RunningProcess] {
+            var seen: [Remedy.RunningProcess] = []
+            for h in hs where !seen.contains(where: { $0.pid == h.pid }) { seen.append(.init(pid: h.pid, command: h.command)) }
+            return seen
         }
         func list(_ hs: [VFIOHolder]) -> String { hs.map(\.description).joined(separator: "; ") }
         let rule = "the devices of one IOMMU group cannot be split between owners (processes or iommufd contexts)"
         var e = error
         func add(_ text: String) { e.detail = (e.detail.map { $0 + ". " } ?? "") + text }
 
-        if code == EINVAL {
+        if code == .invalidArgument {
             if !own.isEmpty {
                 add("\(who) is already bound through another fd: \(list(own)); a VFIO cdev is bound by one fd at a time")
-                e.hint = "stop pid \(pids(own)) or let it release \(who) (`kill \(pids(own))`), or use the device from that process"
+                e.remedies = [.stopProcesses(processes(own)), .advice("or use the device from that process")]
             } else {
                 add("\(who) is already bound through another fd; no other process has its cdev open, so another fd of this "
                     + "process holds it (a VFIO cdev is bound by one fd at a time)")
-                e.hint = "close the other VFIODevice of \(who) in this process first"
+                e.remedies = [.advice("close the other VFIODevice of \(who) in this process first")]
             }
             return e
         }
-        if code == EBUSY {
+        if code == .resourceBusy {
             if !holders.isEmpty {
                 add("IOMMU group \(gid) is held: \(list(holders)); \(rule)")
-                e.hint = "stop pid \(pids(holders)) or let it release the group (`kill \(pids(holders))`), "
-                    + "or use every device of the group from that process"
+                e.remedies = [.stopProcesses(processes(holders)),
+                              .advice("or use every device of the group from that process")]
             } else {
                 add("IOMMU group \(gid) is held by this process: its group node (/dev/vfio/\(gid)) is open, or a member's "
                     + "cdev is bound to an iommufd; the group path and the cdev path cannot share a group")
-                e.hint = "close the other VFIOGroup or VFIODevice of group \(gid) in this process first"
+                e.remedies = [.advice("close the other VFIOGroup or VFIODevice of group \(gid) in this process first")]
             }
             return e
         }
         // EPERM.
         let ir = interruptRemapping()
-        let param = op == "VFIO_DEVICE_BIND_IOMMUFD" ? "iommufd.allow_unsafe_interrupts" : "vfio_iommu_type1.allow_unsafe_interrupts"
-        let paramFile = op == "VFIO_DEVICE_BIND_IOMMUFD" ? "/sys/module/iommufd/parameters/allow_unsafe_interrupts"
+        let param = isBind ? "iommufd.allow_unsafe_interrupts" : "vfio_iommu_type1.allow_unsafe_interrupts"
+        let paramFile = isBind ? "/sys/module/iommufd/parameters/allow_unsafe_interrupts"
             : "/sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts"
         let unsafeAllowed = readTrimmed(paramFile) == "Y"
         let msiPossible = ir.state != .enabled && !unsafeAllowed
         let msiText = "interrupt remapping is \(ir.state.rawValue) (\(ir.evidence)) and \(param) is "
             + (readTrimmed(paramFile) ?? "not readable")
-        let ownershipOp = op == "VFIO_DEVICE_BIND_IOMMUFD"
+        let ownershipOp = isBind
         var causes: [String] = []
-        var fixes: [String] = []
+        var fixes: [Remedy] = []
         if ownershipOp && !mates.isEmpty {
             causes.append("IOMMU group \(gid) is held by another owner: \(list(mates)); \(rule)")
-            fixes.append("stop pid \(pids(mates)) or let it release the group (`kill \(pids(mates))`), or open \(who) in that "
-                         + "process, bound to the same iommufd")
+            fixes += [.stopProcesses(processes(mates)),
+                      .advice("or open \(who) in that process, bound to the same iommufd")]
         }
         if msiPossible {
             causes.append("MSIs are not isolated: \(msiText)")
-            fixes.append("enable interrupt remapping (`vfioctl doctor` checks it); setting \(param)=1 instead is a security "
-                         + "decision (a device could then forge interrupts) that VFIOKit never takes for you")
+            fixes += [.enableInterruptRemapping(virtioIOMMU: iommus().contains { $0.kind == .virtio }), .diagnose(device),
+                      .allowUnsafeInterrupts(parameter: param)]
         }
         if causes.isEmpty {
             if ownershipOp {
                 causes.append("no process holds a member of IOMMU group \(gid), and MSI isolation is not the cause (\(msiText)): "
                               + "another iommufd context of this process holds a member of the group; \(rule)")
-                fixes.append("bind every device of the group to one iommufd in this process")
+                fixes.append(.advice("bind every device of the group to one iommufd in this process"))
             } else {
                 return error
             }
@@ -165,7 +168,18 @@ extension PCIHost {
             causes.append("MSI isolation is not the cause: \(msiText)")
         }
         add(causes.joined(separator: "; "))
-        e.hint = fixes.joined(separator: "; or ")
+        e.remedies = fixes
         return e
+    }
+}
+
+extension Remedy.RunningProcess {
+    /// A process from an ``PCIHost/openDeviceNodes()`` entry (`pid 42 (qemu)`).
+    init?(listed text: String) {
+        guard text.hasPrefix("pid "), let space = text.dropFirst(4).firstIndex(of: " "),
+              let pid = Int32(text[text.index(text.startIndex, offsetBy: 4)..<space]) else { return nil }
+        var command = text[space...].trimmingWhitespace()
+        if command.hasPrefix("(") && command.hasSuffix(")") { command = String(command.dropFirst().dropLast()) }
+        self.init(pid: pid, command: command)
     }
 }

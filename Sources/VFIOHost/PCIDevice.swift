@@ -177,8 +177,8 @@ extension PCIHost {
     public func device(_ a: PCIAddress) throws(VFIOError) -> PCIDevice {
         let dir = sysfsPath(a)
         guard exists(dir) else {
-            throw VFIOError.invalid("find PCI device", "no PCI device \(a) on this machine (\(dir) does not exist)",
-                                    object: a.description, hint: "`vfioctl list` shows the devices there are")
+            throw VFIOError.invalid(.step(.findPCIDevice), "no PCI device \(a) on this machine (\(dir) does not exist)",
+                                    object: a.description, remedies: [.listDevices])
         }
         func hexFile(_ name: String) -> UInt32? {
             guard var s = readTrimmed(dir + "/" + name) else { return nil }
@@ -186,8 +186,8 @@ extension PCIHost {
             return UInt32(s, radix: 16)
         }
         guard let vendor = hexFile("vendor"), let devid = hexFile("device") else {
-            throw VFIOError.invalid("read PCI device", "\(dir) has no readable vendor/device files",
-                                    object: a.description, hint: "is sysfs mounted at /sys?")
+            throw VFIOError.invalid(.step(.readPCIDevice), "\(dir) has no readable vendor/device files",
+                                    object: a.description, remedies: [.advice("is sysfs mounted at /sys?")])
         }
         let cls = hexFile("class") ?? 0
         // The facts bind, restore and viability decide on fail closed: a driver link, override or

@@ -9,8 +9,8 @@ import VFIOSystem
 /// makes the whole group unusable (`EBUSY`).
 ///
 /// JSON keys: `group`, `viable`, `members` (each `address`, `driver`, `status`,
-/// `reason`, `bridge`), `blocking` (BDFs), `advice`.
-public struct GroupViability: Sendable, Equatable, Codable {
+/// `reason`, `bridge`), `blocking` (BDFs), `advice` (in plain words), `remedies`.
+public struct GroupViability: Sendable, Equatable, Encodable {
     public enum MemberStatus: String, Sendable, Codable {
         /// Bound to vfio-pci (or a vfio-pci variant): fine.
         case vfio
@@ -59,8 +59,28 @@ public struct GroupViability: Sendable, Equatable, Codable {
     public var members: [Member]
     /// Members that stop the group from being used.
     public var blocking: [PCIAddress]
-    /// What to do, in one or two sentences.
-    public var advice: String
+    /// What makes the group usable, in order (empty when it is viable).
+    public var remedies: [Remedy]
+    /// Members that are not PCI functions (platform devices), by sysfs name.
+    public var otherMembers: [String] = []
+
+    /// What to do, in plain words: the remedies, or why the group is fine.
+    public var advice: String {
+        if let r = Remedy.describe(remedies) { return r }
+        return "every member is unbound, on vfio-pci/pci-stub, or on a driver that manages DMA itself"
+            + (otherMembers.isEmpty ? "" : "; non-PCI members: \(otherMembers.joined(separator: ", "))")
+    }
+
+    enum CodingKeys: String, CodingKey { case group, viable, members, blocking, advice, remedies }
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(group, forKey: .group)
+        try c.encode(viable, forKey: .viable)
+        try c.encode(members, forKey: .members)
+        try c.encode(blocking, forKey: .blocking)
+        try c.encode(encoder.remedyWording.words(remedies) ?? advice, forKey: .advice)
+        try c.encode(remedies, forKey: .remedies)
+    }
 
     /// One sentence naming the blockers, for errors.
     public var summary: String {
@@ -77,17 +97,17 @@ public struct GroupViability: Sendable, Equatable, Codable {
         return "IOMMU group \(group) is not viable: " + parts.joined(separator: "; ")
     }
 
-    /// The commands that make this group usable for `device`, in order:
-    /// each bridge on a driver without managed DMA to pci-stub (a bridge never
-    /// goes to vfio-pci; pci-stub declares managed DMA, and
-    /// `vfioctl unbind BRIDGE --restore` gives the bridge its driver back),
-    /// then the group's endpoints to vfio-pci. Empty when a member could not
-    /// be read (nothing to run until sysfs answers) or nothing blocks.
-    public func fixCommands(for device: PCIAddress, requireVFIO: Bool = false) -> [String] {
+    /// The steps that make this group usable for `device`, in order: each
+    /// bridge on a driver without managed DMA to pci-stub (a bridge never goes
+    /// to vfio-pci; pci-stub declares managed DMA, and restoring the bridge's
+    /// driver gives it back), then the group's endpoints to vfio-pci. Empty
+    /// when a member could not be read (nothing to do until sysfs answers) or
+    /// nothing blocks.
+    public func fixes(for device: PCIAddress, requireVFIO: Bool = false) -> [Remedy] {
         if members.contains(where: { $0.status == .unreadable }) { return [] }
-        var out: [String] = []
+        var out: [Remedy] = []
         for m in members where m.isBridge && m.status == .blocking {
-            out.append("vfioctl bind \(m.address) --driver pci-stub")
+            out.append(.bindBridgeToStub(m.address, driver: m.driver))
         }
         let endpointBlockers = members.filter {
             !$0.isBridge && $0.address != device && ($0.status == .blocking || (requireVFIO && $0.status == .unbound))
@@ -95,7 +115,7 @@ public struct GroupViability: Sendable, Equatable, Codable {
         if !endpointBlockers.isEmpty {
             let target = members.first { $0.address == device && !$0.isBridge }?.address
                 ?? members.first { !$0.isBridge }?.address ?? device
-            out.append("vfioctl bind \(target) --group")
+            out.append(.bindGroup(target))
         }
         return out
     }
@@ -152,21 +172,20 @@ extension PCIHost {
             members.append(.init(address: a, driver: drv, status: status, reason: reason, isBridge: d.isBridge))
         }
         let blocking = members.filter { $0.status == .blocking || $0.status == .unreadable }.map(\.address)
-        var advice: String
+        var remedies: [Remedy] = []
         if blocking.isEmpty {
-            advice = "every member is unbound, on vfio-pci/pci-stub, or on a driver that manages DMA itself"
-            if !g.otherMembers.isEmpty { advice += "; non-PCI members: \(g.otherMembers.joined(separator: ", "))" }
+            remedies = []
         } else if let bad = members.first(where: { $0.status == .unreadable }) {
-            advice = "find out why \(bad.address) cannot be read (`ls -l /sys/bus/pci/devices/\(bad.address)/`); "
-                + "until then VFIOKit treats the group as not viable"
+            remedies = [.inspect(path: "/sys/bus/pci/devices/\(bad.address)/"),
+                        .advice("until then VFIOKit treats the group as not viable")]
         } else {
-            let v = GroupViability(group: id, viable: false, members: members, blocking: blocking, advice: "")
+            let v = GroupViability(group: id, viable: false, members: members, blocking: blocking, remedies: [])
             let target = members.first { !$0.isBridge && $0.status != .blocking }?.address
                 ?? members.first { !$0.isBridge }?.address ?? blocking[0]
-            advice = "run " + v.fixCommands(for: target).map { "`\($0)`" }.joined(separator: ", then ")
-                + "; the IOMMU cannot isolate devices in one group from each other"
+            remedies = v.fixes(for: target) + [.advice("the IOMMU cannot isolate devices in one group from each other")]
         }
-        return GroupViability(group: id, viable: blocking.isEmpty, members: members, blocking: blocking, advice: advice)
+        return GroupViability(group: id, viable: blocking.isEmpty, members: members, blocking: blocking, remedies: remedies,
+                              otherMembers: g.otherMembers)
     }
 
     /// Viability of the group `a` is in; throws when it has none.
@@ -189,9 +208,9 @@ extension GroupViability.Member {
     }
 }
 
-/// How close a device is to being usable through VFIO, in one word for `vfioctl list`.
-/// Every word that promises a fix has it in ``PCIHost/readinessFix(of:_:)``: the
-/// exact commands, which `vfioctl list --json` prints as `fix`.
+/// How close a device is to being usable through VFIO, in one word.
+/// Every word that promises a fix has it in ``PCIHost/readinessRemedies(of:_:)``:
+/// the steps, in order (a front end prints them as its commands).
 public enum VFIOReadiness: String, Sendable, Codable, CaseIterable {
     /// On vfio-pci, every other member of its group is fine, and no process holds the group.
     case ready
@@ -200,12 +219,12 @@ public enum VFIOReadiness: String, Sendable, Codable, CaseIterable {
     case held
     /// On vfio-pci, but another group member is on a kernel driver that does DMA.
     case groupNotViable = "group-not-viable"
-    /// Not on vfio-pci; `vfioctl bind BDF` would work.
+    /// Not on vfio-pci; binding it to vfio-pci would work.
     case bindable
-    /// Not on vfio-pci; another endpoint of the group blocks: `vfioctl bind BDF --group`.
+    /// Not on vfio-pci; another endpoint of the group blocks: bind the whole group.
     case bindableWithGroup = "needs-group"
     /// A bridge of the group is on a driver without managed DMA (shpchp, say): it
-    /// goes to pci-stub first (`vfioctl bind BRIDGE --driver pci-stub`).
+    /// goes to pci-stub first (``Remedy/bindBridgeToStub(_:driver:)``).
     case needsBridgeStub = "needs-bridge-stub"
     /// Not on vfio-pci, and its kernel driver is in use (mounted, up).
     case inUse = "in-use"
@@ -242,18 +261,18 @@ extension PCIHost {
         return others.isEmpty ? .bindable : .bindableWithGroup
     }
 
-    /// The commands that make `dev` ready from `readiness`, in order, to be run
-    /// as printed; empty when the word promises none (ready, held, in-use,
-    /// bridge, no-iommu-group, group-unreadable: `vfioctl show BDF` says why).
-    public func readinessFix(of dev: PCIDevice, _ readiness: VFIOReadiness) -> [String] {
+    /// The steps that make `dev` ready from `readiness`, in order; empty when
+    /// the word promises none (ready, held, in-use, bridge, no-iommu-group,
+    /// group-unreadable: the device's group, users and holders say why).
+    public func readinessRemedies(of dev: PCIDevice, _ readiness: VFIOReadiness) -> [Remedy] {
         switch readiness {
-        case .bindable: return ["vfioctl bind \(dev.address)"]
-        case .bindableWithGroup: return ["vfioctl bind \(dev.address) --group"]
+        case .bindable: return [.bindToVFIO(dev.address)]
+        case .bindableWithGroup: return [.bindGroup(dev.address)]
         case .needsBridgeStub, .groupNotViable:
             guard let g = dev.iommuGroup, let v = try? viability(ofGroup: g) else { return [] }
-            var cmds = v.fixCommands(for: dev.address)
-            if !dev.isBoundToVFIO && !cmds.contains(where: { $0.hasSuffix("--group") }) { cmds.append("vfioctl bind \(dev.address)") }
-            return cmds
+            var steps = v.fixes(for: dev.address)
+            if !dev.isBoundToVFIO && !steps.contains(where: { $0.kind == .bindGroup }) { steps.append(.bindToVFIO(dev.address)) }
+            return steps
         case .ready, .held, .inUse, .noIOMMUGroup, .bridge, .groupUnreadable: return []
         }
     }

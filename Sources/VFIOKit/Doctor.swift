@@ -14,10 +14,9 @@ extension PCIHost {
             let id = "device.\(a).cache-coherency"
             do throws(VFIOError) {
                 let cc = try cacheCoherency(of: d)
-                findings.append(DoctorFinding(id, .info, "Cache coherency", cc.text))
+                findings.append(DoctorFinding(id, .info, .deviceCacheCoherency(enforced: cc.enforced, query: cc.query)))
             } catch {
-                findings.append(DoctorFinding(id, .warn, "Cache coherency", "could not ask: " + (error.detail ?? error.description),
-                                              fix: error.hint))
+                findings.append(DoctorFinding(id, .warn, .deviceCacheCoherencyUnknown(error), remedies: error.remedies))
             }
         }
         return findings
@@ -30,8 +29,8 @@ extension PCIHost {
     /// closes everything. Ownership errors name the holder.
     public func cacheCoherency(of device: PCIDevice) throws(VFIOError) -> CacheCoherency {
         guard let cdev = device.vfioCdevPath else {
-            throw .invalid("probe cache coherency", "\(device.address) has no VFIO cdev", object: device.address.description,
-                           hint: "bind it to vfio-pci: `vfioctl bind \(device.address)`")
+            throw .invalid(.step(.probeCacheCoherency), "\(device.address) has no VFIO cdev", object: device.address.description,
+                           remedies: [.bindToVFIO(device.address)])
         }
         let iommufd = try IOMMUFD()
         defer { try? iommufd.close() }

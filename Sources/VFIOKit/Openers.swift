@@ -12,10 +12,10 @@ extension VFIODevice {
     public static func cdevPath(bdf: String, host: PCIHost = PCIHost()) throws(VFIOError) -> String {
         let device = try host.device(try PCIAddress(parsing: bdf))
         guard let name = device.vfioCdev else {
-            throw VFIOError.invalid("find VFIO cdev", "\(bdf) has no VFIO cdev (bound to \(device.driver ?? "no driver"))",
+            throw VFIOError.invalid(.step(.findVFIOCdev), "\(bdf) has no VFIO cdev (bound to \(device.driver ?? "no driver"))",
                                     object: bdf,
-                                    hint: "bind it to vfio-pci (`vfioctl bind \(bdf)`); cdevs need "
-                                        + "CONFIG_VFIO_DEVICE_CDEV (Linux 6.6 or later)")
+                                    remedies: [.bindToVFIO(device.address),
+                                               .kernelConfig(["CONFIG_VFIO_DEVICE_CDEV"], since: KernelVersion(6, 6))])
         }
         return "/dev/vfio/devices/\(name)"
     }
@@ -38,23 +38,24 @@ extension VFIOGroup {
         return n
     }
 
-    static func blockedError(_ op: String, _ v: GroupViability, _ blocking: [GroupViability.Member], errno: Errno? = nil) -> VFIOError {
+    static func blockedError(_ op: VFIOError.Operation, _ v: GroupViability, _ blocking: [GroupViability.Member],
+                             errno: Errno? = nil) -> VFIOError {
         let names = blocking.map { m in
             m.status == .unbound ? "\(m.address) (no driver; VFIOKit wants every endpoint on vfio-pci)" : m.blockingText
         }.joined(separator: ", ")
-        let hint: String
+        let remedies: [Remedy]
         if let bad = blocking.first(where: { $0.status == .unreadable }) {
-            hint = "find out why \(bad.address) cannot be read (`ls -l /sys/bus/pci/devices/\(bad.address)/`); "
-                + "VFIOKit does not use a group it cannot check"
+            remedies = [.inspect(path: "/sys/bus/pci/devices/\(bad.address)/"),
+                        .advice("VFIOKit does not use a group it cannot check")]
         } else {
             let first = v.members.first { !$0.isBridge }?.address ?? v.members[0].address
-            var cmds = v.fixCommands(for: first, requireVFIO: true)
-            if cmds.isEmpty { cmds = ["vfioctl bind \(first) --group"] }
-            hint = "run " + cmds.map { "`\($0)`" }.joined(separator: ", then ")
-                + " (every endpoint of a group on vfio-pci; a bridge on pci-stub or a driver that manages DMA)"
+            var steps = v.fixes(for: first, requireVFIO: true)
+            if steps.isEmpty { steps = [.bindGroup(first)] }
+            remedies = steps + [.advice("every endpoint of a group on vfio-pci; a bridge on pci-stub or a driver that "
+                                        + "manages DMA")]
         }
         return VFIOError(operation: op, errno: errno, object: "/dev/vfio/\(v.group)",
-                         detail: "IOMMU group \(v.group) is not usable: \(names)", hint: hint)
+                         detail: "IOMMU group \(v.group) is not usable: \(names)", remedies: remedies)
     }
 
     /// Opens `/dev/vfio/N` and checks that the group is viable, naming the
@@ -69,9 +70,9 @@ extension VFIOGroup {
             fd = try OwnedFD.open(path)
         } catch {
             // No node yet: say which members keep the group from VFIO.
-            if error.errno?.rawValue == 2, let v = try? host.viability(ofGroup: number),
+            if error.errno == .noSuchFileOrDirectory, let v = try? host.viability(ofGroup: number),
                case let blocking = v.blockers(requireVFIO: true), !blocking.isEmpty {
-                throw VFIOGroup.blockedError("open", v, blocking, errno: error.errno)
+                throw VFIOGroup.blockedError(.syscall(.open), v, blocking, errno: error.errno)
             }
             // EBUSY: held by another process or through a member's cdev: say by whom.
             throw host.explainOwnership(error, device: nil, group: number)
@@ -94,13 +95,13 @@ extension VFIOGroup {
         }
         if !s.viable {
             guard let v else {
-                throw VFIOError.invalid("VFIO_GROUP_GET_STATUS", "IOMMU group \(number) is not viable", object: label,
-                                        hint: "bind every member of the group to vfio-pci (`vfioctl list --groups`)")
+                throw VFIOError.invalid(.ioctl(.vfioGroupGetStatus), "IOMMU group \(number) is not viable", object: label,
+                                        remedies: [.bindGroup(nil)])
             }
-            throw VFIOGroup.blockedError("VFIO_GROUP_GET_STATUS", v, v.blockers(requireVFIO: false))
+            throw VFIOGroup.blockedError(.ioctl(.vfioGroupGetStatus), v, v.blockers(requireVFIO: false))
         }
         if requireAllMembersBound, let v, case let blocking = v.blockers(requireVFIO: true), !blocking.isEmpty {
-            throw VFIOGroup.blockedError("open group", v, blocking)
+            throw VFIOGroup.blockedError(.step(.openGroup), v, blocking)
         }
     }
 
@@ -138,7 +139,7 @@ extension DMASpace {
     /// and added to the container on first use.
     public func group(for bdf: String, requireAllMembersBound: Bool = true) throws(VFIOError) -> VFIOGroup {
         guard container != nil else {
-            throw VFIOError.invalid("open group", "DMA space (\(mode)) uses cdevs, not groups", object: bdf)
+            throw VFIOError.invalid(.step(.openGroup), "DMA space (\(mode)) uses cdevs, not groups", object: bdf)
         }
         let host = PCIHost.system
         let n = try VFIOGroup.groupNumber(of: bdf, host: host)

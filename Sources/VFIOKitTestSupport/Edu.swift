@@ -35,7 +35,7 @@ public final class EduDevice: Sendable {
         config = try device.configSpace()
         let id = bar0.load32(at: Reg.id)
         guard id == EduDevice.identification else {
-            throw VFIOError.invalid("edu", "identification register reads 0x\(String(id, radix: 16)), expected 0x10000ed",
+            throw VFIOError.invalid(.step("edu"), "identification register reads 0x\(String(id, radix: 16)), expected 0x10000ed",
                                     object: device.label)
         }
     }
@@ -85,7 +85,7 @@ public final class EduDevice: Sendable {
 
     private func start(source: UInt64, destination: UInt64, count: Int, command: UInt64, deviceOffset: Int) throws(VFIOError) {
         guard count > 0, deviceOffset >= 0, deviceOffset + count <= EduDevice.maxTransfer else {
-            throw VFIOError.invalid("edu DMA", "\(count) bytes at device offset \(deviceOffset): edu transfers must stay within 4095 bytes of 0x40000")
+            throw VFIOError.invalid(.step("edu DMA"), "\(count) bytes at device offset \(deviceOffset): edu transfers must stay within 4095 bytes of 0x40000")
         }
         bar0.store64(source, at: Reg.dmaSource)
         bar0.store64(destination, at: Reg.dmaDestination)
@@ -112,7 +112,7 @@ public final class EduDevice: Sendable {
         let deadline = EduDevice.now() + timeout
         while !done() {
             if EduDevice.now() > deadline {
-                throw VFIOError.invalid(what, "the device did not finish within \(timeout) s", object: device.label)
+                throw VFIOError.invalid(.step(VFIOError.Step(rawValue: what)), "the device did not finish within \(timeout) s", object: device.label)
             }
             usleep(50)
         }

@@ -34,7 +34,7 @@ public enum FailNth {
         for (path, mode) in [("/proc/thread-self/fail-nth", R_OK | W_OK), ("/sys/kernel/debug/failslab/ignore-gfp-wait", W_OK),
                              ("/sys/kernel/debug/fail_page_alloc/ignore-gfp-wait", W_OK)]
         where access(path, mode) != 0 {
-            throw VFIOError(operation: "access", errno: .init(rawValue: errno), object: path,
+            throw VFIOError(operation: .syscall(.access), errno: .init(rawValue: errno), object: path,
                             detail: "fail-nth needs CONFIG_FAULT_INJECTION_DEBUG_FS, FAILSLAB and FAIL_PAGE_ALLOC, and debugfs at /sys/kernel/debug")
         }
     }
@@ -93,7 +93,7 @@ public enum FailNth {
         var runs: [Run] = []
         let control = open("/proc/thread-self/fail-nth", O_RDWR | O_CLOEXEC)
         guard control >= 0 else {
-            throw VFIOError(operation: "open", errno: .init(rawValue: errno), object: "/proc/thread-self/fail-nth")
+            throw VFIOError(operation: .syscall(.open), errno: .init(rawValue: errno), object: "/proc/thread-self/fail-nth")
         }
         defer { close(control) }
         var nth = 0

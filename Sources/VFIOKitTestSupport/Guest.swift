@@ -49,7 +49,7 @@ public enum Guest {
     /// The emulated IOMMU (VFIOKIT_IOMMU), or an error naming what is wrong.
     public static func requireIOMMU() throws(VFIOError) -> IOMMUKind {
         guard let s = iommu, let k = IOMMUKind(rawValue: s) else {
-            throw VFIOError.invalid("guest", "VFIOKIT_IOMMU is \(iommu.map { "'\($0)'" } ?? "not set"); Scripts/vm.sh sets intel, amd or virtio")
+            throw VFIOError.invalid(.step("guest"), "VFIOKIT_IOMMU is \(iommu.map { "'\($0)'" } ?? "not set"); Scripts/vm.sh sets intel, amd or virtio")
         }
         return k
     }
@@ -57,7 +57,7 @@ public enum Guest {
     /// The BDF of a device role the guest must provide (VFIOKIT_EDU, ...).
     public static func require(_ role: String) throws(VFIOError) -> String {
         guard let v = env(role) else {
-            throw VFIOError.invalid("guest", "\(role) is not set: the guest did not find that device (see the console log)")
+            throw VFIOError.invalid(.step("guest"), "\(role) is not set: the guest did not find that device (see the console log)")
         }
         return v
     }
@@ -71,7 +71,7 @@ public enum Guest {
         let kind = try requireIOMMU()
         if kind.pairIsBehindABridge { return try require("VFIOKIT_BRIDGE") }
         if let b = bridge {
-            throw VFIOError.invalid("guest", "VFIOKIT_BRIDGE is \(b) under \(kind.rawValue), where the pair has no bridge")
+            throw VFIOError.invalid(.step("guest"), "VFIOKIT_BRIDGE is \(b) under \(kind.rawValue), where the pair has no bridge")
         }
         return nil
     }
@@ -79,11 +79,11 @@ public enum Guest {
     static func writeFile(_ path: String, _ text: String) throws(VFIOError) {
         let fd = open(path, O_WRONLY | O_CLOEXEC)
         guard fd >= 0 else {
-            throw VFIOError(operation: "open", errno: .init(rawValue: errno), object: path)
+            throw VFIOError(operation: .syscall(.open), errno: .init(rawValue: errno), object: path)
         }
         defer { close(fd) }
         let n = text.withCString { write(fd, $0, strlen($0)) }
-        guard n >= 0 else { throw VFIOError(operation: "write", errno: .init(rawValue: errno), object: "\(path) <- \(text)") }
+        guard n >= 0 else { throw VFIOError(operation: .syscall(.write), errno: .init(rawValue: errno), object: "\(path) <- \(text)") }
     }
 
     static func readLinkName(_ path: String) -> String? {
@@ -112,7 +112,7 @@ public enum Guest {
             try writeFile("/sys/bus/pci/drivers_probe", bdf)
         }
         guard driver(of: bdf) == "vfio-pci" else {
-            throw VFIOError.invalid("bind", "\(bdf) did not bind to vfio-pci (driver now: \(driver(of: bdf) ?? "none"))", object: bdf)
+            throw VFIOError.invalid(.step(.bind), "\(bdf) did not bind to vfio-pci (driver now: \(driver(of: bdf) ?? "none"))", object: bdf)
         }
         var entries: [String] = []
         if let d = opendir("\(dev)/vfio-dev") {
@@ -123,7 +123,7 @@ public enum Guest {
             closedir(d)
         }
         guard let cdev = entries.first else {
-            throw VFIOError.invalid("bind", "\(bdf) is bound to vfio-pci but has no vfio-dev cdev", object: bdf)
+            throw VFIOError.invalid(.step(.bind), "\(bdf) is bound to vfio-pci but has no vfio-dev cdev", object: bdf)
         }
         return cdev
     }
@@ -137,7 +137,7 @@ public enum Guest {
         try writeFile("\(dev)/driver_override", driver)
         if self.driver(of: bdf) != driver { try writeFile("/sys/bus/pci/drivers_probe", bdf) }
         guard self.driver(of: bdf) == driver else {
-            throw VFIOError.invalid("bind", "\(bdf) did not bind to \(driver) (driver now: \(self.driver(of: bdf) ?? "none"))", object: bdf)
+            throw VFIOError.invalid(.step(.bind), "\(bdf) did not bind to \(driver) (driver now: \(self.driver(of: bdf) ?? "none"))", object: bdf)
         }
     }
 

@@ -35,7 +35,8 @@ public enum MockIOMMU {
     public static let deviceCacheDefault = IOMMU_TEST_DEV_CACHE_DEFAULT
     public static let pasidWidth = UInt8(MOCK_PASID_WIDTH)
 
-    static let registered: Void = Request.register("IOMMU_TEST_CMD", IOMMU_TEST_CMD)
+    /// The kernel selftest's request, outside the uapi table: errors name it as a step.
+    static let testCommand: VFIOError.Operation = .step("IOMMU_TEST_CMD")
 
     /// Requires the kernel's mock IOMMU: /dev/iommu opens and `IOMMU_TEST_CMD`
     /// is known (a kernel without CONFIG_IOMMUFD_TEST answers ENOTTY). Throws
@@ -65,8 +66,7 @@ public enum MockIOMMU {
     static func run(_ ctx: IOMMUFD, _ cmd: inout iommu_test_cmd, what: @autoclosure () -> String) throws(VFIOError)
         -> iommu_test_cmd
     {
-        _ = registered
-        try ctx.unsafeIoctl(IOMMU_TEST_CMD, &cmd, object: what())
+        try ctx.unsafeIoctl(IOMMU_TEST_CMD, as: testCommand, &cmd, object: what())
         return cmd
     }
 
@@ -103,7 +103,7 @@ public enum MockIOMMU {
         do {
             try run(ctx, &c, what: "MD_CHECK_REFS")
             return true
-        } catch where error.errno?.rawValue == EIO {
+        } catch where error.errno == .ioError {
             return false
         }
     }
@@ -150,7 +150,7 @@ public enum MockIOMMU {
         var c = command(IOMMU_TEST_OP_ADD_RESERVED)
         c.add_reserved.start = start
         c.add_reserved.length = length
-        try ioas.withLiveObjectID("IOMMU_TEST_CMD") { (id) throws(VFIOError) in
+        try ioas.withLiveObjectID(MockIOMMU.testCommand) { (id) throws(VFIOError) in
             c.id = id
             try run(ioas.iommufd, &c, what: "ADD_RESERVED \(ioas.label)")
         }
@@ -195,7 +195,7 @@ public enum MockIOMMU {
                 try ctx.destroy(objectID: id)
                 found.append(id)
             } catch {
-                if error.errno?.rawValue != ENOENT { found.append(id) }
+                if error.errno != .noSuchFileOrDirectory { found.append(id) }
             }
         }
         return found
@@ -244,7 +244,7 @@ public final class MockDevice: Sendable {
     public init(attachedTo target: any IOMMUAttachTarget, flags: Flags = []) throws(VFIOError) {
         var c = MockIOMMU.command(flags.isEmpty ? IOMMU_TEST_OP_MOCK_DOMAIN : IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS)
         if !flags.isEmpty { c.mock_domain_flags.dev_flags = flags.rawValue }
-        try target.withLiveObjectID("IOMMU_TEST_CMD") { (id) throws(VFIOError) in
+        try target.withLiveObjectID(MockIOMMU.testCommand) { (id) throws(VFIOError) in
             c.id = id
             try MockIOMMU.run(target.iommufd, &c, what: "MOCK_DOMAIN on object \(id)")
         }
@@ -265,7 +265,7 @@ public final class MockDevice: Sendable {
     public func replace(with target: any IOMMUAttachTarget) throws(VFIOError) -> UInt32 {
         var c = MockIOMMU.command(IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE)
         c.id = stdevID
-        try target.withLiveObjectID("IOMMU_TEST_CMD") { (id) throws(VFIOError) in
+        try target.withLiveObjectID(MockIOMMU.testCommand) { (id) throws(VFIOError) in
             c.mock_domain_replace.pt_id = id
             try MockIOMMU.run(iommufd, &c, what: "MOCK_DOMAIN_REPLACE device \(stdevID) → object \(id)")
         }
@@ -279,7 +279,7 @@ public final class MockDevice: Sendable {
         var c = MockIOMMU.command(IOMMU_TEST_OP_PASID_ATTACH)
         c.id = stdevID
         c.pasid_attach.pasid = pasid
-        try hwpt.withLiveObjectID("IOMMU_TEST_CMD") { (id) throws(VFIOError) in
+        try hwpt.withLiveObjectID(MockIOMMU.testCommand) { (id) throws(VFIOError) in
             c.pasid_attach.pt_id = id
             try MockIOMMU.run(iommufd, &c, what: "PASID_ATTACH device \(stdevID) pasid \(pasid)")
         }
@@ -335,7 +335,7 @@ public enum Unprivileged {
 
     public static func withMemlockLimit<R>(_ limit: UInt64, _ body: () throws -> R) throws -> R {
         guard let capget = capFunction("capget"), let capset = capFunction("capset") else {
-            throw VFIOError.invalid("capset", "glibc does not export capget/capset")
+            throw VFIOError.invalid(.step("capset"), "glibc does not export capget/capset")
         }
         var header: (UInt32, Int32) = (capVersion3, 0)
         // two __user_cap_data_struct: (effective, permitted, inheritable) x 2
@@ -343,7 +343,7 @@ public enum Unprivileged {
         let saved: (UInt32, UInt32, UInt32, UInt32, UInt32, UInt32) = try withUnsafeMutableBytes(of: &header) { h in
             try withUnsafeMutableBytes(of: &data) { d in
                 guard capget(h.baseAddress!, d.baseAddress!) == 0 else {
-                    throw VFIOError.invalid("capget", "errno \(errno)")
+                    throw VFIOError(operation: .step("capget"), errno: .init(rawValue: errno))
                 }
                 return d.load(as: (UInt32, UInt32, UInt32, UInt32, UInt32, UInt32).self)
             }
@@ -353,7 +353,7 @@ public enum Unprivileged {
         try withUnsafeMutableBytes(of: &header) { h in
             try withUnsafeMutableBytes(of: &dropped) { d in
                 guard capset(h.baseAddress!, d.baseAddress!) == 0 else {
-                    throw VFIOError.invalid("capset", "errno \(errno)")
+                    throw VFIOError(operation: .step("capset"), errno: .init(rawValue: errno))
                 }
             }
         }
@@ -386,7 +386,7 @@ public final class MockAccess: Sendable {
 
     public init(ioas: IOAS) throws(VFIOError) {
         var c = MockIOMMU.command(IOMMU_TEST_OP_CREATE_ACCESS)
-        try ioas.withLiveObjectID("IOMMU_TEST_CMD") { (id) throws(VFIOError) in
+        try ioas.withLiveObjectID(MockIOMMU.testCommand) { (id) throws(VFIOError) in
             c.id = id
             try MockIOMMU.run(ioas.iommufd, &c, what: "CREATE_ACCESS \(ioas.label)")
         }

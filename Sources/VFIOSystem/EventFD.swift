@@ -62,20 +62,20 @@ public final class EventFD: Sendable {
         }
         // poll, then read: the same two syscalls a C driver makes per interrupt,
         // inside one use of the fd (a close meanwhile signals it to wake us).
-        guard fd.enter() else { throw fd.closedError("wait for eventfd") }
+        guard fd.enter() else { throw fd.closedError(.step(.waitForEventFD)) }
         defer { fd.leave() }
         let number = fd.number
         while true {
             var pfd = pollfd(fd: number, events: Int16(POLLIN), revents: 0)
             let ready = try fd.pollHeld(&pfd, count: 1, timeoutMilliseconds: ms)
             if ready == 0 { return nil }
-            if fd.isClosed { throw fd.closedError("wait for eventfd") }
+            if fd.isClosed { throw fd.closedError(.step(.waitForEventFD)) }
             var value: UInt64 = 0
             let n = try withUnsafeMutableBytes(of: &value) { (raw) throws(VFIOError) -> Int? in
                 try fd.readHeld(raw, object: nil)
             }
             // A count read after the close may include the close's own signal: drop it.
-            if fd.isClosed { throw fd.closedError("wait for eventfd") }
+            if fd.isClosed { throw fd.closedError(.step(.waitForEventFD)) }
             if n == 8 { return value }
             // Another reader took the count first: wait again.
         }
@@ -148,7 +148,7 @@ final class WaiterThread: Sendable {
     private func run() {
         defer { continuation.finish() }
         do throws(VFIOError) {
-            try wait.begin("wait for eventfd")
+            try wait.begin(.step(.waitForEventFD))
         } catch {
             try? wait.wake.close()
             return

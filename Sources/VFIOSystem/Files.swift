@@ -84,14 +84,14 @@ extension Sys {
     package static func readBlocking(_ kernel: (any SyscallProvider)?, _ fd: Int32, _ buffer: UnsafeMutableRawBufferPointer,
                                      object: String) throws(VFIOError) -> Int
     {
-        try retrying("read", object: object) { call(kernel) { $0.read(fd, buffer) } }
+        try retrying(.read, object: object) { call(kernel) { $0.read(fd, buffer) } }
     }
 
     /// One write(2) (retried on EINTR); the bytes written.
     package static func writeOnce(_ kernel: (any SyscallProvider)?, _ fd: Int32, _ buffer: UnsafeRawBufferPointer,
                                   object: String) throws(VFIOError) -> Int
     {
-        try retrying("write", object: object) { call(kernel) { $0.write(fd, buffer) } }
+        try retrying(.write, object: object) { call(kernel) { $0.write(fd, buffer) } }
     }
 
     /// Writes all of `bytes` to `fd`; `detail` goes into the error.

@@ -1,110 +1,119 @@
 import SystemPackage
 
-/// The hint table: for an operation and errno, the common cause and the fix.
+/// The common causes of a request's or syscall's errno, and their remedies.
 ///
-/// Call sites with more facts (the size asked of a map, the members of a group)
-/// put them in `VFIOError.detail`; this table only knows the operation's name,
-/// the errno and the object.
-enum Hints {
-    static func hint(operation op: String, errno: Errno, object: String?) -> String? {
-        let node = object ?? "the device node"
-        switch errno.rawValue {
-        case 1, 13:  // EPERM, EACCES
-            if op == "VFIO_DEVICE_BIND_IOMMUFD" {
-                return "two causes: another member of its IOMMU group is bound to another iommufd context (another "
-                    + "process: a group cannot be split between owners), or the IOMMU does not isolate MSIs (no "
-                    + "interrupt remapping); `vfioctl list` marks held devices, `vfioctl show` on one names the holders, "
-                    + "and `vfioctl doctor` checks "
-                    + "remapping. Allowing unsafe interrupts (iommufd.allow_unsafe_interrupts=1) is a security "
-                    + "decision: VFIOKit never sets it."
+/// Call sites with more facts (the size asked of a map, the members of a group,
+/// the holder of a device) put them in `VFIOError.detail` and give their own
+/// remedies; this table only knows the operation, the errno and the object.
+enum CommonRemedies {
+    static func remedies(operation: VFIOError.Operation, errno: Errno, object: String?) -> [Remedy] {
+        let request = operation.request
+        let isOpen = operation == .syscall(.open)
+        switch errno {
+        case .notPermitted, .permissionDenied:
+            if request == .vfioDeviceBindIOMMUFD {
+                return [.advice("two causes: another member of its IOMMU group is bound to another iommufd context "
+                                + "(another process: a group cannot be split between owners), or the IOMMU does not "
+                                + "isolate MSIs (no interrupt remapping)"),
+                        .findHolder(nil), .enableInterruptRemapping(virtioIOMMU: false), .diagnose(nil),
+                        .allowUnsafeInterrupts(parameter: "iommufd.allow_unsafe_interrupts")]
             }
-            if op == "VFIO_SET_IOMMU" || op == "VFIO_GROUP_SET_CONTAINER" {
-                return "the IOMMU does not isolate MSI interrupts; vfio_iommu_type1.allow_unsafe_interrupts=1 "
-                    + "would allow it, which is a security decision VFIOKit never takes for you"
+            if request == .vfioSetIOMMU || request == .vfioGroupSetContainer {
+                return [.advice("the IOMMU does not isolate MSI interrupts"),
+                        .enableInterruptRemapping(virtioIOMMU: false),
+                        .allowUnsafeInterrupts(parameter: "vfio_iommu_type1.allow_unsafe_interrupts")]
             }
-            if op == "open" {
-                return "\(node) needs read and write permission for this user (root, or a udev rule / "
-                    + "`chown` for the user running the driver); for /dev/vfio/N the group must also be viable"
-            }
-            return "this needs privileges (CAP_SYS_RAWIO/CAP_IPC_LOCK or root) or the device is not owned by this process"
-        case 2:  // ENOENT
-            if op == "open" {
-                if let o = object, o.hasPrefix("/dev/iommu") {
-                    return "the kernel has no iommufd (CONFIG_IOMMUFD, Linux 6.2 or later) or the module is not loaded"
+            if isOpen {
+                var out: [Remedy] = [.grantAccess(path: object ?? "the device node", uid: nil)]
+                if let o = object, o.hasPrefix("/dev/vfio/"), Int(o.dropFirst(10)) != nil {
+                    out.append(.advice("for /dev/vfio/N the group must also be viable"))
                 }
-                if let o = object, o.hasPrefix("/dev/vfio/devices") {
-                    return "no VFIO cdev: bind the device to vfio-pci (`vfioctl list` shows each device's address and what "
-                        + "makes it ready, e.g. `vfioctl bind` with its address); cdevs need "
-                        + "CONFIG_VFIO_DEVICE_CDEV (Linux 6.6 or later)"
+                return out
+            }
+            return [.runPrivileged]
+        case .noSuchFileOrDirectory:
+            if isOpen, let o = object {
+                if o.hasPrefix("/dev/iommu") {
+                    return [.kernelConfig(["CONFIG_IOMMUFD"], since: KernelVersion(6, 2)), .loadModule("iommufd")]
                 }
-                if let o = object, o.hasPrefix("/dev/vfio") {
-                    return "the group has no VFIO node: bind its devices to vfio-pci (`vfioctl list --groups` shows its "
-                        + "members; `vfioctl bind` one of them with --group) "
-                        + "and check that the kernel has an IOMMU enabled (`vfioctl doctor`)"
+                if o.hasPrefix("/dev/vfio/devices") {
+                    return [.bindToVFIO(nil), .kernelConfig(["CONFIG_VFIO_DEVICE_CDEV"], since: KernelVersion(6, 6))]
+                }
+                if o.hasPrefix("/dev/vfio") {
+                    return [.bindGroup(nil), .diagnose(nil)]
                 }
             }
-            if op.hasSuffix("UNMAP") || op == "VFIO_IOMMU_UNMAP_DMA" {
-                return "no mapping covers that range, or the range splits a mapping: unmap whole mappings"
+            if request == .iommuIOASUnmap || request == .vfioIOMMUUnmapDMA {
+                return [.advice("no mapping covers that range, or the range splits a mapping: unmap whole mappings")]
             }
-            return nil
-        case 16:  // EBUSY
-            if op == "open" || op == "VFIO_GROUP_GET_DEVICE_FD" || op == "VFIO_DEVICE_BIND_IOMMUFD" {
-                return "the IOMMU group is held by another process or fd: its group node is open, or a member's cdev "
-                    + "is bound (a VM, another driver, `vfioctl attach --hold`); `vfioctl list` marks held devices and "
-                    + "`vfioctl show` on one names the process"
+            return []
+        case .resourceBusy:
+            if isOpen || request == .vfioGroupGetDeviceFD || request == .vfioDeviceBindIOMMUFD {
+                return [.advice("the IOMMU group is held by another process or fd: its group node is open, or a "
+                                + "member's cdev is bound (a VM, another driver, a holder process)"),
+                        .findHolder(nil)]
             }
-            if op == "IOMMU_DESTROY" {
-                return "the object is still in use (a device or HWPT is attached to it): detach or destroy the users first"
+            if request == .iommuDestroy {
+                return [.advice("the object is still in use (a device or HWPT is attached to it): detach or destroy "
+                                + "the users first")]
             }
-            return "the resource is in use"
-        case 12:  // ENOMEM
-            if op.contains("MAP") || op.contains("COPY") {
-                return "pinning memory for DMA counts against RLIMIT_MEMLOCK (`ulimit -l`); raise it "
-                    + "(limits.conf memlock, systemd LimitMEMLOCK=) or map less"
+            return [.advice("the resource is in use")]
+        case .noMemory:
+            if let r = request, r == .iommuIOASMap || r == .iommuIOASMapFile || r == .iommuIOASCopy
+                || r == .vfioIOMMUMapDMA
+            {
+                return [.raiseMemlock(atLeast: nil)]
             }
-            return nil
-        case 28:  // ENOSPC
-            if op == "VFIO_IOMMU_MAP_DMA" {
-                return "the type1 IOMMU's mapping count limit is reached (module parameter "
-                    + "vfio_iommu_type1.dma_entry_limit): use fewer, larger mappings or raise the limit"
+            return []
+        case .noSpace:
+            if request == .vfioIOMMUMapDMA {
+                return [.advice("the type1 IOMMU's mapping count limit is reached (module parameter "
+                                + "vfio_iommu_type1.dma_entry_limit): use fewer, larger mappings or raise the limit")]
             }
-            return nil
-        case 22:  // EINVAL
-            if op == "VFIO_DEVICE_BIND_IOMMUFD" {
-                return "the device is already bound through another fd (a VFIO cdev is bound by one fd at a time): "
-                    + "`vfioctl list` marks it held and `vfioctl show` on it names the process that has it"
+            return []
+        case .invalidArgument:
+            if request == .vfioDeviceBindIOMMUFD {
+                return [.advice("the device is already bound through another fd (a VFIO cdev is bound by one fd at "
+                                + "a time)"),
+                        .findHolder(nil)]
             }
-            if op.hasPrefix("VFIO_IOMMU") || op == "VFIO_CHECK_EXTENSION" && object?.contains("container") == true {
-                return "a container needs VFIO_SET_IOMMU (after VFIO_GROUP_SET_CONTAINER) before it can map or report info"
+            if let r = request, r.target == .container, r != .vfioGetAPIVersion, r != .vfioSetIOMMU,
+               r != .vfioCheckExtension || object?.contains("container") == true
+            {
+                return [.advice("a container needs VFIO_SET_IOMMU (after VFIO_GROUP_SET_CONTAINER) before it can map "
+                                + "or report info")]
             }
-            return nil
-        case 25, 95:  // ENOTTY, EOPNOTSUPP
-            if errno.rawValue == 25, let since = Request.named(op)?.introduced {
-                return "this kernel lacks \(op) (added in Linux \(since)); running \(KernelFeatures.runningRelease)"
+            return []
+        case .inappropriateIOCTLForDevice:
+            guard let r = request else { return [] }
+            let running = KernelVersion.running
+            if r == .vfioDeviceFeature && running.map({ $0 >= r.introduced }) ?? true {
+                // drivers/vfio/vfio_main.c, vfio_ioctl_device_feature(): a feature id the
+                // device's driver does not handle answers ENOTTY.
+                return [.advice("the device does not support this feature (VFIO_DEVICE_FEATURE answers ENOTTY for a "
+                                + "feature its driver does not handle); probeFeature(_:) tells which features a "
+                                + "device has")]
             }
-            return errno.rawValue == 95
-                ? "not supported by this device, IOMMU or kernel"
-                : "this fd does not support \(op) (wrong kind of fd, or the kernel lacks it)"
-        case 17:  // EEXIST
-            return "that IOVA range is already mapped: unmap it first or let the kernel choose the IOVA"
-        case 75:  // EOVERFLOW
-            return "the range wraps around the end of the 64-bit address space"
+            if let running, running >= r.introduced {
+                return [.advice("this fd does not support \(r.name) (added in Linux \(r.introduced); this kernel, "
+                                + "\(KernelVersion.runningRelease), has it): a wrong kind of fd")]
+            }
+            return [.newerKernel(lacking: [r], running: running == nil ? nil : KernelVersion.runningRelease)]
+        case .notSupported:
+            return [.advice("not supported by this device, IOMMU or kernel")]
+        case .fileExists:
+            return [.advice("that IOVA range is already mapped: unmap it first or let the kernel choose the IOVA")]
+        case .overflow:
+            return [.advice("the range wraps around the end of the 64-bit address space")]
         default:
-            return nil
+            return []
         }
     }
 }
 
-/// Facts about the running kernel, for messages.
-public enum KernelFeatures {
+extension KernelVersion {
     /// The running kernel's release string (`uname -r`).
     public static var runningRelease: String {
         (try? Sys.kernelRelease(Sys.current)) ?? "an unknown kernel"
     }
 }
-
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif

@@ -69,7 +69,7 @@ extension OwnedFD {
     /// size it needs into `argsz`, and a second call with that size gets the
     /// whole capability chain.
     package func growingIoctl<H: VFIOArgument>(
-        _ request: UInt, _ header: H, object: @autoclosure () -> String? = nil
+        _ request: Request, _ header: H, object: @autoclosure () -> String? = nil
     ) throws(VFIOError) -> KernelBytes<H> {
         var buffer = KernelBytes(header, count: MemoryLayout<H>.size)
         _ = try buffer.withUnsafeMutableRawPointer { (p) throws(VFIOError) in try ioctl(request, p, object: object()) }

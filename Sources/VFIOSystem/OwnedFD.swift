@@ -86,7 +86,7 @@ public final class OwnedFD: Sendable {
     /// SCM_RIGHTS). Do not keep the number after `body` returns.
     @inline(__always)
     public func withDescriptor<R>(
-        _ operation: @autoclosure () -> String = "use fd", _ body: (Int32) throws(VFIOError) -> R
+        _ operation: @autoclosure () -> VFIOError.Operation = .step(.useFD), _ body: (Int32) throws(VFIOError) -> R
     ) throws(VFIOError) -> R {
         guard enter() else { throw closedError(operation()) }
         defer { leave() }
@@ -98,7 +98,7 @@ public final class OwnedFD: Sendable {
     /// `VFIO_DEVICE_SET_IRQS`, group fds of a hot reset). Throws "closed" when
     /// any of them was closed.
     package static func withDescriptors<R>(
-        _ owners: [OwnedFD?], _ operation: @autoclosure () -> String,
+        _ owners: [OwnedFD?], _ operation: @autoclosure () -> VFIOError.Operation,
         _ body: ([Int32]) throws(VFIOError) -> R
     ) throws(VFIOError) -> R {
         var entered = 0
@@ -154,9 +154,9 @@ public final class OwnedFD: Sendable {
         try Sys.close(kernel, number, object: label)
     }
 
-    package func closedError(_ operation: String) -> VFIOError {
+    package func closedError(_ operation: VFIOError.Operation) -> VFIOError {
         VFIOError.invalid(operation, "the fd was already closed", object: label,
-                          hint: "keep the owner open while it is used")
+                          remedies: [.advice("keep the owner open while it is used")])
     }
 
     // MARK: closing
@@ -184,9 +184,9 @@ public final class OwnedFD: Sendable {
         var pause = 10_000  // ns, doubling to 1 ms
         while !settled.load(ordering: .acquiring) {
             if ContinuousClock.now >= deadline {
-                throw VFIOError.invalid("close", "a call on the fd was still in flight after \(timeout); the fd closes "
-                                        + "when it returns", object: label,
-                                        hint: "do not destroy an object from inside a call on its fd")
+                throw VFIOError.invalid(.syscall(.close), "a call on the fd was still in flight after \(timeout); the fd "
+                                        + "closes when it returns", object: label,
+                                        remedies: [.advice("do not destroy an object from inside a call on its fd")])
             }
             Sys.sleep(kernel, nanoseconds: Int64(pause))
             pause = min(pause * 2, 1_000_000)
@@ -239,7 +239,7 @@ public final class OwnedFD: Sendable {
     }
 
     /// The number, for code in this package that hands it to another process
-    /// (`vfioctl attach --exec`) or reports it, and keeps the owner open for
+    /// (a launcher) or reports it, and keeps the owner open for
     /// as long as that matters. Not a use: prefer ``withDescriptor(_:_:)``.
     package var numberForHandoff: Int32 { number }
 
@@ -256,7 +256,7 @@ extension OwnedFD {
     // and leave()): they only dispatch to the kernel.
 
     @inline(__always)
-    package func ioctlHeld<A>(_ request: UInt, _ argument: inout A, object: @autoclosure () -> String?) throws(VFIOError)
+    package func ioctlHeld<A>(_ request: Request, _ argument: inout A, object: @autoclosure () -> String?) throws(VFIOError)
         -> Int32
     {
         if isLinux { return try Sys.ioctl(Sys.linux, number, request, &argument, object: object() ?? label) }
@@ -264,7 +264,7 @@ extension OwnedFD {
     }
 
     @inline(__always)
-    package func ioctlHeld(_ request: UInt, _ argument: UnsafeMutableRawPointer?, object: @autoclosure () -> String?)
+    package func ioctlHeld(_ request: Request, _ argument: UnsafeMutableRawPointer?, object: @autoclosure () -> String?)
         throws(VFIOError) -> Int32
     {
         if isLinux { return try Sys.ioctl(Sys.linux, number, request, argument, object: object() ?? label) }
@@ -294,41 +294,56 @@ extension OwnedFD {
 
     /// An ioctl on a fixed-size argument struct.
     @inline(__always)
-    package func ioctl<A>(_ request: UInt, _ argument: inout A, object: @autoclosure () -> String? = nil) throws(VFIOError)
-        -> Int32
+    package func ioctl<A>(_ request: Request, _ argument: inout A, object: @autoclosure () -> String? = nil)
+        throws(VFIOError) -> Int32
     {
-        guard enter() else { throw closedError(Request.name(of: request)) }
+        guard enter() else { throw closedError(.ioctl(request)) }
         defer { leave() }
         return try ioctlHeld(request, &argument, object: object())
     }
 
     /// An ioctl on a raw argument (variable-size buffers, strings).
     @inline(__always)
-    package func ioctl(_ request: UInt, _ argument: UnsafeMutableRawPointer?, object: @autoclosure () -> String? = nil)
+    package func ioctl(_ request: Request, _ argument: UnsafeMutableRawPointer?, object: @autoclosure () -> String? = nil)
         throws(VFIOError) -> Int32
     {
-        guard enter() else { throw closedError(Request.name(of: request)) }
+        guard enter() else { throw closedError(.ioctl(request)) }
         defer { leave() }
         return try ioctlHeld(request, argument, object: object())
     }
 
     /// An ioctl that takes a plain integer (VFIO_CHECK_EXTENSION, VFIO_SET_IOMMU).
-    package func ioctl(_ request: UInt, value: Int, object: @autoclosure () -> String? = nil) throws(VFIOError) -> Int32 {
+    package func ioctl(_ request: Request, value: Int, object: @autoclosure () -> String? = nil) throws(VFIOError) -> Int32 {
         try ioctl(request, UnsafeMutableRawPointer(bitPattern: value), object: object())
+    }
+
+    /// An ioctl by number, outside the uapi table (the kernel's selftest
+    /// `IOMMU_TEST_CMD`), named `operation` in errors.
+    package func ioctl<A>(number: UInt, as operation: VFIOError.Operation, _ argument: inout A,
+                          object: @autoclosure () -> String? = nil) throws(VFIOError) -> Int32
+    {
+        guard enter() else { throw closedError(operation) }
+        defer { leave() }
+        return try withUnsafeMutableBytes(of: &argument) { (raw) throws(VFIOError) in
+            if isLinux { return try Sys.ioctl(Sys.linux, self.number, number: number, as: operation, raw.baseAddress,
+                                              object: object() ?? label) }
+            return try Sys.ioctl(kernel!, self.number, number: number, as: operation, raw.baseAddress,
+                                 object: object() ?? label)
+        }
     }
 
     /// An ioctl whose result is returned as is (`-errno` on failure): for
     /// probes that read the errno as an answer. Throws only "closed".
-    package func probeIoctl(_ request: UInt, _ argument: UnsafeMutableRawPointer?) throws(VFIOError) -> Int32 {
-        guard enter() else { throw closedError(Request.name(of: request)) }
+    package func probeIoctl(_ request: Request, _ argument: UnsafeMutableRawPointer?) throws(VFIOError) -> Int32 {
+        guard enter() else { throw closedError(.ioctl(request)) }
         defer { leave() }
-        return Sys.call(kernel) { $0.ioctl(number, request, argument) }
+        return Sys.call(kernel) { $0.ioctl(number, request.number, argument) }
     }
 
     package func pread(_ buffer: UnsafeMutableRawBufferPointer, at offset: Int64, object: @autoclosure () -> String? = nil)
         throws(VFIOError) -> Int
     {
-        guard enter() else { throw closedError("pread") }
+        guard enter() else { throw closedError(.syscall(.pread)) }
         defer { leave() }
         return try Sys.pread(kernel, number, buffer, at: offset, object: object() ?? label)
     }
@@ -336,7 +351,7 @@ extension OwnedFD {
     package func pwrite(_ buffer: UnsafeRawBufferPointer, at offset: Int64, object: @autoclosure () -> String? = nil)
         throws(VFIOError) -> Int
     {
-        guard enter() else { throw closedError("pwrite") }
+        guard enter() else { throw closedError(.syscall(.pwrite)) }
         defer { leave() }
         return try Sys.pwrite(kernel, number, buffer, at: offset, object: object() ?? label)
     }
@@ -346,19 +361,19 @@ extension OwnedFD {
     package func read(_ buffer: UnsafeMutableRawBufferPointer, object: @autoclosure () -> String? = nil) throws(VFIOError)
         -> Int?
     {
-        guard enter() else { throw closedError("read") }
+        guard enter() else { throw closedError(.syscall(.read)) }
         defer { leave() }
         return try readHeld(buffer, object: object())
     }
 
     package func write(_ buffer: UnsafeRawBufferPointer, object: @autoclosure () -> String? = nil) throws(VFIOError) -> Int {
-        guard enter() else { throw closedError("write") }
+        guard enter() else { throw closedError(.syscall(.write)) }
         defer { leave() }
         return try writeHeld(buffer, object: object())
     }
 
     package func ftruncate(length: Int64) throws(VFIOError) {
-        guard enter() else { throw closedError("ftruncate") }
+        guard enter() else { throw closedError(.syscall(.ftruncate)) }
         defer { leave() }
         try Sys.ftruncate(kernel, number, length: length, object: label)
     }
@@ -367,7 +382,7 @@ extension OwnedFD {
     package func mmap(length: Int, protection: Int32, flags: Int32, offset: Int64 = 0,
               object: @autoclosure () -> String? = nil) throws(VFIOError) -> UnsafeMutableRawPointer
     {
-        guard enter() else { throw closedError("mmap") }
+        guard enter() else { throw closedError(.syscall(.mmap)) }
         defer { leave() }
         return try Sys.mmap(kernel, length: length, protection: protection, flags: flags, fd: number, offset: offset,
                             object: object() ?? label)

@@ -27,8 +27,8 @@ public struct PCIAddress: Hashable, Comparable, Sendable, CustomStringConvertibl
     /// Throws `VFIOError.invalid` showing the expected form for anything else.
     public init(parsing text: String) throws(VFIOError) {
         func bad(_ why: String) -> VFIOError {
-            .invalid("parse PCI address", "\"\(text)\" is not a PCI address: \(why)",
-                     object: text, hint: "write it as \(PCIAddress.expectedForm)")
+            .invalid(.step(.parsePCIAddress), "\"\(text)\" is not a PCI address: \(why)",
+                     object: text, remedies: [.advice("write it as \(PCIAddress.expectedForm)")])
         }
         let s = text.trimmingWhitespace()
         let colon = s.split(separator: ":", omittingEmptySubsequences: false)

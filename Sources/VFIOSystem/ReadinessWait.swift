@@ -38,7 +38,7 @@ package final class ReadinessWait: Sendable {
     }
 
     /// Takes a use of the fd and registers for its close; "closed" when it is.
-    package func begin(_ operation: String) throws(VFIOError) {
+    package func begin(_ operation: VFIOError.Operation) throws(VFIOError) {
         guard target.enter() else { throw target.closedError(operation) }
         guard let id = target.onClose({ [self] in wakeUp() }) else {
             target.leave()
@@ -51,7 +51,7 @@ package final class ReadinessWait: Sendable {
     /// following read will name), the timeout passes (-1: never), the owner
     /// closes, or ``wakeUp()``. Between ``begin(_:)`` and ``end()`` only.
     package func poll(timeoutMilliseconds: Int32) throws(VFIOError) -> Outcome {
-        try wake.withDescriptor("poll") { (w) throws(VFIOError) -> Outcome in
+        try wake.withDescriptor(.syscall(.poll)) { (w) throws(VFIOError) -> Outcome in
             var fds = (pollfd(fd: target.number, events: Int16(POLLIN), revents: 0),
                        pollfd(fd: w, events: Int16(POLLIN), revents: 0))
             let n = try withUnsafeMutableBytes(of: &fds) { (raw) throws(VFIOError) -> Int32 in
@@ -75,7 +75,7 @@ package final class ReadinessWait: Sendable {
 
     /// One wait from start to end: true when readable, false on timeout.
     /// Throws "closed" when the owner closed, "cancelled" when woken.
-    package func run(timeoutMilliseconds: Int32, operation: String, object: String) throws(VFIOError) -> Bool {
+    package func run(timeoutMilliseconds: Int32, operation: VFIOError.Operation, object: String) throws(VFIOError) -> Bool {
         defer { try? wake.close() }
         try begin(operation)
         defer { end() }
@@ -93,7 +93,7 @@ extension OwnedFD {
     /// cooperative pool: a dedicated thread waits in `poll(2)`. Task
     /// cancellation ends the wait at once with an error whose detail is
     /// "cancelled"; the owner's close ends it with "closed".
-    package func readable(operation: String, object: String) async throws(VFIOError) {
+    package func readable(operation: VFIOError.Operation, object: String) async throws(VFIOError) {
         if Task.isCancelled { throw VFIOError.invalid(operation, "cancelled", object: object) }
         let wait = try ReadinessWait(self)
         let result: Result<Bool, VFIOError> = await withTaskCancellationHandler {
@@ -120,7 +120,7 @@ extension OwnedFD {
     /// Blocks the calling thread until the fd is readable (true) or the
     /// timeout passes (false; -1 waits forever). A close of the owner from
     /// another thread ends the wait at once with "closed".
-    package func waitReadableOrClose(timeoutMilliseconds: Int32, operation: String) throws(VFIOError) -> Bool {
+    package func waitReadableOrClose(timeoutMilliseconds: Int32, operation: VFIOError.Operation) throws(VFIOError) -> Bool {
         try ReadinessWait(self).run(timeoutMilliseconds: timeoutMilliseconds, operation: operation, object: label)
     }
 }

@@ -30,27 +30,27 @@ package enum Sys {
         return body(linux)
     }
 
-    package static func fail(_ operation: String, _ result: some BinaryInteger, object: String?) -> VFIOError {
+    package static func fail(_ operation: VFIOError.Operation, _ result: some BinaryInteger, object: String?) -> VFIOError {
         VFIOError(operation: operation, errno: Errno(rawValue: CInt(-Int(result))), object: object)
     }
 
     /// Makes the one call of `body` again while it is interrupted (EINTR);
     /// any other `-errno` becomes a VFIOError naming `operation` and `object`.
     @inline(__always)
-    package static func retrying<R: SignedInteger>(_ operation: String, object: @autoclosure () -> String?,
+    package static func retrying<R: SignedInteger>(_ operation: Syscall, object: @autoclosure () -> String?,
                                                    _ body: () -> R) throws(VFIOError) -> R
     {
         while true {
             let r = body()
             if r >= 0 { return r }
-            if r != -R(EINTR) { throw fail(operation, r, object: object()) }
+            if r != -R(EINTR) { throw fail(.syscall(operation), r, object: object()) }
         }
     }
 
     package static func open(_ kernel: (any SyscallProvider)?, _ path: String, _ flags: Int32, mode: UInt32 = 0,
                              object: @autoclosure () -> String? = nil) throws(VFIOError) -> Int32
     {
-        try retrying("open", object: object() ?? path) {
+        try retrying(.open, object: object() ?? path) {
             path.withCString { p in call(kernel) { $0.open(p, flags | O_CLOEXEC, mode) } }
         }
     }
@@ -60,35 +60,44 @@ package enum Sys {
         throws(VFIOError)
     {
         let r = call(kernel) { $0.close(fd) }
-        if r < 0 && r != -EINTR { throw fail("close", r, object: object()) }
+        if r < 0 && r != -EINTR { throw fail(.syscall(.close), r, object: object()) }
     }
 
     // The calls on hot paths (ioctl, read, write, poll) are generic over the
     // kernel: an owned fd calls them with `Sys.linux` (statically dispatched,
     // no existential on the path) or with its fake.
 
-    /// Issues an ioctl whose name is looked up from the request for errors.
+    /// Issues `request`; an error names it (never a name looked up from the
+    /// number, which ten requests on different kinds of fd share).
     @inline(__always)
     package static func ioctl<K: SyscallProvider>(
-        _ kernel: K, _ fd: Int32, _ request: UInt, _ argument: UnsafeMutableRawPointer?,
+        _ kernel: K, _ fd: Int32, _ request: Request, _ argument: UnsafeMutableRawPointer?,
         object: @autoclosure () -> String? = nil
     ) throws(VFIOError) -> Int32 {
-        while true {
-            let r = kernel.ioctl(fd, request, argument)
-            if r >= 0 { return r }
-            if r != -EINTR { throw fail(Request.name(of: request), r, object: object()) }
+        try ioctl(kernel, fd, number: request.number, as: .ioctl(request), argument, object: object())
+    }
+
+    /// Issues `request` on a fixed-size argument struct.
+    @inline(__always)
+    package static func ioctl<K: SyscallProvider, A>(
+        _ kernel: K, _ fd: Int32, _ request: Request, _ argument: inout A, object: @autoclosure () -> String? = nil
+    ) throws(VFIOError) -> Int32 {
+        try withUnsafeMutableBytes(of: &argument) { (raw) throws(VFIOError) in
+            try ioctl(kernel, fd, number: request.number, as: .ioctl(request), raw.baseAddress, object: object())
         }
     }
 
-    /// Issues an ioctl on a fixed-size argument struct.
+    /// Issues request `number`, named `operation` in errors: for requests
+    /// outside the uapi table (the kernel's selftest `IOMMU_TEST_CMD`).
     @inline(__always)
-    package static func ioctl<K: SyscallProvider, A>(
-        _ kernel: K, _ fd: Int32, _ request: UInt, _ argument: inout A, object: @autoclosure () -> String? = nil
+    package static func ioctl<K: SyscallProvider>(
+        _ kernel: K, _ fd: Int32, number: UInt, as operation: @autoclosure () -> VFIOError.Operation,
+        _ argument: UnsafeMutableRawPointer?, object: @autoclosure () -> String? = nil
     ) throws(VFIOError) -> Int32 {
         while true {
-            let r = withUnsafeMutableBytes(of: &argument) { raw in kernel.ioctl(fd, request, raw.baseAddress) }
+            let r = kernel.ioctl(fd, number, argument)
             if r >= 0 { return r }
-            if r != -EINTR { throw fail(Request.name(of: request), r, object: object()) }
+            if r != -EINTR { throw fail(operation(), r, object: object()) }
         }
     }
 
@@ -101,7 +110,7 @@ package enum Sys {
             let r = kernel.read(fd, buffer)
             if r >= 0 { return r }
             if r == -Int(EAGAIN) { return nil }
-            if r != -Int(EINTR) { throw fail("read", r, object: object()) }
+            if r != -Int(EINTR) { throw fail(.syscall(.read), r, object: object()) }
         }
     }
 
@@ -111,7 +120,7 @@ package enum Sys {
         while true {
             let r = kernel.write(fd, buffer)
             if r >= 0 { return r }
-            if r != -Int(EINTR) { throw fail("write", r, object: object()) }
+            if r != -Int(EINTR) { throw fail(.syscall(.write), r, object: object()) }
         }
     }
 
@@ -125,20 +134,20 @@ package enum Sys {
         while true {
             let r = kernel.poll(fds, count, timeoutMilliseconds)
             if r >= 0 { return r }
-            if r != -EINTR { throw fail("poll", r, object: object()) }
+            if r != -EINTR { throw fail(.syscall(.poll), r, object: object()) }
         }
     }
 
     package static func pread(_ kernel: (any SyscallProvider)?, _ fd: Int32, _ buffer: UnsafeMutableRawBufferPointer,
                       at offset: Int64, object: @autoclosure () -> String? = nil) throws(VFIOError) -> Int
     {
-        try retrying("pread", object: object()) { call(kernel) { $0.pread(fd, buffer, offset) } }
+        try retrying(.pread, object: object()) { call(kernel) { $0.pread(fd, buffer, offset) } }
     }
 
     package static func pwrite(_ kernel: (any SyscallProvider)?, _ fd: Int32, _ buffer: UnsafeRawBufferPointer,
                        at offset: Int64, object: @autoclosure () -> String? = nil) throws(VFIOError) -> Int
     {
-        try retrying("pwrite", object: object()) { call(kernel) { $0.pwrite(fd, buffer, offset) } }
+        try retrying(.pwrite, object: object()) { call(kernel) { $0.pwrite(fd, buffer, offset) } }
     }
 
     package static func mmap(
@@ -146,7 +155,7 @@ package enum Sys {
         offset: Int64 = 0, object: @autoclosure () -> String? = nil
     ) throws(VFIOError) -> UnsafeMutableRawPointer {
         let (p, e) = call(kernel) { $0.mmap(length, protection, flags, fd, offset) }
-        guard let p else { throw fail("mmap", e, object: object()) }
+        guard let p else { throw fail(.syscall(.mmap), e, object: object()) }
         return p
     }
 
@@ -154,14 +163,14 @@ package enum Sys {
         throws(VFIOError)
     {
         let r = call(kernel) { $0.munmap(address, length) }
-        if r < 0 { throw fail("munmap", r, object: nil) }
+        if r < 0 { throw fail(.syscall(.munmap), r, object: nil) }
     }
 
     package static func eventfd(_ kernel: (any SyscallProvider)?, initial: UInt32 = 0, flags: Int32) throws(VFIOError)
         -> Int32
     {
         let r = call(kernel) { $0.eventfd(initial, flags | CVFIO_EFD_CLOEXEC) }
-        if r < 0 { throw fail("eventfd", r, object: nil) }
+        if r < 0 { throw fail(.syscall(.eventfd), r, object: nil) }
         return r
     }
 
@@ -169,13 +178,13 @@ package enum Sys {
         -> Int32
     {
         let r = name.withCString { n in call(kernel) { $0.memfdCreate(n, flags | CVFIO_MFD_CLOEXEC) } }
-        if r < 0 { throw fail("memfd_create", r, object: name) }
+        if r < 0 { throw fail(.syscall(.memfdCreate), r, object: name) }
         return r
     }
 
     package static func ftruncate(_ kernel: (any SyscallProvider)?, _ fd: Int32, length: Int64,
                           object: @autoclosure () -> String? = nil) throws(VFIOError)
     {
-        _ = try retrying("ftruncate", object: object()) { call(kernel) { $0.ftruncate(fd, length) } }
+        _ = try retrying(.ftruncate, object: object()) { call(kernel) { $0.ftruncate(fd, length) } }
     }
 }

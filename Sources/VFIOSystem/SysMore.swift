@@ -19,7 +19,7 @@ extension Sys {
     /// openat(2) relative to `directory`; close-on-exec is always added.
     package static func openat(_ kernel: Kernel, _ directory: Int32, _ path: String, _ flags: Int32, mode: UInt32 = 0,
                                object: @autoclosure () -> String? = nil) throws(VFIOError) -> Int32 {
-        try retrying("open", object: object() ?? path) {
+        try retrying(.open, object: object() ?? path) {
             path.withCString { p in call(kernel) { $0.openat(directory, p, flags | O_CLOEXEC, mode) } }
         }
     }
@@ -27,22 +27,22 @@ extension Sys {
     package static func fsync(_ kernel: Kernel, _ fd: Int32, object: @autoclosure () -> String? = nil)
         throws(VFIOError)
     {
-        _ = try retrying("fsync", object: object()) { call(kernel) { $0.fsync(fd) } }
+        _ = try retrying(.fsync, object: object()) { call(kernel) { $0.fsync(fd) } }
     }
 
     /// flock(2), retried while a blocking lock wait is interrupted.
     package static func flock(_ kernel: Kernel, _ fd: Int32, _ operation: Int32, object: @autoclosure () -> String? = nil)
         throws(VFIOError)
     {
-        _ = try retrying("flock", object: object()) { call(kernel) { $0.flock(fd, operation) } }
+        _ = try retrying(.flock, object: object()) { call(kernel) { $0.flock(fd, operation) } }
     }
 
-    /// fcntl(2) with an integer argument; `operation` names it in errors.
+    /// fcntl(2) with an integer argument.
     package static func fcntl(_ kernel: Kernel, _ fd: Int32, _ command: Int32, _ argument: Int32 = 0,
-                              operation: String = "fcntl", object: @autoclosure () -> String? = nil)
+                              object: @autoclosure () -> String? = nil)
         throws(VFIOError) -> Int32
     {
-        try retrying(operation, object: object() ?? "fd \(fd)") { call(kernel) { $0.fcntl(fd, command, argument) } }
+        try retrying(.fcntl, object: object() ?? "fd \(fd)") { call(kernel) { $0.fcntl(fd, command, argument) } }
     }
 
     package static func fstat(_ kernel: Kernel, _ fd: Int32, object: @autoclosure () -> String? = nil)
@@ -50,7 +50,7 @@ extension Sys {
     {
         var st = FileStatus()
         let r = call(kernel) { $0.fstat(fd, &st) }
-        if r < 0 { throw fail("fstat", r, object: object()) }
+        if r < 0 { throw fail(.syscall(.fstat), r, object: object()) }
         return st
     }
 
@@ -58,22 +58,22 @@ extension Sys {
     package static func stat(_ kernel: Kernel, _ path: String, object: @autoclosure () -> String? = nil)
         throws(VFIOError) -> FileStatus
     {
-        try status("stat", path, object: object()) { p, st in call(kernel) { $0.stat(p, &st) } }
+        try status(.stat, path, object: object()) { p, st in call(kernel) { $0.stat(p, &st) } }
     }
 
     /// lstat(2): the link itself.
     package static func lstat(_ kernel: Kernel, _ path: String, object: @autoclosure () -> String? = nil)
         throws(VFIOError) -> FileStatus
     {
-        try status("lstat", path, object: object()) { p, st in call(kernel) { $0.lstat(p, &st) } }
+        try status(.lstat, path, object: object()) { p, st in call(kernel) { $0.lstat(p, &st) } }
     }
 
-    private static func status(_ operation: String, _ path: String, object: String?,
+    private static func status(_ operation: Syscall, _ path: String, object: String?,
                                _ body: (UnsafePointer<CChar>, inout FileStatus) -> Int32) throws(VFIOError) -> FileStatus
     {
         var st = FileStatus()
         let r = path.withCString { p in body(p, &st) }
-        if r < 0 { throw fail(operation, r, object: object ?? path) }
+        if r < 0 { throw fail(.syscall(operation), r, object: object ?? path) }
         return st
     }
 
@@ -83,7 +83,7 @@ extension Sys {
     {
         var buffer = [UInt8](repeating: 0, count: 4096)
         let n = buffer.withUnsafeMutableBytes { b in path.withCString { p in call(kernel) { $0.readlink(p, b) } } }
-        if n < 0 { throw fail("readlink", n, object: object() ?? path) }
+        if n < 0 { throw fail(.syscall(.readlink), n, object: object() ?? path) }
         return String(decoding: buffer[0..<min(n, buffer.count)], as: UTF8.self)
     }
 
@@ -92,42 +92,42 @@ extension Sys {
         throws(VFIOError)
     {
         let r = path.withCString { p in call(kernel) { $0.access(p, mode) } }
-        if r < 0 { throw fail("access", r, object: object() ?? path) }
+        if r < 0 { throw fail(.syscall(.access), r, object: object() ?? path) }
     }
 
     package static func mkdir(_ kernel: Kernel, _ path: String, mode: UInt32, object: @autoclosure () -> String? = nil)
         throws(VFIOError)
     {
         let r = path.withCString { p in call(kernel) { $0.mkdir(p, mode) } }
-        if r < 0 { throw fail("mkdir", r, object: object() ?? path) }
+        if r < 0 { throw fail(.syscall(.mkdir), r, object: object() ?? path) }
     }
 
     package static func unlink(_ kernel: Kernel, _ path: String, object: @autoclosure () -> String? = nil)
         throws(VFIOError)
     {
         let r = path.withCString { p in call(kernel) { $0.unlink(p) } }
-        if r < 0 { throw fail("unlink", r, object: object() ?? path) }
+        if r < 0 { throw fail(.syscall(.unlink), r, object: object() ?? path) }
     }
 
     package static func unlinkat(_ kernel: Kernel, _ directory: Int32, _ path: String, flags: Int32 = 0,
                                  object: @autoclosure () -> String? = nil) throws(VFIOError)
     {
         let r = path.withCString { p in call(kernel) { $0.unlinkat(directory, p, flags) } }
-        if r < 0 { throw fail("unlink", r, object: object() ?? path) }
+        if r < 0 { throw fail(.syscall(.unlink), r, object: object() ?? path) }
     }
 
     package static func renameat(_ kernel: Kernel, _ directory: Int32, _ from: String, to: String,
                                  object: @autoclosure () -> String? = nil) throws(VFIOError)
     {
         let r = from.withCString { f in to.withCString { t in call(kernel) { $0.renameat(directory, f, directory, t) } } }
-        if r < 0 { throw fail("rename", r, object: object() ?? to) }
+        if r < 0 { throw fail(.syscall(.rename), r, object: object() ?? to) }
     }
 
     /// getdents64(2) into `buffer`: the bytes of `linux_dirent64` records, 0 at the end.
     package static func getdents(_ kernel: Kernel, _ fd: Int32, _ buffer: UnsafeMutableRawBufferPointer,
                                  object: @autoclosure () -> String? = nil) throws(VFIOError) -> Int
     {
-        try retrying("getdents64", object: object()) { call(kernel) { $0.getdents(fd, buffer) } }
+        try retrying(.getdents64, object: object()) { call(kernel) { $0.getdents(fd, buffer) } }
     }
 
     // MARK: threads and time
@@ -139,7 +139,7 @@ extension Sys {
                                     _ body: @escaping @Sendable () -> Void) throws(VFIOError)
     {
         let r = call(kernel) { $0.startThread(body) }
-        if r < 0 { throw fail("pthread_create", r, object: object()) }
+        if r < 0 { throw fail(.syscall(.pthreadCreate), r, object: object()) }
     }
 
     /// Sleeps about `nanoseconds`. An interrupted or failed sleep returns
@@ -169,7 +169,7 @@ extension Sys {
         var soft: UInt64 = 0
         var hard: UInt64 = 0
         let r = call(kernel) { $0.getrlimit(resource, &soft, &hard) }
-        if r < 0 { throw fail("getrlimit", r, object: name) }
+        if r < 0 { throw fail(.syscall(.getrlimit), r, object: name) }
         return (soft == .max ? nil : soft, hard == .max ? nil : hard)
     }
 
@@ -177,14 +177,14 @@ extension Sys {
     package static func kernelRelease(_ kernel: Kernel) throws(VFIOError) -> String {
         var buffer = [UInt8](repeating: 0, count: 65)
         let n = buffer.withUnsafeMutableBytes { b in call(kernel) { $0.uname(release: b) } }
-        if n < 0 { throw fail("uname", n, object: nil) }
+        if n < 0 { throw fail(.syscall(.uname), n, object: nil) }
         return String(decoding: buffer[0..<n], as: UTF8.self)
     }
 
     /// The page size (sysconf(_SC_PAGESIZE)).
     package static func pageSize(_ kernel: Kernel) throws(VFIOError) -> Int {
         let r = call(kernel) { $0.sysconf(Int32(_SC_PAGESIZE)) }
-        if r <= 0 { throw fail("sysconf", r < 0 ? r : -Int(EINVAL), object: "_SC_PAGESIZE") }
+        if r <= 0 { throw fail(.syscall(.sysconf), r < 0 ? r : -Int(EINVAL), object: "_SC_PAGESIZE") }
         return r
     }
 
@@ -200,20 +200,20 @@ extension Sys {
                 program.withCString { p in call(kernel) { $0.spawn(p, argv, envp, plan) } }
             }
         }
-        guard let pid else { throw fail("posix_spawnp", e, object: program) }
+        guard let pid else { throw fail(.syscall(.posixSpawnp), e, object: program) }
         return pid
     }
 
     /// waitpid(2); returns the pid (0 with WNOHANG while it runs) and the status.
     package static func waitpid(_ kernel: Kernel, _ pid: Int32, options: Int32) throws(VFIOError) -> (Int32, Int32) {
         var status: Int32 = 0
-        let r = try retrying("waitpid", object: "pid \(pid)") { call(kernel) { $0.waitpid(pid, &status, options) } }
+        let r = try retrying(.waitpid, object: "pid \(pid)") { call(kernel) { $0.waitpid(pid, &status, options) } }
         return (r, status)
     }
 
     package static func kill(_ kernel: Kernel, _ pid: Int32, _ signal: Int32) throws(VFIOError) {
         let r = call(kernel) { $0.kill(pid, signal) }
-        if r < 0 { throw fail("kill", r, object: "pid \(pid)") }
+        if r < 0 { throw fail(.syscall(.kill), r, object: "pid \(pid)") }
     }
 
     /// A signal set holding `signals`.
@@ -231,7 +231,7 @@ extension Sys {
         var s = set
         var old = sigset_t()
         let r = call(kernel) { $0.sigmask(how, &s, &old) }
-        if r < 0 { throw fail("pthread_sigmask", r, object: nil) }
+        if r < 0 { throw fail(.syscall(.pthreadSigmask), r, object: nil) }
         return old
     }
 
@@ -243,7 +243,7 @@ extension Sys {
         let r = call(kernel) { $0.sigtimedwait(&s, timeoutNanoseconds) }
         if r > 0 { return r }
         if r == -EAGAIN || r == -EINTR || r == 0 { return nil }
-        throw fail("sigtimedwait", r, object: nil)
+        throw fail(.syscall(.sigtimedwait), r, object: nil)
     }
 
     /// Whether this C library can close every fd from a number in a spawned

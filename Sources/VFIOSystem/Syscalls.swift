@@ -83,7 +83,7 @@ package protocol SyscallProvider: Sendable {
     /// sysconf(3) (`_SC_PAGESIZE`); `-errno` when the value is not available.
     func sysconf(_ name: Int32) -> Int
 
-    // MARK: child processes (`vfioctl attach --exec`)
+    // MARK: child processes (a launcher that hands fds to a program)
     /// posix_spawnp(3) with the file actions and attributes of `plan`: the
     /// pid, or nil with `-errno` (ENOSYS: this C library cannot close every
     /// fd from `plan.closeFrom`; name them in `plan.close` instead).

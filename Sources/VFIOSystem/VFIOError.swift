@@ -2,50 +2,76 @@ import SystemPackage
 
 /// The one error VFIOKit throws.
 ///
-/// It says which operation failed (the kernel's name of the ioctl or syscall),
-/// the errno with its name, the object involved (a path, a BDF, an object id),
-/// and a hint for the common causes. `description` is what a person sees.
+/// It says which operation failed (``operation``: the request of an ioctl,
+/// a syscall, or a step of VFIOKit's own, as a value code can match), the
+/// errno as an `Errno` member, the object involved (a path, a BDF, an object
+/// id), the facts of this failure, and what would fix it (``remedies``, as
+/// values a front end words its own way). `description` is what a person
+/// sees; the remedies appear in it in plain words:
+///
+/// ```swift
+/// do { try ioas.map(buffer) } catch let e where e.operation == .ioctl(.iommuIOASMap) && e.errno == .noMemory {
+///     // RLIMIT_MEMLOCK: e.remedies holds .raiseMemlock(...)
+/// }
+/// ```
 public struct VFIOError: Error, Sendable, Equatable, CustomStringConvertible {
-    /// The failing operation: an ioctl name (`IOMMU_IOAS_MAP`), a syscall
-    /// (`open`, `mmap`) or a VFIOKit step (`bind`, `parse BDF`).
-    public var operation: String
+    /// The failing operation: an ioctl (`.ioctl(.iommuIOASMap)`), a syscall
+    /// (`.syscall(.open)`) or a VFIOKit step (`.step(.bind)`).
+    public var operation: Operation
     /// The kernel's answer, when the kernel gave one.
     public var errno: Errno?
     /// What the operation was applied to: `/dev/iommu`, `0000:00:03.0`, `IOAS 2`.
     public var object: String?
     /// Extra facts about this failure (sizes asked, limits in force, members).
     public var detail: String?
-    /// What to do about it.
-    public var hint: String?
+    /// What would fix it, in order. For an errno from the kernel the common
+    /// causes of that request and errno are filled in unless the thrower
+    /// knew better.
+    public var remedies: [Remedy]
 
+    /// Builds an error; `remedies` nil means the common remedies for this
+    /// operation and errno (none without an errno).
     public init(
-        operation: String, errno: Errno? = nil, object: String? = nil,
-        detail: String? = nil, hint: String? = nil
+        operation: Operation, errno: Errno? = nil, object: String? = nil,
+        detail: String? = nil, remedies: [Remedy]? = nil
     ) {
         self.operation = operation
         self.errno = errno
         self.object = object
         self.detail = detail
-        self.hint = hint ?? errno.flatMap { Hints.hint(operation: operation, errno: $0, object: object) }
+        self.remedies = remedies ?? errno.map { CommonRemedies.remedies(operation: operation, errno: $0, object: object) } ?? []
     }
 
     /// An error VFIOKit detected itself, before or without asking the kernel.
-    public static func invalid(_ operation: String, _ detail: String, object: String? = nil, hint: String? = nil) -> VFIOError {
-        VFIOError(operation: operation, object: object, detail: detail, hint: hint)
+    public static func invalid(_ operation: Operation, _ detail: String, object: String? = nil,
+                               remedies: [Remedy] = []) -> VFIOError {
+        VFIOError(operation: operation, object: object, detail: detail, remedies: remedies)
     }
 
-    public var description: String {
-        var s = operation
+    /// The remedies in plain words (`; ` between them), or nil when there are none.
+    public var hint: String? { Remedy.describe(remedies) }
+
+    /// The first line of ``description``: operation, object, errno and detail, without the remedies.
+    public var summary: String {
+        var s = operation.description
         if let object { s += " on \(object)" }
         s += " failed"
         if let errno { s += ": \(errno.name) (\(errno.rawValue), \(errno.message))" }
         if let detail { s += errno == nil ? ": \(detail)" : ". \(detail)" }
-        if let hint { s += "\n  hint: \(hint)" }
         return s
+    }
+
+    public var description: String {
+        guard let hint else { return summary }
+        return summary + "\n  hint: " + hint
     }
 }
 
 extension Errno {
+    /// ENODEV, by its meaning for VFIO and sysfs ("no such device"); swift-system
+    /// calls it `operationNotSupportedByDevice`.
+    public static var noSuchDevice: Errno { .operationNotSupportedByDevice }
+
     /// The C name of this errno (`EPERM`), or `E<number>` for one we do not name.
     public var name: String { Errno.names[rawValue] ?? "E\(rawValue)" }
 

@@ -54,7 +54,7 @@ private final class Child {
 
     init(_ argv: [String]) throws {
         var fds: [Int32] = [0, 0]
-        guard pipe(&fds) == 0 else { throw VFIOError(operation: "pipe", errno: Errno(rawValue: errno)) }
+        guard pipe(&fds) == 0 else { throw VFIOError(operation: .step("pipe"), errno: Errno(rawValue: errno)) }
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
@@ -72,7 +72,7 @@ private final class Child {
         var p: pid_t = 0
         let rc = posix_spawn(&p, argv[0], &actions, &attr, cargs, environ)
         close(fds[1])
-        guard rc == 0 else { close(fds[0]); throw VFIOError(operation: "posix_spawn", errno: Errno(rawValue: rc), object: argv[0]) }
+        guard rc == 0 else { close(fds[0]); throw VFIOError(operation: .step("posix_spawn"), errno: Errno(rawValue: rc), object: argv[0]) }
         pid = p
         stdoutFD = fds[0]
     }

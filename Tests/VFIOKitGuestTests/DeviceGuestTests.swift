@@ -353,7 +353,7 @@ struct DeviceGuestTests {
         let other = try IOMMUFD()
         let devB = try VFIODevice.open(bdf: b)
         let e = #expect(throws: VFIOError.self) { try devB.bind(to: other) }
-        #expect(e?.errno?.rawValue == 1)
+        #expect(e?.errno == .notPermitted)
         #expect(e?.hint?.contains("IOMMU group") == true, "\(String(describing: e))")
         // Where the BDF is known, the host layer says which cause it is: no other
         // process holds the group and interrupts are isolated, so another context of ours does.

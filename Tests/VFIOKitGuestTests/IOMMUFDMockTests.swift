@@ -2,6 +2,7 @@ import CIOMMUFDTest
 import CVFIO
 import Foundation
 import Synchronization
+import SystemPackage
 import Testing
 import VFIOKit
 import VFIOObjects
@@ -33,13 +34,13 @@ func withMockContext(_ body: (IOMMUFD) throws -> Void, sourceLocation: SourceLoc
 
 /// The error of `body`, which must fail with `errno`.
 @discardableResult
-func expectErrno(_ errno: Int32, sourceLocation: SourceLocation = #_sourceLocation, _ body: () throws -> Void) -> VFIOError? {
+func expectErrno(_ errno: Errno, sourceLocation: SourceLocation = #_sourceLocation, _ body: () throws -> Void) -> VFIOError? {
     do {
         try body()
-        Issue.record("expected errno \(errno), got success", sourceLocation: sourceLocation)
+        Issue.record("expected \(errno.name), got success", sourceLocation: sourceLocation)
         return nil
     } catch let e as VFIOError {
-        #expect(e.errno?.rawValue == errno, "\(e)", sourceLocation: sourceLocation)
+        #expect(e.errno == errno, "\(e)", sourceLocation: sourceLocation)
         return e
     } catch {
         Issue.record("unexpected error \(error)", sourceLocation: sourceLocation)
@@ -73,7 +74,7 @@ extension IOMMUFDMockTests {
     @Suite struct Objects {
         @Test func objectIDZeroIsNeverValid() throws {
             try withMockContext { ctx in
-                expectErrno(ENOENT) { try ctx.destroy(objectID: 0) }
+                expectErrno(.noSuchFileOrDirectory) { try ctx.destroy(objectID: 0) }
                 let ioas = try IOAS(ctx)
                 #expect(ioas.objectID != 0)
                 let buf = try DMABuffer(length: 4096)
@@ -83,7 +84,7 @@ extension IOMMUFDMockTests {
                 arg.ioas_id = 0
                 arg.user_va = UInt64(buf.address)
                 arg.length = 4096
-                expectErrno(ENOENT) { try ctx.unsafeIoctl(IOMMU_IOAS_MAP, &arg) }
+                expectErrno(.noSuchFileOrDirectory) { try ctx.unsafeIoctl(IOMMU_IOAS_MAP, as: .ioctl(.iommuIOASMap), &arg) }
             }
         }
 
@@ -93,7 +94,7 @@ extension IOMMUFDMockTests {
                 #expect(a.objectID != b.objectID)
                 try a.destroy()
                 try a.destroy()  // idempotent
-                expectErrno(ENOENT) { try ctx.destroy(objectID: a.objectID) }
+                expectErrno(.noSuchFileOrDirectory) { try ctx.destroy(objectID: a.objectID) }
                 withExtendedLifetime(b) {}
             }
         }
@@ -102,7 +103,7 @@ extension IOMMUFDMockTests {
             try withMockContext { ctx in
                 let ioas = try IOAS(ctx)
                 let dev = try MockDevice(attachedTo: ioas)
-                let e = expectErrno(EBUSY) { try ioas.destroy() }
+                let e = expectErrno(.resourceBusy) { try ioas.destroy() }
                 #expect(e?.description.contains("still in use") == true)
                 #expect(e?.description.contains("IOAS \(ioas.objectID)") == true)
                 try dev.destroy()
@@ -123,7 +124,7 @@ extension IOMMUFDMockTests {
                 let m = try ioas.map(buf, at: mockBase)
                 try MockIOMMU.checkMap(ctx, hwpt: hwpt.objectID, iova: mockBase, length: 8192,
                                        address: UnsafeRawPointer(bitPattern: buf.address)!)
-                expectErrno(EBUSY) { try hwpt.destroy() }
+                expectErrno(.resourceBusy) { try hwpt.destroy() }
                 try dev.replace(with: ioas)
                 try hwpt.destroy()
                 try m.unmap()
@@ -268,7 +269,7 @@ extension IOMMUFDMockTests {
             #expect(ours.fd.isClosed)
             // Through the other process's fd: none of our ids exists any more.
             for id in ids {
-                expectErrno(ENOENT) { try theirs.destroy(objectID: id) }
+                expectErrno(.noSuchFileOrDirectory) { try theirs.destroy(objectID: id) }
             }
             #expect(try theirIOAS.iovaRanges().ranges.count == 1)
             try mapping.unmap()  // inert: the IOAS took it with it
@@ -329,7 +330,7 @@ extension IOMMUFDMockTests {
                 let ioas = try IOAS(ctx)
                 let a = try DMABuffer(length: 8192), b = try DMABuffer(length: 8192)
                 let m = try ioas.map(a, at: mockBase)
-                let e = expectErrno(EEXIST) { _ = try ioas.map(b, at: mockBase + 4096) }
+                let e = expectErrno(.fileExists) { _ = try ioas.map(b, at: mockBase + 4096) }
                 #expect(e?.description.contains("overlap") == true)
                 try m.unmap()
             }
@@ -340,10 +341,10 @@ extension IOMMUFDMockTests {
                 let ioas = try IOAS(ctx)
                 let buf = try DMABuffer(length: 8192)
                 let iova = try ioas.unsafeMap(address: UnsafeRawPointer(bitPattern: buf.address)!, length: 8192, at: mockBase)
-                let e = expectErrno(ENOENT) { _ = try ioas.unmap(iova: iova, length: 4096) }
+                let e = expectErrno(.noSuchFileOrDirectory) { _ = try ioas.unmap(iova: iova, length: 4096) }
                 #expect(e?.description.contains("splits a mapping") == true)
                 #expect(try ioas.unmap(iova: iova, length: 8192) == 8192)
-                expectErrno(ENOENT) { _ = try ioas.unmap(iova: iova, length: 8192) }
+                expectErrno(.noSuchFileOrDirectory) { _ = try ioas.unmap(iova: iova, length: 8192) }
                 withExtendedLifetime(buf) {}
             }
         }
@@ -387,13 +388,13 @@ extension IOMMUFDMockTests {
                 let dev = try MockDevice(attachedTo: ioas)
                 let buf = try DMABuffer(length: 8192)
                 let p = UnsafeRawPointer(bitPattern: buf.address)!
-                let e = expectErrno(EINVAL) { _ = try ioas.unsafeMap(address: p, length: 8192, at: mockBase + 1) }
+                let e = expectErrno(.invalidArgument) { _ = try ioas.unsafeMap(address: p, length: 8192, at: mockBase + 1) }
                 #expect(e?.description.contains("alignment") == true)
-                expectErrno(EINVAL) { _ = try ioas.unsafeMap(address: p + 1, length: 4096, at: mockBase) }
-                expectErrno(EOVERFLOW) { _ = try ioas.unsafeMap(address: p, length: 8192, at: UInt64.max - 4095) }
-                expectErrno(EOVERFLOW) { _ = try ioas.unmap(iova: UInt64.max - 4095, length: 8192) }
+                expectErrno(.invalidArgument) { _ = try ioas.unsafeMap(address: p + 1, length: 4096, at: mockBase) }
+                expectErrno(.overflow) { _ = try ioas.unsafeMap(address: p, length: 8192, at: UInt64.max - 4095) }
+                expectErrno(.overflow) { _ = try ioas.unmap(iova: UInt64.max - 4095, length: 8192) }
                 // Neither readable nor writable.
-                expectErrno(EINVAL) {
+                expectErrno(.invalidArgument) {
                     _ = try ioas.unsafeMap(address: p, length: 8192, at: mockBase, readable: false, writable: false)
                 }
                 #expect(try ioas.unmapAll() == 0)
@@ -410,7 +411,7 @@ extension IOMMUFDMockTests {
                 let dev = try MockDevice(attachedTo: ioas)
                 let buf = try DMABuffer(length: 1 << 20)
                 let err: VFIOError? = try Unprivileged.withMemlockLimit(65536) {
-                    expectErrno(ENOMEM) { _ = try ioas.map(buf, at: mockBase) }
+                    expectErrno(.noMemory) { _ = try ioas.map(buf, at: mockBase) }
                 }
                 let text = err?.description ?? ""
                 #expect(text.contains("RLIMIT_MEMLOCK is 65536 bytes"), "\(text)")
@@ -457,7 +458,7 @@ extension IOMMUFDMockTests {
                 try ctx.changeProcess()
                 let anon = try DMABuffer(length: 4096)
                 let um = try ioas.map(anon, at: mockBase + 0x100000)
-                let e = expectErrno(EINVAL) { try ctx.changeProcess() }
+                let e = expectErrno(.invalidArgument) { try ctx.changeProcess() }
                 #expect(e?.description.contains("file mapping") == true)
                 try um.unmap()
                 try fm.unmap()
@@ -493,7 +494,7 @@ extension IOMMUFDMockTests {
                 try MockIOMMU.checkMap(ctx, hwpt: dstDev.hwptID, iova: raw, length: 8192, address: p)
                 #expect(try dst.unmap(iova: raw, length: 8192) == 8192)
                 // A source range that is not mapped.
-                let e = expectErrno(ENOENT) { _ = try dst.copy(from: src, sourceIOVA: mockBase + 0x800000, length: 4096, to: nil) }
+                let e = expectErrno(.noSuchFileOrDirectory) { _ = try dst.copy(from: src, sourceIOVA: mockBase + 0x800000, length: 4096, to: nil) }
                 #expect(e?.description.contains("not exactly covered") == true)
                 try copied.unmap()
                 try m.unmap()
@@ -531,7 +532,7 @@ extension IOMMUFDMockTests {
                 let m = try ioas.map(buf, at: nil)
                 #expect(window.contains(m.iova) && window.contains(m.iova + 8191))
                 // A one-byte range: rejected.
-                expectErrno(EINVAL) { try ioas.allowIOVAs([(mockBase + 0x2000)...(mockBase + 0x2000)]) }  // the kernel wants start < last
+                expectErrno(.invalidArgument) { try ioas.allowIOVAs([(mockBase + 0x2000)...(mockBase + 0x2000)]) }  // the kernel wants start < last
                 try m.unmap()
                 // A mock device cannot translate below its aperture: with that range allowed, attach fails.
                 try ioas.allowIOVAs([0x1000...0xfffff])
@@ -549,7 +550,7 @@ extension IOMMUFDMockTests {
                 #expect(try ctx.rlimitMode() == .perProcess)
                 try ctx.setRlimitMode(.perUser)
                 let ioas = try IOAS(ctx)
-                let e = expectErrno(EBUSY) { try ctx.setRlimitMode(.perProcess) }
+                let e = expectErrno(.resourceBusy) { try ctx.setRlimitMode(.perProcess) }
                 #expect(e?.description.contains("no objects") == true)
                 withExtendedLifetime(ioas) {}
             }
@@ -587,11 +588,11 @@ extension IOMMUFDMockTests {
                 map.ioas_id = ioas.objectID
                 map.user_va = UInt64(buf.address)
                 map.length = 4096
-                expectErrno(EOPNOTSUPP) { try ctx.unsafeIoctl(IOMMU_IOAS_MAP, &map) }
-                expectErrno(EOPNOTSUPP) { _ = try HWPT(ioas: ioas, device: dev.deviceID, flags: .init(rawValue: 1 << 30)) }
+                expectErrno(.notSupported) { try ctx.unsafeIoctl(IOMMU_IOAS_MAP, as: .ioctl(.iommuIOASMap), &map) }
+                expectErrno(.notSupported) { _ = try HWPT(ioas: ioas, device: dev.deviceID, flags: .init(rawValue: 1 << 30)) }
                 var opt = iommu_option.make()
                 opt.option_id = 0xbad
-                expectErrno(EOPNOTSUPP) { try ctx.unsafeIoctl(IOMMU_OPTION, &opt) }
+                expectErrno(.notSupported) { try ctx.unsafeIoctl(IOMMU_OPTION, as: .ioctl(.iommuOption), &opt) }
                 withExtendedLifetime(dev) {}
             }
         }
@@ -603,11 +604,11 @@ extension IOMMUFDMockTests {
                 #expect(f.supportedRequests.count == IOMMUFDFeatures.requests.count)
                 #expect(f.ioasMapFlags == 7)
                 #expect(f.hugePagesOption)
-                try f.require("IOMMU_HW_QUEUE_ALLOC")
+                try f.require(.iommuHWQueueAlloc)
                 var missing = f
-                missing.supportedRequests.remove("IOMMU_HW_QUEUE_ALLOC")
+                missing.supportedRequests.remove(.iommuHWQueueAlloc)
                 do {
-                    try missing.require("IOMMU_HW_QUEUE_ALLOC")
+                    try missing.require(.iommuHWQueueAlloc)
                     Issue.record("require must throw")
                 } catch let error as VFIOError {
                     #expect(error.description.contains("Linux 6.17"))
@@ -629,7 +630,7 @@ extension IOMMUFDMockTests {
                 #expect(info.maxPASIDLog2 == MockIOMMU.pasidWidth)
                 let typed = try ctx.hardwareInfo(device: dev.deviceID, type: IOMMUHardwareInfo.selftestType)
                 #expect(typed.dataType == IOMMUHardwareInfo.selftestType)
-                let e = expectErrno(ENOENT) { _ = try ctx.hardwareInfo(device: 0xffff) }
+                let e = expectErrno(.noSuchFileOrDirectory) { _ = try ctx.hardwareInfo(device: 0xffff) }
                 #expect(e?.description.contains("no bound device") == true)
                 let plain = try MockDevice(attachedTo: ioas, flags: [.noDirtyTracking])
                 #expect(try !ctx.hardwareInfo(device: plain.deviceID).capabilities.contains(.dirtyTracking))
@@ -670,7 +671,7 @@ extension IOMMUFDMockTests {
                 try hwpt.readDirty(into: &again)
                 #expect(again.dirtyCount == (clear ? 0 : 3))
                 // Misaligned IOVA.
-                expectErrno(EINVAL) { _ = try hwpt.dirtyBitmap(iova: mockBase, length: 65536 + 512, pageSize: 512) }
+                expectErrno(.invalidArgument) { _ = try hwpt.dirtyBitmap(iova: mockBase, length: 65536 + 512, pageSize: 512) }
                 try hwpt.setDirtyTracking(false)
                 try m.unmap()
                 try dev.destroy()
@@ -683,7 +684,7 @@ extension IOMMUFDMockTests {
             try withMockContext { ctx in
                 let ioas = try IOAS(ctx)
                 let dev = try MockDevice(attachedTo: ioas, flags: [.noDirtyTracking])
-                let e = expectErrno(EOPNOTSUPP) { _ = try HWPT(ioas: ioas, device: dev.deviceID, flags: .dirtyTracking) }
+                let e = expectErrno(.notSupported) { _ = try HWPT(ioas: ioas, device: dev.deviceID, flags: .dirtyTracking) }
                 #expect(e?.hint?.contains("supportedHWPTFlags") == true)
                 withExtendedLifetime(dev) {}
             }
@@ -705,7 +706,7 @@ extension IOMMUFDMockTests {
                     try MockIOMMU.checkIOTLB(ctx, hwpt: nested.objectID, index: UInt32(i), expected: MockIOMMU.iotlbDefault)
                 }
                 try dev.replace(with: nested)
-                expectErrno(EBUSY) { try parent.destroy() }
+                expectErrno(.resourceBusy) { try parent.destroy() }
                 // Entry 0 valid (iotlb 1), entry 1 invalid (iotlb 9 > max 3), entry 2 never reached.
                 var reqs = [iommu_hwpt_invalidate_selftest](repeating: .init(), count: 3)
                 reqs[0].iotlb_id = 1
@@ -713,7 +714,7 @@ extension IOMMUFDMockTests {
                 reqs[2].iotlb_id = 2
                 let stride = MemoryLayout<iommu_hwpt_invalidate_selftest>.stride
                 let e = reqs.withUnsafeBytes { b in
-                    expectErrno(EINVAL) {
+                    expectErrno(.invalidArgument) {
                         _ = try nested.invalidate(dataType: MockIOMMU.hwptInvalidateType, entryLength: stride, count: 3, entries: b)
                     }
                 }
@@ -729,10 +730,10 @@ extension IOMMUFDMockTests {
                 #expect(n == 1)
                 for i in 0..<4 { try MockIOMMU.checkIOTLB(ctx, hwpt: nested.objectID, index: UInt32(i), expected: 0) }
                 // A data type the mock does not know.
-                expectErrno(EINVAL) { _ = try nested.invalidate([IntelVTdInvalidation.all]) }
+                expectErrno(.invalidArgument) { _ = try nested.invalidate([IntelVTdInvalidation.all]) }
                 // Nested without NEST_PARENT parent: refused.
                 let plain = try HWPT(ioas: ioas, device: dev.deviceID)
-                expectErrno(EINVAL) { _ = try HWPT(nestedOn: plain, device: dev.deviceID, data: Self.selftestData()) }
+                expectErrno(.invalidArgument) { _ = try HWPT(nestedOn: plain, device: dev.deviceID, data: Self.selftestData()) }
                 try dev.replace(with: ioas)
                 try nested.destroy()
                 try parent.destroy()
@@ -746,12 +747,12 @@ extension IOMMUFDMockTests {
                 let dev = try MockDevice(attachedTo: ioas, flags: [.pasid])
                 let hwpt = try HWPT(ioas: ioas, device: dev.deviceID, flags: .pasid)
                 // The RID is on the automatic domain, which is not PASID-compatible: refused.
-                expectErrno(EINVAL) { try dev.attach(pasid: 100, to: hwpt) }
+                expectErrno(.invalidArgument) { try dev.attach(pasid: 100, to: hwpt) }
                 let rid = try HWPT(ioas: ioas, device: dev.deviceID, flags: .pasid)
                 try dev.replace(with: rid)
                 try dev.attach(pasid: 100, to: hwpt)
                 try dev.checkPASID(100, attachedTo: hwpt.objectID)
-                expectErrno(EBUSY) { try hwpt.destroy() }
+                expectErrno(.resourceBusy) { try hwpt.destroy() }
                 try dev.detach(pasid: 100)
                 try dev.checkPASID(100, attachedTo: 0)
                 try hwpt.destroy()
@@ -784,7 +785,7 @@ extension IOMMUFDMockTests {
                 #expect(f.isLastInGroup)
                 try queue.respond(cookie: f.cookie, success: true)
                 // A cookie that was answered already.
-                expectErrno(EINVAL) { try queue.respond(cookie: f.cookie, success: true) }
+                expectErrno(.invalidArgument) { try queue.respond(cookie: f.cookie, success: true) }
                 try dev.replace(with: ioas)
                 try iopf.destroy()
                 try queue.destroy()
@@ -879,17 +880,17 @@ extension IOMMUFDMockTests {
                                         data: withUnsafeBytes(of: data) { Array($0) })
                 let out = viommu.outputData.withUnsafeBytes { $0.load(as: iommu_viommu_selftest.self) }
                 #expect(out.out_data == 0xcafe)
-                expectErrno(EOPNOTSUPP) { _ = try VIOMMU(device: dev.deviceID, parent: parent, type: 0x1234) }
+                expectErrno(.notSupported) { _ = try VIOMMU(device: dev.deviceID, parent: parent, type: 0x1234) }
                 let nested = try HWPT(nestedOn: viommu, device: dev.deviceID, data: HardwarePageTables.selftestData())
                 // A nested domain of a vIOMMU needs the device's vDEVICE first.
-                expectErrno(ENOENT) { try dev.replace(with: nested) }
-                expectErrno(EINVAL) { _ = try VEventQueue(viommu: viommu, type: MockIOMMU.veventqType, depth: 0, eventSize: 4) }
+                expectErrno(.noSuchFileOrDirectory) { try dev.replace(with: nested) }
+                expectErrno(.invalidArgument) { _ = try VEventQueue(viommu: viommu, type: MockIOMMU.veventqType, depth: 0, eventSize: 4) }
                 let queue = try VEventQueue(viommu: viommu, type: MockIOMMU.veventqType, depth: 2, eventSize: 4)
-                expectErrno(EEXIST) { _ = try VEventQueue(viommu: viommu, type: MockIOMMU.veventqType, depth: 2, eventSize: 4) }
+                expectErrno(.fileExists) { _ = try VEventQueue(viommu: viommu, type: MockIOMMU.veventqType, depth: 2, eventSize: 4) }
                 let vdev = try VDevice(viommu: viommu, device: dev.deviceID, virtualID: 0x99)
-                expectErrno(EEXIST) { _ = try VDevice(viommu: viommu, device: dev.deviceID, virtualID: 0x99) }
+                expectErrno(.fileExists) { _ = try VDevice(viommu: viommu, device: dev.deviceID, virtualID: 0x99) }
                 try dev.replace(with: nested)
-                expectErrno(EBUSY) { try viommu.destroy() }
+                expectErrno(.resourceBusy) { try viommu.destroy() }
 
                 try MockIOMMU.triggerVEvent(ctx, device: dev.deviceID)
                 #expect(try queue.wait(timeoutMilliseconds: 1000))
@@ -940,7 +941,7 @@ extension IOMMUFDMockTests {
                 reqs[1].cache_id = 9  // > max: fails
                 let stride = MemoryLayout<iommu_viommu_invalidate_selftest>.stride
                 let e = reqs.withUnsafeBytes { b in
-                    expectErrno(EINVAL) {
+                    expectErrno(.invalidArgument) {
                         _ = try viommu.invalidate(dataType: MockIOMMU.viommuInvalidateType, entryLength: stride, count: 2, entries: b)
                     }
                 }
@@ -1009,17 +1010,17 @@ extension IOMMUFDMockTests {
                 var buf: DMABuffer? = try DMABuffer(length: Int(page))
                 weak let weakBuffer = buf
                 // Not mapped yet.
-                expectErrno(ENOENT) {
+                expectErrno(.noSuchFileOrDirectory) {
                     _ = try HWQueue(viommu: viommu, type: MockIOMMU.hwQueueType, index: 0, iova: mockBase, length: page)
                 }
                 let m = try ioas.map(try #require(buf), at: mockBase)
                 buf = nil  // the mapping holds it
-                expectErrno(EOPNOTSUPP) {
+                expectErrno(.notSupported) {
                     _ = try HWQueue(viommu: viommu, type: UInt32(IOMMU_HW_QUEUE_TYPE_DEFAULT.rawValue), index: 0,
                                     iova: mockBase, length: page)
                 }
                 let q = try HWQueue(viommu: viommu, type: MockIOMMU.hwQueueType, index: 0, iova: mockBase, length: page)
-                expectErrno(EEXIST) {
+                expectErrno(.fileExists) {
                     _ = try HWQueue(viommu: viommu, type: MockIOMMU.hwQueueType, index: 0, iova: mockBase, length: page)
                 }
                 // The range is the mapping's: a raw unmap is refused before the kernel is asked.
@@ -1027,10 +1028,10 @@ extension IOMMUFDMockTests {
                 #expect(raw?.errno == nil && raw?.description.contains("DMAMapping") == true, "\(String(describing: raw))")
                 // The mapping's own unmap: EBUSY. The pages stay mapped and pinned, so the buffer is kept for good.
                 let failed = unmapError(m)
-                #expect(failed?.errno?.rawValue == EBUSY)
+                #expect(failed?.errno == .resourceBusy)
                 #expect(failed?.description.contains("HW queue") == true && failed?.description.contains("kept alive") == true,
                         "\(String(describing: failed))")
-                expectErrno(EBUSY) { try viommu.destroy() }
+                expectErrno(.resourceBusy) { try viommu.destroy() }
                 try q.destroy()
                 // No DMAMapping owns the range any more: the caller unmaps it raw.
                 #expect(try ioas.unmap(iova: mockBase, length: page) == page)

@@ -104,7 +104,7 @@ import VFIOKit
     }
 
     @Test func permissionErrorsNameTheNodeAndTheMode() {
-        let e = DeviceNodes.explain(VFIOError(operation: "open", errno: .permissionDenied, object: "/dev/null"), host: .system)
+        let e = DeviceNodes.explain(VFIOError(operation: .syscall(.open), errno: .permissionDenied, object: "/dev/null"), host: .system)
         #expect(e.detail?.contains("/dev/null is crw-rw-rw-") == true, "\(e.detail ?? "")")
         #expect(e.detail?.contains("this process runs as uid") == true)
         #expect(e.hint?.contains("udev") == true)

@@ -90,6 +90,9 @@ func jsonObject(_ text: String) throws -> [String: Any] {
         let j = vfioctl(["show", "0000:00:1f.0", "--json"], root: f.root)
         let e = try #require(try jsonObject(j.out)["error"] as? [String: Any])
         #expect(e["operation"] as? String == "find PCI device" && e["hint"] is String && e["errno"] is NSNull)
+        #expect(e["operation_kind"] as? String == "step" && e["errno_name"] is NSNull)
+        let remedies = try #require(e["remedies"] as? [[String: Any]])
+        #expect(remedies.first?["kind"] as? String == "list-devices", "\(remedies)")
     }
 
     @Test func bindOfAGrouplessDeviceChangesNothing() throws {
@@ -117,7 +120,7 @@ func jsonObject(_ text: String) throws -> [String: Any] {
         let j = try jsonObject(r.out)
         #expect(j["worst"] as? String == "fail")
         let findings = try #require(j["findings"] as? [[String: Any]])
-        for x in findings { #expect(Set(x.keys) == ["id", "status", "title", "detail", "fix"]) }
+        for x in findings { #expect(Set(x.keys) == ["id", "status", "title", "detail", "fix", "remedies"]) }
         #expect(findings.contains { $0["id"] as? String == "memlock" })
         let bad = vfioctl(["doctor", "--memlock", "lots"], root: f.root)
         #expect(bad.status == 64 && bad.err.contains("is not a size"))

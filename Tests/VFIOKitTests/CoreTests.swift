@@ -17,18 +17,19 @@ import VFIOKitTestSupport
 
 @Suite struct ErrorTests {
     @Test func describesOperationErrnoObjectAndHint() {
-        let e = VFIOError(operation: "open", errno: .permissionDenied, object: "/dev/vfio/7")
+        let e = VFIOError(operation: .syscall(.open), errno: .permissionDenied, object: "/dev/vfio/7")
         #expect(e.description.hasPrefix("open on /dev/vfio/7 failed: EACCES (13, Permission denied)"))
-        #expect(e.hint?.contains("permission") == true)
+        #expect(e.remedies.first == .grantAccess(path: "/dev/vfio/7", uid: nil))
+        #expect(e.hint?.contains("read and write access to /dev/vfio/7") == true)
     }
 
     @Test func missingIoctlNamesTheKernelThatAddedIt() {
-        let e = VFIOError(operation: "IOMMU_VEVENTQ_ALLOC", errno: Errno(rawValue: ENOTTY), object: "/dev/iommu")
+        let e = VFIOError(operation: .ioctl(.iommuVEventQAlloc), errno: Errno(rawValue: ENOTTY), object: "/dev/iommu")
         #expect(e.hint?.contains("added in Linux 6.15") == true)
     }
 
     @Test func bindWithoutInterruptRemappingSaysSo() {
-        let e = VFIOError(operation: "VFIO_DEVICE_BIND_IOMMUFD", errno: .notPermitted, object: "0000:00:03.0")
+        let e = VFIOError(operation: .ioctl(.vfioDeviceBindIOMMUFD), errno: .notPermitted, object: "0000:00:03.0")
         #expect(e.hint?.contains("allow_unsafe_interrupts") == true)
         #expect(e.hint?.contains("never sets it") == true)
     }
@@ -40,8 +41,8 @@ import VFIOKitTestSupport
         try Syscalls.withProvider(kernel) {
             let fd = try OwnedFD.open("/dev/iommu")
             var arg = iommu_ioas_alloc.make()
-            let error = #expect(throws: VFIOError.self) { _ = try fd.ioctl(IOMMU_IOAS_ALLOC, &arg, object: "/dev/iommu") }
-            #expect(error?.operation == "IOMMU_IOAS_ALLOC")
+            let error = #expect(throws: VFIOError.self) { _ = try fd.ioctl(.iommuIOASAlloc, &arg, object: "/dev/iommu") }
+            #expect(error?.operation == .ioctl(.iommuIOASAlloc))
             #expect(error?.errno == .notSupported)
             try fd.close()
         }
@@ -59,7 +60,7 @@ import VFIOKitTestSupport
             let fd = try OwnedFD.open("/dev/iommu")
             var arg = iommu_destroy.make()
             arg.id = 5
-            _ = try fd.ioctl(IOMMU_DESTROY, &arg)
+            _ = try fd.ioctl(.iommuDestroy, &arg)
             #expect(attempts.value == 4)
             let call = try #require(kernel.calls(IOMMU_DESTROY).last)
             #expect(call.argument(as: iommu_destroy.self).id == 5)
@@ -81,7 +82,7 @@ import VFIOKitTestSupport
             try fd.close()
             try fd.close()
             #expect(kernel.openFDCount == 0)
-            #expect(throws: VFIOError.self) { try fd.withDescriptor("IOMMU_IOAS_ALLOC") { (_) throws(VFIOError) in } }
+            #expect(throws: VFIOError.self) { try fd.withDescriptor(.ioctl(.iommuIOASAlloc)) { (_) throws(VFIOError) in } }
         }
     }
 
@@ -122,7 +123,7 @@ import VFIOKitTestSupport
         }
         try Syscalls.withProvider(kernel) {
             let fd = try OwnedFD.open("/dev/vfio/devices/vfio0")
-            let bytes = try fd.growingIoctl(VFIO_DEVICE_GET_INFO, vfio_device_info.make())
+            let bytes = try fd.growingIoctl(.vfioDeviceGetInfo, vfio_device_info.make())
             #expect(bytes.count == Int(full))
             #expect(bytes.header.num_regions == 9)
             let caps = bytes.capabilities(from: bytes.header.cap_offset)

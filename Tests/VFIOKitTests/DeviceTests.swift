@@ -3,6 +3,7 @@ import FoundationEssentials
 import Synchronization
 import SystemPackage
 import Testing
+import VFIOCommands
 @testable import VFIOKit
 @testable import VFIOHost
 @testable import VFIOObjects
@@ -277,7 +278,7 @@ private func cdevKernel() -> FakeKernel {
         try Syscalls.withProvider(kernel) {
             let device = try VFIODevice.open(cdev: "/dev/vfio/devices/vfio0")
             let e = #expect(throws: VFIOError.self) { _ = try device.hotResetInfo() }
-            #expect(e?.operation == "VFIO_DEVICE_GET_PCI_HOT_RESET_INFO" && e?.detail?.contains("not supported by this device") == true)
+            #expect(e?.operation == .ioctl(.vfioDeviceGetPCIHotResetInfo) && e?.detail?.contains("not supported by this device") == true)
             let r = #expect(throws: VFIOError.self) { try device.reset() }
             #expect(r?.detail?.contains("not supported by this device") == true)
         }
@@ -364,7 +365,7 @@ private func cdevKernel() -> FakeKernel {
             #expect(throws: VFIOError.self) { _ = try group.device("0000:00:03.0") }
             let token = UUID(uuidString: "01234567-89AB-CDEF-0123-456789ABCDEF")!
             let e = #expect(throws: VFIOError.self) { _ = try group.device("0000:00:03.0", vfToken: token) }
-            #expect(e?.operation == "VFIO_GROUP_GET_DEVICE_FD")
+            #expect(e?.operation == .ioctl(.vfioGroupGetDeviceFD))
             #expect(asked.withLock { $0 } == ["0000:00:03.0", "0000:00:03.0 vf_token=01234567-89ab-cdef-0123-456789abcdef"])
             try group.close()
         }
@@ -533,14 +534,15 @@ private func cdevKernel() -> FakeKernel {
             try member("0000:01:02.0", nil, .unbound),
             try member("0000:01:03.0", "e1000e", .blocking),
             try member("0000:01:04.0", "pci-stub", .stub),
-        ], blocking: [try PCIAddress(parsing: "0000:01:03.0")], advice: "")
+        ], blocking: [try PCIAddress(parsing: "0000:01:03.0")], remedies: [])
         #expect(v.blockers(requireVFIO: true).map(\.address.description) == ["0000:01:02.0", "0000:01:03.0"])
         #expect(v.blockers(requireVFIO: false).map(\.address.description) == ["0000:01:03.0"])
-        let e = VFIOGroup.blockedError("open group", v, v.blockers(requireVFIO: true))
+        let e = VFIOGroup.blockedError(.step(.openGroup), v, v.blockers(requireVFIO: true))
         #expect(e.description.contains("0000:01:02.0 (no driver"))
         #expect(e.description.contains("0000:01:03.0 (bound to e1000e)"))
         // One command binds every endpoint (binding members one by one would be refused while another blocks).
-        #expect(e.hint?.contains("`vfioctl bind 0000:01:01.0 --group`") == true)
+        #expect(e.remedies.first == .bindGroup(try PCIAddress(parsing: "0000:01:01.0")))
+        #expect(CLIWording.message(e).contains("`vfioctl bind 0000:01:01.0 --group`"))
     }
 }
 

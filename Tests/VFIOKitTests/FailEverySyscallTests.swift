@@ -94,7 +94,7 @@ import Glibc
             let what = "\(label), call \(n) (\(injected.kind.rawValue) failed with errno \(injected.errno))"
             if let error {
                 report.threw += 1
-                expect(!error.operation.isEmpty, "\(what): an error that names nothing")
+                expect(!error.operation.description.isEmpty, "\(what): an error that names nothing")
             } else {
                 report.absorbed[injected.kind, default: 0] += 1
                 expect(absorbable.contains(injected.kind),
@@ -171,7 +171,7 @@ import Glibc
         bar.store32(1, at: 0)
         let config = try device.regionInfo(PCIRegion.config)
         let id: UInt32 = try device.read(region: config, at: 0)
-        guard id == 0x5a5a_5a5a else { throw .invalid("read config", "read \(id)") }
+        guard id == 0x5a5a_5a5a else { throw .invalid(.step("read config"), "read \(id)") }
         try device.write(UInt16(0x0406), region: config, at: 4)
         let buffer = try DMABuffer(length: 8192)
         buffer.fill(0xa5)
@@ -183,10 +183,10 @@ import Glibc
         let msi = try EventFD()
         try device.setIRQTrigger(.msi, eventfds: [msi])
         try msi.signal()
-        guard try msi.wait(timeout: .seconds(5)) == 1 else { throw .invalid("wait", "no interrupt") }
+        guard try msi.wait(timeout: .seconds(5)) == 1 else { throw .invalid(.step("wait"), "no interrupt") }
         try msi.signal(2)
         // The sequence cannot carry an error: when its thread cannot start or its poll fails, it ends.
-        guard Self.firstInterrupt(msi) != nil else { throw .invalid("interrupts", "the sequence ended") }
+        guard Self.firstInterrupt(msi) != nil else { throw .invalid(.step("interrupts"), "the sequence ended") }
         try device.disableIRQ(.msi)
         try msi.close()
 
@@ -292,7 +292,7 @@ import Glibc
     static func doctorScenario(_ f: PCIFixture) throws(VFIOError) {
         let findings = f.host.doctor(DoctorOptions(device: try PCIAddress(parsing: "0000:00:05.0"), memlockBytes: 1 << 20,
                                                    probeKernel: true))
-        guard findings.contains(where: { $0.id == "memlock" }) else { throw .invalid("doctor", "no memlock finding") }
+        guard findings.contains(where: { $0.id == "memlock" }) else { throw .invalid(.step("doctor"), "no memlock finding") }
     }
 
     /// vfioctl's launcher: a program started with an fd handed over and waited
@@ -300,7 +300,7 @@ import Glibc
     static func launcherScenario(_ k: FakeKernel) throws(VFIOError) {
         let passed = try EventFD()
         let status = try Launcher(fds: [("fd", passed.fd.numberForHandoff)]).run("sh", ["-c", "sleep 0.1; exit 3"])
-        guard status == 3 else { throw .invalid("run", "status \(status)") }
+        guard status == 3 else { throw .invalid(.step("run"), "status \(status)") }
         try passed.close()
     }
 
@@ -326,7 +326,7 @@ import Glibc
         }
         pthread_kill(pthread_self(), SIGUSR2)
         let code = try Launcher.wait(for: pid, forwarding: usr2, kernel: k)
-        guard code == 128 + SIGUSR2 else { throw .invalid("wait", "status \(code)") }
+        guard code == 128 + SIGUSR2 else { throw .invalid(.step("wait"), "status \(code)") }
     }
 
     // MARK: the sweep

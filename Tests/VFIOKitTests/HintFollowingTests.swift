@@ -135,7 +135,7 @@ func shpchpFixture() throws -> PCIFixture {
             _ = try f.host.bind(PCIAddress(parsing: "0000:01:01.0"))
             Issue.record("bind succeeded")
         } catch {
-            followAll(error.hint, in: f)
+            followAll(CLIWording.text(error.remedies), in: f)
         }
         #expect(try f.host.viability(ofGroup: 4).viable && f.driver("0000:01:01.0") == "vfio-pci")
     }
@@ -150,12 +150,12 @@ func shpchpFixture() throws -> PCIFixture {
             let fs = f.host.doctor(DoctorOptions(device: try PCIAddress(parsing: "0000:01:01.0"), probeKernel: false))
             let g = try #require(fs.first { $0.id == "device.0000:01:01.0.group" })
             #expect(g.status == .fail)
-            followAll(g.fix, in: f)
+            followAll(DoctorWording.fix(g), in: f)
             let after = f.host.doctor(DoctorOptions(device: try PCIAddress(parsing: "0000:01:01.0"), probeKernel: false))
             #expect(after.first { $0.id == "device.0000:01:01.0.group" }?.status == .ok, "\(after)")
             // The driver finding's fix, when there is one to follow.
             if let d = after.first(where: { $0.id == "device.0000:01:01.0.driver" }), d.status != .ok {
-                followAll(d.fix, in: f)
+                followAll(DoctorWording.fix(d), in: f)
             }
             #expect(f.driver("0000:01:01.0") == "vfio-pci")
         }
@@ -170,7 +170,7 @@ func shpchpFixture() throws -> PCIFixture {
             Issue.record("bind succeeded")
         } catch {
             f.kernel.clearFailures()  // "once the cause is fixed"
-            followAll(error.hint, in: f)
+            followAll(CLIWording.text(error.remedies), in: f)
         }
         let nvme = try PCIAddress(parsing: "0000:00:05.0")
         #expect(f.driver("0000:00:05.0") == "nvme" && f.host.bindingRecord(nvme) == nil)
@@ -186,7 +186,7 @@ func shpchpFixture() throws -> PCIFixture {
             _ = try f.host.bind(PCIAddress(parsing: "0000:00:05.0"))
             Issue.record("bind succeeded")
         } catch {
-            followAll(error.hint, in: f)
+            followAll(CLIWording.text(error.remedies), in: f)
         }
         _ = try f.host.bind(PCIAddress(parsing: "0000:00:05.0"))
         #expect(f.driver("0000:00:05.0") == "vfio-pci")
@@ -203,11 +203,12 @@ func shpchpFixture() throws -> PCIFixture {
             _ = try f.host.unbind(a, restore: true)
             Issue.record("unbind succeeded")
         } catch {
-            let cmds = printedCommands(error.hint ?? "")
-            #expect(cmds.first == "kill 4242" && cmds.last == "vfioctl unbind \(a) --restore", "\(error)")
+            let cmds = printedCommands(CLIWording.text(error.remedies) ?? "")
+            let retry = "vfioctl unbind \(a) --restore"
+            #expect(cmds == ["kill 4242", retry, retry + " --force"], "\(CLIWording.message(error))")
             // kill 4242: the fixture process goes away; then the printed retry.
             try f.fm.removeItem(atPath: f.root + "/proc/4242")
-            #expect(follow(try #require(cmds.last), in: f).status == 0)
+            #expect(follow(try #require(cmds.dropLast().last), in: f).status == 0)
         }
         #expect(f.driver("0000:00:02.0") == nil)
     }
@@ -215,7 +216,7 @@ func shpchpFixture() throws -> PCIFixture {
     @Test func deviceNodeFixNamesThisUser() throws {
         let f = try guestLikeFixture()
         let fs = f.host.doctor(DoctorOptions(probeKernel: false))
-        if let h = fs.first(where: { $0.id == "hugepages" })?.fix {
+        if let h = fs.first(where: { $0.id == "hugepages" }).flatMap(DoctorWording.fix) {
             #expect(!h.contains("*"), "a glob is not a command: \(h)")
         }
     }

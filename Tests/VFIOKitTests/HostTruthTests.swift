@@ -2,6 +2,7 @@ import CVFIO
 import Foundation
 import Synchronization
 import Testing
+import VFIOCommands
 import VFIOKitTestSupport
 import VFIOKit
 
@@ -23,7 +24,8 @@ import Glibc
         } catch {
             #expect(!(error.hint ?? "").contains("was put back"), "\(error)")
             #expect(error.description.contains("could not be put back to nvme"), "\(error)")
-            #expect(error.description.contains("vfioctl unbind \(a) --restore"), "\(error)")
+            #expect(error.remedies.contains(.restoreDriver(a)), "\(error)")
+            #expect(CLIWording.message(error).contains("vfioctl unbind \(a) --restore"), "\(error)")
         }
         // The record still names the true original driver.
         #expect(f.host.bindingRecord(a)?.originalDriver == "nvme")
@@ -231,7 +233,7 @@ import Glibc
     @Test func epermFromABindNamesTheProcessHoldingAGroupMateNotMSI() throws {
         let (f, a, b, ca, cb) = try pairOnVFIO()
         try hold(f, cb)
-        let e = VFIOError(operation: "VFIO_DEVICE_BIND_IOMMUFD", errno: .init(rawValue: EPERM), object: ca)
+        let e = VFIOError(operation: .ioctl(.vfioDeviceBindIOMMUFD), errno: .init(rawValue: EPERM), object: ca)
         let x = f.host.explainOwnership(e, device: a).description
         #expect(x.contains("pid 4242 (qemu-system-x86)") && x.contains("IOMMU group 4") && x.contains(b.description), "\(x)")
         #expect(x.contains("cannot be split between owners"), "\(x)")
@@ -241,7 +243,7 @@ import Glibc
     @Test func epermWithoutRemappingAndNoHolderIsMSIIsolation() throws {
         let (f, a, _, ca, _) = try pairOnVFIO()
         try f.write("/proc/interrupts", "  0:  44  IO-APIC  2-edge  timer\n")
-        let e = VFIOError(operation: "VFIO_DEVICE_BIND_IOMMUFD", errno: .init(rawValue: EPERM), object: ca)
+        let e = VFIOError(operation: .ioctl(.vfioDeviceBindIOMMUFD), errno: .init(rawValue: EPERM), object: ca)
         let x = f.host.explainOwnership(e, device: a).description
         #expect(x.contains("no process holds a member of IOMMU group 4"), "\(x)")
         #expect(x.contains("interrupt remapping is disabled") && x.contains("allow_unsafe_interrupts"), "\(x)")
@@ -251,7 +253,7 @@ import Glibc
     @Test func einvalFromABindNamesTheProcessThatHasTheDevice() throws {
         let (f, a, _, ca, _) = try pairOnVFIO()
         try hold(f, ca, pid: 777, comm: "vfioctl")
-        let e = VFIOError(operation: "VFIO_DEVICE_BIND_IOMMUFD", errno: .init(rawValue: EINVAL), object: ca)
+        let e = VFIOError(operation: .ioctl(.vfioDeviceBindIOMMUFD), errno: .init(rawValue: EINVAL), object: ca)
         let x = f.host.explainOwnership(e, device: a).description
         #expect(x.contains("pid 777 (vfioctl)") && x.contains(ca) && x.contains("one fd at a time"), "\(x)")
     }
@@ -259,7 +261,7 @@ import Glibc
     @Test func ebusyOpeningTheGroupNamesTheCdevHolder() throws {
         let (f, a, b, _, cb) = try pairOnVFIO()
         try hold(f, cb)
-        let e = VFIOError(operation: "open", errno: .init(rawValue: EBUSY), object: "/dev/vfio/4")
+        let e = VFIOError(operation: .syscall(.open), errno: .init(rawValue: EBUSY), object: "/dev/vfio/4")
         let x = f.host.explainOwnership(e, device: a).description
         #expect(x.contains("pid 4242 (qemu-system-x86)") && x.contains(b.description) && x.contains("IOMMU group 4"), "\(x)")
         // Without a BDF, by group number.
@@ -270,16 +272,16 @@ import Glibc
     @Test func errorsThatAreNotAboutOwnershipStayAsTheyAre() throws {
         let (f, a, _, ca, cb) = try pairOnVFIO()
         try hold(f, cb)
-        for e in [VFIOError(operation: "open", errno: .init(rawValue: EBUSY), object: "/dev/vfio/vfio"),
-                  VFIOError(operation: "open", errno: .init(rawValue: EBUSY), object: ca),
-                  VFIOError(operation: "IOMMU_IOAS_MAP", errno: .init(rawValue: EPERM), object: "IOAS 2"),
-                  VFIOError(operation: "VFIO_DEVICE_BIND_IOMMUFD", errno: .init(rawValue: ENOMEM), object: ca)] {
+        for e in [VFIOError(operation: .syscall(.open), errno: .init(rawValue: EBUSY), object: "/dev/vfio/vfio"),
+                  VFIOError(operation: .syscall(.open), errno: .init(rawValue: EBUSY), object: ca),
+                  VFIOError(operation: .ioctl(.iommuIOASMap), errno: .init(rawValue: EPERM), object: "IOAS 2"),
+                  VFIOError(operation: .ioctl(.vfioDeviceBindIOMMUFD), errno: .init(rawValue: ENOMEM), object: ca)] {
             #expect(f.host.explainOwnership(e, device: a) == e)
         }
     }
 
     @Test func theRawHintForEPERMOnBindNamesBothCauses() throws {
-        let e = VFIOError(operation: "VFIO_DEVICE_BIND_IOMMUFD", errno: .init(rawValue: EPERM), object: "/dev/vfio/devices/vfio0")
+        let e = VFIOError(operation: .ioctl(.vfioDeviceBindIOMMUFD), errno: .init(rawValue: EPERM), object: "/dev/vfio/devices/vfio0")
         let h = try #require(e.hint)
         #expect(h.contains("another member of its IOMMU group") && h.contains("interrupt remapping"), "\(h)")
     }

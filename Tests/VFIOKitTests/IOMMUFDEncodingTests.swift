@@ -2,6 +2,7 @@ import CVFIO
 import Synchronization
 import SystemPackage
 import Testing
+import VFIOCommands
 import VFIOKit
 @testable import VFIOObjects
 import VFIOKitTestSupport
@@ -52,7 +53,7 @@ func arg<T>(_ p: UnsafeMutableRawPointer?, _: T.Type) -> UnsafeMutablePointer<T>
             let ctx = try IOMMUFD()
             let ioas = try IOAS(ctx)
             let e = #expect(throws: VFIOError.self) { try ioas.destroy() }
-            #expect(e?.operation == "IOMMU_DESTROY")
+            #expect(e?.operation == .ioctl(.iommuDestroy))
             #expect(e?.object == "IOAS 7")
             #expect(e?.description.contains("still in use") == true)
             #expect(e?.hint?.contains("detach") == true)
@@ -121,7 +122,8 @@ func arg<T>(_ p: UnsafeMutableRawPointer?, _: T.Type) -> UnsafeMutablePointer<T>
             #expect(text.contains("IOMMU_IOAS_MAP on IOAS 7 failed: ENOMEM"))
             #expect(text.contains("asked to pin 1048576 bytes at IOVA 0x100000"))
             #expect(text.contains("RLIMIT_MEMLOCK is \(try MemlockLimit.current().description)"))
-            #expect(e?.hint?.contains("ulimit -l") == true)
+            #expect(e?.remedies.contains { $0.kind == .raiseMemlock } == true)
+            #expect(CLIWording.text(e?.remedies ?? [])?.contains("ulimit -l") == true)
         }
     }
 
@@ -240,7 +242,7 @@ func arg<T>(_ p: UnsafeMutableRawPointer?, _: T.Type) -> UnsafeMutablePointer<T>
             let ioas = try IOAS(try IOMMUFD())
             let buf = try DMABuffer(length: 4096, backing: .memfd)
             let e = #expect(throws: VFIOError.self) { _ = try ioas.mapFile(buf, at: nil) }
-            #expect(e?.operation == "IOMMU_IOAS_MAP_FILE")
+            #expect(e?.operation == .ioctl(.iommuIOASMapFile))
             #expect(e?.hint?.contains("added in Linux 6.13") == true)
         }
     }
@@ -261,13 +263,13 @@ func arg<T>(_ p: UnsafeMutableRawPointer?, _: T.Type) -> UnsafeMutablePointer<T>
         k.onIoctl(IOMMU_OPTION) { _, a in arg(a, iommu_option.self).pointee.size == 0 ? -EINVAL : -EOPNOTSUPP }
         try Syscalls.withProvider(k) {
             let f = try IOMMUFD().features()
-            #expect(f.supportedRequests == ["IOMMU_DESTROY", "IOMMU_IOAS_ALLOC", "IOMMU_IOAS_ALLOW_IOVAS", "IOMMU_IOAS_COPY",
-                                            "IOMMU_IOAS_IOVA_RANGES", "IOMMU_IOAS_MAP", "IOMMU_IOAS_UNMAP",
-                                            "IOMMU_OPTION", "IOMMU_VFIO_IOAS"])
-            #expect(f.missingRequests.first == "IOMMU_HWPT_ALLOC")
+            #expect(f.supportedRequests == [.iommuDestroy, .iommuIOASAlloc, .iommuIOASAllowIOVAs, .iommuIOASCopy,
+                                            .iommuIOASIOVARanges, .iommuIOASMap, .iommuIOASUnmap,
+                                            .iommuOption, .iommuVFIOIOAS])
+            #expect(f.missingRequests.first == .iommuHWPTAlloc)
             #expect(f.ioasMapFlags == 7)
             #expect(!f.hugePagesOption)
-            let e = #expect(throws: VFIOError.self) { try f.require("IOMMU_VIOMMU_ALLOC") }
+            let e = #expect(throws: VFIOError.self) { try f.require(.iommuVIOMMUAlloc) }
             #expect(e?.detail?.contains("added in Linux 6.13") == true)
             #expect(f.description.contains("no  IOMMU_HW_QUEUE_ALLOC (since 6.17)"))
         }

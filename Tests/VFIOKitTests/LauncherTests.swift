@@ -39,7 +39,7 @@ import Glibc
 
     @Test func missingProgramIsAClearError() {
         let error = #expect(throws: VFIOError.self) { _ = try Launcher(fds: []).run("no-such-program-vfiokit", []) }
-        #expect(error?.operation == "posix_spawnp")
+        #expect(error?.operation == .syscall(.posixSpawnp))
         #expect(error?.errno == .noSuchFileOrDirectory)
     }
 

@@ -140,14 +140,14 @@ final class FixtureKernel: SysfsWriteHandler, @unchecked Sendable {
             s.log.append("\(path)=\(v)")
             return (s.failWrites.contains(path), s.failProbe, s.defaults)
         }
-        if fail { throw VFIOError(operation: "write", errno: Errno(rawValue: 5), object: path) }
+        if fail { throw VFIOError(operation: .syscall(.write), errno: .ioError, object: path) }
         let f = fixture
         if path.hasSuffix("/driver_override") {
             try? f.write(path, (v.isEmpty ? "(null)" : v) + "\n")
         } else if path.hasSuffix("/unbind") {
             // unbind_store: ENODEV unless the device is bound to this driver.
             let drv = path.split(separator: "/").dropLast().last.map(String.init) ?? ""
-            guard f.driver(v) == drv else { throw VFIOError(operation: "write", errno: Errno(rawValue: 19), object: path) }
+            guard f.driver(v) == drv else { throw VFIOError(operation: .syscall(.write), errno: .noSuchDevice, object: path) }
             try? f.fm.removeItem(atPath: f.root + f.dev(v) + "/driver")
             try? f.fm.removeItem(atPath: f.root + f.dev(v) + "/vfio-dev")
         } else if path == "/sys/bus/pci/drivers_probe" {
@@ -160,8 +160,8 @@ final class FixtureKernel: SysfsWriteHandler, @unchecked Sendable {
             // EBUSY when the device already has a driver (__driver_probe_device).
             let drv = path.split(separator: "/").dropLast().last.map(String.init) ?? ""
             let matches = f.override(v).map { $0 == drv } ?? (defaults[v]?.contains(drv) == true)
-            if !matches || failing.contains(drv) { throw VFIOError(operation: "write", errno: Errno(rawValue: 19), object: path) }
-            if f.driver(v) != nil { throw VFIOError(operation: "write", errno: Errno(rawValue: 16), object: path) }
+            if !matches || failing.contains(drv) { throw VFIOError(operation: .syscall(.write), errno: .noSuchDevice, object: path) }
+            if f.driver(v) != nil { throw VFIOError(operation: .syscall(.write), errno: .resourceBusy, object: path) }
             try? f.bindLink(v, drv)
         } else {
             try? f.write(path, value)

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import VFIOCommands
 import VFIOKit
 @testable import VFIOHost
 
@@ -20,8 +21,8 @@ import VFIOKit
             _ = try PCIAddress(parsing: text)
             Issue.record("\(text) parsed")
         } catch {
-            #expect(error.operation == "parse PCI address")
-            #expect(error.hint?.contains("DDDD:BB:DD.F") == true)
+            #expect(error.operation == .step(.parsePCIAddress))
+            #expect(CLIWording.text(error.remedies)?.contains("DDDD:BB:DD.F") == true)
             #expect(error.description.contains("is not a PCI address"))
         }
     }
@@ -74,7 +75,7 @@ func guestLikeFixture() throws -> PCIFixture {
         #expect(throws: VFIOError.self) { _ = try f.host.device("0000:00:1f.0") }
         do { _ = try f.host.device("0000:00:1f.0") } catch {
             #expect(error.description.contains("no PCI device 0000:00:1f.0"))
-            #expect(error.hint?.contains("vfioctl list") == true)
+            #expect(CLIWording.text(error.remedies)?.contains("vfioctl list") == true)
         }
     }
 
@@ -154,7 +155,7 @@ func guestLikeFixture() throws -> PCIFixture {
         #expect(v.blocking.map(\.description) == ["0000:01:02.0"])
         #expect(v.members.first { $0.address.description == "0000:00:04.0" }?.status == .managedDMA)
         #expect(v.summary.contains("0000:01:02.0 (bound to e1000e)"))
-        #expect(v.advice.contains("--group"))
+        #expect(CLIWording.text(v.remedies)?.contains("--group") == true)
     }
 
     @Test func stubAndVFIOAreFine() throws {
@@ -260,7 +261,7 @@ func guestLikeFixture() throws -> PCIFixture {
             Issue.record("bind succeeded")
         } catch {
             #expect(error.description.contains("nvme0n1 is mounted on /tmp/data"))
-            #expect(error.hint?.contains("--force") == true)
+            #expect(CLIWording.text(error.remedies)?.contains("--force") == true)
         }
         #expect(f.kernel.log.isEmpty)
         #expect(f.driver("0000:00:05.0") == "nvme" && f.host.bindingRecord(a) == nil)
@@ -279,7 +280,7 @@ func guestLikeFixture() throws -> PCIFixture {
         } catch {
             #expect(error.description.contains("not viable"))
             #expect(error.description.contains("0000:01:02.0 (bound to e1000e)"))
-            #expect(error.hint?.contains("--group") == true)
+            #expect(CLIWording.text(error.remedies)?.contains("--group") == true)
         }
         #expect(f.kernel.log.isEmpty && f.driver("0000:01:01.0") == nil)
         let out = try f.host.bind(a, group: true)
@@ -292,7 +293,7 @@ func guestLikeFixture() throws -> PCIFixture {
     @Test func singleBindInASharedGroupNamesTheOtherMembers() throws {
         let f = try guestLikeFixture()
         let out = try f.host.bind(PCIAddress(parsing: "0000:01:01.0"))
-        let note = out[0].notes.joined(separator: " ")
+        let note = out[0].notes.map { $0.worded() }.joined(separator: " ")
         #expect(note.contains("0000:01:02.0") && note.contains("0000:00:04.0") && note.contains("viable"))
     }
 
@@ -323,7 +324,7 @@ func guestLikeFixture() throws -> PCIFixture {
         let f = try guestLikeFixture()
         try f.fm.removeItem(atPath: f.root + "/sys/bus/pci/drivers/vfio-pci")
         do { _ = try f.host.bind(PCIAddress(parsing: "0000:00:02.0")); Issue.record("no error") } catch {
-            #expect(error.hint?.contains("modprobe vfio-pci") == true)
+            #expect(CLIWording.text(error.remedies)?.contains("modprobe vfio-pci") == true)
         }
     }
 
@@ -359,9 +360,9 @@ func guestLikeFixture() throws -> PCIFixture {
         func find(_ id: String) -> DoctorFinding? { fs.first { $0.id == id } }
         #expect(find("iommu.present")?.status == .ok)
         #expect(find("interrupt-remapping")?.status == .fail)
-        #expect(find("interrupt-remapping")?.fix != nil)
+        #expect(find("interrupt-remapping").flatMap(DoctorWording.fix) != nil)
         #expect(find("param.iommufd.allow_unsafe_interrupts")?.status == .info)
-        #expect(find("param.vfio_iommu_type1.dma_entry_limit")?.detail.contains("65535") == true)
+        #expect(find("param.vfio_iommu_type1.dma_entry_limit").map(DoctorWording.detail)?.contains("65535") == true)
         #expect(find("dev.iommu")?.status == .fail)
         #expect(find("driver.vfio-pci")?.status == .ok)
         #expect(find("device.0000:00:05.0.group")?.status == .ok)
@@ -376,7 +377,8 @@ func guestLikeFixture() throws -> PCIFixture {
         try f.bindLink("0000:01:02.0", "e1000e")
         let fs = f.host.doctor(DoctorOptions(probeKernel: false))
         let g = try #require(fs.first { $0.id == "group.4" })
-        #expect(g.status == .fail && g.detail.contains("0000:01:02.0") && g.fix?.contains("--group") == true)
+        #expect(g.status == .fail && DoctorWording.detail(g).contains("0000:01:02.0")
+                && DoctorWording.fix(g)?.contains("--group") == true)
     }
 
     @Test func sizesParse() {
@@ -426,7 +428,7 @@ func guestLikeFixture() throws -> PCIFixture {
             Issue.record("unbind succeeded")
         } catch {
             #expect(error.description.contains("pid 4242 (qemu-system-x86)"))
-            #expect(error.hint?.contains("--force") == true)
+            #expect(CLIWording.text(error.remedies)?.contains("--force") == true)
         }
         #expect(f.driver("0000:00:02.0") == "vfio-pci")
         _ = try f.host.unbind(a, restore: true, force: true)

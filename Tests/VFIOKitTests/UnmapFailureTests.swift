@@ -45,7 +45,7 @@ func unmapError(_ m: consuming DMAMapping, sourceLocation: SourceLocation = #_so
         try Syscalls.withProvider(k) {
             let c = try VFIOContainer()
             let e = #expect(throws: VFIOError.self) { _ = try c.unmapDMA(iova: 0x10_0000, length: 4096) }
-            #expect(e?.operation == "VFIO_IOMMU_UNMAP_DMA")
+            #expect(e?.operation == .ioctl(.vfioIOMMUUnmapDMA))
             #expect(e?.description.contains("short unmap") == true, "\(String(describing: e))")
             #expect(e?.description.contains("unmapped 0") == true)
         }

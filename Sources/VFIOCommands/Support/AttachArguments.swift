@@ -60,7 +60,7 @@ struct MapRequest: Equatable, Sendable, CustomStringConvertible {
 
     init(parsing text: String) throws(VFIOError) {
         func bad(_ why: String) -> VFIOError {
-            .invalid("parse --map", "'\(text)': \(why)", hint: "write it as " + MapRequest.form)
+            .invalid(.step("parse --map"), "'\(text)': \(why)", remedies: [.advice("write it as " + MapRequest.form)])
         }
         var body = Substring(text)
         var backing = Backing.anonymous
@@ -103,8 +103,8 @@ enum IOASChoice: Equatable, Sendable {
     init(parsing text: String) throws(VFIOError) {
         if text.lowercased() == "new" { self = .new; return }
         guard let n = ArgumentValues.number(text), n > 0, n <= UInt64(UInt32.max) else {
-            throw VFIOError.invalid("parse --ioas", "'\(text)' is neither `new` nor an IOAS id (a positive 32-bit number)",
-                                    hint: "--ioas new allocates one; --ioas ID uses one that exists in a shared iommufd (--iommufd FD)")
+            throw VFIOError.invalid(.step("parse --ioas"), "'\(text)' is neither `new` nor an IOAS id (a positive 32-bit number)",
+                                    remedies: [.advice("--ioas new allocates one; --ioas ID uses one that exists in a shared iommufd (--iommufd FD)")])
         }
         self = .existing(UInt32(n))
     }
@@ -121,8 +121,8 @@ struct HWPTRequest: Equatable, Sendable {
         for part in text.lowercased().split(separator: ",", omittingEmptySubsequences: false) {
             if part == "paging" || part == "none" { continue }
             guard let f = HWPTRequest.names.first(where: { $0.0 == part })?.1 else {
-                throw VFIOError.invalid("parse --hwpt", "unknown HWPT flag '\(part)'",
-                                        hint: "use `paging` (no flags) or a comma list of: nest-parent, dirty-tracking")
+                throw VFIOError.invalid(.step("parse --hwpt"), "unknown HWPT flag '\(part)'",
+                                        remedies: [.advice("use `paging` (no flags) or a comma list of: nest-parent, dirty-tracking")])
             }
             flags.insert(f)
         }
@@ -139,15 +139,15 @@ enum AccessWidth {
     /// Checks the width, the offset's alignment and that a value fits.
     static func check(width: Int, allowed: [Int], offset: UInt64, value: UInt64?) throws(VFIOError) {
         guard allowed.contains(width) else {
-            throw VFIOError.invalid("parse --width", "width \(width) is not one of " + allowed.map(String.init).joined(separator: ", "),
-                                    hint: "the width is in bytes")
+            throw VFIOError.invalid(.step("parse --width"), "width \(width) is not one of " + allowed.map(String.init).joined(separator: ", "),
+                                    remedies: [.advice("the width is in bytes")])
         }
         guard offset % UInt64(width) == 0 else {
-            throw VFIOError.invalid("parse OFFSET", "offset 0x\(String(offset, radix: 16)) is not aligned to the width (\(width) bytes)",
-                                    hint: "use an offset that is a multiple of \(width), or a smaller --width")
+            throw VFIOError.invalid(.step("parse OFFSET"), "offset 0x\(String(offset, radix: 16)) is not aligned to the width (\(width) bytes)",
+                                    remedies: [.advice("use an offset that is a multiple of \(width), or a smaller --width")])
         }
         if let value, width < 8, value >> (UInt64(width) * 8) != 0 {
-            throw VFIOError.invalid("parse VALUE", "0x\(String(value, radix: 16)) does not fit in \(width) byte\(width == 1 ? "" : "s")")
+            throw VFIOError.invalid(.step("parse VALUE"), "0x\(String(value, radix: 16)) does not fit in \(width) byte\(width == 1 ? "" : "s")")
         }
     }
 

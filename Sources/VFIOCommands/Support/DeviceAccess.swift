@@ -110,13 +110,13 @@ enum DeviceNodes {
     static func requireOnVFIO(_ a: PCIAddress, host: PCIHost) throws(VFIOError) {
         let dir = "/sys/bus/pci/devices/\(a)"
         guard host.exists(dir) else {
-            throw VFIOError.invalid("find device", "there is no PCI device \(a)", object: a.description,
-                                    hint: "`vfioctl list` shows the devices of this machine")
+            throw VFIOError.invalid(.step(.findPCIDevice), "there is no PCI device \(a)", object: a.description,
+                                    remedies: [.listDevices])
         }
         let driver = host.linkName(dir + "/driver")
         guard driver == "vfio-pci" else {
-            throw VFIOError.invalid("find VFIO device", "\(a) is not bound to vfio-pci (its driver is \(driver ?? "none"))",
-                                    object: a.description, hint: "bind it first: `vfioctl bind \(a)`")
+            throw VFIOError.invalid(.step("find VFIO device"), "\(a) is not bound to vfio-pci (its driver is \(driver ?? "none"))",
+                                    object: a.description, remedies: [.bindToVFIO(a)])
         }
     }
 
@@ -131,8 +131,8 @@ enum DeviceNodes {
     }
 
     static func explain(_ error: VFIOError, host: PCIHost) -> VFIOError {
-        guard error.operation == "open", let node = error.object,
-              let code = error.errno?.rawValue, code == EACCES || code == EPERM else { return error }
+        guard error.operation == .syscall(.open), let node = error.object,
+              let code = error.errno, code == .permissionDenied || code == .notPermitted else { return error }
         var e = error
         let kernel = Sys.current
         var facts = "this process runs as uid \(Sys.getuid(kernel)) gid \(Sys.getgid(kernel))"
@@ -141,9 +141,9 @@ enum DeviceNodes {
                 + "; open needs read and write permission on it"
         }
         e.detail = [e.detail, facts].compactMap { $0 }.joined(separator: ". ")
-        e.hint = "run as root, or give this user access to \(node) (a udev rule with OWNER=/GROUP=/MODE=, or chown); "
-            + (node.hasPrefix("/dev/iommu") ? "/dev/iommu is safe to open for any user who may use a VFIO device"
-                : "the VFIO node grants control of the device")
+        e.remedies = [.grantAccess(path: node, uid: nil),
+                      .advice(node.hasPrefix("/dev/iommu") ? "/dev/iommu is safe to open for any user who may use a VFIO device"
+                                                           : "the VFIO node grants control of the device")]
         return e
     }
 

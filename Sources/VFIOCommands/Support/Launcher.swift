@@ -59,8 +59,9 @@ public struct Launcher: Sendable {
                     result += rest[open...close]  // not ours (e.g. JSON in an argument)
                 } else {
                     throw VFIOError.invalid(
-                        "exec", "unknown placeholder {\(name)} in argument '\(arg)'",
-                        hint: "available: " + (fds.map(\.name) + values.map(\.name)).map { "{\($0)}" }.joined(separator: ", "))
+                        .step("exec"), "unknown placeholder {\(name)} in argument '\(arg)'",
+                        remedies: [.advice("available: "
+                                           + (fds.map(\.name) + values.map(\.name)).map { "{\($0)}" }.joined(separator: ", "))])
                 }
                 rest = rest[rest.index(after: close)...]
             }
@@ -93,7 +94,9 @@ public struct Launcher: Sendable {
         } catch {
             _ = try? Sys.sigmask(kernel, SIG_SETMASK, oldMask)
             var e = error
-            if e.operation == "posix_spawnp" && e.errno == .noSuchFileOrDirectory { e.hint = "no such program in PATH" }
+            if e.operation == .syscall(.posixSpawnp) && e.errno == .noSuchFileOrDirectory {
+                e.remedies = [.advice("no such program in PATH")]
+            }
             throw e
         }
         try Sys.sigmask(kernel, SIG_SETMASK, oldMask)
@@ -126,15 +129,17 @@ public struct Launcher: Sendable {
         } catch {
             var e = error
             e.detail = "--iommufd \(fd) is not an open fd of this process"
-            e.hint = "pass an fd this process inherited, e.g. {iommufd} from a parent `vfioctl attach --exec`"
+            e.remedies = [.advice("pass an fd this process inherited, e.g. {iommufd} from a parent `vfioctl attach --exec`")]
             throw e
         }
         do throws(VFIOError) {
-            return try Sys.fcntl(kernel, fd, F_DUPFD_CLOEXEC, 0, operation: "fcntl(F_DUPFD_CLOEXEC)")
+            return try Sys.fcntl(kernel, fd, F_DUPFD_CLOEXEC, 0, object: "fd \(fd) (F_DUPFD_CLOEXEC)")
         } catch {
             var e = error
             e.detail = "could not take a copy of --iommufd \(fd)"
-            if error.errno == .tooManyOpenFiles { e.hint = "this process has no fd number left (RLIMIT_NOFILE, `ulimit -n`)" }
+            if error.errno == .tooManyOpenFiles {
+                e.remedies = [.advice("this process has no fd number left (RLIMIT_NOFILE, `ulimit -n`)")]
+            }
             throw e
         }
     }
@@ -146,7 +151,7 @@ public struct Launcher: Sendable {
     static func handOver(_ named: Set<Int32>, kernel: (any SyscallProvider)?) throws(VFIOError) -> SpawnPlan {
         for fd in named.sorted() {
             guard fd >= 0, (try? Sys.fcntl(kernel, fd, F_GETFD)) != nil else {
-                throw VFIOError(operation: "exec", errno: .badFileDescriptor, object: "fd \(fd)",
+                throw VFIOError(operation: .step("exec"), errno: .badFileDescriptor, object: "fd \(fd)",
                                 detail: "fd \(fd) to pass is not open")
             }
         }

@@ -68,7 +68,7 @@ public final class FaultQueue: Sendable, IOMMUObjectOwner {
     /// The corresponding ioctl is `IOMMU_FAULT_QUEUE_ALLOC`.
     public init(_ ctx: IOMMUFD) throws(VFIOError) {
         var arg = iommu_fault_alloc.make()
-        try ctx.ioctl(IOMMU_FAULT_QUEUE_ALLOC, &arg, object: ctx.fd.label)
+        try ctx.ioctl(.iommuFaultQueueAlloc, &arg, object: ctx.fd.label)
         objectID = arg.out_fault_id
         iommufd = ctx
         fd = OwnedFD(Int32(bitPattern: arg.out_fault_fd), label: "fault queue \(arg.out_fault_id)", kernel: ctx.fd.kernel)
@@ -90,9 +90,9 @@ public final class FaultQueue: Sendable, IOMMUObjectOwner {
         try state.destroy(iommufd) { () throws(VFIOError) in
             let users = state.dependents.load(ordering: .relaxed)
             guard users == 0 else {
-                throw VFIOError.invalid("IOMMU_DESTROY", "\(users) HWPT(s) of this process deliver their faults to \(label) "
+                throw VFIOError.invalid(.ioctl(.iommuDestroy), "\(users) HWPT(s) of this process deliver their faults to \(label) "
                                             + "(nothing was closed or destroyed)", object: label,
-                                        hint: "destroy the HWPTs allocated with this fault queue first")
+                                        remedies: [.advice("destroy the HWPTs allocated with this fault queue first")])
             }
         }
     }
@@ -106,7 +106,7 @@ public final class FaultQueue: Sendable, IOMMUObjectOwner {
     /// Whole fault groups only: a group larger than `maxCount` fails with EINVAL.
     public func read(maxCount: Int = 32) throws(VFIOError) -> [PageFault] {
         precondition(maxCount > 0)
-        try state.requireLive("read")
+        try state.requireLive(.syscall(.read))
         var raw = [iommu_hwpt_pgfault](repeating: iommu_hwpt_pgfault(), count: maxCount)
         let r: Result<Int, VFIOError> = raw.withUnsafeMutableBytes { b in
             do throws(VFIOError) { return .success(try fd.read(b, object: self.label) ?? 0) } catch { return .failure(error) }
@@ -118,13 +118,13 @@ public final class FaultQueue: Sendable, IOMMUObjectOwner {
     /// Suspends until faults arrive, then reads them. The wait is on the
     /// queue fd's readiness, in a dedicated thread (no pool thread blocks, no
     /// timer wakes): cancelling the task ends it at once with an error whose
-    /// operation is "wait for page faults" and detail "cancelled";
+    /// operation is .step(.waitForPageFaults) and detail "cancelled";
     /// ``destroy()`` ends it with "closed".
     public func next(maxCount: Int = 32) async throws(VFIOError) -> [PageFault] {
         while true {
             let faults = try read(maxCount: maxCount)
             if !faults.isEmpty { return faults }
-            try await fd.readable(operation: "wait for page faults", object: label)
+            try await fd.readable(operation: .step(.waitForPageFaults), object: label)
         }
     }
 
@@ -132,8 +132,8 @@ public final class FaultQueue: Sendable, IOMMUObjectOwner {
     /// one is queued. ``destroy()`` from another thread ends the wait at once
     /// (it throws "closed").
     public func wait(timeoutMilliseconds: Int32) throws(VFIOError) -> Bool {
-        try state.requireLive("wait for page faults")
-        return try fd.waitReadableOrClose(timeoutMilliseconds: timeoutMilliseconds, operation: "wait for page faults")
+        try state.requireLive(.step(.waitForPageFaults))
+        return try fd.waitReadableOrClose(timeoutMilliseconds: timeoutMilliseconds, operation: .step(.waitForPageFaults))
     }
 
     /// Answers the fault group `cookie` (from ``PageFault/cookie``).
@@ -141,10 +141,10 @@ public final class FaultQueue: Sendable, IOMMUObjectOwner {
         var resp = iommu_hwpt_page_response()
         resp.cookie = cookie
         resp.code = success ? UInt32(IOMMUFD_PAGE_RESP_SUCCESS.rawValue) : UInt32(IOMMUFD_PAGE_RESP_INVALID.rawValue)
-        try state.requireLive("write")
+        try state.requireLive(.syscall(.write))
         let n = try withUnsafeBytes(of: &resp) { (b) throws(VFIOError) -> Int in try fd.write(b, object: self.label) }
         if n != MemoryLayout<iommu_hwpt_page_response>.size {
-            throw VFIOError.invalid("write", "short write of a page response (\(n) bytes)", object: label)
+            throw VFIOError.invalid(.syscall(.write), "short write of a page response (\(n) bytes)", object: label)
         }
     }
 }

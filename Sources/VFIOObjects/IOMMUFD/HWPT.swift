@@ -139,7 +139,7 @@ public final class HWPT: IOMMUAttachTarget, IOMMUObjectOwner {
                 arg.data_len = UInt32(raw.count)
                 arg.data_uptr = raw.count == 0 ? 0 : UInt64(UInt(bitPattern: raw.baseAddress))
                 do throws(VFIOError) {
-                    try ctx.ioctl(IOMMU_HWPT_ALLOC, &arg, object: "object \(parentID) for device \(device)")
+                    try ctx.ioctl(.iommuHWPTAlloc, &arg, object: "object \(parentID) for device \(device)")
                     return .success(())
                 } catch { return .failure(error) }
             }
@@ -147,10 +147,10 @@ public final class HWPT: IOMMUAttachTarget, IOMMUObjectOwner {
         }
         let r: Result<Void, VFIOError> = Result { () throws(VFIOError) in
             // The parent and the fault queue stay alive (not destroyed) for the whole request.
-            try IOMMUObjects.withID(of: parent, fallback: parentID, "IOMMU_HWPT_ALLOC") { (pt) throws(VFIOError) in
+            try IOMMUObjects.withID(of: parent, fallback: parentID, .ioctl(.iommuHWPTAlloc)) { (pt) throws(VFIOError) in
                 arg.pt_id = pt
                 if let faultQueue {
-                    try faultQueue.state.withID("IOMMU_HWPT_ALLOC") { (fault) throws(VFIOError) in
+                    try faultQueue.state.withID(.ioctl(.iommuHWPTAlloc)) { (fault) throws(VFIOError) in
                         arg.fault_id = fault
                         try allocate()
                     }
@@ -160,15 +160,15 @@ public final class HWPT: IOMMUAttachTarget, IOMMUObjectOwner {
             }
         }
         if case .failure(var e) = r {
-            switch e.errno?.rawValue {
-            case EOPNOTSUPP?:
+            switch e.errno {
+            case .notSupported?:
                 e.detail = "the IOMMU driver (or this kernel) does not support flags 0x\(String(arg.flags, radix: 16)) "
                     + "or data type \(type) for device \(device)"
-                e.hint = "IOMMUFD.supportedHWPTFlags(device:) and hardwareInfo(device:).capabilities say what this "
-                    + "device's IOMMU supports (dirty tracking needs the dirtyTracking capability)"
-            case ENOENT?:
+                e.remedies = [.advice("IOMMUFD.supportedHWPTFlags(device:) and hardwareInfo(device:).capabilities say what this "
+                    + "device's IOMMU supports (dirty tracking needs the dirtyTracking capability)")]
+            case .noSuchFileOrDirectory?:
                 e.detail = "device \(device), parent object \(parentID) or the fault queue does not exist"
-            case EINVAL?:
+            case .invalidArgument?:
                 e.detail = "object \(parentID) cannot be a parent here (nested HWPTs need a NEST_PARENT HWPT or a "
                     + "vIOMMU; paging HWPTs need an IOAS), or the data is malformed"
             default: break
@@ -205,9 +205,9 @@ public final class HWPT: IOMMUAttachTarget, IOMMUObjectOwner {
     public func setDirtyTracking(_ enabled: Bool) throws(VFIOError) {
         var arg = iommu_hwpt_set_dirty_tracking.make()
         arg.flags = enabled ? UInt32(IOMMU_HWPT_DIRTY_TRACKING_ENABLE.rawValue) : 0
-        try state.withID("IOMMU_HWPT_SET_DIRTY_TRACKING") { (id) throws(VFIOError) in
+        try state.withID(.ioctl(.iommuHWPTSetDirtyTracking)) { (id) throws(VFIOError) in
             arg.hwpt_id = id
-            try iommufd.ioctl(IOMMU_HWPT_SET_DIRTY_TRACKING, &arg, object: self.label)
+            try iommufd.ioctl(.iommuHWPTSetDirtyTracking, &arg, object: self.label)
         }
     }
 
@@ -228,15 +228,15 @@ public final class HWPT: IOMMUAttachTarget, IOMMUObjectOwner {
             for i in words.indices { words[i] = 0 }
             arg.data = UInt64(UInt(bitPattern: words.baseAddress))
             do throws(VFIOError) {
-                try state.withID("IOMMU_HWPT_GET_DIRTY_BITMAP") { (id) throws(VFIOError) in
+                try state.withID(.ioctl(.iommuHWPTGetDirtyBitmap)) { (id) throws(VFIOError) in
                     arg.hwpt_id = id
-                    try ctx.ioctl(IOMMU_HWPT_GET_DIRTY_BITMAP, &arg, object: label)
+                    try ctx.ioctl(.iommuHWPTGetDirtyBitmap, &arg, object: label)
                 }
                 return .success(())
             } catch { return .failure(error) }
         }
         if case .failure(var e) = r {
-            if e.errno?.rawValue == EINVAL {
+            if e.errno == .invalidArgument {
                 e.detail = "IOVA 0x\(String(bitmap.iova, radix: 16)) and length \(bitmap.length) must be multiples "
                     + "of the page size \(bitmap.pageSize) (a power of two), and dirty tracking must be enabled"
             }
@@ -265,7 +265,7 @@ public final class HWPT: IOMMUAttachTarget, IOMMUObjectOwner {
     public func invalidate(dataType: UInt32, entryLength: Int, count: Int, entries: UnsafeRawBufferPointer)
         throws(VFIOError) -> Int
     {
-        try state.withID("IOMMU_HWPT_INVALIDATE") { (id) throws(VFIOError) -> Int in
+        try state.withID(.ioctl(.iommuHWPTInvalidate)) { (id) throws(VFIOError) -> Int in
             try iommufd.invalidate(id: id, label: label, dataType: dataType, entryLength: entryLength,
                                    count: count, entries: entries)
         }
@@ -325,7 +325,7 @@ extension IOMMUFD {
         guard entryLength >= 0, count >= 0, entryLength <= Int(UInt32.max), count <= Int(UInt32.max), !overflow,
               entries.count >= bytes
         else {
-            throw VFIOError.invalid("IOMMU_HWPT_INVALIDATE", "\(count) entries of \(entryLength) bytes do not fit the "
+            throw VFIOError.invalid(.ioctl(.iommuHWPTInvalidate), "\(count) entries of \(entryLength) bytes do not fit the "
                                         + "\(entries.count) bytes given (or the kernel's 32-bit fields)", object: label)
         }
         var arg = iommu_hwpt_invalidate.make()
@@ -335,12 +335,12 @@ extension IOMMUFD {
         arg.entry_len = UInt32(entryLength)
         arg.entry_num = UInt32(count)
         do throws(VFIOError) {
-            try ioctl(IOMMU_HWPT_INVALIDATE, &arg, object: label)
+            try ioctl(.iommuHWPTInvalidate, &arg, object: label)
         } catch {
             var e = error
             let done = Int(arg.entry_num)
             e.detail = "the kernel handled \(done) of \(count) entries; entry \(done) failed"
-                + (e.errno?.rawValue == EOPNOTSUPP ? " (data type 0x\(String(dataType, radix: 16)) not supported)" : "")
+                + (e.errno == .notSupported ? " (data type 0x\(String(dataType, radix: 16)) not supported)" : "")
             throw e
         }
         return Int(arg.entry_num)
@@ -364,7 +364,7 @@ public struct DirtyBitmap: Sendable, Equatable {
         guard pageSize > 0, pageSize & (pageSize - 1) == 0, iova % pageSize == 0, length % pageSize == 0,
               length > 0
         else {
-            throw VFIOError.invalid("IOMMU_HWPT_GET_DIRTY_BITMAP",
+            throw VFIOError.invalid(.ioctl(.iommuHWPTGetDirtyBitmap),
                                     "page size \(pageSize) must be a power of two dividing IOVA 0x\(String(iova, radix: 16)) "
                                         + "and length \(length) > 0")
         }

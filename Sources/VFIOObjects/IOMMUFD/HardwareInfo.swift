@@ -259,11 +259,11 @@ extension IOMMUFD {
         let r: Result<Void, VFIOError> = data.withUnsafeMutableBytes { raw in
             arg.data_len = UInt32(raw.count)
             arg.data_uptr = UInt64(UInt(bitPattern: raw.baseAddress))
-            do throws(VFIOError) { try ioctl(IOMMU_GET_HW_INFO, &arg, object: "device \(deviceID)"); return .success(()) }
+            do throws(VFIOError) { try ioctl(.iommuGetHWInfo, &arg, object: "device \(deviceID)"); return .success(()) }
             catch { return .failure(error) }
         }
         if case .failure(var e) = r {
-            if e.errno?.rawValue == ENOENT {
+            if e.errno == .noSuchFileOrDirectory {
                 e.detail = "no bound device has id \(deviceID) in this iommufd"
             }
             throw e

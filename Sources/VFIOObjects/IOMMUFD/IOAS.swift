@@ -45,7 +45,7 @@ public final class IOAS: IOMMUAttachTarget, IOMMUObjectOwner {
     /// The corresponding ioctl is `IOMMU_IOAS_ALLOC`.
     public init(_ ctx: IOMMUFD) throws(VFIOError) {
         var arg = iommu_ioas_alloc.make()
-        try ctx.ioctl(IOMMU_IOAS_ALLOC, &arg, object: ctx.fd.label)
+        try ctx.ioctl(.iommuIOASAlloc, &arg, object: ctx.fd.label)
         objectID = arg.out_ioas_id
         iommufd = ctx
         isOwned = true
@@ -75,10 +75,10 @@ public final class IOAS: IOMMUAttachTarget, IOMMUObjectOwner {
             _ = try iovaRanges()
         } catch {
             var e = error
-            if e.errno?.rawValue == ENOENT {
+            if e.errno == .noSuchFileOrDirectory {
                 e.detail = "iommufd context \(ctx.fd.label) has no IOAS with id \(id)"
-                e.hint = "a newly opened /dev/iommu has no objects: an existing IOAS id only works with an iommufd "
-                    + "shared with the process that allocated it"
+                e.remedies = [.advice("a newly opened /dev/iommu has no objects: an existing IOAS id only works with an iommufd "
+                    + "shared with the process that allocated it")]
             }
             throw e
         }
@@ -101,11 +101,11 @@ public final class IOAS: IOMMUAttachTarget, IOMMUObjectOwner {
             let live = mappings.liveCount
             guard live == 0 else {
                 throw VFIOError.invalid(
-                    "IOMMU_DESTROY",
+                    .ioctl(.iommuDestroy),
                     "\(label) still has \(live) live DMAMapping\(live == 1 ? "" : "s"): destroying it would unmap them under "
                         + "their owners, who still count on them (the kernel was not asked)", object: label,
-                    hint: "unmap or drop those mappings first (DMAMapping.unmap()), or call unmapAll(), which unmaps "
-                        + "everything and leaves the mappings inert")
+                    remedies: [.advice("unmap or drop those mappings first (DMAMapping.unmap()), or call unmapAll(), which unmaps "
+                        + "everything and leaves the mappings inert")])
             }
         }
     }
@@ -129,7 +129,7 @@ public final class IOAS: IOMMUAttachTarget, IOMMUObjectOwner {
     package func mapOwned(_ va: UInt64, length: UInt64, at iova: UInt64?, readable: Bool, writable: Bool)
         throws(VFIOError) -> (iova: UInt64, slot: Int32)
     {
-        try state.withID("IOMMU_IOAS_MAP") { (id) throws(VFIOError) -> (iova: UInt64, slot: Int32) in
+        try state.withID(.ioctl(.iommuIOASMap)) { (id) throws(VFIOError) -> (iova: UInt64, slot: Int32) in
             let mapped = try mapUser(id, va, length: length, at: iova, readable: readable, writable: writable)
             return (mapped, mappings.register(iova: mapped, length: length))
         }
@@ -146,7 +146,7 @@ public final class IOAS: IOMMUAttachTarget, IOMMUObjectOwner {
     public func unsafeMap(address: UnsafeRawPointer, length: Int, at iova: UInt64?,
                           readable: Bool = true, writable: Bool = true) throws(VFIOError) -> UInt64
     {
-        try state.withID("IOMMU_IOAS_MAP") { (id) throws(VFIOError) -> UInt64 in
+        try state.withID(.ioctl(.iommuIOASMap)) { (id) throws(VFIOError) -> UInt64 in
             try mapUser(id, UInt64(UInt(bitPattern: address)), length: UInt64(length), at: iova,
                         readable: readable, writable: writable)
         }
@@ -163,7 +163,7 @@ public final class IOAS: IOMMUAttachTarget, IOMMUObjectOwner {
         arg.length = length
         arg.iova = iova ?? 0
         do throws(VFIOError) {
-            try iommufd.ioctl(IOMMU_IOAS_MAP, &arg, object: self.label)
+            try iommufd.ioctl(.iommuIOASMap, &arg, object: self.label)
         } catch {
             throw explainMapFailure(error, length: length, iova: iova)
         }
@@ -177,8 +177,8 @@ public final class IOAS: IOMMUAttachTarget, IOMMUObjectOwner {
     package func mapFileOwned(_ file: OwnedFD, length: UInt64, at iova: UInt64?, readable: Bool, writable: Bool)
         throws(VFIOError) -> (iova: UInt64, slot: Int32)
     {
-        try state.withID("IOMMU_IOAS_MAP_FILE") { (id) throws(VFIOError) -> (iova: UInt64, slot: Int32) in
-            let mapped = try file.withDescriptor("IOMMU_IOAS_MAP_FILE") { (memfd) throws(VFIOError) in
+        try state.withID(.ioctl(.iommuIOASMapFile)) { (id) throws(VFIOError) -> (iova: UInt64, slot: Int32) in
+            let mapped = try file.withDescriptor(.ioctl(.iommuIOASMapFile)) { (memfd) throws(VFIOError) in
                 try mapFile(id, fd: memfd, offset: 0, length: length, at: iova, readable: readable, writable: writable)
             }
             return (mapped, mappings.register(iova: mapped, length: length))
@@ -192,7 +192,7 @@ public final class IOAS: IOMMUAttachTarget, IOMMUObjectOwner {
     public func unsafeMapFile(fd: Int32, offset: UInt64, length: UInt64, at iova: UInt64?,
                               readable: Bool = true, writable: Bool = true) throws(VFIOError) -> UInt64
     {
-        try state.withID("IOMMU_IOAS_MAP_FILE") { (id) throws(VFIOError) -> UInt64 in
+        try state.withID(.ioctl(.iommuIOASMapFile)) { (id) throws(VFIOError) -> UInt64 in
             try mapFile(id, fd: fd, offset: offset, length: length, at: iova, readable: readable, writable: writable)
         }
     }
@@ -208,7 +208,7 @@ public final class IOAS: IOMMUAttachTarget, IOMMUObjectOwner {
         arg.length = length
         arg.iova = iova ?? 0
         do throws(VFIOError) {
-            try iommufd.ioctl(IOMMU_IOAS_MAP_FILE, &arg, object: self.label)
+            try iommufd.ioctl(.iommuIOASMapFile, &arg, object: self.label)
         } catch {
             throw explainMapFailure(error, length: length, iova: iova)
         }
@@ -220,20 +220,20 @@ public final class IOAS: IOMMUAttachTarget, IOMMUObjectOwner {
     func explainMapFailure(_ error: VFIOError, length: UInt64, iova: UInt64?) -> VFIOError {
         var e = error
         let at = iova.map { "at IOVA 0x" + String($0, radix: 16) } ?? "at a kernel-chosen IOVA"
-        switch e.errno?.rawValue {
-        case ENOMEM?:
+        switch e.errno {
+        case .noMemory?:
             let limit = (try? MemlockLimit.current())?.description ?? "unknown (getrlimit failed)"
             e.detail = "asked to pin \(length) bytes \(at); RLIMIT_MEMLOCK is \(limit) for this "
                 + "process (pinned pages are charged to it unless the thread has CAP_IPC_LOCK)"
-        case EINVAL?:
+        case .invalidArgument?:
             e.detail = "mapping \(length) bytes \(at): IOVA and length must be non-zero multiples of the IOAS's "
                 + "IOVA alignment (see iovaRanges().alignment), inside its allowed IOVA ranges, and at least "
                 + "one of readable/writable"
-        case EEXIST?:
+        case .fileExists?:
             e.detail = "\(length) bytes \(at) overlap an existing mapping"
-        case EOVERFLOW?:
+        case .overflow?:
             e.detail = "\(length) bytes \(at) run past the end of the 64-bit IOVA space"
-        case ENOSPC?:
+        case .noSpace?:
             e.detail = "no free IOVA range of \(length) bytes in the allowed ranges"
         default: break
         }
@@ -251,25 +251,25 @@ public final class IOAS: IOMMUAttachTarget, IOMMUObjectOwner {
     /// refused before the kernel is asked: unmap that through the mapping.
     /// The corresponding ioctl is `IOMMU_IOAS_UNMAP`.
     public func unmap(iova: UInt64, length: UInt64) throws(VFIOError) -> UInt64 {
-        let done = try state.withID("IOMMU_IOAS_UNMAP") { (id) throws(VFIOError) -> UInt64 in
+        let done = try state.withID(.ioctl(.iommuIOASUnmap)) { (id) throws(VFIOError) -> UInt64 in
             let owned = mappings.liveOverlapping(iova: iova, length: length)
             if owned > 0 {
                 throw VFIOError.invalid(
-                    "IOMMU_IOAS_UNMAP",
+                    .ioctl(.iommuIOASUnmap),
                     "IOVA 0x\(String(iova, radix: 16)) length \(length) holds \(owned) mapping\(owned == 1 ? "" : "s") owned by "
                         + "DMAMapping values (the kernel was not asked): unmapped here, their owners would later unmap "
                         + "the same IOVAs again, which may by then belong to a newer mapping", object: label,
-                    hint: "unmap those with DMAMapping.unmap() or drop them; unmapAll() unmaps everything and leaves "
-                        + "them inert")
+                    remedies: [.advice("unmap those with DMAMapping.unmap() or drop them; unmapAll() unmaps everything and leaves "
+                        + "them inert")])
             }
             return try unmapRange(id, iova: iova, length: length)
         }
         if done != length {
             throw VFIOError(
-                operation: "IOMMU_IOAS_UNMAP", object: label,
+                operation: .ioctl(.iommuIOASUnmap), object: label,
                 detail: "short unmap: asked for \(length) bytes at IOVA 0x\(String(iova, radix: 16)), the kernel "
                     + "unmapped \(done) (the range holds holes; what was mapped in it is now unmapped)",
-                hint: "unmap exactly the ranges that were mapped")
+                remedies: [.advice("unmap exactly the ranges that were mapped")])
         }
         return done
     }
@@ -287,7 +287,7 @@ public final class IOAS: IOMMUAttachTarget, IOMMUObjectOwner {
     /// The corresponding ioctl is `IOMMU_IOAS_UNMAP` (iova 0, length UINT64_MAX).
     @discardableResult
     public func unmapAll() throws(VFIOError) -> UInt64 {
-        guard state.gate.enterExclusive() else { throw state.destroyedError("IOMMU_IOAS_UNMAP") }
+        guard state.gate.enterExclusive() else { throw state.destroyedError(.ioctl(.iommuIOASUnmap)) }
         defer { state.gate.leaveExclusive(dead: false) }
         let id = state.id
         do throws(VFIOError) {
@@ -325,7 +325,7 @@ public final class IOAS: IOMMUAttachTarget, IOMMUObjectOwner {
         }
         mappings.finishUnmap(slot)
         if done != length {
-            throw MappingTable.shortUnmap("IOMMU_IOAS_UNMAP", label, iova: iova, length: length, done: done)
+            throw MappingTable.shortUnmap(.ioctl(.iommuIOASUnmap), label, iova: iova, length: length, done: done)
         }
         return true
     }
@@ -337,13 +337,13 @@ public final class IOAS: IOMMUAttachTarget, IOMMUObjectOwner {
         arg.iova = iova
         arg.length = length
         do throws(VFIOError) {
-            try iommufd.ioctl(IOMMU_IOAS_UNMAP, &arg, object: self.label)
+            try iommufd.ioctl(.iommuIOASUnmap, &arg, object: self.label)
         } catch {
             var e = error
-            if e.errno?.rawValue == ENOENT {
+            if e.errno == .noSuchFileOrDirectory {
                 e.detail = "nothing is mapped at IOVA 0x\(String(iova, radix: 16)) length \(length), or the range "
                     + "splits a mapping (only whole mappings can be unmapped)"
-            } else if e.errno?.rawValue == EBUSY {
+            } else if e.errno == .resourceBusy {
                 e.detail = "the range is pinned by an access or a HW queue (e.g. a vIOMMU command queue)"
             }
             throw e
@@ -360,7 +360,7 @@ public final class IOAS: IOMMUAttachTarget, IOMMUObjectOwner {
     public func copy(from source: IOAS, sourceIOVA: UInt64, length: UInt64, to iova: UInt64?,
                      readable: Bool = true, writable: Bool = true) throws(VFIOError) -> UInt64
     {
-        try IOAS.withIDs(self, source, "IOMMU_IOAS_COPY") { (dst, src) throws(VFIOError) -> UInt64 in
+        try IOAS.withIDs(self, source, .ioctl(.iommuIOASCopy)) { (dst, src) throws(VFIOError) -> UInt64 in
             try copyRange(dst, src, source: source, sourceIOVA: sourceIOVA, length: length, to: iova,
                           readable: readable, writable: writable)
         }
@@ -377,10 +377,10 @@ public final class IOAS: IOMMUAttachTarget, IOMMUObjectOwner {
         arg.dst_iova = iova ?? 0
         arg.src_iova = sourceIOVA
         do throws(VFIOError) {
-            try iommufd.ioctl(IOMMU_IOAS_COPY, &arg, object: "\(source.label) → \(self.label)")
+            try iommufd.ioctl(.iommuIOASCopy, &arg, object: "\(source.label) → \(self.label)")
         } catch {
             var e = explainMapFailure(error, length: length, iova: iova)
-            if e.errno?.rawValue == ENOENT {
+            if e.errno == .noSuchFileOrDirectory {
                 e.detail = "the source range \(length) bytes at IOVA 0x\(String(sourceIOVA, radix: 16)) of "
                     + "\(source.label) is not exactly covered by mappings"
             }
@@ -392,7 +392,7 @@ public final class IOAS: IOMMUAttachTarget, IOMMUObjectOwner {
     /// Runs `body` with the live ids of two IOASes (the same one twice is
     /// entered once), entered in a fixed order so that two copies in opposite
     /// directions cannot wait on each other behind a destroy.
-    static func withIDs<R>(_ a: IOAS, _ b: IOAS, _ operation: String,
+    static func withIDs<R>(_ a: IOAS, _ b: IOAS, _ operation: VFIOError.Operation,
                            _ body: (UInt32, UInt32) throws(VFIOError) -> R) throws(VFIOError) -> R
     {
         if a === b { return try a.state.withID(operation) { (id) throws(VFIOError) -> R in try body(id, id) } }
@@ -411,7 +411,7 @@ public final class IOAS: IOMMUAttachTarget, IOMMUObjectOwner {
     package func copyOwned(from source: IOAS, sourceIOVA: UInt64, length: UInt64, to iova: UInt64?,
                            readable: Bool, writable: Bool) throws(VFIOError) -> (iova: UInt64, slot: Int32)
     {
-        try IOAS.withIDs(self, source, "IOMMU_IOAS_COPY") { (d, s) throws(VFIOError) -> (iova: UInt64, slot: Int32) in
+        try IOAS.withIDs(self, source, .ioctl(.iommuIOASCopy)) { (d, s) throws(VFIOError) -> (iova: UInt64, slot: Int32) in
             let dst = try copyRange(d, s, source: source, sourceIOVA: sourceIOVA, length: length, to: iova,
                                     readable: readable, writable: writable)
             return (dst, mappings.register(iova: dst, length: length))
@@ -448,9 +448,9 @@ public final class IOAS: IOMMUAttachTarget, IOMMUObjectOwner {
             let result: Result<Void, VFIOError> = buffer.withUnsafeMutableBufferPointer { p in
                 arg.allowed_iovas = UInt64(UInt(bitPattern: p.baseAddress))
                 do throws(VFIOError) {
-                    try state.withID("IOMMU_IOAS_IOVA_RANGES") { (id) throws(VFIOError) in
+                    try state.withID(.ioctl(.iommuIOASIOVARanges)) { (id) throws(VFIOError) in
                         arg.ioas_id = id
-                        try iommufd.ioctl(IOMMU_IOAS_IOVA_RANGES, &arg, object: self.label)
+                        try iommufd.ioctl(.iommuIOASIOVARanges, &arg, object: self.label)
                     }
                     return .success(())
                 } catch {
@@ -458,7 +458,7 @@ public final class IOAS: IOMMUAttachTarget, IOMMUObjectOwner {
                 }
             }
             if case .failure(let e) = result {
-                if e.errno?.rawValue == EMSGSIZE && arg.num_iovas > capacity {
+                if e.errno == .messageTooLong && arg.num_iovas > capacity {
                     capacity = arg.num_iovas
                     continue
                 }
@@ -482,15 +482,15 @@ public final class IOAS: IOMMUAttachTarget, IOMMUObjectOwner {
         let r: Result<Void, VFIOError> = raw.withUnsafeMutableBufferPointer { p in
             arg.allowed_iovas = UInt64(UInt(bitPattern: p.baseAddress))
             do throws(VFIOError) {
-                try state.withID("IOMMU_IOAS_ALLOW_IOVAS") { (id) throws(VFIOError) in
+                try state.withID(.ioctl(.iommuIOASAllowIOVAs)) { (id) throws(VFIOError) in
                     arg.ioas_id = id
-                    try iommufd.ioctl(IOMMU_IOAS_ALLOW_IOVAS, &arg, object: self.label)
+                    try iommufd.ioctl(.iommuIOASAllowIOVAs, &arg, object: self.label)
                 }
                 return .success(())
             } catch { return .failure(error) }
         }
         if case .failure(var e) = r {
-            if e.errno?.rawValue == EINVAL {
+            if e.errno == .invalidArgument {
                 e.detail = "each range needs start < last, no two may overlap, and none may exclude an IOVA "
                     + "that is already mapped or reserved"
             }
@@ -503,7 +503,7 @@ public final class IOAS: IOMMUAttachTarget, IOMMUObjectOwner {
     /// Whether the IOAS may use huge IOMMU pages (on by default).
     /// The corresponding ioctl is `IOMMU_OPTION` (`IOMMU_OPTION_HUGE_PAGES`).
     public func hugePages() throws(VFIOError) -> Bool {
-        try state.withID("IOMMU_OPTION") { (id) throws(VFIOError) -> Bool in
+        try state.withID(.ioctl(.iommuOption)) { (id) throws(VFIOError) -> Bool in
             try iommufd.option(UInt32(IOMMU_OPTION_HUGE_PAGES.rawValue), object: id,
                                op: UInt16(IOMMU_OPTION_OP_GET.rawValue), value: 0) != 0
         }
@@ -513,7 +513,7 @@ public final class IOAS: IOMMUAttachTarget, IOMMUObjectOwner {
     /// nothing is mapped and no domain is attached (EBUSY / EINVAL otherwise).
     /// The corresponding ioctl is `IOMMU_OPTION` (`IOMMU_OPTION_HUGE_PAGES`).
     public func setHugePages(_ enabled: Bool) throws(VFIOError) {
-        try state.withID("IOMMU_OPTION") { (id) throws(VFIOError) in
+        try state.withID(.ioctl(.iommuOption)) { (id) throws(VFIOError) in
             _ = try iommufd.option(UInt32(IOMMU_OPTION_HUGE_PAGES.rawValue), object: id,
                                    op: UInt16(IOMMU_OPTION_OP_SET.rawValue), value: enabled ? 1 : 0)
         }

@@ -15,7 +15,7 @@ import Musl
 /// it alive; the fd closes when the last of them is gone, or at ``close()``.
 ///
 /// The context may be shared: an fd passed to or inherited from another
-/// process (``init(adopting:label:)``, `vfioctl attach --exec`), a bound device
+/// process (``init(adopting:label:)``, a launcher that hands fds on), a bound device
 /// or an open fault queue all hold the kernel's context open after this fd
 /// closes, so closing the fd destroys nothing by itself. VFIOKit therefore
 /// destroys every object this process allocated explicitly: each owner when it
@@ -66,15 +66,16 @@ public final class IOMMUFD: Sendable {
         }
         if !failures.isEmpty {
             let list = failures.map { e in
-                (e.object ?? "an object") + ": " + (e.errno.map { "\($0.name)" } ?? (e.detail ?? e.operation))
+                let why: String = e.errno?.name ?? e.detail ?? e.operation.description
+                return (e.object ?? "an object") + ": " + why
             }
             throw VFIOError(
-                operation: "close", object: fd.label,
+                operation: .syscall(.close), object: fd.label,
                 detail: "\(failures.count) object(s) this process allocated could not be destroyed (\(list.joined(separator: "; "))), "
                     + "so the iommufd stays open: closing it would leave them in the kernel's context, which another "
                     + "process or a bound device may hold open",
-                hint: "detach or close the devices attached to them (VFIODevice.detach() or close()) and destroy what "
-                    + "is built on them, then call close() again")
+                remedies: [.advice("detach or close the devices attached to them (VFIODevice.detach() or close()) and destroy what "
+                    + "is built on them, then call close() again")])
         }
         try fd.close()
     }
@@ -108,18 +109,18 @@ public final class IOMMUFD: Sendable {
 
     /// Issues an iommufd ioctl on this context's fd.
     @inline(__always)
-    func ioctl<A>(_ request: UInt, _ argument: inout A, object: @autoclosure () -> String?) throws(VFIOError) {
+    func ioctl<A>(_ request: Request, _ argument: inout A, object: @autoclosure () -> String?) throws(VFIOError) {
         _ = try fd.ioctl(request, &argument, object: object())
     }
 
-    /// Issues `request` with `argument` on this iommufd. For ABIs VFIOKit does
-    /// not wrap itself (the kernel's selftest `IOMMU_TEST_CMD`, vendor
-    /// experiments): the caller is responsible for the argument's layout and
-    /// for every pointer inside it.
-    package func unsafeIoctl<A>(_ request: UInt, _ argument: inout A, object: @autoclosure () -> String? = nil)
-        throws(VFIOError)
+    /// Issues request `number` with `argument` on this iommufd, named
+    /// `operation` in errors. For ABIs VFIOKit does not wrap itself (the
+    /// kernel's selftest `IOMMU_TEST_CMD`, vendor experiments): the caller is
+    /// responsible for the argument's layout and for every pointer inside it.
+    package func unsafeIoctl<A>(_ number: UInt, as operation: VFIOError.Operation, _ argument: inout A,
+                                object: @autoclosure () -> String? = nil) throws(VFIOError)
     {
-        try ioctl(request, &argument, object: object())
+        _ = try fd.ioctl(number: number, as: operation, &argument, object: object())
     }
 
     /// Destroys object `id` (`IOMMU_DESTROY`). Used by the owners' `destroy()`.
@@ -127,10 +128,10 @@ public final class IOMMUFD: Sendable {
         var arg = iommu_destroy.make()
         arg.id = id
         do throws(VFIOError) {
-            try ioctl(IOMMU_DESTROY, &arg, object: label())
+            try ioctl(.iommuDestroy, &arg, object: label())
         } catch {
             var e = error
-            if e.errno?.rawValue == EBUSY {
+            if e.errno == .resourceBusy {
                 e.detail = "\(label()) is still in use by another iommufd object or a device (an attached "
                     + "device or mock device, a HWPT or vIOMMU built on it, an access, or a HW queue); the "
                     + "object was not destroyed"
@@ -179,10 +180,10 @@ public final class IOMMUFD: Sendable {
             _ = try option(UInt32(IOMMU_OPTION_RLIMIT_MODE.rawValue), object: 0, op: UInt16(IOMMU_OPTION_OP_SET.rawValue), value: mode.rawValue)
         } catch {
             var e = error
-            if e.errno?.rawValue == EBUSY {
+            if e.errno == .resourceBusy {
                 e.detail = "the accounting mode can only change while the context has no objects"
-            } else if e.errno?.rawValue == EPERM {
-                e.hint = "changing the accounting mode needs CAP_SYS_RESOURCE"
+            } else if e.errno == .notPermitted {
+                e.remedies = [.advice("changing the accounting mode needs CAP_SYS_RESOURCE")]
             }
             throw e
         }
@@ -194,7 +195,7 @@ public final class IOMMUFD: Sendable {
         arg.op = op
         arg.object_id = object
         arg.val64 = value
-        try ioctl(IOMMU_OPTION, &arg, object: object == 0 ? fd.label : "object \(object)")
+        try ioctl(.iommuOption, &arg, object: object == 0 ? fd.label : "object \(object)")
         return arg.val64
     }
 
@@ -207,8 +208,8 @@ public final class IOMMUFD: Sendable {
         var arg = iommu_vfio_ioas.make()
         arg.op = UInt16(IOMMU_VFIO_IOAS_GET.rawValue)
         do throws(VFIOError) {
-            try ioctl(IOMMU_VFIO_IOAS, &arg, object: fd.label)
-        } catch where error.errno?.rawValue == ENODEV {
+            try ioctl(.iommuVFIOIOAS, &arg, object: fd.label)
+        } catch where error.errno == .noSuchDevice {
             return nil
         }
         return arg.ioas_id
@@ -219,9 +220,9 @@ public final class IOMMUFD: Sendable {
     public func setCompatibilityIOAS(_ ioas: IOAS) throws(VFIOError) {
         var arg = iommu_vfio_ioas.make()
         arg.op = UInt16(IOMMU_VFIO_IOAS_SET.rawValue)
-        try ioas.state.withID("IOMMU_VFIO_IOAS") { (id) throws(VFIOError) in
+        try ioas.state.withID(.ioctl(.iommuVFIOIOAS)) { (id) throws(VFIOError) in
             arg.ioas_id = id
-            try ioctl(IOMMU_VFIO_IOAS, &arg, object: ioas.label)
+            try ioctl(.iommuVFIOIOAS, &arg, object: ioas.label)
         }
     }
 
@@ -230,7 +231,7 @@ public final class IOMMUFD: Sendable {
     public func clearCompatibilityIOAS() throws(VFIOError) {
         var arg = iommu_vfio_ioas.make()
         arg.op = UInt16(IOMMU_VFIO_IOAS_CLEAR.rawValue)
-        try ioctl(IOMMU_VFIO_IOAS, &arg, object: fd.label)
+        try ioctl(.iommuVFIOIOAS, &arg, object: fd.label)
     }
 
     // MARK: process change
@@ -243,10 +244,10 @@ public final class IOMMUFD: Sendable {
     public func changeProcess() throws(VFIOError) {
         var arg = iommu_ioas_change_process.make()
         do throws(VFIOError) {
-            try ioctl(IOMMU_IOAS_CHANGE_PROCESS, &arg, object: fd.label)
+            try ioctl(.iommuIOASChangeProcess, &arg, object: fd.label)
         } catch {
             var e = error
-            if e.errno?.rawValue == EINVAL {
+            if e.errno == .invalidArgument {
                 e.detail = "every mapping must be a file mapping (IOMMU_IOAS_MAP_FILE) to change process"
             }
             throw e

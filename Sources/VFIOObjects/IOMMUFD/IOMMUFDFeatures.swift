@@ -18,11 +18,11 @@ public struct IOMMUFDFeatures: Sendable, Equatable, CustomStringConvertible {
     /// Every iommufd request of Linux 7.2, in command order (from the one table, ``Request/all``).
     public static var requests: [Request] { Request.iommufd }
 
-    /// Request names the kernel knows.
-    public var supportedRequests: Set<String>
-    /// Request names it answered ENOTTY to.
-    public var missingRequests: [String] {
-        IOMMUFDFeatures.requests.map(\.name).filter { !supportedRequests.contains($0) }
+    /// The requests the kernel knows.
+    public var supportedRequests: Set<Request>
+    /// The requests it answered ENOTTY to, in command order.
+    public var missingRequests: [Request] {
+        IOMMUFDFeatures.requests.filter { !supportedRequests.contains($0) }
     }
     /// `IOMMU_IOAS_MAP` flags the kernel accepts (FIXED_IOVA, WRITEABLE, READABLE).
     public var ioasMapFlags: UInt32
@@ -31,22 +31,20 @@ public struct IOMMUFDFeatures: Sendable, Equatable, CustomStringConvertible {
     /// The running kernel (`uname -r`).
     public var kernelRelease: String
 
-    public func supports(_ requestName: String) -> Bool { supportedRequests.contains(requestName) }
+    public func supports(_ request: Request) -> Bool { supportedRequests.contains(request) }
 
-    /// Throws a VFIOError naming the release that added `requestName` when the kernel lacks it.
-    public func require(_ requestName: String) throws(VFIOError) {
-        guard !supports(requestName) else { return }
-        let since = Request.named(requestName)?.introduced.map { "Linux \($0)" } ?? "a newer kernel"
-        throw VFIOError(operation: requestName, errno: Errno(rawValue: ENOTTY), object: "/dev/iommu",
-                        detail: "this kernel (\(kernelRelease)) lacks \(requestName), added in \(since)")
+    /// Throws a VFIOError naming the release that added `request` when the kernel lacks it.
+    public func require(_ request: Request) throws(VFIOError) {
+        guard !supports(request) else { return }
+        throw VFIOError(operation: .ioctl(request), errno: .inappropriateIOCTLForDevice, object: "/dev/iommu",
+                        detail: "this kernel (\(kernelRelease)) lacks \(request.name), added in Linux \(request.introduced)",
+                        remedies: [.newerKernel(lacking: [request], running: kernelRelease)])
     }
 
     public var description: String {
         var lines = ["iommufd on Linux \(kernelRelease):"]
         for r in IOMMUFDFeatures.requests {
-            let name = r.name
-            let since = r.introduced.map { " (since \($0))" } ?? ""
-            lines.append("  \(supports(name) ? "yes" : "no ") \(name)\(since)")
+            lines.append("  \(supports(r) ? "yes" : "no ") \(r.name) (since \(r.introduced))")
         }
         return lines.joined(separator: "\n")
     }
@@ -57,8 +55,8 @@ import SystemPackage
 extension IOMMUFD {
     /// Asks the kernel which iommufd requests and flags it supports. Side-effect free.
     public func features() throws(VFIOError) -> IOMMUFDFeatures {
-        var supported = Set<String>()
-        for (request, present) in try fd.probe(IOMMUFDFeatures.requests) where present { supported.insert(request.name) }
+        var supported = Set<Request>()
+        for (request, present) in try fd.probe(IOMMUFDFeatures.requests) where present { supported.insert(request) }
         // Map flags on IOAS 0: ENOENT = flags known, EOPNOTSUPP = unknown.
         var flags: UInt32 = 0
         for f in [IOMMU_IOAS_MAP_FIXED_IOVA.rawValue, IOMMU_IOAS_MAP_WRITEABLE.rawValue, IOMMU_IOAS_MAP_READABLE.rawValue] {
@@ -67,17 +65,17 @@ extension IOMMUFD {
             arg.ioas_id = 0
             arg.length = 4096
             arg.user_va = 4096
-            let r = try withUnsafeMutableBytes(of: &arg) { (p) throws(VFIOError) in try fd.probeIoctl(IOMMU_IOAS_MAP, p.baseAddress) }
+            let r = try withUnsafeMutableBytes(of: &arg) { (p) throws(VFIOError) in try fd.probeIoctl(.iommuIOASMap, p.baseAddress) }
             if r != -EOPNOTSUPP && r != -ENOTTY { flags |= UInt32(f) }
         }
         var opt = iommu_option.make()
         opt.option_id = UInt32(IOMMU_OPTION_HUGE_PAGES.rawValue)
         opt.op = UInt16(IOMMU_OPTION_OP_GET.rawValue)
         opt.object_id = 0
-        let hp = try withUnsafeMutableBytes(of: &opt) { (p) throws(VFIOError) in try fd.probeIoctl(IOMMU_OPTION, p.baseAddress) }
+        let hp = try withUnsafeMutableBytes(of: &opt) { (p) throws(VFIOError) in try fd.probeIoctl(.iommuOption, p.baseAddress) }
         return IOMMUFDFeatures(supportedRequests: supported, ioasMapFlags: flags,
                                hugePagesOption: hp == -ENOENT || hp == 0,
-                               kernelRelease: KernelFeatures.runningRelease)
+                               kernelRelease: KernelVersion.runningRelease)
     }
 }
 
@@ -94,7 +92,7 @@ extension IOMMUFD {
                 let h = try HWPT(ioas: scratch, device: deviceID, flags: flag)
                 try h.destroy()
                 ok.insert(flag)
-            } catch where error.errno?.rawValue == EOPNOTSUPP || error.errno?.rawValue == EINVAL {
+            } catch where error.errno == .notSupported || error.errno == .invalidArgument {
                 continue
             }
         }

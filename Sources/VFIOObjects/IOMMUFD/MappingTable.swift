@@ -159,12 +159,12 @@ import Musl
 
 extension MappingTable {
     /// A short unmap of exactly a safe mapping's range.
-    static func shortUnmap(_ operation: String, _ object: String, iova: UInt64, length: UInt64, done: UInt64) -> VFIOError {
+    static func shortUnmap(_ operation: VFIOError.Operation, _ object: String, iova: UInt64, length: UInt64, done: UInt64) -> VFIOError {
         VFIOError(operation: operation, object: object,
                   detail: "short unmap: asked for \(length) bytes at IOVA 0x\(String(iova, radix: 16)), the kernel unmapped "
                       + "\(done) (the mapping was not there as mapped: something else unmapped or changed the range)",
-                  hint: "unmap safe mappings only through their DMAMapping; once whatever holds the range is gone, unmap "
-                      + "it with a raw unmap (IOAS.unmap(iova:length:), VFIOContainer.unmapDMA(iova:length:)) or unmapAll()")
+                  remedies: [.advice("unmap safe mappings only through their DMAMapping; once whatever holds the range is gone, unmap "
+                      + "it with a raw unmap (IOAS.unmap(iova:length:), VFIOContainer.unmapDMA(iova:length:)) or unmapAll()")])
     }
 
     /// After an unmap-all failed: finds out which live mappings it took.
@@ -178,7 +178,7 @@ extension MappingTable {
     /// still mapped and stays with its ``DMAMapping``. Returns `error` with
     /// what happened.
     func resolveFailedUnmapAll(_ error: VFIOError, unmapOne: (UInt64, UInt64) throws(VFIOError) -> UInt64) -> VFIOError {
-        guard let code = error.errno?.rawValue, code == EBUSY || code == EDEADLK else { return error }
+        guard let code = error.errno, code == .resourceBusy || code == .deadlock else { return error }
         let live = liveEntries()
         guard !live.isEmpty else { return error }
         var gone = 0
@@ -187,7 +187,7 @@ extension MappingTable {
                 _ = try unmapOne(m.iova, m.length)
                 invalidate(m.slot)
                 gone += 1
-            } catch where error.errno?.rawValue == ENOENT {
+            } catch where error.errno == .noSuchFileOrDirectory {
                 invalidate(m.slot)
                 gone += 1
             } catch {

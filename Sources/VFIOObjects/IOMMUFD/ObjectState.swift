@@ -124,16 +124,16 @@ final class IOMMUObjectState: Sendable {
     var isDestroyed: Bool { gate.isDead }
 
     /// The error every operation of a destroyed owner throws.
-    func destroyedError(_ operation: String) -> VFIOError {
+    func destroyedError(_ operation: VFIOError.Operation) -> VFIOError {
         VFIOError.invalid(operation, "\(label) was destroyed; iommufd reuses ids, so its number may already name "
                               + "another object and this owner issues no more requests",
-                          object: label, hint: "allocate a new \(kind) and use that")
+                          object: label, remedies: [.advice("allocate a new \(kind) and use that")])
     }
 
     /// Runs `body` with the id while the object exists (shared with other
     /// operations, exclusive of destroy); a "destroyed" error otherwise.
     @inline(__always)
-    func withID<R>(_ operation: @autoclosure () -> String, _ body: (UInt32) throws(VFIOError) -> R)
+    func withID<R>(_ operation: @autoclosure () -> VFIOError.Operation, _ body: (UInt32) throws(VFIOError) -> R)
         throws(VFIOError) -> R
     {
         guard gate.enterShared() else { throw destroyedError(operation()) }
@@ -143,7 +143,7 @@ final class IOMMUObjectState: Sendable {
 
     /// Throws the "destroyed" error if the object is gone (for operations on
     /// the object's own fd, which do not name the id).
-    func requireLive(_ operation: @autoclosure () -> String) throws(VFIOError) {
+    func requireLive(_ operation: @autoclosure () -> VFIOError.Operation) throws(VFIOError) {
         if gate.isDead { throw destroyedError(operation()) }
     }
 
@@ -190,7 +190,7 @@ enum IOMMUObjects {
     /// Runs `body` with the live id of `object` (a VFIOKit owner) or, for an
     /// object VFIOKit does not own (a caller's own conformance), with `fallback`.
     @inline(__always)
-    static func withID<R>(of object: AnyObject, fallback: UInt32, _ operation: @autoclosure () -> String,
+    static func withID<R>(of object: AnyObject, fallback: UInt32, _ operation: @autoclosure () -> VFIOError.Operation,
                           _ body: (UInt32) throws(VFIOError) -> R) throws(VFIOError) -> R
     {
         if let owner = object as? any IOMMUObjectOwner { return try owner.state.withID(operation(), body) }
@@ -203,7 +203,7 @@ extension IOMMUAttachTarget {
     /// "destroyed" error (and issues nothing) after it was destroyed. For code
     /// outside VFIOKit that issues its own requests on an object (the kernel's
     /// selftest commands).
-    package func withLiveObjectID<R>(_ operation: String, _ body: (UInt32) throws(VFIOError) -> R) throws(VFIOError) -> R {
+    package func withLiveObjectID<R>(_ operation: VFIOError.Operation, _ body: (UInt32) throws(VFIOError) -> R) throws(VFIOError) -> R {
         try IOMMUObjects.withID(of: self, fallback: objectID, operation, body)
     }
 }

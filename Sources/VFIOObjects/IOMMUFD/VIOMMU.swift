@@ -40,18 +40,18 @@ public final class VIOMMU: HWPTParent, IOMMUObjectOwner {
             arg.data_len = UInt32(raw.count)
             arg.data_uptr = raw.count == 0 ? 0 : UInt64(UInt(bitPattern: raw.baseAddress))
             do throws(VFIOError) {
-                try parent.state.withID("IOMMU_VIOMMU_ALLOC") { (id) throws(VFIOError) in
+                try parent.state.withID(.ioctl(.iommuVIOMMUAlloc)) { (id) throws(VFIOError) in
                     arg.hwpt_id = id
-                    try ctx.ioctl(IOMMU_VIOMMU_ALLOC, &arg, object: "\(parent.label) for device \(deviceID)")
+                    try ctx.ioctl(.iommuVIOMMUAlloc, &arg, object: "\(parent.label) for device \(deviceID)")
                 }
                 return .success(())
             } catch { return .failure(error) }
         }
         if case .failure(var e) = r {
-            if e.errno?.rawValue == EOPNOTSUPP {
+            if e.errno == .notSupported {
                 e.detail = "vIOMMU type 0x\(String(type, radix: 16)) is not supported by this device's IOMMU driver"
-                e.hint = "vIOMMUs exist for ARM SMMUv3 (and Tegra241 CMDQV); check hardwareInfo(device:).vendor"
-            } else if e.errno?.rawValue == EINVAL {
+                e.remedies = [.advice("vIOMMUs exist for ARM SMMUv3 (and Tegra241 CMDQV); check hardwareInfo(device:).vendor")]
+            } else if e.errno == .invalidArgument {
                 e.detail = "\(parent.label) must be a paging HWPT allocated with .nestParent"
             }
             throw e
@@ -82,7 +82,7 @@ public final class VIOMMU: HWPTParent, IOMMUObjectOwner {
     public func invalidate(dataType: UInt32, entryLength: Int, count: Int, entries: UnsafeRawBufferPointer)
         throws(VFIOError) -> Int
     {
-        try state.withID("IOMMU_HWPT_INVALIDATE") { (id) throws(VFIOError) -> Int in
+        try state.withID(.ioctl(.iommuHWPTInvalidate)) { (id) throws(VFIOError) -> Int in
             try iommufd.invalidate(id: id, label: label, dataType: dataType, entryLength: entryLength,
                                    count: count, entries: entries)
         }
@@ -119,13 +119,13 @@ public final class VDevice: Sendable, IOMMUObjectOwner {
         arg.dev_id = deviceID
         arg.virt_id = virtualID
         do throws(VFIOError) {
-            try viommu.state.withID("IOMMU_VDEVICE_ALLOC") { (id) throws(VFIOError) in
+            try viommu.state.withID(.ioctl(.iommuVDeviceAlloc)) { (id) throws(VFIOError) in
                 arg.viommu_id = id
-                try viommu.iommufd.ioctl(IOMMU_VDEVICE_ALLOC, &arg, object: "\(viommu.label) device \(deviceID)")
+                try viommu.iommufd.ioctl(.iommuVDeviceAlloc, &arg, object: "\(viommu.label) device \(deviceID)")
             }
         } catch {
             var e = error
-            if e.errno?.rawValue == EEXIST {
+            if e.errno == .fileExists {
                 e.detail = "device \(deviceID) already has a vDEVICE, or virtual id 0x\(String(virtualID, radix: 16)) "
                     + "is taken in \(viommu.label)"
             }
@@ -178,21 +178,21 @@ public final class VEventQueue: Sendable, IOMMUObjectOwner {
     /// The corresponding ioctl is `IOMMU_VEVENTQ_ALLOC`.
     public init(viommu: VIOMMU, type: UInt32, depth: UInt32, eventSize: Int? = nil) throws(VFIOError) {
         guard let size = eventSize ?? VEventQueue.eventSize(of: type) else {
-            throw VFIOError.invalid("IOMMU_VEVENTQ_ALLOC", "unknown vEVENTQ type 0x\(String(type, radix: 16)): pass eventSize",
+            throw VFIOError.invalid(.ioctl(.iommuVEventQAlloc), "unknown vEVENTQ type 0x\(String(type, radix: 16)): pass eventSize",
                                     object: viommu.label)
         }
         var arg = iommu_veventq_alloc.make()
         arg.type = type
         arg.veventq_depth = depth
         do throws(VFIOError) {
-            try viommu.state.withID("IOMMU_VEVENTQ_ALLOC") { (id) throws(VFIOError) in
+            try viommu.state.withID(.ioctl(.iommuVEventQAlloc)) { (id) throws(VFIOError) in
                 arg.viommu_id = id
-                try viommu.iommufd.ioctl(IOMMU_VEVENTQ_ALLOC, &arg, object: viommu.label)
+                try viommu.iommufd.ioctl(.iommuVEventQAlloc, &arg, object: viommu.label)
             }
         } catch {
             var e = error
-            if e.errno?.rawValue == EEXIST { e.detail = "\(viommu.label) already has a vEVENTQ of this type" }
-            if e.errno?.rawValue == EINVAL { e.detail = "depth \(depth) must be 1 ... 2^19" }
+            if e.errno == .fileExists { e.detail = "\(viommu.label) already has a vEVENTQ of this type" }
+            if e.errno == .invalidArgument { e.detail = "depth \(depth) must be 1 ... 2^19" }
             throw e
         }
         objectID = arg.out_veventq_id
@@ -235,7 +235,7 @@ public final class VEventQueue: Sendable, IOMMUObjectOwner {
     /// Sequence numbers are checked across calls: a jump yields a ``Record/lostEvents(sequence:)``.
     public func read(maxEvents: Int = 16) throws(VFIOError) -> [Record] {
         let header = MemoryLayout<iommufd_vevent_header>.size
-        try state.requireLive("read")
+        try state.requireLive(.syscall(.read))
         var buffer = [UInt8](repeating: 0, count: max(1, maxEvents) * (header + eventSize))
         let r: Result<Int, VFIOError> = buffer.withUnsafeMutableBytes { b in
             do throws(VFIOError) { return .success(try fd.read(b, object: self.label) ?? 0) } catch { return .failure(error) }
@@ -278,19 +278,19 @@ public final class VEventQueue: Sendable, IOMMUObjectOwner {
     /// queued. ``destroy()`` from another thread ends the wait at once (it
     /// throws "closed").
     public func wait(timeoutMilliseconds: Int32) throws(VFIOError) -> Bool {
-        try state.requireLive("wait for vEVENTs")
-        return try fd.waitReadableOrClose(timeoutMilliseconds: timeoutMilliseconds, operation: "wait for vEVENTs")
+        try state.requireLive(.step(.waitForVEvents))
+        return try fd.waitReadableOrClose(timeoutMilliseconds: timeoutMilliseconds, operation: .step(.waitForVEvents))
     }
 
     /// Suspends until events arrive, then reads them. The wait is on the fd's
     /// readiness, in a dedicated thread: cancelling the task ends it at once
-    /// (operation "wait for vEVENTs", detail "cancelled"); ``destroy()`` ends
+    /// (operation .step(.waitForVEvents), detail "cancelled"); ``destroy()`` ends
     /// it with "closed".
     public func next(maxEvents: Int = 16) async throws(VFIOError) -> [Record] {
         while true {
             let records = try read(maxEvents: maxEvents)
             if !records.isEmpty { return records }
-            try await fd.readable(operation: "wait for vEVENTs", object: label)
+            try await fd.readable(operation: .step(.waitForVEvents), object: label)
         }
     }
 }
@@ -315,13 +315,13 @@ public final class HWQueue: Sendable, IOMMUObjectOwner {
         arg.nesting_parent_iova = iova
         arg.length = length
         do throws(VFIOError) {
-            try viommu.state.withID("IOMMU_HW_QUEUE_ALLOC") { (id) throws(VFIOError) in
+            try viommu.state.withID(.ioctl(.iommuHWQueueAlloc)) { (id) throws(VFIOError) in
                 arg.viommu_id = id
-                try viommu.iommufd.ioctl(IOMMU_HW_QUEUE_ALLOC, &arg, object: "\(viommu.label) queue \(index)")
+                try viommu.iommufd.ioctl(.iommuHWQueueAlloc, &arg, object: "\(viommu.label) queue \(index)")
             }
         } catch {
             var e = error
-            if e.errno?.rawValue == ENOENT {
+            if e.errno == .noSuchFileOrDirectory {
                 e.detail = "IOVA 0x\(String(iova, radix: 16)) length \(length) is not mapped in the parent's IOAS"
             }
             throw e

@@ -66,8 +66,8 @@ extension VFIOContainer {
     /// `VFIO_CHECK_EXTENSION(VFIO_DMA_CC_IOMMU)`.
     public func cacheCoherency() throws(VFIOError) -> CacheCoherency {
         guard type != nil else {
-            throw .invalid("VFIO_CHECK_EXTENSION", "VFIO_DMA_CC_IOMMU describes the container's IOMMU domains, and it has none yet",
-                           object: label, hint: "add a group (setContainer) and set the IOMMU type (setIOMMU) first")
+            throw .invalid(.ioctl(.vfioCheckExtension), "VFIO_DMA_CC_IOMMU describes the container's IOMMU domains, and it has none yet",
+                           object: label, remedies: [.advice("add a group (setContainer) and set the IOMMU type (setIOMMU) first")])
         }
         let on = try checkExtension(VFIO_DMA_CC_IOMMU)
         return CacheCoherency(enforced: on, query: "VFIO_CHECK_EXTENSION(VFIO_DMA_CC_IOMMU) on \(backend.rawValue)")
@@ -92,13 +92,13 @@ extension IOAS {
     public func cacheCoherency() throws(VFIOError) -> CacheCoherency {
         let current = try iommufd.compatibilityIOASID()
         if let current, current != objectID {
-            throw .invalid("VFIO_CHECK_EXTENSION", "IOAS \(current) is this iommufd's VFIO compatibility IOAS, and "
+            throw .invalid(.ioctl(.vfioCheckExtension), "IOAS \(current) is this iommufd's VFIO compatibility IOAS, and "
                            + "VFIO_DMA_CC_IOMMU answers only for that one", object: label,
-                           hint: "ask on the compat IOAS, or on an iommufd whose compat IOAS is unset")
+                           remedies: [.advice("ask on the compat IOAS, or on an iommufd whose compat IOAS is unset")])
         }
         if current == nil { try iommufd.setCompatibilityIOAS(self) }
         let answer: Result<Int32, VFIOError> = Result { () throws(VFIOError) -> Int32 in
-            try iommufd.fd.ioctl(VFIO_CHECK_EXTENSION, value: Int(VFIO_DMA_CC_IOMMU),
+            try iommufd.fd.ioctl(.vfioCheckExtension, value: Int(VFIO_DMA_CC_IOMMU),
                                  object: "\(label) (as the VFIO compatibility IOAS)")
         }
         if current == nil { try iommufd.clearCompatibilityIOAS() }

@@ -44,19 +44,19 @@ extension VFIODevice {
     public func dmaLoggingReport(iova: UInt64, length: UInt64, pageSize: UInt64) throws(VFIOError) -> [UInt64] {
         // The kernel's own checks (vfio_ioctl_device_feature_logging_report), before any arithmetic here.
         guard pageSize >= 4096, pageSize & (pageSize - 1) == 0, length > 0 else {
-            throw VFIOError.invalid("VFIO_DEVICE_FEATURE", "DMA logging report: page size \(pageSize) must be a power of "
+            throw VFIOError.invalid(.ioctl(.vfioDeviceFeature), "DMA logging report: page size \(pageSize) must be a power of "
                                         + "two of at least 4096, and length \(length) positive", object: label)
         }
         guard !iova.addingReportingOverflow(length).overflow else {
-            throw VFIOError.invalid("VFIO_DEVICE_FEATURE", "DMA logging report: IOVA 0x\(String(iova, radix: 16)) + "
+            throw VFIOError.invalid(.ioctl(.vfioDeviceFeature), "DMA logging report: IOVA 0x\(String(iova, radix: 16)) + "
                                         + "length \(length) runs past 2^64", object: label)
         }
         let pages = length / pageSize + (length % pageSize == 0 ? 0 : 1)
         let words = (pages + 63) / 64
         guard words <= DMALogging.maxReportWords else {
-            throw VFIOError.invalid("VFIO_DEVICE_FEATURE", "DMA logging report: \(pages) pages need a \(words * 8)-byte "
+            throw VFIOError.invalid(.ioctl(.vfioDeviceFeature), "DMA logging report: \(pages) pages need a \(words * 8)-byte "
                                         + "bitmap, more than the \(DMALogging.maxReportWords * 8) bytes one report may use",
-                                    object: label, hint: "report the range in parts")
+                                    object: label, remedies: [.advice("report the range in parts")])
         }
         var bitmap = [UInt64](repeating: 0, count: Int(words))
         let result = bitmap.withUnsafeMutableBufferPointer { p in
@@ -81,7 +81,7 @@ extension VFIODevice {
     /// The corresponding ioctl is `VFIO_DEVICE_FEATURE` with `VFIO_DEVICE_FEATURE_DMA_BUF`.
     public func exportDMABuf(region: UInt32, ranges: [(offset: UInt64, length: UInt64)]) throws(VFIOError) -> OwnedFD {
         guard !ranges.isEmpty else {
-            throw VFIOError.invalid("VFIO_DEVICE_FEATURE", "a dma-buf needs at least one range", object: label)
+            throw VFIOError.invalid(.ioctl(.vfioDeviceFeature), "a dma-buf needs at least one range", object: label)
         }
         var payload = [UInt8]()
         var header = vfio_device_feature_dma_buf()

@@ -26,7 +26,7 @@ extension VFIODevice {
             _ = try runFeature(flags: feature | op | VFIO_DEVICE_FEATURE_PROBE, payload: [], object: "probe")
             return true
         } catch {
-            if let e = error.errno?.rawValue, e == 25 || e == 95 || e == 22 { return false }
+            if let e = error.errno, e == .inappropriateIOCTLForDevice || e == .notSupported || e == .invalidArgument { return false }
             throw error
         }
     }
@@ -50,9 +50,9 @@ extension VFIODevice {
     func notSupportedByDevice<R>(_ body: () throws(VFIOError) -> R) throws(VFIOError) -> R {
         do { return try body() } catch {
             var e = error
-            if let n = e.errno?.rawValue, n == 25 || n == 95 {
+            if let n = e.errno, n == .inappropriateIOCTLForDevice || n == .notSupported {
                 e.detail = "not supported by this device"
-                e.hint = "probeFeature(_:) tells which features a device has; emulated devices have few"
+                e.remedies = [.advice("probeFeature(_:) tells which features a device has; emulated devices have few")]
             }
             throw e
         }
@@ -68,7 +68,7 @@ extension VFIODevice {
         let name = featureName(flags & VFIO_DEVICE_FEATURE_MASK)
         return try buffer.withUnsafeMutableRawPointer { (p) throws(VFIOError) in
             for (i, b) in payload.enumerated() { p.storeBytes(of: b, toByteOffset: headerSize + i, as: UInt8.self) }
-            return try fd.ioctl(VFIO_DEVICE_FEATURE, p, object: "\(label) get \(name)")
+            return try fd.ioctl(.vfioDeviceFeature, p, object: "\(label) get \(name)")
         }
     }
 
@@ -81,7 +81,7 @@ extension VFIODevice {
         let name = featureName(flags & VFIO_DEVICE_FEATURE_MASK)
         _ = try buffer.withUnsafeMutableRawPointer { (p) throws(VFIOError) in
             for (i, b) in payload.enumerated() { p.storeBytes(of: b, toByteOffset: headerSize + i, as: UInt8.self) }
-            return try fd.ioctl(VFIO_DEVICE_FEATURE, p, object: "\(label) \(what) \(name)")
+            return try fd.ioctl(.vfioDeviceFeature, p, object: "\(label) \(what) \(name)")
         }
         return buffer.bytes(at: headerSize, length: payload.count) ?? []
     }
@@ -168,20 +168,20 @@ extension VFIODevice {
         case 2: arg.flags = VFIO_DEVICE_IOEVENTFD_16
         case 4: arg.flags = VFIO_DEVICE_IOEVENTFD_32
         case 8: arg.flags = VFIO_DEVICE_IOEVENTFD_64
-        default: throw VFIOError.invalid("VFIO_DEVICE_IOEVENTFD", "width must be 1, 2, 4 or 8 bytes, got \(width)", object: label)
+        default: throw VFIOError.invalid(.ioctl(.vfioDeviceIOEventFD), "width must be 1, 2, 4 or 8 bytes, got \(width)", object: label)
         }
         arg.offset = region.offset + offset
         arg.data = data
         do throws(VFIOError) {
             // The eventfd's number is in the argument: hold it open for the call.
-            try OwnedFD.withDescriptors([eventfd?.fd], "VFIO_DEVICE_IOEVENTFD") { (numbers) throws(VFIOError) in
+            try OwnedFD.withDescriptors([eventfd?.fd], .ioctl(.vfioDeviceIOEventFD)) { (numbers) throws(VFIOError) in
                 arg.fd = numbers[0]
-                _ = try fd.ioctl(VFIO_DEVICE_IOEVENTFD, &arg,
+                _ = try fd.ioctl(.vfioDeviceIOEventFD, &arg,
                                  object: "\(label) region \(region.index) + 0x\(String(offset, radix: 16))")
             }
         } catch {
             var e = error
-            if let n = e.errno?.rawValue, n == 25 || n == 95 { e.detail = "not supported by this device" }
+            if let n = e.errno, n == .inappropriateIOCTLForDevice || n == .notSupported { e.detail = "not supported by this device" }
             throw e
         }
     }

@@ -38,7 +38,7 @@ extension VFIODevice {
     public func irqInfo(_ index: IRQIndex) throws(VFIOError) -> IRQInfo {
         var arg = vfio_irq_info.make()
         arg.index = index.rawValue
-        _ = try fd.ioctl(VFIO_DEVICE_GET_IRQ_INFO, &arg,
+        _ = try fd.ioctl(.vfioDeviceGetIRQInfo, &arg,
                          object: "\(label) \(index)")
         return IRQInfo(index: arg.index, flags: arg.flags, count: arg.count)
     }
@@ -50,9 +50,9 @@ extension VFIODevice {
         // Vectors start ..< start + count, counted in 64 bits: the end may be 2^32, never more.
         let end = UInt64(start) + UInt64(count)
         guard end <= UInt64(UInt32.max) + 1 else {
-            throw VFIOError.invalid("VFIO_DEVICE_SET_IRQS", "vectors \(start)..<\(end) of \(index) run past the last "
+            throw VFIOError.invalid(.ioctl(.vfioDeviceSetIRQs), "vectors \(start)..<\(end) of \(index) run past the last "
                                         + "vector number the kernel can name (\(UInt32.max))", object: label,
-                                    hint: "irqInfo(_:).count says how many vectors the device has")
+                                    remedies: [.advice("irqInfo(_:).count says how many vectors the device has")])
         }
         let headerSize = MemoryLayout<vfio_irq_set>.size
         var header = vfio_irq_set.make()
@@ -64,7 +64,7 @@ extension VFIODevice {
         var buffer = KernelBytes(header, count: headerSize + data.count)
         _ = try buffer.withUnsafeMutableRawPointer { (p) throws(VFIOError) in
             for (i, b) in data.enumerated() { p.storeBytes(of: b, toByteOffset: headerSize + i, as: UInt8.self) }
-            return try fd.ioctl(VFIO_DEVICE_SET_IRQS, p,
+            return try fd.ioctl(.vfioDeviceSetIRQs, p,
                                 object: "\(label) \(index) \(what) vectors \(start)..<\(end)")
         }
     }
@@ -77,7 +77,7 @@ extension VFIODevice {
     public func setIRQTrigger(_ index: IRQIndex, start: UInt32 = 0, eventfds: [EventFD?]) throws(VFIOError) {
         // The eventfd numbers are in the argument: hold each open for the call
         // (a closed one throws "closed" and is never routed to an interrupt).
-        try OwnedFD.withDescriptors(eventfds.map { $0?.fd }, "VFIO_DEVICE_SET_IRQS") { (numbers) throws(VFIOError) in
+        try OwnedFD.withDescriptors(eventfds.map { $0?.fd }, .ioctl(.vfioDeviceSetIRQs)) { (numbers) throws(VFIOError) in
             var data: [UInt8] = []
             data.reserveCapacity(numbers.count * 4)
             for v in numbers { withUnsafeBytes(of: v.littleEndian) { data.append(contentsOf: $0) } }
@@ -124,7 +124,7 @@ extension VFIODevice {
     /// Lets the kernel unmask INTx itself when `eventfd` is signalled (irqfd
     /// style). `VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_UNMASK`.
     public func setIRQUnmaskEventFD(_ index: IRQIndex, vector: UInt32 = 0, eventfd: EventFD?) throws(VFIOError) {
-        try OwnedFD.withDescriptors([eventfd?.fd], "VFIO_DEVICE_SET_IRQS") { (numbers) throws(VFIOError) in
+        try OwnedFD.withDescriptors([eventfd?.fd], .ioctl(.vfioDeviceSetIRQs)) { (numbers) throws(VFIOError) in
             let data = withUnsafeBytes(of: numbers[0].littleEndian) { Array($0) }
             try setIRQs(index, flags: VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_UNMASK, start: vector, count: 1,
                         data: data, what: "unmask eventfd")

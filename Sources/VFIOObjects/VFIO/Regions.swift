@@ -69,7 +69,7 @@ extension VFIODevice {
     /// Flags, region and IRQ counts and capabilities. The corresponding ioctl
     /// is `VFIO_DEVICE_GET_INFO`.
     public func info() throws(VFIOError) -> VFIODeviceInfo {
-        let bytes = try fd.growingIoctl(VFIO_DEVICE_GET_INFO, vfio_device_info.make(), object: label)
+        let bytes = try fd.growingIoctl(.vfioDeviceGetInfo, vfio_device_info.make(), object: label)
         let h = bytes.header
         let caps = h.flags & VFIO_DEVICE_FLAGS_CAPS != 0 ? bytes.capabilities(from: h.cap_offset) : []
         var atomic: UInt32?
@@ -86,7 +86,7 @@ extension VFIODevice {
     public func regionInfo(_ index: UInt32) throws(VFIOError) -> VFIORegionInfo {
         var header = vfio_region_info.make()
         header.index = index
-        let bytes = try fd.growingIoctl(VFIO_DEVICE_GET_REGION_INFO, header, object: "\(label) region \(index)")
+        let bytes = try fd.growingIoctl(.vfioDeviceGetRegionInfo, header, object: "\(label) region \(index)")
         return VFIORegionInfo(parsing: bytes)
     }
 }
@@ -133,7 +133,7 @@ extension VFIODevice {
         let n = try fd.pread(buffer, at: Int64(region.offset + offset),
                               object: "\(label) region \(region.index) + 0x\(String(offset, radix: 16))")
         if n != buffer.count {
-            throw VFIOError.invalid("pread", "short read: \(n) of \(buffer.count) bytes", object: "\(label) region \(region.index)")
+            throw VFIOError.invalid(.syscall(.pread), "short read: \(n) of \(buffer.count) bytes", object: "\(label) region \(region.index)")
         }
     }
 
@@ -143,7 +143,7 @@ extension VFIODevice {
         let n = try fd.pwrite(bytes, at: Int64(region.offset + offset),
                                object: "\(label) region \(region.index) + 0x\(String(offset, radix: 16))")
         if n != bytes.count {
-            throw VFIOError.invalid("pwrite", "short write: \(n) of \(bytes.count) bytes", object: "\(label) region \(region.index)")
+            throw VFIOError.invalid(.syscall(.pwrite), "short write: \(n) of \(bytes.count) bytes", object: "\(label) region \(region.index)")
         }
     }
 
@@ -161,7 +161,7 @@ extension VFIODevice {
     }
 
     private func checkAccess(_ region: VFIORegionInfo, _ offset: UInt64, _ count: Int, write: Bool) throws(VFIOError) {
-        let op = write ? "pwrite" : "pread"
+        let op: VFIOError.Operation = write ? .syscall(.pwrite) : .syscall(.pread)
         if write ? !region.isWritable : !region.isReadable {
             throw VFIOError.invalid(op, "region \(region.index) is not \(write ? "writable" : "readable")", object: label)
         }
@@ -176,12 +176,12 @@ extension VFIODevice {
     /// Regions with sparse areas: map an area with ``map(region:area:)``.
     public func map(region: VFIORegionInfo) throws(VFIOError) -> MMIORegion {
         guard region.isMappable else {
-            throw VFIOError.invalid("mmap", "region \(region.index) cannot be mmapped (no VFIO_REGION_INFO_FLAG_MMAP)",
-                                    object: label, hint: "use read(region:at:)/write(_:region:at:) through the device fd")
+            throw VFIOError.invalid(.syscall(.mmap), "region \(region.index) cannot be mmapped (no VFIO_REGION_INFO_FLAG_MMAP)",
+                                    object: label, remedies: [.advice("use read(region:at:)/write(_:region:at:) through the device fd")])
         }
         if let areas = region.sparseAreas, !(areas.count == 1 && areas[0].offset == 0 && areas[0].size == region.size) {
-            throw VFIOError.invalid("mmap", "region \(region.index) may only be mmapped in parts: \(areas.map { "0x\(String($0.offset, radix: 16))+0x\(String($0.size, radix: 16))" }.joined(separator: ", "))",
-                                    object: label, hint: "map one area with map(region:area:)")
+            throw VFIOError.invalid(.syscall(.mmap), "region \(region.index) may only be mmapped in parts: \(areas.map { "0x\(String($0.offset, radix: 16))+0x\(String($0.size, radix: 16))" }.joined(separator: ", "))",
+                                    object: label, remedies: [.advice("map one area with map(region:area:)")])
         }
         return try mapRange(region, offset: 0, length: region.size)
     }
@@ -189,13 +189,13 @@ extension VFIODevice {
     /// Maps one sparse-mmap area of a region.
     public func map(region: VFIORegionInfo, area: VFIORegionInfo.Area) throws(VFIOError) -> MMIORegion {
         guard region.isMappable, region.sparseAreas?.contains(area) ?? (area.offset == 0 && area.size == region.size) else {
-            throw VFIOError.invalid("mmap", "0x\(String(area.offset, radix: 16))+0x\(String(area.size, radix: 16)) is not a mappable area of region \(region.index)", object: label)
+            throw VFIOError.invalid(.syscall(.mmap), "0x\(String(area.offset, radix: 16))+0x\(String(area.size, radix: 16)) is not a mappable area of region \(region.index)", object: label)
         }
         return try mapRange(region, offset: area.offset, length: area.size)
     }
 
     private func mapRange(_ region: VFIORegionInfo, offset: UInt64, length: UInt64) throws(VFIOError) -> MMIORegion {
-        guard length > 0 else { throw VFIOError.invalid("mmap", "region \(region.index) is empty", object: label) }
+        guard length > 0 else { throw VFIOError.invalid(.syscall(.mmap), "region \(region.index) is empty", object: label) }
         var prot: Int32 = 0
         if region.isReadable { prot |= PROT_READ }
         if region.isWritable { prot |= PROT_WRITE }

@@ -52,12 +52,12 @@ extension VFIODevice {
     /// ``VFIODeviceInfo/supportsReset`` first. The corresponding ioctl is `VFIO_DEVICE_RESET`.
     public func reset() throws(VFIOError) {
         do {
-            _ = try fd.ioctl(VFIO_DEVICE_RESET, nil, object: label)
+            _ = try fd.ioctl(.vfioDeviceReset, nil, object: label)
         } catch {
             var e = error
-            if e.errno?.rawValue == 25 || e.errno?.rawValue == 95 || e.errno?.rawValue == 22 {
+            if e.errno == .inappropriateIOCTLForDevice || e.errno == .notSupported || e.errno == .invalidArgument {
                 e.detail = "not supported by this device: it has no reset method (VFIO_DEVICE_FLAGS_RESET is clear)"
-                e.hint = "check info().supportsReset; a bus/slot hot reset (hotResetInfo()) may still be possible"
+                e.remedies = [.advice("check info().supportsReset; a bus/slot hot reset (hotResetInfo()) may still be possible")]
             }
             throw e
         }
@@ -76,19 +76,19 @@ extension VFIODevice {
             var buffer = KernelBytes(header, count: Int(header.argsz))
             do {
                 _ = try buffer.withUnsafeMutableRawPointer { (p) throws(VFIOError) in
-                    try fd.ioctl(VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, p, object: label)
+                    try fd.ioctl(.vfioDeviceGetPCIHotResetInfo, p, object: label)
                 }
             } catch {
                 // ENOSPC: the kernel wrote the count it needs into the header.
-                if error.errno?.rawValue == 28, Int(buffer.header.count) > capacity, capacity < 4096 {
+                if error.errno == .noSpace, Int(buffer.header.count) > capacity, capacity < 4096 {
                     capacity = Int(buffer.header.count)
                     continue
                 }
                 var e = error
-                if e.errno?.rawValue == 19 {
+                if e.errno == .noSuchDevice {
                     e.detail = "not supported by this device: neither a slot nor a bus reset is possible "
                         + "(the device is on a root bus, or its bridge cannot reset the bus)"
-                    e.hint = nil
+                    e.remedies = []
                 }
                 throw e
             }
@@ -101,8 +101,8 @@ extension VFIODevice {
     /// ioctl is `VFIO_DEVICE_PCI_HOT_RESET` with an empty group fd array.
     public func hotReset() throws(VFIOError) {
         guard case .cdev = path else {
-            throw VFIOError.invalid("VFIO_DEVICE_PCI_HOT_RESET", "a device opened through its group resets with group fds",
-                                    object: label, hint: "call hotReset(groups:) with the groups from hotResetInfo()")
+            throw VFIOError.invalid(.ioctl(.vfioDevicePCIHotReset), "a device opened through its group resets with group fds",
+                                    object: label, remedies: [.advice("call hotReset(groups:) with the groups from hotResetInfo()")])
         }
         try hotReset(groupFDs: [])
     }
@@ -111,10 +111,10 @@ extension VFIODevice {
     /// fd of every affected group. The corresponding ioctl is `VFIO_DEVICE_PCI_HOT_RESET`.
     public func hotReset(groups: [VFIOGroup]) throws(VFIOError) {
         if groups.isEmpty {
-            throw VFIOError.invalid("VFIO_DEVICE_PCI_HOT_RESET", "the group path needs at least one group fd", object: label)
+            throw VFIOError.invalid(.ioctl(.vfioDevicePCIHotReset), "the group path needs at least one group fd", object: label)
         }
         // The group numbers are in the argument: hold each open for the call.
-        try OwnedFD.withDescriptors(groups.map(\.fd), "VFIO_DEVICE_PCI_HOT_RESET") { (fds) throws(VFIOError) in
+        try OwnedFD.withDescriptors(groups.map(\.fd), .ioctl(.vfioDevicePCIHotReset)) { (fds) throws(VFIOError) in
             try hotReset(groupFDs: fds)
         }
     }
@@ -127,7 +127,7 @@ extension VFIODevice {
         var buffer = KernelBytes(header, count: Int(header.argsz))
         _ = try buffer.withUnsafeMutableRawPointer { (p) throws(VFIOError) in
             for (i, g) in groupFDs.enumerated() { p.storeBytes(of: g, toByteOffset: headerSize + i * 4, as: Int32.self) }
-            return try fd.ioctl(VFIO_DEVICE_PCI_HOT_RESET, p, object: label)
+            return try fd.ioctl(.vfioDevicePCIHotReset, p, object: label)
         }
     }
 }

@@ -44,9 +44,9 @@ public final class VFIOContainer: Sendable {
     public init(backend: Backend = .legacy) throws(VFIOError) {
         fd = try OwnedFD.open(backend.rawValue)
         self.backend = backend
-        let version = try fd.ioctl(VFIO_GET_API_VERSION, value: 0, object: label)
+        let version = try fd.ioctl(.vfioGetAPIVersion, value: 0, object: label)
         if version != VFIO_API_VERSION {
-            throw VFIOError.invalid("VFIO_GET_API_VERSION", "the kernel speaks VFIO API \(version); VFIOKit knows \(VFIO_API_VERSION)",
+            throw VFIOError.invalid(.ioctl(.vfioGetAPIVersion), "the kernel speaks VFIO API \(version); VFIOKit knows \(VFIO_API_VERSION)",
                                     object: label)
         }
     }
@@ -56,7 +56,7 @@ public final class VFIOContainer: Sendable {
     /// Whether the container supports an extension (an IOMMU type or a feature
     /// such as `VFIO_UNMAP_ALL`). The corresponding ioctl is `VFIO_CHECK_EXTENSION`.
     public func checkExtension(_ ext: UInt) throws(VFIOError) -> Bool {
-        try fd.ioctl(VFIO_CHECK_EXTENSION, value: Int(ext), object: label) > 0
+        try fd.ioctl(.vfioCheckExtension, value: Int(ext), object: label) > 0
     }
 
     public func supports(_ type: IOMMUType) throws(VFIOError) -> Bool { try checkExtension(type.rawValue) }
@@ -67,7 +67,7 @@ public final class VFIOContainer: Sendable {
     /// Sets the IOMMU model; needs at least one group in the container first.
     /// The corresponding ioctl is `VFIO_SET_IOMMU`.
     public func setIOMMU(_ type: IOMMUType) throws(VFIOError) {
-        _ = try fd.ioctl(VFIO_SET_IOMMU, value: Int(type.rawValue),
+        _ = try fd.ioctl(.vfioSetIOMMU, value: Int(type.rawValue),
                          object: "\(label) (\(type))")
         iommuType.withLock { $0 = type }
     }
@@ -95,7 +95,7 @@ public final class VFIOContainer: Sendable {
     /// Page sizes, IOVA ranges, mapping budget and migration caps. The
     /// corresponding ioctl is `VFIO_IOMMU_GET_INFO`.
     public func info() throws(VFIOError) -> Info {
-        let bytes = try fd.growingIoctl(VFIO_IOMMU_GET_INFO, vfio_iommu_type1_info.make(), object: label)
+        let bytes = try fd.growingIoctl(.vfioIOMMUGetInfo, vfio_iommu_type1_info.make(), object: label)
         return Info(parsing: bytes)
     }
 
@@ -122,7 +122,7 @@ public final class VFIOContainer: Sendable {
         arg.vaddr = UInt64(UInt(bitPattern: address))
         arg.iova = iova
         arg.size = UInt64(length)
-        _ = try fd.ioctl(VFIO_IOMMU_MAP_DMA, &arg, object: label)
+        _ = try fd.ioctl(.vfioIOMMUMapDMA, &arg, object: label)
     }
 
     /// Gives an existing mapping (invalidated with ``invalidateVirtualAddresses(iova:length:all:)``)
@@ -134,7 +134,7 @@ public final class VFIOContainer: Sendable {
         arg.vaddr = UInt64(UInt(bitPattern: address))
         arg.iova = iova
         arg.size = UInt64(length)
-        _ = try fd.ioctl(VFIO_IOMMU_MAP_DMA, &arg, object: label)
+        _ = try fd.ioctl(.vfioIOMMUMapDMA, &arg, object: label)
     }
 
     /// Unmaps `[iova, iova+length)`; returns the bytes unmapped. The range
@@ -150,19 +150,19 @@ public final class VFIOContainer: Sendable {
         let owned = mappings.liveOverlapping(iova: iova, length: length)
         if owned > 0 {
             throw VFIOError.invalid(
-                "VFIO_IOMMU_UNMAP_DMA",
+                .ioctl(.vfioIOMMUUnmapDMA),
                 "IOVA 0x\(String(iova, radix: 16)) length \(length) holds \(owned) mapping\(owned == 1 ? "" : "s") owned by "
                     + "DMAMapping values (the kernel was not asked): unmapped here, their owners would later unmap the "
                     + "same IOVAs again, which may by then belong to a newer mapping", object: label,
-                hint: "unmap those with DMAMapping.unmap() or drop them; unmapAll() unmaps everything and leaves them inert")
+                remedies: [.advice("unmap those with DMAMapping.unmap() or drop them; unmapAll() unmaps everything and leaves them inert")])
         }
         let done = try unmapRange(iova: iova, length: length)
         if done != length {
             throw VFIOError(
-                operation: "VFIO_IOMMU_UNMAP_DMA", object: label,
+                operation: .ioctl(.vfioIOMMUUnmapDMA), object: label,
                 detail: "short unmap: asked for \(length) bytes at IOVA 0x\(String(iova, radix: 16)), the kernel unmapped "
                     + "\(done) (0: nothing was mapped there; more or less: the range does not match the mappings)",
-                hint: "unmap exactly the ranges that were mapped")
+                remedies: [.advice("unmap exactly the ranges that were mapped")])
         }
         return done
     }
@@ -172,7 +172,7 @@ public final class VFIOContainer: Sendable {
         var arg = vfio_iommu_type1_dma_unmap.make()
         arg.iova = iova
         arg.size = length
-        _ = try fd.ioctl(VFIO_IOMMU_UNMAP_DMA, &arg, object: label)
+        _ = try fd.ioctl(.vfioIOMMUUnmapDMA, &arg, object: label)
         return arg.size
     }
 
@@ -194,7 +194,7 @@ public final class VFIOContainer: Sendable {
         }
         mappings.finishUnmap(slot)
         if done != length {
-            throw MappingTable.shortUnmap("VFIO_IOMMU_UNMAP_DMA", label, iova: iova, length: length, done: done)
+            throw MappingTable.shortUnmap(.ioctl(.vfioIOMMUUnmapDMA), label, iova: iova, length: length, done: done)
         }
     }
 
@@ -211,7 +211,7 @@ public final class VFIOContainer: Sendable {
         var arg = vfio_iommu_type1_dma_unmap.make()
         arg.flags = VFIO_DMA_UNMAP_FLAG_ALL
         do throws(VFIOError) {
-            _ = try fd.ioctl(VFIO_IOMMU_UNMAP_DMA, &arg, object: label)
+            _ = try fd.ioctl(.vfioIOMMUUnmapDMA, &arg, object: label)
         } catch {
             throw mappings.resolveFailedUnmapAll(error) { (iova, length) throws(VFIOError) -> UInt64 in
                 try unmapRange(iova: iova, length: length)
@@ -230,7 +230,7 @@ public final class VFIOContainer: Sendable {
         arg.flags = VFIO_DMA_UNMAP_FLAG_VADDR | (all ? VFIO_DMA_UNMAP_FLAG_ALL : 0)
         arg.iova = all ? 0 : iova
         arg.size = all ? 0 : length
-        _ = try fd.ioctl(VFIO_IOMMU_UNMAP_DMA, &arg, object: label)
+        _ = try fd.ioctl(.vfioIOMMUUnmapDMA, &arg, object: label)
     }
 
     /// Closes the container; idempotent.

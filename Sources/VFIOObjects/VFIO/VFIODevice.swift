@@ -60,7 +60,7 @@ public final class VFIODevice: Sendable {
     }
 
     /// Takes ownership of a VFIO cdev fd someone else opened (a parent that
-    /// passed it, e.g. `vfioctl attach --exec --prebound`). When the fd is
+    /// passed it already bound, as a launcher of a VMM does). When the fd is
     /// already bound, give the ``IOMMUFD`` it is bound to and the device id
     /// the bind returned; the device then keeps that context alive and can be
     /// attached at once. Unbound (nil), bind it with ``bind(to:token:)``.
@@ -85,17 +85,17 @@ public final class VFIODevice: Sendable {
     @discardableResult
     public func bind(to iommufd: IOMMUFD, token: UUID? = nil) throws(VFIOError) -> UInt32 {
         guard case .cdev = path else {
-            throw VFIOError.invalid("VFIO_DEVICE_BIND_IOMMUFD", "a device opened through its group uses the group's container",
-                                    object: label, hint: "open the device as a cdev (VFIODevice.open(cdev:)) to use iommufd")
+            throw VFIOError.invalid(.ioctl(.vfioDeviceBindIOMMUFD), "a device opened through its group uses the group's container",
+                                    object: label, remedies: [.advice("open the device as a cdev (VFIODevice.open(cdev:)) to use iommufd")])
         }
         if binding.withLock({ $0.iommufd != nil }) {
-            throw VFIOError.invalid("VFIO_DEVICE_BIND_IOMMUFD", "the device is already bound to an iommufd", object: label,
-                                    hint: "a device fd binds once; close it and open the cdev again to bind elsewhere")
+            throw VFIOError.invalid(.ioctl(.vfioDeviceBindIOMMUFD), "the device is already bound to an iommufd", object: label,
+                                    remedies: [.advice("a device fd binds once; close it and open the cdev again to bind elsewhere")])
         }
         var arg = vfio_device_bind_iommufd.make()
         var uuid = token?.uuid ?? (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
         // The iommufd's number is in the argument: hold it open for the call.
-        try iommufd.fd.withDescriptor("VFIO_DEVICE_BIND_IOMMUFD") { (ctx) throws(VFIOError) in
+        try iommufd.fd.withDescriptor(.ioctl(.vfioDeviceBindIOMMUFD)) { (ctx) throws(VFIOError) in
             try withUnsafeMutableBytes(of: &uuid) { (raw) throws(VFIOError) in
                 arg.iommufd = ctx
                 if token != nil {
@@ -103,8 +103,8 @@ public final class VFIODevice: Sendable {
                     arg.token_uuid_ptr = UInt64(UInt(bitPattern: raw.baseAddress))
                 }
                 // Who holds the group (EPERM, EINVAL, EBUSY) is for callers that know the BDF:
-                // PCIHost.explainOwnership(_:device:) (VFIOKit's openers, vfioctl).
-                _ = try fd.ioctl(VFIO_DEVICE_BIND_IOMMUFD, &arg, object: label)
+                // PCIHost.explainOwnership(_:device:) (VFIOKit's openers, the CLI).
+                _ = try fd.ioctl(.vfioDeviceBindIOMMUFD, &arg, object: label)
             }
         }
         let devid = arg.out_devid
@@ -130,12 +130,12 @@ public final class VFIODevice: Sendable {
     /// The corresponding ioctl is `VFIO_DEVICE_ATTACH_IOMMUFD_PT`.
     @discardableResult
     public func attach(to target: any IOMMUAttachTarget) throws(VFIOError) -> UInt32 {
-        try requireBound(to: target, "VFIO_DEVICE_ATTACH_IOMMUFD_PT")
+        try requireBound(to: target, .ioctl(.vfioDeviceAttachIOMMUFDPT))
         var arg = vfio_device_attach_iommufd_pt.make()
         // The id only while the object exists (a destroyed IOAS/HWPT's id may name another object).
-        try IOMMUObjects.withID(of: target, fallback: target.objectID, "VFIO_DEVICE_ATTACH_IOMMUFD_PT") { (id) throws(VFIOError) in
+        try IOMMUObjects.withID(of: target, fallback: target.objectID, .ioctl(.vfioDeviceAttachIOMMUFDPT)) { (id) throws(VFIOError) in
             arg.pt_id = id
-            _ = try fd.ioctl(VFIO_DEVICE_ATTACH_IOMMUFD_PT, &arg, object: "\(label) -> object \(id)")
+            _ = try fd.ioctl(.vfioDeviceAttachIOMMUFDPT, &arg, object: "\(label) -> object \(id)")
         }
         let pt = arg.pt_id
         binding.withLock {
@@ -150,13 +150,13 @@ public final class VFIODevice: Sendable {
     /// with `VFIO_DEVICE_ATTACH_PASID`.
     @discardableResult
     public func attach(to target: any IOMMUAttachTarget, pasid: UInt32) throws(VFIOError) -> UInt32 {
-        try requireBound(to: target, "VFIO_DEVICE_ATTACH_IOMMUFD_PT")
+        try requireBound(to: target, .ioctl(.vfioDeviceAttachIOMMUFDPT))
         var arg = vfio_device_attach_iommufd_pt.make()
         arg.flags = VFIO_DEVICE_ATTACH_PASID
         arg.pasid = pasid
-        try IOMMUObjects.withID(of: target, fallback: target.objectID, "VFIO_DEVICE_ATTACH_IOMMUFD_PT") { (id) throws(VFIOError) in
+        try IOMMUObjects.withID(of: target, fallback: target.objectID, .ioctl(.vfioDeviceAttachIOMMUFDPT)) { (id) throws(VFIOError) in
             arg.pt_id = id
-            _ = try fd.ioctl(VFIO_DEVICE_ATTACH_IOMMUFD_PT, &arg, object: "\(label) pasid \(pasid) -> object \(id)")
+            _ = try fd.ioctl(.vfioDeviceAttachIOMMUFDPT, &arg, object: "\(label) pasid \(pasid) -> object \(id)")
         }
         binding.withLock { $0.pasids[pasid] = target }
         return arg.pt_id
@@ -166,7 +166,7 @@ public final class VFIODevice: Sendable {
     /// The corresponding ioctl is `VFIO_DEVICE_DETACH_IOMMUFD_PT`.
     public func detach() throws(VFIOError) {
         var arg = vfio_device_detach_iommufd_pt.make()
-        _ = try fd.ioctl(VFIO_DEVICE_DETACH_IOMMUFD_PT, &arg, object: label)
+        _ = try fd.ioctl(.vfioDeviceDetachIOMMUFDPT, &arg, object: label)
         binding.withLock {
             $0.attached = nil
             $0.attachedID = nil
@@ -179,19 +179,19 @@ public final class VFIODevice: Sendable {
         var arg = vfio_device_detach_iommufd_pt.make()
         arg.flags = VFIO_DEVICE_DETACH_PASID
         arg.pasid = pasid
-        _ = try fd.ioctl(VFIO_DEVICE_DETACH_IOMMUFD_PT, &arg,
+        _ = try fd.ioctl(.vfioDeviceDetachIOMMUFDPT, &arg,
                           object: "\(label) pasid \(pasid)")
         _ = binding.withLock { $0.pasids.removeValue(forKey: pasid) }
     }
 
-    private func requireBound(to target: any IOMMUAttachTarget, _ op: String) throws(VFIOError) {
+    private func requireBound(to target: any IOMMUAttachTarget, _ op: VFIOError.Operation) throws(VFIOError) {
         guard let ctx = binding.withLock({ $0.iommufd }) else {
             throw VFIOError.invalid(op, "the device is not bound to an iommufd", object: label,
-                                    hint: "call bind(to:) first")
+                                    remedies: [.advice("call bind(to:) first")])
         }
         guard ctx === target.iommufd else {
             throw VFIOError.invalid(op, "object \(target.objectID) belongs to another iommufd context than the device's",
-                                    object: label, hint: "allocate the IOAS/HWPT in the context the device is bound to")
+                                    object: label, remedies: [.advice("allocate the IOAS/HWPT in the context the device is bound to")])
         }
     }
 

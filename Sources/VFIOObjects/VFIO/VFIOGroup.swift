@@ -25,10 +25,10 @@ public final class VFIOGroup: Sendable {
         self.init(fd: try OwnedFD.open("/dev/vfio/\(number)"), number: number)
         let s = try status()
         if !s.viable {
-            throw VFIOError.invalid("VFIO_GROUP_GET_STATUS", "IOMMU group \(number) is not viable (the kernel's "
+            throw VFIOError.invalid(.ioctl(.vfioGroupGetStatus), "IOMMU group \(number) is not viable (the kernel's "
                                     + "VFIO_GROUP_FLAGS_VIABLE is clear: a member is on a kernel driver that does DMA)",
                                     object: label,
-                                    hint: "bind every member of the group to vfio-pci (`vfioctl list --groups`)")
+                                    remedies: [.bindGroup(nil)])
         }
     }
 
@@ -49,7 +49,7 @@ public final class VFIOGroup: Sendable {
     /// The corresponding ioctl is `VFIO_GROUP_GET_STATUS`.
     public func status() throws(VFIOError) -> Status {
         var arg = vfio_group_status.make()
-        _ = try fd.ioctl(VFIO_GROUP_GET_STATUS, &arg, object: label)
+        _ = try fd.ioctl(.vfioGroupGetStatus, &arg, object: label)
         return Status(viable: arg.flags & VFIO_GROUP_FLAGS_VIABLE != 0,
                       containerSet: arg.flags & VFIO_GROUP_FLAGS_CONTAINER_SET != 0)
     }
@@ -61,9 +61,9 @@ public final class VFIOGroup: Sendable {
     /// corresponding ioctl is `VFIO_GROUP_SET_CONTAINER`.
     public func setContainer(_ container: VFIOContainer) throws(VFIOError) {
         // The container's number is the argument: hold it open for the call.
-        try container.fd.withDescriptor("VFIO_GROUP_SET_CONTAINER") { (number) throws(VFIOError) in
+        try container.fd.withDescriptor(.ioctl(.vfioGroupSetContainer)) { (number) throws(VFIOError) in
             var cfd = number
-            _ = try fd.ioctl(VFIO_GROUP_SET_CONTAINER, &cfd, object: "\(label) -> \(container.label)")
+            _ = try fd.ioctl(.vfioGroupSetContainer, &cfd, object: "\(label) -> \(container.label)")
         }
         containerBox.withLock { $0 = container }
     }
@@ -71,7 +71,7 @@ public final class VFIOGroup: Sendable {
     /// Removes the group from its container (every device fd of the group must
     /// be closed). The corresponding ioctl is `VFIO_GROUP_UNSET_CONTAINER`.
     public func unsetContainer() throws(VFIOError) {
-        _ = try fd.ioctl(VFIO_GROUP_UNSET_CONTAINER, nil, object: label)
+        _ = try fd.ioctl(.vfioGroupUnsetContainer, nil, object: label)
         containerBox.withLock { $0 = nil }
     }
 
@@ -82,7 +82,7 @@ public final class VFIOGroup: Sendable {
         let request = vfToken.map { "\(name) vf_token=\($0.uuidString.lowercased())" } ?? name
         let result = request.withCString { p in
             Result { () throws(VFIOError) -> Int32 in
-                try fd.ioctl(VFIO_GROUP_GET_DEVICE_FD, UnsafeMutableRawPointer(mutating: p), object: "\(label) device \(name)")
+                try fd.ioctl(.vfioGroupGetDeviceFD, UnsafeMutableRawPointer(mutating: p), object: "\(label) device \(name)")
             }
         }
         let dfd = try result.get()

@@ -167,7 +167,7 @@ final class PlatformDevice: @unchecked Sendable {
             let device = try space.openDevice(bdf: name)
             let bar = try device.map(region: try device.regionInfo(PCIRegion.bar(0)))
             guard bar.length >= 0x1008 else {
-                throw VFIOError.invalid("map BAR0", "BAR0 is \(bar.length) bytes, too small for NVMe registers and doorbells")
+                throw VFIOError.invalid(.step("map BAR0"), "BAR0 is \(bar.length) bytes, too small for NVMe registers and doorbells")
             }
             try device.configSpace().setBusMaster(true)
             return PlatformDevice(address: name, mode: NVMeDMAMode(space.mode), space: space, device: device,
@@ -236,9 +236,7 @@ final class PlatformDevice: @unchecked Sendable {
 
 /// A VFIOKit error as the driver's error, keeping its words and hint.
 func platformError(_ e: VFIOError, _ what: String) -> NVMeError {
-    var bare = e
-    bare.hint = nil
-    return NVMeError(.vfio, "\(what): \(bare.description)", hint: e.hint)
+    NVMeError(.vfio, "\(what): \(e.summary)", hint: e.hint)
 }
 
 extension String {

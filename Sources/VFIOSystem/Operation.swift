@@ -1,0 +1,139 @@
+extension VFIOError {
+    /// What failed, as a value code can match:
+    ///
+    /// ```swift
+    /// catch let e where e.operation == .ioctl(.iommuIOASMap) && e.errno == .noMemory { ... }
+    /// ```
+    ///
+    /// An ioctl names its request from the one table (``Request``), a syscall its
+    /// call (``Syscall``), and a step VFIOKit takes itself (a bind, parsing an
+    /// address, a check it makes before asking the kernel) its ``Step``.
+    /// `description` is the name people read: `IOMMU_IOAS_MAP`, `open`, `bind`.
+    public enum Operation: Sendable, Hashable, CustomStringConvertible {
+        case ioctl(Request)
+        case syscall(Syscall)
+        case step(Step)
+
+        public var description: String {
+            switch self {
+            case .ioctl(let r): r.name
+            case .syscall(let s): s.rawValue
+            case .step(let s): s.rawValue
+            }
+        }
+
+        /// The request, for an ioctl.
+        public var request: Request? {
+            if case .ioctl(let r) = self { return r }
+            return nil
+        }
+    }
+}
+
+extension VFIOError.Operation: Codable {
+    enum CodingKeys: String, CodingKey { case kind, name }
+
+    /// `{"kind": "ioctl" | "syscall" | "step", "name": "IOMMU_IOAS_MAP"}`.
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        switch self {
+        case .ioctl(let r): try c.encode("ioctl", forKey: .kind)
+            try c.encode(r.name, forKey: .name)
+        case .syscall(let s): try c.encode("syscall", forKey: .kind)
+            try c.encode(s.rawValue, forKey: .name)
+        case .step(let s): try c.encode("step", forKey: .kind)
+            try c.encode(s.rawValue, forKey: .name)
+        }
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let name = try c.decode(String.self, forKey: .name)
+        switch try c.decode(String.self, forKey: .kind) {
+        case "ioctl":
+            guard let r = Request.named(name) else {
+                throw DecodingError.dataCorruptedError(forKey: .name, in: c, debugDescription: "no request \(name)")
+            }
+            self = .ioctl(r)
+        case "syscall":
+            guard let s = Syscall(rawValue: name) else {
+                throw DecodingError.dataCorruptedError(forKey: .name, in: c, debugDescription: "no syscall \(name)")
+            }
+            self = .syscall(s)
+        default:
+            self = .step(VFIOError.Step(rawValue: name))
+        }
+    }
+}
+
+/// A system call (or C library call) VFIOKit makes through its syscall layer,
+/// by the name errors print.
+public enum Syscall: String, Sendable, Hashable, CaseIterable, Codable {
+    case open, close, read, write, pread, pwrite, poll, mmap, munmap, eventfd
+    case memfdCreate = "memfd_create"
+    case ftruncate, fsync, flock, fcntl, fstat, stat, lstat, readlink, access, mkdir, unlink, rename, getdents64
+    case pthreadCreate = "pthread_create"
+    case getrlimit, uname, sysconf
+    case posixSpawnp = "posix_spawnp"
+    case waitpid, kill
+    case pthreadSigmask = "pthread_sigmask"
+    case sigtimedwait
+}
+
+extension VFIOError {
+    /// A step VFIOKit takes itself, named in words (`bind`, `parse PCI address`).
+    ///
+    /// The library's steps are the static members; code built on VFIOKit (a
+    /// CLI, a driver) names its own with a string literal (`"map BAR0"`).
+    public struct Step: RawRepresentable, Sendable, Hashable, Codable, ExpressibleByStringInterpolation,
+        CustomStringConvertible
+    {
+        public var rawValue: String
+        public init(rawValue: String) { self.rawValue = rawValue }
+        public init(stringLiteral value: String) { rawValue = value }
+        public init(stringInterpolation: DefaultStringInterpolation) { rawValue = String(stringInterpolation: stringInterpolation) }
+        public var description: String { rawValue }
+
+        public init(from decoder: any Decoder) throws { rawValue = try decoder.singleValueContainer().decode(String.self) }
+        public func encode(to encoder: any Encoder) throws {
+            var c = encoder.singleValueContainer()
+            try c.encode(rawValue)
+        }
+
+        // The fd owner and waits.
+        /// A use of a closed fd (``OwnedFD/withDescriptor(_:_:)``'s default).
+        public static let useFD: Step = "use fd"
+        public static let waitForEventFD: Step = "wait for eventfd"
+        public static let waitForPageFaults: Step = "wait for page faults"
+        public static let waitForVEvents: Step = "wait for vEVENTs"
+        // Addresses and sysfs.
+        public static let parsePCIAddress: Step = "parse PCI address"
+        public static let findPCIDevice: Step = "find PCI device"
+        public static let readPCIDevice: Step = "read PCI device"
+        public static let findIOMMUGroup: Step = "find IOMMU group"
+        public static let findVFIOCdev: Step = "find VFIO cdev"
+        // Binding and its records.
+        public static let bind: Step = "bind"
+        public static let unbind: Step = "unbind"
+        /// Giving a device its original driver back (`unbind --restore`).
+        public static let restoreDriver: Step = "unbind --restore"
+        /// Putting a device back as it was after a failed bind.
+        public static let putBack: Step = "put back"
+        public static let setDriverOverride: Step = "set driver_override"
+        public static let openStateDirectory: Step = "open state directory"
+        public static let useStateDirectory: Step = "use state directory"
+        public static let readBindingRecord: Step = "read binding record"
+        public static let writeBindingRecord: Step = "write binding record"
+        // Objects and DMA.
+        public static let openGroup: Step = "open group"
+        public static let addGroup: Step = "add group"
+        public static let attachDevice: Step = "attach device"
+        public static let chooseDMAMode: Step = "choose DMA mode"
+        public static let allocateDMABuffer: Step = "allocate DMA buffer"
+        public static let mapDMA: Step = "map DMA"
+        public static let allocateIOVA: Step = "IOVA allocator"
+        public static let mappingRange: Step = "DMAMapping.range"
+        public static let mappingIOVA: Step = "DMAMapping.iova(at:)"
+        public static let probeCacheCoherency: Step = "probe cache coherency"
+    }
+}
