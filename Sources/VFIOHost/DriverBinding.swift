@@ -33,11 +33,21 @@ extension PCIHost {
     /// the driver link is there when the write returns; this is a safety margin.
     static let probeTimeoutMilliseconds = 2_000
 
-    /// Waits until the device's driver is `want` (nil: any driver).
-    func waitForDriver(_ a: PCIAddress, _ want: String?, timeoutMilliseconds: Int = PCIHost.probeTimeoutMilliseconds) -> String? {
+    /// Waits until the device's driver is `want` (nil: any driver) and
+    /// returns the driver it has then. A driver link that cannot be read is an
+    /// error naming the readlink and its errno, never "no driver".
+    func waitForDriver(_ a: PCIAddress, _ want: String?,
+                       timeoutMilliseconds: Int = PCIHost.probeTimeoutMilliseconds) throws(VFIOError) -> String? {
         var waited = 0
         while true {
-            let cur = linkName(sysfsPath(a) + "/driver")
+            let cur: String?
+            do throws(VFIOError) {
+                cur = try driverLink(of: a)
+            } catch {
+                var e = error
+                e.detail = "could not check whether \(a) is on \(want ?? "a driver")" + (e.detail.map { "; " + $0 } ?? "")
+                throw e
+            }
             if let want { if cur == want { return cur } } else if cur != nil { return cur }
             if waited >= timeoutMilliseconds || sysfsWriter != nil { return cur }
             Sys.sleep(kernel, nanoseconds: 20_000_000); waited += 20
@@ -65,12 +75,19 @@ extension PCIHost {
         try write(a.description, to: "/sys/bus/pci/drivers_probe")
     }
 
+    /// Whether a driver by this name is registered on the PCI bus; throws
+    /// when that cannot be checked (an lstat error other than ENOENT), so a
+    /// binding decision never takes "cannot be checked" for "not loaded".
+    func driverIsRegistered(_ name: String) throws(VFIOError) -> Bool {
+        try linkStatusIfPresent("/sys/bus/pci/drivers/" + name) != nil
+    }
+
     /// Throws unless `name` is a safe driver name registered on the PCI bus.
     func requireDriver(_ name: String, _ what: String, device a: PCIAddress) throws(VFIOError) {
         if let why = DriverName.problem(name) {
             throw .invalid(what, "\"\(name)\" \(why)", object: a.description)
         }
-        guard driverRegistered(name) else {
+        guard try driverIsRegistered(name) else {
             throw .invalid(what, "the \(name) driver is not loaded (/sys/bus/pci/drivers/\(name) does not exist)",
                            object: a.description, hint: "load it: `modprobe \(name)`")
         }
@@ -105,7 +122,7 @@ extension PCIHost {
             return
         }
         let bindFile = "/sys/bus/pci/drivers/\(driver)/bind"
-        if exists(bindFile) {
+        if try linkStatusIfPresent(bindFile) != nil {
             try setOverride(a, override)
             try write(a.description, to: bindFile)
         } else {
@@ -113,7 +130,7 @@ extension PCIHost {
             try probe(a)
             try setOverride(a, override)
         }
-        let now = waitForDriver(a, driver)
+        let now = try waitForDriver(a, driver)
         guard now == driver else {
             throw .invalid(what, "\(a) did not go back to \(driver) (driver now: \(now ?? "none"))", object: a.description,
                            hint: "is the \(driver) module loaded (`modprobe \(driver)`)? dmesg has its probe error")
@@ -201,7 +218,7 @@ extension PCIHost {
             try setOverride(a, driver)
             try detachDriver(a)
             try probe(a)
-            let now = waitForDriver(a, driver)
+            let now = try waitForDriver(a, driver)
             guard now == driver else {
                 throw VFIOError.invalid("bind", "\(a) did not bind to \(driver) after drivers_probe (driver now: \(now ?? "none"))",
                                         object: a.description, hint: "the kernel log (dmesg) has the driver's probe error")
@@ -209,16 +226,33 @@ extension PCIHost {
         } catch {
             throw rollBack(a, to: dev, record: existing, in: dir, after: error)
         }
-        let after = try device(a)
+        // The bind took (checked). From here on only the report is made: a read that fails now
+        // must not turn a bind that took into an error (the caller would take the device for
+        // untouched while it is on the new driver).
         var notes: [String] = []
         if let o = record.originalDriver { notes.append("unbound from \(o); `vfioctl unbind \(a) --restore` gives it back") }
+        let after = reread(a, known: "\(a) is on \(driver) (checked)", notes: &notes)
         // A cdev may appear a moment after the probe returns.
-        var cdev = after.vfioCdev
+        var cdev = after?.vfioCdev ?? list(sysfsPath(a) + "/vfio-dev").first { $0.hasPrefix("vfio") }
         if cdev == nil && driver == "vfio-pci" && sysfsWriter == nil {
             for _ in 0..<50 where cdev == nil { Sys.sleep(kernel, nanoseconds: 20_000_000); cdev = list(sysfsPath(a) + "/vfio-dev").first }
         }
-        return BindingOutcome(address: a, previousDriver: dev.driver, driver: after.driver, driverOverride: after.driverOverride,
-                              vfioCdev: cdev, changed: true, notes: notes)
+        return BindingOutcome(address: a, previousDriver: dev.driver, driver: after.map(\.driver) ?? driver,
+                              driverOverride: after.map(\.driverOverride) ?? driver, vfioCdev: cdev, changed: true, notes: notes)
+    }
+
+    /// The device read again for an outcome, after a change that was made and
+    /// checked; nil (with a note saying so after `known`) when it cannot be
+    /// read: reporting a change that took must not turn it into an error.
+    func reread(_ a: PCIAddress, known: String, notes: inout [String]) -> PCIDevice? {
+        do throws(VFIOError) {
+            return try device(a)
+        } catch {
+            var e = error
+            e.hint = nil
+            notes.append("\(known), but it could not be read again for this report: \(e.description)")
+            return nil
+        }
     }
 
     /// A hint that names what ends each use, then the retry.
@@ -368,16 +402,18 @@ extension PCIHost {
         var notes: [String] = []
         if !restore {
             try detachDriver(a)
+            let override = dev.driverOverride != nil ? record?.originalDriverOverride : nil
             if dev.driverOverride != nil {
-                try setOverride(a, record?.originalDriverOverride)
+                try setOverride(a, override)
             }
-            let after = try device(a)
             if record != nil { notes.append("the original driver (\(record?.originalDriver ?? "none")) is remembered: `vfioctl unbind \(a) --restore` brings it back") }
-            return BindingOutcome(address: a, previousDriver: dev.driver, driver: after.driver, driverOverride: after.driverOverride,
-                                  vfioCdev: after.vfioCdev, changed: dev.driver != nil, notes: notes)
+            let after = reread(a, known: "\(a) was unbound", notes: &notes)
+            return BindingOutcome(address: a, previousDriver: dev.driver, driver: after?.driver,
+                                  driverOverride: after.map(\.driverOverride) ?? override,
+                                  vfioCdev: after?.vfioCdev, changed: dev.driver != nil, notes: notes)
         }
         if let record {
-            if let d = record.originalDriver, !driverRegistered(d) {
+            if let d = record.originalDriver, !(try driverIsRegistered(d)) {
                 throw .invalid("unbind --restore", "the record's original_driver \"\(d)\" is not a registered PCI driver "
                                + "(/sys/bus/pci/drivers/\(d) does not exist); the record \(dir.name)/\(a).json is kept",
                                object: a.description, hint: "load it (`modprobe \(d)`), then `vfioctl unbind \(a) --restore`")
@@ -387,21 +423,45 @@ extension PCIHost {
             } catch {
                 var e = error
                 e.operation = "unbind --restore"
-                e.detail = (e.detail ?? "") + "; the record \(dir.name)/\(a).json is kept"
+                e.detail = (e.detail.map { $0 + "; " } ?? "") + "the record \(dir.name)/\(a).json is kept"
                 throw e
             }
-            try dir.remove(a)
+            // Put back and checked. Removing the record is the last step that may fail: a restore
+            // that throws has kept its record (a retry then finds the device back and removes it).
+            let back = "\(a) is back on \(record.originalDriver ?? "no driver") (checked)"
+            do throws(VFIOError) {
+                try dir.remove(a)
+            } catch {
+                var e = error
+                e.detail = (e.detail.map { $0 + "; " } ?? "") + "\(back), but its record \(dir.name)/\(a).json could not be removed"
+                e.hint = "`vfioctl unbind \(a) --restore` again removes it"
+                throw e
+            }
             if record.originalDriver == nil { notes.append("\(a) had no driver before `vfioctl bind`; it has none now") }
-        } else {
-            try detachDriver(a)
-            try setOverride(a, nil)
-            try probe(a)
-            let now = waitForDriver(a, nil, timeoutMilliseconds: 200)
-            notes.append("no record of an original driver: the kernel chose \(now ?? "no driver")")
+            let after = reread(a, known: back, notes: &notes)
+            let driverNow = after.map(\.driver) ?? record.originalDriver
+            return BindingOutcome(address: a, previousDriver: dev.driver, driver: driverNow,
+                                  driverOverride: after.map(\.driverOverride) ?? record.originalDriverOverride,
+                                  vfioCdev: after?.vfioCdev, changed: dev.driver != driverNow, notes: notes)
         }
-        let after = try device(a)
-        return BindingOutcome(address: a, previousDriver: dev.driver, driver: after.driver, driverOverride: after.driverOverride,
-                              vfioCdev: after.vfioCdev, changed: dev.driver != after.driver, notes: notes)
+        try detachDriver(a)
+        try setOverride(a, nil)
+        try probe(a)
+        let now: String?
+        do throws(VFIOError) {
+            now = try waitForDriver(a, nil, timeoutMilliseconds: 200)
+            notes.append("no record of an original driver: the kernel chose \(now ?? "no driver")")
+        } catch {
+            now = nil
+            var e = error
+            e.hint = nil
+            notes.append("no record of an original driver: drivers_probe was asked to choose one, "
+                         + "but which it chose could not be read: \(e.description)")
+        }
+        let after = reread(a, known: "drivers_probe ran", notes: &notes)
+        let driverNow = after.map(\.driver) ?? now
+        return BindingOutcome(address: a, previousDriver: dev.driver, driver: driverNow, driverOverride: after?.driverOverride,
+                              vfioCdev: after?.vfioCdev, changed: dev.driver != driverNow, notes: notes)
     }
 
     /// Processes holding the device's VFIO cdev or group node open (`pid N (comm)`).
