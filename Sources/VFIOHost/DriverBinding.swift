@@ -132,8 +132,9 @@ extension PCIHost {
         }
         let now = try waitForDriver(a, driver)
         guard now == driver else {
+            // The driver is registered (checked above): its probe refused the device.
             throw .invalid(what, "\(a) did not go back to \(driver) (driver now: \(now ?? "none"))", object: a.description,
-                           hint: "is the \(driver) module loaded (`modprobe \(driver)`)? dmesg has its probe error")
+                           hint: "dmesg has \(driver)'s probe error")
         }
     }
 
@@ -159,6 +160,10 @@ extension PCIHost {
         } catch {
             e.detail = (e.detail.map { $0 + "; " } ?? "") + "\(a) was put back to \(before.driver ?? "no driver"), "
                 + "but its record could not be restored: \(error.description)"
+            // The record left names the original driver: a restore finds the device there (or puts it
+            // there) and removes the record.
+            e.hint = "\(dir.name)/\(a).json still names its original driver (\(original ?? "none")): "
+                + "`vfioctl unbind \(a) --restore` puts it there and removes the record"
             return e
         }
         e.detail = (e.detail.map { $0 + "; " } ?? "") + "\(a) was put back to \(before.driver ?? "no driver") (checked)"
@@ -375,8 +380,25 @@ extension PCIHost {
     /// a record the kernel picks the driver (`drivers_probe`). Refuses when a
     /// process still has the device's VFIO node open (vfio-pci's remove would
     /// block until it closes), unless `force`.
+    ///
+    /// A failed restore prints its fix: its own hint (when it has one), then
+    /// the retry `vfioctl unbind BDF --restore`, which finds the record kept.
     public func unbind(_ a: PCIAddress, restore: Bool = false, force: Bool = false) throws(VFIOError) -> BindingOutcome {
-        try withBindingLock { (dir) throws(VFIOError) in try unbindLocked(a, restore: restore, force: force, dir: dir) }
+        do throws(VFIOError) {
+            return try withBindingLock { (dir) throws(VFIOError) in try unbindLocked(a, restore: restore, force: force, dir: dir) }
+        } catch {
+            throw restore ? withRestoreRetry(error, a) : error
+        }
+    }
+
+    /// `error` from `unbind --restore`, its hint ending with the retry
+    /// (unless it names it already, or the device is not there to restore).
+    func withRestoreRetry(_ error: VFIOError, _ a: PCIAddress) -> VFIOError {
+        let retry = "`vfioctl unbind \(a) --restore`"
+        if error.hint?.contains(retry) == true || (error.operation == "find PCI device" && error.errno == nil) { return error }
+        var e = error
+        e.hint = (e.hint.map { $0 + "; then " } ?? "once the cause is fixed, ") + retry + " tries again"
+        return e
     }
 
     func unbindLocked(_ a: PCIAddress, restore: Bool, force: Bool, dir: BindingStateDirectory) throws(VFIOError) -> BindingOutcome {

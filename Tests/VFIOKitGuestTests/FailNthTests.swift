@@ -123,6 +123,25 @@ struct FailNthTests {
         try container.close()
         #expect(Guest.driver(of: bdf) == "vfio-pci")
     }
+
+    /// The commands in a hint: every `...` span, in order.
+    static func printedCommandsIn(_ text: String) -> [String] {
+        text.split(separator: "`", omittingEmptySubsequences: false).enumerated().filter { $0.offset % 2 == 1 }.map { String($0.element) }
+    }
+
+    /// Runs one printed command as printed: `vfioctl ...` is the built vfioctl,
+    /// anything else goes to /bin/sh. Returns what went wrong.
+    static func follow(_ command: String) -> [String] {
+        do {
+            let r = command.hasPrefix("vfioctl ")
+                ? try VFIOCtlBinary.run(command.split(separator: " ").dropFirst().map(String.init))
+                : try VFIOCtlBinary.sh("/bin/sh", ["-c", command])
+            return r.status == 0 ? [] : ["the printed `\(command)` failed (status \(r.status)): \(r.err)"]
+        } catch {
+            return ["the printed `\(command)` could not be run: \(error)"]
+        }
+    }
+
     /// The device sweeps keep the device bound to vfio-pci throughout.
     static func stillOnVFIO(_ bdf: String) -> [String] {
         let d = Guest.driver(of: bdf)
@@ -153,8 +172,9 @@ struct FailNthTests {
     ///   the error says it could not be put back and the record is kept;
     /// - unbind --restore threw: the record is kept (a retry has something to
     ///   restore from: a thrown restore must never have deleted it);
-    /// and wherever the binding was left changed, a second plain
-    /// `unbind --restore` puts it back, record removed.
+    /// and wherever the binding was left changed, the error prints the fix
+    /// `vfioctl unbind BDF --restore`, and that command, run as printed (the
+    /// built vfioctl), puts it back, record removed.
     ///
     /// The binder's sysfs writes pass through a `SysfsWriteHandler` to the real
     /// files: with a handler the binder does not poll for an asynchronous probe
@@ -166,8 +186,9 @@ struct FailNthTests {
         let a = try PCIAddress(parsing: bdf)
         try Guest.bind(bdf, to: "pci-stub")
         defer { #expect(throws: Never.self, "put the device back") { try Guest.unbind(bdf) } }
-        var host = PCIHost(root: "/", sysfsWriter: PassThroughSysfs())
-        host.stateDirectory = "/run/vfiokit/failnth-bindings"
+        // The default state directory: the printed fixes run vfioctl, which keeps its records there.
+        let host = PCIHost(root: "/", sysfsWriter: PassThroughSysfs())
+        let fix = "vfioctl unbind \(bdf) --restore"
         let original = Binding(bdf, host, a)
         try #require(original.driver == "pci-stub" && original.override == "pci-stub" && !original.recorded, "\(original)")
         var step = ""
@@ -211,15 +232,17 @@ struct FailNthTests {
                 outcome = "succeeded"
             }
             tally[outcome, default: 0] += 1
-            if now != original && now.recorded {
-                // The record is kept: a plain unbind --restore must finish the job.
-                do {
-                    _ = try host.unbind(a, restore: true)
-                    tally["second unbind --restore needed", default: 0] += 1
+            if now != original && now.recorded, let failure {
+                // The record is kept: the fix the error prints, `vfioctl unbind BDF --restore`, run as
+                // printed (the built vfioctl, in a process of its own), must finish the job.
+                let commands = Self.printedCommandsIn(failure.hint ?? "")
+                if !commands.contains(fix) {
+                    problems.append("binding \(original) -> \(now), and the error prints no `\(fix)` to put it back")
+                } else {
+                    tally["printed fix followed", default: 0] += 1
+                    for c in commands { problems += Self.follow(c) }
                     let after = Binding(bdf, host, a)
-                    if after != original { problems.append("binding \(original) -> \(now), after a second unbind --restore \(after)") }
-                } catch {
-                    problems.append("binding \(original) -> \(now); a second unbind --restore failed: \(error)")
+                    if after != original { problems.append("binding \(original) -> \(now), after the printed fix \(after)") }
                 }
             }
             if !problems.isEmpty, let failure { problems.append("(the run threw in \(step): \(failure))") }
