@@ -346,18 +346,24 @@ extension PCIHost {
                 var e = error
                 var back: [String] = []
                 var stuck: [String] = []
+                // The fixes of members whose rollback did not fully take (their record is kept):
+                // printed in the hint, after the failed member's own, so following it puts all back.
+                var fixes: [String] = []
                 for (prev, record, _) in done.reversed() {
-                    let r = rollBack(prev.address, to: prev, record: record, in: dir, after: .invalid("bind", ""))
+                    let r = rollBack(prev.address, to: prev, record: record, in: dir, after: .invalid("put back", ""))
+                    let what = String((r.detail ?? "").drop { $0 == ";" || $0 == " " })
                     if r.detail?.contains("could not be put back") == true {
-                        stuck.append("\(prev.address) (\(r.detail ?? ""); its record is kept: `vfioctl unbind \(prev.address) --restore` retries)")
+                        stuck.append("\(prev.address) (\(what); its record is kept: `vfioctl unbind \(prev.address) --restore` retries)")
                     } else {
-                        back.append(prev.address.description)
+                        back.append(prev.address.description + (r.hint == nil ? "" : " (\(what))"))
                     }
+                    if let h = r.hint { fixes.append("\(prev.address): " + h) }
                 }
                 var text = e.detail ?? ""
                 if !back.isEmpty { text += "; put back as they were (checked): " + back.joined(separator: ", ") }
                 if !stuck.isEmpty { text += "; NOT put back: " + stuck.joined(separator: "; ") }
                 e.detail = text
+                if !fixes.isEmpty { e.hint = ((e.hint.map { [$0] } ?? []) + fixes).joined(separator: "; then ") }
                 throw e
             }
         }

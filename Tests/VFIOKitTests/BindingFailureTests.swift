@@ -201,6 +201,37 @@ import Glibc
         #expect(Self.binding(f) == Self.original)
     }
 
+    /// A `bind --group` whose rollback of an earlier member did not take
+    /// prints that member's retry in its fix, not only in its text: here
+    /// 01:01.0 went to vfio-pci, 01:02.0's override store fails, and pci-stub
+    /// then refuses 01:01.0 back. The cause fixed, the printed fix, followed
+    /// as printed, puts both back on pci-stub with no record left.
+    @Test func aGroupRollbackThatDidNotTakePrintsEveryRetry() throws {
+        let f = try guestLikeFixture()
+        let (first, second) = ("0000:01:01.0", "0000:01:02.0")
+        for d in [first, second] {
+            try f.bindLink(d, "pci-stub")
+            try f.write(f.dev(d) + "/driver_override", "pci-stub\n")
+        }
+        let armed = Once()
+        f.kernel.afterEachWrite { path in
+            guard path == "/sys/bus/pci/drivers_probe", armed.first() else { return }
+            f.kernel.failWrite("/sys/bus/pci/devices/\(second)/driver_override")
+            f.kernel.failProbe("pci-stub")
+        }
+        let e = try #require(throws: VFIOError.self) { _ = try f.host.bind(try PCIAddress(parsing: first), group: true) }
+        #expect(e.description.contains("NOT put back: \(first)"), "\(e)")
+        f.kernel.clearFailures()
+        f.kernel.afterEachWrite { _ in }
+        let commands = printedCommands(e.hint ?? "")
+        #expect(commands.contains("vfioctl unbind \(first) --restore"), "\(e)")
+        followAll(e.hint, in: f)
+        for d in [first, second] {
+            #expect(f.driver(d) == "pci-stub" && f.override(d) == "pci-stub" && !f.exists("/run/vfiokit/bindings/\(d).json"),
+                    "\(d): driver \(f.driver(d) ?? "none"), override \(f.override(d) ?? "none")")
+        }
+    }
+
     /// A driver link that cannot be read is not "no driver": the check after a
     /// probe or bind names the failed readlink and its errno, in bind and in restore.
     @Test func aDriverLinkThatCannotBeReadIsNotReportedAsNoDriver() throws {
