@@ -86,6 +86,7 @@ public enum Request: Sendable, Hashable, CaseIterable, CustomStringConvertible {
     case iommuHWPTGetDirtyBitmap, iommuHWPTInvalidate, iommuFaultQueueAlloc, iommuIOASMapFile, iommuVIOMMUAlloc
     case iommuVDeviceAlloc, iommuIOASChangeProcess, iommuVEventQAlloc, iommuHWQueueAlloc
 
+    /// The uapi a request belongs to: `linux/vfio.h` or `linux/iommufd.h`.
     public enum Family: String, Sendable, Codable { case vfio, iommufd }
 
     /// The kind of fd a request is issued on, which decides what its number means.
@@ -106,7 +107,9 @@ public enum Request: Sendable, Hashable, CaseIterable, CustomStringConvertible {
         public let name: String
         /// The request number the ioctl takes (`_IO(';', ...)`).
         public let number: UInt
+        /// Its uapi.
         public let family: Family
+        /// The kind of fd it is issued on.
         public let target: Target
         /// The Linux release that added it.
         public let introduced: KernelVersion
@@ -227,7 +230,9 @@ public enum Request: Sendable, Hashable, CaseIterable, CustomStringConvertible {
     /// The request number the ioctl takes. Not unique across ``target``s.
     @inline(__always)
     public var number: UInt { entry.number }
+    /// Its uapi: VFIO or iommufd.
     public var family: Family { entry.family }
+    /// The kind of fd it is issued on.
     public var target: Target { entry.target }
     /// The Linux release that added the request.
     public var introduced: KernelVersion { entry.introduced }
