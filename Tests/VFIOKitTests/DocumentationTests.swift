@@ -25,7 +25,7 @@ import Testing
         guard let b = lines.firstIndex(where: { $0.trimmingCharacters(in: .whitespaces) == "// getting-started: begin" }),
               let e = lines.firstIndex(where: { $0.trimmingCharacters(in: .whitespaces) == "// getting-started: end" }),
               b < e else { return nil }
-        return dedented(lines[(b + 1)..<e])
+        return dedented(Array(lines[(b + 1)..<e]))
     }
 
     /// The first ```swift block of a Markdown text.
@@ -35,7 +35,7 @@ import Testing
               let e = lines[(b + 1)...].firstIndex(where: { $0.trimmingCharacters(in: .whitespaces) == "```" }) else {
             return nil
         }
-        return dedented(lines[(b + 1)..<e])
+        return dedented(Array(lines[(b + 1)..<e]))
     }
 
     /// The article's driver is the code the guest runs
