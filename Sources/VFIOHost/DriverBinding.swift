@@ -177,7 +177,7 @@ extension PCIHost {
     /// `driver_override` and `drivers_probe` — never `new_id`, which would make
     /// the driver grab every device with those ids.
     ///
-    /// Steps: refuse a device in use (``uses(of:)``) unless `force`; record the
+    /// Steps: refuse a device in use (`uses(of:)`) unless `force`; record the
     /// original driver in ``stateDirectory``; set the override; unbind the current
     /// driver; probe; verify the new driver is bound. When any step fails, the
     /// device is put back (override restored, original driver rebound, checked)
@@ -363,7 +363,7 @@ extension PCIHost {
     /// the device is left without a driver (the record of its original driver
     /// stays, so a later `restore` still works). With `restore`: puts back the
     /// original driver and `driver_override` from the record bind wrote, and
-    /// checks the result (see ``putBack(_:driver:override:)``: a device that had
+    /// checks the result (see `putBack(_:driver:override:)`: a device that had
     /// no driver gets none); the record is removed only when that took. Without
     /// a record the kernel picks the driver (`drivers_probe`). Refuses when a
     /// process still has the device's VFIO node open (vfio-pci's remove would

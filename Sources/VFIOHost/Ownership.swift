@@ -31,7 +31,7 @@ extension PCIHost {
     /// Device nodes (`/dev/...`) open in processes other than this one: one
     /// scan of `/proc/PID/fd`, node -> (pid, command). Every holder and user
     /// check (``openDeviceNodes()``, ``vfioOpeners(of:openNodes:)``,
-    /// ``groupHolders(ofGroup:)``) reads this one table.
+    /// `groupHolders(ofGroup:)`) reads this one table.
     public func deviceNodeOpeners() -> [String: [(pid: Int32, command: String)]] {
         var openers: [String: [(pid: Int32, command: String)]] = [:]
         let me = Sys.getpid(kernel)

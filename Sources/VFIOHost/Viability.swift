@@ -238,7 +238,7 @@ public enum VFIOReadiness: String, Sendable, Codable, CaseIterable {
 
 extension PCIHost {
     /// One word for how usable `dev` is through VFIO. Checks device users
-    /// (``uses(of:)``) only for devices on a kernel driver.
+    /// (`uses(of:)`) only for devices on a kernel driver.
     public func readiness(of dev: PCIDevice) -> VFIOReadiness {
         readiness(of: dev, openNodes: [:])
     }

@@ -52,7 +52,7 @@ public struct KernelVersion: Sendable, Hashable, Comparable, Codable, CustomStri
 /// request (so errors name the request the call site meant, never one looked
 /// up from a number), ``VFIOError/Operation`` carries it, messages about a
 /// missing request read ``introduced``, and the probes of what the running
-/// kernel has (``OwnedFD/probe(_:)``: `IOMMUFD.features()` and the doctor)
+/// kernel has (`OwnedFD.probe(_:)`: `IOMMUFD.features()` and the doctor)
 /// walk ``iommufd``.
 ///
 /// Numbers are not unique: VFIO numbers its requests per kind of fd, so ten
@@ -67,7 +67,7 @@ public struct KernelVersion: Sendable, Hashable, Comparable, Codable, CustomStri
 /// ``vfioIOMMUSPAPRTCECreate``, ``vfioIOMMUSPAPRTCERemove``) are bounded: added
 /// after 4.1-rc3 and at or before 4.4; their commits went to the powerpc tree
 /// for the 4.2 merge window, so the table says 4.2, marked
-/// ``introductionIsBounded``.
+/// `introductionIsBounded`.
 public enum Request: Sendable, Hashable, CaseIterable, CustomStringConvertible {
     // VFIO: the container (/dev/vfio/vfio), groups and devices (3.6 unless noted).
     case vfioGetAPIVersion, vfioCheckExtension, vfioSetIOMMU
