@@ -10,8 +10,11 @@ extension VFIOError {
     /// address, a check it makes before asking the kernel) its ``Step``.
     /// `description` is the name people read: `IOMMU_IOAS_MAP`, `open`, `bind`.
     public enum Operation: Sendable, Hashable, CustomStringConvertible {
+        /// An ioctl, by its request (`.ioctl(.iommuIOASMap)`).
         case ioctl(Request)
+        /// A system call or C library call (`.syscall(.open)`).
         case syscall(Syscall)
+        /// A step of VFIOKit's own, made before or without asking the kernel (`.step(.bind)`).
         case step(Step)
 
         public var description: String {
