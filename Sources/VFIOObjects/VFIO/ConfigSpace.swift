@@ -4,32 +4,52 @@ import VFIOSystem
 /// (vfio-pci virtualizes parts of it: the kernel filters what userspace may
 /// change). Reads and writes are little-endian.
 public struct PCIConfigSpace: Sendable {
+    /// The device whose config space this is (kept open).
     public let device: VFIODevice
+    /// The config region (`VFIO_PCI_CONFIG_REGION_INDEX`) it reads and writes.
     public let region: VFIORegionInfo
 
+    /// Reads a byte at `offset`: `pread` on the device fd at the config region's offset.
     public func read8(_ offset: UInt64) throws(VFIOError) -> UInt8 { try device.read(region: region, at: offset) }
+    /// Reads 16 bits at `offset` (little-endian): `pread` on the device fd.
     public func read16(_ offset: UInt64) throws(VFIOError) -> UInt16 { try device.read(region: region, at: offset) }
+    /// Reads 32 bits at `offset` (little-endian): `pread` on the device fd.
     public func read32(_ offset: UInt64) throws(VFIOError) -> UInt32 { try device.read(region: region, at: offset) }
+    /// Writes a byte at `offset`: `pwrite` on the device fd (vfio-pci filters what it lets through).
     public func write8(_ v: UInt8, at offset: UInt64) throws(VFIOError) { try device.write(v, region: region, at: offset) }
+    /// Writes 16 bits at `offset` (little-endian): `pwrite` on the device fd.
     public func write16(_ v: UInt16, at offset: UInt64) throws(VFIOError) { try device.write(v, region: region, at: offset) }
+    /// Writes 32 bits at `offset` (little-endian): `pwrite` on the device fd.
     public func write32(_ v: UInt32, at offset: UInt64) throws(VFIOError) { try device.write(v, region: region, at: offset) }
 
+    /// The vendor id (offset 0).
     public var vendorID: UInt16 { get throws(VFIOError) { try read16(0x00) } }
+    /// The device id (offset 2).
     public var deviceID: UInt16 { get throws(VFIOError) { try read16(0x02) } }
 
     /// The command register (offset 4).
     public struct Command: OptionSet, Sendable {
+        /// The register's bits.
         public let rawValue: UInt16
+        /// A command value from its bits.
         public init(rawValue: UInt16) { self.rawValue = rawValue }
+        /// Bit 0: the device answers I/O space accesses.
         public static let ioSpace = Command(rawValue: 1 << 0)
+        /// Bit 1: the device answers memory space accesses (its BARs).
         public static let memorySpace = Command(rawValue: 1 << 1)
+        /// Bit 2: the device may start memory transactions: DMA, and MSIs.
         public static let busMaster = Command(rawValue: 1 << 2)
+        /// Bit 6: parity errors are reported.
         public static let parityErrorResponse = Command(rawValue: 1 << 6)
+        /// Bit 8: system errors (SERR#) are reported.
         public static let serr = Command(rawValue: 1 << 8)
+        /// Bit 10: INTx is disabled.
         public static let interruptDisable = Command(rawValue: 1 << 10)
     }
 
+    /// Reads the command register (offset 4).
     public func command() throws(VFIOError) -> Command { Command(rawValue: try read16(0x04)) }
+    /// Writes the command register (offset 4).
     public func setCommand(_ c: Command) throws(VFIOError) { try write16(c.rawValue, at: 0x04) }
 
     /// Turns bus mastering (the device's permission to DMA) on or off.
@@ -54,16 +74,25 @@ public struct PCIConfigSpace: Sendable {
         case ptm = 0x001f, dvsec = 0x0023, dataLink = 0x0025, physicalLayer16 = 0x0026
     }
 
+    /// One entry of the standard capability list.
     public struct Capability: Sendable, Equatable {
+        /// The capability id.
         public var id: UInt8
+        /// Where it is in config space.
         public var offset: UInt16
+        /// The id as a ``CapabilityID``, when VFIOKit names it.
         public var known: CapabilityID? { CapabilityID(rawValue: id) }
     }
 
+    /// One entry of the PCIe extended capability list.
     public struct ExtendedCapability: Sendable, Equatable {
+        /// The extended capability id.
         public var id: UInt16
+        /// The capability's version.
         public var version: UInt8
+        /// Where it is in config space (0x100 or later).
         public var offset: UInt16
+        /// The id as an ``ExtendedCapabilityID``, when VFIOKit names it.
         public var known: ExtendedCapabilityID? { ExtendedCapabilityID(rawValue: id) }
     }
 
