@@ -11,13 +11,19 @@ import Musl
 /// `notes` (sentences about the group and the state kept, each with its
 /// remedy worded), `note_remedies` (each note's remedy or null).
 public struct BindingOutcome: Sendable, Equatable, Encodable {
+    /// The device.
     public var address: PCIAddress
+    /// The driver it had before (nil: none).
     public var previousDriver: String?
+    /// The driver it has now (nil: none).
     public var driver: String?
+    /// Its `driver_override` now (nil: unset).
     public var driverOverride: String?
+    /// Its VFIO cdev now (`vfio0`), when bound to vfio-pci.
     public var vfioCdev: String?
     /// False when the device was already where it was asked to be.
     public var changed: Bool
+    /// What else the caller should know (group members left, restores), each with its remedy.
     public var notes: [BindingNote]
 
     enum CodingKeys: String, CodingKey {
@@ -30,9 +36,12 @@ public struct BindingOutcome: Sendable, Equatable, Encodable {
 /// A sentence about a bind or unbind, and what undoes or follows it
 /// (`unbound from nvme; to give it back:` and ``Remedy/restoreDriver(_:)``).
 public struct BindingNote: Sendable, Equatable, ExpressibleByStringInterpolation, CustomStringConvertible {
+    /// The note in words.
     public var text: String
+    /// What to do about it, if anything.
     public var remedy: Remedy?
 
+    /// A note with an optional remedy.
     public init(_ text: String, remedy: Remedy? = nil) {
         self.text = text
         self.remedy = remedy

@@ -38,7 +38,16 @@ public struct IOMMUGroup: Sendable, Equatable, Codable {
 public struct IOMMUInstance: Sendable, Equatable, Codable {
     /// The IOMMU's hardware (from its sysfs class entry).
     public enum Kind: String, Sendable, Codable {
-        case intelVTd = "intel-vtd", amdVi = "amd-vi", virtio = "virtio-iommu", selftest, other
+        /// Intel VT-d (`dmar*`).
+        case intelVTd = "intel-vtd"
+        /// AMD-Vi (`ivhd*`).
+        case amdVi = "amd-vi"
+        /// virtio-iommu (no interrupt remapping).
+        case virtio = "virtio-iommu"
+        /// iommufd's selftest mock IOMMU (`CONFIG_IOMMUFD_TEST`).
+        case selftest
+        /// Any other IOMMU (SMMUv3, ...).
+        case other
     }
     /// Its name in `/sys/class/iommu` (`dmar0`, `ivhd0`, ...).
     public var name: String
@@ -67,7 +76,14 @@ public struct IOMMUInstance: Sendable, Equatable, Codable {
 /// signal exists (no IO-APIC lines), the state is `unknown`.
 public struct InterruptRemapping: Sendable, Equatable, Codable {
     /// Whether interrupts are remapped: `enabled`, `disabled`, or `unknown` (no signal).
-    public enum State: String, Sendable, Codable { case enabled, disabled, unknown }
+    public enum State: String, Sendable, Codable {
+        /// Interrupts go through the remapping irqchips (`IR-` in `/proc/interrupts`).
+        case enabled
+        /// They do not: MSIs are not isolated.
+        case disabled
+        /// No signal either way.
+        case unknown
+    }
     /// Whether interrupts are remapped.
     public var state: State
     /// What the state was read from, in one sentence.

@@ -15,9 +15,11 @@ import Musl
 /// holder of any member keeps every other owner away from all of them.
 /// JSON keys: `pid`, `command`, `node`, `member` (BDF, null for the group node).
 public struct VFIOHolder: Sendable, Equatable, Codable, CustomStringConvertible {
+    /// The process that holds the node.
     public var pid: Int32
     /// `/proc/PID/comm`.
     public var command: String
+    /// The node it holds open: `/dev/vfio/N` or `/dev/vfio/devices/vfioN`.
     public var node: String
     /// The member whose cdev is open; nil for the group node.
     public var member: PCIAddress?

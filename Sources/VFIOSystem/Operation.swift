@@ -72,14 +72,71 @@ extension VFIOError.Operation: Codable {
 /// A system call (or C library call) VFIOKit makes through its syscall layer,
 /// by the name errors print.
 public enum Syscall: String, Sendable, Hashable, CaseIterable, Codable {
-    case open, close, read, write, pread, pwrite, poll, mmap, munmap, eventfd
+    /// `open(2)`.
+    case open
+    /// `close(2)`.
+    case close
+    /// `read(2)`.
+    case read
+    /// `write(2)`.
+    case write
+    /// `pread(2)`.
+    case pread
+    /// `pwrite(2)`.
+    case pwrite
+    /// `poll(2)`.
+    case poll
+    /// `mmap(2)`.
+    case mmap
+    /// `munmap(2)`.
+    case munmap
+    /// `eventfd(2)`.
+    case eventfd
+    /// `memfd_create(2)`.
     case memfdCreate = "memfd_create"
-    case ftruncate, fsync, flock, fcntl, fstat, stat, lstat, readlink, access, mkdir, unlink, rename, getdents64
+    /// `ftruncate(2)`.
+    case ftruncate
+    /// `fsync(2)`.
+    case fsync
+    /// `flock(2)`.
+    case flock
+    /// `fcntl(2)`.
+    case fcntl
+    /// `fstat(2)`.
+    case fstat
+    /// `stat(2)`.
+    case stat
+    /// `lstat(2)`.
+    case lstat
+    /// `readlink(2)`.
+    case readlink
+    /// `access(2)`.
+    case access
+    /// `mkdir(2)`.
+    case mkdir
+    /// `unlink(2)`.
+    case unlink
+    /// `rename(2)`.
+    case rename
+    /// `getdents64(2)`.
+    case getdents64
+    /// `pthread_create(3)`.
     case pthreadCreate = "pthread_create"
-    case getrlimit, uname, sysconf
+    /// `getrlimit(2)`.
+    case getrlimit
+    /// `uname(2)`.
+    case uname
+    /// `sysconf(3)`.
+    case sysconf
+    /// `posix_spawnp(3)`.
     case posixSpawnp = "posix_spawnp"
-    case waitpid, kill
+    /// `waitpid(2)`.
+    case waitpid
+    /// `kill(2)`.
+    case kill
+    /// `pthread_sigmask(3)`.
     case pthreadSigmask = "pthread_sigmask"
+    /// `sigtimedwait(2)`.
     case sigtimedwait
 }
 

@@ -394,8 +394,10 @@ extension Remedy: Encodable {
 /// findings, group viability, device uses, binding notes) word their text
 /// fields with the wording the encoder carries.
 public struct RemedyWording: Sendable {
+    /// The wording: remedies (in order) to text, nil for none.
     public let words: @Sendable ([Remedy]) -> String?
 
+    /// A wording from a function.
     public init(_ words: @escaping @Sendable ([Remedy]) -> String?) { self.words = words }
 
     /// The library's plain words (``Remedy/describe(_:)``).

@@ -8,9 +8,12 @@ import CVFIO
 /// A Linux release, `major.minor` (`6.2`), comparable: the release that added
 /// a request, or the one running.
 public struct KernelVersion: Sendable, Hashable, Comparable, Codable, CustomStringConvertible {
+    /// The major number (6 of 6.2).
     public var major: Int
+    /// The minor number (2 of 6.2).
     public var minor: Int
 
+    /// Release `major.minor`.
     public init(_ major: Int, _ minor: Int) {
         self.major = major
         self.minor = minor
@@ -184,7 +187,12 @@ public enum Request: Sendable, Hashable, CaseIterable, CustomStringConvertible {
     case iommuHWQueueAlloc
 
     /// The uapi a request belongs to: `linux/vfio.h` or `linux/iommufd.h`.
-    public enum Family: String, Sendable, Codable { case vfio, iommufd }
+    public enum Family: String, Sendable, Codable {
+        /// `linux/vfio.h`.
+        case vfio
+        /// `linux/iommufd.h`.
+        case iommufd
+    }
 
     /// The kind of fd a request is issued on, which decides what its number means.
     public enum Target: String, Sendable, Codable {
