@@ -407,6 +407,7 @@ public struct RemedyWording: Sendable {
     public static let key = CodingUserInfoKey(rawValue: "VFIOKit.RemedyWording")!
 }
 
+/// The remedy wording an encoder carries.
 extension Encoder {
     /// The remedy wording this encoder carries (``RemedyWording/key``), plain words by default.
     public var remedyWording: RemedyWording { userInfo[RemedyWording.key] as? RemedyWording ?? .plain }

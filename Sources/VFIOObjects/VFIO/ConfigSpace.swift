@@ -61,17 +61,74 @@ public struct PCIConfigSpace: Sendable {
 
     /// Standard capability ids (config offset 0x34 list).
     public enum CapabilityID: UInt8, Sendable {
-        case powerManagement = 0x01, agp = 0x02, vpd = 0x03, slotID = 0x04, msi = 0x05, hyperTransport = 0x08
-        case vendorSpecific = 0x09, debugPort = 0x0a, pciBridgeSubsystemVendorID = 0x0d, pciExpress = 0x10
-        case msix = 0x11, sata = 0x12, advancedFeatures = 0x13, enhancedAllocation = 0x14
+        /// 0x01: Power Management.
+        case powerManagement = 0x01
+        /// 0x02: AGP.
+        case agp = 0x02
+        /// 0x03: Vital Product Data.
+        case vpd = 0x03
+        /// 0x04: Slot Identification.
+        case slotID = 0x04
+        /// 0x05: MSI.
+        case msi = 0x05
+        /// 0x08: HyperTransport.
+        case hyperTransport = 0x08
+        /// 0x09: Vendor-Specific.
+        case vendorSpecific = 0x09
+        /// 0x0a: Debug Port.
+        case debugPort = 0x0a
+        /// 0x0d: PCI Bridge Subsystem Vendor ID.
+        case pciBridgeSubsystemVendorID = 0x0d
+        /// 0x10: PCI Express.
+        case pciExpress = 0x10
+        /// 0x11: MSI-X.
+        case msix = 0x11
+        /// 0x12: SATA Data/Index Configuration.
+        case sata = 0x12
+        /// 0x13: Advanced Features.
+        case advancedFeatures = 0x13
+        /// 0x14: Enhanced Allocation.
+        case enhancedAllocation = 0x14
     }
 
     /// Extended capability ids (PCIe, from offset 0x100).
     public enum ExtendedCapabilityID: UInt16, Sendable {
-        case aer = 0x0001, virtualChannel = 0x0002, deviceSerialNumber = 0x0003, powerBudgeting = 0x0004
-        case acs = 0x000d, ari = 0x000e, ats = 0x000f, sriov = 0x0010, resizableBAR = 0x0015
-        case ltr = 0x0018, secondaryPCIe = 0x0019, pasid = 0x001b, l1pmSubstates = 0x001e, dpc = 0x001d
-        case ptm = 0x001f, dvsec = 0x0023, dataLink = 0x0025, physicalLayer16 = 0x0026
+        /// 0x0001: Advanced Error Reporting.
+        case aer = 0x0001
+        /// 0x0002: Virtual Channel.
+        case virtualChannel = 0x0002
+        /// 0x0003: Device Serial Number.
+        case deviceSerialNumber = 0x0003
+        /// 0x0004: Power Budgeting.
+        case powerBudgeting = 0x0004
+        /// 0x000d: Access Control Services (peer-to-peer isolation: what IOMMU groups depend on).
+        case acs = 0x000d
+        /// 0x000e: Alternative Routing-ID Interpretation.
+        case ari = 0x000e
+        /// 0x000f: Address Translation Services.
+        case ats = 0x000f
+        /// 0x0010: Single Root I/O Virtualization.
+        case sriov = 0x0010
+        /// 0x0015: Resizable BAR.
+        case resizableBAR = 0x0015
+        /// 0x0018: Latency Tolerance Reporting.
+        case ltr = 0x0018
+        /// 0x0019: Secondary PCI Express.
+        case secondaryPCIe = 0x0019
+        /// 0x001b: Process Address Space ID.
+        case pasid = 0x001b
+        /// 0x001e: L1 PM Substates.
+        case l1pmSubstates = 0x001e
+        /// 0x001d: Downstream Port Containment.
+        case dpc = 0x001d
+        /// 0x001f: Precision Time Measurement.
+        case ptm = 0x001f
+        /// 0x0023: Designated Vendor-Specific.
+        case dvsec = 0x0023
+        /// 0x0025: Data Link Feature.
+        case dataLink = 0x0025
+        /// 0x0026: Physical Layer 16.0 GT/s.
+        case physicalLayer16 = 0x0026
     }
 
     /// One entry of the standard capability list.
