@@ -1,5 +1,7 @@
 import Foundation
 import Testing
+import VFIOCommands
+import VFIOKit
 
 /// The DocC catalog (Sources/VFIOKit/VFIOKit.docc) against the code it shows.
 @Suite struct DocumentationTests {
@@ -61,5 +63,17 @@ import Testing
         #expect(region == ["let a = 1", "", "let b = 2"])
         #expect(block == ["let a = 1", "", "let b = 3"])
         #expect(region != block)
+    }
+
+    /// The error texts ErrorsAndRemedies.md prints are what the library and
+    /// vfioctl print for that error.
+    @Test func errorsArticleShowsTheRealTexts() throws {
+        let article = try Self.text("Sources/VFIOKit/VFIOKit.docc/ErrorsAndRemedies.md")
+        let address = try PCIAddress(parsing: "0000:00:03.0")
+        let e = VFIOError(operation: .syscall(.open), errno: .noSuchFileOrDirectory, object: "/dev/vfio/devices/vfio0",
+                          remedies: [.bindToVFIO(address), .diagnose(address)])
+        for text in [e.description, CLIWording.message(e)] {
+            #expect(article.contains(text), "the article does not show:\n\(text)")
+        }
     }
 }
