@@ -67,11 +67,21 @@ extension PCIHost {
     /// the driver link is there when the write returns; this is a safety margin.
     static let probeTimeoutMilliseconds = 2_000
 
-    /// Waits until the device's driver is `want` (nil: any driver).
-    func waitForDriver(_ a: PCIAddress, _ want: String?, timeoutMilliseconds: Int = PCIHost.probeTimeoutMilliseconds) -> String? {
+    /// Waits until the device's driver is `want` (nil: any driver) and
+    /// returns the driver it has then. A driver link that cannot be read is an
+    /// error naming the readlink and its errno, never "no driver".
+    func waitForDriver(_ a: PCIAddress, _ want: String?,
+                       timeoutMilliseconds: Int = PCIHost.probeTimeoutMilliseconds) throws(VFIOError) -> String? {
         var waited = 0
         while true {
-            let cur = linkName(sysfsPath(a) + "/driver")
+            let cur: String?
+            do throws(VFIOError) {
+                cur = try driverLink(of: a)
+            } catch {
+                var e = error
+                e.detail = "could not check whether \(a) is on \(want ?? "a driver")" + (e.detail.map { "; " + $0 } ?? "")
+                throw e
+            }
             if let want { if cur == want { return cur } } else if cur != nil { return cur }
             if waited >= timeoutMilliseconds || sysfsWriter != nil { return cur }
             Sys.sleep(kernel, nanoseconds: 20_000_000); waited += 20
@@ -99,12 +109,19 @@ extension PCIHost {
         try write(a.description, to: "/sys/bus/pci/drivers_probe")
     }
 
+    /// Whether a driver by this name is registered on the PCI bus; throws
+    /// when that cannot be checked (an lstat error other than ENOENT), so a
+    /// binding decision never takes "cannot be checked" for "not loaded".
+    func driverIsRegistered(_ name: String) throws(VFIOError) -> Bool {
+        try linkStatusIfPresent("/sys/bus/pci/drivers/" + name) != nil
+    }
+
     /// Throws unless `name` is a safe driver name registered on the PCI bus.
     func requireDriver(_ name: String, _ what: VFIOError.Operation, device a: PCIAddress) throws(VFIOError) {
         if let why = DriverName.problem(name) {
             throw .invalid(what, "\"\(name)\" \(why)", object: a.description)
         }
-        guard driverRegistered(name) else {
+        guard try driverIsRegistered(name) else {
             throw .invalid(what, "the \(name) driver is not loaded (/sys/bus/pci/drivers/\(name) does not exist)",
                            object: a.description, remedies: [.loadModule(name)])
         }
@@ -139,7 +156,7 @@ extension PCIHost {
             return
         }
         let bindFile = "/sys/bus/pci/drivers/\(driver)/bind"
-        if exists(bindFile) {
+        if try linkStatusIfPresent(bindFile) != nil {
             try setOverride(a, override)
             try write(a.description, to: bindFile)
         } else {
@@ -147,10 +164,11 @@ extension PCIHost {
             try probe(a)
             try setOverride(a, override)
         }
-        let now = waitForDriver(a, driver)
+        let now = try waitForDriver(a, driver)
         guard now == driver else {
+            // The driver is registered (checked above): its probe refused the device.
             throw .invalid(what, "\(a) did not go back to \(driver) (driver now: \(now ?? "none"))", object: a.description,
-                           remedies: [.loadModule(driver), .readKernelLog(matching: [])])
+                           remedies: [.readKernelLog(matching: [a.description])])
         }
     }
 
@@ -166,16 +184,20 @@ extension PCIHost {
             try putBack(a, driver: before.driver, override: before.driverOverride)
         } catch {
             e.detail = (e.detail.map { $0 + "; " } ?? "") + "\(a) could not be put back to "
-                + (before.driver ?? "no driver") + ": " + (error.detail ?? error.description)
+                + (before.driver ?? "no driver") + ": " + (error.detail ?? error.summary)
                 + "; \(dir.name)/\(a).json keeps its original driver (\(original ?? "none"))"
-            e.remedies = [.advice("once the cause is fixed (dmesg has the driver's error), put it back"), .restoreDriver(a)]
+            e.remedies = [.advice("once the cause is fixed (dmesg has the driver's error), put \(a) back"), .restoreDriver(a)]
             return e
         }
         do throws(VFIOError) {
             try dir.restore(a, to: previous)
         } catch {
             e.detail = (e.detail.map { $0 + "; " } ?? "") + "\(a) was put back to \(before.driver ?? "no driver"), "
-                + "but its record could not be restored: \(error.description)"
+                + "but its record could not be restored: \(error.summary)"
+            // The record left names the original driver: a restore finds the device there (or puts it
+            // there) and removes the record.
+            e.remedies = [.advice("\(dir.name)/\(a).json still names its original driver (\(original ?? "none")); "
+                                  + "restoring it puts \(a) there and removes the record"), .restoreDriver(a)]
             return e
         }
         e.detail = (e.detail.map { $0 + "; " } ?? "") + "\(a) was put back to \(before.driver ?? "no driver") (checked)"
@@ -236,7 +258,7 @@ extension PCIHost {
             try setOverride(a, driver)
             try detachDriver(a)
             try probe(a)
-            let now = waitForDriver(a, driver)
+            let now = try waitForDriver(a, driver)
             guard now == driver else {
                 throw VFIOError.invalid(.step(.bind), "\(a) did not bind to \(driver) after drivers_probe (driver now: \(now ?? "none"))",
                                         object: a.description, remedies: [.readKernelLog(matching: [])])
@@ -244,16 +266,31 @@ extension PCIHost {
         } catch {
             throw rollBack(a, to: dev, record: existing, in: dir, after: error)
         }
-        let after = try device(a)
+        // The bind took (checked). From here on only the report is made: a read that fails now
+        // must not turn a bind that took into an error (the caller would take the device for
+        // untouched while it is on the new driver).
         var notes: [BindingNote] = []
         if let o = record.originalDriver { notes.append(BindingNote("unbound from \(o); to give it back", remedy: .restoreDriver(a))) }
+        let after = reread(a, known: "\(a) is on \(driver) (checked)", notes: &notes)
         // A cdev may appear a moment after the probe returns.
-        var cdev = after.vfioCdev
+        var cdev = after?.vfioCdev ?? list(sysfsPath(a) + "/vfio-dev").first { $0.hasPrefix("vfio") }
         if cdev == nil && driver == "vfio-pci" && sysfsWriter == nil {
             for _ in 0..<50 where cdev == nil { Sys.sleep(kernel, nanoseconds: 20_000_000); cdev = list(sysfsPath(a) + "/vfio-dev").first }
         }
-        return BindingOutcome(address: a, previousDriver: dev.driver, driver: after.driver, driverOverride: after.driverOverride,
-                              vfioCdev: cdev, changed: true, notes: notes)
+        return BindingOutcome(address: a, previousDriver: dev.driver, driver: after.map(\.driver) ?? driver,
+                              driverOverride: after.map(\.driverOverride) ?? driver, vfioCdev: cdev, changed: true, notes: notes)
+    }
+
+    /// The device read again for an outcome, after a change that was made and
+    /// checked; nil (with a note saying so after `known`) when it cannot be
+    /// read: reporting a change that took must not turn it into an error.
+    func reread(_ a: PCIAddress, known: String, notes: inout [BindingNote]) -> PCIDevice? {
+        do throws(VFIOError) {
+            return try device(a)
+        } catch {
+            notes.append(BindingNote("\(known), but it could not be read again for this report: \(error.summary)"))
+            return nil
+        }
     }
 
     /// The remedies that end each use, then the retry (and the retry forced).
@@ -342,19 +379,25 @@ extension PCIHost {
                 var e = error
                 var back: [String] = []
                 var stuck: [String] = []
+                // The remedies of members whose rollback did not fully take (their record is kept):
+                // after the failed member's own, so following them in order puts all back.
+                var fixes: [Remedy] = []
                 for (prev, record, _) in done.reversed() {
-                    let r = rollBack(prev.address, to: prev, record: record, in: dir, after: .invalid(.step(.bind), ""))
+                    let r = rollBack(prev.address, to: prev, record: record, in: dir, after: .invalid(.step(.putBack), ""))
+                    let what = String((r.detail ?? "").drop { $0 == ";" || $0 == " " })
                     if r.detail?.contains("could not be put back") == true {
-                        stuck.append("\(prev.address) (\(r.detail ?? ""); its record is kept, so restoring its driver retries)")
-                        e.remedies.append(.restoreDriver(prev.address))
+                        stuck.append("\(prev.address) (\(what); its record is kept, so restoring its driver retries)")
                     } else {
-                        back.append(prev.address.description)
+                        back.append(prev.address.description + (r.remedies.isEmpty ? "" : " (\(what))"))
                     }
+                    // Its steps (the retry); the advice that comes with them, its text says already.
+                    fixes += r.remedies.filter { $0.kind != .advice }
                 }
                 var text = e.detail ?? ""
                 if !back.isEmpty { text += "; put back as they were (checked): " + back.joined(separator: ", ") }
                 if !stuck.isEmpty { text += "; NOT put back: " + stuck.joined(separator: "; ") }
                 e.detail = text
+                for f in fixes where !e.remedies.contains(f) { e.remedies.append(f) }
                 throw e
             }
         }
@@ -377,8 +420,25 @@ extension PCIHost {
     /// a record the kernel picks the driver (`drivers_probe`). Refuses when a
     /// process still has the device's VFIO node open (vfio-pci's remove would
     /// block until it closes), unless `force`.
+    ///
+    /// A failed restore says its fix: its own remedies (when it has any), then
+    /// the retry (``Remedy/restoreDriver(_:)``), which finds the record kept.
     public func unbind(_ a: PCIAddress, restore: Bool = false, force: Bool = false) throws(VFIOError) -> BindingOutcome {
-        try withBindingLock { (dir) throws(VFIOError) in try unbindLocked(a, restore: restore, force: force, dir: dir) }
+        do throws(VFIOError) {
+            return try withBindingLock { (dir) throws(VFIOError) in try unbindLocked(a, restore: restore, force: force, dir: dir) }
+        } catch {
+            throw restore ? withRestoreRetry(error, a) : error
+        }
+    }
+
+    /// `error` from `unbind --restore`, its remedies ending with the retry
+    /// (unless they hold it already, or the device is not there to restore).
+    func withRestoreRetry(_ error: VFIOError, _ a: PCIAddress) -> VFIOError {
+        let retry = Remedy.restoreDriver(a)
+        if error.remedies.contains(retry) || (error.operation == .step(.findPCIDevice) && error.errno == nil) { return error }
+        var e = error
+        e.remedies.append(retry)
+        return e
     }
 
     func unbindLocked(_ a: PCIAddress, restore: Bool, force: Bool, dir: BindingStateDirectory) throws(VFIOError) -> BindingOutcome {
@@ -405,19 +465,21 @@ extension PCIHost {
         var notes: [BindingNote] = []
         if !restore {
             try detachDriver(a)
+            let override = dev.driverOverride != nil ? record?.originalDriverOverride : nil
             if dev.driverOverride != nil {
-                try setOverride(a, record?.originalDriverOverride)
+                try setOverride(a, override)
             }
-            let after = try device(a)
             if record != nil {
                 notes.append(BindingNote("the original driver (\(record?.originalDriver ?? "none")) is remembered; to bring it back",
                                          remedy: .restoreDriver(a)))
             }
-            return BindingOutcome(address: a, previousDriver: dev.driver, driver: after.driver, driverOverride: after.driverOverride,
-                                  vfioCdev: after.vfioCdev, changed: dev.driver != nil, notes: notes)
+            let after = reread(a, known: "\(a) was unbound", notes: &notes)
+            return BindingOutcome(address: a, previousDriver: dev.driver, driver: after?.driver,
+                                  driverOverride: after.map(\.driverOverride) ?? override,
+                                  vfioCdev: after?.vfioCdev, changed: dev.driver != nil, notes: notes)
         }
         if let record {
-            if let d = record.originalDriver, !driverRegistered(d) {
+            if let d = record.originalDriver, !(try driverIsRegistered(d)) {
                 throw .invalid(.step(.restoreDriver), "the record's original_driver \"\(d)\" is not a registered PCI driver "
                                + "(/sys/bus/pci/drivers/\(d) does not exist); the record \(dir.name)/\(a).json is kept",
                                object: a.description, remedies: [.loadModule(d), .restoreDriver(a)])
@@ -426,22 +488,50 @@ extension PCIHost {
                 try putBack(a, driver: record.originalDriver, override: record.originalDriverOverride)
             } catch {
                 var e = error
-                e.operation = .step(.restoreDriver)
-                e.detail = (e.detail ?? "") + "; the record \(dir.name)/\(a).json is kept"
+                // A failed syscall keeps its name (readlink, write): the errno is its answer.
+                if case .step = e.operation {
+                    e.operation = .step(.restoreDriver)
+                    e.detail = (e.detail.map { $0 + "; " } ?? "") + "the record \(dir.name)/\(a).json is kept"
+                } else {
+                    e.detail = "\(VFIOError.Step.restoreDriver) of \(a) to \(record.originalDriver ?? "no driver"): "
+                        + (e.detail.map { $0 + "; " } ?? "") + "the record \(dir.name)/\(a).json is kept"
+                }
                 throw e
             }
-            try dir.remove(a)
+            // Put back and checked. Removing the record is the last step that may fail: a restore
+            // that throws has kept its record (a retry then finds the device back and removes it:
+            // ``unbind(_:restore:force:)`` adds that retry to the error's remedies).
+            let back = "\(a) is back on \(record.originalDriver ?? "no driver") (checked)"
+            do throws(VFIOError) {
+                try dir.remove(a)
+            } catch {
+                var e = error
+                e.detail = (e.detail.map { $0 + "; " } ?? "") + "\(back), but its record \(dir.name)/\(a).json could not be removed"
+                throw e
+            }
             if record.originalDriver == nil { notes.append("\(a) had no driver before it was bound; it has none now") }
-        } else {
-            try detachDriver(a)
-            try setOverride(a, nil)
-            try probe(a)
-            let now = waitForDriver(a, nil, timeoutMilliseconds: 200)
-            notes.append("no record of an original driver: the kernel chose \(now ?? "no driver")")
+            let after = reread(a, known: back, notes: &notes)
+            let driverNow = after.map(\.driver) ?? record.originalDriver
+            return BindingOutcome(address: a, previousDriver: dev.driver, driver: driverNow,
+                                  driverOverride: after.map(\.driverOverride) ?? record.originalDriverOverride,
+                                  vfioCdev: after?.vfioCdev, changed: dev.driver != driverNow, notes: notes)
         }
-        let after = try device(a)
-        return BindingOutcome(address: a, previousDriver: dev.driver, driver: after.driver, driverOverride: after.driverOverride,
-                              vfioCdev: after.vfioCdev, changed: dev.driver != after.driver, notes: notes)
+        try detachDriver(a)
+        try setOverride(a, nil)
+        try probe(a)
+        let now: String?
+        do throws(VFIOError) {
+            now = try waitForDriver(a, nil, timeoutMilliseconds: 200)
+            notes.append("no record of an original driver: the kernel chose \(now ?? "no driver")")
+        } catch {
+            now = nil
+            notes.append(BindingNote("no record of an original driver: drivers_probe was asked to choose one, "
+                                     + "but which it chose could not be read: \(error.summary)"))
+        }
+        let after = reread(a, known: "drivers_probe ran", notes: &notes)
+        let driverNow = after.map(\.driver) ?? now
+        return BindingOutcome(address: a, previousDriver: dev.driver, driver: driverNow, driverOverride: after?.driverOverride,
+                              vfioCdev: after?.vfioCdev, changed: dev.driver != driverNow, notes: notes)
     }
 
     /// Processes holding the device's VFIO cdev or group node open (`pid N (comm)`).

@@ -129,6 +129,17 @@ public struct PCIHost: Sendable {
         (try? Sys.lstat(kernel, path(p), object: p)) != nil
     }
 
+    /// Metadata of the node itself (not following a symlink), or nil when
+    /// there is nothing at `p` (ENOENT); other errors are thrown, for facts
+    /// that must not be mistaken for "absent".
+    public func linkStatusIfPresent(_ p: String) throws(VFIOError) -> FileStatus? {
+        do throws(VFIOError) {
+            return try Sys.lstat(kernel, path(p), object: p)
+        } catch where error.errno == .noSuchFileOrDirectory {
+            return nil
+        }
+    }
+
     /// Whether `p` is a directory (following symlinks); false when it cannot be checked.
     public func isDirectory(_ p: String) -> Bool {
         (try? Sys.stat(kernel, path(p), object: p))?.isDirectory ?? false

@@ -179,22 +179,35 @@ extension PCIHost {
         }.sorted { $0.address < $1.address }
     }
 
-    /// One device; throws when sysfs has no such device.
+    /// One device; throws when sysfs has no such device, or when its
+    /// directory or the files that say what it is (vendor, device, driver,
+    /// driver_override, IOMMU group) exist but cannot be read: such an error
+    /// names the syscall and errno, never "no such device".
     public func device(_ a: PCIAddress) throws(VFIOError) -> PCIDevice {
         let dir = sysfsPath(a)
-        guard exists(dir) else {
+        guard try linkStatusIfPresent(dir) != nil else {
             throw VFIOError.invalid(.step(.findPCIDevice), "no PCI device \(a) on this machine (\(dir) does not exist)",
                                     object: a.description, remedies: [.listDevices])
         }
-        func hexFile(_ name: String) -> UInt32? {
-            guard var s = readTrimmed(dir + "/" + name) else { return nil }
+        func parseHex(_ text: String) -> UInt32? {
+            var s = text.trimmingWhitespace()
             if s.hasPrefix("0x") { s.removeFirst(2) }
             return UInt32(s, radix: 16)
         }
-        guard let vendor = hexFile("vendor"), let devid = hexFile("device") else {
-            throw VFIOError.invalid(.step(.readPCIDevice), "\(dir) has no readable vendor/device files",
-                                    object: a.description, remedies: [.advice("is sysfs mounted at /sys?")])
+        func hexFile(_ name: String) -> UInt32? { read(dir + "/" + name).flatMap(parseHex) }
+        func requiredHex(_ name: String) throws(VFIOError) -> UInt32 {
+            guard let text = try readIfPresent(dir + "/" + name) else {
+                throw VFIOError.invalid(.step(.readPCIDevice), "\(dir) has no \(name) file", object: a.description,
+                                        remedies: [.advice("is sysfs mounted at /sys?")])
+            }
+            guard let value = parseHex(text) else {
+                throw VFIOError.invalid(.step(.readPCIDevice), "\(dir)/\(name) reads \"\(text.trimmingWhitespace())\", not a hex number",
+                                        object: a.description)
+            }
+            return value
         }
+        let vendor = try requiredHex("vendor")
+        let devid = try requiredHex("device")
         let cls = hexFile("class") ?? 0
         // The facts bind, restore and viability decide on fail closed: a driver link, override or
         // group link that exists but cannot be read is an error, never "none" (a bind would

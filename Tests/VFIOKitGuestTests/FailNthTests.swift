@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import VFIOCommands
 import VFIOKit
 import VFIOKitTestSupport
 
@@ -123,6 +124,25 @@ struct FailNthTests {
         try container.close()
         #expect(Guest.driver(of: bdf) == "vfio-pci")
     }
+
+    /// The commands in a hint: every `...` span, in order.
+    static func printedCommandsIn(_ text: String) -> [String] {
+        text.split(separator: "`", omittingEmptySubsequences: false).enumerated().filter { $0.offset % 2 == 1 }.map { String($0.element) }
+    }
+
+    /// Runs one printed command as printed: `vfioctl ...` is the built vfioctl,
+    /// anything else goes to /bin/sh. Returns what went wrong.
+    static func follow(_ command: String) -> [String] {
+        do {
+            let r = command.hasPrefix("vfioctl ")
+                ? try VFIOCtlBinary.run(command.split(separator: " ").dropFirst().map(String.init))
+                : try VFIOCtlBinary.sh("/bin/sh", ["-c", command])
+            return r.status == 0 ? [] : ["the printed `\(command)` failed (status \(r.status)): \(r.err)"]
+        } catch {
+            return ["the printed `\(command)` could not be run: \(error)"]
+        }
+    }
+
     /// The device sweeps keep the device bound to vfio-pci throughout.
     static func stillOnVFIO(_ bdf: String) -> [String] {
         let d = Guest.driver(of: bdf)
@@ -145,11 +165,17 @@ struct FailNthTests {
     /// give it back (`unbind --restore`), with every kernel allocation of the
     /// calling thread failing in turn (sysfs reads and writes, vfio-pci's and
     /// pci-stub's probe and remove). pci-stub stands in for the kernel driver
-    /// the device had, so the restore has a real driver to bring back. After
-    /// each run (injection off): either everything succeeded and the binding is
-    /// what it was, or the failing call left it as it was, or (a failed
-    /// restore) the record of pci-stub is still on file and a plain
-    /// `unbind --restore` brings it back.
+    /// the device had, so the restore has a real driver to bring back; it has
+    /// no id table and binds only through `driver_override`, so a restore that
+    /// loses the override cannot bind it. After each run (injection off):
+    /// - the run succeeded: the binding is what it was and no record is left;
+    /// - bind threw: the binding is what it was (its rollback is checked), or
+    ///   the error says it could not be put back and the record is kept;
+    /// - unbind --restore threw: the record is kept (a retry has something to
+    ///   restore from: a thrown restore must never have deleted it);
+    /// and wherever the binding was left changed, the error prints the fix
+    /// `vfioctl unbind BDF --restore`, and that command, run as printed (the
+    /// built vfioctl), puts it back, record removed.
     ///
     /// The binder's sysfs writes pass through a `SysfsWriteHandler` to the real
     /// files: with a handler the binder does not poll for an asynchronous probe
@@ -161,32 +187,66 @@ struct FailNthTests {
         let a = try PCIAddress(parsing: bdf)
         try Guest.bind(bdf, to: "pci-stub")
         defer { #expect(throws: Never.self, "put the device back") { try Guest.unbind(bdf) } }
-        var host = PCIHost(root: "/", sysfsWriter: PassThroughSysfs())
-        host.stateDirectory = "/run/vfiokit/failnth-bindings"
+        // The default state directory: the printed fixes run vfioctl, which keeps its records there.
+        let host = PCIHost(root: "/", sysfsWriter: PassThroughSysfs())
+        let fix = "vfioctl unbind \(bdf) --restore"
         let original = Binding(bdf, host, a)
         try #require(original.driver == "pci-stub" && original.override == "pci-stub" && !original.recorded, "\(original)")
-        var restoredAfterFailure = 0
+        var step = ""
+        var failure: VFIOError?
+        var tally: [String: Int] = [:]
         let runs = try FailNth.sweep(scenario: { () throws(VFIOError) in
-            _ = try host.bind(a)
-            _ = try host.unbind(a, restore: true)
+            failure = nil
+            do throws(VFIOError) {
+                step = "bind"
+                _ = try host.bind(a)
+                step = "unbind --restore"
+                _ = try host.unbind(a, restore: true)
+            } catch {
+                failure = error
+                throw error
+            }
         }, afterEach: {
             var problems: [String] = []
             let now = Binding(bdf, host, a)
-            if now != original {
-                // Only a failed restore may leave a change, and only with the record kept.
-                if !now.recorded {
-                    problems.append("binding \(original) -> \(now), and no record of pci-stub")
-                } else {
-                    do {
-                        _ = try host.unbind(a, restore: true)
-                        restoredAfterFailure += 1
-                        let after = Binding(bdf, host, a)
-                        if after != original { problems.append("binding \(original) -> \(after) after a second unbind --restore") }
-                    } catch {
-                        problems.append("binding \(original) -> \(now); a second unbind --restore failed: \(error)")
+            let outcome: String
+            if let failure {
+                let text = failure.description
+                if step == "bind" {
+                    // A failed bind puts the device back (checked) and its record back to none;
+                    // only when that did not take may it leave a change, with the record kept and said so.
+                    let admitted = text.contains("could not be put back") || text.contains("record could not be restored")
+                    if now != original && !(now.recorded && admitted) {
+                        problems.append("bind threw, binding \(original) -> \(now)")
                     }
+                    outcome = now == original ? "bind threw, put back" : "bind threw, record kept"
+                } else {
+                    // A failed restore keeps the record, whatever it managed before failing.
+                    if !now.recorded {
+                        problems.append("unbind --restore threw, yet the record is gone (binding \(original) -> \(now)): "
+                                        + "a retry has nothing to restore from")
+                    }
+                    outcome = "restore threw, \(now.driver == original.driver && now.override == original.override ? "device back" : "device not back")"
+                }
+            } else {
+                if now != original { problems.append("succeeded, but binding \(original) -> \(now)") }
+                outcome = "succeeded"
+            }
+            tally[outcome, default: 0] += 1
+            if now != original && now.recorded, let failure {
+                // The record is kept: the fix the error prints, `vfioctl unbind BDF --restore`, run as
+                // printed (the built vfioctl, in a process of its own), must finish the job.
+                let commands = Self.printedCommandsIn(CLIWording.text(failure.remedies) ?? "")
+                if !commands.contains(fix) {
+                    problems.append("binding \(original) -> \(now), and the error prints no `\(fix)` to put it back")
+                } else {
+                    tally["printed fix followed", default: 0] += 1
+                    for c in commands { problems += Self.follow(c) }
+                    let after = Binding(bdf, host, a)
+                    if after != original { problems.append("binding \(original) -> \(now), after the printed fix \(after)") }
                 }
             }
+            if !problems.isEmpty, let failure { problems.append("(the run threw in \(step): \(failure))") }
             // Each run starts from the original binding, whatever the last one left.
             if Binding(bdf, host, a) != original {
                 unlink(host.stateDirectory + "/\(bdf).json")
@@ -195,7 +255,7 @@ struct FailNthTests {
             return problems
         })
         check(runs, minimumInjections: 20)
-        print("fail-nth bind/unbind: \(restoredAfterFailure) failed restores put right by a second unbind --restore")
+        print("fail-nth bind/unbind: " + tally.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }.joined(separator: ", "))
         #expect(Binding(bdf, host, a) == original)
     }
 }

@@ -70,8 +70,14 @@ import Glibc
         let a = try PCIAddress(parsing: "0000:00:05.0")
         _ = try f.host.bind(a)
         f.kernel.failProbe("nvme")
-        #expect(throws: VFIOError.self) { _ = try f.host.unbind(a, restore: true) }
+        let e = try #require(throws: VFIOError.self) { _ = try f.host.unbind(a, restore: true) }
         #expect(f.host.bindingRecord(a)?.originalDriver == "nvme")
+        // The cause fixed, the printed fix, followed as printed, gives nvme back.
+        f.kernel.clearFailures()
+        #expect(printedCommands(CLIWording.text(e.remedies) ?? "") == ["vfioctl unbind 0000:00:05.0 --restore"],
+                "\(CLIWording.message(e))")
+        followAll(CLIWording.text(e.remedies), in: f)
+        #expect(f.driver("0000:00:05.0") == "nvme" && f.host.bindingRecord(a) == nil)
     }
 
     @Test func restoreNeverProbesAnotherDriver() throws {

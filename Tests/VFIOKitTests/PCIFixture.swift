@@ -116,7 +116,25 @@ final class FixtureKernel: SysfsWriteHandler, @unchecked Sendable {
     unowned let fixture: PCIFixture
     private let state = Mutex<(log: [String], failProbe: Set<String>, failWrites: Set<String>, defaults: [String: [String]], cdev: Int)>(([], [], [], [:], 0))
 
+    /// Writes counted for ``failWrite(number:errno:)``, and a hook run after each write.
+    private let counted = Mutex<(writes: Int, failAt: Int?, errno: Int32, failed: String?,
+                                 after: (@Sendable (String) -> Void)?)>((0, nil, 0, nil, nil))
+
     init(fixture: PCIFixture) { self.fixture = fixture }
+
+    /// Makes the `n`th sysfs write from now (1 = the next one) fail with
+    /// `errno` before it has any effect, once: what the kernel's fail-nth does
+    /// to a store whose allocation fails (kernfs's write buffer,
+    /// `driver_override`'s copy of the name, a probe's sysfs links).
+    func failWrite(number n: Int, errno: Int32 = ENOMEM) {
+        counted.withLock { $0.failAt = $0.writes + n; $0.errno = errno; $0.failed = nil }
+    }
+    /// The path of the write ``failWrite(number:errno:)`` made fail, once it has.
+    var injectedWriteFailure: String? { counted.withLock { $0.failed } }
+    /// Sysfs writes so far.
+    var writeCount: Int { counted.withLock { $0.writes } }
+    /// Runs `action` with the path after each write that did not fail.
+    func afterEachWrite(_ action: @escaping @Sendable (String) -> Void) { counted.withLock { $0.after = action } }
 
     /// Every write, as "path=value".
     var log: [String] { state.withLock { $0.log } }
@@ -125,7 +143,10 @@ final class FixtureKernel: SysfsWriteHandler, @unchecked Sendable {
     /// Writes to this path fail with EIO.
     func failWrite(_ path: String) { state.withLock { _ = $0.failWrites.insert(path) } }
     /// The cause is fixed: probes and writes work again.
-    func clearFailures() { state.withLock { $0.failProbe = []; $0.failWrites = [] } }
+    func clearFailures() {
+        state.withLock { $0.failProbe = []; $0.failWrites = [] }
+        counted.withLock { $0.failAt = nil }
+    }
     /// The driver that claims a device when nothing overrides it (drivers_probe
     /// picks it). Drivers named earlier still match the device (their bind file
     /// takes it), as a driver whose id table lists the device does.
@@ -135,6 +156,19 @@ final class FixtureKernel: SysfsWriteHandler, @unchecked Sendable {
     func nextCdev() -> Int { state.withLock { $0.cdev += 1; return $0.cdev - 1 } }
 
     func write(_ value: String, to path: String, host: PCIHost) throws(VFIOError) {
+        let injected: Int32? = counted.withLock { c in
+            c.writes += 1
+            guard c.failAt == c.writes else { return nil }
+            c.failAt = nil
+            c.failed = path
+            return c.errno
+        }
+        if let injected { throw VFIOError(operation: .syscall(.write), errno: Errno(rawValue: injected), object: path) }
+        try react(value, to: path)
+        counted.withLock { $0.after }?(path)
+    }
+
+    private func react(_ value: String, to path: String) throws(VFIOError) {
         let v = value.trimmingCharacters(in: .whitespacesAndNewlines)
         let (fail, failing, defaults) = state.withLock { s in
             s.log.append("\(path)=\(v)")
