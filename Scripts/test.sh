@@ -2,7 +2,8 @@
 # Runs every VFIOKit test on a Debian 12 machine:
 #   1. setup (apt packages, QEMU, the cached guest kernel),
 #   2. debug and release builds (every import checked against the package graph),
-#      and the layer check (Scripts/check-layers.sh),
+#      the layer check (Scripts/check-layers.sh), and the DocC documentation
+#      (Scripts/docs.sh: any DocC warning fails it),
 #   3. unit tests on the host (fake kernel; guest suites skip there),
 #   4. the ABI check of CVFIO against the kernel's own uapi headers, and its self-test,
 #   5. the guest suites, one boot per manifest (Tests/GuestManifest): every suite on
@@ -64,6 +65,14 @@ if [ $layers_rc -eq 0 ]; then echo "layers: 1 passed, 0 failed, 0 skipped"; else
   > "$out/layers.summary"
 cat "$out/layers.summary"
 record layers $layers_rc
+
+say "documentation (DocC catalog and symbols; warnings are errors)"
+docs_rc=0
+Scripts/docs.sh > "$out/docs.log" 2>&1 || docs_rc=1
+grep -vE '^docs: ' "$out/docs.log" | tail -n 20
+grep -E '^docs: ' "$out/docs.log" | tail -n 1 > "$out/docs.summary"; [ -s "$out/docs.summary" ] || rm -f "$out/docs.summary"
+cat "$out/docs.summary"
+record docs $docs_rc
 
 tests=.build/debug/VFIOKitPackageTests.xctest
 

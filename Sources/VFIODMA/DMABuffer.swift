@@ -55,6 +55,7 @@ public final class DMABuffer: @unchecked Sendable {
         case memfd
     }
 
+    /// How the memory is backed (anonymous, 2 MiB huge pages, or a memfd).
     public let backing: Backing
     /// Length in bytes, a multiple of the page size used.
     public let length: Int
@@ -64,6 +65,7 @@ public final class DMABuffer: @unchecked Sendable {
     /// The kernel the memory was mapped through (nil: Linux); it unmaps it too.
     package let kernel: (any SyscallProvider)?
 
+    /// The size of one huge page of a ``Backing/hugePages`` buffer: 2 MiB.
     public static let hugePageSize = 2 << 20
 
     /// Allocates `length` bytes (rounded up to the page size of `backing`), zeroed.
@@ -160,12 +162,15 @@ public final class DMABuffer: @unchecked Sendable {
     @inlinable @inline(__always) public func load8(at offset: Int) -> UInt8 {
         check(offset, 1); return cvfio_mmio_read8_relaxed(base + offset)
     }
+    /// A volatile 16-bit load at `offset` (see ``load8(at:)``).
     @inlinable @inline(__always) public func load16(at offset: Int) -> UInt16 {
         check(offset, 2); return cvfio_mmio_read16_relaxed(base + offset)
     }
+    /// A volatile 32-bit load at `offset` (see ``load8(at:)``).
     @inlinable @inline(__always) public func load32(at offset: Int) -> UInt32 {
         check(offset, 4); return cvfio_mmio_read32_relaxed(base + offset)
     }
+    /// A volatile 64-bit load at `offset` (see ``load8(at:)``).
     @inlinable @inline(__always) public func load64(at offset: Int) -> UInt64 {
         check(offset, 8); return cvfio_mmio_read64_relaxed(base + offset)
     }
@@ -175,12 +180,15 @@ public final class DMABuffer: @unchecked Sendable {
     @inlinable @inline(__always) public func store8(_ value: UInt8, at offset: Int) {
         check(offset, 1); cvfio_mmio_write8_relaxed(base + offset, value)
     }
+    /// A volatile 16-bit store at `offset` (see ``store8(_:at:)``).
     @inlinable @inline(__always) public func store16(_ value: UInt16, at offset: Int) {
         check(offset, 2); cvfio_mmio_write16_relaxed(base + offset, value)
     }
+    /// A volatile 32-bit store at `offset` (see ``store8(_:at:)``).
     @inlinable @inline(__always) public func store32(_ value: UInt32, at offset: Int) {
         check(offset, 4); cvfio_mmio_write32_relaxed(base + offset, value)
     }
+    /// A volatile 64-bit store at `offset` (see ``store8(_:at:)``).
     @inlinable @inline(__always) public func store64(_ value: UInt64, at offset: Int) {
         check(offset, 8); cvfio_mmio_write64_relaxed(base + offset, value)
     }

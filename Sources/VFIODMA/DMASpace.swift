@@ -104,6 +104,7 @@ public enum DMAMode: String, Sendable, CaseIterable, CustomStringConvertible {
 /// Devices opened here keep what they need alive (group -> container, or
 /// iommufd + IOAS); mappings keep the space and their buffer alive.
 public final class DMASpace: Sendable {
+    /// The mode this space uses, fixed at creation.
     public let mode: DMAMode
     enum Backend: Sendable {
         case ioas(IOAS)
@@ -119,6 +120,11 @@ public final class DMASpace: Sendable {
         try self.init(mode: m, dmaMask: dmaMask)
     }
 
+    /// An address space in `mode`, for devices that address IOVAs up to `dmaMask`.
+    /// Opens `/dev/iommu` and allocates an IOAS (`IOMMU_IOAS_ALLOC`) for
+    /// ``DMAMode/iommufd``, or opens the container's node (`VFIO_GET_API_VERSION`)
+    /// for the four container modes; the IOMMU type is set when the first group
+    /// is added. Fails when the kernel does not offer `mode`.
     public init(mode: DMAMode, dmaMask: UInt64) throws(VFIOError) {
         self.mode = mode
         if let c = mode.container {

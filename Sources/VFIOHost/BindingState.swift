@@ -14,11 +14,16 @@ import Musl
 /// JSON keys: `address`, `original_driver` (null when the device had none),
 /// `original_driver_override` (null when unset), `bound_to`.
 public struct BindingRecord: Sendable, Equatable, Codable {
+    /// The device bound.
     public var address: PCIAddress
+    /// The driver it had before the bind (nil: none), given back by a restore.
     public var originalDriver: String?
+    /// Its `driver_override` before the bind (nil: unset).
     public var originalDriverOverride: String?
+    /// The driver the bind gave it (vfio-pci, pci-stub).
     public var boundTo: String
 
+    /// A record of one bind.
     public init(address: PCIAddress, originalDriver: String?, originalDriverOverride: String?, boundTo: String) {
         self.address = address
         self.originalDriver = originalDriver

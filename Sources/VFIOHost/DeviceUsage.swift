@@ -14,19 +14,31 @@ import Musl
 /// (`nvme0n1p1`, `eth0`), `detail` (one sentence), `fix` (what ends this use,
 /// in plain words, or null), `remedy` (the same as a ``Remedy``, or null).
 public struct DeviceUse: Sendable, Equatable, Encodable {
+    /// What kind of use it is.
     public enum Kind: String, Sendable, Codable {
-        case mounted, swap, holder
+        /// A filesystem on the device (or a partition of it) is mounted.
+        case mounted
+        /// The device (or a partition) is swap space in use.
+        case swap
+        /// A device-mapper or md device is stacked on it.
+        case holder
+        /// Its network interface is up.
         case networkUp = "network-up"
+        /// The console is on it.
         case console
         /// A device node of the device (a virtio port, a tty, a block device) is open in a process.
         case openByProcess = "open"
     }
+    /// What kind of use.
     public var kind: Kind
+    /// What is in use: `nvme0n1p1`, `eth0`, `/dev/ttyS0`.
     public var object: String
+    /// The use in one sentence.
     public var detail: String
     /// What ends this use (unmount, swap off, take the link down, stop a process).
     public var remedy: Remedy?
 
+    /// A use of a device.
     public init(kind: Kind, object: String, detail: String, remedy: Remedy? = nil) {
         self.kind = kind
         self.object = object

@@ -15,16 +15,29 @@ import Musl
 /// `dev.iommu`, `memlock`, `device.BDF.group`; `status` is `ok`, `info`,
 /// `warn` or `fail`.
 public struct DoctorFinding: Sendable, Equatable, Encodable {
+    /// How the finding stands, from fine to blocking (ordered: `ok` < `info` < `warn` < `fail`).
     public enum Status: String, Sendable, Codable, Comparable {
-        case ok, info, warn, fail
+        /// As VFIO needs it.
+        case ok
+        /// A fact worth knowing, nothing to fix.
+        case info
+        /// Works, but something may fail later (limits, unsafe settings).
+        case warn
+        /// VFIO cannot work until it is fixed.
+        case fail
         var rank: Int { switch self { case .ok: 0; case .info: 1; case .warn: 2; case .fail: 3 } }
         public static func < (a: Status, b: Status) -> Bool { a.rank < b.rank }
     }
+    /// The finding's fixed name (`iommu.present`, `memlock`, `device.BDF.group`).
     public var id: String
+    /// How it stands.
     public var status: Status
+    /// What was checked and found, as facts.
     public var check: DoctorCheck
+    /// What would fix it, in order (empty when nothing needs fixing).
     public var remedies: [Remedy]
 
+    /// A finding.
     public init(_ id: String, _ status: Status, _ check: DoctorCheck, remedies: [Remedy] = []) {
         self.id = id
         self.status = status
@@ -64,9 +77,11 @@ public enum DoctorCheck: Sendable, Equatable {
     case cacheCoherencyPredicted([CoherencyPrediction])
     /// /dev/iommu is there; its permissions, and the iommufd requests the kernel has when probed.
     case iommufdNode(NodeAccess?, probe: IOMMUFDProbe?)
+    /// /dev/iommu is not there (no `CONFIG_IOMMUFD`, or the module is not loaded).
     case iommufdNodeMissing
     /// /dev/vfio/vfio (the legacy container), present (with its permissions) or not.
     case containerNode(NodeAccess?)
+    /// /dev/vfio/vfio is not there (no `CONFIG_VFIO_CONTAINER`, or VFIO is not loaded).
     case containerNodeMissing
     /// VFIO device cdevs (/sys/class/vfio-dev), and whether VFIO is loaded at all.
     case cdevSupport(supported: Bool, vfioLoaded: Bool)
@@ -74,6 +89,7 @@ public enum DoctorCheck: Sendable, Equatable {
     case vfioPCIDriver(loaded: Bool)
     /// RLIMIT_MEMLOCK, CAP_IPC_LOCK and the bytes asked for.
     case memlock(MemlockFacts)
+    /// RLIMIT_MEMLOCK could not be read (`getrlimit`).
     case memlockUnreadable(VFIOError)
     /// vfio_iommu_type1.dma_entry_limit.
     case dmaEntryLimit(String)
@@ -81,12 +97,17 @@ public enum DoctorCheck: Sendable, Equatable {
     case hugePages(pools: [HugePagePool], transparent: String?)
     /// A group with a member on vfio-pci: not checkable, not viable, or viable.
     case groupUnchecked(Int, VFIOError)
+    /// A group that is not viable, member by member.
     case groupNotViable(GroupViability)
+    /// A viable group and its members on vfio-pci.
     case groupViable(Int, onVFIO: [PCIAddress])
     /// The device asked about.
     case deviceMissing(PCIAddress, VFIOError)
+    /// The device asked about, as sysfs describes it.
     case device(PCIDevice)
+    /// The device is in no IOMMU group (no IOMMU translates it).
     case deviceWithoutGroup(PCIAddress, VFIOError)
+    /// The device's group could not be read.
     case deviceGroupUnchecked(PCIAddress, group: Int, VFIOError)
     /// The device's group, member by member (viable when nothing but the device itself blocks).
     case deviceGroup(PCIAddress, GroupViability, deviceOnVFIO: Bool)
@@ -98,17 +119,22 @@ public enum DoctorCheck: Sendable, Equatable {
     case deviceNode(NodeAccess)
     /// The kernel's own answer on cache coherency for the device (VFIOKit's doctor adds it).
     case deviceCacheCoherency(enforced: Bool?, query: String)
+    /// The kernel could not be asked about cache coherency for the device.
     case deviceCacheCoherencyUnknown(VFIOError)
 
     /// A node's permissions and whether this process may open it read-write.
     public struct NodeAccess: Sendable, Equatable {
+        /// The node (`/dev/iommu`, `/dev/vfio/vfio`, `/dev/vfio/N`).
         public var path: String
+        /// Its owner, group and mode.
         public var status: FileStatus
+        /// Whether this process may open it read-write (`access(2)`).
         public var canReadWrite: Bool
     }
 
     /// What an IOMMU will do for no-snoop DMA in a VFIO domain.
     public struct CoherencyPrediction: Sendable, Equatable {
+        /// The IOMMU.
         public var iommu: IOMMUInstance
         /// nil: unknown.
         public var enforced: Bool?
@@ -116,11 +142,15 @@ public enum DoctorCheck: Sendable, Equatable {
 
     /// The probe of /dev/iommu: every request there, some missing, or no open.
     public enum IOMMUFDProbe: Sendable, Equatable {
+        /// Every iommufd request of the table is there (`count` of them).
         case all(count: Int)
+        /// These requests are missing (an older kernel).
         case missing([Request])
+        /// /dev/iommu could not be opened for the probe.
         case cannotOpen(VFIOError)
     }
 
+    /// The facts about pinned-memory limits.
     public struct MemlockFacts: Sendable, Equatable {
         /// The soft limit in bytes; nil: unlimited.
         public var limit: UInt64?
@@ -130,10 +160,13 @@ public enum DoctorCheck: Sendable, Equatable {
         public var wanted: UInt64?
     }
 
+    /// One huge page pool (`/sys/kernel/mm/hugepages/NAME`).
     public struct HugePagePool: Sendable, Equatable {
         /// `hugepages-2048kB`.
         public var name: String
+        /// Pages reserved (`nr_hugepages`).
         public var reserved: String
+        /// Pages free (`free_hugepages`).
         public var free: String
     }
 }
@@ -147,6 +180,7 @@ public struct DoctorOptions: Sendable {
     /// Open /dev/iommu and probe which iommufd ioctls the kernel has.
     public var probeKernel: Bool
 
+    /// Options for ``PCIHost/hostChecks(_:)``.
     public init(device: PCIAddress? = nil, memlockBytes: UInt64? = nil, probeKernel: Bool = true) {
         self.device = device
         self.memlockBytes = memlockBytes

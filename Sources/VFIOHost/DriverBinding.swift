@@ -11,13 +11,19 @@ import Musl
 /// `notes` (sentences about the group and the state kept, each with its
 /// remedy worded), `note_remedies` (each note's remedy or null).
 public struct BindingOutcome: Sendable, Equatable, Encodable {
+    /// The device.
     public var address: PCIAddress
+    /// The driver it had before (nil: none).
     public var previousDriver: String?
+    /// The driver it has now (nil: none).
     public var driver: String?
+    /// Its `driver_override` now (nil: unset).
     public var driverOverride: String?
+    /// Its VFIO cdev now (`vfio0`), when bound to vfio-pci.
     public var vfioCdev: String?
     /// False when the device was already where it was asked to be.
     public var changed: Bool
+    /// What else the caller should know (group members left, restores), each with its remedy.
     public var notes: [BindingNote]
 
     enum CodingKeys: String, CodingKey {
@@ -30,9 +36,12 @@ public struct BindingOutcome: Sendable, Equatable, Encodable {
 /// A sentence about a bind or unbind, and what undoes or follows it
 /// (`unbound from nvme; to give it back:` and ``Remedy/restoreDriver(_:)``).
 public struct BindingNote: Sendable, Equatable, ExpressibleByStringInterpolation, CustomStringConvertible {
+    /// The note in words.
     public var text: String
+    /// What to do about it, if anything.
     public var remedy: Remedy?
 
+    /// A note with an optional remedy.
     public init(_ text: String, remedy: Remedy? = nil) {
         self.text = text
         self.remedy = remedy
@@ -201,7 +210,7 @@ extension PCIHost {
     /// `driver_override` and `drivers_probe` — never `new_id`, which would make
     /// the driver grab every device with those ids.
     ///
-    /// Steps: refuse a device in use (``uses(of:)``) unless `force`; record the
+    /// Steps: refuse a device in use (`uses(of:)`) unless `force`; record the
     /// original driver in ``stateDirectory``; set the override; unbind the current
     /// driver; probe; verify the new driver is bound. When any step fails, the
     /// device is put back (override restored, original driver rebound, checked)
@@ -408,7 +417,7 @@ extension PCIHost {
     /// the device is left without a driver (the record of its original driver
     /// stays, so a later `restore` still works). With `restore`: puts back the
     /// original driver and `driver_override` from the record bind wrote, and
-    /// checks the result (see ``putBack(_:driver:override:)``: a device that had
+    /// checks the result (see `putBack(_:driver:override:)`: a device that had
     /// no driver gets none); the record is removed only when that took. Without
     /// a record the kernel picks the driver (`drivers_probe`). Refuses when a
     /// process still has the device's VFIO node open (vfio-pci's remove would

@@ -40,6 +40,9 @@ public struct PCIHost: Sendable {
     /// The real machine (served by the kernel in force now).
     public static var system: PCIHost { PCIHost(root: "/") }
 
+    /// The machine's files under `root` (`/`: this machine; a fixture tree in tests),
+    /// read and written through the kernel in force now. `sysfsWriter` intercepts
+    /// sysfs writes (tests only).
     public init(root: String = "/", sysfsWriter: (any SysfsWriteHandler)? = nil) {
         self.root = root
         self.sysfsWriter = sysfsWriter

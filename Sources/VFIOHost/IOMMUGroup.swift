@@ -7,6 +7,7 @@ import VFIOSystem
 /// domain type: `DMA`, `DMA-FQ`, `identity`, `blocked`, or null), `members` (BDFs;
 /// non-PCI members keep their sysfs names).
 public struct IOMMUGroup: Sendable, Equatable, Codable {
+    /// The group number: `N` of `/sys/kernel/iommu_groups/N` and `/dev/vfio/N`.
     public var id: Int
     /// The group's default domain type (`/sys/kernel/iommu_groups/N/type`).
     public var type: String?
@@ -15,6 +16,7 @@ public struct IOMMUGroup: Sendable, Equatable, Codable {
     /// Members that are not PCI functions (platform devices), by sysfs name.
     public var otherMembers: [String]
 
+    /// A group with these members (sysfs reads make them: ``PCIHost/group(_:)``).
     public init(id: Int, type: String? = nil, members: [PCIAddress], otherMembers: [String] = []) {
         self.id = id
         self.type = type
@@ -34,10 +36,22 @@ public struct IOMMUGroup: Sendable, Equatable, Codable {
 /// `other`), `supports_interrupt_remapping` (true/false from the hardware
 /// capability registers, null when they say nothing).
 public struct IOMMUInstance: Sendable, Equatable, Codable {
+    /// The IOMMU's hardware (from its sysfs class entry).
     public enum Kind: String, Sendable, Codable {
-        case intelVTd = "intel-vtd", amdVi = "amd-vi", virtio = "virtio-iommu", selftest, other
+        /// Intel VT-d (`dmar*`).
+        case intelVTd = "intel-vtd"
+        /// AMD-Vi (`ivhd*`).
+        case amdVi = "amd-vi"
+        /// virtio-iommu (no interrupt remapping).
+        case virtio = "virtio-iommu"
+        /// iommufd's selftest mock IOMMU (`CONFIG_IOMMUFD_TEST`).
+        case selftest
+        /// Any other IOMMU (SMMUv3, ...).
+        case other
     }
+    /// Its name in `/sys/class/iommu` (`dmar0`, `ivhd0`, ...).
     public var name: String
+    /// Which IOMMU it is.
     public var kind: Kind
     /// For VT-d: ECAP.IR (bit 3). For AMD-Vi: the IVHD reports it through EFR; unknown (nil)
     /// unless the kernel exposes it. virtio-iommu: always false.
@@ -61,8 +75,18 @@ public struct IOMMUInstance: Sendable, Equatable, Codable {
 /// means remapping is off. virtio-iommu never remaps interrupts. When neither
 /// signal exists (no IO-APIC lines), the state is `unknown`.
 public struct InterruptRemapping: Sendable, Equatable, Codable {
-    public enum State: String, Sendable, Codable { case enabled, disabled, unknown }
+    /// Whether interrupts are remapped: `enabled`, `disabled`, or `unknown` (no signal).
+    public enum State: String, Sendable, Codable {
+        /// Interrupts go through the remapping irqchips (`IR-` in `/proc/interrupts`).
+        case enabled
+        /// They do not: MSIs are not isolated.
+        case disabled
+        /// No signal either way.
+        case unknown
+    }
+    /// Whether interrupts are remapped.
     public var state: State
+    /// What the state was read from, in one sentence.
     public var evidence: String
 }
 

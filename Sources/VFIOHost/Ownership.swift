@@ -15,9 +15,11 @@ import Musl
 /// holder of any member keeps every other owner away from all of them.
 /// JSON keys: `pid`, `command`, `node`, `member` (BDF, null for the group node).
 public struct VFIOHolder: Sendable, Equatable, Codable, CustomStringConvertible {
+    /// The process that holds the node.
     public var pid: Int32
     /// `/proc/PID/comm`.
     public var command: String
+    /// The node it holds open: `/dev/vfio/N` or `/dev/vfio/devices/vfioN`.
     public var node: String
     /// The member whose cdev is open; nil for the group node.
     public var member: PCIAddress?
@@ -31,7 +33,7 @@ extension PCIHost {
     /// Device nodes (`/dev/...`) open in processes other than this one: one
     /// scan of `/proc/PID/fd`, node -> (pid, command). Every holder and user
     /// check (``openDeviceNodes()``, ``vfioOpeners(of:openNodes:)``,
-    /// ``groupHolders(ofGroup:)``) reads this one table.
+    /// `groupHolders(ofGroup:)`) reads this one table.
     public func deviceNodeOpeners() -> [String: [(pid: Int32, command: String)]] {
         var openers: [String: [(pid: Int32, command: String)]] = [:]
         let me = Sys.getpid(kernel)

@@ -9,10 +9,15 @@ import VFIOSystem
 /// when the device has none), `numa_node` (null when unknown), `vfio_cdev`
 /// (`"vfio0"` or null), `is_bridge`, `header_type`.
 public struct PCIDevice: Sendable, Equatable, Codable {
+    /// The function's address (domain:bus:device.function).
     public var address: PCIAddress
+    /// The PCI vendor id (`vendor` in sysfs).
     public var vendorID: UInt16
+    /// The PCI device id (`device` in sysfs).
     public var deviceID: UInt16
+    /// The subsystem vendor id, when sysfs has one.
     public var subsystemVendorID: UInt16?
+    /// The subsystem device id, when sysfs has one.
     public var subsystemDeviceID: UInt16?
     /// 24-bit class code: class, subclass, programming interface (`0x010802` = NVMe).
     public var classCode: UInt32
@@ -31,6 +36,7 @@ public struct PCIDevice: Sendable, Equatable, Codable {
     /// Config-space header type (low 7 bits), when config space could be read.
     public var headerType: UInt8?
 
+    /// A device with these facts (`PCIHost.device(_:)` reads them from sysfs).
     public init(address: PCIAddress, vendorID: UInt16, deviceID: UInt16, subsystemVendorID: UInt16? = nil,
                 subsystemDeviceID: UInt16? = nil, classCode: UInt32, driver: String? = nil,
                 driverOverride: String? = nil, iommuGroup: Int? = nil, numaNode: Int? = nil,

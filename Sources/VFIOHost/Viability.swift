@@ -11,6 +11,7 @@ import VFIOSystem
 /// JSON keys: `group`, `viable`, `members` (each `address`, `driver`, `status`,
 /// `reason`, `bridge`), `blocking` (BDFs), `advice` (in plain words), `remedies`.
 public struct GroupViability: Sendable, Equatable, Encodable {
+    /// Where one member stands: fine for VFIO, or in the way.
     public enum MemberStatus: String, Sendable, Codable {
         /// Bound to vfio-pci (or a vfio-pci variant): fine.
         case vfio
@@ -26,9 +27,13 @@ public struct GroupViability: Sendable, Equatable, Encodable {
         case unreadable
     }
 
+    /// One device of the group, with its driver and status.
     public struct Member: Sendable, Equatable, Codable, CustomStringConvertible {
+        /// The member's PCI address.
         public var address: PCIAddress
+        /// Its driver, or nil when none is bound.
         public var driver: String?
+        /// Whether it lets the group be used.
         public var status: MemberStatus
         /// Why the member is fine or not, in words.
         public var reason: String
@@ -54,8 +59,11 @@ public struct GroupViability: Sendable, Equatable, Encodable {
         members.filter { $0.status == .blocking || $0.status == .unreadable || (requireVFIO && $0.status == .unbound && !$0.isBridge) }
     }
 
+    /// The IOMMU group number.
     public var group: Int
+    /// Whether VFIO can take the group: no member blocks it.
     public var viable: Bool
+    /// Every PCI member, in address order.
     public var members: [Member]
     /// Members that stop the group from being used.
     public var blocking: [PCIAddress]
@@ -124,11 +132,13 @@ public struct GroupViability: Sendable, Equatable, Encodable {
 /// Drivers known to set `driver_managed_dma`: they coexist with VFIO in a group.
 /// vfio-pci and its variants are recognised by ``VFIODrivers/isVFIOPCI(_:)``.
 public enum ManagedDMADrivers {
+    /// The drivers by name (both spellings where the kernel has two).
     public static let names: Set<String> = [
         "vfio-pci", "pci-stub", "pcieport", "vfio-platform", "vfio-amba", "vfio-fsl-mc", "vfio-cdx",
         "pci_stub",
     ]
 
+    /// Whether `driver` declares managed DMA: a known name or a vfio-pci variant.
     public static func contains(_ driver: String) -> Bool {
         names.contains(driver) || VFIODrivers.isVFIOPCI(driver)
     }
@@ -238,7 +248,7 @@ public enum VFIOReadiness: String, Sendable, Codable, CaseIterable {
 
 extension PCIHost {
     /// One word for how usable `dev` is through VFIO. Checks device users
-    /// (``uses(of:)``) only for devices on a kernel driver.
+    /// (`uses(of:)`) only for devices on a kernel driver.
     public func readiness(of dev: PCIDevice) -> VFIOReadiness {
         readiness(of: dev, openNodes: [:])
     }

@@ -28,6 +28,7 @@ import Musl
 /// sequence ends; the fd itself closes when the last of them has returned
 /// (see ``OwnedFD``), so the kernel never sees its number after the close.
 public final class EventFD: Sendable {
+    /// The eventfd's descriptor (what `VFIO_DEVICE_SET_IRQS` is given).
     public let fd: OwnedFD
     /// The thread serving async waits (``wait(timeout:)`` from async code), once one ran.
     let asyncWaiter = Mutex<AsyncEventWaits?>(nil)
@@ -102,9 +103,11 @@ public final class EventFD: Sendable {
 
     /// The signals of an ``EventFD`` as an async sequence of counts.
     public struct Interrupts: AsyncSequence, Sendable {
+        /// The count read: signals since the last read.
         public typealias Element = UInt64
         let eventfd: EventFD
 
+        /// Starts the waiter thread; it stops when the iterator is dropped or its task is cancelled.
         public func makeAsyncIterator() -> AsyncStream<UInt64>.Iterator {
             let (stream, continuation) = AsyncStream<UInt64>.makeStream(bufferingPolicy: .unbounded)
             guard let wait = try? ReadinessWait(eventfd.fd) else {

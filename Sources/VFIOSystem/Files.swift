@@ -10,12 +10,18 @@ import Musl
 /// What stat(2) says about a node: its type and permission bits, owner and
 /// device number.
 public struct FileStatus: Sendable, Equatable {
+    /// `st_mode`: the file type and permission bits.
     public var mode: UInt32
+    /// `st_uid`: the owner.
     public var uid: UInt32
+    /// `st_gid`: the group.
     public var gid: UInt32
+    /// The major number of a device node (`major(st_rdev)`).
     public var rdevMajor: UInt32
+    /// The minor number of a device node (`minor(st_rdev)`).
     public var rdevMinor: UInt32
 
+    /// A status from its fields (`stat(2)` fills them).
     public init(mode: UInt32 = 0, uid: UInt32 = 0, gid: UInt32 = 0, rdevMajor: UInt32 = 0, rdevMinor: UInt32 = 0) {
         self.mode = mode
         self.uid = uid
@@ -26,7 +32,9 @@ public struct FileStatus: Sendable, Equatable {
 
     /// The file type bits (`S_IFMT`).
     public var type: UInt32 { mode & 0o170000 }  // S_IFMT
+    /// A directory (`S_ISDIR`).
     public var isDirectory: Bool { type == 0o040000 }  // S_IFDIR
+    /// A symbolic link (`S_ISLNK`).
     public var isSymlink: Bool { type == 0o120000 }  // S_IFLNK
 
     /// `crw-rw----`-style text.

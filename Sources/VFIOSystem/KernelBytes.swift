@@ -58,7 +58,9 @@ package struct KernelBytes<Header>: Sendable {
 
 /// One entry of a VFIO capability chain (`struct vfio_info_cap_header`).
 public struct VFIOCapability: Sendable, Equatable {
+    /// The capability id (`VFIO_*_CAP_*`).
     public var id: UInt16
+    /// The capability's version.
     public var version: UInt16
     /// Byte offset of the capability's header from the start of the info struct.
     public var offset: Int

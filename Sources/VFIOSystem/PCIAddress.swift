@@ -5,12 +5,14 @@
 public struct PCIAddress: Hashable, Comparable, Sendable, CustomStringConvertible, Codable {
     /// PCI segment (domain). Usually 0; VMD and some hosts use larger numbers.
     public var domain: UInt32
+    /// Bus number, 0...255.
     public var bus: UInt8
     /// Device (slot) number, 0...31.
     public var device: UInt8
     /// Function number, 0...7.
     public var function: UInt8
 
+    /// An address from its parts; traps unless `device < 32` and `function < 8`.
     public init(domain: UInt32 = 0, bus: UInt8, device: UInt8, function: UInt8) {
         precondition(device < 32 && function < 8, "PCI device must be < 32 and function < 8")
         self.domain = domain

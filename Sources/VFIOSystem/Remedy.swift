@@ -114,8 +114,11 @@ public enum Remedy: Sendable, Hashable, CustomStringConvertible {
 
     /// A process, by pid and command (`/proc/PID/comm`).
     public struct RunningProcess: Sendable, Hashable, Codable, CustomStringConvertible {
+        /// The process id.
         public var pid: Int32
+        /// Its command name (`/proc/PID/comm`).
         public var command: String
+        /// A process by pid and command.
         public init(pid: Int32, command: String) {
             self.pid = pid
             self.command = command
@@ -125,21 +128,83 @@ public enum Remedy: Sendable, Hashable, CustomStringConvertible {
 
     /// The remedy's kind: a stable name (`bind-to-vfio`), the `kind` key of its JSON.
     public enum Kind: String, Sendable, CaseIterable, Codable {
-        case bindToVFIO = "bind-to-vfio", bindGroup = "bind-group", bindBridgeToStub = "bind-bridge-to-stub"
-        case forced, unbindDriver = "unbind-driver", restoreDriver = "restore-driver"
-        case stopProcesses = "stop-processes", unmount, swapOff = "swap-off", stopStackedDevices = "stop-stacked-devices"
-        case linkDown = "link-down", moveConsole = "move-console"
-        case raiseMemlock = "raise-memlock", showMemlock = "show-memlock", reserveHugePages = "reserve-huge-pages"
-        case addHugePages = "add-huge-pages", grantAccess = "grant-access", runPrivileged = "run-privileged"
-        case takeOwnership = "take-ownership", restrictMode = "restrict-mode", removeGroupWrite = "remove-group-write"
+        /// `bind-to-vfio`: the kind of `Remedy.bindToVFIO`.
+        case bindToVFIO = "bind-to-vfio"
+        /// `bind-group`: the kind of `Remedy.bindGroup`.
+        case bindGroup = "bind-group"
+        /// `bind-bridge-to-stub`: the kind of `Remedy.bindBridgeToStub`.
+        case bindBridgeToStub = "bind-bridge-to-stub"
+        /// `forced`: the kind of `Remedy.forced`.
+        case forced
+        /// `unbind-driver`: the kind of `Remedy.unbindDriver`.
+        case unbindDriver = "unbind-driver"
+        /// `restore-driver`: the kind of `Remedy.restoreDriver`.
+        case restoreDriver = "restore-driver"
+        /// `stop-processes`: the kind of `Remedy.stopProcesses`.
+        case stopProcesses = "stop-processes"
+        /// `unmount`: the kind of `Remedy.unmount`.
+        case unmount
+        /// `swap-off`: the kind of `Remedy.swapOff`.
+        case swapOff = "swap-off"
+        /// `stop-stacked-devices`: the kind of `Remedy.stopStackedDevices`.
+        case stopStackedDevices = "stop-stacked-devices"
+        /// `link-down`: the kind of `Remedy.linkDown`.
+        case linkDown = "link-down"
+        /// `move-console`: the kind of `Remedy.moveConsole`.
+        case moveConsole = "move-console"
+        /// `raise-memlock`: the kind of `Remedy.raiseMemlock`.
+        case raiseMemlock = "raise-memlock"
+        /// `show-memlock`: the kind of `Remedy.showMemlock`.
+        case showMemlock = "show-memlock"
+        /// `reserve-huge-pages`: the kind of `Remedy.reserveHugePages`.
+        case reserveHugePages = "reserve-huge-pages"
+        /// `add-huge-pages`: the kind of `Remedy.addHugePages`.
+        case addHugePages = "add-huge-pages"
+        /// `grant-access`: the kind of `Remedy.grantAccess`.
+        case grantAccess = "grant-access"
+        /// `run-privileged`: the kind of `Remedy.runPrivileged`.
+        case runPrivileged = "run-privileged"
+        /// `take-ownership`: the kind of `Remedy.takeOwnership`.
+        case takeOwnership = "take-ownership"
+        /// `restrict-mode`: the kind of `Remedy.restrictMode`.
+        case restrictMode = "restrict-mode"
+        /// `remove-group-write`: the kind of `Remedy.removeGroupWrite`.
+        case removeGroupWrite = "remove-group-write"
+        /// `remove-path`: the kind of `Remedy.removePath`.
         case removePath = "remove-path"
-        case enableIOMMU = "enable-iommu", enableInterruptRemapping = "enable-interrupt-remapping"
-        case allowUnsafeInterrupts = "allow-unsafe-interrupts", kernelConfig = "kernel-config"
-        case loadModule = "load-module", newerKernel = "newer-kernel", readKernelLog = "read-kernel-log"
-        case inspect, diagnose, findHolder = "find-holder", listDevices = "list-devices", listGroups = "list-groups"
-        case showDevice = "show-device", hotReset = "hot-reset", advice
+        /// `enable-iommu`: the kind of `Remedy.enableIOMMU`.
+        case enableIOMMU = "enable-iommu"
+        /// `enable-interrupt-remapping`: the kind of `Remedy.enableInterruptRemapping`.
+        case enableInterruptRemapping = "enable-interrupt-remapping"
+        /// `allow-unsafe-interrupts`: the kind of `Remedy.allowUnsafeInterrupts`.
+        case allowUnsafeInterrupts = "allow-unsafe-interrupts"
+        /// `kernel-config`: the kind of `Remedy.kernelConfig`.
+        case kernelConfig = "kernel-config"
+        /// `load-module`: the kind of `Remedy.loadModule`.
+        case loadModule = "load-module"
+        /// `newer-kernel`: the kind of `Remedy.newerKernel`.
+        case newerKernel = "newer-kernel"
+        /// `read-kernel-log`: the kind of `Remedy.readKernelLog`.
+        case readKernelLog = "read-kernel-log"
+        /// `inspect`: the kind of `Remedy.inspect`.
+        case inspect
+        /// `diagnose`: the kind of `Remedy.diagnose`.
+        case diagnose
+        /// `find-holder`: the kind of `Remedy.findHolder`.
+        case findHolder = "find-holder"
+        /// `list-devices`: the kind of `Remedy.listDevices`.
+        case listDevices = "list-devices"
+        /// `list-groups`: the kind of `Remedy.listGroups`.
+        case listGroups = "list-groups"
+        /// `show-device`: the kind of `Remedy.showDevice`.
+        case showDevice = "show-device"
+        /// `hot-reset`: the kind of `Remedy.hotReset`.
+        case hotReset = "hot-reset"
+        /// `advice`: the kind of `Remedy.advice`.
+        case advice
     }
 
+    /// The remedy's kind, without its facts (the `kind` key of its JSON).
     public var kind: Kind {
         switch self {
         case .bindToVFIO: .bindToVFIO
@@ -329,8 +394,10 @@ extension Remedy: Encodable {
 /// findings, group viability, device uses, binding notes) word their text
 /// fields with the wording the encoder carries.
 public struct RemedyWording: Sendable {
+    /// The wording: remedies (in order) to text, nil for none.
     public let words: @Sendable ([Remedy]) -> String?
 
+    /// A wording from a function.
     public init(_ words: @escaping @Sendable ([Remedy]) -> String?) { self.words = words }
 
     /// The library's plain words (``Remedy/describe(_:)``).
@@ -340,6 +407,7 @@ public struct RemedyWording: Sendable {
     public static let key = CodingUserInfoKey(rawValue: "VFIOKit.RemedyWording")!
 }
 
+/// The remedy wording an encoder carries.
 extension Encoder {
     /// The remedy wording this encoder carries (``RemedyWording/key``), plain words by default.
     public var remedyWording: RemedyWording { userInfo[RemedyWording.key] as? RemedyWording ?? .plain }

@@ -8,9 +8,12 @@ import CVFIO
 /// A Linux release, `major.minor` (`6.2`), comparable: the release that added
 /// a request, or the one running.
 public struct KernelVersion: Sendable, Hashable, Comparable, Codable, CustomStringConvertible {
+    /// The major number (6 of 6.2).
     public var major: Int
+    /// The minor number (2 of 6.2).
     public var minor: Int
 
+    /// Release `major.minor`.
     public init(_ major: Int, _ minor: Int) {
         self.major = major
         self.minor = minor
@@ -52,7 +55,7 @@ public struct KernelVersion: Sendable, Hashable, Comparable, Codable, CustomStri
 /// request (so errors name the request the call site meant, never one looked
 /// up from a number), ``VFIOError/Operation`` carries it, messages about a
 /// missing request read ``introduced``, and the probes of what the running
-/// kernel has (``OwnedFD/probe(_:)``: `IOMMUFD.features()` and the doctor)
+/// kernel has (`OwnedFD.probe(_:)`: `IOMMUFD.features()` and the doctor)
 /// walk ``iommufd``.
 ///
 /// Numbers are not unique: VFIO numbers its requests per kind of fd, so ten
@@ -67,26 +70,129 @@ public struct KernelVersion: Sendable, Hashable, Comparable, Codable, CustomStri
 /// ``vfioIOMMUSPAPRTCECreate``, ``vfioIOMMUSPAPRTCERemove``) are bounded: added
 /// after 4.1-rc3 and at or before 4.4; their commits went to the powerpc tree
 /// for the 4.2 merge window, so the table says 4.2, marked
-/// ``introductionIsBounded``.
+/// `introductionIsBounded`.
 public enum Request: Sendable, Hashable, CaseIterable, CustomStringConvertible {
     // VFIO: the container (/dev/vfio/vfio), groups and devices (3.6 unless noted).
-    case vfioGetAPIVersion, vfioCheckExtension, vfioSetIOMMU
-    case vfioGroupGetStatus, vfioGroupSetContainer, vfioGroupUnsetContainer, vfioGroupGetDeviceFD
-    case vfioDeviceGetInfo, vfioDeviceGetRegionInfo, vfioDeviceGetIRQInfo, vfioDeviceSetIRQs, vfioDeviceReset
-    case vfioDeviceGetPCIHotResetInfo, vfioDevicePCIHotReset
-    case vfioDeviceQueryGFXPlane, vfioDeviceGetGFXDMABuf, vfioDeviceIOEventFD, vfioDeviceFeature
-    case vfioDeviceBindIOMMUFD, vfioDeviceAttachIOMMUFDPT, vfioDeviceDetachIOMMUFDPT, vfioMigGetPrecopyInfo
+    /// `VFIO_GET_API_VERSION`: the container's VFIO API version.
+    case vfioGetAPIVersion
+    /// `VFIO_CHECK_EXTENSION`: whether a container offers an IOMMU type or feature.
+    case vfioCheckExtension
+    /// `VFIO_SET_IOMMU`: sets a container's IOMMU model.
+    case vfioSetIOMMU
+    /// `VFIO_GROUP_GET_STATUS`: whether a group is viable and in a container.
+    case vfioGroupGetStatus
+    /// `VFIO_GROUP_SET_CONTAINER`: puts a group in a container.
+    case vfioGroupSetContainer
+    /// `VFIO_GROUP_UNSET_CONTAINER`: takes a group out of its container.
+    case vfioGroupUnsetContainer
+    /// `VFIO_GROUP_GET_DEVICE_FD`: opens a device of a group.
+    case vfioGroupGetDeviceFD
+    /// `VFIO_DEVICE_GET_INFO`: a device's flags, region and IRQ counts.
+    case vfioDeviceGetInfo
+    /// `VFIO_DEVICE_GET_REGION_INFO`: one region's size, offset, flags and capabilities.
+    case vfioDeviceGetRegionInfo
+    /// `VFIO_DEVICE_GET_IRQ_INFO`: one interrupt index's vectors and flags.
+    case vfioDeviceGetIRQInfo
+    /// `VFIO_DEVICE_SET_IRQS`: routes, masks, unmasks or triggers interrupts.
+    case vfioDeviceSetIRQs
+    /// `VFIO_DEVICE_RESET`: resets a device.
+    case vfioDeviceReset
+    /// `VFIO_DEVICE_GET_PCI_HOT_RESET_INFO`: the devices a bus or slot reset would affect.
+    case vfioDeviceGetPCIHotResetInfo
+    /// `VFIO_DEVICE_PCI_HOT_RESET`: a bus or slot reset.
+    case vfioDevicePCIHotReset
+    /// `VFIO_DEVICE_QUERY_GFX_PLANE`: a mediated GPU's display plane.
+    case vfioDeviceQueryGFXPlane
+    /// `VFIO_DEVICE_GET_GFX_DMABUF`: a dma-buf of a mediated GPU's plane.
+    case vfioDeviceGetGFXDMABuf
+    /// `VFIO_DEVICE_IOEVENTFD`: an eventfd that writes a device register.
+    case vfioDeviceIOEventFD
+    /// `VFIO_DEVICE_FEATURE`: gets, sets or probes a device feature (migration, low power, DMA logging, ...).
+    case vfioDeviceFeature
+    /// `VFIO_DEVICE_BIND_IOMMUFD`: binds a device cdev to an iommufd.
+    case vfioDeviceBindIOMMUFD
+    /// `VFIO_DEVICE_ATTACH_IOMMUFD_PT`: attaches a bound device (or a PASID) to an IOAS or HWPT.
+    case vfioDeviceAttachIOMMUFDPT
+    /// `VFIO_DEVICE_DETACH_IOMMUFD_PT`: detaches a device (or a PASID).
+    case vfioDeviceDetachIOMMUFDPT
+    /// `VFIO_MIG_GET_PRECOPY_INFO`: how much migration data is left in pre-copy.
+    case vfioMigGetPrecopyInfo
     // VFIO IOMMU backends, issued on a container: type1, then sPAPR.
-    case vfioIOMMUGetInfo, vfioIOMMUMapDMA, vfioIOMMUUnmapDMA, vfioIOMMUEnable, vfioIOMMUDisable, vfioIOMMUDirtyPages
-    case vfioIOMMUSPAPRTCEGetInfo, vfioEEHPEOp
-    case vfioIOMMUSPAPRRegisterMemory, vfioIOMMUSPAPRUnregisterMemory, vfioIOMMUSPAPRTCECreate, vfioIOMMUSPAPRTCERemove
+    /// `VFIO_IOMMU_GET_INFO`: a container's page sizes, IOVA ranges and capabilities.
+    case vfioIOMMUGetInfo
+    /// `VFIO_IOMMU_MAP_DMA`: maps process memory at an IOVA in a container.
+    case vfioIOMMUMapDMA
+    /// `VFIO_IOMMU_UNMAP_DMA`: unmaps an IOVA range (or everything) in a container.
+    case vfioIOMMUUnmapDMA
+    /// `VFIO_IOMMU_ENABLE`: enables an sPAPR container.
+    case vfioIOMMUEnable
+    /// `VFIO_IOMMU_DISABLE`: disables an sPAPR container.
+    case vfioIOMMUDisable
+    /// `VFIO_IOMMU_DIRTY_PAGES`: type1v2 dirty page tracking.
+    case vfioIOMMUDirtyPages
+    /// `VFIO_IOMMU_SPAPR_TCE_GET_INFO`: an sPAPR container's DMA window.
+    case vfioIOMMUSPAPRTCEGetInfo
+    /// `VFIO_EEH_PE_OP`: an sPAPR EEH operation.
+    case vfioEEHPEOp
+    /// `VFIO_IOMMU_SPAPR_REGISTER_MEMORY`: pre-registers memory with an sPAPR v2 container.
+    case vfioIOMMUSPAPRRegisterMemory
+    /// `VFIO_IOMMU_SPAPR_UNREGISTER_MEMORY`: unregisters sPAPR v2 memory.
+    case vfioIOMMUSPAPRUnregisterMemory
+    /// `VFIO_IOMMU_SPAPR_TCE_CREATE`: creates an sPAPR DMA window.
+    case vfioIOMMUSPAPRTCECreate
+    /// `VFIO_IOMMU_SPAPR_TCE_REMOVE`: removes an sPAPR DMA window.
+    case vfioIOMMUSPAPRTCERemove
     // iommufd (/dev/iommu), in command order.
-    case iommuDestroy, iommuIOASAlloc, iommuIOASAllowIOVAs, iommuIOASCopy, iommuIOASIOVARanges, iommuIOASMap
-    case iommuIOASUnmap, iommuOption, iommuVFIOIOAS, iommuHWPTAlloc, iommuGetHWInfo, iommuHWPTSetDirtyTracking
-    case iommuHWPTGetDirtyBitmap, iommuHWPTInvalidate, iommuFaultQueueAlloc, iommuIOASMapFile, iommuVIOMMUAlloc
-    case iommuVDeviceAlloc, iommuIOASChangeProcess, iommuVEventQAlloc, iommuHWQueueAlloc
+    /// `IOMMU_DESTROY`: destroys an iommufd object by id.
+    case iommuDestroy
+    /// `IOMMU_IOAS_ALLOC`: allocates an I/O address space.
+    case iommuIOASAlloc
+    /// `IOMMU_IOAS_ALLOW_IOVAS`: restricts where the kernel may choose IOVAs.
+    case iommuIOASAllowIOVAs
+    /// `IOMMU_IOAS_COPY`: maps pages of one IOAS into another.
+    case iommuIOASCopy
+    /// `IOMMU_IOAS_IOVA_RANGES`: an IOAS's usable IOVA ranges and alignment.
+    case iommuIOASIOVARanges
+    /// `IOMMU_IOAS_MAP`: maps process memory into an IOAS.
+    case iommuIOASMap
+    /// `IOMMU_IOAS_UNMAP`: unmaps an IOVA range (or everything) of an IOAS.
+    case iommuIOASUnmap
+    /// `IOMMU_OPTION`: gets or sets a context or IOAS option (rlimit mode, huge pages).
+    case iommuOption
+    /// `IOMMU_VFIO_IOAS`: gets, sets or clears the IOAS of the VFIO compatibility container.
+    case iommuVFIOIOAS
+    /// `IOMMU_HWPT_ALLOC`: allocates a hardware page table.
+    case iommuHWPTAlloc
+    /// `IOMMU_GET_HW_INFO`: the IOMMU's hardware information for a device.
+    case iommuGetHWInfo
+    /// `IOMMU_HWPT_SET_DIRTY_TRACKING`: starts or stops a HWPT's dirty tracking.
+    case iommuHWPTSetDirtyTracking
+    /// `IOMMU_HWPT_GET_DIRTY_BITMAP`: reads (and clears) a HWPT's dirty bits.
+    case iommuHWPTGetDirtyBitmap
+    /// `IOMMU_HWPT_INVALIDATE`: invalidates a nested HWPT's or vIOMMU's caches.
+    case iommuHWPTInvalidate
+    /// `IOMMU_FAULT_QUEUE_ALLOC`: allocates a queue for I/O page faults.
+    case iommuFaultQueueAlloc
+    /// `IOMMU_IOAS_MAP_FILE`: maps a file (a memfd) into an IOAS.
+    case iommuIOASMapFile
+    /// `IOMMU_VIOMMU_ALLOC`: allocates a virtual IOMMU.
+    case iommuVIOMMUAlloc
+    /// `IOMMU_VDEVICE_ALLOC`: allocates a virtual device of a vIOMMU.
+    case iommuVDeviceAlloc
+    /// `IOMMU_IOAS_CHANGE_PROCESS`: moves pinned-page accounting to the calling process.
+    case iommuIOASChangeProcess
+    /// `IOMMU_VEVENTQ_ALLOC`: allocates a vIOMMU event queue.
+    case iommuVEventQAlloc
+    /// `IOMMU_HW_QUEUE_ALLOC`: allocates a hardware queue of a vIOMMU.
+    case iommuHWQueueAlloc
 
-    public enum Family: String, Sendable, Codable { case vfio, iommufd }
+    /// The uapi a request belongs to: `linux/vfio.h` or `linux/iommufd.h`.
+    public enum Family: String, Sendable, Codable {
+        /// `linux/vfio.h`.
+        case vfio
+        /// `linux/iommufd.h`.
+        case iommufd
+    }
 
     /// The kind of fd a request is issued on, which decides what its number means.
     public enum Target: String, Sendable, Codable {
@@ -106,7 +212,9 @@ public enum Request: Sendable, Hashable, CaseIterable, CustomStringConvertible {
         public let name: String
         /// The request number the ioctl takes (`_IO(';', ...)`).
         public let number: UInt
+        /// Its uapi.
         public let family: Family
+        /// The kind of fd it is issued on.
         public let target: Target
         /// The Linux release that added it.
         public let introduced: KernelVersion
@@ -227,7 +335,9 @@ public enum Request: Sendable, Hashable, CaseIterable, CustomStringConvertible {
     /// The request number the ioctl takes. Not unique across ``target``s.
     @inline(__always)
     public var number: UInt { entry.number }
+    /// Its uapi: VFIO or iommufd.
     public var family: Family { entry.family }
+    /// The kind of fd it is issued on.
     public var target: Target { entry.target }
     /// The Linux release that added the request.
     public var introduced: KernelVersion { entry.introduced }

@@ -67,6 +67,7 @@ public struct VFIOError: Error, Sendable, Equatable, CustomStringConvertible {
     }
 }
 
+/// Names and messages of errnos as VFIOKit prints them.
 extension Errno {
     /// ENODEV, by its meaning for VFIO and sysfs ("no such device"); swift-system
     /// calls it `operationNotSupportedByDevice`.

@@ -4,8 +4,10 @@
 public struct MemlockLimit: Sendable, CustomStringConvertible {
     /// Soft and hard limit in bytes; nil means unlimited.
     public var soft: UInt64?
+    /// The hard limit: the most an unprivileged process may raise the soft limit to.
     public var hard: UInt64?
 
+    /// A limit from its soft and hard values (`getrlimit(RLIMIT_MEMLOCK)` reads them).
     public init(soft: UInt64?, hard: UInt64?) {
         self.soft = soft
         self.hard = hard

@@ -9,12 +9,19 @@ import Musl
 
 /// One I/O page fault the kernel forwarded (`struct iommu_hwpt_pgfault`).
 public struct PageFault: Sendable, Equatable {
+    /// The access that faulted (`IOMMU_PGFAULT_PERM_*`).
     public struct Permissions: OptionSet, Sendable, Hashable {
+        /// The `IOMMU_PGFAULT_PERM_*` bits.
         public let rawValue: UInt32
+        /// Permissions from their bits.
         public init(rawValue: UInt32) { self.rawValue = rawValue }
+        /// A read (`IOMMU_PGFAULT_PERM_READ`).
         public static let read = Permissions(rawValue: UInt32(IOMMU_PGFAULT_PERM_READ.rawValue))
+        /// A write (`IOMMU_PGFAULT_PERM_WRITE`).
         public static let write = Permissions(rawValue: UInt32(IOMMU_PGFAULT_PERM_WRITE.rawValue))
+        /// An instruction fetch (`IOMMU_PGFAULT_PERM_EXEC`).
         public static let execute = Permissions(rawValue: UInt32(IOMMU_PGFAULT_PERM_EXEC.rawValue))
+        /// A privileged-mode access (`IOMMU_PGFAULT_PERM_PRIV`).
         public static let privileged = Permissions(rawValue: UInt32(IOMMU_PGFAULT_PERM_PRIV.rawValue))
     }
 
@@ -26,6 +33,7 @@ public struct PageFault: Sendable, Equatable {
     public var groupID: UInt32
     /// Whether this is the last fault of its group (the one to respond to).
     public var isLastInGroup: Bool
+    /// The access that faulted.
     public var permissions: Permissions
     /// The faulting address (page aligned).
     public var address: UInt64
@@ -36,6 +44,7 @@ public struct PageFault: Sendable, Equatable {
     /// The raw flags.
     public var flags: UInt32
 
+    /// A fault from the record the kernel wrote (`struct iommu_hwpt_pgfault`).
     public init(_ raw: iommu_hwpt_pgfault) {
         flags = raw.flags
         deviceID = raw.dev_id
@@ -58,7 +67,9 @@ public struct PageFault: Sendable, Equatable {
 /// answered with failure by the kernel when the queue is destroyed.
 /// ``destroy()`` ends waits in progress (they throw "closed").
 public final class FaultQueue: Sendable, IOMMUObjectOwner {
+    /// The kernel's id of the fault queue (`out_fault_id` of `IOMMU_FAULT_QUEUE_ALLOC`).
     public let objectID: UInt32
+    /// The context it lives in.
     public let iommufd: IOMMUFD
     /// The queue's fd (read faults, write responses, poll for POLLIN).
     public let fd: OwnedFD
@@ -76,6 +87,7 @@ public final class FaultQueue: Sendable, IOMMUObjectOwner {
         ctx.track(state)
     }
 
+    /// "fault queue 5", for errors.
     public var label: String { "fault queue \(objectID)" }
 
     /// Whether the queue was destroyed (by ``destroy()`` or ``IOMMUFD/close()``).

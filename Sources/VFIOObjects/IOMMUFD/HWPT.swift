@@ -21,9 +21,13 @@ public enum HWPTData: Sendable, Equatable {
     /// Another type (the selftest's `IOMMU_HWPT_DATA_SELFTEST`, newer drivers): the bytes as given.
     case raw(type: UInt32, bytes: [UInt8])
 
+    /// A VT-d stage-1 page table (`struct iommu_hwpt_vtd_s1`, `IOMMU_HWPT_DATA_VTD_S1`).
     public struct IntelVTdStage1: Sendable, Equatable {
+        /// The `IOMMU_VTD_S1_*` flags.
         public struct Flags: OptionSet, Sendable, Hashable {
+            /// The `IOMMU_VTD_S1_*` bits.
             public let rawValue: UInt64
+            /// Flags from their `IOMMU_VTD_S1_*` bits.
             public init(rawValue: UInt64) { self.rawValue = rawValue }
             /// Supervisor requests (SRE).
             public static let supervisorRequests = Flags(rawValue: UInt64(IOMMU_VTD_S1_SRE.rawValue))
@@ -32,11 +36,13 @@ public enum HWPTData: Sendable, Equatable {
             /// Write protect (WPE).
             public static let writeProtect = Flags(rawValue: UInt64(IOMMU_VTD_S1_WPE.rawValue))
         }
+        /// The stage-1 table's flags.
         public var flags: Flags
         /// Guest physical address of the stage-1 page table root.
         public var pageTableAddress: UInt64
         /// Address width of the stage-1 table (48 or 57).
         public var addressWidth: UInt32
+        /// A stage-1 table rooted at `pageTableAddress` (a guest physical address).
         public init(flags: Flags = [], pageTableAddress: UInt64, addressWidth: UInt32) {
             self.flags = flags
             self.pageTableAddress = pageTableAddress
@@ -75,18 +81,24 @@ public enum HWPTData: Sendable, Equatable {
 /// top of a nesting-parent paging HWPT or a ``VIOMMU``. Devices attach to a
 /// HWPT like to an IOAS. The HWPT keeps its parent and its fault queue alive.
 public final class HWPT: IOMMUAttachTarget, IOMMUObjectOwner {
+    /// The kernel's id of this HWPT (`out_hwpt_id` of `IOMMU_HWPT_ALLOC`; never 0).
+    /// After ``destroy()`` the number may name another object: the owner no longer uses it.
     public let objectID: UInt32
+    /// The context it lives in.
     public let iommufd: IOMMUFD
     /// What it is built on: an ``IOAS``, a nesting-parent ``HWPT`` or a ``VIOMMU``.
     public let parent: any HWPTParent
     /// The fault queue its I/O page faults go to, if any.
     public let faultQueue: FaultQueue?
+    /// The flags it was allocated with.
     public let flags: Flags
     let state: IOMMUObjectState
 
     /// Allocation flags (`enum iommufd_hwpt_alloc_flags`).
     public struct Flags: OptionSet, Sendable, Hashable {
+        /// The `IOMMU_HWPT_ALLOC_*` bits.
         public let rawValue: UInt32
+        /// Flags from their `IOMMU_HWPT_ALLOC_*` bits.
         public init(rawValue: UInt32) { self.rawValue = rawValue }
         /// May be the parent (stage 2) of nested HWPTs and vIOMMUs.
         public static let nestParent = Flags(rawValue: UInt32(IOMMU_HWPT_ALLOC_NEST_PARENT.rawValue))
@@ -185,6 +197,7 @@ public final class HWPT: IOMMUAttachTarget, IOMMUObjectOwner {
         ctx.track(state)
     }
 
+    /// "HWPT 3", for errors.
     public var label: String { "HWPT \(objectID)" }
 
     /// Whether the HWPT was destroyed (by ``destroy()`` or ``IOMMUFD/close()``).
@@ -301,6 +314,7 @@ public struct IntelVTdInvalidation: Sendable, Equatable {
     public var pageCount: UInt64
     /// Only leaf entries changed (`IOMMU_VTD_INV_FLAGS_LEAF`).
     public var leafOnly: Bool
+    /// An invalidation of `pageCount` pages from `address`.
     public init(address: UInt64, pageCount: UInt64, leafOnly: Bool = false) {
         self.address = address
         self.pageCount = pageCount

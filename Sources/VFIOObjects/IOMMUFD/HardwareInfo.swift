@@ -22,9 +22,13 @@ public struct IOMMUHardwareInfo: Sendable, Equatable {
     public enum Vendor: Sendable, Equatable {
         /// No vendor data (an IOMMU driver without `hw_info`).
         case none
+        /// Intel VT-d (`IOMMU_HW_INFO_TYPE_INTEL_VTD`): the capability registers.
         case intelVTd(IntelVTdInfo)
+        /// Arm SMMUv3 (`IOMMU_HW_INFO_TYPE_ARM_SMMUV3`): the ID registers.
         case armSMMUv3(ARMSMMUv3Info)
+        /// NVIDIA Tegra241 CMDQV (`IOMMU_HW_INFO_TYPE_TEGRA241_CMDQV`).
         case tegra241CMDQV(Tegra241CMDQVInfo)
+        /// AMD-Vi (`IOMMU_HW_INFO_TYPE_AMD`): the extended feature registers.
         case amd(AMDIOMMUInfo)
         /// The selftest mock IOMMU (`IOMMU_HW_INFO_TYPE_SELFTEST`, kernels with CONFIG_IOMMUFD_TEST).
         case selftest(flags: UInt32, testRegister: UInt32)
@@ -34,7 +38,9 @@ public struct IOMMUHardwareInfo: Sendable, Equatable {
 
     /// The kernel's type number (`out_data_type`).
     public var dataType: UInt32
+    /// The vendor data, decoded (`data_uptr`).
     public var vendor: Vendor
+    /// Generic capabilities (`out_capabilities`).
     public var capabilities: Capabilities
     /// log2 of the number of PASIDs the device supports (0: no PASID).
     public var maxPASIDLog2: UInt8
@@ -114,6 +120,7 @@ public struct IntelVTdInfo: Sendable, Equatable {
     public var maxAddressMask: Int { Int(cap(48, 0x3f)) }
     /// Write draining (DWD) and read draining (DRD).
     public var writeDraining: Bool { cap(54) != 0 }
+    /// CAP bit 55: read draining.
     public var readDraining: Bool { cap(55) != 0 }
     /// First-stage 1 GiB pages (FS1GP).
     public var firstStage1GiBPages: Bool { cap(56) != 0 }
@@ -131,6 +138,7 @@ public struct IntelVTdInfo: Sendable, Equatable {
     public var deviceTLB: Bool { ecap(2) != 0 }
     /// Interrupt remapping (IR) and extended interrupt mode / x2APIC (EIM).
     public var interruptRemapping: Bool { ecap(3) != 0 }
+    /// ECAP bit 4: extended interrupt mode.
     public var extendedInterruptMode: Bool { ecap(4) != 0 }
     /// Pass-through translation (PT).
     public var passThrough: Bool { ecap(6) != 0 }
@@ -140,10 +148,13 @@ public struct IntelVTdInfo: Sendable, Equatable {
     public var nestedTranslation: Bool { ecap(26) != 0 }
     /// Page requests (PRS), execute requests (ERS), supervisor requests (SRS).
     public var pageRequests: Bool { ecap(29) != 0 }
+    /// ECAP bit 30: execute requests.
     public var executeRequests: Bool { ecap(30) != 0 }
+    /// ECAP bit 31: supervisor requests.
     public var supervisorRequests: Bool { ecap(31) != 0 }
     /// No write flag (NWFS) and extended accessed flag (EAFS) in first-stage tables.
     public var noWriteFlag: Bool { ecap(33) != 0 }
+    /// ECAP bit 34: extended accessed flag.
     public var extendedAccessedFlag: Bool { ecap(34) != 0 }
     /// PASID width in bits (PSS + 1); 0 when PASID is not supported.
     public var pasidBits: Int { pasid ? Int(ecap(35, 0x1f)) + 1 : 0 }
@@ -151,6 +162,7 @@ public struct IntelVTdInfo: Sendable, Equatable {
     public var pasid: Bool { ecap(40) != 0 }
     /// Device-TLB invalidation throttling (DIT) and page-request drain (PDS).
     public var deviceTLBInvalidationThrottle: Bool { ecap(41) != 0 }
+    /// ECAP bit 42: page request drain.
     public var pageRequestDrain: Bool { ecap(42) != 0 }
     /// Scalable mode translation (SMTS).
     public var scalableMode: Bool { ecap(43) != 0 }
@@ -158,18 +170,23 @@ public struct IntelVTdInfo: Sendable, Equatable {
     public var secondStageAccessedDirty: Bool { ecap(45) != 0 }
     /// Second-stage translation (SSTS) and first-stage translation (FSTS).
     public var secondStageTranslation: Bool { ecap(46) != 0 }
+    /// ECAP bit 47: first stage translation.
     public var firstStageTranslation: Bool { ecap(47) != 0 }
     /// Scalable-mode page-walk coherency (SMPWCS), RID_PASID support (RPS).
     public var scalableModePageWalkCoherency: Bool { ecap(48) != 0 }
+    /// ECAP bit 49: rid pasid.
     public var ridPASID: Bool { ecap(49) != 0 }
 }
 
 /// ARM SMMUv3 identification registers (SMMU architecture 6.3.1-6.3.6).
 public struct ARMSMMUv3Info: Sendable, Equatable {
+    /// `IOMMU_HW_INFO_ARM_SMMUV3_*` flags.
     public var flags: UInt32
     /// IDR0..IDR5 (IDR2 and IDR4 are reserved: the kernel reports them as 0).
     public var idr: [UInt32]
+    /// The implementation identification register (IIDR).
     public var iidr: UInt32
+    /// The architecture identification register (AIDR): the SMMU version.
     public var aidr: UInt32
 
     @inline(__always) func f(_ r: Int, _ shift: UInt32, _ mask: UInt32 = 1) -> UInt32 {
@@ -177,60 +194,89 @@ public struct ARMSMMUv3Info: Sendable, Equatable {
     }
     /// IDR0: stage 2 (S2P) and stage 1 (S1P) translation.
     public var stage2: Bool { f(0, 0) != 0 }
+    /// IDR0 bit 1: stage1.
     public var stage1: Bool { f(0, 1) != 0 }
     /// IDR0.TTF: 1 = AArch32, 2 = AArch64, 3 = both.
     public var translationTableFormats: UInt32 { f(0, 2, 3) }
     /// IDR0.COHACC, BTM, HTTU (1 = access flag, 2 = access + dirty).
     public var coherentAccess: Bool { f(0, 4) != 0 }
+    /// IDR0 bit 5: broadcast tlbmaintenance.
     public var broadcastTLBMaintenance: Bool { f(0, 5) != 0 }
+    /// IDR0 field at bit 6: hardware table update.
     public var hardwareTableUpdate: UInt32 { f(0, 6, 3) }
     /// IDR0: ATS, ASID16, MSI, PRI, VMID16, CD2L, stall model, stream table levels.
     public var ats: Bool { f(0, 10) != 0 }
+    /// IDR0 bit 12: asid16.
     public var asid16: Bool { f(0, 12) != 0 }
+    /// IDR0 bit 13: msi.
     public var msi: Bool { f(0, 13) != 0 }
+    /// IDR0 bit 16: pri.
     public var pri: Bool { f(0, 16) != 0 }
+    /// IDR0 bit 18: vmid16.
     public var vmid16: Bool { f(0, 18) != 0 }
+    /// IDR0 bit 19: two level context descriptors.
     public var twoLevelContextDescriptors: Bool { f(0, 19) != 0 }
+    /// IDR0 field at bit 24: stall model.
     public var stallModel: UInt32 { f(0, 24, 3) }
+    /// IDR0 field at bit 27: stream table levels.
     public var streamTableLevels: UInt32 { f(0, 27, 3) }
     /// IDR1: log2 sizes of StreamID and SubstreamID, and of the command queue.
     public var streamIDBits: Int { Int(f(1, 0, 0x3f)) }
+    /// IDR1 field at bit 6: substream idbits.
     public var substreamIDBits: Int { Int(f(1, 6, 0x1f)) }
+    /// IDR1 field at bit 21: command queue log2 entries.
     public var commandQueueLog2Entries: Int { Int(f(1, 21, 0x1f)) }
     /// IDR3: range invalidation (RIL), break-before-make level (BBML).
     public var rangeInvalidation: Bool { f(3, 10) != 0 }
+    /// IDR3.BBML: the break-before-make level supported.
     public var bbml: UInt32 { f(3, 11, 3) }
     /// IDR5: output address size (OAS: 0 = 32 bits … 6 = 52 bits) and granules.
     public var outputAddressBits: Int { [32, 36, 40, 42, 44, 48, 52, 56][Int(f(5, 0, 7))] }
+    /// IDR5 bit 4: granule4 k.
     public var granule4K: Bool { f(5, 4) != 0 }
+    /// IDR5 bit 5: granule16 k.
     public var granule16K: Bool { f(5, 5) != 0 }
+    /// IDR5 bit 6: granule64 k.
     public var granule64K: Bool { f(5, 6) != 0 }
 }
 
 /// NVIDIA Tegra241 CMDQV (an SMMUv3 extension).
 public struct Tegra241CMDQVInfo: Sendable, Equatable {
+    /// Flags of `struct iommu_hw_info_tegra241_cmdqv`.
     public var flags: UInt32
+    /// The CMDQV version.
     public var version: UInt8
     /// log2 of the number of VCMDQs and of virtual stream ids.
     public var log2VCMDQs: UInt8
+    /// log2 of the number of virtual stream ids.
     public var log2VSIDs: UInt8
 }
 
 /// AMD IOMMU extended feature registers (AMD IOMMU spec 3.4.12, EFR and EFR2).
 public struct AMDIOMMUInfo: Sendable, Equatable {
+    /// The Extended Feature Register (EFR).
     public var extendedFeatures: UInt64
+    /// The second Extended Feature Register (EFR2).
     public var extendedFeatures2: UInt64
 
     @inline(__always) func f(_ shift: UInt64, _ mask: UInt64 = 1) -> UInt64 { (extendedFeatures >> shift) & mask }
     /// PreF, PPR, x2APIC (XT), NX, GT (guest translation), IA, GA (guest APIC), HE, PC.
     public var prefetch: Bool { f(0) != 0 }
+    /// EFR bit 1: page peripheral requests.
     public var pagePeripheralRequests: Bool { f(1) != 0 }
+    /// EFR bit 2: x2 apic.
     public var x2APIC: Bool { f(2) != 0 }
+    /// EFR bit 3: no execute.
     public var noExecute: Bool { f(3) != 0 }
+    /// EFR bit 4: guest translation.
     public var guestTranslation: Bool { f(4) != 0 }
+    /// EFR bit 6: invalidate all.
     public var invalidateAll: Bool { f(6) != 0 }
+    /// EFR bit 7: guest vapic.
     public var guestVAPIC: Bool { f(7) != 0 }
+    /// EFR bit 8: hardware errors.
     public var hardwareErrors: Bool { f(8) != 0 }
+    /// EFR bit 9: performance counters.
     public var performanceCounters: Bool { f(9) != 0 }
     /// HATS: host address translation size (0 = 4 levels, 1 = 5 levels, 2 = 6 levels).
     public var hostTranslationLevels: Int { Int(f(10, 3)) + 4 }
@@ -240,6 +286,7 @@ public struct AMDIOMMUInfo: Sendable, Equatable {
     public var pasidBits: Int { Int(f(32, 0x1f)) + 1 }
     /// HDSup / HASup: host dirty and access bit support (dirty tracking).
     public var hostDirty: Bool { f(52) != 0 }
+    /// EFR bit 49 (HASup): host access bit support.
     public var hostAccess: Bool { (extendedFeatures >> 49) & 1 != 0 }
 }
 

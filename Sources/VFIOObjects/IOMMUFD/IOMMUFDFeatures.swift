@@ -31,6 +31,7 @@ public struct IOMMUFDFeatures: Sendable, Equatable, CustomStringConvertible {
     /// The running kernel (`uname -r`).
     public var kernelRelease: String
 
+    /// Whether the running kernel has `request` (probed on /dev/iommu).
     public func supports(_ request: Request) -> Bool { supportedRequests.contains(request) }
 
     /// Throws a VFIOError naming the release that added `request` when the kernel lacks it.

@@ -12,7 +12,9 @@ import Musl
 /// nesting-parent ``HWPT`` (the stage-2 table). Nested HWPTs, vDEVICEs,
 /// vEVENTQs and HW queues hang off it and keep it alive.
 public final class VIOMMU: HWPTParent, IOMMUObjectOwner {
+    /// The kernel's id of the vIOMMU (`out_viommu_id` of `IOMMU_VIOMMU_ALLOC`).
     public let objectID: UInt32
+    /// The context it lives in.
     public let iommufd: IOMMUFD
     /// The stage-2 (nesting-parent) HWPT.
     public let parent: HWPT
@@ -24,7 +26,9 @@ public final class VIOMMU: HWPTParent, IOMMUObjectOwner {
 
     /// `enum iommu_viommu_type`.
     public static let typeDefault = UInt32(IOMMU_VIOMMU_TYPE_DEFAULT.rawValue)
+    /// `IOMMU_VIOMMU_TYPE_ARM_SMMUV3`: a virtual SMMUv3.
     public static let typeARMSMMUv3 = UInt32(IOMMU_VIOMMU_TYPE_ARM_SMMUV3.rawValue)
+    /// `IOMMU_VIOMMU_TYPE_TEGRA241_CMDQV`: an SMMUv3 with NVIDIA Tegra241 command queues.
     public static let typeTegra241CMDQV = UInt32(IOMMU_VIOMMU_TYPE_TEGRA241_CMDQV.rawValue)
 
     /// Allocates a vIOMMU of `type` for device `deviceID` on `parent`, passing
@@ -65,6 +69,7 @@ public final class VIOMMU: HWPTParent, IOMMUObjectOwner {
         ctx.track(state)
     }
 
+    /// "vIOMMU 4", for errors.
     public var label: String { "vIOMMU \(objectID)" }
 
     /// Whether the vIOMMU was destroyed (by ``destroy()`` or ``IOMMUFD/close()``).
@@ -106,8 +111,11 @@ public final class VIOMMU: HWPTParent, IOMMUObjectOwner {
 
 /// A device's identity inside a vIOMMU (its virtual stream id / RID as the guest sees it).
 public final class VDevice: Sendable, IOMMUObjectOwner {
+    /// The kernel's id of the vDEVICE (`out_vdevice_id` of `IOMMU_VDEVICE_ALLOC`).
     public let objectID: UInt32
+    /// The vIOMMU it belongs to.
     public let viommu: VIOMMU
+    /// The iommufd device id of the physical device it stands for.
     public let deviceID: UInt32
     /// The guest's id for the device (vSID for SMMUv3, vRID for VT-d/AMD).
     public let virtualID: UInt64
@@ -139,6 +147,7 @@ public final class VDevice: Sendable, IOMMUObjectOwner {
         viommu.iommufd.track(state)
     }
 
+    /// "vDEVICE 6", for errors.
     public var label: String { "vDEVICE \(objectID)" }
     /// Whether the vDEVICE was destroyed (by ``destroy()`` or ``IOMMUFD/close()``).
     public var isDestroyed: Bool { state.isDestroyed }
@@ -151,9 +160,13 @@ public final class VDevice: Sendable, IOMMUObjectOwner {
 /// guest must see). Each record is a header with a sequence number; when the
 /// queue overflowed the kernel inserts a lost-events marker.
 public final class VEventQueue: Sendable, IOMMUObjectOwner {
+    /// The kernel's id of the event queue (`out_veventq_id` of `IOMMU_VEVENTQ_ALLOC`).
     public let objectID: UInt32
+    /// The vIOMMU whose events it carries.
     public let viommu: VIOMMU
+    /// The queue's descriptor, read for events.
     public let fd: OwnedFD
+    /// Its `IOMMU_VEVENTQ_TYPE_*`.
     public let type: UInt32
     /// Payload bytes per event of this type.
     public let eventSize: Int
@@ -162,6 +175,7 @@ public final class VEventQueue: Sendable, IOMMUObjectOwner {
 
     /// `enum iommu_veventq_type`.
     public static let typeARMSMMUv3 = UInt32(IOMMU_VEVENTQ_TYPE_ARM_SMMUV3.rawValue)
+    /// `IOMMU_VEVENTQ_TYPE_TEGRA241_CMDQV`: Tegra241 CMDQV errors.
     public static let typeTegra241CMDQV = UInt32(IOMMU_VEVENTQ_TYPE_TEGRA241_CMDQV.rawValue)
 
     /// The payload size of a known type (nil for types VFIOKit does not know).
@@ -205,6 +219,7 @@ public final class VEventQueue: Sendable, IOMMUObjectOwner {
         viommu.iommufd.track(state)
     }
 
+    /// "vEVENTQ 7", for errors.
     public var label: String { "vEVENTQ \(objectID)" }
 
     /// Whether the queue was destroyed (by ``destroy()`` or ``IOMMUFD/close()``).
@@ -299,8 +314,11 @@ public final class VEventQueue: Sendable, IOMMUObjectOwner {
 /// directly) in guest memory at `nesting_parent_iova`, which must be mapped in
 /// the parent's IOAS; the kernel pins that range while the queue lives.
 public final class HWQueue: Sendable, IOMMUObjectOwner {
+    /// The kernel's id of the HW queue (`out_hw_queue_id` of `IOMMU_HW_QUEUE_ALLOC`).
     public let objectID: UInt32
+    /// The vIOMMU it belongs to.
     public let viommu: VIOMMU
+    /// The queue's index in its vIOMMU.
     public let index: UInt32
     let state: IOMMUObjectState
 
@@ -333,6 +351,7 @@ public final class HWQueue: Sendable, IOMMUObjectOwner {
         viommu.iommufd.track(state)
     }
 
+    /// "HW queue 8", for errors.
     public var label: String { "HW queue \(objectID)" }
     /// Whether the queue was destroyed (by ``destroy()`` or ``IOMMUFD/close()``).
     public var isDestroyed: Bool { state.isDestroyed }

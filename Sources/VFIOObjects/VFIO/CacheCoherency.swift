@@ -18,10 +18,14 @@ import VFIOSystem
 /// JSON keys: `enforced` (true, false, or null when unknown), `query` (the
 /// call that answered), `meaning` (one sentence).
 public struct CacheCoherency: Sendable, Equatable, Codable {
+    /// Whether the IOMMU blocks no-snoop DMA (`VFIO_DMA_CC_IOMMU`); nil: unknown.
     public var enforced: Bool?
+    /// How it was asked (the node and check used), for reports.
     public var query: String
+    /// What it means for a VM, in words.
     public var meaning: String
 
+    /// An answer, with its meaning filled in.
     public init(enforced: Bool?, query: String) {
         self.enforced = enforced
         self.query = query
@@ -36,6 +40,7 @@ public struct CacheCoherency: Sendable, Equatable, Codable {
         }
     }
 
+    /// No answer, and why.
     public static func unknown(_ why: String) -> CacheCoherency {
         var c = CacheCoherency(enforced: nil, query: "none")
         c.meaning = "unknown: " + why

@@ -3,14 +3,32 @@ import VFIOSystem
 
 /// What a `VFIO_DEVICE_FEATURE` probe found.
 public struct FeatureSupport: Sendable, Equatable {
+    /// The feature can be read (`VFIO_DEVICE_FEATURE_GET` probe succeeded).
     public var get: Bool
+    /// The feature can be written (`VFIO_DEVICE_FEATURE_SET` probe succeeded).
     public var set: Bool
+    /// Either.
     public var isSupported: Bool { self.get || self.set }
 }
 
 /// Device migration states (`enum vfio_device_mig_state`).
 public enum MigrationState: UInt32, Sendable {
-    case error = 0, stop = 1, running = 2, stopCopy = 3, resuming = 4, runningP2P = 5, preCopy = 6, preCopyP2P = 7
+    /// `VFIO_DEVICE_STATE_ERROR`: a failed transition; only a reset leaves it.
+    case error = 0
+    /// `VFIO_DEVICE_STATE_STOP`: not running, no DMA, no interrupts.
+    case stop = 1
+    /// `VFIO_DEVICE_STATE_RUNNING`: normal operation.
+    case running = 2
+    /// `VFIO_DEVICE_STATE_STOP_COPY`: stopped, its state readable from the data fd.
+    case stopCopy = 3
+    /// `VFIO_DEVICE_STATE_RESUMING`: stopped, taking its state from the data fd.
+    case resuming = 4
+    /// `VFIO_DEVICE_STATE_RUNNING_P2P`: running, but no new peer-to-peer DMA is started.
+    case runningP2P = 5
+    /// `VFIO_DEVICE_STATE_PRE_COPY`: running, its state already readable.
+    case preCopy = 6
+    /// `VFIO_DEVICE_STATE_PRE_COPY_P2P`: pre-copy with peer-to-peer quiesced.
+    case preCopyP2P = 7
 }
 
 extension VFIODevice {

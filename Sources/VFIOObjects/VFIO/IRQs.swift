@@ -3,7 +3,12 @@ import VFIOSystem
 
 /// The vfio-pci interrupt indexes.
 public enum IRQIndex: UInt32, Sendable, CaseIterable, CustomStringConvertible {
-    case intx = 0, msi = 1, msix = 2
+    /// `VFIO_PCI_INTX_IRQ_INDEX`: the legacy level-triggered line interrupt (one vector).
+    case intx = 0
+    /// `VFIO_PCI_MSI_IRQ_INDEX`: message-signalled interrupts (up to 32 vectors).
+    case msi = 1
+    /// `VFIO_PCI_MSIX_IRQ_INDEX`: MSI-X (up to 2048 vectors, each maskable).
+    case msix = 2
     /// AER error reporting (one eventfd).
     case err = 3
     /// The kernel asks userspace to release the device (one eventfd).
@@ -21,11 +26,15 @@ public enum IRQIndex: UInt32, Sendable, CaseIterable, CustomStringConvertible {
 
 /// What `VFIO_DEVICE_GET_IRQ_INFO` reports for one index.
 public struct IRQInfo: Sendable, Equatable {
+    /// The interrupt index (``IRQIndex``'s raw value).
     public var index: UInt32
+    /// `VFIO_IRQ_INFO_*` flags.
     public var flags: UInt32
     /// Vectors available (0: the device does not have this interrupt).
     public var count: UInt32
+    /// Vectors can signal eventfds (`VFIO_IRQ_INFO_EVENTFD`).
     public var supportsEventFD: Bool { flags & VFIO_IRQ_INFO_EVENTFD != 0 }
+    /// Vectors can be masked (`VFIO_IRQ_INFO_MASKABLE`).
     public var isMaskable: Bool { flags & VFIO_IRQ_INFO_MASKABLE != 0 }
     /// Level-triggered (INTx): the kernel masks on delivery, userspace unmasks.
     public var isAutomasked: Bool { flags & VFIO_IRQ_INFO_AUTOMASKED != 0 }
@@ -143,7 +152,12 @@ extension VFIODevice {
 
 /// The actions of `VFIO_DEVICE_SET_IRQS`.
 public enum IRQAction: Sendable {
-    case trigger, mask, unmask
+    /// `VFIO_IRQ_SET_ACTION_TRIGGER`: route to an eventfd, or fire from software.
+    case trigger
+    /// `VFIO_IRQ_SET_ACTION_MASK`: mask.
+    case mask
+    /// `VFIO_IRQ_SET_ACTION_UNMASK`: unmask.
+    case unmask
     var flag: UInt32 {
         switch self {
         case .trigger: VFIO_IRQ_SET_ACTION_TRIGGER

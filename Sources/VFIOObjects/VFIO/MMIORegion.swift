@@ -103,12 +103,15 @@ public final class MMIORegion: @unchecked Sendable {
     @inlinable @inline(__always) public func load8(at offset: Int) -> UInt8 {
         check(offset, 1); return cvfio_mmio_read8(base + offset)
     }
+    /// A 16-bit load (`readw`): the load, then a read barrier.
     @inlinable @inline(__always) public func load16(at offset: Int) -> UInt16 {
         check(offset, 2); return cvfio_mmio_read16(base + offset)
     }
+    /// A 32-bit load (`readl`): the load, then a read barrier.
     @inlinable @inline(__always) public func load32(at offset: Int) -> UInt32 {
         check(offset, 4); return cvfio_mmio_read32(base + offset)
     }
+    /// A 64-bit load (`readq`): the load, then a read barrier.
     @inlinable @inline(__always) public func load64(at offset: Int) -> UInt64 {
         check(offset, 8); return cvfio_mmio_read64(base + offset)
     }
@@ -116,12 +119,16 @@ public final class MMIORegion: @unchecked Sendable {
     @inlinable @inline(__always) public func store8(_ value: UInt8, at offset: Int) {
         check(offset, 1); cvfio_mmio_write8(base + offset, value)
     }
+    /// A 16-bit store (`writew`): a write barrier, then the store.
     @inlinable @inline(__always) public func store16(_ value: UInt16, at offset: Int) {
         check(offset, 2); cvfio_mmio_write16(base + offset, value)
     }
+    /// A 32-bit store (`writel`): a write barrier, then the store, so earlier
+    /// stores to DMA memory reach the device first.
     @inlinable @inline(__always) public func store32(_ value: UInt32, at offset: Int) {
         check(offset, 4); cvfio_mmio_write32(base + offset, value)
     }
+    /// A 64-bit store (`writeq`): a write barrier, then the store.
     @inlinable @inline(__always) public func store64(_ value: UInt64, at offset: Int) {
         check(offset, 8); cvfio_mmio_write64(base + offset, value)
     }
@@ -130,12 +137,15 @@ public final class MMIORegion: @unchecked Sendable {
     @inlinable @inline(__always) public func load8Relaxed(at offset: Int) -> UInt8 {
         check(offset, 1); return cvfio_mmio_read8_relaxed(base + offset)
     }
+    /// A 16-bit load without the read barrier (`readw_relaxed`).
     @inlinable @inline(__always) public func load16Relaxed(at offset: Int) -> UInt16 {
         check(offset, 2); return cvfio_mmio_read16_relaxed(base + offset)
     }
+    /// A 32-bit load without the read barrier (`readl_relaxed`).
     @inlinable @inline(__always) public func load32Relaxed(at offset: Int) -> UInt32 {
         check(offset, 4); return cvfio_mmio_read32_relaxed(base + offset)
     }
+    /// A 64-bit load without the read barrier (`readq_relaxed`).
     @inlinable @inline(__always) public func load64Relaxed(at offset: Int) -> UInt64 {
         check(offset, 8); return cvfio_mmio_read64_relaxed(base + offset)
     }
@@ -143,12 +153,15 @@ public final class MMIORegion: @unchecked Sendable {
     @inlinable @inline(__always) public func store8Relaxed(_ value: UInt8, at offset: Int) {
         check(offset, 1); cvfio_mmio_write8_relaxed(base + offset, value)
     }
+    /// A 16-bit store without the write barrier (`writew_relaxed`).
     @inlinable @inline(__always) public func store16Relaxed(_ value: UInt16, at offset: Int) {
         check(offset, 2); cvfio_mmio_write16_relaxed(base + offset, value)
     }
+    /// A 32-bit store without the write barrier (`writel_relaxed`).
     @inlinable @inline(__always) public func store32Relaxed(_ value: UInt32, at offset: Int) {
         check(offset, 4); cvfio_mmio_write32_relaxed(base + offset, value)
     }
+    /// A 64-bit store without the write barrier (`writeq_relaxed`).
     @inlinable @inline(__always) public func store64Relaxed(_ value: UInt64, at offset: Int) {
         check(offset, 8); cvfio_mmio_write64_relaxed(base + offset, value)
     }

@@ -9,14 +9,18 @@ import Musl
 
 /// What `VFIO_DEVICE_GET_INFO` reports.
 public struct VFIODeviceInfo: Sendable, Equatable {
+    /// `VFIO_DEVICE_FLAGS_*` (PCI, reset, CAPS, ...).
     public var flags: UInt32
+    /// Regions the device has (`num_regions`): for vfio-pci, the BARs, ROM, config, VGA and device-specific ones.
     public var regionCount: Int
+    /// Interrupt indexes the device has (`num_irqs`).
     public var irqCount: Int
     /// The capability chain (zPCI, PCI atomic completer, ...): ids and versions.
     public var capabilities: [VFIOCapability]
     /// PCI atomic completer support, when reported (`VFIO_DEVICE_INFO_CAP_PCI_ATOMIC_COMP`).
     public var pciAtomicCompleterFlags: UInt32?
 
+    /// A PCI device (`VFIO_DEVICE_FLAGS_PCI`).
     public var isPCI: Bool { flags & VFIO_DEVICE_FLAGS_PCI != 0 }
     /// The device supports `VFIO_DEVICE_RESET` (a function-level or other reset).
     public var supportsReset: Bool { flags & VFIO_DEVICE_FLAGS_RESET != 0 }
@@ -25,7 +29,9 @@ public struct VFIODeviceInfo: Sendable, Equatable {
 /// One region of a device: a BAR, the ROM, config space, VGA, or a
 /// device-specific region described by a type capability.
 public struct VFIORegionInfo: Sendable, Equatable {
+    /// The region index (the BAR number for BARs; see ``PCIRegion``).
     public var index: UInt32
+    /// `VFIO_REGION_INFO_FLAG_*` (read, write, mmap, caps).
     public var flags: UInt32
     /// Region size in bytes (0: the region does not exist, e.g. an unused BAR).
     public var size: UInt64
@@ -39,15 +45,22 @@ public struct VFIORegionInfo: Sendable, Equatable {
     public var type: (type: UInt32, subtype: UInt32)?
     /// The MSI-X table may be mmapped (`VFIO_REGION_INFO_CAP_MSIX_MAPPABLE`).
     public var msixMappable: Bool
+    /// The raw capability chain of the region.
     public var capabilities: [VFIOCapability]
 
+    /// One mappable area of a region with sparse mmap (`VFIO_REGION_INFO_CAP_SPARSE_MMAP`).
     public struct Area: Sendable, Equatable {
+        /// Where the area starts in the region.
         public var offset: UInt64
+        /// The area's length in bytes.
         public var size: UInt64
     }
 
+    /// The region can be read (`VFIO_REGION_INFO_FLAG_READ`).
     public var isReadable: Bool { flags & VFIO_REGION_INFO_FLAG_READ != 0 }
+    /// The region can be written (`VFIO_REGION_INFO_FLAG_WRITE`).
     public var isWritable: Bool { flags & VFIO_REGION_INFO_FLAG_WRITE != 0 }
+    /// The region can be mapped with `mmap` (`VFIO_REGION_INFO_FLAG_MMAP`).
     public var isMappable: Bool { flags & VFIO_REGION_INFO_FLAG_MMAP != 0 }
 
     public static func == (a: Self, b: Self) -> Bool {
@@ -59,9 +72,13 @@ public struct VFIORegionInfo: Sendable, Equatable {
 
 /// The fixed vfio-pci region indexes.
 public enum PCIRegion {
+    /// The index of BAR `n` (0...5): `VFIO_PCI_BAR0_REGION_INDEX` + n.
     public static func bar(_ n: Int) -> UInt32 { precondition((0...5).contains(n)); return UInt32(n) }
+    /// The expansion ROM (`VFIO_PCI_ROM_REGION_INDEX`).
     public static let rom = UInt32(VFIO_PCI_ROM_REGION_INDEX)
+    /// Config space (`VFIO_PCI_CONFIG_REGION_INDEX`): see ``VFIODevice/configSpace()``.
     public static let config = UInt32(VFIO_PCI_CONFIG_REGION_INDEX)
+    /// Legacy VGA ranges (`VFIO_PCI_VGA_REGION_INDEX`).
     public static let vga = UInt32(VFIO_PCI_VGA_REGION_INDEX)
 }
 

@@ -3,8 +3,11 @@ import VFIOSystem
 
 /// One device a PCI hot reset would reach (`struct vfio_pci_dependent_device`).
 public struct HotResetDevice: Sendable, Equatable, CustomStringConvertible {
+    /// The PCI segment (domain).
     public var segment: UInt16
+    /// The bus number.
     public var bus: UInt8
+    /// Device and function, as `device << 3 | function`.
     public var devfn: UInt8
     /// Group path: the IOMMU group of the device. Nil on the cdev path.
     public var groupID: UInt32?
@@ -33,7 +36,9 @@ public struct HotResetDevice: Sendable, Equatable, CustomStringConvertible {
 /// What `VFIO_DEVICE_GET_PCI_HOT_RESET_INFO` reports: a hot reset resets the
 /// whole slot or bus, so it reaches every device listed here, not just this one.
 public struct HotResetInfo: Sendable, Equatable {
+    /// `VFIO_PCI_HOT_RESET_FLAG_*`.
     public var flags: UInt32
+    /// Every device the reset would affect.
     public var devices: [HotResetDevice]
     /// Entries carry iommufd device ids (the device was opened as a cdev).
     public var usesDeviceIDs: Bool { flags & VFIO_PCI_HOT_RESET_FLAG_DEV_ID != 0 }

@@ -20,8 +20,11 @@ public final class VFIOContainer: Sendable {
 
     /// The IOMMU models a container can be set to.
     public enum IOMMUType: UInt, Sendable, Equatable, CustomStringConvertible {
+        /// `VFIO_TYPE1_IOMMU`: the first type1 model (unmaps may split mappings).
         case type1 = 1  // VFIO_TYPE1_IOMMU
+        /// `VFIO_TYPE1v2_IOMMU`: unmaps cover whole mappings; dirty tracking.
         case type1v2 = 3  // VFIO_TYPE1v2_IOMMU
+        /// `VFIO_NOIOMMU_IOMMU`: no IOMMU at all (unsafe; needs `CAP_SYS_RAWIO` and the no-IOMMU mode).
         case noIOMMU = 8  // VFIO_NOIOMMU_IOMMU
         public var description: String {
             switch self {
@@ -32,7 +35,9 @@ public final class VFIOContainer: Sendable {
         }
     }
 
+    /// The container's descriptor (`/dev/vfio/vfio`, or `/dev/iommu` for iommufd's compatibility container).
     public let fd: OwnedFD
+    /// Which node the container was opened on.
     public let backend: Backend
     private let iommuType = Mutex<IOMMUType?>(nil)
     /// Safe mappings (``DMAMapping``) made through this container, and the
@@ -59,6 +64,8 @@ public final class VFIOContainer: Sendable {
         try fd.ioctl(.vfioCheckExtension, value: Int(ext), object: label) > 0
     }
 
+    /// Whether the container offers the IOMMU model `type`.
+    /// The corresponding ioctl is `VFIO_CHECK_EXTENSION`.
     public func supports(_ type: IOMMUType) throws(VFIOError) -> Bool { try checkExtension(type.rawValue) }
 
     /// The IOMMU type set so far.
@@ -74,6 +81,7 @@ public final class VFIOContainer: Sendable {
 
     /// What `VFIO_IOMMU_GET_INFO` reports.
     public struct Info: Sendable, Equatable {
+        /// `VFIO_IOMMU_INFO_*` flags (`VFIO_IOMMU_INFO_PGSIZES`, `VFIO_IOMMU_INFO_CAPS`).
         public var flags: UInt32
         /// Supported IOMMU page sizes (a bitmap of sizes), when reported.
         public var pageSizes: UInt64?
@@ -83,11 +91,16 @@ public final class VFIOContainer: Sendable {
         public var dmaAvailable: UInt32?
         /// Dirty-page tracking support: (flags, page size bitmap, max bitmap size).
         public var migration: Migration?
+        /// The raw capability chain (IOVA ranges, migration, DMA available).
         public var capabilities: [VFIOCapability]
 
+        /// The type1 migration capability (`VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION`): what dirty-page tracking supports.
         public struct Migration: Sendable, Equatable {
+            /// `VFIO_IOMMU_DIRTY_PAGES_*` flags of the capability.
             public var flags: UInt32
+            /// The page sizes the dirty bitmap can track, a bitmap of sizes.
             public var pageSizes: UInt64
+            /// The largest dirty bitmap one `VFIO_IOMMU_DIRTY_PAGES` call fills, in bytes.
             public var maxDirtyBitmapSize: UInt64
         }
     }

@@ -22,6 +22,7 @@ public final class VFIODevice: Sendable {
 
     /// The device fd. Declared first: it closes before the parents below are released.
     public let fd: OwnedFD
+    /// How the device was opened: its cdev path, or its name in its group.
     public let path: Path
     /// The group the device was opened through (group path only).
     public let group: VFIOGroup?

@@ -40,9 +40,11 @@ public final class VFIOGroup: Sendable {
 
     package var label: String { "/dev/vfio/\(number)" }
 
+    /// What `VFIO_GROUP_GET_STATUS` reports.
     public struct Status: Sendable, Equatable {
         /// No device of the group is used by a kernel driver that does DMA.
         public var viable: Bool
+        /// The group is in a container (`VFIO_GROUP_FLAGS_CONTAINER_SET`).
         public var containerSet: Bool
     }
 
