@@ -9,7 +9,7 @@ import Musl
 extension EventFD {
     /// Suspends until the counter is non-zero or `timeout` passes (nil:
     /// forever); returns the count read, or nil on timeout. The blocking
-    /// ``wait(timeout:)`` for Swift concurrency: no thread of the cooperative
+    /// ``wait(timeout:)-6sc0d`` for Swift concurrency: no thread of the cooperative
     /// pool blocks. A thread of the eventfd's own (started by the first async
     /// wait, kept until the eventfd closes) polls it with the deadline and
     /// resumes the task, so one wait costs a thread handoff and no thread start.

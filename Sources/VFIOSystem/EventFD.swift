@@ -11,7 +11,7 @@ import Musl
 /// the device) by adding to its counter.
 ///
 /// Three ways to wait, each with a timeout but the sequence:
-/// - ``wait(timeout:)`` blocks the calling thread in `ppoll(2)` (nanosecond
+/// - ``wait(timeout:)-6sc0d`` blocks the calling thread in `ppoll(2)` (nanosecond
 ///   resolution) and reads the counter: no allocation, no locks, one syscall
 ///   pair per interrupt. Use it from your own threads (a driver's completion
 ///   thread), not from Swift concurrency's cooperative pool.
@@ -24,13 +24,13 @@ import Musl
 ///   block a pool thread.
 /// Do not use both on one eventfd at the same time: each read consumes the count.
 ///
-/// ``close()`` ends both: a blocked ``wait(timeout:)`` throws "closed" and the
+/// ``close()`` ends both: a blocked ``wait(timeout:)-6sc0d`` throws "closed" and the
 /// sequence ends; the fd itself closes when the last of them has returned
 /// (see ``OwnedFD``), so the kernel never sees its number after the close.
 public final class EventFD: Sendable {
     /// The eventfd's descriptor (what `VFIO_DEVICE_SET_IRQS` is given).
     public let fd: OwnedFD
-    /// The thread serving async waits (``wait(timeout:)`` from async code), once one ran.
+    /// The thread serving async waits (``wait(timeout:)-9n4dt`` from async code), once one ran.
     let asyncWaiter = Mutex<AsyncEventWaits?>(nil)
 
     /// A non-blocking eventfd (the reads here never block; waits use poll).
@@ -87,7 +87,7 @@ public final class EventFD: Sendable {
     /// Each signal as a count, delivered to Swift concurrency by a dedicated thread.
     public func interrupts() -> Interrupts { Interrupts(eventfd: self) }
 
-    /// Closes the eventfd. Waiters in ``wait(timeout:)`` and ``interrupts()``
+    /// Closes the eventfd. Waiters in ``wait(timeout:)-6sc0d`` and ``interrupts()``
     /// are woken (they end with "closed" and the end of the sequence); the
     /// number is closed when the last of them has left.
     public func close() throws(VFIOError) {

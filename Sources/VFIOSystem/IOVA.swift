@@ -21,6 +21,7 @@ public struct IOVA: RawRepresentable, Hashable, Comparable, Sendable, CustomStri
     @inlinable @inline(__always)
     public init(rawValue: UInt64) { self.rawValue = rawValue }
 
+    /// The IOVA `rawValue`.
     @inlinable @inline(__always)
     public init(_ rawValue: UInt64) { self.rawValue = rawValue }
 
@@ -60,6 +61,7 @@ public struct IOVA: RawRepresentable, Hashable, Comparable, Sendable, CustomStri
     public var description: String { "0x" + String(rawValue, radix: 16) }
 }
 
+/// IOVA ranges as the kernel reports them (inclusive ends).
 extension ClosedRange where Bound == IOVA {
     /// `0x1000-0x1fff`.
     public var hexDescription: String { "\(lowerBound)-\(upperBound)" }

@@ -167,7 +167,7 @@ extension VFIOError {
         // The fd owner and waits.
         /// A use of a closed fd (``OwnedFD/withDescriptor(_:_:)``'s default).
         public static let useFD: Step = "use fd"
-        /// Waiting on an eventfd (``EventFD/wait(timeout:)``) that was closed.
+        /// Waiting on an eventfd (``EventFD/wait(timeout:)-6sc0d``) that was closed.
         public static let waitForEventFD: Step = "wait for eventfd"
         /// Waiting for I/O page faults on a fault queue.
         public static let waitForPageFaults: Step = "wait for page faults"

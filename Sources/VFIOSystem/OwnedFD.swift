@@ -16,7 +16,7 @@ import Synchronization
 ///   never sees a number that was closed, or reused for another file, while a
 ///   call was using it.
 ///
-/// Blocking waits that hold a use (``EventFD/wait(timeout:)``,
+/// Blocking waits that hold a use (``EventFD/wait(timeout:)-6sc0d``,
 /// ``EventFD/interrupts()``, the async waits of ``FaultQueue`` and
 /// ``VEventQueue``) are woken by the close, so close never waits on them and
 /// they end with the "closed" error (or the end of the sequence).

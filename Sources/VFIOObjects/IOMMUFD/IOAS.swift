@@ -431,6 +431,7 @@ public final class IOAS: IOMMUAttachTarget, IOMMUObjectOwner {
         /// IOVAs and lengths must be multiples of this.
         public var alignment: UInt64
 
+        /// Ranges and alignment as given (for callers that have them from elsewhere).
         public init(ranges: [ClosedRange<IOVA>], alignment: UInt64) {
             self.ranges = ranges
             self.alignment = alignment

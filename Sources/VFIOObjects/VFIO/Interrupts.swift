@@ -22,6 +22,7 @@ import VFIOSystem
 public final class InterruptSet: Sendable {
     /// The device whose vectors these are (kept open while the set lives).
     public let device: VFIODevice
+    /// The interrupt index (MSI-X, MSI, INTx, ...) the vectors belong to.
     public let index: IRQIndex
     /// The first vector number (vectors are `first ..< first + count`).
     public let first: UInt32
@@ -95,6 +96,7 @@ public struct Interrupt: Sendable {
         eventFD = eventfd
     }
 
+    /// The interrupt index (MSI-X, MSI, INTx, ...) of the vector.
     public var index: IRQIndex { owner.index }
 
     /// Blocks until the vector fires or `timeout` passes (nil: forever);
