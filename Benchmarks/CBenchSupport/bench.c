@@ -191,11 +191,22 @@ int bench_run_threads(int n, bench_thread_fn fn, void *ctx) {
     return err;
 }
 
-struct parallel_ctx { const char *const *cdevs; int iommufd; int fds[16]; uint32_t ioas[16]; int errs[16]; };
+struct parallel_ctx { const char *const *cdevs; int iommufd; uint32_t ioas; int fds[16]; int errs[16]; };
 
+/* open, bind, attach to the shared IOAS: one thread's part. */
 static void parallel_one(void *p, int i) {
     struct parallel_ctx *c = p;
-    c->errs[i] = raw_attach_one(c->cdevs[i], c->iommufd, &c->fds[i], &c->ioas[i]);
+    c->fds[i] = -1;
+    int fd = open(c->cdevs[i], O_RDWR | O_CLOEXEC);
+    if (fd < 0) { c->errs[i] = -errno; return; }
+    struct vfio_device_bind_iommufd bind = { .argsz = sizeof(bind), .iommufd = c->iommufd };
+    struct vfio_device_attach_iommufd_pt attach = { .argsz = sizeof(attach), .pt_id = c->ioas };
+    if (ioctl(fd, VFIO_DEVICE_BIND_IOMMUFD, &bind) || ioctl(fd, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &attach)) {
+        c->errs[i] = -errno;
+        close(fd);
+        return;
+    }
+    c->fds[i] = fd;
 }
 
 int64_t bench_raw_open_attach_parallel(const char *const *cdevs, int n, int iommufd, int iterations) {
@@ -204,14 +215,17 @@ int64_t bench_raw_open_attach_parallel(const char *const *cdevs, int n, int iomm
     for (int it = 0; it < iterations; it++) {
         struct parallel_ctx c = { .cdevs = cdevs, .iommufd = iommufd };
         uint64_t t0 = bench_now_ns();
-        int r = bench_run_threads(n, parallel_one, &c);
+        struct iommu_ioas_alloc alloc = { .size = sizeof(alloc) };
+        if (ioctl(iommufd, IOMMU_IOAS_ALLOC, &alloc)) return -errno;
+        c.ioas = alloc.out_ioas_id;
+        int err = bench_run_threads(n, parallel_one, &c);
         total += (int64_t)(bench_now_ns() - t0);
-        int err = r;
         for (int i = 0; i < n; i++) {
-            if (c.errs[i]) { if (!err) err = c.errs[i]; continue; }
-            int rr = raw_release_one(iommufd, c.fds[i], c.ioas[i]);
-            if (rr && !err) err = rr;
+            if (c.errs[i] && !err) err = c.errs[i];
+            if (c.fds[i] >= 0) close(c.fds[i]);
         }
+        struct iommu_destroy destroy = { .size = sizeof(destroy), .id = alloc.out_ioas_id };
+        if (ioctl(iommufd, IOMMU_DESTROY, &destroy) && !err) err = -errno;
         if (err) return err;
     }
     return total;

@@ -102,7 +102,7 @@ func readCallgrindDumps(prefix: String) -> [String: UInt64] {
 /// Counting mode (run under `valgrind --tool=callgrind --callgrind-out-file=PREFIX`
 /// with VFIOKIT_CALLGRIND_OUT=PREFIX): after ``count(_:)`` ran for every case, writes
 /// "name<TAB>C instr/op<TAB>Swift instr/op<TAB>n" lines to `file`.
-func writeCounts(_ cases: [Case], to file: String) throws {
+func writeCounts(_ cases: [(name: String, countIterations: Int)], to file: String) throws {
     let prefix = try callgrindPrefix()
     let dumps = readCallgrindDumps(prefix: prefix)
     var lines = ""
@@ -135,111 +135,48 @@ func readCounts(_ file: String) -> [String: (Double, Double)] {
 
 @inline(never) func blackHole<T>(_ x: T) { withExtendedLifetime(x) {} }
 
-/// Devices opened, bound and attached from several threads at once, sharing one iommufd.
+/// Devices opened, bound and attached from several threads at once, sharing
+/// one iommufd and one IOAS (the edu pair is one IOMMU group: its devices must
+/// share a domain).
 final class AttachJob: Sendable {
     let ctx: IOMMUFD
     let paths: [String]
-    let slots: Mutex<[(VFIODevice, IOAS)?]>
+    let ioas = Mutex<IOAS?>(nil)
+    let devices: Mutex<[VFIODevice?]>
     let failures = Mutex<[String]>([])
 
     init(ctx: IOMMUFD, paths: [String]) {
         self.ctx = ctx
         self.paths = paths
-        slots = Mutex(Array(repeating: nil, count: paths.count))
+        devices = Mutex(Array(repeating: nil, count: paths.count))
     }
 
     func attach(_ i: Int) {
         do throws(VFIOError) {
+            guard let target = ioas.withLock({ $0 }) else { throw VFIOError.invalid(.step(.bind), "no IOAS", object: paths[i]) }
             let device = try VFIODevice.open(cdev: paths[i])
             try device.bind(to: ctx)
-            let ioas = try IOAS(ctx)
-            try device.attach(to: ioas)
-            slots.withLock { $0[i] = (device, ioas) }
+            try device.attach(to: target)
+            devices.withLock { $0[i] = device }
         } catch {
             failures.withLock { $0.append("\(paths[i]): \(error)") }
         }
     }
 
     func release() {
-        let all = slots.withLock { s in defer { s = Array(repeating: nil, count: s.count) }; return s }
-        for case let (device, ioas)? in all {
-            try! device.close()
-            try! ioas.destroy()
-        }
+        let all = devices.withLock { d in defer { d = Array(repeating: nil, count: d.count) }; return d }
+        for case let device? in all { try! device.close() }
+        if let target = ioas.withLock({ s in defer { s = nil }; return s }) { try! target.destroy() }
         let f = failures.withLock { $0 }
         precondition(f.isEmpty, "open to attached failed: \(f)")
     }
 }
 
-/// The hot paths, set up in the guest: the edu device through iommufd (and the
-/// type1 container after it), and the edu pair for the parallel open.
-func run(counting countFile: String?, scale: Int) throws -> [Result] {
-    let bdf = try Guest.requireEdu()
-    let cdev = "/dev/vfio/devices/" + (try Guest.bindToVFIO(bdf))
-    var boundPair: [String] = []
-    defer {
-        for b in boundPair { try? Guest.unbind(b) }
-        try? Guest.unbind(bdf)
-    }
-    // The edu pair shares a group (with the bridge): bound to vfio-pci, all three
-    // edus can be opened at once through their cdevs.
-    var cdevs = [cdev]
-    if let a = Guest.eduPairA, let b = Guest.eduPairB {
-        for p in [a, b] {
-            cdevs.append("/dev/vfio/devices/" + (try Guest.bindToVFIO(p)))
-            boundPair.append(p)
-        }
-    }
-
-    let ctx = try IOMMUFD()
+/// The hot paths of one open, bound and attached device: map + unmap, config
+/// read, MMIO, the MSI round trip.
+func deviceCases(cdev: String, ctx: IOMMUFD, countFile: String?, scale: Int) throws -> ([Result], [(String, Int)]) {
     var cases: [Case] = []
-
-    // Device open to attached (cdev open, bind, IOAS alloc, attach); each one
-    // is torn down again (close, IOAS destroy) outside the timed part.
     let iommufd = ctx.fd.numberForHandoff
-    cases.append(Case(name: "open to attached (1 edu)", iterations: 20 * scale, countIterations: 5, raw: { n in
-        let r = bench_raw_open_attach(cdev, iommufd, Int32(n))
-        precondition(r >= 0, "C open to attached: errno \(-r)")
-        return UInt64(r)
-    }, swift: { n in
-        var total: UInt64 = 0
-        for _ in 0..<n {
-            let t = bench_now_ns()
-            let device = try! VFIODevice.open(cdev: cdev)
-            try! device.bind(to: ctx)
-            let ioas = try! IOAS(ctx)
-            try! device.attach(to: ioas)
-            total += bench_now_ns() - t
-            try! device.close()
-            try! ioas.destroy()
-        }
-        return total
-    }))
-    if cdevs.count == 3 {
-        let job = AttachJob(ctx: ctx, paths: cdevs)
-        let cPaths: [UnsafePointer<CChar>?] = cdevs.map { UnsafePointer(strdup($0)) }
-        cases.append(Case(name: "open to attached (3 edus, parallel)", iterations: 10 * scale, countIterations: 3, raw: { n in
-            let r = cPaths.withUnsafeBufferPointer { p in
-                bench_raw_open_attach_parallel(p.baseAddress, Int32(p.count), iommufd, Int32(n))
-            }
-            precondition(r >= 0, "C parallel open to attached: errno \(-r)")
-            return UInt64(r)
-        }, swift: { n in
-            var total: UInt64 = 0
-            for _ in 0..<n {
-                let t = bench_now_ns()
-                let r = bench_run_threads(Int32(cdevs.count), { ctx, i in
-                    // Safety: ctx is `job`, kept alive below until the threads are joined.
-                    Unmanaged<AttachJob>.fromOpaque(ctx!).takeUnretainedValue().attach(Int(i))
-                }, Unmanaged.passUnretained(job).toOpaque())
-                total += bench_now_ns() - t
-                precondition(r == 0, "pthread_create: errno \(-r)")
-                job.release()
-            }
-            return withExtendedLifetime(job) { total }
-        }))
-    }
-
     let device = try VFIODevice.open(cdev: cdev)
     try device.bind(to: ctx)
     let ioas = try IOAS(ctx)
@@ -323,10 +260,95 @@ func run(counting countFile: String?, scale: Int) throws -> [Result] {
     }))
 
     var results: [Result] = []
-    if countFile != nil { _ = try callgrindPrefix(); cases.forEach(count) } else { results = cases.map { compare($0) } }
+    if countFile != nil { cases.forEach(count) } else { results = cases.map { compare($0) } }
     try device.disableIRQ(.msi)
-    try device.close()
-    try ioas.destroy()
+    return (results, cases.map { ($0.name, $0.countIterations) })
+
+}
+
+/// The hot paths, set up in the guest: the edu device through iommufd (and the
+/// type1 container after it), and the edu pair for the parallel open.
+func run(counting countFile: String?, scale: Int) throws -> [Result] {
+    let bdf = try Guest.requireEdu()
+    let cdev = "/dev/vfio/devices/" + (try Guest.bindToVFIO(bdf))
+    var boundPair: [String] = []
+    defer {
+        for b in boundPair { try? Guest.unbind(b) }
+        try? Guest.unbind(bdf)
+    }
+    // The edu pair shares a group (with the bridge): bound to vfio-pci, all three
+    // edus can be opened at once through their cdevs.
+    var cdevs = [cdev]
+    if let a = Guest.eduPairA, let b = Guest.eduPairB {
+        for p in [a, b] {
+            cdevs.append("/dev/vfio/devices/" + (try Guest.bindToVFIO(p)))
+            boundPair.append(p)
+        }
+    }
+
+    let ctx = try IOMMUFD()
+    var cases: [Case] = []
+
+    // Device open to attached (cdev open, bind, IOAS alloc, attach); each one
+    // is torn down again (close, IOAS destroy) outside the timed part.
+    let iommufd = ctx.fd.numberForHandoff
+    cases.append(Case(name: "open to attached, 1 edu", iterations: 20 * scale, countIterations: 5, raw: { n in
+        let r = bench_raw_open_attach(cdev, iommufd, Int32(n))
+        precondition(r >= 0, "C open to attached: errno \(-r)")
+        return UInt64(r)
+    }, swift: { n in
+        var total: UInt64 = 0
+        for _ in 0..<n {
+            let t = bench_now_ns()
+            let device = try! VFIODevice.open(cdev: cdev)
+            try! device.bind(to: ctx)
+            let ioas = try! IOAS(ctx)
+            try! device.attach(to: ioas)
+            total += bench_now_ns() - t
+            try! device.close()
+            try! ioas.destroy()
+        }
+        return total
+    }))
+    if cdevs.count == 3 {
+        let job = AttachJob(ctx: ctx, paths: cdevs)
+        let cPaths: [UnsafePointer<CChar>?] = cdevs.map { UnsafePointer(strdup($0)) }
+        cases.append(Case(name: "open to attached, 3 edus parallel", iterations: 10 * scale, countIterations: 3, raw: { n in
+            let r = cPaths.withUnsafeBufferPointer { p in
+                bench_raw_open_attach_parallel(p.baseAddress, Int32(p.count), iommufd, Int32(n))
+            }
+            precondition(r >= 0, "C parallel open to attached: errno \(-r)")
+            return UInt64(r)
+        }, swift: { n in
+            var total: UInt64 = 0
+            for _ in 0..<n {
+                let t = bench_now_ns()
+                let target = try! IOAS(ctx)
+                job.ioas.withLock { $0 = target }
+                let r = bench_run_threads(Int32(cdevs.count), { ctx, i in
+                    // Safety: ctx is `job`, kept alive below until the threads are joined.
+                    Unmanaged<AttachJob>.fromOpaque(ctx!).takeUnretainedValue().attach(Int(i))
+                }, Unmanaged.passUnretained(job).toOpaque())
+                total += bench_now_ns() - t
+                precondition(r == 0, "pthread_create: errno \(-r)")
+                job.release()
+            }
+            return withExtendedLifetime(job) { total }
+        }))
+    }
+
+    // A cdev binds once at a time (the kernel refuses a second bind with EINVAL):
+    // run the open cases before the device below stays open.
+    var results: [Result] = []
+    if countFile != nil { _ = try callgrindPrefix(); cases.forEach(count) } else { results = cases.map { compare($0) } }
+    var done = cases.map { ($0.name, $0.countIterations) }
+    cases = []
+
+    // The device's own hot paths; everything they hold (the device, its mapped
+    // BAR, the IOAS) is gone when this returns, so the group is free for type1.
+    let (more, names) = try deviceCases(cdev: cdev, ctx: ctx, countFile: countFile, scale: scale)
+    results += more
+    done += names
     try ctx.close()
 
     // type1: the legacy container, the same map + unmap.
@@ -335,6 +357,9 @@ func run(counting countFile: String?, scale: Int) throws -> [Result] {
     try group.setContainer(container)
     try container.setIOMMU(.type1v2)
     let containerFD = container.fd.numberForHandoff
+    let buffer = try DMABuffer(length: 4096)
+    let page = buffer.withUnsafeMutableBytes { $0.baseAddress! }
+    let iova: UInt64 = 0x100000
     let type1 = Case(name: "type1 map+unmap 4 KiB (unsafeMapDMA)", iterations: 2000 * scale, countIterations: 100, raw: { n in
         wall { precondition(bench_raw_type1_map_unmap(containerFD, page, 4096, iova, Int32(n)) == 0) }
     }, swift: { n in
@@ -347,7 +372,7 @@ func run(counting countFile: String?, scale: Int) throws -> [Result] {
     })
     if let countFile {
         count(type1)
-        try writeCounts(cases + [type1], to: countFile)
+        try writeCounts(done + [(type1.name, type1.countIterations)], to: countFile)
     } else {
         results.append(compare(type1))
     }

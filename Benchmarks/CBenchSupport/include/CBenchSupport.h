@@ -48,9 +48,11 @@ int bench_raw_config_read32(int device, uint64_t region_offset, uint64_t offset,
  * nanoseconds spent from open to attached, summed, or -errno. */
 int64_t bench_raw_open_attach(const char *cdev, int iommufd, int iterations);
 
-/* The same for `n` devices at once, one thread each, sharing one iommufd:
- * returns the nanoseconds from the threads' start to the last attach, summed
- * over iterations, or -errno. */
+/* The same for `n` devices at once sharing one iommufd and one IOAS (devices of
+ * one IOMMU group must share a domain, so the edu pair cannot each have their
+ * own): IOMMU_IOAS_ALLOC, then one thread per device opens, binds and attaches.
+ * Returns the nanoseconds from the alloc to the last attach, summed over
+ * iterations, or -errno. */
 int64_t bench_raw_open_attach_parallel(const char *const *cdevs, int n, int iommufd, int iterations);
 
 /* Runs fn(ctx, i) on `n` new threads (i = 0..<n) and joins them. 0 or -errno. */
