@@ -380,6 +380,25 @@ func run(counting countFile: String?, scale: Int) throws -> [Result] {
     return results
 }
 
+func printHotPaths(_ results: [Result], iommu: String) {
+    print("vfiokit-bench (\(iommu) IOMMU, TCG guest): median ns per operation, 7 alternating rounds")
+    print("instr: user-space instructions per operation, C and VFIOKit, counted by callgrind in the same guest boot")
+    print("(a run of its own; - = not counted); extra = VFIOKit - C. The open rows' counts include the teardown")
+    print("(close, IOAS destroy) on both sides, their times do not; the IRQ row counts every thread.")
+    print("operation".padding(toLength: 38, withPad: " ", startingAt: 0)
+          + "      raw C    VFIOKit   ratio  allocs/op   C instr  VFIOKit instr   extra  instr ratio")
+    for r in results {
+        let instr: String
+        if let c = r.rawInstructions, let s = r.swiftInstructions {
+            instr = String(format: " %9.1f %14.1f %7.0f %12.2f", c, s, s - c, s / c)
+        } else {
+            instr = " " + rightAligned("-", 9) + " " + rightAligned("-", 14) + " " + rightAligned("-", 7) + " " + rightAligned("-", 12)
+        }
+        print(r.name.padding(toLength: 38, withPad: " ", startingAt: 0)
+            + String(format: " %10.0f %10.0f %7.3f %10.2f", r.rawNs, r.swiftNs, r.ratio, r.allocationsPerOp) + instr)
+    }
+}
+
 func rightAligned(_ s: String, _ width: Int) -> String {
     String(repeating: " ", count: max(0, width - s.count)) + s
 }
@@ -427,20 +446,7 @@ do {
         print("{\"hot_paths\":[" + rows.joined(separator: ",") + "],\"nvme\":[" + nvmeRows.joined(separator: ",") + "]}")
     } else {
         let iommu = ProcessInfo.processInfo.environment["VFIOKIT_IOMMU"] ?? "?"
-        print("vfiokit-bench (\(iommu) IOMMU, TCG guest): median ns per operation, 7 alternating rounds;")
-        print("instructions: user-space instructions per operation (callgrind, same guest, separate run; - = not counted)")
-        print("operation".padding(toLength: 38, withPad: " ", startingAt: 0)
-              + "      raw C    VFIOKit   ratio  allocs/op   C instr  VFIOKit instr  instr ratio")
-        for r in results {
-            let instr: String
-            if let c = r.rawInstructions, let s = r.swiftInstructions {
-                instr = String(format: " %9.0f %14.0f %12.2f", c, s, s / c)
-            } else {
-                instr = " " + rightAligned("-", 9) + " " + rightAligned("-", 14) + " " + rightAligned("-", 12)
-            }
-            print(r.name.padding(toLength: 38, withPad: " ", startingAt: 0)
-                + String(format: " %10.0f %10.0f %7.3f %10.2f", r.rawNs, r.swiftNs, r.ratio, r.allocationsPerOp) + instr)
-        }
+        if !results.isEmpty { printHotPaths(results, iommu: iommu) }
         if !nvme.isEmpty { printNVMe(nvme) }
     }
 } catch {
