@@ -67,8 +67,8 @@ func compare(_ c: Case, rounds: Int = 7) -> Result {
 /// and a dump of the counters ("raw:NAME", "swift:NAME"). The counts are read
 /// back from the dump files by ``readCallgrindDumps(prefix:)``.
 func count(_ c: Case) {
-    _ = c.raw(2)
     _ = c.swift(2)  // warm up: lazy binding, first-touch faults, metadata
+    _ = c.raw(2)
     let rawTag = strdup("raw:" + c.name)!, swiftTag = strdup("swift:" + c.name)!
     defer { free(rawTag); free(swiftTag) }
     bench_cg_zero()
@@ -274,7 +274,7 @@ func deviceCases(cdev: String, ctx: IOMMUFD, countFile: String?, scale: Int) thr
 
     // The same round trip awaited through Swift concurrency (EventFD.interrupts():
     // a dedicated thread polls and yields to the awaiting task) against the same C loop.
-    cases.append(Case(name: "IRQ raise + async wait (MSI)", iterations: 500 * scale, countIterations: 50, raw: { n in
+    cases.append(Case(name: "IRQ raise + async wait (MSI)", iterations: 500 * scale, countIterations: 200, raw: { n in
         wall { precondition(bench_raw_edu_irq_roundtrip(bar.base, efd, 0x1, Int32(n)) == 0) }
     }, swift: { n in
         awaitBlocking {
@@ -293,7 +293,8 @@ func deviceCases(cdev: String, ctx: IOMMUFD, countFile: String?, scale: Int) thr
             // The dropped iterator's thread stops asynchronously (woken through its
             // second eventfd): give it time to leave before the C loop polls the
             // same eventfd, or it may still read the C loop's first interrupt.
-            usleep(20_000)
+            // Under valgrind threads run one at a time and slowly: wait longer.
+            usleep(bench_on_valgrind() != 0 ? 1_000_000 : 20_000)
             return elapsed
         }
     }))
