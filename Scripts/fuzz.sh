@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fuzzes VFIOKit's parsers of outside input with libFuzzer (Fuzz/README.md):
-#   1. builds vfiokit-fuzz (VFIOKIT_FUZZ=1, -Xswiftc -sanitize=address,fuzzer) into .build/fuzz,
+#   1. builds vfiokit-fuzz (VFIOKIT_FUZZ=1, --sanitize=fuzzer -Xswiftc -sanitize=address,fuzzer) into .build/fuzz,
 #   2. runs each target for a bounded time from its seed corpus (Fuzz/Corpus/TARGET, kept in
 #      the repository) plus what earlier runs found (.build/fuzz/corpus/TARGET, not kept),
 #      with ASan and LeakSanitizer on.
@@ -32,14 +32,18 @@ while [ $# -gt 0 ]; do
   shift
 done
 
+# Why not --sanitize=address --sanitize=fuzzer: SwiftPM passes each as its own -sanitize= flag,
+# in an order that changes from run to run, and swiftc keeps only the last one (a build that
+# kept `address` had no coverage at all). --sanitize=fuzzer makes SwiftPM link libFuzzer's main;
+# -Xswiftc -sanitize=address,fuzzer, which comes last, is what every module is compiled with.
 export SWIFT_BACKTRACE=enable=no   # ASan prints the stack; the Swift backtracer would wait on a crash
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0
 bin=.build/fuzz/debug/vfiokit-fuzz
 
 t=$SECONDS
-echo "== VFIOKIT_FUZZ=1 swift build --build-path .build/fuzz -Xswiftc -sanitize=address,fuzzer --product vfiokit-fuzz"
+echo "== VFIOKIT_FUZZ=1 swift build --build-path .build/fuzz --sanitize=fuzzer -Xswiftc -sanitize=address,fuzzer --product vfiokit-fuzz"
 mkdir -p "$out"
-VFIOKIT_FUZZ=1 swift build --build-path .build/fuzz -Xswiftc -sanitize=address,fuzzer --product vfiokit-fuzz \
+VFIOKIT_FUZZ=1 swift build --build-path .build/fuzz --sanitize=fuzzer -Xswiftc -sanitize=address,fuzzer --product vfiokit-fuzz \
   > "$out/build.log" 2>&1
 rc=$?
 grep -vE '^\[[0-9]+/[0-9]+\]|ld.gold: warning: Cannot export local symbol' "$out/build.log" | tail -n 20
@@ -59,6 +63,10 @@ if [ ${#targets[@]} -eq 0 ]; then
   read -r -a targets <<< "$(ls Fuzz/Corpus | tr '\n' ' ')"
 fi
 passed=0; failed=0
+# The sysfs target's tree lives here (tmpfs: it rewrites files for every input).
+scratch=$(mktemp -d /dev/shm/vfiokit-fuzz.XXXXXX)
+trap 'rm -rf "$scratch"' EXIT
+export VFIOKIT_FUZZ_SCRATCH=$scratch
 for target in "${targets[@]}"; do
   seeds="Fuzz/Corpus/$target"
   work=".build/fuzz/corpus/$target"

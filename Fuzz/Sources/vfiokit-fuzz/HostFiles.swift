@@ -19,7 +19,10 @@ final class SysfsTree: Sendable {
     let files: [String]
 
     init() {
-        var template = Array("/tmp/vfiokit-fuzz-sysfs.XXXXXX".utf8CString)
+        // Under VFIOKIT_FUZZ_SCRATCH (Scripts/fuzz.sh makes one on /dev/shm and removes it), else
+        // /dev/shm: each input rewrites some twenty files, which a disk file system makes slow.
+        let scratch = getenv("VFIOKIT_FUZZ_SCRATCH").map { String(cString: $0) } ?? "/dev/shm"
+        var template = Array((scratch + "/vfiokit-fuzz-sysfs.XXXXXX").utf8CString)
         // Safety: mkdtemp writes into the NUL-terminated template buffer it is given, in place.
         guard template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) != nil else { fatalError("mkdtemp failed") }
         root = String(cString: template.withUnsafeBufferPointer { $0.baseAddress! })
