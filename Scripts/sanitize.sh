@@ -43,6 +43,10 @@ start=$SECONDS
 # RLIMIT_NOFILE in an exit-test child until LeakSanitizer itself cannot open
 # /proc/self/maps at the child's exit (it then exits 1: a harness artifact).
 deliberate='UnmapFailureTests|FailEverySyscallTests|aFailedCopyIsAnError'
+# Timing bounds that do not hold in sanitizer builds: the fault-queue and vEVENTQ waits
+# must end within 50 ms of a cancel; under TSan they took 250 ms, under ASan on a loaded
+# machine 126 ms (the wait does end: a lost wake would hang). They run in the plain host run.
+timing='faultQueueNextWaitsOnReadinessAndCancelsPromptly|vEventQueueNextWaitsOnReadinessAndCancelsPromptly'
 guest_filter=${VFIOKIT_SANITIZE_GUEST_FILTER:-'VFIOKitGuestTests\.(DMAModesTests|IOMMUFDDeviceTests|IOMMUFDMockTests|DeviceGuestTests|EndToEndTests)'}
 
 # Reports of any sanitizer in the binary's own output and in exit-test children's.
@@ -98,7 +102,7 @@ supp="$repo/Scripts/sanitizers"
 asan_common="abort_on_error=0:halt_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1:check_initialization_order=1"
 
 if build asan address; then
-  host_run asan-host asan "ASAN_OPTIONS=$asan_common:detect_leaks=1" --skip "$deliberate"
+  host_run asan-host asan "ASAN_OPTIONS=$asan_common:detect_leaks=1" --skip "$deliberate|$timing"
   host_run asan-host-deliberate-leaks asan "ASAN_OPTIONS=$asan_common:detect_leaks=0" --filter "$deliberate"
   if ! $host_only; then
     label=asan-guest-intel; log="$out/$label.log"; t=$SECONDS
@@ -119,7 +123,7 @@ else
 fi
 
 if build tsan thread; then
-  host_run tsan-host tsan "TSAN_OPTIONS=halt_on_error=0:exitcode=66:suppressions=$supp/tsan.supp"
+  host_run tsan-host tsan "TSAN_OPTIONS=halt_on_error=0:exitcode=66:suppressions=$supp/tsan.supp" --skip "$timing"
 else
   echo "sanitize-tsan-build: 0 passed, 1 failed, 0 skipped" | tee "$out/sanitize-tsan-build.summary"; status=1
 fi
