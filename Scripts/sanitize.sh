@@ -85,12 +85,13 @@ check() {  # LABEL LOG EVENTS RC [test-summary.py options...]
   echo "$line" | tee "$out/sanitize-$label.summary"
 }
 
-host_run() {  # LABEL BUILD OPTIONS [swift-testing args...]
-  local label=$1 build=$2 opts=$3 rc t=$SECONDS; shift 3
+host_run() {  # LABEL BUILD ENV-ASSIGNMENT... [swift-testing args...]
+  local label=$1 build=$2 rc t=$SECONDS opts=(); shift 2
+  while [ $# -gt 0 ] && [[ $1 == *=* ]] && [[ $1 != -* ]]; do opts+=("$1"); shift; done
   local log="$out/$label.log" events="$out/$label.jsonl"
   rm -f "$events"
   echo "== $label"
-  env $opts ".build/$build/debug/VFIOKitPackageTests.xctest" --testing-library swift-testing \
+  env "${opts[@]}" ".build/$build/debug/VFIOKitPackageTests.xctest" --testing-library swift-testing \
     --event-stream-output-path "$events" --event-stream-version 0 "$@" > "$log" 2>&1
   rc=$?
   grep -E '✘|Test run with' "$log" | tail -n 15
@@ -102,7 +103,8 @@ supp="$repo/Scripts/sanitizers"
 asan_common="abort_on_error=0:halt_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1:check_initialization_order=1"
 
 if build asan address; then
-  host_run asan-host asan "ASAN_OPTIONS=$asan_common:detect_leaks=1" --skip "$deliberate|$timing"
+  host_run asan-host asan "ASAN_OPTIONS=$asan_common:detect_leaks=1" "LSAN_OPTIONS=suppressions=$supp/lsan.supp:print_suppressions=0" \
+    --skip "$deliberate|$timing"
   host_run asan-host-deliberate-leaks asan "ASAN_OPTIONS=$asan_common:detect_leaks=0" --filter "$deliberate"
   if ! $host_only; then
     label=asan-guest-intel; log="$out/$label.log"; t=$SECONDS

@@ -1,4 +1,5 @@
 import Dispatch
+import Foundation
 import Synchronization
 import Testing
 import VFIOKit
@@ -7,6 +8,28 @@ import VFIOKitTestSupport
 #if canImport(Glibc)
 import Glibc
 #endif
+
+/// Runs `body(i)` for i in 0..<n, each on a thread of its own, all at once (not on a
+/// pool, which may run them one after another), and returns when all have.
+private func onThreads(_ n: Int, _ body: @escaping @Sendable (Int) -> Void) {
+    let group = DispatchGroup()
+    for i in 0..<n {
+        group.enter()
+        Thread { body(i); group.leave() }.start()
+    }
+    group.wait()
+}
+
+/// What the threads of a test share.
+private final class Shared: Sendable {
+    let failures = Mutex<[String]>([])
+    let done = Atomic<Int>(0)
+    let maps = Atomic<Int>(0)
+    let refusals = Atomic<Int>(0)
+    let destroyed = Atomic<Bool>(false)
+    let stop = Atomic<Bool>(false)
+    func fail(_ s: String) { failures.withLock { $0.append(s) } }
+}
 
 extension IOMMUFDMockTests {
     /// Many threads using one IOAS of the real iommufd at once (a mock domain
@@ -25,10 +48,10 @@ extension IOMMUFDMockTests {
                 let hwpt = dev.hwptID
                 let workers = 8, rounds = 40, length = 8192
                 let buffers = try (0..<workers).map { _ in try DMABuffer(length: length) }
-                let failures = Mutex<[String]>([])
-                let done = Atomic<Int>(0)
-                DispatchQueue.concurrentPerform(iterations: workers) { w in
-                    let fixed: UInt64? = w % 2 == 0 ? mockBase + UInt64(w) * 0x10_0000 : nil
+                let shared = Shared()
+                onThreads(workers) { w in
+                    // Fixed IOVAs high in the mock aperture; the kernel chooses the lowest free ones.
+                    let fixed: UInt64? = w % 2 == 0 ? mockBase + 0x4000_0000 + UInt64(w) * 0x10_0000 : nil
                     let p = UnsafeRawPointer(bitPattern: buffers[w].address)!
                     for r in 0..<rounds {
                         do throws(VFIOError) {
@@ -45,16 +68,16 @@ extension IOMMUFDMockTests {
                                 let iova = try ioas.unsafeMap(address: p, length: length, at: fixed)
                                 try MockIOMMU.checkMap(ctx, hwpt: hwpt, iova: iova, length: UInt64(length), address: p)
                                 let n = try ioas.unmap(iova: iova, length: UInt64(length))
-                                if n != UInt64(length) { failures.withLock { $0.append("worker \(w) round \(r): unmap gave \(n)") } }
+                                if n != UInt64(length) { shared.fail("worker \(w) round \(r): unmap gave \(n)") }
                             }
-                            done.add(1, ordering: .relaxed)
+                            shared.done.add(1, ordering: .relaxed)
                         } catch {
-                            failures.withLock { $0.append("worker \(w) round \(r): \(error)") }
+                            shared.fail("worker \(w) round \(r): \(error)")
                         }
                     }
                 }
-                #expect(failures.withLock { $0 } == [])
-                let completed = done.load(ordering: .relaxed)
+                #expect(shared.failures.withLock { $0 } == [])
+                let completed = shared.done.load(ordering: .relaxed)
                 #expect(completed == workers * rounds)
                 #expect(try ioas.unmapAll() == 0, "a mapping was left in the IOAS")
                 for b in buffers {
@@ -73,48 +96,44 @@ extension IOMMUFDMockTests {
                 let ioas = try IOAS(ctx)
                 let workers = 4, length = 4096
                 let buffers = try (0..<workers).map { _ in try DMABuffer(length: length) }
-                let unexpected = Mutex<[String]>([])
-                let destroyed = Atomic<Bool>(false)
-                let stop = Atomic<Bool>(false)
-                let maps = Atomic<Int>(0)
-                let refusals = Atomic<Int>(0)
+                let shared = Shared()
                 let start = ContinuousClock.now
-                DispatchQueue.concurrentPerform(iterations: workers + 1) { w in
+                onThreads(workers + 1) { w in
                     if w == workers {
-                        while maps.load(ordering: .relaxed) < 100 { sched_yield() }
+                        while shared.maps.load(ordering: .relaxed) < 100 && ContinuousClock.now - start < .seconds(5) { sched_yield() }
                         while true {
                             do throws(VFIOError) {
                                 try ioas.destroy()
-                                destroyed.store(true, ordering: .sequentiallyConsistent)
+                                shared.destroyed.store(true, ordering: .sequentiallyConsistent)
                                 return
                             } catch {
-                                if error.errno != nil { unexpected.withLock { $0.append("destroy: \(error)") }; stop.store(true, ordering: .relaxed); return }
-                                refusals.add(1, ordering: .relaxed)
+                                if error.errno != nil { shared.fail("destroy: \(error)"); shared.stop.store(true, ordering: .relaxed); return }
+                                shared.refusals.add(1, ordering: .relaxed)
                                 // Never starve: after 5 s the workers stop and destroy must then work.
-                                if ContinuousClock.now - start > .seconds(5) { stop.store(true, ordering: .relaxed) }
+                                if ContinuousClock.now - start > .seconds(5) { shared.stop.store(true, ordering: .relaxed) }
                                 sched_yield()
                             }
                         }
                     }
                     let iova = mockBase + UInt64(w) * 0x10_0000
-                    while !stop.load(ordering: .relaxed) {
+                    while !shared.stop.load(ordering: .relaxed) {
                         do throws(VFIOError) {
                             let m = try ioas.map(buffers[w], at: iova)
-                            maps.add(1, ordering: .relaxed)
+                            shared.maps.add(1, ordering: .relaxed)
                             try m.unmap()
                         } catch {
                             if error.description.contains("destroyed") { return }  // destroy() won the race
-                            unexpected.withLock { $0.append("worker \(w): \(error)") }
+                            shared.fail("worker \(w): \(error)")
                             return
                         }
                         sched_yield()
                     }
                 }
-                #expect(unexpected.withLock { $0 } == [])
-                let didDestroy = destroyed.load(ordering: .sequentiallyConsistent)
+                #expect(shared.failures.withLock { $0 } == [])
+                let didDestroy = shared.destroyed.load(ordering: .sequentiallyConsistent)
                 #expect(didDestroy)
-                print("destroy racing maps: \(maps.load(ordering: .relaxed)) maps, \(refusals.load(ordering: .relaxed)) refusals, "
-                      + "stopped workers: \(stop.load(ordering: .relaxed))")
+                print("destroy racing maps: \(shared.maps.load(ordering: .relaxed)) maps, \(shared.refusals.load(ordering: .relaxed)) refusals, "
+                      + "stopped workers: \(shared.stop.load(ordering: .relaxed))")
             }
         }
     }
