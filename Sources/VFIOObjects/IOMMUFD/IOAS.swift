@@ -252,7 +252,7 @@ public final class IOAS: IOMMUAttachTarget, IOMMUObjectOwner {
     /// The corresponding ioctl is `IOMMU_IOAS_UNMAP`.
     public func unmap(iova: UInt64, length: UInt64) throws(VFIOError) -> UInt64 {
         let done = try state.withID(.ioctl(.iommuIOASUnmap)) { (id) throws(VFIOError) -> UInt64 in
-            let owned = mappings.liveOverlapping(iova: iova, length: length)
+            let owned = mappings.ownedOverlapping(iova: iova, length: length)
             if owned > 0 {
                 throw VFIOError.invalid(
                     .ioctl(.iommuIOASUnmap),

@@ -160,7 +160,7 @@ public final class VFIOContainer: Sendable {
     /// The corresponding ioctl is `VFIO_IOMMU_UNMAP_DMA`.
     @discardableResult
     public func unmapDMA(iova: UInt64, length: UInt64) throws(VFIOError) -> UInt64 {
-        let owned = mappings.liveOverlapping(iova: iova, length: length)
+        let owned = mappings.ownedOverlapping(iova: iova, length: length)
         if owned > 0 {
             throw VFIOError.invalid(
                 .ioctl(.vfioIOMMUUnmapDMA),
