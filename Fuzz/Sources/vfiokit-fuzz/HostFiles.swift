@@ -89,7 +89,7 @@ final class SysfsTree: Sendable {
     _ = host.uses(of: a, openNodes: [:])
     if let v = try? host.viability(of: a) {
         _ = v.blockers(requireVFIO: true)
-        _ = v.fixCommands(for: a)
+        _ = v.fixes(for: a)
     }
 }
 
