@@ -115,3 +115,16 @@ let package = Package(
         ),
     ]
 )
+
+// libFuzzer targets for the parsers of outside input (Fuzz/README.md; Scripts/fuzz.sh builds
+// them with VFIOKIT_FUZZ=1 and --sanitize=fuzzer into .build/fuzz). Not part of the package
+// otherwise, so the normal build never compiles them. One binary; VFIOKIT_FUZZ_TARGET picks
+// the parser. -parse-as-library: libFuzzer's runtime brings main().
+if Context.environment["VFIOKIT_FUZZ"] == "1" {
+    package.targets.append(.executableTarget(
+        name: "vfiokit-fuzz",
+        dependencies: ["VFIOKit", "VFIOSystem", "VFIOObjects", "VFIOHost", "VFIOCommands", "VFIOKitTestSupport", "CVFIO"],
+        path: "Fuzz/Sources/vfiokit-fuzz",
+        swiftSettings: strict + [.unsafeFlags(["-parse-as-library"])]
+    ))
+}

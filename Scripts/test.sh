@@ -6,6 +6,8 @@
 #      (Scripts/docs.sh: any DocC warning fails it),
 #   3. unit tests on the host (fake kernel; guest suites skip there),
 #   4. the ABI check of CVFIO against the kernel's own uapi headers, and its self-test,
+#   4b. sanitizers (Scripts/sanitize.sh: host unit tests under ASan+LSan and TSan, guest
+#      suites under ASan on Intel) and bounded libFuzzer runs (Scripts/fuzz.sh),
 #   5. the guest suites, one boot per manifest (Tests/GuestManifest): every suite on
 #      each IOMMU (Intel VT-d, AMD-Vi, virtio-iommu), and the NVMe driver's on each,
 #      held to the manifest: nothing skipped, nothing missing, nothing unlisted, no
@@ -14,7 +16,8 @@
 # Prints one summary line per run and a total; exits non-zero if anything failed.
 #
 #   Scripts/test.sh                  everything
-#   Scripts/test.sh --host-only      steps 1-4
+#   Scripts/test.sh --host-only      steps 1-4b (4b without the guest run)
+#   VFIOKIT_FUZZ_SECONDS=N Scripts/test.sh       seconds per fuzz target (default 15)
 #   VFIOKIT_GUEST_FILTER=REGEX Scripts/test.sh   limit the guest runs (a partial run:
 #                                                listed tests that did not run are not reported)
 set -uo pipefail
@@ -95,6 +98,29 @@ p=0; f=0
 if grep -q . "$out/abi.log" && [ $abi_rc -eq 0 ]; then p=2; else f=1; fi
 echo "abi: $p passed, $f failed, 0 skipped" | tee "$out/abi.summary"
 record abi $abi_rc
+
+# Sanitizers and fuzzing (README, "Reliability"): the host unit tests under ASan (with
+# LeakSanitizer) and TSan, a representative set of guest suites under ASan in an Intel
+# guest (not with --host-only), and every libFuzzer target for a bounded time. Each run
+# prints its own summary line (sanitize-*, fuzz).
+say "sanitizers (Scripts/sanitize.sh)"
+sanitize_args=(--out "$out/sanitize")
+$host_only && sanitize_args+=(--host-only)
+Scripts/sanitize.sh "${sanitize_args[@]}" 2>&1 | tee "$out/sanitize.log" | grep -E '^(==|sanitize)|✘|Test run with|\( *[0-9]+ s'
+sanitize_rc=${PIPESTATUS[0]}
+for s in "$out"/sanitize/sanitize-*.summary; do
+  [ -e "$s" ] || { echo "sanitize: 0 passed, 1 failed, 0 skipped" > "$out/sanitize.summary"; record sanitize 1; break; }
+  label=$(basename "$s" .summary); cp "$s" "$out/$label.summary"
+  if grep -qE ' 0 failed' "$s"; then record "$label" 0; else record "$label" 1; fi
+done
+[ "$sanitize_rc" -eq 0 ] || status=1
+
+say "fuzzing (Scripts/fuzz.sh, ${VFIOKIT_FUZZ_SECONDS:-15} s per target)"
+fuzz_rc=0
+Scripts/fuzz.sh --time "${VFIOKIT_FUZZ_SECONDS:-15}" --out "$out/fuzz" > "$out/fuzz.log" 2>&1 || fuzz_rc=1
+grep -E '^fuzz|FAILED|ERROR|Fatal' "$out/fuzz.log"
+cp "$out/fuzz/fuzz.summary" "$out/fuzz.summary" 2>/dev/null
+record fuzz $fuzz_rc
 
 # The guest's nvme starts from a known image in every run: an ext4 file system
 # (the CLI tests mount it) and the pattern the NVMe driver's tests read back.

@@ -256,7 +256,7 @@ public final class IOAS: IOMMUAttachTarget, IOMMUObjectOwner {
     public func unmap(iova at: IOVA, length: UInt64) throws(VFIOError) -> UInt64 {
         let iova = at.rawValue
         let done = try state.withID(.ioctl(.iommuIOASUnmap)) { (id) throws(VFIOError) -> UInt64 in
-            let owned = mappings.liveOverlapping(iova: iova, length: length)
+            let owned = mappings.ownedOverlapping(iova: iova, length: length)
             if owned > 0 {
                 throw VFIOError.invalid(
                     .ioctl(.iommuIOASUnmap),

@@ -34,6 +34,8 @@ final class MappingTable: Sendable {
     }
 
     private let storage: Mutex<Storage>
+    /// The kernel ``ownedOverlapping(iova:length:)`` yields and sleeps through (the one in force when the table was made).
+    private let kernel = Sys.current
 
     init(capacity: Int = 64) {
         var s = Storage()
@@ -132,6 +134,33 @@ final class MappingTable: Sendable {
             guard s.entries[Int(slot)].state == .live else { return }
             s.entries[Int(slot)].state = .inert
             s.live -= 1
+        }
+    }
+
+    /// ``liveOverlapping(iova:length:)`` for a caller's unmap of its own range: when the
+    /// only overlapping safe mappings are being unmapped by their owners (marked before
+    /// the owner's kernel unmap, freed after it), waits for those unmaps to end first. In
+    /// between, the kernel may already have given the IOVAs to a new mapping of the
+    /// caller's (a kernel-chosen IOVA), which refusing would leave mapped. Such an unmap
+    /// ends promptly (its thread is in or just past one ioctl); after 5 s the mapping
+    /// counts as owned, as before.
+    func ownedOverlapping(iova: UInt64, length: UInt64) -> Int {
+        guard length > 0 else { return 0 }
+        let last = iova.addingReportingOverflow(length - 1).overflow ? UInt64.max : iova + (length - 1)
+        var spins = 0
+        let deadline = ContinuousClock.now + .seconds(5)
+        while true {
+            let (live, unmapping) = storage.withLock { s -> (Int, Int) in
+                guard s.live > 0 else { return (0, 0) }
+                var live = 0, unmapping = 0
+                for e in s.entries where e.iova <= last && iova <= e.last {
+                    if e.state == .live { live += 1 } else if e.state == .unmapping { unmapping += 1 }
+                }
+                return (live, unmapping)
+            }
+            if unmapping == 0 || live > 0 || ContinuousClock.now > deadline { return live + unmapping }
+            spins += 1
+            if spins < 64 { Sys.yield(kernel) } else { Sys.sleep(kernel, for: .microseconds(50)) }
         }
     }
 

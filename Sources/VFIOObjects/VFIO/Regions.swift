@@ -147,7 +147,7 @@ extension VFIODevice {
     /// device fd (works for every readable region, mappable or not).
     public func read(region: VFIORegionInfo, at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(VFIOError) {
         try checkAccess(region, offset, buffer.count, write: false)
-        let n = try fd.pread(buffer, at: Int64(region.offset + offset),
+        let n = try fd.pread(buffer, at: try filePosition(region, offset, .syscall(.pread)),
                               object: "\(label) region \(region.index) + 0x\(String(offset, radix: 16))")
         if n != buffer.count {
             throw VFIOError.invalid(.syscall(.pread), "short read: \(n) of \(buffer.count) bytes", object: "\(label) region \(region.index)")
@@ -157,7 +157,7 @@ extension VFIODevice {
     /// Writes `bytes` at `offset` within a region, through the device fd.
     public func write(region: VFIORegionInfo, at offset: UInt64, _ bytes: UnsafeRawBufferPointer) throws(VFIOError) {
         try checkAccess(region, offset, bytes.count, write: true)
-        let n = try fd.pwrite(bytes, at: Int64(region.offset + offset),
+        let n = try fd.pwrite(bytes, at: try filePosition(region, offset, .syscall(.pwrite)),
                                object: "\(label) region \(region.index) + 0x\(String(offset, radix: 16))")
         if n != bytes.count {
             throw VFIOError.invalid(.syscall(.pwrite), "short write: \(n) of \(bytes.count) bytes", object: "\(label) region \(region.index)")
@@ -175,6 +175,19 @@ extension VFIODevice {
     public func write<T: FixedWidthInteger>(_ value: T, region: VFIORegionInfo, at offset: UInt64) throws(VFIOError) {
         var v = value.littleEndian
         try withUnsafeBytes(of: &v) { (raw) throws(VFIOError) in try write(region: region, at: offset, raw) }
+    }
+
+    /// The device fd position of `offset` in `region`. The region's fd offset is the
+    /// kernel's answer (VFIO_DEVICE_GET_REGION_INFO): one that does not fit a file
+    /// position with `offset` added is an error, never a trap.
+    private func filePosition(_ region: VFIORegionInfo, _ offset: UInt64, _ op: VFIOError.Operation) throws(VFIOError) -> Int64 {
+        let (position, wrapped) = region.offset.addingReportingOverflow(offset)
+        guard !wrapped, position <= UInt64(Int64.max) else {
+            throw VFIOError.invalid(op, "region \(region.index) starts at device fd offset 0x\(String(region.offset, radix: 16)); "
+                                    + "0x\(String(offset, radix: 16)) past it is beyond the largest file offset "
+                                    + "(the driver's VFIO_DEVICE_GET_REGION_INFO answer is not usable)", object: label)
+        }
+        return Int64(position)
     }
 
     private func checkAccess(_ region: VFIORegionInfo, _ offset: UInt64, _ count: Int, write: Bool) throws(VFIOError) {
@@ -213,11 +226,16 @@ extension VFIODevice {
 
     private func mapRange(_ region: VFIORegionInfo, offset: UInt64, length: UInt64) throws(VFIOError) -> MMIORegion {
         guard length > 0 else { throw VFIOError.invalid(.syscall(.mmap), "region \(region.index) is empty", object: label) }
+        guard length <= UInt64(Int.max) else {
+            throw VFIOError.invalid(.syscall(.mmap), "region \(region.index) is 0x\(String(length, radix: 16)) bytes, more than an address space holds",
+                                    object: label)
+        }
+        let position = try filePosition(region, offset, .syscall(.mmap))
         var prot: Int32 = 0
         if region.isReadable { prot |= PROT_READ }
         if region.isWritable { prot |= PROT_WRITE }
         let p = try fd.mmap(length: Int(length), protection: prot, flags: MAP_SHARED,
-                            offset: Int64(region.offset + offset), object: "\(label) region \(region.index)")
+                            offset: position, object: "\(label) region \(region.index)")
         return MMIORegion(device: self, base: p, length: Int(length), regionIndex: region.index, regionOffset: offset,
                           kernel: fd.kernel)
     }

@@ -161,7 +161,7 @@ public final class VFIOContainer: Sendable {
     @discardableResult
     public func unmapDMA(iova at: IOVA, length: UInt64) throws(VFIOError) -> UInt64 {
         let iova = at.rawValue
-        let owned = mappings.liveOverlapping(iova: iova, length: length)
+        let owned = mappings.ownedOverlapping(iova: iova, length: length)
         if owned > 0 {
             throw VFIOError.invalid(
                 .ioctl(.vfioIOMMUUnmapDMA),
