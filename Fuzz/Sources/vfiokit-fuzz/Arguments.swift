@@ -14,11 +14,11 @@ import VFIOSystem
     _ = parseByteSize(text)
     if let m = try? MapRequest(parsing: text) {
         fuzzCheck(m.size > 0 && m.size % MapRequest.page == 0, "--map \(text): size \(m.size)")
-        if let iova = m.iova {
+        if let iova = m.iova?.rawValue {
             fuzzCheck(iova % MapRequest.page == 0, "--map \(text): IOVA 0x\(String(iova, radix: 16))")
             fuzzCheck(iova <= UInt64.max - (m.size - 1), "--map \(text): the range wraps")
         }
-        let spelled = String(m.size) + (m.iova.map { "@0x" + String($0, radix: 16) } ?? "") + "," + m.backing.rawValue
+        let spelled = String(m.size) + (m.iova.map { "@0x" + String($0.rawValue, radix: 16) } ?? "") + "," + m.backing.rawValue
         fuzzCheck((try? MapRequest(parsing: spelled)) == m, "--map \(text) does not parse back as \(spelled)")
     }
     _ = try? IOASChoice(parsing: text)
