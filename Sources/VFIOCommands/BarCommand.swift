@@ -100,16 +100,8 @@ public struct BarCommand: ParsableCommand {
                 }
             }
             try opened.close()
-            let h = AccessWidth.hex(v, width: a.width)
-            if output.json {
-                CommandOutput.out(JSON.render(RegisterAccess.Result(
-                    address: opened.address.description, region: "bar\(bar)", operation: a.operation.rawValue,
-                    offset: a.offset, width: a.width, value: v, hex: h)))
-            } else if a.operation == .read {
-                CommandOutput.out(h)
-            } else {
-                CommandOutput.out("wrote \(h) to BAR \(bar) + 0x\(String(a.offset, radix: 16)) of \(opened.address)")
-            }
+            a.report(v, address: opened.address.description, region: "bar\(bar)",
+                     place: "BAR \(bar) + 0x\(String(a.offset, radix: 16))", json: output.json)
         }
     }
 }

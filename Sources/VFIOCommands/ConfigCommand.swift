@@ -37,6 +37,20 @@ struct RegisterAccess: Equatable {
         self.width = width
     }
 
+    /// Prints what the access did: the JSON result, the value read, or where
+    /// `value` was written (`place`, e.g. "BAR 0 + 0x4").
+    func report(_ value: UInt64, address: String, region: String, place: String, json: Bool) {
+        let h = AccessWidth.hex(value, width: width)
+        if json {
+            CommandOutput.out(JSON.render(Result(address: address, region: region, operation: operation.rawValue,
+                                                 offset: offset, width: width, value: value, hex: h)))
+        } else if operation == .read {
+            CommandOutput.out(h)
+        } else {
+            CommandOutput.out("wrote \(h) to \(place) of \(address)")
+        }
+    }
+
     struct Result: Encodable {
         var address: String
         var region: String
@@ -111,16 +125,8 @@ public struct ConfigCommand: ParsableCommand {
             case (.write, _): v = a.value!; try config.write32(UInt32(v), at: a.offset)
             }
             try opened.close()
-            let h = AccessWidth.hex(v, width: a.width)
-            if output.json {
-                CommandOutput.out(JSON.render(RegisterAccess.Result(
-                    address: opened.address.description, region: "config", operation: a.operation.rawValue,
-                    offset: a.offset, width: a.width, value: v, hex: h)))
-            } else if a.operation == .read {
-                CommandOutput.out(h)
-            } else {
-                CommandOutput.out("wrote \(h) to config 0x\(String(a.offset, radix: 16)) of \(opened.address)")
-            }
+            a.report(v, address: opened.address.description, region: "config",
+                     place: "config 0x\(String(a.offset, radix: 16))", json: output.json)
         }
     }
 }

@@ -58,20 +58,14 @@ struct VFIODetails: Encodable {
         defer { try? dev.close() }
         do throws(VFIOError) { try dev.bind(to: iommufd) } catch { throw host.explainOwnership(error, device: device.address) }
         let info = try dev.info()
-        var flags: [String] = []
-        if info.isPCI { flags.append("pci") }
-        if info.supportsReset { flags.append("reset") }
+        let flags = flagNames([(info.isPCI, "pci"), (info.supportsReset, "reset")])
         var regions: [Region] = []
         for i in 0..<UInt32(info.regionCount) {
             // vfio-pci answers EINVAL for regions the device lacks (VGA on a non-VGA device).
             let r: VFIORegionInfo
             do { r = try dev.regionInfo(i) } catch where error.errno == .invalidArgument { continue }
-            var rf: [String] = []
-            if r.isReadable { rf.append("read") }
-            if r.isWritable { rf.append("write") }
-            if r.isMappable { rf.append("mmap") }
-            if r.sparseAreas != nil { rf.append("sparse-mmap") }
-            if r.msixMappable { rf.append("msix-mappable") }
+            let rf = flagNames([(r.isReadable, "read"), (r.isWritable, "write"), (r.isMappable, "mmap"),
+                                (r.sparseAreas != nil, "sparse-mmap"), (r.msixMappable, "msix-mappable")])
             let name: String = switch i {
             case 0...5: "BAR\(i)"
             case PCIRegion.rom: "ROM"
@@ -85,11 +79,8 @@ struct VFIODetails: Encodable {
         for idx in IRQIndex.allCases where idx.rawValue < UInt32(info.irqCount) {
             let q: IRQInfo
             do { q = try dev.irqInfo(idx) } catch where error.errno == .invalidArgument { continue }
-            var f: [String] = []
-            if q.supportsEventFD { f.append("eventfd") }
-            if q.isMaskable { f.append("maskable") }
-            if q.isAutomasked { f.append("automasked") }
-            if q.isNoResize { f.append("noresize") }
+            let f = flagNames([(q.supportsEventFD, "eventfd"), (q.isMaskable, "maskable"), (q.isAutomasked, "automasked"),
+                               (q.isNoResize, "noresize")])
             irqs.append(IRQ(index: idx.rawValue, name: idx.description, count: q.count, flags: f))
         }
         var caps: [String] = []
@@ -132,4 +123,9 @@ struct VFIODetails: Encodable {
         out.append("  cache coherency: " + cacheCoherency.text)
         return out
     }
+}
+
+/// The names of the flags that are set, in order.
+private func flagNames(_ flags: [(isSet: Bool, name: String)]) -> [String] {
+    flags.filter(\.isSet).map(\.name)
 }

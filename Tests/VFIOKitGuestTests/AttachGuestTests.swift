@@ -60,17 +60,7 @@ private final class Child {
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
         posix_spawn_file_actions_addclose(&actions, fds[0])
-        var attr = posix_spawnattr_t()
-        posix_spawnattr_init(&attr)
-        defer { posix_spawnattr_destroy(&attr) }
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        posix_spawnattr_setsigmask(&attr, &empty)
-        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK))
-        let cargs = argv.map { strdup($0) } + [nil]
-        defer { cargs.forEach { free($0) } }
-        var p: pid_t = 0
-        let rc = posix_spawn(&p, argv[0], &actions, &attr, cargs, environ)
+        let (rc, p) = spawnWithNoSignalsBlocked(argv[0], argv, &actions)
         close(fds[1])
         guard rc == 0 else { close(fds[0]); throw VFIOError(operation: .step("posix_spawn"), errno: Errno(rawValue: rc), object: argv[0]) }
         pid = p

@@ -245,65 +245,51 @@ struct DeviceGuestTests {
     }
 
     @Test func intxIsAutomaskedAndUnmasked() throws {
-        let bdf = try Guest.requireEdu()
-        try Guest.bindToVFIO(bdf)
-        defer { #expect(throws: Never.self, "put the device back") { try Guest.unbind(bdf) } }
-        let space = try DMASpace(mode: .iommufd, dmaMask: EduDevice.dmaMask)
-        let device = try space.openDevice(try PCIAddress(parsing: bdf))
-        let edu = try EduDevice(device)
-        let info = try device.irqInfo(.intx)
-        #expect(info.isAutomasked && info.supportsEventFD)
-        let intx = try device.interrupt(.intx)
-        for round in 0..<3 {
+        try withEduInIOMMUFDSpace { device, edu in
+            let info = try device.irqInfo(.intx)
+            #expect(info.isAutomasked && info.supportsEventFD)
+            let intx = try device.interrupt(.intx)
+            for round in 0..<3 {
+                edu.raise(0x1)
+                #expect(try intx.wait(timeout: .seconds(20)) != nil, "INTx round \(round) not signalled")
+                edu.acknowledge(0x1)
+                try device.unmaskIRQ(.intx)
+            }
+            // Masked: a raise is held back until unmasked.
+            try device.maskIRQ(.intx)
             edu.raise(0x1)
-            #expect(try intx.wait(timeout: .seconds(20)) != nil, "INTx round \(round) not signalled")
+            #expect(try intx.wait(timeout: .milliseconds(300)) == nil, "masked INTx must not signal")
+            try device.unmaskIRQ(.intx)
+            #expect(try intx.wait(timeout: .seconds(20)) != nil, "the pending INTx arrives on unmask")
             edu.acknowledge(0x1)
             try device.unmaskIRQ(.intx)
+            try intx.close()
         }
-        // Masked: a raise is held back until unmasked.
-        try device.maskIRQ(.intx)
-        edu.raise(0x1)
-        #expect(try intx.wait(timeout: .milliseconds(300)) == nil, "masked INTx must not signal")
-        try device.unmaskIRQ(.intx)
-        #expect(try intx.wait(timeout: .seconds(20)) != nil, "the pending INTx arrives on unmask")
-        edu.acknowledge(0x1)
-        try device.unmaskIRQ(.intx)
-        try intx.close()
     }
 
     @Test func ioeventfdWritesTheRegisterWithoutUs() throws {
-        let bdf = try Guest.requireEdu()
-        try Guest.bindToVFIO(bdf)
-        defer { #expect(throws: Never.self, "put the device back") { try Guest.unbind(bdf) } }
-        let space = try DMASpace(mode: .iommufd, dmaMask: EduDevice.dmaMask)
-        let device = try space.openDevice(try PCIAddress(parsing: bdf))
-        let edu = try EduDevice(device)
-        let bar0 = try device.regionInfo(PCIRegion.bar(0))
-        let kick = try EventFD()
-        try device.setIOEventFD(region: bar0, offset: 0x04, width: 4, data: 0x00c0_ffee, eventfd: kick)
-        try kick.signal()
-        var seen: UInt32 = 0
-        for _ in 0..<2000 {
-            seen = edu.bar0.load32(at: 0x04)
-            if seen == ~UInt32(0x00c0_ffee) { break }
-            usleep(1000)
-        }
-        #expect(seen == ~UInt32(0x00c0_ffee), "the kernel wrote the liveness register on the eventfd")
-        try device.setIOEventFD(region: bar0, offset: 0x04, width: 4, data: 0x00c0_ffee, eventfd: nil)
-        #expect(throws: VFIOError.self) {
-            try device.setIOEventFD(region: bar0, offset: 0x04, width: 3, data: 0, eventfd: kick)
+        try withEduInIOMMUFDSpace { device, edu in
+            let bar0 = try device.regionInfo(PCIRegion.bar(0))
+            let kick = try EventFD()
+            try device.setIOEventFD(region: bar0, offset: 0x04, width: 4, data: 0x00c0_ffee, eventfd: kick)
+            try kick.signal()
+            var seen: UInt32 = 0
+            for _ in 0..<2000 {
+                seen = edu.bar0.load32(at: 0x04)
+                if seen == ~UInt32(0x00c0_ffee) { break }
+                usleep(1000)
+            }
+            #expect(seen == ~UInt32(0x00c0_ffee), "the kernel wrote the liveness register on the eventfd")
+            try device.setIOEventFD(region: bar0, offset: 0x04, width: 4, data: 0x00c0_ffee, eventfd: nil)
+            #expect(throws: VFIOError.self) {
+                try device.setIOEventFD(region: bar0, offset: 0x04, width: 3, data: 0, eventfd: kick)
+            }
         }
     }
 
     @Test func attachReplacesAndDetachBlocksDMA() throws {
         let bdf = try Guest.requireEdu()
-        try Guest.bindToVFIO(bdf)
-        defer { #expect(throws: Never.self, "put the device back") { try Guest.unbind(bdf) } }
-        let fdsBefore = Guest.openFDCount()
-        do {
-            let ctx = try IOMMUFD()
-            let device = try VFIODevice.open(try PCIAddress(parsing: bdf))
-            try device.bind(to: ctx)
+        try Guest.withDeviceOnIOMMUFD(bdf) { ctx, device, _ in
             let first = try IOAS(ctx)
             let second = try IOAS(ctx)
             let hwpt1 = try device.attach(to: first)
@@ -333,7 +319,6 @@ struct DeviceGuestTests {
             _ = consume m1
             _ = consume m2
         }
-        #expect(Guest.openFDCount() == fdsBefore)
     }
 
     /// Devices of one IOMMU group share one iommufd context: binding the
@@ -341,30 +326,26 @@ struct DeviceGuestTests {
     @Test func groupMembersShareOneIOMMUFDContext() throws {
         let a = try Guest.require("VFIOKIT_EDU_PAIR_A")
         let b = try Guest.require("VFIOKIT_EDU_PAIR_B")
-        defer {
-            #expect(throws: Never.self, "put the device back") { try Guest.unbind(a) }
-            #expect(throws: Never.self, "put the device back") { try Guest.unbind(b) }
+        try Guest.withBoundToVFIO(a, b) {
+            let ctx = try IOMMUFD()
+            let devA = try VFIODevice.open(try PCIAddress(parsing: a))
+            try devA.bind(to: ctx)
+            let other = try IOMMUFD()
+            let devB = try VFIODevice.open(try PCIAddress(parsing: b))
+            let e = #expect(throws: VFIOError.self) { try devB.bind(to: other) }
+            #expect(e?.errno == .notPermitted)
+            #expect(e?.hint?.contains("IOMMU group") == true, "\(String(describing: e))")
+            // Where the BDF is known, the host layer says which cause it is: no other
+            // process holds the group and interrupts are isolated, so another context of ours does.
+            let why = PCIHost.system.explainOwnership(try #require(e), device: try PCIAddress(parsing: b))
+            #expect(why.detail?.contains("another iommufd context of this process holds a member of the group") == true, "\(why)")
+            try devB.close()
+            // In the same context it binds.
+            let again = try VFIODevice.open(try PCIAddress(parsing: b))
+            #expect(try again.bind(to: ctx) != 0)
+            try again.close()
+            try devA.close()
         }
-        try Guest.bindToVFIO(a)
-        try Guest.bindToVFIO(b)
-        let ctx = try IOMMUFD()
-        let devA = try VFIODevice.open(try PCIAddress(parsing: a))
-        try devA.bind(to: ctx)
-        let other = try IOMMUFD()
-        let devB = try VFIODevice.open(try PCIAddress(parsing: b))
-        let e = #expect(throws: VFIOError.self) { try devB.bind(to: other) }
-        #expect(e?.errno == .notPermitted)
-        #expect(e?.hint?.contains("IOMMU group") == true, "\(String(describing: e))")
-        // Where the BDF is known, the host layer says which cause it is: no other
-        // process holds the group and interrupts are isolated, so another context of ours does.
-        let why = PCIHost.system.explainOwnership(try #require(e), device: try PCIAddress(parsing: b))
-        #expect(why.detail?.contains("another iommufd context of this process holds a member of the group") == true, "\(why)")
-        try devB.close()
-        // In the same context it binds.
-        let again = try VFIODevice.open(try PCIAddress(parsing: b))
-        #expect(try again.bind(to: ctx) != 0)
-        try again.close()
-        try devA.close()
     }
 
     /// Needs the pair behind a bridge (a bus reset): not under virtio-iommu,
@@ -373,30 +354,26 @@ struct DeviceGuestTests {
         let a = try Guest.require("VFIOKIT_EDU_PAIR_A")
         let b = try Guest.require("VFIOKIT_EDU_PAIR_B")
         try #require(try Guest.requireBridgeAsExpected() != nil, "the pair is not behind a bridge under \(Guest.iommu ?? "?")")
-        defer {
-            #expect(throws: Never.self, "put the device back") { try Guest.unbind(a) }
-            #expect(throws: Never.self, "put the device back") { try Guest.unbind(b) }
+        try Guest.withBoundToVFIO(a, b) {
+            let ctx = try IOMMUFD()
+            let devA = try VFIODevice.open(try PCIAddress(parsing: a))
+            let idA = try devA.bind(to: ctx)
+            // B is bound to vfio-pci but opened by nobody: the kernel counts it as
+            // ours (resetting it disturbs no user), without a device id.
+            var hr = try devA.hotResetInfo()
+            #expect(hr.usesDeviceIDs)
+            #expect(hr.devices.first { $0.address.description == a }?.deviceID == idA)
+            #expect(hr.devices.first { $0.address.description == b }?.owned == true)
+            #expect(hr.devices.first { $0.address.description == b }?.deviceID == nil)
+            #expect(hr.allOwned)
+            // B bound in our context: both ours, with ids; the reset goes through.
+            let devB = try VFIODevice.open(try PCIAddress(parsing: b))
+            let idB = try devB.bind(to: ctx)
+            hr = try devA.hotResetInfo()
+            #expect(hr.devices.first { $0.address.description == b }?.deviceID == idB)
+            #expect(hr.allOwned)
+            try devA.hotReset()
         }
-        try Guest.bindToVFIO(a)
-        try Guest.bindToVFIO(b)
-        let ctx = try IOMMUFD()
-        let devA = try VFIODevice.open(try PCIAddress(parsing: a))
-        let idA = try devA.bind(to: ctx)
-        // B is bound to vfio-pci but opened by nobody: the kernel counts it as
-        // ours (resetting it disturbs no user), without a device id.
-        var hr = try devA.hotResetInfo()
-        #expect(hr.usesDeviceIDs)
-        #expect(hr.devices.first { $0.address.description == a }?.deviceID == idA)
-        #expect(hr.devices.first { $0.address.description == b }?.owned == true)
-        #expect(hr.devices.first { $0.address.description == b }?.deviceID == nil)
-        #expect(hr.allOwned)
-        // B bound in our context: both ours, with ids; the reset goes through.
-        let devB = try VFIODevice.open(try PCIAddress(parsing: b))
-        let idB = try devB.bind(to: ctx)
-        hr = try devA.hotResetInfo()
-        #expect(hr.devices.first { $0.address.description == b }?.deviceID == idB)
-        #expect(hr.allOwned)
-        try devA.hotReset()
     }
 }
 
@@ -494,6 +471,19 @@ struct DMAModesTests {
                 try device.close()
                 try device.close()  // idempotent
             }
+        }
+    }
+}
+
+extension DeviceGuestTests {
+    /// Runs `body` with the lone edu bound to vfio-pci and opened through an
+    /// iommufd DMA space (the device and its edu registers), and puts it back after.
+    func withEduInIOMMUFDSpace(_ body: (_ device: VFIODevice, _ edu: EduDevice) throws -> Void) throws {
+        let bdf = try Guest.requireEdu()
+        try Guest.withBoundToVFIO(bdf) {
+            let space = try DMASpace(mode: .iommufd, dmaMask: EduDevice.dmaMask)
+            let device = try space.openDevice(try PCIAddress(parsing: bdf))
+            try body(device, try EduDevice(device))
         }
     }
 }

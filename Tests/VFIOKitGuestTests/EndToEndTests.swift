@@ -7,13 +7,7 @@ import VFIOKitTestSupport
 struct EndToEndTests {
     @Test func eduDMARoundTripThroughIOMMUFD() throws {
         let bdf = try Guest.requireEdu()
-        try Guest.bindToVFIO(bdf)
-        defer { #expect(throws: Never.self, "put the device back") { try Guest.unbind(bdf) } }
-        let fdsBefore = Guest.openFDCount()
-        do {
-            let ctx = try IOMMUFD()
-            let device = try VFIODevice.open(try PCIAddress(parsing: bdf))
-            try device.bind(to: ctx)
+        try Guest.withDeviceOnIOMMUFD(bdf) { ctx, device, _ in
             let ioas = try IOAS(ctx)
             try device.attach(to: ioas)
             let edu = try EduDevice(device)
@@ -38,6 +32,5 @@ struct EndToEndTests {
             try edu.dmaFromDevice(to: 0x101000, count: pattern.count)
             #expect(firstDifference(buffer.read(at: 4096, count: pattern.count), [UInt8](repeating: 0xAA, count: pattern.count)) == nil)
         }
-        #expect(Guest.openFDCount() == fdsBefore)
     }
 }

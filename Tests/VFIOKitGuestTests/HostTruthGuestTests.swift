@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import VFIOKitTestSupport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -18,17 +19,7 @@ private final class Holder {
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, outPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
         posix_spawn_file_actions_addopen(&actions, 2, outPath + ".err", O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-        var attr = posix_spawnattr_t()
-        posix_spawnattr_init(&attr)
-        defer { posix_spawnattr_destroy(&attr) }
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        posix_spawnattr_setsigmask(&attr, &empty)
-        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK))
-        let argv: [UnsafeMutablePointer<CChar>?] = ([VFIOCtlBinary.path] + args).map { strdup($0) } + [nil]
-        defer { for p in argv { free(p) } }
-        var p: pid_t = 0
-        let rc = posix_spawn(&p, VFIOCtlBinary.path, &actions, &attr, argv, environ)
+        let (rc, p) = spawnWithNoSignalsBlocked(VFIOCtlBinary.path, [VFIOCtlBinary.path] + args, &actions)
         try #require(rc == 0, "posix_spawn: \(rc)")
         pid = p
     }

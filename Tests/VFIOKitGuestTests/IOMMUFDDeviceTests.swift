@@ -27,13 +27,7 @@ struct IOMMUFDDeviceTests {
     }
 
     func eduThroughIOASThenHWPTThenBack(_ bdf: String) throws {
-        try Guest.bindToVFIO(bdf)
-        defer { #expect(throws: Never.self, "put the device back") { try Guest.unbind(bdf) } }
-        let fdsBefore = Guest.openFDCount()
-        do {
-            let ctx = try IOMMUFD()
-            let device = try VFIODevice.open(try PCIAddress(parsing: bdf))
-            let devid = try device.bind(to: ctx)
+        try Guest.withDeviceOnIOMMUFD(bdf, fdsMaySettle: true) { ctx, device, devid in
             #expect(devid != 0)
             let ioas = try IOAS(ctx)
             let autoDomain = try device.attach(to: ioas)
@@ -75,7 +69,6 @@ struct IOMMUFDDeviceTests {
             try other.destroy()
             try ioas.destroy()
         }
-        #expect(MockIOMMU.fdCountSettles(at: fdsBefore), "fds leaked or closed twice")
     }
 
     @Test func hardwareInfoOfTheRealIOMMU() throws {

@@ -50,17 +50,6 @@ func expectErrno(_ errno: Errno, sourceLocation: SourceLocation = #_sourceLocati
 
 let mockBase = MockIOMMU.apertureStart  // 0x100_0000
 
-/// The error of `m.unmap()`, which must fail.
-func unmapError(_ m: consuming DMAMapping, sourceLocation: SourceLocation = #_sourceLocation) -> VFIOError? {
-    do {
-        try m.unmap()
-        Issue.record("the unmap succeeded", sourceLocation: sourceLocation)
-        return nil
-    } catch {
-        return error
-    }
-}
-
 /// Failures collected from concurrent tasks.
 final class FailureLog: Sendable {
     private let list = Mutex<[String]>([])

@@ -126,6 +126,39 @@ import Glibc
         return problems + printedFixConverges(f, e, what)
     }
 
+    /// Runs `operation` on a fresh guest-like fixture (after `prepare`) once for
+    /// each call after the one whose path ends in `suffix`, failing that call
+    /// (the n-th after it, n = 1, 2, ... until no call is left to fail), and
+    /// records as an issue each run where the failure was not handled: the
+    /// operation threw and `check` finds problems, or it succeeded and left the
+    /// binding other than `leaves`. Returns how many runs failed a call.
+    static func failEachCall(
+        after suffix: String, named name: String, succeeding what: String, leaves expected: Binding,
+        check: (PCIFixture, VFIOError, String) -> [String], prepare: (PCIFixture) throws -> Void = { _ in },
+        _ operation: (PCIHost) throws(VFIOError) -> Void
+    ) throws -> Int {
+        let f = try guestLikeFixture()
+        var problems: [String] = []
+        var runs = 0
+        for n in 1...200 {
+            try reset(f)
+            try prepare(f)
+            let k = kernel(f)
+            failCall(n, after: suffix, f, k)
+            let e = run(f, k, operation)
+            guard let injected = k.injectedFailure else { break }
+            runs += 1
+            let call = "call \(n) after \(name) (\(injected.kind.rawValue))"
+            if let e {
+                problems += check(f, e, call)
+            } else if binding(f) != expected {
+                problems.append("\(call): \(what) succeeded, yet binding \(binding(f))")
+            }
+        }
+        for p in problems { Issue.record("\(p)") }
+        return runs
+    }
+
     // MARK: defects, one test each
 
     /// A bind that took (the device verified on vfio-pci) is not reported as
@@ -133,26 +166,12 @@ import Glibc
     /// caller would take the device for untouched while it is on vfio-pci.
     /// Each call after the probe is failed in turn (fake kernel, ENOMEM).
     @Test func aBindThatTookIsNotReportedAsFailed() throws {
-        let f = try guestLikeFixture()
         let a = try PCIAddress(parsing: Self.bdf)
-        var problems: [String] = []
-        var runs = 0
-        for n in 1...200 {
-            try Self.reset(f)
-            let k = Self.kernel(f)
-            Self.failCall(n, after: "/sys/bus/pci/drivers_probe", f, k)
-            let e = Self.run(f, k) { (h) throws(VFIOError) in _ = try h.bind(a) }
-            guard let injected = k.injectedFailure else { break }
-            runs += 1
-            let what = "call \(n) after drivers_probe (\(injected.kind.rawValue))"
-            if let e {
-                problems += Self.checkFailedBind(f, e, what)
-            } else if Self.binding(f) != Self.bound {
-                problems.append("\(what): bind succeeded, yet binding \(Self.binding(f))")
-            }
+        let runs = try Self.failEachCall(after: "/sys/bus/pci/drivers_probe", named: "drivers_probe", succeeding: "bind",
+                                         leaves: Self.bound, check: Self.checkFailedBind) { (h) throws(VFIOError) in
+            _ = try h.bind(a)
         }
         #expect(runs >= 5, "only \(runs) calls after the probe were failed")
-        for p in problems { Issue.record("\(p)") }
     }
 
     /// A restore that threw keeps its record: here the restore has put pci-stub
@@ -160,27 +179,13 @@ import Glibc
     /// leaves a caller who retries (`vfioctl unbind BDF --restore`, as the
     /// error invites) with no record, and that retry unbinds pci-stub.
     @Test func aRestoreThatThrowsKeepsItsRecord() throws {
-        let f = try guestLikeFixture()
         let a = try PCIAddress(parsing: Self.bdf)
-        var problems: [String] = []
-        var runs = 0
-        for n in 1...200 {
-            try Self.reset(f)
-            _ = try f.host.bind(a)
-            let k = Self.kernel(f)
-            Self.failCall(n, after: "/pci-stub/bind", f, k)
-            let e = Self.run(f, k) { (h) throws(VFIOError) in _ = try h.unbind(a, restore: true) }
-            guard let injected = k.injectedFailure else { break }
-            runs += 1
-            let what = "call \(n) after the write to pci-stub/bind (\(injected.kind.rawValue))"
-            if let e {
-                problems += Self.checkFailedRestore(f, e, what)
-            } else if Self.binding(f) != Self.original {
-                problems.append("\(what): unbind --restore succeeded, yet binding \(Self.binding(f))")
-            }
+        let runs = try Self.failEachCall(after: "/pci-stub/bind", named: "the write to pci-stub/bind",
+                                         succeeding: "unbind --restore", leaves: Self.original, check: Self.checkFailedRestore,
+                                         prepare: { f in _ = try f.host.bind(a) }) { (h) throws(VFIOError) in
+            _ = try h.unbind(a, restore: true)
         }
         #expect(runs >= 5, "only \(runs) calls after the bind were failed")
-        for p in problems { Issue.record("\(p)") }
     }
 
     /// A restore whose device is back but whose record cannot be removed

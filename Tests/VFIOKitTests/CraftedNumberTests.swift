@@ -13,17 +13,12 @@ import Glibc
 /// VFIOError instead of trapping on arithmetic overflow.
 @Suite struct CraftedNumberTests {
     @Test func irqVectorsPastTwoToThe32ThrowInsteadOfTrapping() throws {
-        let kernel = FakeKernel()
-        kernel.files["/dev/vfio/devices/vfio0"] = .node
-        kernel.onIoctl(VFIO_DEVICE_SET_IRQS) { _, _ in -EINVAL }
-        try Syscalls.withProvider(kernel) {
-            let device = try VFIODevice.open(cdev: "/dev/vfio/devices/vfio0")
+        try withCdevDevice(failing: VFIO_DEVICE_SET_IRQS, with: EINVAL) { device in
             let e = #expect(throws: VFIOError.self) { try device.maskIRQ(.msix, start: UInt32.max, count: 2) }
             #expect(e?.description.contains("4294967295") == true, "\(String(describing: e))")
             // The last vector is UInt32.max: a valid request as far as the numbers go; the kernel says no.
             let k = #expect(throws: VFIOError.self) { try device.unmaskIRQ(.msix, start: UInt32.max, count: 1) }
             #expect(k?.errno == .invalidArgument)
-            try device.close()
         }
     }
 
@@ -116,14 +111,7 @@ import Glibc
             let data = a! + MemoryLayout<vfio_device_feature>.size
             switch a!.load(fromByteOffset: 4, as: UInt32.self) & VFIO_DEVICE_FEATURE_MASK {
             case VFIO_DEVICE_FEATURE_DMA_LOGGING_START:
-                let c = data.loadUnaligned(as: vfio_device_feature_dma_logging_control.self)
-                let r = UnsafeRawPointer(bitPattern: UInt(c.ranges))!
-                var out = [c.page_size, UInt64(c.num_ranges)]
-                for i in 0..<Int(c.num_ranges) {
-                    let x = r.loadUnaligned(fromByteOffset: i * 16, as: vfio_device_feature_dma_logging_range.self)
-                    out += [x.iova, x.length]
-                }
-                seen.withLock { $0 = out }
+                seen.withLock { $0 = loggingControlWords(data) }
                 return 0
             case VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT:
                 let rep = data.loadUnaligned(as: vfio_device_feature_dma_logging_report.self)

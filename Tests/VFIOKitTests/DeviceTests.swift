@@ -20,6 +20,32 @@ extension FakeKernel.Call {
     func u64(_ offset: Int) -> UInt64 { bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset, as: UInt64.self) } }
 }
 
+/// What a fake kernel saw in a `VFIO_DEVICE_FEATURE_DMA_LOGGING_START`
+/// payload at `data`: the page size, the range count, then each range's IOVA and length.
+func loggingControlWords(_ data: UnsafeMutableRawPointer) -> [UInt64] {
+    let c = data.loadUnaligned(as: vfio_device_feature_dma_logging_control.self)
+    let r = UnsafeRawPointer(bitPattern: UInt(c.ranges))!
+    var out = [c.page_size, UInt64(c.num_ranges)]
+    for i in 0..<Int(c.num_ranges) {
+        let x = r.loadUnaligned(fromByteOffset: i * 16, as: vfio_device_feature_dma_logging_range.self)
+        out += [x.iova, x.length]
+    }
+    return out
+}
+
+/// Runs `body` on the cdev `vfio0` of a fake kernel that answers every
+/// `request` with the errno `code`, and closes the device afterwards.
+func withCdevDevice(failing request: UInt, with code: Int32, _ body: (VFIODevice) throws -> Void) throws {
+    let kernel = FakeKernel()
+    kernel.files["/dev/vfio/devices/vfio0"] = .node
+    kernel.onIoctl(request) { _, _ in -code }
+    try Syscalls.withProvider(kernel) {
+        let device = try VFIODevice.open(cdev: "/dev/vfio/devices/vfio0")
+        try body(device)
+        try device.close()
+    }
+}
+
 private func cdevKernel() -> FakeKernel {
     let k = FakeKernel()
     k.files["/dev/vfio/devices/vfio0"] = .node
@@ -696,14 +722,7 @@ private func cdevKernel() -> FakeKernel {
             let data = arg! + 8
             switch p.pointee.flags & VFIO_DEVICE_FEATURE_MASK {
             case VFIO_DEVICE_FEATURE_DMA_LOGGING_START:
-                let c = data.loadUnaligned(as: vfio_device_feature_dma_logging_control.self)
-                let r = UnsafeRawPointer(bitPattern: UInt(c.ranges))!
-                var out = [c.page_size, UInt64(c.num_ranges)]
-                for i in 0..<Int(c.num_ranges) {
-                    let x = r.loadUnaligned(fromByteOffset: i * 16, as: vfio_device_feature_dma_logging_range.self)
-                    out += [x.iova, x.length]
-                }
-                seenRanges.withLock { $0 = out }
+                seenRanges.withLock { $0 = loggingControlWords(data) }
                 return 0
             case VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT:
                 let rep = data.loadUnaligned(as: vfio_device_feature_dma_logging_report.self)

@@ -40,18 +40,13 @@ import Glibc
     /// on a kernel that has the request (5.7 and later) that is the device's
     /// answer, not a missing ioctl.
     @Test func enottyFromDeviceFeatureMeansTheDeviceLacksTheFeature() throws {
-        let k = FakeKernel()
-        k.files["/dev/vfio/devices/vfio0"] = .node
-        k.onIoctl(VFIO_DEVICE_FEATURE) { _, _ in -ENOTTY }
-        try Syscalls.withProvider(k) {
-            let device = try VFIODevice.open(cdev: "/dev/vfio/devices/vfio0")
+        try withCdevDevice(failing: VFIO_DEVICE_FEATURE, with: ENOTTY) { device in
             let e = #expect(throws: VFIOError.self) { _ = try device.setMigrationState(.stop) }
             #expect(e?.operation == .ioctl(.vfioDeviceFeature) && e?.errno == .inappropriateIOCTLForDevice)
             #expect(e?.remedies.contains { $0.kind == .newerKernel } == false, "\(String(describing: e))")
             let text = e?.description ?? ""
             #expect(!text.contains("this kernel lacks"), "\(text)")
             #expect(text.contains("does not support"), "\(text)")
-            try device.close()
         }
     }
 }

@@ -194,22 +194,14 @@ func shpchpFixture() throws -> PCIFixture {
 
     @Test func unbindWhileHeldSaysWhichProcessAndTheRetryWorks() throws {
         let f = try guestLikeFixture()
-        let a = try PCIAddress(parsing: "0000:00:02.0")
-        _ = try f.host.bind(a)
-        let cdev = try #require(try f.host.device(a).vfioCdevPath)
-        try f.link("/proc/4242/fd/7", to: cdev)
-        try f.write("/proc/4242/comm", "qemu-system-x86\n")
-        do {
-            _ = try f.host.unbind(a, restore: true)
-            Issue.record("unbind succeeded")
-        } catch {
-            let cmds = printedCommands(CLIWording.text(error.remedies) ?? "")
-            let retry = "vfioctl unbind \(a) --restore"
-            #expect(cmds == ["kill 4242", retry, retry + " --force"], "\(CLIWording.message(error))")
-            // kill 4242: the fixture process goes away; then the printed retry.
-            try f.fm.removeItem(atPath: f.root + "/proc/4242")
-            #expect(follow(try #require(cmds.dropLast().last), in: f).status == 0)
-        }
+        let a = try f.bindHeldByQEMU("0000:00:02.0")
+        let error = try #require(f.refusedUnbind(a))
+        let cmds = printedCommands(CLIWording.text(error.remedies) ?? "")
+        let retry = "vfioctl unbind \(a) --restore"
+        #expect(cmds == ["kill 4242", retry, retry + " --force"], "\(CLIWording.message(error))")
+        // kill 4242: the fixture process goes away; then the printed retry.
+        try f.fm.removeItem(atPath: f.root + "/proc/4242")
+        #expect(follow(try #require(cmds.dropLast().last), in: f).status == 0)
         #expect(f.driver("0000:00:02.0") == nil)
     }
 

@@ -1,6 +1,7 @@
 import Foundation
 import SystemPackage
 import Synchronization
+import Testing
 import VFIOKit
 
 /// A sysfs/procfs tree in a temporary directory, shaped like the kernel's,
@@ -38,6 +39,35 @@ final class PCIFixture: @unchecked Sendable {
         try fm.createDirectory(atPath: (full as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
         try? fm.removeItem(atPath: full)
         try fm.createSymbolicLink(atPath: full, withDestinationPath: target)
+    }
+
+    /// Binds `bdf` to vfio-pci and has process 4242 (qemu-system-x86) hold its
+    /// VFIO cdev open, as a VMM would.
+    func bindHeldByQEMU(_ bdf: String) throws -> PCIAddress {
+        let a = try PCIAddress(parsing: bdf)
+        _ = try host.bind(a)
+        let cdev = try #require(try host.device(a).vfioCdevPath)
+        try link("/proc/4242/fd/7", to: cdev)
+        try write("/proc/4242/comm", "qemu-system-x86\n")
+        return a
+    }
+
+    /// The error of `unbind(a, restore: true)`, which must be refused; nil
+    /// (and a recorded issue) when it succeeded.
+    func refusedUnbind(_ a: PCIAddress) -> VFIOError? {
+        refusal("unbind") { () throws(VFIOError) in _ = try host.unbind(a, restore: true) }
+    }
+
+    /// The error of `bind(a)`, which must be refused; nil (and a recorded
+    /// issue) when it succeeded.
+    func refusedBind(_ a: PCIAddress) -> VFIOError? {
+        refusal("bind") { () throws(VFIOError) in _ = try host.bind(a) }
+    }
+
+    private func refusal(_ what: String, _ operation: () throws(VFIOError) -> Void) -> VFIOError? {
+        do { try operation() } catch { return error }
+        Issue.record("\(what) succeeded")
+        return nil
     }
 
     func read(_ p: String) -> String? { try? String(contentsOfFile: root + p, encoding: .utf8) }

@@ -229,13 +229,9 @@ func guestLikeFixture() throws -> PCIFixture {
         let f = try guestLikeFixture()
         f.kernel.failProbe("vfio-pci")
         let a = try PCIAddress(parsing: "0000:00:05.0")
-        do {
-            _ = try f.host.bind(a)
-            Issue.record("bind succeeded")
-        } catch {
-            #expect(error.description.contains("did not bind to vfio-pci"))
-            #expect(error.description.contains("put back to nvme (checked)"))
-        }
+        let error = try #require(f.refusedBind(a))
+        #expect(error.description.contains("did not bind to vfio-pci"))
+        #expect(error.description.contains("put back to nvme (checked)"))
         #expect(f.driver("0000:00:05.0") == "nvme")
         #expect(f.override("0000:00:05.0") == nil)
         #expect(f.host.bindingRecord(a) == nil)
@@ -256,13 +252,9 @@ func guestLikeFixture() throws -> PCIFixture {
         let f = try guestLikeFixture()
         try f.mount("259:0", at: "/tmp/data")
         let a = try PCIAddress(parsing: "0000:00:05.0")
-        do {
-            _ = try f.host.bind(a)
-            Issue.record("bind succeeded")
-        } catch {
-            #expect(error.description.contains("nvme0n1 is mounted on /tmp/data"))
-            #expect(CLIWording.text(error.remedies)?.contains("--force") == true)
-        }
+        let error = try #require(f.refusedBind(a))
+        #expect(error.description.contains("nvme0n1 is mounted on /tmp/data"))
+        #expect(CLIWording.text(error.remedies)?.contains("--force") == true)
         #expect(f.kernel.log.isEmpty)
         #expect(f.driver("0000:00:05.0") == "nvme" && f.host.bindingRecord(a) == nil)
         // --force takes it anyway.
@@ -274,14 +266,10 @@ func guestLikeFixture() throws -> PCIFixture {
         let f = try guestLikeFixture()
         try f.bindLink("0000:01:02.0", "e1000e")
         let a = try PCIAddress(parsing: "0000:01:01.0")
-        do {
-            _ = try f.host.bind(a)
-            Issue.record("bind succeeded")
-        } catch {
-            #expect(error.description.contains("not viable"))
-            #expect(error.description.contains("0000:01:02.0 (bound to e1000e)"))
-            #expect(CLIWording.text(error.remedies)?.contains("--group") == true)
-        }
+        let error = try #require(f.refusedBind(a))
+        #expect(error.description.contains("not viable"))
+        #expect(error.description.contains("0000:01:02.0 (bound to e1000e)"))
+        #expect(CLIWording.text(error.remedies)?.contains("--group") == true)
         #expect(f.kernel.log.isEmpty && f.driver("0000:01:01.0") == nil)
         let out = try f.host.bind(a, group: true)
         #expect(Set(out.map(\.address.description)) == ["0000:01:01.0", "0000:01:02.0"])
@@ -418,18 +406,10 @@ func guestLikeFixture() throws -> PCIFixture {
 @Suite struct PCIOpenVFIONodeTests {
     @Test func unbindRefusesWhileAProcessHoldsTheCdev() throws {
         let f = try guestLikeFixture()
-        let a = try PCIAddress(parsing: "0000:00:02.0")
-        _ = try f.host.bind(a)
-        let cdev = try #require(try f.host.device(a).vfioCdevPath)
-        try f.link("/proc/4242/fd/7", to: cdev)
-        try f.write("/proc/4242/comm", "qemu-system-x86\n")
-        do {
-            _ = try f.host.unbind(a, restore: true)
-            Issue.record("unbind succeeded")
-        } catch {
-            #expect(error.description.contains("pid 4242 (qemu-system-x86)"))
-            #expect(CLIWording.text(error.remedies)?.contains("--force") == true)
-        }
+        let a = try f.bindHeldByQEMU("0000:00:02.0")
+        let error = try #require(f.refusedUnbind(a))
+        #expect(error.description.contains("pid 4242 (qemu-system-x86)"))
+        #expect(CLIWording.text(error.remedies)?.contains("--force") == true)
         #expect(f.driver("0000:00:02.0") == "vfio-pci")
         _ = try f.host.unbind(a, restore: true, force: true)
         #expect(f.driver("0000:00:02.0") == nil)

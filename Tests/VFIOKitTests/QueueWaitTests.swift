@@ -29,18 +29,20 @@ import Glibc
             return (id == 30 || id == 50) && k.isOpen(queueFD.value) ? -EBUSY : 0
         }
         k.onIoctl(IOMMU_VIOMMU_ALLOC) { _, a in arg(a, iommu_viommu_alloc.self).pointee.out_viommu_id = 40; return 0 }
-        k.onIoctl(IOMMU_FAULT_QUEUE_ALLOC) { [unowned k] _, a in
+        // A queue's fd: a nonblocking eventfd, remembered as the queue's.
+        let newQueueFD: @Sendable () -> UInt32 = { [unowned k] in
             let fd = k.eventfd(0, CVFIO_EFD_CLOEXEC | CVFIO_EFD_NONBLOCK)
             queueFD.set(fd)
+            return UInt32(bitPattern: fd)
+        }
+        k.onIoctl(IOMMU_FAULT_QUEUE_ALLOC) { _, a in
             arg(a, iommu_fault_alloc.self).pointee.out_fault_id = 30
-            arg(a, iommu_fault_alloc.self).pointee.out_fault_fd = UInt32(bitPattern: fd)
+            arg(a, iommu_fault_alloc.self).pointee.out_fault_fd = newQueueFD()
             return 0
         }
-        k.onIoctl(IOMMU_VEVENTQ_ALLOC) { [unowned k] _, a in
-            let fd = k.eventfd(0, CVFIO_EFD_CLOEXEC | CVFIO_EFD_NONBLOCK)
-            queueFD.set(fd)
+        k.onIoctl(IOMMU_VEVENTQ_ALLOC) { _, a in
             arg(a, iommu_veventq_alloc.self).pointee.out_veventq_id = 50
-            arg(a, iommu_veventq_alloc.self).pointee.out_veventq_fd = UInt32(bitPattern: fd)
+            arg(a, iommu_veventq_alloc.self).pointee.out_veventq_fd = newQueueFD()
             return 0
         }
         return (k, queueFD)
@@ -75,6 +77,20 @@ import Glibc
     /// fail there while the code under test was fine).
     static let prompt: Duration = .seconds(1)
 
+    /// Runs ``idleThenCancel(_:fd:_:)`` on `wait` and expects a wait that
+    /// neither spun nor read while idle, was cancelled within ``prompt`` and
+    /// threw the "cancelled" error of `step`.
+    static func expectIdleWaitCancelledPromptly<R: Sendable>(
+        _ kernel: FakeKernel, fd: Int32, step: VFIOError.Step, _ wait: @escaping @Sendable () async throws -> R
+    ) async throws {
+        let r = try await idleThenCancel(kernel, fd: fd, wait)
+        #expect(r.reads <= 2, "next() read the queue \(r.reads) times in 200 ms while nothing was queued")
+        #expect(r.waiting, "no thread was waiting in poll")
+        #expect(r.latency.map { $0 < prompt } == true, "cancel took \(String(describing: r.latency))")
+        #expect(r.error?.operation == .step(step))
+        #expect(r.error?.detail == "cancelled")
+    }
+
     /// Until `kernel` has `count` fds open (false after 5 s); sleeps between
     /// looks, so the tasks it waits for can run.
     static func waitForOpenCount(_ kernel: FakeKernel, _ count: Int) async -> Bool {
@@ -90,12 +106,7 @@ import Glibc
         let (k, queueFD) = QueueWaitTests.kernel()
         let q = try Syscalls.withProvider(k) { try FaultQueue(try IOMMUFD()) }
         let fd = queueFD.value
-        let r = try await QueueWaitTests.idleThenCancel(k, fd: fd) { try await q.next() }
-        #expect(r.reads <= 2, "next() read the queue \(r.reads) times in 200 ms while nothing was queued")
-        #expect(r.waiting, "no thread was waiting in poll")
-        #expect(r.latency.map { $0 < QueueWaitTests.prompt } == true, "cancel took \(String(describing: r.latency))")
-        #expect(r.error?.operation == .step(.waitForPageFaults))
-        #expect(r.error?.detail == "cancelled")
+        try await QueueWaitTests.expectIdleWaitCancelledPromptly(k, fd: fd, step: .waitForPageFaults) { try await q.next() }
         try q.destroy()
         #expect(!k.isOpen(fd))
         #expect(k.staleFDUses == [])
@@ -110,12 +121,7 @@ import Glibc
             return try VEventQueue(viommu: viommu, type: VEventQueue.typeARMSMMUv3, depth: 8)
         }
         let fd = queueFD.value
-        let r = try await QueueWaitTests.idleThenCancel(k, fd: fd) { try await queue.next() }
-        #expect(r.reads <= 2, "next() read the queue \(r.reads) times in 200 ms while nothing was queued")
-        #expect(r.waiting, "no thread was waiting in poll")
-        #expect(r.latency.map { $0 < QueueWaitTests.prompt } == true, "cancel took \(String(describing: r.latency))")
-        #expect(r.error?.operation == .step(.waitForVEvents))
-        #expect(r.error?.detail == "cancelled")
+        try await QueueWaitTests.expectIdleWaitCancelledPromptly(k, fd: fd, step: .waitForVEvents) { try await queue.next() }
         try queue.destroy()
         #expect(k.staleFDUses == [])
     }

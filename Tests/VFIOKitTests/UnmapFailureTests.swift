@@ -26,17 +26,6 @@ func type1Kernel(unmapAnswer: @escaping @Sendable (UInt64, UInt64) -> UInt64 = {
     return k
 }
 
-/// The error of `m.unmap()`, which must fail.
-func unmapError(_ m: consuming DMAMapping, sourceLocation: SourceLocation = #_sourceLocation) -> VFIOError? {
-    do {
-        try m.unmap()
-        Issue.record("the unmap succeeded", sourceLocation: sourceLocation)
-        return nil
-    } catch {
-        return error
-    }
-}
-
 /// Failed and short unmaps: errors on every path, and the buffer and IOVA of
 /// a mapping that may still be mapped are never released.
 @Suite struct UnmapFailureTests {

@@ -218,10 +218,7 @@ public final class HWPT: IOMMUAttachTarget, IOMMUObjectOwner {
     public func setDirtyTracking(_ enabled: Bool) throws(VFIOError) {
         var arg = iommu_hwpt_set_dirty_tracking.make()
         arg.flags = enabled ? UInt32(IOMMU_HWPT_DIRTY_TRACKING_ENABLE.rawValue) : 0
-        try state.withID(.ioctl(.iommuHWPTSetDirtyTracking)) { (id) throws(VFIOError) in
-            arg.hwpt_id = id
-            try iommufd.ioctl(.iommuHWPTSetDirtyTracking, &arg, object: self.label)
-        }
+        try state.ioctl(.iommuHWPTSetDirtyTracking, on: iommufd, &arg, id: \.hwpt_id, object: self.label)
     }
 
     /// Reads which pages of `bitmap`'s range were written by devices, into
@@ -248,12 +245,11 @@ public final class HWPT: IOMMUAttachTarget, IOMMUObjectOwner {
                 return .success(())
             } catch { return .failure(error) }
         }
-        if case .failure(var e) = r {
-            if e.errno == .invalidArgument {
-                e.detail = "IOVA \(bitmap.iova) and length \(bitmap.length) must be multiples "
+        if case .failure(let e) = r {
+            throw e.explained {
+                $0.errno != .invalidArgument ? nil : "IOVA \(bitmap.iova) and length \(bitmap.length) must be multiples "
                     + "of the page size \(bitmap.pageSize) (a power of two), and dirty tracking must be enabled"
             }
-            throw e
         }
     }
 

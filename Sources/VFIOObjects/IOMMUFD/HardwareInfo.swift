@@ -309,11 +309,8 @@ extension IOMMUFD {
             do throws(VFIOError) { try ioctl(.iommuGetHWInfo, &arg, object: "device \(deviceID)"); return .success(()) }
             catch { return .failure(error) }
         }
-        if case .failure(var e) = r {
-            if e.errno == .noSuchFileOrDirectory {
-                e.detail = "no bound device has id \(deviceID) in this iommufd"
-            }
-            throw e
+        if case .failure(let e) = r {
+            throw e.explained { $0.errno == .noSuchFileOrDirectory ? "no bound device has id \(deviceID) in this iommufd" : nil }
         }
         let n = min(Int(arg.data_len), data.count)
         return IOMMUHardwareInfo(dataType: arg.out_data_type, data: Array(data[..<n]),

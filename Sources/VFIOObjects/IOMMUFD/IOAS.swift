@@ -256,24 +256,13 @@ public final class IOAS: IOMMUAttachTarget, IOMMUObjectOwner {
     public func unmap(iova at: IOVA, length: UInt64) throws(VFIOError) -> UInt64 {
         let iova = at.rawValue
         let done = try state.withID(.ioctl(.iommuIOASUnmap)) { (id) throws(VFIOError) -> UInt64 in
-            let owned = mappings.ownedOverlapping(iova: iova, length: length)
-            if owned > 0 {
-                throw VFIOError.invalid(
-                    .ioctl(.iommuIOASUnmap),
-                    "IOVA 0x\(String(iova, radix: 16)) length \(length) holds \(owned) mapping\(owned == 1 ? "" : "s") owned by "
-                        + "DMAMapping values (the kernel was not asked): unmapped here, their owners would later unmap "
-                        + "the same IOVAs again, which may by then belong to a newer mapping", object: label,
-                    remedies: [.advice("unmap those with DMAMapping.unmap() or drop them; unmapAll() unmaps everything and leaves "
-                        + "them inert")])
-            }
+            try mappings.refuseRawUnmapOfOwned(iova: iova, length: length, .ioctl(.iommuIOASUnmap), object: label)
             return try unmapRange(id, iova: iova, length: length)
         }
         if done != length {
-            throw VFIOError(
-                operation: .ioctl(.iommuIOASUnmap), object: label,
-                detail: "short unmap: asked for \(length) bytes at IOVA 0x\(String(iova, radix: 16)), the kernel "
-                    + "unmapped \(done) (the range holds holes; what was mapped in it is now unmapped)",
-                remedies: [.advice("unmap exactly the ranges that were mapped")])
+            throw MappingTable.shortUnmap(.ioctl(.iommuIOASUnmap), label, iova: iova, length: length, done: done,
+                                          meaning: "the range holds holes; what was mapped in it is now unmapped",
+                                          fix: "unmap exactly the ranges that were mapped")
         }
         return done
     }
@@ -319,17 +308,8 @@ public final class IOAS: IOMMUAttachTarget, IOMMUObjectOwner {
             return mappings.release(slot)
         }
         defer { state.gate.leaveShared() }
-        guard mappings.beginUnmap(slot) else { return true }
-        let done: UInt64
-        do throws(VFIOError) {
-            done = try unmapRange(state.id, iova: iova, length: length)
-        } catch {
-            mappings.finishUnmap(slot)
-            throw error
-        }
-        mappings.finishUnmap(slot)
-        if done != length {
-            throw MappingTable.shortUnmap(.ioctl(.iommuIOASUnmap), label, iova: iova, length: length, done: done)
+        _ = try mappings.unmapOnce(slot, iova: iova, length: length, .ioctl(.iommuIOASUnmap), object: label) {
+            () throws(VFIOError) in try unmapRange(state.id, iova: iova, length: length)
         }
         return true
     }
@@ -498,12 +478,11 @@ public final class IOAS: IOMMUAttachTarget, IOMMUObjectOwner {
                 return .success(())
             } catch { return .failure(error) }
         }
-        if case .failure(var e) = r {
-            if e.errno == .invalidArgument {
-                e.detail = "each range needs start < last, no two may overlap, and none may exclude an IOVA "
+        if case .failure(let e) = r {
+            throw e.explained {
+                $0.errno != .invalidArgument ? nil : "each range needs start < last, no two may overlap, and none may exclude an IOVA "
                     + "that is already mapped or reserved"
             }
-            throw e
         }
     }
 

@@ -220,10 +220,7 @@ public final class IOMMUFD: Sendable {
     public func setCompatibilityIOAS(_ ioas: IOAS) throws(VFIOError) {
         var arg = iommu_vfio_ioas.make()
         arg.op = UInt16(IOMMU_VFIO_IOAS_SET.rawValue)
-        try ioas.state.withID(.ioctl(.iommuVFIOIOAS)) { (id) throws(VFIOError) in
-            arg.ioas_id = id
-            try ioctl(.iommuVFIOIOAS, &arg, object: ioas.label)
-        }
+        try ioas.state.ioctl(.iommuVFIOIOAS, on: self, &arg, id: \.ioas_id, object: ioas.label)
     }
 
     /// Unsets the compatibility IOAS.
@@ -246,11 +243,9 @@ public final class IOMMUFD: Sendable {
         do throws(VFIOError) {
             try ioctl(.iommuIOASChangeProcess, &arg, object: fd.label)
         } catch {
-            var e = error
-            if e.errno == .invalidArgument {
-                e.detail = "every mapping must be a file mapping (IOMMU_IOAS_MAP_FILE) to change process"
+            throw error.explained {
+                $0.errno == .invalidArgument ? "every mapping must be a file mapping (IOMMU_IOAS_MAP_FILE) to change process" : nil
             }
-            throw e
         }
     }
 }

@@ -187,13 +187,40 @@ import Musl
 #endif
 
 extension MappingTable {
-    /// A short unmap of exactly a safe mapping's range.
-    static func shortUnmap(_ operation: VFIOError.Operation, _ object: String, iova: UInt64, length: UInt64, done: UInt64) -> VFIOError {
+    /// A short unmap: asked for `length` bytes at `iova`, the kernel unmapped
+    /// `done`. By default of exactly a safe mapping's range; a raw unmap says
+    /// what the amount means for it (`meaning`) and its own fix.
+    static func shortUnmap(
+        _ operation: VFIOError.Operation, _ object: String, iova: UInt64, length: UInt64, done: UInt64,
+        meaning: String = "the mapping was not there as mapped: something else unmapped or changed the range",
+        fix: String = "unmap safe mappings only through their DMAMapping; once whatever holds the range is gone, unmap "
+            + "it with a raw unmap (IOAS.unmap(iova:length:), VFIOContainer.unmapDMA(iova:length:)) or unmapAll()"
+    ) -> VFIOError {
         VFIOError(operation: operation, object: object,
                   detail: "short unmap: asked for \(length) bytes at IOVA 0x\(String(iova, radix: 16)), the kernel unmapped "
-                      + "\(done) (the mapping was not there as mapped: something else unmapped or changed the range)",
-                  remedies: [.advice("unmap safe mappings only through their DMAMapping; once whatever holds the range is gone, unmap "
-                      + "it with a raw unmap (IOAS.unmap(iova:length:), VFIOContainer.unmapDMA(iova:length:)) or unmapAll()")])
+                      + "\(done) (\(meaning))",
+                  remedies: [.advice(fix)])
+    }
+
+    /// Unmaps a safe mapping's range once: runs `unmap` (the raw unmap of
+    /// `[iova, iova + length)`) unless an unmap of `slot` already began, and
+    /// throws when it unmapped less than `length`. False when it did not run.
+    @inline(__always)
+    func unmapOnce(_ slot: Int32, iova: UInt64, length: UInt64, _ operation: VFIOError.Operation,
+                   object: @autoclosure () -> String, _ unmap: () throws(VFIOError) -> UInt64) throws(VFIOError) -> Bool {
+        guard beginUnmap(slot) else { return false }
+        let done: UInt64
+        do throws(VFIOError) {
+            done = try unmap()
+        } catch {
+            finishUnmap(slot)
+            throw error
+        }
+        finishUnmap(slot)
+        if done != length {
+            throw MappingTable.shortUnmap(operation, object(), iova: iova, length: length, done: done)
+        }
+        return true
     }
 
     /// After an unmap-all failed: finds out which live mappings it took.
@@ -229,5 +256,23 @@ extension MappingTable {
             + "one by one: \(gone) of \(live.count) are unmapped now (those mappings have nothing left to unmap), "
             + "\(live.count - gone) still mapped (they stay with their DMAMapping)"
         return e
+    }
+}
+
+extension MappingTable {
+    /// Refuses a raw unmap of `[iova, iova + length)` (the kernel is not asked)
+    /// when the range holds mappings that ``DMAMapping`` values own: their owners
+    /// would unmap the same IOVAs again later.
+    func refuseRawUnmapOfOwned(iova: UInt64, length: UInt64, _ operation: VFIOError.Operation, object: String)
+        throws(VFIOError)
+    {
+        let owned = ownedOverlapping(iova: iova, length: length)
+        guard owned > 0 else { return }
+        throw VFIOError.invalid(
+            operation,
+            "IOVA 0x\(String(iova, radix: 16)) length \(length) holds \(owned) mapping\(owned == 1 ? "" : "s") owned by "
+                + "DMAMapping values (the kernel was not asked): unmapped here, their owners would later unmap the "
+                + "same IOVAs again, which may by then belong to a newer mapping", object: object,
+            remedies: [.advice("unmap those with DMAMapping.unmap() or drop them; unmapAll() unmaps everything and leaves them inert")])
     }
 }

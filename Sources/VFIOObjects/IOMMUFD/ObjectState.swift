@@ -28,21 +28,7 @@ final class ObjectGate: Sendable {
 
     /// Enters shared use; false when the object is dead.
     @inline(__always)
-    func enterShared() -> Bool {
-        var v = word.load(ordering: .relaxed)
-        var spins = 0
-        while true {
-            if v & ObjectGate.dead != 0 { return false }
-            if v & ObjectGate.exclusive != 0 {
-                pause(&spins)
-                v = word.load(ordering: .relaxed)
-                continue
-            }
-            let (done, now) = word.compareExchange(expected: v, desired: v + 1, ordering: .acquiring)
-            if done { return true }
-            v = now
-        }
-    }
+    func enterShared() -> Bool { claim(exclusive: false) }
 
     @inline(__always)
     func leaveShared() {
@@ -52,6 +38,16 @@ final class ObjectGate: Sendable {
     /// Waits for the shared users to leave and keeps new ones out; false when
     /// the object is dead (then nothing is held).
     func enterExclusive() -> Bool {
+        guard claim(exclusive: true) else { return false }
+        var spins = 0
+        while word.load(ordering: .acquiring) & ObjectGate.users != 0 { pause(&spins) }
+        return true
+    }
+
+    /// Waits out an exclusive holder, then counts one more shared user or sets
+    /// the exclusive bit; false (and nothing claimed) when the object is dead.
+    @inline(__always)
+    private func claim(exclusive: Bool) -> Bool {
         var v = word.load(ordering: .relaxed)
         var spins = 0
         while true {
@@ -61,13 +57,11 @@ final class ObjectGate: Sendable {
                 v = word.load(ordering: .relaxed)
                 continue
             }
-            let (done, now) = word.compareExchange(expected: v, desired: v | ObjectGate.exclusive, ordering: .acquiring)
-            if done { break }
+            let desired = exclusive ? v | ObjectGate.exclusive : v + 1
+            let (done, now) = word.compareExchange(expected: v, desired: desired, ordering: .acquiring)
+            if done { return true }
             v = now
         }
-        spins = 0
-        while word.load(ordering: .acquiring) & ObjectGate.users != 0 { pause(&spins) }
-        return true
     }
 
     /// Ends exclusive use; with `dead` the object is gone for good.
@@ -141,6 +135,22 @@ final class IOMMUObjectState: Sendable {
         return try body(id)
     }
 
+    /// Issues `request` on `ctx` with this object's live id written to `arg[keyPath: id]`
+    /// (a "destroyed" error, and no ioctl, once the object is gone). When the
+    /// ioctl fails, `explain` may give the error's detail: what the errno means
+    /// for this request; nil keeps the detail as it is.
+    func ioctl<A>(_ request: Request, on ctx: IOMMUFD, _ arg: inout A, id: WritableKeyPath<A, UInt32>,
+                  object: @autoclosure () -> String, explain: (VFIOError) -> String? = { _ in nil }) throws(VFIOError) {
+        do throws(VFIOError) {
+            try withID(.ioctl(request)) { (liveID) throws(VFIOError) in
+                arg[keyPath: id] = liveID
+                try ctx.ioctl(request, &arg, object: object())
+            }
+        } catch {
+            throw error.explained(explain)
+        }
+    }
+
     /// Throws the "destroyed" error if the object is gone (for operations on
     /// the object's own fd, which do not name the id).
     func requireLive(_ operation: @autoclosure () -> VFIOError.Operation) throws(VFIOError) {
@@ -205,5 +215,15 @@ extension IOMMUAttachTarget {
     /// selftest commands).
     package func withLiveObjectID<R>(_ operation: VFIOError.Operation, _ body: (UInt32) throws(VFIOError) -> R) throws(VFIOError) -> R {
         try IOMMUObjects.withID(of: self, fallback: objectID, operation, body)
+    }
+}
+
+extension VFIOError {
+    /// This error with `detail`'s answer as its detail when it gives one (what
+    /// the errno means for the request that failed); unchanged otherwise.
+    func explained(_ detail: (VFIOError) -> String?) -> VFIOError {
+        var e = self
+        if let d = detail(e) { e.detail = d }
+        return e
     }
 }

@@ -126,18 +126,11 @@ public final class VDevice: Sendable, IOMMUObjectOwner {
         var arg = iommu_vdevice_alloc.make()
         arg.dev_id = deviceID
         arg.virt_id = virtualID
-        do throws(VFIOError) {
-            try viommu.state.withID(.ioctl(.iommuVDeviceAlloc)) { (id) throws(VFIOError) in
-                arg.viommu_id = id
-                try viommu.iommufd.ioctl(.iommuVDeviceAlloc, &arg, object: "\(viommu.label) device \(deviceID)")
-            }
-        } catch {
-            var e = error
-            if e.errno == .fileExists {
-                e.detail = "device \(deviceID) already has a vDEVICE, or virtual id 0x\(String(virtualID, radix: 16)) "
+        try viommu.state.ioctl(.iommuVDeviceAlloc, on: viommu.iommufd, &arg, id: \.viommu_id,
+                               object: "\(viommu.label) device \(deviceID)") { e in
+            e.errno != .fileExists ? nil
+                : "device \(deviceID) already has a vDEVICE, or virtual id 0x\(String(virtualID, radix: 16)) "
                     + "is taken in \(viommu.label)"
-            }
-            throw e
         }
         objectID = arg.out_vdevice_id
         self.viommu = viommu
@@ -198,16 +191,12 @@ public final class VEventQueue: Sendable, IOMMUObjectOwner {
         var arg = iommu_veventq_alloc.make()
         arg.type = type
         arg.veventq_depth = depth
-        do throws(VFIOError) {
-            try viommu.state.withID(.ioctl(.iommuVEventQAlloc)) { (id) throws(VFIOError) in
-                arg.viommu_id = id
-                try viommu.iommufd.ioctl(.iommuVEventQAlloc, &arg, object: viommu.label)
+        try viommu.state.ioctl(.iommuVEventQAlloc, on: viommu.iommufd, &arg, id: \.viommu_id, object: viommu.label) { e in
+            switch e.errno {
+            case .fileExists?: "\(viommu.label) already has a vEVENTQ of this type"
+            case .invalidArgument?: "depth \(depth) must be 1 ... 2^19"
+            default: nil
             }
-        } catch {
-            var e = error
-            if e.errno == .fileExists { e.detail = "\(viommu.label) already has a vEVENTQ of this type" }
-            if e.errno == .invalidArgument { e.detail = "depth \(depth) must be 1 ... 2^19" }
-            throw e
         }
         objectID = arg.out_veventq_id
         fd = OwnedFD(Int32(bitPattern: arg.out_veventq_fd), label: "vEVENTQ \(arg.out_veventq_id)",
@@ -332,17 +321,9 @@ public final class HWQueue: Sendable, IOMMUObjectOwner {
         arg.index = index
         arg.nesting_parent_iova = iova.rawValue
         arg.length = length
-        do throws(VFIOError) {
-            try viommu.state.withID(.ioctl(.iommuHWQueueAlloc)) { (id) throws(VFIOError) in
-                arg.viommu_id = id
-                try viommu.iommufd.ioctl(.iommuHWQueueAlloc, &arg, object: "\(viommu.label) queue \(index)")
-            }
-        } catch {
-            var e = error
-            if e.errno == .noSuchFileOrDirectory {
-                e.detail = "IOVA \(iova) length \(length) is not mapped in the parent's IOAS"
-            }
-            throw e
+        try viommu.state.ioctl(.iommuHWQueueAlloc, on: viommu.iommufd, &arg, id: \.viommu_id,
+                               object: "\(viommu.label) queue \(index)") { e in
+            e.errno == .noSuchFileOrDirectory ? "IOVA \(iova) length \(length) is not mapped in the parent's IOAS" : nil
         }
         objectID = arg.out_hw_queue_id
         self.viommu = viommu

@@ -78,30 +78,28 @@ extension VFIODevice {
 
     /// Issues a feature whose ioctl result is a value (a new fd for DMA_BUF).
     func featureReturningValue(flags: UInt32, payload: [UInt8]) throws(VFIOError) -> Int32 {
-        let headerSize = MemoryLayout<vfio_device_feature>.size
-        var header = vfio_device_feature.make()
-        header.argsz = UInt32(headerSize + payload.count)
-        header.flags = flags
-        var buffer = KernelBytes(header, count: Int(header.argsz))
-        let name = featureName(flags & VFIO_DEVICE_FEATURE_MASK)
-        return try buffer.withUnsafeMutableRawPointer { (p) throws(VFIOError) in
-            for (i, b) in payload.enumerated() { p.storeBytes(of: b, toByteOffset: headerSize + i, as: UInt8.self) }
-            return try fd.ioctl(.vfioDeviceFeature, p, object: "\(label) get \(name)")
-        }
+        try issueFeature(flags: flags, payload: payload, object: "get").result
     }
 
     func runFeature(flags: UInt32, payload: [UInt8], object what: String) throws(VFIOError) -> [UInt8] {
+        try issueFeature(flags: flags, payload: payload, object: what).payload
+    }
+
+    /// `VFIO_DEVICE_FEATURE` with a header and `payload`: the ioctl's result and
+    /// the payload as the kernel left it.
+    private func issueFeature(flags: UInt32, payload: [UInt8], object what: String)
+        throws(VFIOError) -> (result: Int32, payload: [UInt8]) {
         let headerSize = MemoryLayout<vfio_device_feature>.size
         var header = vfio_device_feature.make()
         header.argsz = UInt32(headerSize + payload.count)
         header.flags = flags
         var buffer = KernelBytes(header, count: Int(header.argsz))
         let name = featureName(flags & VFIO_DEVICE_FEATURE_MASK)
-        _ = try buffer.withUnsafeMutableRawPointer { (p) throws(VFIOError) in
+        let result = try buffer.withUnsafeMutableRawPointer { (p) throws(VFIOError) in
             for (i, b) in payload.enumerated() { p.storeBytes(of: b, toByteOffset: headerSize + i, as: UInt8.self) }
             return try fd.ioctl(.vfioDeviceFeature, p, object: "\(label) \(what) \(name)")
         }
-        return buffer.bytes(at: headerSize, length: payload.count) ?? []
+        return (result, buffer.bytes(at: headerSize, length: payload.count) ?? [])
     }
 
     func featureName(_ id: UInt32) -> String {

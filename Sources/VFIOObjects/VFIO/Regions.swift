@@ -146,21 +146,28 @@ extension VFIODevice {
     /// Reads `buffer.count` bytes at `offset` within a region, through the
     /// device fd (works for every readable region, mappable or not).
     public func read(region: VFIORegionInfo, at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(VFIOError) {
-        try checkAccess(region, offset, buffer.count, write: false)
-        let n = try fd.pread(buffer, at: try filePosition(region, offset, .syscall(.pread)),
-                              object: "\(label) region \(region.index) + 0x\(String(offset, radix: 16))")
-        if n != buffer.count {
-            throw VFIOError.invalid(.syscall(.pread), "short read: \(n) of \(buffer.count) bytes", object: "\(label) region \(region.index)")
+        try transfer(region, offset, buffer.count, write: false) { (position, object) throws(VFIOError) in
+            try fd.pread(buffer, at: position, object: object())
         }
     }
 
     /// Writes `bytes` at `offset` within a region, through the device fd.
     public func write(region: VFIORegionInfo, at offset: UInt64, _ bytes: UnsafeRawBufferPointer) throws(VFIOError) {
-        try checkAccess(region, offset, bytes.count, write: true)
-        let n = try fd.pwrite(bytes, at: try filePosition(region, offset, .syscall(.pwrite)),
-                               object: "\(label) region \(region.index) + 0x\(String(offset, radix: 16))")
-        if n != bytes.count {
-            throw VFIOError.invalid(.syscall(.pwrite), "short write: \(n) of \(bytes.count) bytes", object: "\(label) region \(region.index)")
+        try transfer(region, offset, bytes.count, write: true) { (position, object) throws(VFIOError) in
+            try fd.pwrite(bytes, at: position, object: object())
+        }
+    }
+
+    /// Checks an access of `count` bytes at `offset` in `region`, has `io` (a
+    /// pread or pwrite at the file position, given the object to name in errors) move them, and
+    /// throws when it moved fewer.
+    private func transfer(_ region: VFIORegionInfo, _ offset: UInt64, _ count: Int, write: Bool,
+                          _ io: (_ position: Int64, _ object: () -> String) throws(VFIOError) -> Int) throws(VFIOError) {
+        let op: VFIOError.Operation = write ? .syscall(.pwrite) : .syscall(.pread)
+        try checkAccess(region, offset, count, write: write)
+        let n = try io(try filePosition(region, offset, op)) { "\(label) region \(region.index) + 0x\(String(offset, radix: 16))" }
+        if n != count {
+            throw VFIOError.invalid(op, "short \(write ? "write" : "read"): \(n) of \(count) bytes", object: "\(label) region \(region.index)")
         }
     }
 

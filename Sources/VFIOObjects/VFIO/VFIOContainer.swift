@@ -161,22 +161,12 @@ public final class VFIOContainer: Sendable {
     @discardableResult
     public func unmapDMA(iova at: IOVA, length: UInt64) throws(VFIOError) -> UInt64 {
         let iova = at.rawValue
-        let owned = mappings.ownedOverlapping(iova: iova, length: length)
-        if owned > 0 {
-            throw VFIOError.invalid(
-                .ioctl(.vfioIOMMUUnmapDMA),
-                "IOVA 0x\(String(iova, radix: 16)) length \(length) holds \(owned) mapping\(owned == 1 ? "" : "s") owned by "
-                    + "DMAMapping values (the kernel was not asked): unmapped here, their owners would later unmap the "
-                    + "same IOVAs again, which may by then belong to a newer mapping", object: label,
-                remedies: [.advice("unmap those with DMAMapping.unmap() or drop them; unmapAll() unmaps everything and leaves them inert")])
-        }
+        try mappings.refuseRawUnmapOfOwned(iova: iova, length: length, .ioctl(.vfioIOMMUUnmapDMA), object: label)
         let done = try unmapRange(iova: iova, length: length)
         if done != length {
-            throw VFIOError(
-                operation: .ioctl(.vfioIOMMUUnmapDMA), object: label,
-                detail: "short unmap: asked for \(length) bytes at IOVA 0x\(String(iova, radix: 16)), the kernel unmapped "
-                    + "\(done) (0: nothing was mapped there; more or less: the range does not match the mappings)",
-                remedies: [.advice("unmap exactly the ranges that were mapped")])
+            throw MappingTable.shortUnmap(.ioctl(.vfioIOMMUUnmapDMA), label, iova: iova, length: length, done: done,
+                                          meaning: "0: nothing was mapped there; more or less: the range does not match the mappings",
+                                          fix: "unmap exactly the ranges that were mapped")
         }
         return done
     }
@@ -198,17 +188,8 @@ public final class VFIOContainer: Sendable {
     package func unmapOwned(iova: UInt64, length: UInt64, slot: Int32) throws(VFIOError) {
         guard gate.enterShared() else { preconditionFailure("a container's gate is never closed") }
         defer { gate.leaveShared() }
-        guard mappings.beginUnmap(slot) else { return }
-        let done: UInt64
-        do throws(VFIOError) {
-            done = try unmapRange(iova: iova, length: length)
-        } catch {
-            mappings.finishUnmap(slot)
-            throw error
-        }
-        mappings.finishUnmap(slot)
-        if done != length {
-            throw MappingTable.shortUnmap(.ioctl(.vfioIOMMUUnmapDMA), label, iova: iova, length: length, done: done)
+        _ = try mappings.unmapOnce(slot, iova: iova, length: length, .ioctl(.vfioIOMMUUnmapDMA), object: label) {
+            () throws(VFIOError) in try unmapRange(iova: iova, length: length)
         }
     }
 

@@ -110,11 +110,8 @@ struct NVMeToolGuestTests {
         try Tool.bind(bdf)
         var restored = false
         defer { if !restored { try? Tool.restore(bdf) } }
-        var pid: pid_t = 0
         let exe = Tool.directory + "/vfio-nvme"
         let args: [String] = [exe, "perf", bdf, "--qd", "8", "--time", "60s", "--json"]
-        let argv: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) } + [nil]
-        defer { for p in argv { free(p) } }
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
@@ -122,14 +119,8 @@ struct NVMeToolGuestTests {
         defer { unlink(out) }
         posix_spawn_file_actions_addopen(&actions, 1, out, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
         // A child inherits the signal mask: start it with nothing blocked, as a shell would.
-        var attr = posix_spawnattr_t()
-        posix_spawnattr_init(&attr)
-        defer { posix_spawnattr_destroy(&attr) }
-        var none = sigset_t()
-        sigemptyset(&none)
-        posix_spawnattr_setsigmask(&attr, &none)
-        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK))
-        try #require(posix_spawn(&pid, exe, &actions, &attr, argv, environ) == 0)
+        let (rc, pid) = spawnWithNoSignalsBlocked(exe, args, &actions)
+        try #require(rc == 0)
         // Once the controller is up (the perf loop runs), interrupt.
         usleep(3_000_000)
         kill(pid, SIGINT)
