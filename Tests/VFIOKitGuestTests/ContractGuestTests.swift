@@ -271,4 +271,130 @@ struct ContractGuestTests {
             withExtendedLifetime(dev) {}
         }
     }
+
+    // MARK: the edu device: the type1 container, the group, the cdev
+
+    // container.c vfio_fops_unl_ioctl(): before VFIO_SET_IOMMU every other
+    // ioctl is EINVAL. group.c vfio_group_fops_open(): a group opens once
+    // (EBUSY). vfio_iommu_type1.c vfio_dma_do_unmap(): the size unmapped is
+    // returned, and VFIO_DMA_UNMAP_FLAG_ALL unmaps the whole of it.
+    @Test func type1ContainerBeforeSetIOMMUGroupOpenedTwiceAndExactUnmaps() throws {
+        let bdf = try Guest.requireEdu()
+        try Guest.bindToVFIO(bdf)
+        defer { #expect(throws: Never.self, "put the device back") { try Guest.unbind(bdf) } }
+        let fdsBefore = Guest.openFDCount()
+        do {
+            let address = try PCIAddress(parsing: bdf)
+            let container = try VFIOContainer(backend: .legacy)
+            Self.expectFailure(.ioctl(.vfioIOMMUGetInfo), .invalidArgument, naming: ["VFIO_SET_IOMMU"]) {
+                _ = try container.info()
+            }
+            let buf = try DMABuffer(length: 0x10000)
+            let p = UnsafeRawPointer(buf.baseAddress)
+            Self.expectFailure(.ioctl(.vfioIOMMUMapDMA), .invalidArgument, naming: ["VFIO_SET_IOMMU"]) {
+                try container.unsafeMapDMA(address: p, length: 4096, at: 0x100000)
+            }
+            let group = try VFIOGroup(of: address)
+            let number = try #require(Guest.iommuGroup(of: bdf).flatMap { Int($0) })
+            Self.expectFailure(.syscall(.open), .resourceBusy, naming: ["/dev/vfio/\(number)", "held by another process or fd"]) {
+                _ = try VFIOGroup(number: number)
+            }
+            try group.setContainer(container)
+            try container.setIOMMU(.type1v2)
+            try container.unsafeMapDMA(address: p, length: 0x4000, at: 0x100000)
+            try container.unsafeMapDMA(address: p, length: 0x10000, at: 0x200000)
+            try container.unsafeMapDMA(address: p, length: 0x2000, at: 0x300000)
+            try container.unsafeMapDMA(address: p, length: 0x1000, at: 0x400000)
+            #expect(try container.unmapDMA(iova: 0x100000, length: 0x4000) == 0x4000)
+            #expect(try container.unmapDMA(iova: 0x200000, length: 0x10000) == 0x10000)
+            #expect(try container.unmapAll() == 0x3000)
+            #expect(try container.unmapAll() == 0)
+            try group.unsetContainer()
+            withExtendedLifetime(buf) {}
+        }
+        #expect(MockIOMMU.fdCountSettles(at: fdsBefore), "fds leaked or closed twice")
+    }
+
+    // vfio_main.c vfio_device_fops_unl_ioctl(): a cdev fd does nothing before
+    // its bind (EINVAL). device_cdev.c: one fd binds once (refused before the
+    // kernel is asked), and vfio_df_open() refuses a second cdev fd's bind
+    // (EINVAL). device.c iommufd_device_attach(): a pt_id that is no IOAS or
+    // HWPT is ENOENT.
+    @Test func cdevInfoBeforeBindSecondBindAndABogusPtID() throws {
+        let bdf = try Guest.requireEdu()
+        try Guest.bindToVFIO(bdf)
+        defer { #expect(throws: Never.self, "put the device back") { try Guest.unbind(bdf) } }
+        let fdsBefore = Guest.openFDCount()
+        do {
+            let path = try VFIODevice.cdevPath(of: try PCIAddress(parsing: bdf))
+            let device = try VFIODevice.open(cdev: path)
+            Self.expectFailure(.ioctl(.vfioDeviceGetInfo), .invalidArgument, naming: [path, "bind"]) {
+                _ = try device.info()
+            }
+            let ctx = try IOMMUFD()
+            try device.bind(to: ctx)
+            Self.expectFailure(.ioctl(.vfioDeviceBindIOMMUFD), nil, naming: [path, "already bound"]) {
+                try device.bind(to: ctx)
+            }
+            let other = try VFIODevice.open(cdev: path)
+            Self.expectFailure(.ioctl(.vfioDeviceBindIOMMUFD), .invalidArgument, naming: [path, "already bound through another fd"]) {
+                try other.bind(to: ctx)
+            }
+            try other.close()
+            // A bogus pt_id never reaches the attach: an IOAS owner of an id checks it exists.
+            Self.expectFailure(.ioctl(.iommuIOASIOVARanges), .noSuchFileOrDirectory, naming: ["has no IOAS with id 2989"]) {
+                _ = try IOAS(existing: 2989, in: ctx)
+            }
+            // Nor does a destroyed one (its id may be reused by then).
+            let gone = try IOAS(ctx)
+            try gone.destroy()
+            Self.expectFailure(.ioctl(.vfioDeviceAttachIOMMUFDPT), nil, naming: ["IOAS \(gone.objectID) was destroyed"]) {
+                _ = try device.attach(to: gone)
+            }
+            #expect(try device.info().regionCount > 0)
+            try device.close()
+            try ctx.close()
+        }
+        #expect(MockIOMMU.fdCountSettles(at: fdsBefore), "fds leaked or closed twice")
+    }
+
+    // vfio_pci_core.c vfio_pci_core_mmap(): only BARs mmap; config space has no
+    // VFIO_REGION_INFO_FLAG_MMAP and VFIOKit refuses its mmap before the kernel is asked.
+    // pages.c pfn_reader_user_pin(): a BAR's mmap (VM_PFNMAP) cannot be pinned,
+    // so mapping it into an IOAS fails EFAULT; the error points to a dma-buf.
+    @Test func configSpaceNeverMmapsAndABARMmapIsRefusedByIOMMUFD() throws {
+        let bdf = try Guest.requireEdu()
+        try Guest.bindToVFIO(bdf)
+        defer { #expect(throws: Never.self, "put the device back") { try Guest.unbind(bdf) } }
+        let fdsBefore = Guest.openFDCount()
+        do {
+            let device = try VFIODevice.open(cdev: try VFIODevice.cdevPath(of: try PCIAddress(parsing: bdf)))
+            let ctx = try IOMMUFD()
+            try device.bind(to: ctx)
+            let ioas = try IOAS(ctx)
+            try device.attach(to: ioas)
+            let config = try device.regionInfo(PCIRegion.config)
+            #expect(!config.isMappable)
+            Self.expectFailure(.syscall(.mmap), nil, naming: ["region \(PCIRegion.config) cannot be mmapped"]) {
+                _ = try device.map(region: config)
+            }
+            let bar0 = try device.map(region: try device.regionInfo(PCIRegion.bar(0)))
+            Self.expectFailure(.ioctl(.iommuIOASMap), .badAddress, naming: ["BAR", "dma-buf"]) {
+                _ = try ioas.unsafeMap(address: UnsafeRawPointer(bar0.base), length: bar0.length, at: IOVA(0x100000))
+            }
+            #expect(try ioas.unmapAll() == 0)
+            // The hint, followed: a dma-buf of the BAR maps.
+            let dmabuf = try device.exportDMABuf(region: PCIRegion.bar(0), ranges: [(0, UInt64(bar0.length))])
+            let iova = try dmabuf.withDescriptor(.ioctl(.iommuIOASMapFile)) { (fd) throws(VFIOError) in
+                try ioas.unsafeMapFile(fd: fd, offset: 0, length: UInt64(bar0.length), at: IOVA(0x100000))
+            }
+            #expect(iova == IOVA(0x100000))
+            #expect(try ioas.unmap(iova: iova, length: UInt64(bar0.length)) == UInt64(bar0.length))
+            try dmabuf.close()
+            try bar0.unmap()
+            try device.close()
+            try ctx.close()
+        }
+        #expect(MockIOMMU.fdCountSettles(at: fdsBefore), "fds leaked or closed twice")
+    }
 }

@@ -239,8 +239,10 @@ public final class IOAS: IOMMUAttachTarget, IOMMUObjectOwner {
         case .noSpace?:
             e.detail = "no free IOVA range of \(length) bytes in the allowed ranges"
         case .badAddress?:
-            e.detail = "\(length) bytes \(at): the memory is not mapped in this process (or not readable/writable "
-                + "as asked), so its pages cannot be pinned"
+            e.detail = "\(length) bytes \(at): the memory is not mapped in this process, not readable/writable as "
+                + "asked, or device memory (a BAR's mmap: iommufd pins ordinary pages only), so its pages cannot be pinned"
+            e.remedies = [.advice("for a BAR, map a dma-buf of it instead: VFIODevice.exportDMABuf(region:ranges:), "
+                + "then IOAS.unsafeMapFile(fd:offset:length:at:) with its fd")]
         default: break
         }
         return e
