@@ -238,6 +238,11 @@ public final class IOAS: IOMMUAttachTarget, IOMMUObjectOwner {
             e.detail = "\(length) bytes \(at) run past the end of the 64-bit IOVA space"
         case .noSpace?:
             e.detail = "no free IOVA range of \(length) bytes in the allowed ranges"
+        case .badAddress?:
+            e.detail = "\(length) bytes \(at): the memory is not mapped in this process, not readable/writable as "
+                + "asked, or device memory (a BAR's mmap: iommufd pins ordinary pages only), so its pages cannot be pinned"
+            e.remedies = [.advice("for a BAR, map a dma-buf of it instead: VFIODevice.exportDMABuf(region:ranges:), "
+                + "then IOAS.unsafeMapFile(fd:offset:length:at:) with its fd")]
         default: break
         }
         return e
@@ -329,6 +334,10 @@ public final class IOAS: IOMMUAttachTarget, IOMMUObjectOwner {
                     + "splits a mapping (only whole mappings can be unmapped)"
             } else if e.errno == .resourceBusy {
                 e.detail = "the range is pinned by an access or a HW queue (e.g. a vIOMMU command queue)"
+            } else if e.errno == .overflow {
+                e.detail = "IOVA 0x\(String(iova, radix: 16)) length \(length) runs past the end of the 64-bit IOVA space"
+            } else if e.errno == .invalidArgument {
+                e.detail = "IOVA 0x\(String(iova, radix: 16)) length \(length): an unmap needs a non-zero length"
             }
             throw e
         }

@@ -86,7 +86,12 @@ extension VFIODevice {
     /// Flags, region and IRQ counts and capabilities. The corresponding ioctl
     /// is `VFIO_DEVICE_GET_INFO`.
     public func info() throws(VFIOError) -> VFIODeviceInfo {
-        let bytes = try fd.growingIoctl(.vfioDeviceGetInfo, vfio_device_info.make(), object: label)
+        let bytes: KernelBytes<vfio_device_info>
+        do throws(VFIOError) {
+            bytes = try fd.growingIoctl(.vfioDeviceGetInfo, vfio_device_info.make(), object: label)
+        } catch {
+            throw explainUnbound(error)
+        }
         let h = bytes.header
         let caps = h.flags & VFIO_DEVICE_FLAGS_CAPS != 0 ? bytes.capabilities(from: h.cap_offset) : []
         var atomic: UInt32?
@@ -103,8 +108,12 @@ extension VFIODevice {
     public func regionInfo(_ index: UInt32) throws(VFIOError) -> VFIORegionInfo {
         var header = vfio_region_info.make()
         header.index = index
-        let bytes = try fd.growingIoctl(.vfioDeviceGetRegionInfo, header, object: "\(label) region \(index)")
-        return VFIORegionInfo(parsing: bytes)
+        do throws(VFIOError) {
+            return VFIORegionInfo(parsing: try fd.growingIoctl(.vfioDeviceGetRegionInfo, header,
+                                                               object: "\(label) region \(index)"))
+        } catch {
+            throw explainUnbound(error)
+        }
     }
 }
 

@@ -185,6 +185,16 @@ public final class VFIODevice: Sendable {
         _ = binding.withLock { $0.pasids.removeValue(forKey: pasid) }
     }
 
+    /// vfio_main.c answers every request on a cdev fd but the bind with EINVAL
+    /// until the bind: says so when this cdev is not bound.
+    func explainUnbound(_ error: VFIOError) -> VFIOError {
+        guard error.errno == .invalidArgument, case .cdev = path, binding.withLock({ $0.iommufd == nil }) else { return error }
+        var e = error
+        e.detail = "the cdev is not bound to an iommufd: a VFIO cdev answers no request before VFIO_DEVICE_BIND_IOMMUFD"
+        e.remedies = [.advice("bind the device first: bind(to:) an IOMMUFD")]
+        return e
+    }
+
     private func requireBound(to target: any IOMMUAttachTarget, _ op: VFIOError.Operation) throws(VFIOError) {
         guard let ctx = binding.withLock({ $0.iommufd }) else {
             throw VFIOError.invalid(op, "the device is not bound to an iommufd", object: label,
