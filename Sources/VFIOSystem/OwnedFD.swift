@@ -345,6 +345,7 @@ extension OwnedFD {
     {
         guard enter() else { throw closedError(.syscall(.pread)) }
         defer { leave() }
+        if isLinux { return try Sys.pread(Sys.linux, number, buffer, at: offset, object: object() ?? label) }
         return try Sys.pread(kernel, number, buffer, at: offset, object: object() ?? label)
     }
 
@@ -353,6 +354,7 @@ extension OwnedFD {
     {
         guard enter() else { throw closedError(.syscall(.pwrite)) }
         defer { leave() }
+        if isLinux { return try Sys.pwrite(Sys.linux, number, buffer, at: offset, object: object() ?? label) }
         return try Sys.pwrite(kernel, number, buffer, at: offset, object: object() ?? label)
     }
 

@@ -333,8 +333,68 @@ public enum Request: Sendable, Hashable, CaseIterable, CustomStringConvertible {
     /// The kernel's name (`IOMMU_IOAS_MAP`).
     public var name: String { entry.name }
     /// The request number the ioctl takes. Not unique across ``target``s.
+    /// A switch of its own (the same numbers as ``entry``'s): the ioctl path
+    /// reads only this, never building the table row and its name string.
     @inline(__always)
-    public var number: UInt { entry.number }
+    public var number: UInt {
+        switch self {
+        case .vfioGetAPIVersion: VFIO_GET_API_VERSION
+        case .vfioCheckExtension: VFIO_CHECK_EXTENSION
+        case .vfioSetIOMMU: VFIO_SET_IOMMU
+        case .vfioGroupGetStatus: VFIO_GROUP_GET_STATUS
+        case .vfioGroupSetContainer: VFIO_GROUP_SET_CONTAINER
+        case .vfioGroupUnsetContainer: VFIO_GROUP_UNSET_CONTAINER
+        case .vfioGroupGetDeviceFD: VFIO_GROUP_GET_DEVICE_FD
+        case .vfioDeviceGetInfo: VFIO_DEVICE_GET_INFO
+        case .vfioDeviceGetRegionInfo: VFIO_DEVICE_GET_REGION_INFO
+        case .vfioDeviceGetIRQInfo: VFIO_DEVICE_GET_IRQ_INFO
+        case .vfioDeviceSetIRQs: VFIO_DEVICE_SET_IRQS
+        case .vfioDeviceReset: VFIO_DEVICE_RESET
+        case .vfioDeviceGetPCIHotResetInfo: VFIO_DEVICE_GET_PCI_HOT_RESET_INFO
+        case .vfioDevicePCIHotReset: VFIO_DEVICE_PCI_HOT_RESET
+        case .vfioDeviceQueryGFXPlane: VFIO_DEVICE_QUERY_GFX_PLANE
+        case .vfioDeviceGetGFXDMABuf: VFIO_DEVICE_GET_GFX_DMABUF
+        case .vfioDeviceIOEventFD: VFIO_DEVICE_IOEVENTFD
+        case .vfioDeviceFeature: VFIO_DEVICE_FEATURE
+        case .vfioDeviceBindIOMMUFD: VFIO_DEVICE_BIND_IOMMUFD
+        case .vfioDeviceAttachIOMMUFDPT: VFIO_DEVICE_ATTACH_IOMMUFD_PT
+        case .vfioDeviceDetachIOMMUFDPT: VFIO_DEVICE_DETACH_IOMMUFD_PT
+        case .vfioMigGetPrecopyInfo: VFIO_MIG_GET_PRECOPY_INFO
+        case .vfioIOMMUGetInfo: VFIO_IOMMU_GET_INFO
+        case .vfioIOMMUMapDMA: VFIO_IOMMU_MAP_DMA
+        case .vfioIOMMUUnmapDMA: VFIO_IOMMU_UNMAP_DMA
+        case .vfioIOMMUEnable: VFIO_IOMMU_ENABLE
+        case .vfioIOMMUDisable: VFIO_IOMMU_DISABLE
+        case .vfioIOMMUDirtyPages: VFIO_IOMMU_DIRTY_PAGES
+        case .vfioIOMMUSPAPRTCEGetInfo: VFIO_IOMMU_SPAPR_TCE_GET_INFO
+        case .vfioEEHPEOp: VFIO_EEH_PE_OP
+        case .vfioIOMMUSPAPRRegisterMemory: VFIO_IOMMU_SPAPR_REGISTER_MEMORY
+        case .vfioIOMMUSPAPRUnregisterMemory: VFIO_IOMMU_SPAPR_UNREGISTER_MEMORY
+        case .vfioIOMMUSPAPRTCECreate: VFIO_IOMMU_SPAPR_TCE_CREATE
+        case .vfioIOMMUSPAPRTCERemove: VFIO_IOMMU_SPAPR_TCE_REMOVE
+        case .iommuDestroy: IOMMU_DESTROY
+        case .iommuIOASAlloc: IOMMU_IOAS_ALLOC
+        case .iommuIOASAllowIOVAs: IOMMU_IOAS_ALLOW_IOVAS
+        case .iommuIOASCopy: IOMMU_IOAS_COPY
+        case .iommuIOASIOVARanges: IOMMU_IOAS_IOVA_RANGES
+        case .iommuIOASMap: IOMMU_IOAS_MAP
+        case .iommuIOASUnmap: IOMMU_IOAS_UNMAP
+        case .iommuOption: IOMMU_OPTION
+        case .iommuVFIOIOAS: IOMMU_VFIO_IOAS
+        case .iommuHWPTAlloc: IOMMU_HWPT_ALLOC
+        case .iommuGetHWInfo: IOMMU_GET_HW_INFO
+        case .iommuHWPTSetDirtyTracking: IOMMU_HWPT_SET_DIRTY_TRACKING
+        case .iommuHWPTGetDirtyBitmap: IOMMU_HWPT_GET_DIRTY_BITMAP
+        case .iommuHWPTInvalidate: IOMMU_HWPT_INVALIDATE
+        case .iommuFaultQueueAlloc: IOMMU_FAULT_QUEUE_ALLOC
+        case .iommuIOASMapFile: IOMMU_IOAS_MAP_FILE
+        case .iommuVIOMMUAlloc: IOMMU_VIOMMU_ALLOC
+        case .iommuVDeviceAlloc: IOMMU_VDEVICE_ALLOC
+        case .iommuIOASChangeProcess: IOMMU_IOAS_CHANGE_PROCESS
+        case .iommuVEventQAlloc: IOMMU_VEVENTQ_ALLOC
+        case .iommuHWQueueAlloc: IOMMU_HW_QUEUE_ALLOC
+        }
+    }
     /// Its uapi: VFIO or iommufd.
     public var family: Family { entry.family }
     /// The kind of fd it is issued on.

@@ -140,6 +140,23 @@ package enum Sys {
         }
     }
 
+    /// pread on Linux itself, statically dispatched (an owned fd's hot path:
+    /// config space reads), with no existential copied on the way.
+    @inline(__always)
+    package static func pread(_ kernel: LinuxSyscalls, _ fd: Int32, _ buffer: UnsafeMutableRawBufferPointer,
+                              at offset: Int64, object: @autoclosure () -> String? = nil) throws(VFIOError) -> Int
+    {
+        try retrying(.pread, object: object()) { kernel.pread(fd, buffer, offset) }
+    }
+
+    /// pwrite on Linux itself, statically dispatched (see ``pread(_:_:_:at:object:)``).
+    @inline(__always)
+    package static func pwrite(_ kernel: LinuxSyscalls, _ fd: Int32, _ buffer: UnsafeRawBufferPointer,
+                               at offset: Int64, object: @autoclosure () -> String? = nil) throws(VFIOError) -> Int
+    {
+        try retrying(.pwrite, object: object()) { kernel.pwrite(fd, buffer, offset) }
+    }
+
     package static func pread(_ kernel: (any SyscallProvider)?, _ fd: Int32, _ buffer: UnsafeMutableRawBufferPointer,
                       at offset: Int64, object: @autoclosure () -> String? = nil) throws(VFIOError) -> Int
     {

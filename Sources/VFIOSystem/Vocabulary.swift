@@ -57,6 +57,15 @@ extension Duration {
     /// and anything beyond what an Int64 holds (292 years) as Int64.max.
     @inlinable
     package var kernelNanoseconds: Int64 {
+        // Fast path (timeouts from 0 to 18 s, the usual ones): the attoseconds
+        // fit a UInt64, so the rounding up is one 64-bit division by a
+        // constant (a multiply), not `components`' Int128 divisions.
+        let atto = attoseconds
+        if atto >= 0 && atto <= Int128(UInt64.max) {
+            let a = UInt64(truncatingIfNeeded: atto)
+            let (q, r) = a.quotientAndRemainder(dividingBy: 1_000_000_000)
+            return Int64(q) + (r == 0 ? 0 : 1)
+        }
         let c = components
         guard c.seconds >= 0 else { return 0 }
         let (whole, o1) = c.seconds.multipliedReportingOverflow(by: 1_000_000_000)
