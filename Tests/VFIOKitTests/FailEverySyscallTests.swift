@@ -216,7 +216,11 @@ import Glibc
         let inside = Mutex(false)
         k.onIoctl(IOMMU_IOAS_MAP) { _, a in
             inside.withLock { $0 = true }
-            usleep(5_000)  // the kernel taking its time; the unmap-all waits meanwhile
+            // The kernel taking its time until the unmap-all has backed off into a sleep (or 5 s):
+            // a fixed 5 ms let a loaded machine run the whole map before the unmap-all got a
+            // CPU, and the sweep then saw no nanosleep at all.
+            let deadline = ContinuousClock.now + .seconds(5)
+            while !k.kindsCalled.contains(.nanosleep) && ContinuousClock.now < deadline { usleep(200) }
             arg(a, iommu_ioas_map.self).pointee.iova = 0x10_0000
             return 0
         }
