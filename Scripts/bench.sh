@@ -35,8 +35,13 @@ while [ $# -gt 0 ]; do
     *) args+=("$1"); shift ;;
   esac
 done
-swift build -c release --product vfiokit-bench 2>&1 | grep -vE '^\[[0-9]+/[0-9]+\]|^Building|^Build complete|^Compiling|^Write' || true
-[ -x .build/release/vfiokit-bench ] || { echo "bench.sh: the release build of vfiokit-bench failed" >&2; exit 1; }
+# The build's own exit status decides (a failed build must not bench a stale binary).
+build_log=$(swift build -c release --product vfiokit-bench 2>&1) || {
+  printf '%s\n' "$build_log" | grep -vE '^\[[0-9]+/[0-9]+\]' >&2
+  echo "bench.sh: the release build of vfiokit-bench failed" >&2
+  exit 1
+}
+printf '%s\n' "$build_log" | grep -E 'warning:' >&2 || [ $? -eq 1 ]
 # valgrind 3.19 cannot read the DWARF 5 debug info swiftc writes ("debuginfo
 # reader: Possibly corrupted debuginfo file"): it counts a copy without it
 # (same code; the symbol table stays, so callgrind still names functions).
