@@ -9,17 +9,6 @@ import VFIOKitTestSupport
 import Glibc
 #endif
 
-/// Runs `body(i)` for i in 0..<n, each on a thread of its own, all at once (not on a
-/// pool, which may run them one after another), and returns when all have.
-private func onThreads(_ n: Int, _ body: @escaping @Sendable (Int) -> Void) {
-    let group = DispatchGroup()
-    for i in 0..<n {
-        group.enter()
-        Thread { body(i); group.leave() }.start()
-    }
-    group.wait()
-}
-
 /// What the threads of a test share.
 private final class Shared: Sendable {
     let failures = Mutex<[String]>([])
