@@ -4,9 +4,10 @@
 #      --sanitize=thread into .build/tsan (each build's exit status decides),
 #   2. the host unit tests (fake kernel) under each: every test of the bundle, guest
 #      suites skipping as they do in the plain host run,
-#   3. unless --host-only: one Intel VT-d guest boot running a representative set of
-#      guest suites (real iommufd, VFIO, DMA and interrupts) from the ASan build; the
-#      guest's root is the host's /, so it finds the toolchain's sanitizer runtime.
+#   3. unless --host-only: an Intel VT-d guest boot for each, running a representative
+#      set of guest suites (real iommufd, VFIO, DMA and interrupts, the many-thread
+#      IOAS tests) from the ASan and the TSan build; the guest's root is the host's /,
+#      so it finds the toolchain's sanitizer runtime.
 # A run fails when its exit status is not 0, when a test fails, when no test ran, or
 # when its output holds any sanitizer report (even one that did not change the status).
 # Prints one summary line per run (`sanitize-LABEL: N passed, N failed, N skipped`),
@@ -89,6 +90,22 @@ check() {  # LABEL LOG EVENTS RC [test-summary.py options...]
   echo "$line" | tee "$out/sanitize-$label.summary"
 }
 
+# One Intel guest boot running the guest suites of $guest_filter from BUILD's test bundle.
+guest_run() {  # LABEL BUILD ENV-ASSIGNMENT PARALLEL(--parallel|--no-parallel) [vm.sh options...]
+  local label=$1 build=$2 envopt=$3 parallel=$4 log="$out/$1.log" rc t=$SECONDS; shift 4
+  echo "== $label ($guest_filter)"
+  mkdir -p "$out/$label"
+  VFIOKIT_RESULTS="$out/$label" Scripts/vm.sh --iommu intel --timeout 1500 "$@" -- env \
+    "$envopt" SWIFT_BACKTRACE=enable=no sh -c \
+    'exec "$0" --testing-library swift-testing "$2" --filter "$1" --event-stream-output-path "$VFIOKIT_RESULTS_DIR/events.jsonl" --event-stream-version 0' \
+    ".build/$build/debug/VFIOKitPackageTests.xctest" "$guest_filter" "$parallel" > "$log" 2>&1
+  rc=$?
+  grep -E '✘|Test run with' "$log" | tail -n 15
+  echo "   ($((SECONDS - t)) s, exit status $rc)"
+  [ $rc -eq 0 ] || tail -n 30 "$log"
+  check "$label" "$log" "$out/$label/latest/results/events.jsonl" $rc --console "$out/$label/latest/console.log"
+}
+
 host_run() {  # LABEL BUILD ENV-ASSIGNMENT... [swift-testing args...]
   local label=$1 build=$2 rc t=$SECONDS opts=(); shift 2
   while [ $# -gt 0 ] && [[ $1 == *=* ]] && [[ $1 != -* ]]; do opts+=("$1"); shift; done
@@ -114,20 +131,7 @@ if build asan address; then
   host_run asan-host asan "ASAN_OPTIONS=$asan_common:detect_leaks=1" "LSAN_OPTIONS=suppressions=$supp/lsan.supp:print_suppressions=0" \
     --no-parallel --skip "$deliberate|$timing"
   host_run asan-host-deliberate-leaks asan "ASAN_OPTIONS=$asan_common:detect_leaks=0" --filter "$deliberate"
-  if ! $host_only; then
-    label=asan-guest-intel; log="$out/$label.log"; t=$SECONDS
-    echo "== $label ($guest_filter)"
-    mkdir -p "$out/$label"
-    VFIOKIT_RESULTS="$out/$label" Scripts/vm.sh --iommu intel --timeout 1500 -- env \
-      "ASAN_OPTIONS=$asan_common:detect_leaks=0" SWIFT_BACKTRACE=enable=no sh -c \
-      'exec "$0" --testing-library swift-testing --filter "$1" --event-stream-output-path "$VFIOKIT_RESULTS_DIR/events.jsonl" --event-stream-version 0' \
-      .build/asan/debug/VFIOKitPackageTests.xctest "$guest_filter" > "$log" 2>&1
-    rc=$?
-    grep -E '✘|Test run with' "$log" | tail -n 15
-    echo "   ($((SECONDS - t)) s, exit status $rc)"
-    [ $rc -eq 0 ] || tail -n 30 "$log"
-    check "$label" "$log" "$out/$label/latest/results/events.jsonl" $rc --console "$out/$label/latest/console.log"
-  fi
+  $host_only || guest_run asan-guest-intel asan "ASAN_OPTIONS=$asan_common:detect_leaks=0" --parallel
 else
   echo "sanitize-asan-build: 0 passed, 1 failed, 0 skipped" | tee "$out/sanitize-asan-build.summary"; status=1
 fi
@@ -138,6 +142,12 @@ if build tsan thread; then
   # 10 s, a wait thread not started in 5 s). Each test's own threads and tasks still race.
   host_run tsan-host tsan "TSAN_OPTIONS=halt_on_error=0:exitcode=66:suppressions=$supp/tsan.supp" \
     --no-parallel --skip "$timing|$tsan_only"
+  # In the guest: -cpu max, as the TSan runtime uses SSE4 (QEMU's default CPU model has
+  # none: SIGILL in VectorClock::Acquire); the guest kernel refuses MADV_DONTDUMP on the
+  # shadow, which TSan asks for by default.
+  $host_only || guest_run tsan-guest-intel tsan \
+    "TSAN_OPTIONS=halt_on_error=0:exitcode=66:use_madv_dontdump=0:suppressions=$supp/tsan.supp" --no-parallel \
+    --qemu-arg=-cpu --qemu-arg=max
 else
   echo "sanitize-tsan-build: 0 passed, 1 failed, 0 skipped" | tee "$out/sanitize-tsan-build.summary"; status=1
 fi

@@ -170,11 +170,47 @@ public enum Guest {
     /// Open fds of this process now (entries of /proc/self/fd, minus the one
     /// the listing itself uses).
     public static func openFDCount() -> Int {
+        _ = symbolizerStarted
         guard let d = opendir("/proc/self/fd") else { return -1 }
         var n = 0
         while readdir(d) != nil { n += 1 }
         closedir(d)
         return n - 3  // ".", "..", and the directory's own fd
+    }
+
+    /// A sanitizer runtime (TSan, ASan) starts llvm-symbolizer, with two pipes to it,
+    /// the first time it symbolizes a stack, and TSan symbolizes every race it then
+    /// suppresses (Scripts/sanitizers/tsan.supp): an fd-leak check whose baseline was
+    /// taken before would count those pipes as leaked. So the symbolizer is started
+    /// before the first count, through the runtime's `__sanitizer_symbolize_pc` (looked
+    /// up at run time: absent, as in a plain build, nothing happens).
+    private static let symbolizerStarted: Bool = {
+        typealias SymbolizePC = @convention(c) (UnsafeMutableRawPointer?, UnsafePointer<CChar>, UnsafeMutablePointer<CChar>, Int) -> Void
+        guard let symbol = dlsym(nil, "__sanitizer_symbolize_pc") else { return false }
+        // Safety: the sanitizer interface declares it so (sanitizer/common_interface_defs.h).
+        let symbolize = unsafeBitCast(symbol, to: SymbolizePC.self)
+        var out = [CChar](repeating: 0, count: 256)
+        symbolize(symbol, "%f", &out, out.count)
+        return true
+    }()
+
+    /// What each open fd of this process refers to (`/proc/self/fd/N` -> target),
+    /// "N:target" sorted, the directory's own fd left out: said in a failed fd-leak
+    /// check, so the message names the fd that was leaked or closed twice.
+    public static func openFDs() -> [String] {
+        guard let d = opendir("/proc/self/fd") else { return [] }
+        let own = dirfd(d)
+        var list: [String] = []
+        while let e = readdir(d) {
+            let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            guard let n = Int32(name), n != own else { continue }
+            var buf = [CChar](repeating: 0, count: 512)
+            let len = readlink("/proc/self/fd/\(name)", &buf, buf.count - 1)
+            let target = len > 0 ? String(decoding: buf[..<len].map { UInt8(bitPattern: $0) }, as: UTF8.self) : "?"
+            list.append("\(n):\(target)")
+        }
+        closedir(d)
+        return list.sorted()
     }
 }
 

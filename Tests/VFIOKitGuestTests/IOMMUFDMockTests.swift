@@ -23,13 +23,16 @@ struct IOMMUFDMockTests {}
 func withMockContext(_ body: (IOMMUFD) throws -> Void, sourceLocation: SourceLocation = #_sourceLocation) throws {
     try MockIOMMU.requireAvailable()
     let before = Guest.openFDCount()
+    let fdsBefore = Guest.openFDs()
     try {
         let ctx = try IOMMUFD()
         try body(ctx)
         #expect(MockIOMMU.leftoverObjects(ctx) == [], "objects left in the iommufd", sourceLocation: sourceLocation)
         try ctx.close()
     }()
-    #expect(MockIOMMU.fdCountSettles(at: before), "fds leaked or closed twice", sourceLocation: sourceLocation)
+    #expect(MockIOMMU.fdCountSettles(at: before),
+            "fds leaked or closed twice: now \(Guest.openFDs().filter { !fdsBefore.contains($0) }), gone \(fdsBefore.filter { !Guest.openFDs().contains($0) })",
+            sourceLocation: sourceLocation)
 }
 
 /// The error of `body`, which must fail with `errno`.
