@@ -53,6 +53,12 @@ func expectErrno(_ errno: Errno, sourceLocation: SourceLocation = #_sourceLocati
 
 let mockBase = MockIOMMU.apertureStart  // 0x100_0000
 
+/// How soon a cancel or a close must end a queue wait. A wait that missed its wake-up
+/// would sit until the test times out, so 1 s tells the two apart with room for a
+/// loaded machine: an ASan guest boot on a busy host once took 248 ms to cancel
+/// (the bound was 50 ms; QueueWaitTests uses the same 1 s on the host).
+let promptWait: Duration = .seconds(1)
+
 /// Failures collected from concurrent tasks.
 final class FailureLog: Sendable {
     private let list = Mutex<[String]>([])
@@ -808,7 +814,7 @@ extension IOMMUFDMockTests {
         }
 
         /// The async wait sits on the fault fd's readiness: cancelling it ends
-        /// it within 50 ms, the queue still delivers afterwards, and
+        /// it promptly (``promptWait``), the queue still delivers afterwards, and
         /// destroying the queue ends a wait in progress with "closed".
         @Test func faultQueueAsyncWaitCancelsPromptlyAndEndsOnDestroy() async throws {
             let ctx = try IOMMUFD()
@@ -826,7 +832,7 @@ extension IOMMUFDMockTests {
             cancelled.cancel()
             let result = await cancelled.result
             let latency = ContinuousClock.now - start
-            #expect(latency < .milliseconds(50), "cancel took \(latency)")
+            #expect(latency < promptWait, "cancel took \(latency)")
             guard case .failure(let error) = result else {
                 Issue.record("a cancelled next() returned \(result)")
                 return
@@ -850,7 +856,7 @@ extension IOMMUFDMockTests {
             let destroyStart = ContinuousClock.now
             try queue.destroy()
             let ended = await orphan.result
-            #expect(ContinuousClock.now - destroyStart < .milliseconds(50))
+            #expect(ContinuousClock.now - destroyStart < promptWait, "destroy ended the wait after \(ContinuousClock.now - destroyStart)")
             guard case .failure(let closed) = ended else {
                 Issue.record("next() returned after destroy: \(ended)")
                 return
@@ -948,7 +954,7 @@ extension IOMMUFDMockTests {
         }
 
         /// vEVENTQ from async code: an event raised while next() sits in poll
-        /// wakes it; a cancelled wait ends within 50 ms.
+        /// wakes it; a cancelled wait ends promptly (``promptWait``).
         @Test func vEventQueueFromAsyncCode() async throws {
             let ctx = try IOMMUFD()
             let ioas = try IOAS(ctx)
@@ -978,7 +984,7 @@ extension IOMMUFDMockTests {
             cancelled.cancel()
             let result = await cancelled.result
             let latency = ContinuousClock.now - start
-            #expect(latency < .milliseconds(50), "cancel took \(latency)")
+            #expect(latency < promptWait, "cancel took \(latency)")
             if case .failure(let error) = result {
                 #expect((error as? VFIOError)?.detail == "cancelled", "\(error)")
             } else {
