@@ -1,5 +1,6 @@
 import CVFIO
 import Foundation
+import SystemPackage
 import Testing
 import VFIOKit
 import VFIOKitTestSupport
@@ -164,6 +165,209 @@ struct MdevGuestTests {
                 try port.send(Array("mode".utf8))
                 #expect(try port.receive() == Array("mode".utf8))
                 try device.close()
+            }
+            #expect(Guest.openFDCount() == fds)
+        }
+    }
+
+    // MARK: migration
+
+    static let magic: UInt64 = 0x7e9d_0989_8c3e_2c4e  // MTTY_MAGIC, the first 8 bytes of mtty's stream
+
+    /// Two dual-port mttys: bytes and registers through the first's UARTs,
+    /// its state saved (PRE_COPY streams the header, STOP_COPY the ports, in
+    /// one session), resumed into the second, and read back there.
+    @Test func migrationMovesTheSerialStateFromOneMttyToAnother() throws {
+        try Self.withMdev { a in
+            try Self.withMdev { b in
+                try Self.withMdev("mtty-1") { c in
+                    let fds = Guest.openFDCount()
+                    do {
+                        let ctx = try IOMMUFD()
+                        let src = try VFIODevice.open(mdev: a.uuid), dst = try VFIODevice.open(mdev: b.uuid)
+                        let single = try VFIODevice.open(mdev: c.uuid)
+                        for d in [src, dst, single] { _ = try d.bind(to: ctx) }
+
+                        let a0 = try MttyPort(src, port: 0), a1 = try MttyPort(src, port: 1)
+                        try a0.set(MttyPort.fcr, 0x07)  // FIFO on, both cleared
+                        try a0.set(MttyPort.lcr, 0x03)  // 8N1
+                        try a0.set(MttyPort.scr, 0x5a)
+                        try a0.send(Array("VFIOKit".utf8))
+                        try a1.set(MttyPort.fcr, 0x01)
+                        try a1.set(MttyPort.scr, 0xa5)
+                        try a1.send(Array("mdev".utf8))
+                        #expect(try a0.hasData && a1.hasData)
+
+                        #expect(try src.migrationCapabilities() == [.stopCopy, .p2p, .preCopy])
+                        #expect(try src.migrationState() == .running)
+                        let size = try src.migrationDataSize()
+
+                        // Save: PRE_COPY hands out the session's fd and streams the header.
+                        let saving = try #require(try src.setMigrationState(.preCopy))
+                        #expect(saving.direction == .saving)
+                        let info = try saving.precopyInfo()
+                        #expect(info.initialBytes > 0 && info.dirtyBytes == 0, "\(info)")
+                        let early = try saving.readAvailable()
+                        #expect(UInt64(early.count) == info.initialBytes)
+                        #expect(try saving.precopyInfo().initialBytes == 0)
+                        // PRE_COPY -> STOP_COPY (through PRE_COPY_P2P) keeps the session: no new fd.
+                        let none = try src.setMigrationState(.stopCopy)
+                        #expect(none == nil, "PRE_COPY -> STOP_COPY keeps the session's fd")
+                        #expect(try src.migrationState() == .stopCopy)
+                        let stream = early + (try saving.readAvailable())
+                        #expect(UInt64(stream.count) == size, "MIG_DATA_SIZE said \(size) bytes, the stream had \(stream.count)")
+                        #expect(stream.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) } == Self.magic)
+                        let outside = #expect(throws: VFIOError.self) { _ = try saving.precopyInfo() }
+                        #expect(outside?.operation == .ioctl(.vfioMigGetPrecopyInfo) && outside?.errno == .invalidArgument)
+                        #expect(outside?.detail?.contains("not in PRE_COPY") == true)
+                        try saving.close()
+
+                        // Resume into the second mtty: RUNNING -> RESUMING is a combination (RUNNING_P2P, STOP).
+                        let resuming = try #require(try dst.setMigrationState(.resuming))
+                        #expect(resuming.direction == .resuming)
+                        try resuming.write(stream)
+                        let after = try dst.setMigrationState(.running)
+                        #expect(after == nil)
+                        try resuming.close()
+                        let b0 = try MttyPort(dst, port: 0), b1 = try MttyPort(dst, port: 1)
+                        #expect(try b0.get(MttyPort.scr) == 0x5a && b0.get(MttyPort.lcr) == 0x03)
+                        #expect(try b1.get(MttyPort.scr) == 0xa5)
+                        #expect(try b0.receive() == Array("VFIOKit".utf8))
+                        #expect(try b1.receive() == Array("mdev".utf8))
+
+                        // The source keeps its state (saving reads it, it does not take it).
+                        let back = try src.setMigrationState(.running)
+                        #expect(back == nil)
+                        #expect(try a0.receive() == Array("VFIOKit".utf8))
+
+                        // A failed step names where the device was, where it was asked to go, and where it is.
+                        let empty = try #require(try dst.setMigrationState(.resuming))
+                        let refused = #expect(throws: VFIOError.self) { try dst.setMigrationState(.running) }
+                        #expect(refused?.detail?.hasPrefix("moving from RESUMING to RUNNING through STOP, RUNNING_P2P failed; "
+                                                           + "the device is now in RESUMING") == true,
+                                "mtty refuses to load an empty stream: \(String(describing: refused))")
+                        try empty.close()
+                        try dst.reset()
+                        #expect(try dst.migrationState() == .running, "VFIO_DEVICE_RESET brings mtty back to RUNNING")
+
+                        // A dual-port stream does not fit a single-port mtty: longer than its state
+                        // (ENOMEM), and its header names two ports (EFAULT from mtty's check).
+                        let wrongKind = try #require(try single.setMigrationState(.resuming))
+                        let long = #expect(throws: VFIOError.self) { try wrongKind.write(stream) }
+                        #expect(long?.operation == .syscall(.write) && long?.errno == .noMemory, "\(String(describing: long))")
+                        let header = #expect(throws: VFIOError.self) { try wrongKind.write(early) }
+                        #expect(header?.operation == .syscall(.write) && header?.errno == .badAddress, "\(String(describing: header))")
+                        try wrongKind.close()
+                        try single.reset()
+                        #expect(try single.migrationState() == .running)
+
+                        // Out of STOP_COPY there is no way back into pre-copy: refused before the kernel is asked.
+                        try src.setMigrationState(.stopCopy)?.close()
+                        let again = #expect(throws: VFIOError.self) { try src.setMigrationState(.preCopy) }
+                        #expect(again?.operation == .step(.changeMigrationState))
+                        #expect(again?.detail?.hasPrefix("cannot move the device from STOP_COPY to PRE_COPY") == true)
+                        #expect(try src.migrationState() == .stopCopy)
+                        try src.setMigrationState(.running)
+
+                        for d in [src, dst, single] { try d.close() }
+                        try ctx.close()
+                    }
+                    #expect(Guest.openFDCount() == fds)
+                }
+            }
+        }
+    }
+
+    /// Every pair of states on mtty, asked of the kernel directly after the
+    /// device was put in the first: the kernel allows exactly the moves
+    /// MigrationFSM has a path for, hands out a data fd exactly when it says
+    /// a session starts, and ends in the state asked for. (mtty steps through
+    /// vfio_mig_get_next_state and WARNs at an arc it does not know.)
+    @Test func theStateMachineAgreesWithTheKernelOnEveryPair() throws {
+        try Self.withMdev("mtty-1") { m in
+            let fds = Guest.openFDCount()
+            do {
+                let ctx = try IOMMUFD()
+                let device = try VFIODevice.open(mdev: m.uuid)
+                _ = try device.bind(to: ctx)
+                let caps = try device.migrationCapabilities()
+                #expect(caps.states.count == 7)
+                // A valid stream of this device, for leaving RESUMING.
+                let saving = try #require(try device.setMigrationState(.stopCopy))
+                let saved = try saving.readAvailable()
+                try saving.close()
+                try device.setMigrationState(.running)
+
+                let states = MigrationState.all.filter { $0 != .error }
+                var pairs = 0
+                for from in states {
+                    for to in states {
+                        try device.reset()
+                        #expect(try device.migrationState() == .running)
+                        let session = try device.setMigrationState(from)
+                        if from == .resuming { try #require(session).write(saved) }
+                        let planned = MigrationFSM.path(from: from, to: to, capabilities: caps)
+                        let result = Result { () throws(VFIOError) -> OwnedFD? in try device.setMigrationStateUnchecked(to) }
+                        switch result {
+                        case .success(let fd):
+                            #expect(planned != nil, "the kernel allowed \(from) -> \(to); MigrationFSM has no path")
+                            #expect((fd != nil) == MigrationFSM.startsDataSession(from: from, to: to),
+                                    "\(from) -> \(to): data fd \(fd != nil ? "returned" : "not returned")")
+                            #expect(try device.migrationState() == to)
+                            try fd?.close()
+                        case .failure(let error):
+                            #expect(planned == nil, "the kernel refused \(from) -> \(to): \(error)")
+                            #expect(error.errno == .invalidArgument)
+                            #expect(try device.migrationState() == from, "a refused move leaves the device where it was")
+                        }
+                        try session?.close()
+                        pairs += 1
+                    }
+                }
+                #expect(pairs == 49)
+                try device.reset()
+                try device.close()
+                try ctx.close()
+            }
+            #expect(Guest.openFDCount() == fds)
+        }
+    }
+
+    /// DMA logging through the kernel's checks (vfio_main.c,
+    /// vfio_ioctl_device_feature_logging_start): at least one range, ranges
+    /// aligned to the page size, not wrapping, not overlapping. mtty's log ops
+    /// are no-ops (it does no DMA), so start, report and stop succeed and
+    /// every report is clean (all zero): this proves the path through the
+    /// kernel, not that dirty pages would be found.
+    @Test func dmaLoggingGoesThroughTheKernelsChecksAndReportsClean() throws {
+        try Self.withMdev("mtty-1") { m in
+            let fds = Guest.openFDCount()
+            do {
+                let ctx = try IOMMUFD()
+                let device = try VFIODevice.open(mdev: m.uuid)
+                _ = try device.bind(to: ctx)
+                let ioas = try IOAS(ctx)
+                _ = try device.attach(to: ioas)
+                #expect(try device.probeFeature(VFIO_DEVICE_FEATURE_DMA_LOGGING_START).set)
+
+                func refused(_ ranges: [(iova: IOVA, length: UInt64)], _ errno: Errno) {
+                    let e = #expect(throws: VFIOError.self) { try device.startDMALogging(pageSize: 4096, ranges: ranges) }
+                    #expect(e?.errno == errno, "\(ranges): \(String(describing: e))")
+                }
+                refused([], .invalidArgument)
+                refused([(0x10_0800, 0x1000)], .invalidArgument)  // not page aligned
+                refused([(0x10_0000, 0x2000), (0x10_1000, 0x1000)], .invalidArgument)  // overlapping
+                refused([(0xffff_ffff_ffff_f000, 0x2000)], .overflow)  // wraps past 2^64
+
+                try device.startDMALogging(pageSize: 4096, ranges: [(0x10_0000, 0x10_0000), (0x40_0000, 0x1000)])
+                let report = try device.dmaLoggingReport(iova: 0x10_0000, length: 0x10_0000, pageSize: 4096)
+                #expect(report.count == 4 && report.allSatisfy { $0 == 0 }, "mtty's logging is a no-op: a clean bitmap")
+                try device.stopDMALogging()
+
+                try device.detach()
+                try device.close()
+                try ioas.destroy()
+                try ctx.close()
             }
             #expect(Guest.openFDCount() == fds)
         }
