@@ -2,6 +2,7 @@ import CVFIO
 import Foundation
 import Synchronization
 import Testing
+import VFIOCommands
 import VFIOKit
 import VFIOKitTestSupport
 
@@ -187,3 +188,62 @@ final class MdevFixture: SysfsWriteHandler, @unchecked Sendable {
         }
     }
 }
+
+/// `vfioctl mdev list|create|remove`, and mdevs in `vfioctl list` and
+/// `show`, on the fixture (its fake kernel reacts to create and remove).
+@Suite struct MdevCLITests {
+    func run(_ f: MdevFixture, _ args: String...) -> (status: Int32, out: String, err: String) {
+        HostOptions.$fixtureKernel.withValue(f) { vfioctl(args, root: f.pci.root) }
+    }
+
+    @Test func createListShowAndRemoveFollowingWhatIsPrinted() throws {
+        let f = try MdevFixture()
+        let types = run(f, "mdev", "list", "--json")
+        #expect(types.status == 0, "\(types.err)")
+        let parents = try #require(try jsonObject(types.out)["parents"] as? [[String: Any]])
+        let ids = (parents.first?["types"] as? [[String: Any]] ?? []).compactMap { $0["id"] as? String }
+        #expect(ids == ["mtty-1", "mtty-2"])
+        #expect(run(f, "mdev", "list").out.contains("mtty-2  Dual port serial"))
+
+        let created = run(f, "mdev", "create", "mtty-2")
+        #expect(created.status == 0, "\(created.err)")
+        let uuid = try #require(created.out.split(separator: "\n").first.map(String.init))
+        #expect(UUID(uuidString: uuid) != nil)
+        // The printed commands, run as printed.
+        let printed = RemedyWordingTests.vfioctlCommands(in: created.out)
+        #expect(printed == ["vfioctl show \(uuid)", "vfioctl mdev remove \(uuid)"], "\(created.out)")
+
+        let list = run(f, "list", "--json")
+        let rows = try #require(try jsonObject(list.out)["mdevs"] as? [[String: Any]])
+        #expect(rows.first?["uuid"] as? String == uuid && rows.first?["readiness"] as? String == "ready")
+        #expect(run(f, "list").out.contains(uuid))
+
+        let show = run(f, "show", uuid, "--json")
+        #expect(show.status == 0, "\(show.err)")
+        let mdev = try #require(try jsonObject(show.out)["mdev"] as? [String: Any])
+        #expect(mdev["type"] as? String == "mtty-2" && mdev["iommu_group"] as? Int == 20)
+
+        for command in printed {
+            let r = HostOptions.$fixtureKernel.withValue(f) {
+                vfioctl(command.split(separator: " ").dropFirst().map(String.init), root: f.pci.root)
+            }
+            #expect(r.status == 0, "\(command): \(r.err)")
+        }
+        #expect(f.host.mdevs().isEmpty)
+    }
+
+    @Test func errorsSayWhatThereIs() throws {
+        let f = try MdevFixture()
+        let unknown = run(f, "mdev", "create", "mtty-7")
+        #expect(unknown.status == 1 && unknown.err.contains("mtty-1 (on mtty), mtty-2 (on mtty)"), "\(unknown.err)")
+        let bad = run(f, "mdev", "create", "mtty-1", "--uuid", "not-a-uuid")
+        #expect(bad.status == 64 && bad.err.contains("is not a UUID"), "\(bad.err)")
+        let nothing = run(f, "mdev", "remove", UUID().uuidString)
+        #expect(nothing.status == 1 && nothing.err.contains("there is no mdev"), "\(nothing.err)")
+        #expect(nothing.err.contains("`vfioctl list`"), "\(nothing.err)")
+        let json = run(f, "mdev", "remove", UUID().uuidString, "--json")
+        let error = try #require(try jsonObject(json.out)["error"] as? [String: Any])
+        #expect(error["operation"] as? String == "find mdev" && error["operation_kind"] as? String == "step")
+    }
+}
+
