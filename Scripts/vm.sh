@@ -258,7 +258,7 @@ else
              -device edu,bus=br,addr=0x1 -device edu,bus=br,addr=0x2)
 fi
 
-# An SR-IOV physical function (checked with QEMU 10.0 and 7.2): QEMU's nvme in an
+# An SR-IOV physical function (QEMU 10.0; QEMU 7.2's nvme VFs never come back from an FLR): QEMU's nvme in an
 # nvme-subsys offers VFs; its VFs need bus numbers after the PF's, so it sits
 # behind a root port (on pcie.0 the VF addresses would overflow the slot).
 # vfio-pci creates VFs only with enable_sriov.
