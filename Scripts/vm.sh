@@ -34,6 +34,10 @@ Options:
   --nvme-null                the nvme is backed by QEMU's null-co driver (1 GiB, 512-byte
                              blocks, reads return zeros, writes are dropped): steady
                              numbers for benchmarks
+  --sriov-pf                 add an SR-IOV physical function: an nvme (serial vfiokit-sriov, no
+                             namespace) in an nvme-subsys, sriov_max_vfs=2, behind a PCIe root
+                             port at 00:08.0 (the VFs need the port's bus), and boot with
+                             vfio_pci.enable_sriov=1 so vfio-pci may create VFs on it
   -v, --verbose              print the run directory and the QEMU command line
   -h, --help                 this text
 Environment: VFIOKIT_RESULTS (where runs are kept), VFIOKIT_CACHE (kernel cache).
@@ -50,6 +54,9 @@ Guest devices (fixed; the guest also exports their BDFs, see below):
                      (one group of two, no bridge; QEMU 7.2 cannot do the bridge there)
   00:05.0            nvme, serial vfiokit0, 64 MiB ext4 image (fresh for each run;
                      see --nvme-image, --nvme-null), bound to the guest's nvme driver
+  00:08.0            with --sriov-pf: a PCIe root port; behind it (bus 2 on intel and amd, 1 on virtio)
+                     the SR-IOV PF, an nvme with 2 VFs to give (00.1, 00.2 once created),
+                     bound to the guest's nvme driver at boot
   00:01.0            the AMD IOMMU's own PCI function (--iommu amd only)
   00:02.0            virtio-iommu-pci (--iommu virtio only)
   00:10.0-00:12.0    virtio-serial (command output), 9p root, 9p results
@@ -63,6 +70,7 @@ In the guest, COMMAND sees:
       VFIOKIT_IOMMU VFIOKIT_EDU VFIOKIT_EDU_PAIR_A VFIOKIT_EDU_PAIR_B
           VFIOKIT_BRIDGE (empty with virtio) VFIOKIT_NVME VFIOKIT_NVME_BLOCK (/dev/nvme0n1)
           VFIOKIT_BRIDGE_BOOT_DRIVER (shpchp: it binds the bridge at boot; init unbinds it)
+          VFIOKIT_SRIOV_PF (with --sriov-pf; empty otherwise)
   VFIOKIT_NVME_IMAGE     with --nvme-image: the disk's initial contents (read-only copy)
   VFIOKIT_GUEST=1, VFIOKIT_DEVICES_FILE=/run/vfiokit/devices
   VFIOKIT_SCRATCH=/tmp/vfiokit     writable scratch (tmpfs)
@@ -93,7 +101,7 @@ EOF
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
 repo=$(dirname "$here")
 
-iommu=intel memory=2G timeout_secs=600 kernel= extra_append= verbose= nvme_image= nvme_null= tcg_thread=multi
+iommu=intel memory=2G timeout_secs=600 kernel= extra_append= verbose= nvme_image= nvme_null= tcg_thread=multi sriov_pf=
 extra_qemu=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -113,6 +121,7 @@ while [ $# -gt 0 ]; do
     --nvme-image) nvme_image=${2:?--nvme-image needs a file}; shift 2 ;;
     --nvme-image=*) nvme_image=${1#*=}; shift ;;
     --nvme-null) nvme_null=1; shift ;;
+    --sriov-pf) sriov_pf=1; shift ;;
     --tcg-thread) tcg_thread=${2:?--tcg-thread needs multi or single}; shift 2 ;;
     --tcg-thread=*) tcg_thread=${1#*=}; shift ;;
     -v|--verbose) verbose=1; shift ;;
@@ -249,6 +258,18 @@ else
              -device edu,bus=br,addr=0x1 -device edu,bus=br,addr=0x2)
 fi
 
+# An SR-IOV physical function (QEMU 10.0; QEMU 7.2's nvme VFs never come back from an FLR): QEMU's nvme in an
+# nvme-subsys offers VFs; its VFs need bus numbers after the PF's, so it sits
+# behind a root port (on pcie.0 the VF addresses would overflow the slot).
+# vfio-pci creates VFs only with enable_sriov.
+sriov_args=()
+if [ -n "$sriov_pf" ]; then
+  sriov_args=(-device pcie-root-port,id=sriovrp,bus=pcie.0,addr=0x8,chassis=8
+              -device nvme-subsys,id=sriovsubsys
+              -device nvme,serial=vfiokit-sriov,subsys=sriovsubsys,bus=sriovrp,sriov_max_vfs=2,sriov_vq_flexible=4,sriov_vi_flexible=2,max_ioqpairs=6,msix_qsize=4)
+  append+=" vfio_pci.enable_sriov=1"
+fi
+
 [ -z "$extra_append" ] || append+=" $extra_append"
 
 # The command's stdout/stderr reach QEMU as fd sets (-add-fd). Each goes through
@@ -279,6 +300,7 @@ qemu=("$qemu_bin" "${qemu_data[@]}" -name vfiokit-test -no-user-config -nodefaul
   "${pair_args[@]}"
   -drive "$nvme_drive"
   -device nvme,serial=vfiokit0,drive=nvm,bus=pcie.0,addr=0x5
+  ${sriov_args[@]+"${sriov_args[@]}"}
   -add-fd "fd=$out_fd,set=1" -add-fd "fd=$err_fd,set=2"
   -chardev file,id=gout,path=/dev/fdset/1,append=on
   -chardev file,id=gerr,path=/dev/fdset/2,append=on

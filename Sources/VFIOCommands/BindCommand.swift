@@ -1,4 +1,5 @@
 import ArgumentParser
+import FoundationEssentials
 import VFIOKit
 
 /// `vfioctl bind BDF [--group] [--force]`.
@@ -36,6 +37,17 @@ public struct BindCommand: ParsableCommand {
               vfioctl bind 01:01.0 --group
               vfioctl bind 0000:00:05.0 --force
               vfioctl bind 0000:00:04.0 --driver pci-stub
+              vfioctl bind 0000:02:00.0 --sriov 2 --vf-token 52ac9bff-3a88-4fbd-901a-0d767c3b6c97
+              vfioctl bind 0000:02:00.0 --sriov 0
+
+            --sriov N (an SR-IOV physical function) binds the PF to vfio-pci, sets its VF \
+            token with --vf-token (the UUID every user of its VFs must present; vfio-pci \
+            keeps it while the PF stays bound), then writes N to sriov_numvfs; 0 removes \
+            the VFs (refused while one is open). The VFs come up on vfio-pci, each in its \
+            own IOMMU group, and open only with the token. vfio-pci needs its enable_sriov \
+            parameter for this. If a step fails after the bind, the PF goes back to its \
+            driver. JSON: "sriov" (present with --sriov or --vf-token) has \
+            total_vfs, num_vfs, vfs (BDFs).
             """)
 
     @Argument(help: "The device: DDDD:BB:DD.F or BB:DD.F.")
@@ -50,22 +62,58 @@ public struct BindCommand: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("The driver to bind (pci-stub for a bridge that blocks its group).", valueName: "name"))
     var driver: String = "vfio-pci"
 
+    @OptionGroup var sriov: SRIOVBindOptions
     @OptionGroup var output: OutputOptions
     @OptionGroup var hostOptions: HostOptions
 
     public init() {}
 
-    public func validate() throws { try validateAddress(address) }
+    public func validate() throws {
+        try validateAddress(address)
+        try sriov.validate(group: group, driver: driver)
+    }
 
     public func run() throws {
         let host = hostOptions.host
         try reporting(json: output.json) { () throws(VFIOError) in
             let a = try PCIAddress(parsing: address)
             let outcomes = try host.bind(a, group: group, force: force, driver: driver)
+            var sriovState: SRIOVState?
+            if sriov.requested {
+                do throws(VFIOError) {
+                    sriovState = try sriov.apply(to: a, host: host)
+                } catch {
+                    // Nothing half-done: a PF this call moved goes back to its driver.
+                    if outcomes.contains(where: { $0.address == a && $0.changed }) {
+                        do throws(VFIOError) { _ = try host.unbind(a, restore: true) } catch let restore {
+                            var e = error
+                            e.detail = (e.detail.map { $0 + "; " } ?? "") + "and \(a) could not be given back to its driver: "
+                                + restore.summary
+                            e.remedies.append(.restoreDriver(a))
+                            throw e
+                        }
+                    }
+                    throw error
+                }
+            }
             if output.json {
-                struct Out: Encodable { var bound: [BindingOutcome] }
-                CommandOutput.out(JSON.render(Out(bound: outcomes)))
+                struct Out: Encodable {
+                    var bound: [BindingOutcome]
+                    var sriov: SRIOVState?
+                    func encode(to encoder: any Encoder) throws {
+                        var c = encoder.container(keyedBy: K.self)
+                        try c.encode(bound, forKey: .bound)
+                        if sriov != nil { try c.encode(sriov, forKey: .sriov) }
+                    }
+                    enum K: String, CodingKey { case bound, sriov }
+                }
+                CommandOutput.out(JSON.render(Out(bound: outcomes, sriov: sriovState)))
                 return
+            }
+            defer {
+                if let s = sriovState {
+                    SRIOVBindOptions.textLines(a, s, host: host, token: sriov.token).forEach { CommandOutput.out($0) }
+                }
             }
             for o in outcomes {
                 var line = "\(o.address): "

@@ -24,7 +24,11 @@ public struct ListCommand: ParsableCommand {
             vendor_id, device_id, subsystem_vendor_id, subsystem_device_id, class_code, \
             class_name, driver, driver_override, iommu_group, numa_node, vfio_cdev, \
             is_bridge, header_type, readiness, fix (the commands that make it ready, in \
-            order, to be run as printed; empty when the word promises none). With --groups: {"groups": [GROUP]} where \
+            order, to be run as printed; empty when the word promises none). Mediated \
+            devices follow the PCI devices in a table of their own (when there are any) \
+            and in the JSON key mdevs: [MDEV], where MDEV has uuid, parent, type, driver, \
+            iommu_group, vfio_cdev, readiness (ready, held: a process has its cdev or \
+            group open, no-vfio) and holders. With --groups: {"groups": [GROUP]} where \
             GROUP has id, type, viable, blocking (BDFs), members (each address, ids, \
             class_name, driver, status, reason), other_members. Absent values are null.
 
@@ -127,15 +131,23 @@ public struct ListCommand: ParsableCommand {
                 CommandOutput.out(table(["GROUP", "STATE", "TYPE", "BDF", "IDS", "CLASS", "DRIVER", "WHY"], lines))
                 return
             }
-            let open = host.openDeviceNodes()
+            let openers = host.deviceNodeOpeners()
+            let open = openers.mapValues { $0.map { Remedy.RunningProcess(pid: $0.pid, command: $0.command).description } }
             let rows = host.devices().map { d in
                 let r = host.readiness(of: d, openNodes: open)
                 return DeviceRow(device: d, readiness: r, fix: CLIWording.commands(host.readinessRemedies(of: d, r)))
             }
+            let mdevs = host.mdevs().map { MdevRow($0, openers: openers) }
             if output.json {
-                struct Out: Encodable { var devices: [DeviceRow] }
-                CommandOutput.out(JSON.render(Out(devices: rows)))
+                struct Out: Encodable { var devices: [DeviceRow]; var mdevs: [MdevRow] }
+                CommandOutput.out(JSON.render(Out(devices: rows, mdevs: mdevs)))
                 return
+            }
+            defer {
+                if !mdevs.isEmpty {
+                    CommandOutput.out("")
+                    CommandOutput.out(MdevRow.tableText(mdevs))
+                }
             }
             if rows.isEmpty {
                 CommandOutput.out("no PCI devices under \(host.path("/sys/bus/pci/devices"))")

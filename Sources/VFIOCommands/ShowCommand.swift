@@ -1,4 +1,5 @@
 import ArgumentParser
+import FoundationEssentials
 import VFIOKit
 
 /// `vfioctl show BDF [--json]`.
@@ -31,12 +32,16 @@ public struct ShowCommand: ParsableCommand {
             "holders": [HOLDER] lists every process that has a VFIO node of the device's \
             IOMMU group open (pid, command, node, member): the group's owner.
 
+            An mdev's UUID shows the mdev (see `vfioctl mdev --help`): {"mdev": MDEV as in \
+            `vfioctl list`, "vfio": {regions, irqs, migration} or null, "vfio_error"}.
+
             Examples:
               vfioctl show 0000:00:03.0
               vfioctl show 00:03.0 --json
+              vfioctl show 83b8f4f2-509f-382f-3c1e-e6bfe0fa1001
             """)
 
-    @Argument(help: "The device: DDDD:BB:DD.F or BB:DD.F.")
+    @Argument(help: "The device: DDDD:BB:DD.F or BB:DD.F, or an mdev's UUID.")
     var address: String
 
     @OptionGroup var output: OutputOptions
@@ -44,7 +49,7 @@ public struct ShowCommand: ParsableCommand {
 
     public init() {}
 
-    public func validate() throws { try validateAddress(address) }
+    public func validate() throws { if UUID(uuidString: address) == nil { try validateAddress(address) } }
 
     struct Report: Encodable {
         var device: PCIDevice
@@ -77,6 +82,7 @@ public struct ShowCommand: ParsableCommand {
     public func run() throws {
         let host = hostOptions.host
         try reporting(json: output.json) { () throws(VFIOError) in
+            if let uuid = UUID(uuidString: address) { return try MdevShow.run(uuid, host: host, json: output.json) }
             let d = try host.device(try PCIAddress(parsing: address))
             // One scan of /proc for everything below.
             let openers = host.deviceNodeOpeners()

@@ -15,6 +15,7 @@ public struct VFIOCtl: ParsableCommand {
         DoctorCommand.self,
         ManualCommand.self,
         AttachCommand.self, ResetCommand.self, IRQsCommand.self, ConfigCommand.self, BarCommand.self, HWInfoCommand.self,
+        MdevCommand.self,
     ]
 
     public static let configuration = CommandConfiguration(

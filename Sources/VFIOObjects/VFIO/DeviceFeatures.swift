@@ -121,32 +121,6 @@ extension VFIODevice {
         }
     }
 
-    /// Migration capabilities (`VFIO_MIGRATION_STOP_COPY`, `P2P`, `PRE_COPY`);
-    /// throws "not supported by this device" for devices without migration.
-    public func migrationFlags() throws(VFIOError) -> UInt64 {
-        let b = try getFeature(VFIO_DEVICE_FEATURE_MIGRATION, count: 8)
-        return b.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }
-    }
-
-    /// The migration state. `VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE`.
-    public func migrationState() throws(VFIOError) -> MigrationState {
-        let b = try getFeature(VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, count: 8)
-        let raw = b.withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }
-        return MigrationState(rawValue: raw) ?? .error
-    }
-
-    /// Moves to a migration state; returns the data fd the kernel hands out for
-    /// states that stream data (stop-copy, resuming, pre-copy), else nil.
-    public func setMigrationState(_ state: MigrationState) throws(VFIOError) -> OwnedFD? {
-        var payload = [UInt8](repeating: 0, count: 8)
-        payload.withUnsafeMutableBytes { $0.storeBytes(of: state.rawValue, as: UInt32.self) }
-        payload.withUnsafeMutableBytes { $0.storeBytes(of: Int32(-1), toByteOffset: 4, as: Int32.self) }
-        let out = try runFeature(flags: VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE | VFIO_DEVICE_FEATURE_SET, payload: payload,
-                              object: "set")
-        let dataFD = out.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 4, as: Int32.self) }
-        return dataFD >= 0 ? OwnedFD(dataFD, label: "\(label) migration data", kernel: fd.kernel) : nil
-    }
-
     /// Enters runtime low power (D3); `VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY`.
     public func enterLowPower() throws(VFIOError) { try setFeature(VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY, payload: []) }
     /// Leaves low power; `VFIO_DEVICE_FEATURE_LOW_POWER_EXIT`.
