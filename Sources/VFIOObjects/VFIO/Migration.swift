@@ -98,8 +98,8 @@ public struct MigrationCapabilities: OptionSet, Sendable, Hashable, CustomString
 /// survives; STOP_COPY never goes back to PRE_COPY or PRE_COPY_P2P. A state
 /// the device does not support is skipped over ("Arcs touching optional and
 /// unsupported states are skipped over"): the driver sees the arc from the
-/// state before it to the one after. MigrationFSMTests checks every pair, on
-/// every set of flags, against the kernel's own table.
+/// state before it to the one after. MdevGuestTests checks every pair against
+/// the kernel itself, on mtty.
 public enum MigrationFSM {
     /// Every arc of the full machine (all optional states supported).
     public static let arcs: [(from: MigrationState, to: MigrationState)] = [
