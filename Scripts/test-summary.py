@@ -11,8 +11,15 @@ and hold a guest run to its manifest.
       failed. --partial (a run limited with VFIOKIT_GUEST_FILTER) does not
       report listed tests that did not run. Without --manifest (the host run)
       only tests some guest manifest lists may be skipped. With --console (the
-      guest's kernel log), each kernel warning, BUG, oops or panic there counts
-      as a failure too: the guest kernel is built with CONFIG_BUG so they print.
+      guest's kernel log), each kernel warning, BUG, oops, panic, hung task or
+      RCU stall there counts as a failure too (the guest kernel is built with
+      CONFIG_BUG so they print), except a WARN at a location listed in
+      Tests/GuestManifest/kernel-findings.txt printed while a fail-nth sweep
+      injected faults (between FailNth.sweep's `vfiokit: fault injection on/off`
+      lines): a kernel error path that injection reaches, named on the line.
+
+  test-summary.py --self-test
+      Checks the kernel-log classification on a fixture (both WARNING formats).
 
   test-summary.py --write-manifest FILE EVENTS.jsonl
       Rewrites the test lines of manifest FILE from a run's events, keeping its
@@ -38,16 +45,52 @@ import re
 import sys
 
 LOCATION = re.compile(r"/[^/]+\.swift:\d+:\d+$")
-KERNEL_TROUBLE = re.compile(r"WARNING: CPU|BUG:|Oops:|general protection fault|Kernel panic|INFO: task .* blocked")
+# A kernel warning (Linux 7.2: "WARNING: drivers/x.c:12 at f+0x1/0x2, CPU#0: comm/pid";
+# before: "WARNING: CPU: 0 PID: 1 at drivers/x.c:12 f+0x1/0x2"), BUG, oops, panic, a
+# sanitizer of the kernel, a hung task or an RCU stall.
+KERNEL_TROUBLE = re.compile(r"(?:^|\] )(WARNING: |BUG: |kernel BUG at |Oops|general protection fault|Kernel panic|UBSAN: |KASAN: |"
+                            r"INFO: task .* blocked|rcu: INFO: .*detected stalls)")
+WARN_LOCATION = re.compile(r"WARNING: (?:CPU: \d+ PID: \d+ at )?(\S+:\d+)")
+# FailNth.sweep (VFIOKitTestSupport) writes these to /dev/kmsg around a sweep.
+INJECTION_ON = re.compile(r"(?:^|\] )vfiokit: fault injection on ")
+INJECTION_OFF = re.compile(r"(?:^|\] )vfiokit: fault injection off ")
+FINDINGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "Tests", "GuestManifest", "kernel-findings.txt")
 
 
-def kernel_trouble(path):
-    """The console lines that report a kernel warning, BUG, oops or panic."""
+def read_findings(path):
+    """The kernel's own WARNs that fault injection is known to provoke (file:line, reason)."""
+    found = {}
+    for line in open(path, encoding="utf-8").read().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            location, _, reason = line.partition(" ")
+            found[location] = reason.strip()
+    return found
+
+
+def kernel_trouble(path, findings=FINDINGS):
+    """The console's kernel trouble lines, as (counted, known): a WARN at a location of
+    `findings` while fault injection was on is known (a kernel error path that fault
+    injection reaches, listed with its reason); every other line of KERNEL_TROUBLE counts,
+    inside or outside an injection window."""
     try:
         text = open(path, encoding="utf-8", errors="replace").read()
     except OSError as e:
-        return [f"cannot read the console log: {e}"]
-    return [l.strip() for l in text.splitlines() if KERNEL_TROUBLE.search(l)]
+        return [f"cannot read the console log: {e}"], []
+    known_locations = read_findings(findings)
+    counted, known, injecting = [], [], False
+    for l in text.splitlines():
+        if INJECTION_ON.search(l):
+            injecting = True
+        elif INJECTION_OFF.search(l):
+            injecting = False
+        elif KERNEL_TROUBLE.search(l):
+            m = WARN_LOCATION.search(l)
+            if injecting and m and m.group(1) in known_locations:
+                known.append(l.strip())
+            else:
+                counted.append(l.strip())
+    return counted, known
 
 
 def stable(tid):
@@ -151,8 +194,10 @@ def summarise(label, path, manifest, partial, allow_empty, console=None):
             guest_tests |= {l.split(" [")[0] for l in read_manifest(m)[0]}
         problems += [("skipped outside the guest suites", stable(t))
                      for t in sorted(fn_skipped - fn_ended) if stable(t) not in guest_tests]
+    known_kernel = []
     if console is not None:
-        problems += [("kernel", l) for l in kernel_trouble(console)]
+        counted, known_kernel = kernel_trouble(console)
+        problems += [("kernel", l) for l in counted]
     nfailed = len(fn_failed) + len(problems)
     line = f"{label}: {len(passed)} passed, {nfailed} failed, {len(fn_skipped - fn_ended)} skipped"
     if manifest is not None:
@@ -163,6 +208,9 @@ def summarise(label, path, manifest, partial, allow_empty, console=None):
             (", partial run" if partial else "") + ")"
     if known:
         line += f" ({len(known)} with a known issue)"
+    if known_kernel:
+        locations = sorted({m.group(1) for m in map(WARN_LOCATION.search, known_kernel) if m})
+        line += f" ({len(known_kernel)} known kernel WARNs under fault injection: {', '.join(locations)})"
     print(line)
     for t in sorted(known):
         print(f"  known issue (withKnownIssue, not a failure): {stable(t)}", file=sys.stderr)
@@ -202,7 +250,51 @@ def write_manifest(path, events):
     return 0
 
 
+SELF_TEST_CONSOLE = """\
+[    5.0] vfiokit-init: init started
+[    6.1] WARNING: drivers/vfio/foo.c:12 at foo+0x1/0x2, CPU#0: swift/70
+[    6.2] Call Trace:
+[    7.0] vfiokit: fault injection on (bindAndRestoreDriver)
+[    7.1] kobject: kobject_add_internal failed for 1 (error: -12 parent: vfio)
+[    7.2] WARNING: drivers/vfio/group.c:510 at vfio_group_release+0x12/0x40, CPU#0: swift/102
+[    7.3] WARNING: mm/unknown.c:1 at bar+0x1/0x2, CPU#1: swift/102
+[    7.4] vfiokit: fault injection off (bindAndRestoreDriver)
+[    8.0] ------------[ cut here ]------------
+[    8.1] WARNING: CPU: 1 PID: 66 at drivers/iommu/iommu.c:157 x+0x1/0x2
+[    8.2] BUG: kernel NULL pointer dereference, address: 0000000000000008
+[    8.3] vfiokit-init: command exited with status 0
+"""
+
+SELF_TEST_FINDINGS = """\
+# location  reason
+drivers/vfio/group.c:510  vfio_group_release after a failed device_add (fixture)
+"""
+
+
+def self_test():
+    """Checks the console classification on a fixture (Linux 7.2's WARNING format, the
+    older one, BUG, fault-injection windows, known findings); exits non-zero on a mismatch."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        console, findings = os.path.join(d, "console.log"), os.path.join(d, "findings.txt")
+        open(console, "w").write(SELF_TEST_CONSOLE)
+        open(findings, "w").write(SELF_TEST_FINDINGS)
+        trouble, known = kernel_trouble(console, findings)
+    want_trouble = ["drivers/vfio/foo.c:12", "mm/unknown.c:1", "drivers/iommu/iommu.c:157", "BUG: kernel NULL pointer"]
+    want_known = ["drivers/vfio/group.c:510"]
+    ok = len(trouble) == len(want_trouble) and all(w in t for w, t in zip(want_trouble, trouble)) \
+        and len(known) == len(want_known) and all(w in k for w, k in zip(want_known, known))
+    if not ok:
+        print("self-test: kernel_trouble misclassified the fixture console:", file=sys.stderr)
+        print(f"  counted as trouble: {trouble}\n  want: {want_trouble}", file=sys.stderr)
+        print(f"  known under fault injection: {known}\n  want: {want_known}", file=sys.stderr)
+    print(f"test-summary-self-test: {1 if ok else 0} passed, {0 if ok else 1} failed, 0 skipped")
+    return 0 if ok else 1
+
+
 def main(argv):
+    if argv[:1] == ["--self-test"]:
+        return self_test()
     if len(argv) >= 3 and argv[0] == "--write-manifest":
         return write_manifest(argv[1], argv[2])
     if len(argv) >= 3 and argv[0] == "--directive":

@@ -88,6 +88,12 @@ python3 Scripts/test-summary.py host "$out/host.jsonl" > "$out/host.summary" || 
 cat "$out/host.summary"
 record host $rc
 
+say "the rig's own checks (test-summary.py reads kernel warnings of both formats)"
+rig_rc=0
+python3 Scripts/test-summary.py --self-test > "$out/rig.summary" 2> "$out/rig.log" || rig_rc=1
+cat "$out/rig.log" "$out/rig.summary"
+record rig $rig_rc
+
 say "ABI check against the kernel's uapi headers"
 abi_rc=0
 Scripts/abi-check.sh > "$out/abi.log" 2>&1 || abi_rc=1
