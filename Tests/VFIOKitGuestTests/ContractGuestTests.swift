@@ -496,11 +496,25 @@ struct ContractGuestTests {
 
     // hw_pagetable.c iommufd_hwpt_paging_alloc(): flags the kernel does not
     // know are EOPNOTSUPP. The map and unmap calls take Bools (readable,
-    // writable), never raw flags: unknown ones cannot be expressed there.
+    // writable), never raw flags, and VFIO's interrupt calls take enums
+    // (IRQIndex, IRQAction): unknown ones cannot be expressed there. A raw
+    // IOMMU_IOAS_MAP with an unknown flag (ioas.c iommufd_ioas_map()) is
+    // EOPNOTSUPP; type1 (vfio_iommu_type1.c vfio_iommu_type1_map_dma()) answers EINVAL.
     @Test func unknownFlagsAreEOPNOTSUPPNamingTheBits() throws {
         try withMockContext { ctx in
             let ioas = try IOAS(ctx)
             let dev = try MockDevice(attachedTo: ioas)
+            let buf = try DMABuffer(length: 4096)
+            var map = iommu_ioas_map.make()
+            map.flags = UInt32(IOMMU_IOAS_MAP_READABLE.rawValue | IOMMU_IOAS_MAP_FIXED_IOVA.rawValue) | 1 << 31
+            map.ioas_id = ioas.objectID
+            map.user_va = UInt64(UInt(bitPattern: buf.baseAddress))
+            map.length = 4096
+            map.iova = mockBase
+            Self.expectFailure(.ioctl(.iommuIOASMap), .notSupported, naming: ["flags", "this kernel does not know"]) {
+                _ = try ctx.fd.ioctl(.iommuIOASMap, &map)
+            }
+            #expect(try ioas.unmapAll() == 0)
             Self.expectFailure(.ioctl(.iommuHWPTAlloc), .notSupported,
                                naming: ["flags 0x80000000", "unknown to VFIOKit: 0x80000000"]) {
                 _ = try HWPT(ioas: ioas, device: dev.deviceID, flags: HWPT.Flags(rawValue: 1 << 31))
@@ -510,7 +524,7 @@ struct ContractGuestTests {
                                naming: ["flags 0x40000001", "unknown to VFIOKit: 0x40000000"]) {
                 _ = try HWPT(ioas: ioas, device: dev.deviceID, flags: [.nestParent, HWPT.Flags(rawValue: 1 << 30)])
             }
-            withExtendedLifetime(dev) {}
+            withExtendedLifetime((dev, buf)) {}
         }
     }
 
