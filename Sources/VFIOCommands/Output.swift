@@ -84,7 +84,7 @@ struct ErrorJSON: Encodable {
         + "stop-processes, unmount, swap-off, stop-stacked-devices, link-down, move-console, raise-memlock, show-memlock, "
         + "reserve-huge-pages, add-huge-pages, grant-access, run-privileged, take-ownership, restrict-mode, "
         + "remove-group-write, remove-path, enable-iommu, enable-interrupt-remapping, allow-unsafe-interrupts, "
-        + "kernel-config, load-module, newer-kernel, read-kernel-log, inspect, diagnose, find-holder, list-devices, "
+        + "kernel-config, load-module, newer-kernel, read-kernel-log, inspect, diagnose, find-holder, list-devices, rescan-pci, "
         + "list-groups, show-device, hot-reset, advice) and its facts: address, driver, remedy, processes (pid, "
         + "command), paths, device, names, interface, bytes, count, pool, path, uid, recursive, virtio_iommu, "
         + "parameter, options, since, module, requests, running, words, text"

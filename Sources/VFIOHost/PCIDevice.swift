@@ -189,7 +189,7 @@ extension PCIHost {
         let dir = sysfsPath(a)
         guard try linkStatusIfPresent(dir) != nil else {
             throw VFIOError.invalid(.step(.findPCIDevice), "no PCI device \(a) on this machine (\(dir) does not exist)",
-                                    object: a.description, remedies: [.listDevices])
+                                    object: a.description, remedies: [.listDevices, .rescanPCI])
         }
         func parseHex(_ text: String) -> UInt32? {
             var s = text.trimmingWhitespace()

@@ -100,6 +100,13 @@ enum CommonRemedies {
             }
             return [.newerKernel(lacking: [r], running: running == nil ? nil : KernelVersion.runningRelease)]
         case .notSupported:
+            if request?.family == .iommufd {
+                // iommufd answers EOPNOTSUPP for flags, types and options it does not know
+                // (ioas.c, hw_pagetable.c, main.c) as well as for what the IOMMU lacks.
+                return [.advice("flags, a type or an option this kernel does not know, or a feature this IOMMU or "
+                                + "driver lacks: IOMMUFD.features() and hardwareInfo(device:) say what this kernel "
+                                + "and IOMMU support")]
+            }
             return [.advice("not supported by this device, IOMMU or kernel")]
         case .fileExists:
             return [.advice("that IOVA range is already mapped: unmap it first or let the kernel choose the IOVA")]

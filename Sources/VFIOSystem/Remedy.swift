@@ -101,6 +101,9 @@ public enum Remedy: Sendable, Hashable, CustomStringConvertible {
     case findHolder(PCIAddress?)
     /// List the PCI devices (with their readiness).
     case listDevices
+    /// Rescan the PCI bus (as root, `/sys/bus/pci/rescan`): a device taken out
+    /// through sysfs `remove` (or not yet enumerated) comes back.
+    case rescanPCI
     /// List the IOMMU groups and their members.
     case listGroups
     /// Show one device (its regions, group, users).
@@ -194,6 +197,8 @@ public enum Remedy: Sendable, Hashable, CustomStringConvertible {
         case findHolder = "find-holder"
         /// `list-devices`: the kind of `Remedy.listDevices`.
         case listDevices = "list-devices"
+        /// `rescan-pci`: the kind of `Remedy.rescanPCI`.
+        case rescanPCI = "rescan-pci"
         /// `list-groups`: the kind of `Remedy.listGroups`.
         case listGroups = "list-groups"
         /// `show-device`: the kind of `Remedy.showDevice`.
@@ -240,6 +245,7 @@ public enum Remedy: Sendable, Hashable, CustomStringConvertible {
         case .diagnose: .diagnose
         case .findHolder: .findHolder
         case .listDevices: .listDevices
+        case .rescanPCI: .rescanPCI
         case .listGroups: .listGroups
         case .showDevice: .showDevice
         case .hotReset: .hotReset
@@ -314,6 +320,9 @@ public enum Remedy: Sendable, Hashable, CustomStringConvertible {
         case .findHolder(let a?): "find the process that holds \(a)'s IOMMU group"
         case .findHolder(nil): "find the process that holds the IOMMU group (the list of devices marks held ones)"
         case .listDevices: "list the PCI devices there are"
+        case .rescanPCI:
+            "if the device was removed (sysfs remove) or hot-plugged since boot, rescan the PCI bus (as root, write 1 "
+                + "to /sys/bus/pci/rescan) to bring it back"
         case .listGroups: "list the IOMMU groups there are"
         case .showDevice(let a): "look at \(a)'s regions and group"
         case .hotReset(let a): "a bus or slot hot reset of \(a) may still work"
@@ -382,7 +391,7 @@ extension Remedy: Encodable {
             try c.encode(running, forKey: .running)
         case .readKernelLog(let words): try c.encode(words, forKey: .words)
         case .advice(let text): try c.encode(text, forKey: .text)
-        case .moveConsole, .showMemlock, .runPrivileged, .enableIOMMU, .listDevices, .listGroups: break
+        case .moveConsole, .showMemlock, .runPrivileged, .enableIOMMU, .listDevices, .rescanPCI, .listGroups: break
         }
     }
 }

@@ -24,6 +24,22 @@ public struct MemlockLimit: Sendable, CustomStringConvertible {
         func s(_ x: UInt64?) -> String { x.map { "\($0) bytes" } ?? "unlimited" }
         return "\(s(soft)) (hard limit \(s(hard)))"
     }
+
+    /// A map's ENOMEM with the limit in force and the size asked: the detail names
+    /// both, and the remedy raises the limit by the size asked (what was pinned
+    /// before fit under the limit, so the limit plus this map's size is enough).
+    package static func explainPinFailure(_ error: VFIOError, length: UInt64, at: String) -> VFIOError {
+        var e = error
+        let limit = try? MemlockLimit.current()
+        e.detail = "asked to pin \(length) bytes \(at); RLIMIT_MEMLOCK is "
+            + (limit?.description ?? "unknown (getrlimit failed)") + " for this process (pinned pages are charged "
+            + "to it unless the thread has CAP_IPC_LOCK)"
+        if let soft = limit?.soft {
+            let (sum, overflow) = soft.addingReportingOverflow(length)
+            e.remedies = [.raiseMemlock(atLeast: overflow ? nil : sum)]
+        }
+        return e
+    }
 }
 
 /// `64 MiB`, `8 KiB`, `512 B`.

@@ -1,8 +1,11 @@
+import CVFIO
 import Foundation
 import SystemPackage
 import Testing
+import VFIOHost
 import VFIOKit
 import VFIOObjects
+import VFIOSystem
 import VFIOKitTestSupport
 
 #if canImport(Glibc)
@@ -21,8 +24,9 @@ import Musl
 struct ContractGuestTests {
     /// The error of `body`, which must fail with `operation` and `errno` and
     /// whose description must contain every one of `cause`.
+    @discardableResult
     static func expectFailure(_ operation: VFIOError.Operation, _ errno: Errno?, naming cause: [String],
-                              sourceLocation: SourceLocation = #_sourceLocation, _ body: () throws -> Void)
+                              sourceLocation: SourceLocation = #_sourceLocation, _ body: () throws -> Void) -> VFIOError?
     {
         do {
             try body()
@@ -33,9 +37,11 @@ struct ContractGuestTests {
             for c in cause {
                 #expect(e.description.contains(c), "\(e)", sourceLocation: sourceLocation)
             }
+            return e
         } catch {
             Issue.record("unexpected error \(error)", sourceLocation: sourceLocation)
         }
+        return nil
     }
 
     // io_pagetable.c iopt_unmap_iova(): the length unmapped is returned; unmap-all
@@ -392,6 +398,293 @@ struct ContractGuestTests {
             #expect(try ioas.unmap(iova: iova, length: UInt64(bar0.length)) == UInt64(bar0.length))
             try dmabuf.close()
             try bar0.unmap()
+            try device.close()
+            try ctx.close()
+        }
+        #expect(MockIOMMU.fdCountSettles(at: fdsBefore), "fds leaked or closed twice")
+    }
+
+    // MARK: argument sizes, unknown flags, RLIMIT_MEMLOCK
+
+    /// make() of an argument type: zeroed, its size field the struct's size.
+    static func expectMade<A: IOMMUArgument>(_: A.Type, sourceLocation: SourceLocation = #_sourceLocation) {
+        #expect(Int(A.make().size) == MemoryLayout<A>.size, "\(A.self)", sourceLocation: sourceLocation)
+    }
+    static func expectMade<A: VFIOArgument>(_: A.Type, sourceLocation: SourceLocation = #_sourceLocation) {
+        #expect(Int(A.make().argsz) == MemoryLayout<A>.size, "\(A.self)", sourceLocation: sourceLocation)
+    }
+
+    /// An iommufd argument larger than the kernel's struct: `iommu_ioas_alloc`
+    /// and a tail of 12 bytes (no padding between them: 24 bytes in all).
+    struct OversizedIOASAlloc: IOMMUArgument {
+        var base = iommu_ioas_alloc()
+        var tail: (UInt32, UInt32, UInt32) = (0, 0, 0)
+        var size: UInt32 {
+            get { base.size }
+            set { base.size = newValue }
+        }
+    }
+
+    // main.c iommufd_fops_ioctl(): a size below the op's min_size is EINVAL;
+    // copy_struct_from_user() takes a larger struct only with a zero tail (E2BIG
+    // otherwise). vfio_pci_core.c: an argsz below minsz is EINVAL. VFIOKit's
+    // arguments come from make(), which fills size/argsz, so its own calls never
+    // hand-size one; a raw ioctl with a wrong size is reported with the sizes.
+    @Test func argumentSizeShortByOneIsEINVALAndAnOversizedStructWithANonZeroTailIsE2BIG() throws {
+        Self.expectMade(iommu_destroy.self)
+        Self.expectMade(iommu_ioas_alloc.self)
+        Self.expectMade(iommu_ioas_iova_ranges.self)
+        Self.expectMade(iommu_ioas_allow_iovas.self)
+        Self.expectMade(iommu_ioas_map.self)
+        Self.expectMade(iommu_ioas_map_file.self)
+        Self.expectMade(iommu_ioas_copy.self)
+        Self.expectMade(iommu_ioas_unmap.self)
+        Self.expectMade(iommu_option.self)
+        Self.expectMade(iommu_hwpt_alloc.self)
+        Self.expectMade(iommu_hw_info.self)
+        Self.expectMade(vfio_device_info.self)
+        Self.expectMade(vfio_region_info.self)
+        Self.expectMade(vfio_irq_info.self)
+        Self.expectMade(vfio_irq_set.self)
+        Self.expectMade(vfio_device_bind_iommufd.self)
+        Self.expectMade(vfio_device_attach_iommufd_pt.self)
+        Self.expectMade(vfio_iommu_type1_dma_map.self)
+        Self.expectMade(vfio_iommu_type1_dma_unmap.self)
+        let ctx = try IOMMUFD()
+        var short = iommu_ioas_alloc.make()
+        short.size -= 1
+        Self.expectFailure(.ioctl(.iommuIOASAlloc), .invalidArgument,
+                           naming: ["size is 11 bytes", "struct iommu_ioas_alloc", "12 bytes", "make()"]) {
+            _ = try ctx.fd.ioctl(.iommuIOASAlloc, &short)
+        }
+        #expect(MemoryLayout<OversizedIOASAlloc>.size == 24)
+        var big = OversizedIOASAlloc.make()
+        big.tail.2 = 1
+        Self.expectFailure(.ioctl(.iommuIOASAlloc), .argListTooLong,
+                           naming: ["size is 24 bytes", "not zero", "make()"]) {
+            _ = try ctx.fd.ioctl(.iommuIOASAlloc, &big)
+        }
+        // The same struct with a zero tail is accepted: a newer struct on an older kernel.
+        big = OversizedIOASAlloc.make()
+        _ = try ctx.fd.ioctl(.iommuIOASAlloc, &big)
+        try ctx.destroy(objectID: big.base.out_ioas_id)
+        try ctx.close()
+
+        let bdf = try Guest.requireEdu()
+        try Guest.bindToVFIO(bdf)
+        defer { #expect(throws: Never.self, "put the device back") { try Guest.unbind(bdf) } }
+        let fdsBefore = Guest.openFDCount()
+        do {
+            let device = try VFIODevice.open(cdev: try VFIODevice.cdevPath(of: try PCIAddress(parsing: bdf)))
+            let dctx = try IOMMUFD()
+            try device.bind(to: dctx)
+            var info = vfio_region_info.make()
+            info.index = 0
+            info.argsz -= 1
+            Self.expectFailure(.ioctl(.vfioDeviceGetRegionInfo), .invalidArgument,
+                               naming: ["argsz is 31 bytes", "struct vfio_region_info", "32 bytes", "make()"]) {
+                _ = try device.fd.ioctl(.vfioDeviceGetRegionInfo, &info)
+            }
+            info = vfio_region_info.make()
+            _ = try device.fd.ioctl(.vfioDeviceGetRegionInfo, &info)
+            #expect(info.size == 1 << 20)
+            try device.close()
+            try dctx.close()
+        }
+        #expect(MockIOMMU.fdCountSettles(at: fdsBefore), "fds leaked or closed twice")
+    }
+
+    // hw_pagetable.c iommufd_hwpt_paging_alloc(): flags the kernel does not
+    // know are EOPNOTSUPP. The map and unmap calls take Bools (readable,
+    // writable), never raw flags, and VFIO's interrupt calls take enums
+    // (IRQIndex, IRQAction): unknown ones cannot be expressed there. A raw
+    // IOMMU_IOAS_MAP with an unknown flag (ioas.c iommufd_ioas_map()) is
+    // EOPNOTSUPP; type1 (vfio_iommu_type1.c vfio_iommu_type1_map_dma()) answers EINVAL.
+    @Test func unknownFlagsAreEOPNOTSUPPNamingTheBits() throws {
+        try withMockContext { ctx in
+            let ioas = try IOAS(ctx)
+            let dev = try MockDevice(attachedTo: ioas)
+            let buf = try DMABuffer(length: 4096)
+            var map = iommu_ioas_map.make()
+            map.flags = UInt32(IOMMU_IOAS_MAP_READABLE.rawValue | IOMMU_IOAS_MAP_FIXED_IOVA.rawValue) | 1 << 31
+            map.ioas_id = ioas.objectID
+            map.user_va = UInt64(UInt(bitPattern: buf.baseAddress))
+            map.length = 4096
+            map.iova = mockBase
+            Self.expectFailure(.ioctl(.iommuIOASMap), .notSupported, naming: ["flags", "this kernel does not know"]) {
+                _ = try ctx.fd.ioctl(.iommuIOASMap, &map)
+            }
+            #expect(try ioas.unmapAll() == 0)
+            Self.expectFailure(.ioctl(.iommuHWPTAlloc), .notSupported,
+                               naming: ["flags 0x80000000", "unknown to VFIOKit: 0x80000000"]) {
+                _ = try HWPT(ioas: ioas, device: dev.deviceID, flags: HWPT.Flags(rawValue: 1 << 31))
+            }
+            // A known flag with an unknown one: the unknown bit alone is named as such.
+            Self.expectFailure(.ioctl(.iommuHWPTAlloc), .notSupported,
+                               naming: ["flags 0x40000001", "unknown to VFIOKit: 0x40000000"]) {
+                _ = try HWPT(ioas: ioas, device: dev.deviceID, flags: [.nestParent, HWPT.Flags(rawValue: 1 << 30)])
+            }
+            withExtendedLifetime((dev, buf)) {}
+        }
+    }
+
+    // pages.c / io_pagetable.c (iommufd, accounted to the user by default) and
+    // vfio_iommu_type1.c vfio_pin_pages_remote() (accounted to the process):
+    // past RLIMIT_MEMLOCK a map is ENOMEM; the error names the limit and the size,
+    // and its remedy raises the limit to what the map needs.
+    @Test func memlockExhaustedIsENOMEMNamingTheLimitOnIOMMUFDAndType1() throws {
+        let limit: UInt64 = 65536, length = 1 << 20
+        try withMockContext { ctx in
+            #expect(try ctx.rlimitMode() == .perUser)
+            let ioas = try IOAS(ctx)
+            let dev = try MockDevice(attachedTo: ioas)
+            let buf = try DMABuffer(length: length)
+            try Unprivileged.withMemlockLimit(limit) {
+                let e = Self.expectFailure(.ioctl(.iommuIOASMap), .noMemory,
+                                           naming: ["RLIMIT_MEMLOCK is 65536 bytes", "asked to pin 1048576 bytes",
+                                                    "raise RLIMIT_MEMLOCK to at least"]) {
+                    _ = try ioas.map(buf, at: IOVA(mockBase))
+                }
+                #expect(e?.remedies.first == .raiseMemlock(atLeast: limit + UInt64(length)), "\(String(describing: e))")
+            }
+            let m = try ioas.map(buf, at: IOVA(mockBase))
+            try m.unmap()
+            withExtendedLifetime(dev) {}
+        }
+
+        let bdf = try Guest.requireEdu()
+        try Guest.bindToVFIO(bdf)
+        defer { #expect(throws: Never.self, "put the device back") { try Guest.unbind(bdf) } }
+        let fdsBefore = Guest.openFDCount()
+        do {
+            let container = try VFIOContainer(backend: .legacy)
+            let group = try VFIOGroup(of: try PCIAddress(parsing: bdf))
+            try group.setContainer(container)
+            try container.setIOMMU(.type1v2)
+            let buf = try DMABuffer(length: length)
+            let p = UnsafeRawPointer(buf.baseAddress)
+            try Unprivileged.withMemlockLimit(limit) {
+                let e = Self.expectFailure(.ioctl(.vfioIOMMUMapDMA), .noMemory,
+                                           naming: ["RLIMIT_MEMLOCK is 65536 bytes", "asked to pin 1048576 bytes",
+                                                    "raise RLIMIT_MEMLOCK to at least"]) {
+                    try container.unsafeMapDMA(address: p, length: length, at: 0x100000)
+                }
+                #expect(e?.remedies.first == .raiseMemlock(atLeast: limit + UInt64(length)), "\(String(describing: e))")
+            }
+            #expect(try container.unmapAll() == 0, "a failed map leaves nothing mapped")
+            try container.unsafeMapDMA(address: p, length: length, at: 0x100000)
+            #expect(try container.unmapDMA(iova: 0x100000, length: UInt64(length)) == UInt64(length))
+            try group.unsetContainer()
+            withExtendedLifetime(buf) {}
+        }
+        #expect(MockIOMMU.fdCountSettles(at: fdsBefore), "fds leaked or closed twice")
+    }
+
+    // MARK: a device removed through sysfs, then rescanned
+
+    static func sysfsWrite(_ path: String, _ text: String) throws {
+        let fd = open(path, O_WRONLY | O_CLOEXEC)
+        try #require(fd >= 0, "open \(path): errno \(errno)")
+        defer { close(fd) }
+        let n = text.withCString { write(fd, $0, strlen($0)) }
+        try #require(n == text.utf8.count, "write \(text) to \(path): errno \(errno)")
+    }
+
+    // drivers/pci/pci-sysfs.c remove_store() and rescan_store(): a device listed,
+    // then removed, is gone for bind and open: the error names it and says how
+    // to bring it back; after a rescan it is back and works.
+    @Test func aDeviceRemovedBetweenListAndBindThenRescanned() throws {
+        let bdf = try Guest.requireEdu()
+        let address = try PCIAddress(parsing: bdf)
+        let dir = "/sys/bus/pci/devices/\(bdf)"
+        #expect(PCIHost.system.devices().contains { $0.address == address })
+        try Self.sysfsWrite("\(dir)/remove", "1")
+        defer {
+            if access(dir, F_OK) != 0 {
+                #expect(throws: Never.self, "rescan the bus") { try Self.sysfsWrite("/sys/bus/pci/rescan", "1") }
+            }
+        }
+        #expect(access(dir, F_OK) != 0)
+        let e = Self.expectFailure(.step(.findPCIDevice), nil, naming: [bdf, "does not exist", "rescan the PCI bus"]) {
+            _ = try PCIHost.system.bind(address)
+        }
+        #expect(e?.remedies.contains(.rescanPCI) == true, "\(String(describing: e))")
+        Self.expectFailure(.step(.findPCIDevice), nil, naming: [bdf, "does not exist", "rescan the PCI bus"]) {
+            _ = try AttachedDevice.open(address)
+        }
+        try Self.sysfsWrite("/sys/bus/pci/rescan", "1")
+        try #require(access(dir, F_OK) == 0, "\(bdf) is back after the rescan")
+        #expect(Guest.driver(of: bdf) == nil)
+        try Guest.withBoundToVFIO(bdf) {
+            let device = try AttachedDevice.open(address)
+            let edu = try EduDevice(device.device)
+            #expect(edu.liveness(0x1234_5678) == ~UInt32(0x1234_5678))
+            try device.close()
+        }
+    }
+
+    // MARK: one interrupt trigger, one eventfd count
+
+    // vfio_pci_intrs.c: INTx is automasked (one count per assertion, however
+    // long the line stays up, until unmasked); each MSI message is one
+    // eventfd_signal().
+    @Test func oneINTxOrMSIGivesExactlyOneEventFDCount() throws {
+        let bdf = try Guest.requireEdu()
+        try Guest.withBoundToVFIO(bdf) {
+            let space = try DMASpace(mode: .iommufd, dmaMask: EduDevice.dmaMask)
+            let device = try space.openDevice(try PCIAddress(parsing: bdf))
+            let edu = try EduDevice(device)
+            try edu.enableBusMaster()
+            let intx = try device.interrupt(.intx)
+            for round in 0..<3 {
+                edu.raise(0x1)
+                #expect(try intx.wait(timeout: .seconds(20)) == 1, "INTx round \(round)")
+                // The line is still asserted (not acknowledged yet): automasked, no second count.
+                #expect(try intx.wait(timeout: .milliseconds(200)) == nil, "INTx round \(round): a second count")
+                edu.acknowledge(0x1)
+                try device.unmaskIRQ(.intx)
+                #expect(try intx.wait(timeout: .milliseconds(200)) == nil, "INTx round \(round): a count after unmask")
+            }
+            try intx.close()
+            let msi = try edu.enableMSI()
+            for round in 0..<3 {
+                edu.raise(0x1)
+                #expect(try msi.wait(timeout: .seconds(20)) == 1, "MSI round \(round)")
+                #expect(try msi.wait(timeout: .milliseconds(200)) == nil, "MSI round \(round): a second count")
+                edu.acknowledge(0x1)
+            }
+            try msi.close()
+            try edu.config.setBusMaster(false)
+            try device.close()
+        }
+    }
+
+    // vfio_pci_intrs.c vfio_pci_set_msi_trigger(): DATA_NONE | ACTION_TRIGGER
+    // signals each vector of the range once. On the nvme's MSI-X, with many
+    // vectors: firing one gives that vector's eventfd exactly one count, the
+    // others none.
+    @Test func oneMSIXTriggerOnTheNVMeGivesExactlyOneCountOnThatVectorOnly() throws {
+        let bdf = try Guest.require("VFIOKIT_NVME")
+        let address = try PCIAddress(parsing: bdf)
+        _ = try PCIHost.system.bind(address)
+        defer { #expect(throws: Never.self, "put the device back") { _ = try PCIHost.system.unbind(address, restore: true) } }
+        let fdsBefore = Guest.openFDCount()
+        do {
+            let ctx = try IOMMUFD()
+            let device = try VFIODevice.open(cdev: try VFIODevice.cdevPath(of: address))
+            try device.bind(to: ctx)
+            let available = Int(try device.irqInfo(.msix).count)
+            try #require(available >= 16, "the nvme has \(available) MSI-X vectors")
+            let count = min(available, 32)
+            let vectors = try device.interrupts(.msix, count: count)
+            for v in 0..<count {
+                try vectors[v].trigger()
+                for w in 0..<count {
+                    let got = try vectors[w].wait(timeout: w == v ? .seconds(5) : .zero)
+                    #expect(got == (w == v ? 1 : nil), "vector \(v) fired: vector \(w) counted \(String(describing: got))")
+                }
+            }
+            try vectors.close()
             try device.close()
             try ctx.close()
         }

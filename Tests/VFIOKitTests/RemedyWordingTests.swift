@@ -29,7 +29,7 @@ import VFIOKit
             .kernelConfig(["CONFIG_IOMMUFD"], since: KernelVersion(6, 2)), .loadModule("vfio-pci"),
             .newerKernel(lacking: [.iommuVEventQAlloc], running: "6.12.1"), .readKernelLog(matching: ["vfio"]),
             .inspect(path: "/sys/bus/pci/devices/0000:01:02.0/"), .diagnose(a), .diagnose(nil), .findHolder(a),
-            .findHolder(nil), .listDevices, .listGroups, .showDevice(a), .hotReset(a), .advice("call bind(to:) first"),
+            .findHolder(nil), .listDevices, .rescanPCI, .listGroups, .showDevice(a), .hotReset(a), .advice("call bind(to:) first"),
         ]
     }
 

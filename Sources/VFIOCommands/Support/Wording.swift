@@ -43,6 +43,7 @@ public enum CLIWording {
         case .diagnose(let a): "vfioctl doctor" + (a.map { " \($0)" } ?? "")
         case .findHolder(let a?): "vfioctl show \(a)"
         case .findHolder(nil), .listDevices: "vfioctl list"
+        case .rescanPCI: "echo 1 > /sys/bus/pci/rescan"
         case .listGroups: "vfioctl list --groups"
         case .showDevice(let a): "vfioctl show \(a)"
         case .hotReset(let a): "vfioctl reset \(a) --hot"
@@ -116,6 +117,8 @@ public enum CLIWording {
             return "\(cmd) names the holder"
         case .findHolder(nil):
             return "\(cmd) marks held devices; vfioctl show with one's address names the holder"
+        case .rescanPCI:
+            return "if the device was removed (sysfs remove) or hot-plugged since boot, rescan the PCI bus (as root): \(cmd)"
         case .listDevices:
             return "\(cmd) shows the devices there are"
         case .listGroups:

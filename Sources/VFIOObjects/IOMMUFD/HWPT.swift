@@ -106,6 +106,8 @@ public final class HWPT: IOMMUAttachTarget, IOMMUObjectOwner {
         public static let dirtyTracking = Flags(rawValue: UInt32(IOMMU_HWPT_ALLOC_DIRTY_TRACKING.rawValue))
         /// May be attached to PASIDs as well as to the whole device.
         public static let pasid = Flags(rawValue: UInt32(IOMMU_HWPT_ALLOC_PASID.rawValue))
+        /// Every flag VFIOKit knows.
+        static let known: Flags = [.nestParent, .dirtyTracking, .pasid]
     }
 
     /// Allocates a paging HWPT on `ioas` for device `deviceID` (a bound device
@@ -176,6 +178,11 @@ public final class HWPT: IOMMUAttachTarget, IOMMUObjectOwner {
             case .notSupported?:
                 e.detail = "the IOMMU driver (or this kernel) does not support flags 0x\(String(arg.flags, radix: 16)) "
                     + "or data type \(type) for device \(device)"
+                let unknown = flags.rawValue & ~Flags.known.rawValue
+                if unknown != 0 {
+                    e.detail! += "; bits unknown to VFIOKit: 0x\(String(unknown, radix: 16)) (no IOMMU_HWPT_ALLOC_* flag "
+                        + "of the kernel headers it was built with; hw_pagetable.c refuses flags it does not know)"
+                }
                 e.remedies = [.advice("IOMMUFD.supportedHWPTFlags(device:) and hardwareInfo(device:).capabilities say what this "
                     + "device's IOMMU supports (dirty tracking needs the dirtyTracking capability)")]
             case .noSuchFileOrDirectory?:

@@ -225,9 +225,7 @@ public final class IOAS: IOMMUAttachTarget, IOMMUObjectOwner {
         let at = iova.map { "at IOVA 0x" + String($0, radix: 16) } ?? "at a kernel-chosen IOVA"
         switch e.errno {
         case .noMemory?:
-            let limit = (try? MemlockLimit.current())?.description ?? "unknown (getrlimit failed)"
-            e.detail = "asked to pin \(length) bytes \(at); RLIMIT_MEMLOCK is \(limit) for this "
-                + "process (pinned pages are charged to it unless the thread has CAP_IPC_LOCK)"
+            e = MemlockLimit.explainPinFailure(e, length: length, at: at)
         case .invalidArgument?:
             e.detail = "mapping \(length) bytes \(at): IOVA and length must be non-zero multiples of the IOAS's "
                 + "IOVA alignment (see iovaRanges().alignment), inside its allowed IOVA ranges, and at least "

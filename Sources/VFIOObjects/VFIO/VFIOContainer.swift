@@ -135,7 +135,13 @@ public final class VFIOContainer: Sendable {
         arg.vaddr = UInt64(UInt(bitPattern: address))
         arg.iova = iova.rawValue
         arg.size = UInt64(length)
-        _ = try fd.ioctl(.vfioIOMMUMapDMA, &arg, object: label)
+        do throws(VFIOError) {
+            _ = try fd.ioctl(.vfioIOMMUMapDMA, &arg, object: label)
+        } catch where error.errno == .noMemory {
+            // vfio_iommu_type1.c vfio_pin_pages_remote(): past RLIMIT_MEMLOCK without CAP_IPC_LOCK.
+            throw MemlockLimit.explainPinFailure(error, length: UInt64(length),
+                                                 at: "at IOVA 0x" + String(iova.rawValue, radix: 16))
+        }
     }
 
     /// Gives an existing mapping (invalidated with ``invalidateVirtualAddresses(iova:length:all:)``)
