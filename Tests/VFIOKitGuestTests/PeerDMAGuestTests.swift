@@ -1,3 +1,4 @@
+import Foundation
 import CVFIO
 import Testing
 import VFIOKit
@@ -216,6 +217,33 @@ struct PeerDMAGuestTests {
                             && e?.hint?.contains("exportDMABuf(bar:offset:length:)") == true, "\(String(describing: e))")
             }
             try ramMapping.unmap()
+        }
+    }
+
+    /// `vfioctl attach --map-bar`: refused with --container, with a printed
+    /// command that, run literally, maps B's BAR range; then the edu helper,
+    /// handed A with B's BAR 0 mapped at 0x200000, reads B's id there by DMA
+    /// (and not without the --map-bar).
+    @Test func vfioctlAttachMapBarFollowsTheHintAndTheEduHelperReachesThePeer() throws {
+        try withTwoEdus { a, b in
+            let request = "\(b)/0,4K@0x200000"
+            let refused = try VFIOCtlBinary.run(["attach", "\(a)", "--container", "--map-bar", request])
+            #expect(refused.status == 64 && refused.err.contains("needs iommufd"), "\(refused.err)")
+            let printed = refused.err.split(separator: "`", omittingEmptySubsequences: false).enumerated()
+                .filter { $0.offset % 2 == 1 }.map { String($0.element) }
+            #expect(printed == ["vfioctl attach \(a) --map-bar \(request)"], "\(refused.err)")
+            let command = try #require(printed.first)
+            let followed = try VFIOCtlBinary.run(command.split(separator: " ").dropFirst().map(String.init))
+            #expect(followed.status == 0, "\(followed.err)")
+            #expect(followed.out.contains("0x200000") && followed.out.contains("0x200fff") && followed.out.contains("bar \(b)/0"),
+                    "\(followed.out)")
+
+            let helper = URL(fileURLWithPath: VFIOCtlBinary.path).deletingLastPathComponent().appendingPathComponent("vfiokit-edu-dma").path
+            let peer = try VFIOCtlBinary.run(["attach", "\(a)", "--map-bar", request, "--prebound", "--exec", "--", helper,
+                                              "--peer-iova", "0x200000"])
+            #expect(peer.status == 0 && peer.out.contains("peer DMA OK: read the id 0x10000ed"), "\(peer.out) \(peer.err)")
+            let without = try VFIOCtlBinary.run(["attach", "\(a)", "--prebound", "--exec", "--", helper, "--peer-iova", "0x200000"])
+            #expect(without.status == 1 && without.err.contains("not an edu's id"), "\(without.out) \(without.err)")
         }
     }
 }
