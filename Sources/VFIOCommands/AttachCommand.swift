@@ -26,7 +26,11 @@ public struct AttachCommand: ParsableCommand {
             with commas), attaches every device, maps the buffers asked for with --map \
             (memory vfioctl allocates; SIZE takes K/M/G; @IOVA fixes the address, otherwise \
             the kernel chooses; ,memfd maps a memfd with IOMMU_IOAS_MAP_FILE, ,huge uses \
-            2 MiB pages), and reports: device ids, IOAS id, HWPT id, usable IOVA ranges \
+            2 MiB pages), maps ranges of device BARs asked for with --map-bar \
+            BDF/BAR[+OFFSET],SIZE[@IOVA] (peer-to-peer DMA: the BAR range is exported as a \
+            dma-buf, VFIO_DEVICE_FEATURE_DMA_BUF, and mapped with IOMMU_IOAS_MAP_FILE; the \
+            device may be one of those attached, or another bound to vfio-pci, which is then \
+            opened and bound but not attached; iommufd only), and reports: device ids, IOAS id, HWPT id, usable IOVA ranges \
             and alignment (IOMMU_IOAS_IOVA_RANGES), the IOMMU's hardware info \
             (IOMMU_GET_HW_INFO), every mapping, and whether the IOMMU enforces cache \
             coherency (blocks no-snoop DMA, so a VM needs no wbinvd emulation): \
@@ -76,7 +80,8 @@ public struct AttachCommand: ParsableCommand {
             "container": {"fd", "iommu_type", "iova_ranges", "page_sizes"} or null, \
             "groups": [{"number", "fd"}], "devices": [{"address", "cdev", "fd", \
             "device_id", "attached_id", "hw_info"}], "mappings": [{"iova", "length", \
-            "backing"}], "cache_coherency": {"enforced" (true, false or null), "query", \
+            "backing"}] (backing: anonymous, memfd, huge, or "bar BDF/BAR[+0xOFFSET]" for \
+            --map-bar), "cache_coherency": {"enforced" (true, false or null), "query", \
             "meaning"}}. Numbers are integers; device_id, attached_id (the HWPT the \
             kernel attached the device to) and hw_info are null when the device was not \
             bound; hw_info is as in `vfioctl hw-info --json`.
@@ -85,6 +90,7 @@ public struct AttachCommand: ParsableCommand {
               vfioctl attach 0000:00:03.0 --ioas new
               vfioctl attach 00:03.0 --map 2M --map 64K@0x100000 --json
               vfioctl attach 00:03.0 --hwpt nest-parent --hold
+              vfioctl attach 00:03.0 --map 8K@0x100000 --map-bar 01:01.0/0,4K@0x200000 --prebound --exec -- vfiokit-edu-dma --peer-iova 0x200000
               vfioctl attach 00:03.0 --exec -- qemu-system-x86_64 -M q35 ... \\
                   -object iommufd,id=iommufd0,fd={iommufd} -device vfio-pci,fd={device},iommufd=iommufd0
               vfioctl attach 00:03.0 --prebound --exec -- vfiokit-edu-dma
@@ -102,6 +108,9 @@ public struct AttachCommand: ParsableCommand {
 
     @Option(name: .customLong("map"), help: ArgumentHelp("Map a buffer vfioctl allocates (repeatable).", valueName: "SIZE[@IOVA][,BACKING]"))
     var maps: [String] = []
+
+    @Option(name: .customLong("map-bar"), help: ArgumentHelp("Map a range of a device's BAR, exported as a dma-buf, for peer-to-peer DMA (repeatable; iommufd only).", valueName: "BDF/BAR[+OFFSET],SIZE[@IOVA]"))
+    var barMaps: [String] = []
 
     @Option(name: .customLong("iommufd"), help: ArgumentHelp("Use this inherited iommufd instead of opening /dev/iommu (for --ioas ID).", valueName: "FD"))
     var iommufdFD: Int32?

@@ -7,6 +7,7 @@ struct AttachPlan: Equatable {
     var ioas: IOASChoice
     var hwpt: HWPTRequest?
     var maps: [MapRequest]
+    var barMaps: [BARMapRequest]
     var mode: Mode
     /// Whether the devices are bound (and attached) here; --exec without --prebound hands them over unbound.
     var bind: Bool
@@ -30,6 +31,8 @@ struct AttachPlan: Equatable {
         let hwptRequest = try command.hwpt.map { (t) throws(VFIOError) in try HWPTRequest(parsing: t) }
         var mapRequests: [MapRequest] = []
         for m in command.maps { mapRequests.append(try MapRequest(parsing: m)) }
+        var barRequests: [BARMapRequest] = []
+        for m in command.barMaps { barRequests.append(try BARMapRequest(parsing: m)) }
         let exec = command.exec, prebound = command.prebound
         if command.hold && exec { throw usage("--hold and --exec exclude each other", hint: "--exec already keeps everything alive while the program runs") }
         if exec && command.program.isEmpty { throw usage("--exec needs a program after `--`", hint: "vfioctl attach BDF --exec -- PROGRAM ARGS...") }
@@ -40,7 +43,16 @@ struct AttachPlan: Equatable {
             if command.iommufdFD != nil { throw usage("--iommufd and --container exclude each other") }
             if prebound { throw usage("--prebound is for iommufd; with --container the device fd is always ready") }
         }
+        if command.container, let first = barRequests.first {
+            throw usage("--map-bar maps a dma-buf of the BAR (IOMMU_IOAS_MAP_FILE), which needs iommufd; the type1 container "
+                            + "maps a BAR only by the address of its mmap",
+                        hint: "drop --container: `vfioctl attach \(list.map(\.description).joined(separator: " ")) --map-bar \(first)`")
+        }
         let bind = command.container || !exec || prebound
+        if !bind, let m = barRequests.first(where: { list.contains($0.device) }) {
+            throw usage("--map-bar \(m): \(m.device) is handed over unbound, and only a bound device exports its BAR",
+                        hint: "add --prebound")
+        }
         if hwptRequest != nil && !bind {
             throw usage("--hwpt needs a bound device, and --exec passes the device unbound",
                         hint: "add --prebound, or let the program allocate its HWPT itself")
@@ -49,6 +61,7 @@ struct AttachPlan: Equatable {
         ioas = ioasChoice
         hwpt = hwptRequest
         maps = mapRequests
+        barMaps = barRequests
         mode = exec ? .exec(command.program) : (command.hold ? .hold : .check)
         self.bind = bind
         container = command.container

@@ -25,6 +25,8 @@ extension AttachSession {
                   attachedID: $0.attachedID, hwInfo: $0.hwInfo.map(HWInfoReport.init))
         }
         r.mappings = mappings.map { .init(iova: $0.iova.rawValue, length: $0.length, backing: $0.backing.rawValue) }
+            + barMappings.map { .init(iova: $0.iova.rawValue, length: $0.length, backing: "bar \($0.request.device)/\($0.request.bar)"
+                                    + ($0.request.offset == 0 ? "" : "+0x\(String($0.request.offset, radix: 16))")) }
         r.cacheCoherency = cacheCoherency()
         return r
     }
@@ -180,7 +182,7 @@ struct AttachReport: Encodable {
         }
         out.append("")
         if mappings.isEmpty {
-            out.append("mappings: none (--map SIZE[@IOVA] adds some)")
+            out.append("mappings: none (--map SIZE[@IOVA] and --map-bar BDF/BAR,SIZE[@IOVA] add some)")
         } else {
             out.append(contentsOf: table(["IOVA", "LAST", "LENGTH", "BACKING"], mappings.map {
                 ["0x" + String($0.iova, radix: 16), "0x" + String($0.iova + $0.length - 1, radix: 16), formatBytes($0.length), $0.backing]

@@ -14,6 +14,20 @@ final class MappingBox {
     }
 }
 
+/// Boxes a noncopyable BAR mapping (`--map-bar`) so a list can hold it.
+final class BARMappingBox {
+    var mapping: BARMapping?
+    let iova: IOVA
+    let length: UInt64
+    let request: BARMapRequest
+    init(_ m: consuming BARMapping, request: BARMapRequest) {
+        iova = m.iova
+        length = m.length
+        self.request = request
+        mapping = consume m
+    }
+}
+
 /// The objects of one `vfioctl attach`, created in order and released in the
 /// kernel's order. The iommufd path opens its objects one by one (an
 /// inherited iommufd, an existing IOAS, a HWPT, devices handed over unbound
@@ -41,6 +55,9 @@ final class AttachSession {
     var space: DMASpace?
     var devices: [Device] = []
     var mappings: [MappingBox] = []
+    var barMappings: [BARMappingBox] = []
+    /// Devices opened (and bound, not attached) only to export a BAR for --map-bar.
+    var exporters: [VFIODevice] = []
 
     init(plan: AttachPlan, host: PCIHost, inheritedIOMMUFD: Int32?) {
         self.plan = plan
@@ -107,6 +124,37 @@ final class AttachSession {
                 }
             }
         }
+        if !plan.barMaps.isEmpty { try mapBARs(ctx, ioas) }
+    }
+
+    /// `--map-bar`: each BAR range exported as a dma-buf and mapped into the
+    /// IOAS, fixed IOVAs first; a device not attached here is opened and bound
+    /// only to export.
+    func mapBARs(_ ctx: IOMMUFD, _ ioas: IOAS) throws(VFIOError) {
+        let ranges = try ioas.iovaRanges()
+        let ordered = plan.barMaps.filter { $0.iova != nil } + plan.barMaps.filter { $0.iova == nil }
+        for m in ordered {
+            if let iova = m.iova { try AttachSession.check(MapRequest(size: m.size, iova: iova), iova: iova, in: ranges) }
+            let exporter: VFIODevice
+            if let d = devices.first(where: { $0.address == m.device }) {
+                exporter = d.device
+            } else if let d = exporters.first(where: { (try? VFIODevice.cdevPath(of: m.device, host: host)) == $0.label }) {
+                exporter = d
+            } else {
+                let d = try VFIODevice.open(m.device, host: host)
+                exporters.append(d)
+                do throws(VFIOError) {
+                    try d.bind(to: ctx)
+                } catch {
+                    throw host.explainOwnership(error, device: m.device)
+                }
+                exporter = d
+            }
+            let buf = try exporter.exportDMABuf(bar: m.bar, offset: m.offset, length: m.size)
+            let mapping = try ioas.map(buf, at: m.iova)
+            try buf.close()  // the mapping holds the kernel's own reference
+            barMappings.append(BARMappingBox(mapping, request: m))
+        }
     }
 
     func setUpContainer() throws(VFIOError) {
@@ -168,8 +216,15 @@ final class AttachSession {
             do { try m.unmap() } catch { if first == nil { first = error } }
         }
         mappings = []
+        for box in barMappings {
+            guard let m = box.mapping.take() else { continue }
+            do { try m.unmap() } catch { if first == nil { first = error } }
+        }
+        barMappings = []
         for d in devices { step { () throws(VFIOError) in try d.device.close() } }
         devices = []
+        for d in exporters { step { () throws(VFIOError) in try d.close() } }
+        exporters = []
         if let hwpt { step { () throws(VFIOError) in try hwpt.destroy() } }
         hwpt = nil
         if let ioas, ioas.isOwned { step { () throws(VFIOError) in try ioas.destroy() } }

@@ -142,6 +142,12 @@ package final class FakeKernel: SyscallProvider, @unchecked Sendable {
         state.withLock { $0.roots.append(root.hasSuffix("/") ? String(root.dropLast()) : root) }
     }
 
+    /// A new fake fd named `label`, for a handler whose request returns one
+    /// (a dma-buf from `VFIO_DEVICE_FEATURE`): closing it through this kernel works.
+    package func makeFD(_ label: String) -> Int32 {
+        state.withLock { s in newFakeFD(&s, label) }
+    }
+
     /// Answers `request` with `handler`.
     package func onIoctl(_ request: UInt, _ handler: @escaping IoctlHandler) {
         state.withLock { $0.handlers[request] = handler }

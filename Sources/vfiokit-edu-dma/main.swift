@@ -8,7 +8,9 @@
 // Values come from the environment vfioctl sets (VFIOKIT_IOMMUFD_FD,
 // VFIOKIT_DEVICE_FD, VFIOKIT_IOAS_ID, VFIOKIT_DEVICE_ID when prebound,
 // VFIOKIT_DEVICE_BDF) or from options: --iommufd FD --device FD --ioas ID
-// [--devid ID] [--iova IOVA] [--bytes N].
+// [--devid ID] [--iova IOVA] [--bytes N] [--peer-iova IOVA]. --peer-iova: then reads
+// 4 bytes by DMA at that IOVA, which maps another edu's BAR 0 (vfioctl attach
+// --map-bar BDF/0,4K@IOVA), and expects that edu's id register (0x010000ed).
 // Exit status: 0 round trip good, 1 failure (message on stderr), 2 usage.
 import VFIOKit
 import VFIOKitTestSupport
@@ -38,7 +40,7 @@ var args = CommandLine.arguments.dropFirst()
 while let a = args.popFirst() {
     guard a.hasPrefix("--"), let v = args.popFirst() else {
         if a == "--help" || a == "-h" {
-            print("usage: vfiokit-edu-dma [--iommufd FD] [--device FD] [--ioas ID] [--devid ID] [--iova IOVA] [--bytes N]")
+            print("usage: vfiokit-edu-dma [--iommufd FD] [--device FD] [--ioas ID] [--devid ID] [--iova IOVA] [--bytes N] [--peer-iova IOVA]")
             exit(0)
         }
         fail(2, "unexpected argument '\(a)' (options take a value: --iommufd FD --device FD --ioas ID ...)")
@@ -84,6 +86,16 @@ do {
     try edu.dmaToDevice(from: mapping.iova, count: bytes)
     try edu.dmaFromDevice(to: mapping.iova + 4096, count: bytes)
     let back = buffer.read(at: 4096, count: bytes)
+    var peerID: UInt32?
+    if let peer = options["peer-iova"] {
+        guard let p = number(peer) else { fail(2, "--peer-iova '\(peer)' is not a number") }
+        // Poison the device buffer first, so a read the IOMMU stops shows.
+        buffer.store32(0x5a5a_5a5a, at: 0)
+        try edu.dmaToDevice(from: mapping.iova, count: 4)
+        try edu.dmaToDevice(from: IOVA(p), count: 4)
+        try edu.dmaFromDevice(to: mapping.iova + 4096, count: 4)
+        peerID = buffer.load32(at: 4096)
+    }
     try mapping.unmap()
     guard back == pattern else {
         let firstBad = zip(back, pattern).enumerated().first { $0.element.0 != $0.element.1 }?.offset ?? 0
@@ -91,6 +103,12 @@ do {
     }
     print("edu DMA round trip OK: \(bytes) bytes through IOAS \(ioasID) at IOVA \(iova) "
           + "(device \(devid.map { "id \($0), prebound" } ?? "bound here"))")
+    if let peerID, let peer = options["peer-iova"] {
+        guard peerID == EduDevice.identification else {
+            fail(1, "peer DMA at IOVA \(peer) read 0x\(String(peerID, radix: 16)), not an edu's id (0x10000ed)")
+        }
+        print("peer DMA OK: read the id 0x\(String(peerID, radix: 16)) of the edu whose BAR 0 is mapped at IOVA \(peer)")
+    }
 } catch {
     fail(1, error.description)
 }

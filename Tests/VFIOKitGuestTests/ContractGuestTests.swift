@@ -390,12 +390,10 @@ struct ContractGuestTests {
             }
             #expect(try ioas.unmapAll() == 0)
             // The hint, followed: a dma-buf of the BAR maps.
-            let dmabuf = try device.exportDMABuf(region: PCIRegion.bar(0), ranges: [(0, UInt64(bar0.length))])
-            let iova = try dmabuf.withDescriptor(.ioctl(.iommuIOASMapFile)) { (fd) throws(VFIOError) in
-                try ioas.unsafeMapFile(fd: fd, offset: 0, length: UInt64(bar0.length), at: IOVA(0x100000))
-            }
-            #expect(iova == IOVA(0x100000))
-            #expect(try ioas.unmap(iova: iova, length: UInt64(bar0.length)) == UInt64(bar0.length))
+            let dmabuf = try device.exportDMABuf(bar: 0, offset: 0, length: UInt64(bar0.length))
+            let mapping = try ioas.map(dmabuf, at: IOVA(0x100000))
+            #expect(mapping.iova == IOVA(0x100000) && mapping.length == UInt64(bar0.length))
+            try mapping.unmap()
             try dmabuf.close()
             try bar0.unmap()
             try device.close()

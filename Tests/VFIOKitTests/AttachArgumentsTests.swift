@@ -29,6 +29,19 @@ import VFIOKit
         }
     }
 
+    @Test func barMapRequestsParseDeviceBAROffsetSizeAndIOVA() throws {
+        let b = try PCIAddress(parsing: "0000:01:01.0")
+        #expect(try BARMapRequest(parsing: "0000:01:01.0/0,4K@0x200000") == BARMapRequest(device: b, bar: 0, size: 4096, iova: 0x200000))
+        #expect(try BARMapRequest(parsing: "01:01.0/2+0x1000,8K") == BARMapRequest(device: b, bar: 2, offset: 4096, size: 8192))
+        #expect(try BARMapRequest(parsing: "01:01.0/0+0x1000,8K@2M").description == "0000:01:01.0/0+0x1000,8K@0x200000")
+        for bad in ["01:01.0", "01:01.0/0", "01:01.0/6,4K", "01:01.0/x,4K", "01:01.0/0,3K", "01:01.0/0+0x10,4K",
+                    "01:01.0/0,4K@0x1001", "zz/0,4K", "01:01.0/0,0"] {
+            let e = #expect(throws: VFIOError.self, "\(bad)") { _ = try BARMapRequest(parsing: bad) }
+            #expect(e?.description.contains(bad) == true, "\(String(describing: e))")
+            #expect(e?.hint?.contains("BDF/BAR[+OFFSET],SIZE[@IOVA]") == true)
+        }
+    }
+
     @Test func ioasAndHWPTChoices() throws {
         #expect(try IOASChoice(parsing: "new") == .new)
         #expect(try IOASChoice(parsing: "3") == .existing(3))
@@ -86,6 +99,9 @@ import VFIOKit
         usage(["00:03.0", "--ioas", "zero"], "neither `new` nor an IOAS id")
         usage(["00:03.0", "--exec", "--"], "needs a program")
         usage(["0:0:0:0"], "not a PCI address")
+        usage(["00:03.0", "--map-bar", "01:01.0/0,4K@0x200000", "--container"], "needs iommufd")
+        usage(["00:03.0", "--map-bar", "00:03.0/0,4K", "--exec", "--", "true"], "handed over unbound")
+        usage(["00:03.0", "--map-bar", "01:01.0/0,3K"], "multiples of 4 KiB")
         let config = vfioctl(["config", "00:03.0", "read", "2", "--width", "4"])
         #expect(config.status == 64 && config.err.contains("not aligned"))
         let bar = vfioctl(["bar", "00:03.0", "6", "read", "0"])

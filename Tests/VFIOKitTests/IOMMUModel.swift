@@ -83,6 +83,32 @@ final class IOMMUModel: Sendable {
         state.withLock { s in s.objects[id].map { kinds.isEmpty || kinds.contains($0.kind) } ?? false }
     }
 
+    /// IOMMU_IOAS_MAP and IOMMU_IOAS_MAP_FILE: a new area (EEXIST on overlap,
+    /// kernel-chosen IOVAs from 1 MiB up), its IOVA written back.
+    private func mapArea(ioas: UInt32, flags: UInt32, length: UInt64, iova io: inout UInt64) -> Int32 {
+        let fixed = flags & UInt32(IOMMU_IOAS_MAP_FIXED_IOVA.rawValue) != 0
+        guard length > 0, length % 4096 == 0 else { return -EINVAL }
+        return state.withLock { s in
+            guard var o = s.objects[ioas], o.kind == .ioas else { return -ENOENT }
+            var iova = io
+            if fixed {
+                guard iova % 4096 == 0 else { return -EINVAL }
+                guard iova <= UInt64.max - (length - 1) else { return -EOVERFLOW }
+                let new = Area(iova: iova, length: length)
+                if o.areas.contains(where: { $0.iova <= new.last && new.iova <= $0.last }) { return -EEXIST }
+            } else {
+                iova = 0x10_0000
+                while let clash = o.areas.first(where: { $0.iova <= iova + (length - 1) && iova <= $0.last }) {
+                    iova = clash.last + 1
+                }
+                io = iova
+            }
+            o.areas.append(Area(iova: iova, length: length))
+            s.objects[ioas] = o
+            return 0
+        }
+    }
+
     private func install() {
         let k = kernel
         k.onIoctl(IOMMU_IOAS_ALLOC) { [self] _, a in
@@ -103,28 +129,13 @@ final class IOMMUModel: Sendable {
         }
         k.onIoctl(IOMMU_IOAS_MAP) { [self] _, a in
             let m = arg(a, iommu_ioas_map.self)
-            let fixed = m.pointee.flags & UInt32(IOMMU_IOAS_MAP_FIXED_IOVA.rawValue) != 0
-            let length = m.pointee.length
-            guard length > 0, length % 4096 == 0 else { return -EINVAL }
-            return state.withLock { s in
-                guard var o = s.objects[m.pointee.ioas_id], o.kind == .ioas else { return -ENOENT }
-                var iova = m.pointee.iova
-                if fixed {
-                    guard iova % 4096 == 0 else { return -EINVAL }
-                    guard iova <= UInt64.max - (length - 1) else { return -EOVERFLOW }
-                    let new = Area(iova: iova, length: length)
-                    if o.areas.contains(where: { $0.iova <= new.last && new.iova <= $0.last }) { return -EEXIST }
-                } else {
-                    iova = 0x10_0000
-                    while let clash = o.areas.first(where: { $0.iova <= iova + (length - 1) && iova <= $0.last }) {
-                        iova = clash.last + 1
-                    }
-                    m.pointee.iova = iova
-                }
-                o.areas.append(Area(iova: iova, length: length))
-                s.objects[m.pointee.ioas_id] = o
-                return 0
-            }
+            return mapArea(ioas: m.pointee.ioas_id, flags: m.pointee.flags, length: m.pointee.length, iova: &m.pointee.iova)
+        }
+        // A file (memfd or dma-buf) maps like memory; the fd must be open in the fake kernel.
+        k.onIoctl(IOMMU_IOAS_MAP_FILE) { [self] _, a in
+            let m = arg(a, iommu_ioas_map_file.self)
+            guard kernel.isOpen(m.pointee.fd) else { return -EBADF }
+            return mapArea(ioas: m.pointee.ioas_id, flags: m.pointee.flags, length: m.pointee.length, iova: &m.pointee.iova)
         }
         k.onIoctl(IOMMU_IOAS_UNMAP) { [self] _, a in
             let u = arg(a, iommu_ioas_unmap.self)

@@ -95,6 +95,70 @@ struct MapRequest: Equatable, Sendable, CustomStringConvertible {
     }
 }
 
+/// One `--map-bar BDF/BAR[+OFFSET],SIZE[@IOVA]` request: a range of another
+/// device's BAR, exported as a dma-buf and mapped into the IOAS (peer-to-peer DMA).
+struct BARMapRequest: Equatable, Sendable, CustomStringConvertible {
+    var device: PCIAddress
+    var bar: Int
+    var offset: UInt64
+    var size: UInt64
+    /// nil: the kernel chooses.
+    var iova: IOVA?
+
+    static let form = "BDF/BAR[+OFFSET],SIZE[@IOVA], e.g. 0000:01:01.0/0,4K@0x200000 or 01:01.0/0+0x1000,4K"
+
+    init(device: PCIAddress, bar: Int, offset: UInt64 = 0, size: UInt64, iova: IOVA? = nil) {
+        self.device = device
+        self.bar = bar
+        self.offset = offset
+        self.size = size
+        self.iova = iova
+    }
+
+    init(parsing text: String) throws(VFIOError) {
+        func bad(_ why: String) -> VFIOError {
+            .invalid(.step("parse --map-bar"), "'\(text)': \(why)", remedies: [.advice("write it as " + BARMapRequest.form)])
+        }
+        guard let slash = text.firstIndex(of: "/") else { throw bad("no /BAR after the device") }
+        guard let comma = text[slash...].firstIndex(of: ",") else { throw bad("no ,SIZE after the BAR") }
+        let device: PCIAddress
+        do throws(VFIOError) { device = try PCIAddress(parsing: String(text[..<slash])) } catch { throw bad("'\(text[..<slash])' is not a PCI address") }
+        var barText = text[text.index(after: slash)..<comma]
+        var offset: UInt64 = 0
+        if let plus = barText.firstIndex(of: "+") {
+            let t = String(barText[barText.index(after: plus)...])
+            guard let v = ArgumentValues.size(t) else { throw bad("offset '\(t)' is not a number") }
+            offset = v
+            barText = barText[..<plus]
+        }
+        guard let bar = Int(barText), (0...5).contains(bar) else { throw bad("BAR '\(barText)' is not 0 to 5") }
+        var rest = text[text.index(after: comma)...]
+        var iova: IOVA?
+        if let at = rest.firstIndex(of: "@") {
+            let t = String(rest[rest.index(after: at)...])
+            guard let v = ArgumentValues.size(t) else { throw bad("IOVA '\(t)' is not a number") }
+            iova = IOVA(v)
+            rest = rest[..<at]
+        }
+        guard let size = ArgumentValues.size(String(rest)) else { throw bad("size '\(rest)' is not a size") }
+        guard size > 0, size % MapRequest.page == 0, offset % MapRequest.page == 0 else {
+            throw bad("the size (non-zero) and the offset must be multiples of 4 KiB (a dma-buf is whole pages)")
+        }
+        if let iova {
+            guard iova.isAligned(to: MapRequest.page) else { throw bad("the IOVA must be a multiple of 4 KiB") }
+            guard iova.adding(size - 1) != nil else { throw bad("the range runs past the end of the 64-bit IOVA space") }
+        }
+        self.init(device: device, bar: bar, offset: offset, size: size, iova: iova)
+    }
+
+    /// The request as `--map-bar` takes it (a command line can use it as it is).
+    var description: String {
+        let sizeText = size % (1 << 20) == 0 ? "\(size >> 20)M" : size % 1024 == 0 ? "\(size >> 10)K" : "\(size)"
+        return "\(device)/\(bar)" + (offset == 0 ? "" : "+0x\(String(offset, radix: 16))") + "," + sizeText
+            + (iova.map { "@0x\(String($0.rawValue, radix: 16))" } ?? "")
+    }
+}
+
 /// `--ioas new|ID`.
 enum IOASChoice: Equatable, Sendable {
     case new

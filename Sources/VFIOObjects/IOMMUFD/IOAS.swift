@@ -239,8 +239,8 @@ public final class IOAS: IOMMUAttachTarget, IOMMUObjectOwner {
         case .badAddress?:
             e.detail = "\(length) bytes \(at): the memory is not mapped in this process, not readable/writable as "
                 + "asked, or device memory (a BAR's mmap: iommufd pins ordinary pages only), so its pages cannot be pinned"
-            e.remedies = [.advice("for a BAR, map a dma-buf of it instead: VFIODevice.exportDMABuf(region:ranges:), "
-                + "then IOAS.unsafeMapFile(fd:offset:length:at:) with its fd")]
+            e.remedies = [.advice("for a BAR, map a dma-buf of it instead: VFIODevice.exportDMABuf(bar:offset:length:), "
+                + "then IOAS.map(_:at:) with it (IOMMU_IOAS_MAP_FILE)")]
         default: break
         }
         return e

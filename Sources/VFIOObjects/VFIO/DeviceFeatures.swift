@@ -122,7 +122,11 @@ extension VFIODevice {
     }
 
     /// Enters runtime low power (D3); `VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY`.
-    public func enterLowPower() throws(VFIOError) { try setFeature(VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY, payload: []) }
+    /// It revokes the device's dma-bufs (``BARDMABuf``).
+    public func enterLowPower() throws(VFIOError) {
+        try setFeature(VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY, payload: [])
+        noteRevocation("\(label) entered low power (D3)")
+    }
     /// Leaves low power; `VFIO_DEVICE_FEATURE_LOW_POWER_EXIT`.
     public func exitLowPower() throws(VFIOError) { try setFeature(VFIO_DEVICE_FEATURE_LOW_POWER_EXIT, payload: []) }
 

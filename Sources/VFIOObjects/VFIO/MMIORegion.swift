@@ -75,6 +75,7 @@ public final class MMIORegion: @unchecked Sendable {
         self.length = length
         self.regionIndex = regionIndex
         self.regionOffset = regionOffset
+        device.regionMapped()
     }
 
     // @inlinable so client code compiles each access to a compare and one
@@ -188,11 +189,13 @@ public final class MMIORegion: @unchecked Sendable {
                               flags: MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
                               object: "\(device.label) region \(regionIndex)")
             m = false
+            device.regionUnmapped()
         }
     }
 
     deinit {
         // The BAR's mapping, or the inaccessible range that replaced it.
         try? Sys.munmap(kernel, base, length: length)
+        if mapped.withLock({ $0 }) { device.regionUnmapped() }
     }
 }

@@ -165,6 +165,8 @@ extension VFIODevice {
         try transfer(region, offset, bytes.count, write: true) { (position, object) throws(VFIOError) in
             try fd.pwrite(bytes, at: position, object: object())
         }
+        // Memory decoding turned off revokes the device's dma-bufs (BARDMABuf).
+        if region.index == PCIRegion.config { noteConfigWrite(at: offset, bytes) }
     }
 
     /// Checks an access of `count` bytes at `offset` in `region`, has `io` (a

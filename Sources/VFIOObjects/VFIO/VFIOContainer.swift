@@ -141,7 +141,27 @@ public final class VFIOContainer: Sendable {
             // vfio_iommu_type1.c vfio_pin_pages_remote(): past RLIMIT_MEMLOCK without CAP_IPC_LOCK.
             throw MemlockLimit.explainPinFailure(error, length: UInt64(length),
                                                  at: "at IOVA 0x" + String(iova.rawValue, radix: 16))
+        } catch {
+            throw explainMapFailure(error, length: UInt64(length), iova: iova.rawValue)
         }
+    }
+
+    /// Adds what an EFAULT means: on iommufd's compat container, that a BAR's
+    /// mmap (device memory) cannot be pinned, and the dma-buf way to map it.
+    func explainMapFailure(_ error: VFIOError, length: UInt64, iova: UInt64) -> VFIOError {
+        guard error.errno == .badAddress else { return error }
+        var e = error
+        let at = "\(length) bytes at IOVA 0x\(String(iova, radix: 16))"
+        if backend == .iommufdCompat {
+            e.detail = "\(at): the memory is not mapped in this process, or is device memory (a BAR's mmap): iommufd's "
+                + "compat container pins ordinary pages only and never maps a BAR by address, as the legacy type1 container does"
+            e.remedies = [.advice("for a BAR, use native iommufd: bind the device's cdev to an IOMMUFD, export the BAR as a "
+                + "dma-buf (VFIODevice.exportDMABuf(bar:offset:length:)) and map it into an IOAS (IOAS.map(_:at:), "
+                + "IOMMU_IOAS_MAP_FILE)")]
+        } else {
+            e.detail = "\(at): the memory is not mapped in this process, or not readable/writable as asked"
+        }
+        return e
     }
 
     /// Gives an existing mapping (invalidated with ``invalidateVirtualAddresses(iova:length:all:)``)

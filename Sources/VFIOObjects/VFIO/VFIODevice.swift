@@ -37,6 +37,8 @@ public final class VFIODevice: Sendable {
         var irqEventFDs: [UInt32: [EventFD?]] = [:]
     }
     let binding = Mutex(Binding())
+    /// What revoked the dma-bufs of its BARs, and its mapped regions (see ``BARDMABuf``).
+    let exports = Mutex(ExportRecord())
 
     package init(fd: OwnedFD, path: Path, group: VFIOGroup?) {
         self.fd = fd
@@ -216,7 +218,11 @@ public final class VFIODevice: Sendable {
     /// its own reference to the kernel's file: the device is really released
     /// (and its group can leave its container) once those are gone too.
     public func close() throws(VFIOError) {
-        defer { binding.withLock { $0 = Binding() } }
+        let wasOpen = !fd.isClosed
+        defer {
+            binding.withLock { $0 = Binding() }
+            if wasOpen { noteClosed() }  // the kernel revokes the device's dma-bufs at its release
+        }
         try fd.close()
     }
 
