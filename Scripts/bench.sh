@@ -11,7 +11,9 @@
 #     the kernel's nvme driver (fio) on a null-backed controller, with a poll
 #     queue for the kernel's polled I/O.
 #
-#   Scripts/bench.sh [--iommu intel|amd|virtio] [--json] [--no-nvme | --nvme-only] [--seconds N] [--rounds N]
+#   Scripts/bench.sh [--iommu intel|amd|virtio] [--json] [--no-nvme | --nvme-only | --host] [--seconds N] [--rounds N]
+#
+# --host runs step 1 only (no guest).
 #
 # The hot-path boot runs QEMU with one TCG thread (--tcg-thread single): the
 # open-to-attached rows open and close the edu devices hundreds of times, and
@@ -27,11 +29,13 @@ iommu=intel
 args=()
 nvme=1
 hot=1
+guest=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --iommu) iommu=$2; shift 2 ;;
     --no-nvme) nvme=0; shift ;;
     --nvme-only) hot=0; shift ;;
+    --host) guest=0; nvme=0; shift ;;
     *) args+=("$1"); shift ;;
   esac
 done
@@ -63,6 +67,7 @@ if [ $hot = 1 ]; then
     fi
   fi
   .build/release/vfiokit-bench --host "${counts[@]}"
+  [ $guest = 1 ] || exit 0
   echo
 
   # 2. The hot paths in the guest: a callgrind run for the counts, then the timed run.
