@@ -457,6 +457,12 @@ do {
         if countOut == nil { printHost(rows) }
         exit(0)
     }
+    if args.contains("--dma-modes") {
+        let bytes = option("--dma-bytes").flatMap { Int($0) } ?? 1 << 30
+        let rounds = option("--rounds").flatMap { Int($0) } ?? 3
+        printDMAModes(try runDMAModes(bytes: bytes, rounds: max(1, rounds)), bytes: bytes, rounds: max(1, rounds))
+        exit(0)
+    }
     if let countOut {
         _ = try run(counting: countOut, scale: scale)
         exit(0)
