@@ -4,6 +4,9 @@
 //
 //   Scripts/bench.sh [--iommu intel|amd|virtio] [--json] [--no-nvme | --nvme-only] [--seconds N] [--rounds N]
 //
+// `vfiokit-bench --host` runs the IOVA allocator rows (Host.swift);
+// `--dma-modes [--dma-bytes N] [--rounds N]` the DMA-mode map/unmap table (Modes.swift).
+//
 // For each operation it runs the C loop and the VFIOKit loop in alternating
 // rounds and prints the median time per operation of each, their ratio, and
 // the allocations the VFIOKit loop made (counted by interposing malloc; the hot
