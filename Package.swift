@@ -100,10 +100,12 @@ let package = Package(
             path: "Benchmarks/vfiokit-bench",
             swiftSettings: strict
         ),
+        // Counts the host tests' allocations per thread (interposes malloc in the test bundle).
+        .target(name: "CAllocationCount", path: "Tests/CAllocationCount"),
         .testTarget(
             name: "VFIOKitTests",
             dependencies: ["VFIOKit", "VFIOSystem", "VFIOObjects", "VFIODMA", "VFIOHost", "VFIOKitTestSupport",
-                           "VFIOCommands", "CVFIO"],
+                           "VFIOCommands", "CVFIO", "CAllocationCount"],
             swiftSettings: strict
         ),
         // Runs only where /dev/iommu and the edu device exist (the test guest); skips elsewhere.

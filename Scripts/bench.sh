@@ -9,9 +9,16 @@
 #     boot, in a run of its own before the timed one);
 #  3. in a second guest boot: the NVMe driver (Examples/NVMeDriver) against
 #     the kernel's nvme driver (fio) on a null-backed controller, with a poll
-#     queue for the kernel's polled I/O.
+#     queue for the kernel's polled I/O;
+#  4. in a third guest boot (more memory, 1 GiB of 2 MiB hugepages): map and
+#     unmap of 1 GiB in each of the five DMA modes, as 4 KiB anonymous pages,
+#     2 MiB hugetlb pages and a memfd (IOMMU_IOAS_MAP_FILE in native iommufd),
+#     and `vfioctl list` end to end against `lspci` (median of --list-runs).
 #
-#   Scripts/bench.sh [--iommu intel|amd|virtio] [--json] [--no-nvme | --nvme-only] [--seconds N] [--rounds N]
+#   Scripts/bench.sh [--iommu intel|amd|virtio] [--json] [--no-nvme | --nvme-only | --host | --modes-only]
+#                    [--no-modes] [--seconds N] [--rounds N] [--list-runs N]
+#
+# --host runs step 1 only (no guest); --modes-only step 4 only.
 #
 # The hot-path boot runs QEMU with one TCG thread (--tcg-thread single): the
 # open-to-attached rows open and close the edu devices hundreds of times, and
@@ -27,18 +34,25 @@ iommu=intel
 args=()
 nvme=1
 hot=1
+guest=1
+modes=1
+list_runs=21
 while [ $# -gt 0 ]; do
   case "$1" in
     --iommu) iommu=$2; shift 2 ;;
     --no-nvme) nvme=0; shift ;;
     --nvme-only) hot=0; shift ;;
+    --host) guest=0; nvme=0; modes=0; shift ;;
+    --modes-only) hot=0; nvme=0; shift ;;
+    --no-modes) modes=0; shift ;;
+    --list-runs) list_runs=$2; shift 2 ;;
     *) args+=("$1"); shift ;;
   esac
 done
 # The build's own exit status decides (a failed build must not bench a stale binary).
-build_log=$(swift build -c release --product vfiokit-bench 2>&1) || {
+build_log=$( (swift build -c release --product vfiokit-bench && swift build -c release --product vfioctl) 2>&1) || {
   printf '%s\n' "$build_log" | grep -vE '^\[[0-9]+/[0-9]+\]' >&2
-  echo "bench.sh: the release build of vfiokit-bench failed" >&2
+  echo "bench.sh: the release build of vfiokit-bench or vfioctl failed" >&2
   exit 1
 }
 printf '%s\n' "$build_log" | grep -E 'warning:' >&2 || [ $? -eq 1 ]
@@ -63,6 +77,7 @@ if [ $hot = 1 ]; then
     fi
   fi
   .build/release/vfiokit-bench --host "${counts[@]}"
+  [ $guest = 1 ] || exit 0
   echo
 
   # 2. The hot paths in the guest: a callgrind run for the counts, then the timed run.
@@ -87,4 +102,40 @@ if [ $nvme = 1 ]; then
   command -v fio >/dev/null || { echo "bench.sh: fio not found (Scripts/setup.sh installs it)" >&2; exit 1; }
   [ $hot = 1 ] && echo
   Scripts/vm.sh --iommu "$iommu" --timeout 2400 --nvme-null --append nvme.poll_queues=1 -- .build/release/vfiokit-bench --nvme-only "${args[@]}"
+fi
+
+if [ $modes = 1 ]; then
+  # 4. DMA modes and `vfioctl list`. The guest gets 4 GiB: 1 GiB of hugepages
+  # plus a 1 GiB buffer (one backing at a time) and the rest.
+  command -v lspci >/dev/null || { echo "bench.sh: lspci not found (Scripts/setup.sh installs pciutils)" >&2; exit 1; }
+  [ $hot = 1 ] || [ $nvme = 1 ] && echo
+  # shellcheck disable=SC2016 # expanded in the guest
+  guest='
+    runs=$1; shift
+    # vm.sh boots with hugepages=16 (a second hugepages= on the command line is
+    # ignored by the kernel): raise the pool now, while memory is unfragmented.
+    echo 512 > /proc/sys/vm/nr_hugepages
+    got=$(cat /proc/sys/vm/nr_hugepages)
+    [ "$got" -ge 512 ] || echo "bench.sh: only $got of 512 hugepages: the hugetlb column will fail" >&2
+    .build/release/vfiokit-bench --dma-modes "$@" || exit
+    echo
+    median() { sort -n | awk "{a[NR]=\$1} END {print a[int((NR+1)/2)]}"; }
+    time_runs() {
+      for _ in $(seq "$runs"); do
+        s=$(date +%s%N); "$@" >/dev/null 2>&1 || { echo "bench.sh: $* failed" >&2; exit 1; }; e=$(date +%s%N)
+        echo $(( (e - s) / 1000 ))
+      done | median
+    }
+    list=$(time_runs .build/release/vfioctl list)
+    lspci_us=$(time_runs lspci)
+    lspci_nn=$(time_runs lspci -nnk)
+    start=$(time_runs .build/release/vfioctl --version)
+    echo "vfioctl list against lspci (same guest, $runs runs each, median, process start to exit, output to /dev/null)"
+    printf "%-40s %12s %8s\n" command "us per run" "ratio"
+    printf "%-40s %12d %8s\n" "lspci" "$lspci_us" "1.00"
+    printf "%-40s %12d %8.2f\n" "lspci -nnk (ids, drivers)" "$lspci_nn" "$(echo "$lspci_nn / $lspci_us" | bc -l)"
+    printf "%-40s %12d %8.2f\n" "vfioctl list (release)" "$list" "$(echo "$list / $lspci_us" | bc -l)"
+    printf "%-40s %12d %8.2f\n" "vfioctl --version (start-up only)" "$start" "$(echo "$start / $lspci_us" | bc -l)"'
+  Scripts/vm.sh --iommu "$iommu" --memory 4G --timeout 2400 -- \
+    bash -c "$guest" bash "$list_runs" "${args[@]}"
 fi

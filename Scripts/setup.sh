@@ -18,7 +18,7 @@ sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 export DEBIAN_FRONTEND=noninteractive
 
-need=(bc bison flex libelf-dev libssl-dev cpio xz-utils make gcc python3 e2fsprogs util-linux fio)
+need=(bc bison flex libelf-dev libssl-dev cpio xz-utils make gcc python3 e2fsprogs util-linux fio pciutils)
 missing=()
 for p in "${need[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

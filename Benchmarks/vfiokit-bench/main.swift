@@ -4,6 +4,9 @@
 //
 //   Scripts/bench.sh [--iommu intel|amd|virtio] [--json] [--no-nvme | --nvme-only] [--seconds N] [--rounds N]
 //
+// `vfiokit-bench --host` runs the IOVA allocator rows (Host.swift);
+// `--dma-modes [--dma-bytes N] [--rounds N]` the DMA-mode map/unmap table (Modes.swift).
+//
 // For each operation it runs the C loop and the VFIOKit loop in alternating
 // rounds and prints the median time per operation of each, their ratio, and
 // the allocations the VFIOKit loop made (counted by interposing malloc; the hot
@@ -455,6 +458,12 @@ do {
     if args.contains("--host") {
         let rows = try runHost(countFile: countOut, countsFrom: option("--counts"), scale: scale)
         if countOut == nil { printHost(rows) }
+        exit(0)
+    }
+    if args.contains("--dma-modes") {
+        let bytes = option("--dma-bytes").flatMap { Int($0) } ?? 1 << 30
+        let rounds = option("--rounds").flatMap { Int($0) } ?? 3
+        printDMAModes(try runDMAModes(bytes: bytes, rounds: max(1, rounds)), bytes: bytes, rounds: max(1, rounds))
         exit(0)
     }
     if let countOut {

@@ -264,7 +264,7 @@ public final class DMASpace: Sendable {
                                       readable: readable, writable: writable)
             }
         } catch {
-            allocator.withLock { $0.free(at) }
+            allocator.withLock { _ = $0.free(at) }
             throw error
         }
         return DMAMapping(iova: at, length: length, buffer: buffer, owner: .space(self), slot: slot)
@@ -285,7 +285,7 @@ public final class DMASpace: Sendable {
             e.detail = (e.detail.map { $0 + "; " } ?? "") + "its IOVA stays reserved in \(label), never handed out again"
             throw e
         }
-        allocator.withLock { $0.free(IOVA(iova)) }
+        allocator.withLock { _ = $0.free(IOVA(iova)) }
     }
 
     /// The allocator's current state (ranges, alignment, mask).
