@@ -4,10 +4,10 @@ import VFIOSystem
 /// minimum alignment (the IOMMU page size), below a device's DMA mask.
 ///
 /// First fit: the lowest address that fits. The free space is kept as an
-/// index of gaps (``GapIndex``: ordered by address, each subtree knowing its
+/// index of gaps (`GapIndex`: ordered by address, each subtree knowing its
 /// widest gap), so allocate descends to the lowest gap wide enough and
 /// reserve finds the gap that holds a range, both in O(log n) for n gaps;
-/// free finds its allocation in a hash table (``AllocationTable``, O(1)
+/// free finds its allocation in a hash table (`AllocationTable`, O(1)
 /// expected) and joins the freed range
 /// with the gaps on either side (O(log n)). A gap never crosses from one
 /// usable range into the next, so an allocation lies inside one range.

@@ -118,8 +118,10 @@ import Glibc
             seen.withLock { $0.ended = true }
         }
         try e.signal(2)
-        // Wait for the thread to deliver the count, so it is back inside poll when we close.
-        let deadline = ContinuousClock.now + .seconds(10)
+        // Wait for the thread to deliver the count, so it is back inside poll when we close. Not a
+        // promptness bound: the consuming task needs a cooperative-pool thread, which other tests'
+        // synchronous work can hold for seconds on a loaded 2-core machine (a lost count still fails).
+        let deadline = ContinuousClock.now + .seconds(60)
         while seen.withLock({ $0.counts }).isEmpty && ContinuousClock.now < deadline {
             try await Task.sleep(for: .milliseconds(5))
         }
