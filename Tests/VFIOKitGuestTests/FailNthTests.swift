@@ -322,6 +322,32 @@ struct FailNthTests {
         }
     }
 
+    /// MSI-X setup, which the edu lacks, on the nvme (bound to vfio-pci by the
+    /// library, given back to its driver afterwards): 8 vectors routed to
+    /// eventfds, one fired from software and received on that vector, all off.
+    @Test func nvmeMSIXSetup() throws {
+        let bdf = try Guest.require("VFIOKIT_NVME")
+        let address = try PCIAddress(parsing: bdf)
+        _ = try PCIHost.system.bind(address)
+        defer { #expect(throws: Never.self, "put the device back") { _ = try PCIHost.system.unbind(address, restore: true) } }
+        let ctx = try IOMMUFD()
+        let device = try VFIODevice.open(cdev: try VFIODevice.cdevPath(of: address))
+        try device.bind(to: ctx)
+        try #require(try device.irqInfo(.msix).count >= 8)
+        let sweep = { () throws(VFIOError) in
+            let vectors = try device.interrupts(.msix, count: 8)
+            try vectors[3].trigger()
+            let got = try vectors[3].wait(timeout: .seconds(2))
+            try vectors.close()
+            try Self.expectDelivered(got == 1, "the MSI-X trigger of vector 3")
+        }
+        let runs = try FailNth.sweep(scenario: sweep, afterEach: { Self.stillOnVFIO(bdf) })
+        check(runs, minimumInjections: 3)
+        try sweep()  // the vectors still work
+        try device.close()
+        try ctx.close()
+    }
+
     /// Region mmap: BAR0's region info read, the BAR mapped, its
     /// identification register read, unmapped.
     @Test func eduRegionMmap() throws {
