@@ -124,6 +124,247 @@ struct FailNthTests {
         #expect(Guest.driver(of: bdf) == "vfio-pci")
     }
 
+    // MARK: mock-IOMMU sweeps (CONFIG_IOMMUFD_TEST; independent of the emulated IOMMU)
+
+    /// Sweeps `scenario` in one iommufd kept across the runs (so that the
+    /// objects a run leaves behind are seen): after each run, with injection
+    /// off, no object may be left in it (``MockIOMMU/leftoverObjects(_:upTo:)``,
+    /// as `withMockContext` checks), besides the fds and pinned pages that
+    /// ``FailNth/sweep(limit:name:scenario:afterEach:)`` compares. Afterwards the
+    /// scenario must still succeed in the same iommufd.
+    func mockSweep(name: String = #function, minimumInjections: Int,
+                   _ scenario: (IOMMUFD) throws(VFIOError) -> Void,
+                   sourceLocation: SourceLocation = #_sourceLocation) throws {
+        try MockIOMMU.requireAvailable()
+        let ctx = try IOMMUFD()
+        let runs = try FailNth.sweep(name: name, scenario: { () throws(VFIOError) in try scenario(ctx) }, afterEach: {
+            let left = MockIOMMU.leftoverObjects(ctx)
+            return left.isEmpty ? [] : ["iommufd objects left: \(left)"]
+        })
+        check(runs, minimumInjections: minimumInjections, sourceLocation: sourceLocation)
+        try scenario(ctx)
+        #expect(MockIOMMU.leftoverObjects(ctx) == [], "objects left after the last clean run", sourceLocation: sourceLocation)
+        try ctx.close()
+    }
+
+    /// A run that must have seen something (a fault, an event): throws when it did not.
+    static func expectDelivered(_ ok: Bool, _ what: String) throws(VFIOError) {
+        guard ok else { throw VFIOError.invalid(.step("fail-nth scenario"), "\(what) was not delivered") }
+    }
+
+    /// HWPT allocation: a mapped IOAS, a mock device, a nest parent HWPT and a
+    /// nested (selftest) HWPT on it, the device moved onto the nested one and
+    /// back, everything destroyed.
+    @Test func hwptAllocNested() throws {
+        let buffer = try DMABuffer(length: 16384)
+        try mockSweep(minimumInjections: 5) { ctx throws(VFIOError) in
+            let ioas = try IOAS(ctx)
+            let mapping = try ioas.map(buffer, at: IOVA(mockBase))
+            let dev = try MockDevice(attachedTo: ioas)
+            defer { try? dev.destroy() }
+            let parent = try HWPT(ioas: ioas, device: dev.deviceID, flags: .nestParent)
+            let nested = try HWPT(nestedOn: parent, device: dev.deviceID, data: IOMMUFDMockTests.HardwarePageTables.selftestData())
+            try dev.replace(with: nested)
+            try dev.replace(with: ioas)
+            try nested.destroy()
+            try parent.destroy()
+            try dev.destroy()
+            try mapping.unmap()
+            try ioas.destroy()
+        }
+    }
+
+    /// The fault queue: a FaultQueue, a nested HWPT that reports to it, one
+    /// page fault raised by the mock device, read and answered, torn down.
+    @Test func faultQueue() throws {
+        try mockSweep(minimumInjections: 5) { ctx throws(VFIOError) in
+            let ioas = try IOAS(ctx)
+            let dev = try MockDevice(attachedTo: ioas)
+            defer { try? dev.destroy() }
+            let parent = try HWPT(ioas: ioas, device: dev.deviceID, flags: .nestParent)
+            let queue = try FaultQueue(ctx)
+            let iopf = try HWPT(nestedOn: parent, device: dev.deviceID, data: IOMMUFDMockTests.HardwarePageTables.selftestData(),
+                                faultQueue: queue)
+            try dev.replace(with: iopf)
+            try MockIOMMU.triggerPageFault(ctx, device: dev.deviceID, pasid: 1, group: 2, permissions: [.read, .write],
+                                           address: 0xdead_b000)
+            try Self.expectDelivered(try queue.wait(timeout: .seconds(1)), "the page fault")
+            for f in try queue.read() { try queue.respond(cookie: f.cookie, success: true) }
+            try dev.replace(with: ioas)
+            try iopf.destroy()
+            try queue.destroy()
+            try parent.destroy()
+            try dev.destroy()
+            try ioas.destroy()
+        }
+    }
+
+    /// vIOMMU, vDEVICE and vEVENTQ: a vIOMMU on a nest parent, its event
+    /// queue, the device's vDEVICE, a nested HWPT of the vIOMMU with the device
+    /// on it, one vIOMMU event raised and read, torn down.
+    @Test func viommuVDeviceVEventQueue() throws {
+        try mockSweep(minimumInjections: 5) { ctx throws(VFIOError) in
+            let ioas = try IOAS(ctx)
+            let dev = try MockDevice(attachedTo: ioas)
+            defer { try? dev.destroy() }
+            let parent = try HWPT(ioas: ioas, device: dev.deviceID, flags: .nestParent)
+            let viommu = try VIOMMU(device: dev.deviceID, parent: parent, type: MockIOMMU.viommuType)
+            let queue = try VEventQueue(viommu: viommu, type: MockIOMMU.veventqType, depth: 2, eventSize: 4)
+            let vdev = try VDevice(viommu: viommu, device: dev.deviceID, virtualID: 0x99)
+            let nested = try HWPT(nestedOn: viommu, device: dev.deviceID, data: IOMMUFDMockTests.HardwarePageTables.selftestData())
+            try dev.replace(with: nested)
+            try MockIOMMU.triggerVEvent(ctx, device: dev.deviceID)
+            try Self.expectDelivered(try queue.wait(timeout: .seconds(1)), "the vIOMMU event")
+            _ = try queue.read()
+            try dev.replace(with: ioas)
+            try vdev.destroy()
+            try queue.destroy()
+            try nested.destroy()
+            try viommu.destroy()
+            try parent.destroy()
+            try dev.destroy()
+            try ioas.destroy()
+        }
+    }
+
+    /// IOAS copy: a mapping of one IOAS copied into another (as a DMAMapping
+    /// and as a raw range), each IOAS with a mock domain, all unmapped and destroyed.
+    @Test func ioasCopy() throws {
+        let buffer = try DMABuffer(length: 8192)
+        try mockSweep(minimumInjections: 5) { ctx throws(VFIOError) in
+            let src = try IOAS(ctx), dst = try IOAS(ctx)
+            let srcDev = try MockDevice(attachedTo: src)
+            defer { try? srcDev.destroy() }
+            let dstDev = try MockDevice(attachedTo: dst)
+            defer { try? dstDev.destroy() }
+            let mapping = try src.map(buffer, at: IOVA(mockBase))
+            let copied = try dst.copy(mapping, to: IOVA(mockBase + 0x20000))
+            let raw = try dst.copy(from: src, sourceIOVA: IOVA(mockBase), length: 8192, to: nil)
+            let unmapped = try dst.unmap(iova: raw, length: 8192)
+            if unmapped != 8192 {
+                throw VFIOError.invalid(.ioctl(.iommuIOASUnmap), "unmapped \(unmapped) of 8192 bytes", object: dst.label)
+            }
+            try copied.unmap()
+            try mapping.unmap()
+            try dstDev.destroy()
+            try srcDev.destroy()
+            try dst.destroy()
+            try src.destroy()
+        }
+    }
+
+    /// Map-file: a memfd mapped with IOMMU_IOAS_MAP_FILE at a fixed and a
+    /// kernel-chosen IOVA (read-only) into an IOAS with a mock domain, unmapped, destroyed.
+    @Test func ioasMapFile() throws {
+        let buffer = try DMABuffer(length: 16384, backing: .memfd)
+        buffer.fill(0x5a)
+        try mockSweep(minimumInjections: 5) { ctx throws(VFIOError) in
+            let ioas = try IOAS(ctx)
+            let dev = try MockDevice(attachedTo: ioas)
+            defer { try? dev.destroy() }
+            let fixed = try ioas.mapFile(buffer, at: IOVA(mockBase))
+            let chosen = try ioas.mapFile(buffer, at: nil, writable: false)
+            try chosen.unmap()
+            try fixed.unmap()
+            try dev.destroy()
+            try ioas.destroy()
+        }
+    }
+
+    // MARK: interrupts and region mmap on the edu
+
+    /// The edu bound to vfio-pci, opened through its cdev, bound to an iommufd
+    /// and attached to an IOAS: `body` sweeps with it; afterwards the device
+    /// must still be on vfio-pci and answer (liveness, an MSI).
+    func withEdu(_ body: (VFIODevice, EduDevice) throws -> Void) throws {
+        let bdf = try Guest.requireEdu()
+        try Guest.bindToVFIO(bdf)
+        defer { #expect(throws: Never.self, "put the device back") { try Guest.unbind(bdf) } }
+        let ctx = try IOMMUFD()
+        let device = try VFIODevice.open(try PCIAddress(parsing: bdf))
+        try device.bind(to: ctx)
+        let ioas = try IOAS(ctx)
+        try device.attach(to: ioas)
+        let edu = try EduDevice(device)
+        try edu.enableBusMaster()  // MSI is a memory write: the edu sends none without it
+        try body(device, edu)
+        #expect(Guest.driver(of: bdf) == "vfio-pci")
+        // Usable afterwards: registers answer and an MSI arrives.
+        #expect(edu.liveness(0x1234_5678) == ~UInt32(0x1234_5678))
+        let msi = try edu.enableMSI()
+        edu.raise(1)
+        #expect(try msi.wait(timeout: .seconds(5)) != nil, "no MSI after the sweep")
+        edu.acknowledge(1)
+        try msi.close()
+        // BAR0's mmap holds the device file: unmapped first, so that closing the
+        // device detaches it and the iommufd can close.
+        try edu.bar0.unmap()
+        try device.close()
+        try ctx.close()
+    }
+
+    /// IRQ setup: MSI routed to an eventfd, raised by the edu and received,
+    /// turned off; INTx routed and turned off. (The edu has no MSI-X.)
+    @Test func eduInterruptSetup() throws {
+        let bdf = try Guest.requireEdu()
+        try withEdu { device, edu in
+            let runs = try FailNth.sweep(scenario: { () throws(VFIOError) in
+                let msi = try device.interrupt(.msi)
+                edu.raise(1)
+                let got = try msi.wait(timeout: .seconds(2))
+                edu.acknowledge(1)
+                try msi.close()
+                try Self.expectDelivered(got != nil, "the MSI")
+                let intx = try device.interrupt(.intx)
+                try intx.close()
+            }, afterEach: { Self.stillOnVFIO(bdf) })
+            check(runs, minimumInjections: 3)
+        }
+    }
+
+    /// MSI-X setup, which the edu lacks, on the nvme (bound to vfio-pci by the
+    /// library, given back to its driver afterwards): 8 vectors routed to
+    /// eventfds, one fired from software and received on that vector, all off.
+    @Test func nvmeMSIXSetup() throws {
+        let bdf = try Guest.require("VFIOKIT_NVME")
+        let address = try PCIAddress(parsing: bdf)
+        _ = try PCIHost.system.bind(address)
+        defer { #expect(throws: Never.self, "put the device back") { _ = try PCIHost.system.unbind(address, restore: true) } }
+        let ctx = try IOMMUFD()
+        let device = try VFIODevice.open(cdev: try VFIODevice.cdevPath(of: address))
+        try device.bind(to: ctx)
+        try #require(try device.irqInfo(.msix).count >= 8)
+        let sweep = { () throws(VFIOError) in
+            let vectors = try device.interrupts(.msix, count: 8)
+            try vectors[3].trigger()
+            let got = try vectors[3].wait(timeout: .seconds(2))
+            try vectors.close()
+            try Self.expectDelivered(got == 1, "the MSI-X trigger of vector 3")
+        }
+        let runs = try FailNth.sweep(scenario: sweep, afterEach: { Self.stillOnVFIO(bdf) })
+        check(runs, minimumInjections: 3)
+        try sweep()  // the vectors still work
+        try device.close()
+        try ctx.close()
+    }
+
+    /// Region mmap: BAR0's region info read, the BAR mapped, its
+    /// identification register read, unmapped.
+    @Test func eduRegionMmap() throws {
+        let bdf = try Guest.requireEdu()
+        try withEdu { device, _ in
+            let runs = try FailNth.sweep(scenario: { () throws(VFIOError) in
+                let bar = try device.map(region: try device.regionInfo(PCIRegion.bar(0)))
+                let id = bar.load32(at: 0)
+                try bar.unmap()
+                if id != EduDevice.identification {
+                    throw VFIOError.invalid(.step("edu"), "BAR0 identification reads 0x\(String(id, radix: 16))")
+                }
+            }, afterEach: { Self.stillOnVFIO(bdf) })
+            check(runs, minimumInjections: 1)
+        }
+    }
+
     /// The commands in a hint: every `...` span, in order.
     static func printedCommandsIn(_ text: String) -> [String] {
         text.split(separator: "`", omittingEmptySubsequences: false).enumerated().filter { $0.offset % 2 == 1 }.map { String($0.element) }
