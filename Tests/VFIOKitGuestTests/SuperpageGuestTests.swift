@@ -3,6 +3,10 @@ import Testing
 import VFIOKit
 import VFIOKitTestSupport
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Superpage mappings read back from the IOMMU's page tables: the edu attached in each DMA mode,
 /// a 2 MiB hugetlb buffer and a 64 KiB anonymous buffer mapped, then the VT-d driver's debugfs
 /// (`/sys/kernel/debug/iommu/intel/<BDF>/domain_translation_struct`, CONFIG_INTEL_IOMMU_DEBUGFS)
@@ -109,5 +113,78 @@ struct SuperpageGuestTests {
         let pfn = entry & ((1 << 55) - 1)
         try #require(pfn != 0, "pagemap gives no PFN (not root?)")
         return pfn << 12
+    }
+}
+
+/// A 1 GiB hugetlb page read back from the VT-d page tables in each DMA mode. Needs a boot of its
+/// own (`Scripts/vm.sh --hugepage-1g`: `-cpu max` for pdpe1gb, `hugepagesz=1G hugepages=1`, 4G of
+/// memory; Tests/GuestManifest/intel-1gib.txt): the normal boot has no 1 GiB page. QEMU's
+/// intel-iommu advertises 1 GiB second-level pages (cap.SLLPS bit 1), so the kernel may use them.
+@Suite(.serialized, .exclusiveGuestDevices, .guestOnly("HugePage1GiBGuestTests"))
+struct HugePage1GiBGuestTests {
+    /// 1 GiB aligned, inside VT-d's 48-bit address width (no DMA: the edu's 28-bit mask does not matter).
+    static let iova: UInt64 = 0x4000_0000
+    static let gib = 1 << 30
+    static let freePages = "/sys/kernel/mm/hugepages/hugepages-1048576kB/free_hugepages"
+
+    /// The leaf size the kernel writes for a 1 GiB hugetlb page: 1 GiB, except in compat type1
+    /// (iopt_disable_large_pages, see SuperpageGuestTests.hugetlbLeafSize): 262,144 4 KiB entries.
+    static func leafSize(_ mode: DMAMode) -> UInt64 {
+        mode == .compatType1 ? VTdPageTableDump.size4K : VTdPageTableDump.size1G
+    }
+
+    @Test func theIOMMUAdvertises1GiBSecondLevelPages() throws {
+        let sllps = try SuperpageGuestTests.secondLevelPageSizes()
+        #expect(sllps & 2 != 0, "cap.SLLPS bit 1 (1 GiB second-level pages) must be set; SLLPS=0x\(String(sllps, radix: 16))")
+    }
+
+    @Test(arguments: DMAMode.allCases)
+    func aGiBHugetlbPageIsMappedAsOneLeaf(_ mode: DMAMode) throws {
+        let free = try String(contentsOfFile: Self.freePages, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        try #require(Int(free) ?? 0 >= 1, "no free 1 GiB hugetlb page (\(Self.freePages): \(free)): boot with Scripts/vm.sh --hugepage-1g")
+        let bdf = try Guest.requireEdu()
+        try Guest.bindToVFIO(bdf)
+        defer { #expect(throws: Never.self, "put the device back") { try Guest.unbind(bdf) } }
+        let fdsBefore = Guest.openFDCount()
+        // Safety: a fresh shared anonymous mapping of one 1 GiB hugetlb page (30 << MAP_HUGE_SHIFT),
+        // unmapped below after the IOMMU mapping is gone.
+        let raw = mmap(nil, Self.gib, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_HUGETLB | (30 << MAP_HUGE_SHIFT), -1, 0)
+        let page = try #require(raw == MAP_FAILED ? nil : raw, "mmap of a 1 GiB hugetlb page: errno \(errno)")
+        defer {
+            // Safety: the mapping made above, of that length, no longer mapped in the IOMMU.
+            #expect(munmap(page, Self.gib) == 0)
+        }
+        // Safety: writes one byte inside the mapping, faulting the page in.
+        page.storeBytes(of: 0xA5, as: UInt8.self)
+        let base = try SuperpageGuestTests.physicalAddress(UInt64(UInt(bitPattern: page)))
+        do {
+            let space = try DMASpace(mode: mode, dmaMask: EduDevice.dmaMask)
+            let device = try space.openDevice(try PCIAddress(parsing: bdf))
+            if let ioas = space.ioas {
+                #expect(try ioas.unsafeMap(address: UnsafeRawPointer(page), length: Self.gib, at: IOVA(Self.iova)) == IOVA(Self.iova))
+            } else {
+                let container = try #require(space.container)
+                try container.unsafeMapDMA(address: UnsafeRawPointer(page), length: Self.gib, at: IOVA(Self.iova))
+            }
+            let range = Self.iova..<(Self.iova + UInt64(Self.gib))
+            let leaves = try SuperpageGuestTests.pageTable(of: bdf).leaves(overlapping: range)
+            let size = Self.leafSize(mode)
+            #expect(leaves.count == Self.gib / Int(size), "\(mode): \(leaves.count) leaves, first \(leaves.prefix(2))")
+            let wrong = leaves.enumerated().first { i, leaf in
+                let offset = UInt64(i) * size
+                return leaf.iova != Self.iova + offset || leaf.size != size || leaf.physicalAddress != base + offset
+                    || !leaf.readable || !leaf.writable
+            }
+            #expect(wrong == nil, "\(mode): leaf \(wrong.map { "\($0.offset): \($0.element)" } ?? ""): each leaf of \(size) bytes maps the page at 0x\(String(base, radix: 16)) plus its offset, read-write")
+            if let ioas = space.ioas {
+                #expect(try ioas.unmap(iova: IOVA(Self.iova), length: UInt64(Self.gib)) == UInt64(Self.gib))
+            } else {
+                let container = try #require(space.container)
+                #expect(try container.unmapDMA(iova: IOVA(Self.iova), length: UInt64(Self.gib)) == UInt64(Self.gib))
+            }
+            #expect(try SuperpageGuestTests.pageTable(of: bdf).leaves(overlapping: range).isEmpty, "\(mode): unmapped")
+            try device.close()
+        }
+        #expect(Guest.openFDCount() == fdsBefore, "teardown must close every fd")
     }
 }
