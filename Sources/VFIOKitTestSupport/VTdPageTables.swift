@@ -81,9 +81,31 @@ public struct VTdPageTableDump: Sendable, Equatable {
         var root: UInt64 = 0
         var leaves: [Leaf] = []
         var sawHeader = false
-        for (index, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
-            let line = Substring(raw)
+        // Split and scan bytes, not Characters: a 1 GiB range in 4 KiB entries is 262,144 lines.
+        var entries: [UInt64] = []
+        entries.reserveCapacity(5)
+        for (index, bytes) in text.utf8.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false).enumerated() {
             let number = index + 1
+            if sawHeader, let pfn = Self.scanLeafLine(bytes, into: &entries) {
+                let size: UInt64
+                switch entries.count {
+                case 3: size = Self.size1G
+                case 4: size = Self.size2M
+                case 5: size = Self.size4K
+                default:
+                    throw ParseError(line: number, reason: "\(entries.count) entries; a leaf line has 3 (1 GiB), 4 (2 MiB) or 5 (4 KiB)")
+                }
+                let leaf = Leaf(iova: pfn << 12, size: size, entry: entries[entries.count - 1])
+                guard leaf.iova % size == 0 else {
+                    throw ParseError(line: number, reason: "\(Self.sizeName(size)) leaf at IOVA 0x\(String(leaf.iova, radix: 16)) is not aligned to its size")
+                }
+                guard size == Self.size4K || leaf.superpage else {
+                    throw ParseError(line: number, reason: "a \(Self.sizeName(size)) leaf without the superpage bit (7): 0x\(String(leaf.entry, radix: 16))")
+                }
+                leaves.append(leaf)
+                continue
+            }
+            let line = Substring(bytes)
             if line.allSatisfy({ $0 == " " || $0 == "\t" }) || line.hasPrefix("DMA Remapping is not enabled") { continue }
             if line.hasPrefix("Device ") {
                 guard device == nil else { throw ParseError(line: number, reason: "a second Device line") }
@@ -110,34 +132,7 @@ public struct VTdPageTableDump: Sendable, Equatable {
                 continue
             }
             guard sawHeader else { throw ParseError(line: number, reason: "a leaf line before the column header: `\(line)`") }
-            let halves = line.split(separator: "|", omittingEmptySubsequences: false)
-            guard halves.count == 2, let pfn = Self.hex(halves[0].trimmingSpaces) else {
-                throw ParseError(line: number, reason: "expected `0xIOVA_PFN |` then the entries, got `\(line)`")
-            }
-            let fields = halves[1].split(whereSeparator: { $0 == "\t" || $0 == " " })
-            var entries: [UInt64] = []
-            for field in fields {
-                guard let value = Self.hex(field) else {
-                    throw ParseError(line: number, reason: "entry `\(field)` is not 0x-prefixed hexadecimal")
-                }
-                entries.append(value)
-            }
-            let size: UInt64
-            switch entries.count {
-            case 3: size = Self.size1G
-            case 4: size = Self.size2M
-            case 5: size = Self.size4K
-            default:
-                throw ParseError(line: number, reason: "\(entries.count) entries; a leaf line has 3 (1 GiB), 4 (2 MiB) or 5 (4 KiB)")
-            }
-            let leaf = Leaf(iova: pfn << 12, size: size, entry: entries[entries.count - 1])
-            guard leaf.iova % size == 0 else {
-                throw ParseError(line: number, reason: "\(Self.sizeName(size)) leaf at IOVA 0x\(String(leaf.iova, radix: 16)) is not aligned to its size")
-            }
-            guard size == Self.size4K || leaf.superpage else {
-                throw ParseError(line: number, reason: "a \(Self.sizeName(size)) leaf without the superpage bit (7): 0x\(String(leaf.entry, radix: 16))")
-            }
-            leaves.append(leaf)
+            throw ParseError(line: number, reason: "expected `0xIOVA_PFN |` then 0x-prefixed hexadecimal entries, got `\(line)`")
         }
         guard let device else {
             throw ParseError(line: 1, reason: "no `Device` line: the device has no translated domain (no context entry, or DMA remapping is off)")
@@ -159,17 +154,49 @@ public struct VTdPageTableDump: Sendable, Equatable {
         "/sys/kernel/debug/iommu/intel/\(bdf)/domain_translation_struct"
     }
 
-    private static func hex(_ s: some StringProtocol) -> UInt64? {
-        guard s.hasPrefix("0x") else { return nil }
-        return UInt64(s.dropFirst(2), radix: 16)
-    }
-}
-
-extension Substring {
-    fileprivate var trimmingSpaces: Substring {
-        var s = self
-        while let c = s.first, c == " " || c == "\t" { s.removeFirst() }
-        while let c = s.last, c == " " || c == "\t" { s.removeLast() }
-        return s
+    /// `0xPFN |` then tab-separated `0xENTRY`s: the PFN, and the entries in `entries`; nil when
+    /// the line is not of that form (the caller then says why).
+    static func scanLeafLine(_ line: Substring.UTF8View, into entries: inout [UInt64]) -> UInt64? {
+        entries.removeAll(keepingCapacity: true)
+        var i = line.startIndex
+        func skipBlanks() { while i < line.endIndex, line[i] == 0x20 || line[i] == 0x09 { line.formIndex(after: &i) } }
+        func hexNumber() -> UInt64? {
+            guard i < line.endIndex, line[i] == UInt8(ascii: "0") else { return nil }
+            line.formIndex(after: &i)
+            guard i < line.endIndex, line[i] == UInt8(ascii: "x") else { return nil }
+            line.formIndex(after: &i)
+            var value: UInt64 = 0
+            var digits = 0
+            while i < line.endIndex {
+                let c = line[i]
+                let d: UInt8
+                switch c {
+                case UInt8(ascii: "0")...UInt8(ascii: "9"): d = c - UInt8(ascii: "0")
+                case UInt8(ascii: "a")...UInt8(ascii: "f"): d = c - UInt8(ascii: "a") + 10
+                case UInt8(ascii: "A")...UInt8(ascii: "F"): d = c - UInt8(ascii: "A") + 10
+                default: d = 0xFF
+                }
+                if d == 0xFF { break }
+                guard digits < 16 else { return nil }
+                value = value << 4 | UInt64(d)
+                digits += 1
+                line.formIndex(after: &i)
+            }
+            guard digits > 0 else { return nil }
+            if i < line.endIndex, line[i] != 0x20, line[i] != 0x09 { return nil }
+            return value
+        }
+        skipBlanks()
+        guard let pfn = hexNumber() else { return nil }
+        skipBlanks()
+        guard i < line.endIndex, line[i] == UInt8(ascii: "|") else { return nil }
+        line.formIndex(after: &i)
+        skipBlanks()
+        while i < line.endIndex {
+            guard let value = hexNumber() else { return nil }
+            entries.append(value)
+            skipBlanks()
+        }
+        return pfn
     }
 }

@@ -29,6 +29,30 @@ import VFIOKitTestSupport
         #expect(dump.leaves[0].description == "IOVA 0x400000 2 MiB -> 0x200000")
     }
 
+    /// What compat type1 prints for a 128 MiB run of hugetlb pages: 32,768 4 KiB entries across 64
+    /// page tables (a 1 GiB page is 262,144 lines in the guest; 8 times this, kept short here).
+    @Test func manyLinesOf4KiBEntriesAcrossPageTables() throws {
+        // Each PTE's line differs from the previous in the PFN, the page table (every 512) and the PTE.
+        var lines = ["Device 0000:00:03.0 @0x3b59000", String(Self.header.dropLast())]
+        lines.reserveCapacity(32_770)
+        for i in 0..<32_768 {
+            let table = 0x0300_0000 + (i >> 9) << 12
+            lines.append("0x\(Self.hex(0x40000 + i, 13)) |\t0x0000000000000000\t0x0000000003cb9403\t0x0000000003b50403\t0x\(Self.hex(table | 0x403, 16))\t0x\(Self.hex(0x8000_0000 + i << 12 | 0x3, 16))")
+        }
+        let text = lines.joined(separator: "\n") + "\n"
+        let dump = try VTdPageTableDump(parsing: text)
+        #expect(dump.leaves.count == 32_768)
+        let wrong = dump.leaves.enumerated().first { i, leaf in
+            leaf.iova != 0x4000_0000 + UInt64(i) << 12 || leaf.size != 4096 || leaf.physicalAddress != 0x8000_0000 + UInt64(i) << 12
+        }
+        #expect(wrong == nil)
+    }
+
+    static func hex(_ value: Int, _ width: Int) -> String {
+        let digits = String(value, radix: 16)
+        return String(repeating: "0", count: max(0, width - digits.count)) + digits
+    }
+
     @Test func leavesOverlappingARange() throws {
         let dump = try VTdPageTableDump(parsing: Self.fixture)
         #expect(dump.leaves(overlapping: 0x5f_f000..<0x60_0000).map(\.iova) == [0x400000])  // inside the 2 MiB leaf
@@ -55,9 +79,11 @@ import VFIOKitTestSupport
         ("Device 0000:00:03.0 @0x1000\n" + header + "0x0000000000400 |\t0x0\t0x1003\t0x2003\t0x4200003\n", "without the superpage bit"),
         // A 2 MiB leaf at an IOVA that is not 2 MiB aligned.
         ("Device 0000:00:03.0 @0x1000\n" + header + "0x0000000000401 |\t0x0\t0x1003\t0x2003\t0x4200083\n", "not aligned"),
-        ("Device 0000:00:03.0 @0x1000\n" + header + "0x0000000000400 |\t0x0\tzz\t0x2003\t0x4200083\n", "not 0x-prefixed"),
+        ("Device 0000:00:03.0 @0x1000\n" + header + "0x0000000000400 |\t0x0\tzz\t0x2003\t0x4200083\n", "0x-prefixed hexadecimal entries"),
         ("Device 0000:00:03.0 @0x1000\n0x0000000000400 |\t0x0\t0x1003\t0x2003\t0x4200083\n", "before the column header"),
         ("Device 0000:00:03.0 0x1000\n" + header, "expected `Device"),
+        // 17 hex digits: more than 64 bits.
+        ("Device 0000:00:03.0 @0x1000\n" + header + "0x0000000000400 |\t0x0\t0x1003\t0x2003\t0x00000000004200083\n", "0x-prefixed hexadecimal entries"),
     ])
     func malformedTextIsRefusedWithTheReason(_ text: String, _ reason: String) {
         #expect {
