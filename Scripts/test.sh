@@ -194,6 +194,9 @@ if ! $host_only; then
     # SR-IOV VF tokens: the SR-IOV PF of vm.sh --sriov-pf (the manifest's @vm). Not on
     # amd: its QEMU 7.2's nvme VFs never come back from an FLR (amd.txt says more).
     [ ! -f "Tests/GuestManifest/$i-sriov.txt" ] || guest "guest-$i-sriov" "Tests/GuestManifest/$i-sriov.txt"
+    # 1 GiB hugetlb pages read back from the VT-d page tables: vm.sh --hugepage-1g (the manifest's
+    # @vm). Intel only: the page tables are read through the Intel IOMMU driver's debugfs.
+    [ ! -f "Tests/GuestManifest/$i-1gib.txt" ] || guest "guest-$i-1gib" "Tests/GuestManifest/$i-1gib.txt"
   done
   tmp_tree
 fi

@@ -38,6 +38,11 @@ Options:
                              namespace) in an nvme-subsys, sriov_max_vfs=2, behind a PCIe root
                              port at 00:08.0 (the VFs need the port's bus), and boot with
                              vfio_pci.enable_sriov=1 so vfio-pci may create VFs on it
+  --hugepage-1g              reserve one 1 GiB hugetlb page at boot (hugepagesz=1G hugepages=1) on a
+                             CPU that has 1 GiB pages (-cpu max: pdpe1gb), with 4G of memory unless
+                             --memory is given (with 3G the boot-time reservation fails: no free,
+                             1 GiB-aligned GiB is left); /dev/hugepages stays 2 MiB, the 1 GiB page is
+                             for mmap(MAP_HUGETLB | MAP_HUGE_1GB)
   -v, --verbose              print the run directory and the QEMU command line
   -h, --help                 this text
 Environment: VFIOKIT_RESULTS (where runs are kept), VFIOKIT_CACHE (kernel cache).
@@ -101,7 +106,7 @@ EOF
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
 repo=$(dirname "$here")
 
-iommu=intel memory=2G timeout_secs=600 kernel= extra_append= verbose= nvme_image= nvme_null= tcg_thread=multi sriov_pf=
+iommu=intel memory= timeout_secs=600 kernel= extra_append= verbose= nvme_image= nvme_null= tcg_thread=multi sriov_pf= hugepage_1g=
 extra_qemu=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -122,6 +127,7 @@ while [ $# -gt 0 ]; do
     --nvme-image=*) nvme_image=${1#*=}; shift ;;
     --nvme-null) nvme_null=1; shift ;;
     --sriov-pf) sriov_pf=1; shift ;;
+    --hugepage-1g) hugepage_1g=1; shift ;;
     --tcg-thread) tcg_thread=${2:?--tcg-thread needs multi or single}; shift 2 ;;
     --tcg-thread=*) tcg_thread=${1#*=}; shift ;;
     -v|--verbose) verbose=1; shift ;;
@@ -131,6 +137,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ $# -gt 0 ] || { echo "vm.sh: no command given" >&2; usage >&2; exit 125; }
+if [ -z "$memory" ]; then if [ -n "$hugepage_1g" ]; then memory=4G; else memory=2G; fi; fi
 case "$iommu" in intel|amd|virtio) ;; *) echo "vm.sh: --iommu must be intel, amd or virtio" >&2; exit 125 ;; esac
 [[ "$timeout_secs" =~ ^[0-9]+$ ]] || { echo "vm.sh: --timeout must be a number of seconds" >&2; exit 125; }
 case "$tcg_thread" in multi|single) ;; *) echo "vm.sh: --tcg-thread must be multi or single" >&2; exit 125 ;; esac
@@ -270,6 +277,13 @@ if [ -n "$sriov_pf" ]; then
   append+=" vfio_pci.enable_sriov=1"
 fi
 
+cpu_args=()
+if [ -n "$hugepage_1g" ]; then
+  # After hugepages=16 (the default size, 2 MiB): one page of 1 GiB, which needs pdpe1gb.
+  append+=" hugepagesz=1G hugepages=1"
+  cpu_args=(-cpu max)
+fi
+
 [ -z "$extra_append" ] || append+=" $extra_append"
 
 # The command's stdout/stderr reach QEMU as fd sets (-add-fd). Each goes through
@@ -292,7 +306,7 @@ if [ -d "$modules" ] && [ "$(dirname "$qemu_bin")" != /usr/bin ]; then
   qemu_data=(-L "$(dirname "$qemu_bin")/../share/qemu" -L /usr/share/seabios -L /usr/lib/ipxe/qemu)
 fi
 qemu=("$qemu_bin" "${qemu_data[@]}" -name vfiokit-test -no-user-config -nodefaults -no-reboot -display none
-  -accel "tcg,thread=$tcg_thread" -M q35 -m "$memory" -smp 2
+  -accel "tcg,thread=$tcg_thread" -M q35 -m "$memory" -smp 2 ${cpu_args[@]+"${cpu_args[@]}"}
   -kernel "$kernel" -append "$append"
   -serial "file:$console"
   "${iommu_args[@]}"
