@@ -91,12 +91,12 @@ import Glibc
         #expect(r.error?.detail == "cancelled")
     }
 
-    /// Until `kernel` has `count` fds open (false after 5 s); sleeps between
+    /// Until `kernel` has `count` fds open (false after 60 s); sleeps between
     /// looks, so the tasks it waits for can run.
     static func waitForOpenCount(_ kernel: FakeKernel, _ count: Int) async -> Bool {
         // Not a promptness bound (``prompt`` is): the waiting thread or task has to be scheduled,
         // and on a loaded 2-core machine other tests can hold the cooperative pool for seconds.
-        let deadline = ContinuousClock.now + .seconds(30)
+        let deadline = ContinuousClock.now + .seconds(60)
         while kernel.openFDCount != count {
             if ContinuousClock.now > deadline { return false }
             try? await Task.sleep(for: .milliseconds(1))
@@ -158,7 +158,10 @@ import Glibc
         let base = k.openFDCount
         let outcome = Mutex<(result: Result<Bool, VFIOError>, at: ContinuousClock.Instant)?>(nil)
         try Sys.startThread(nil) {
-            let r = Result { () throws(VFIOError) -> Bool in try q.wait(timeout: .seconds(10)) }
+            // Longer than this test can take: in a full host run on 2 cores the cooperative pool that
+            // runs this test's checks can be busy with the other tests for over 16 s, and a wait that
+            // timed out meanwhile closed its wake fd before the test saw it (a CI rehearsal failure).
+            let r = Result { () throws(VFIOError) -> Bool in try q.wait(timeout: .seconds(120)) }
             outcome.withLock { $0 = (r, ContinuousClock.now) }
         }
         try #require(await QueueWaitTests.waitForOpenCount(k, base + 1), "wait() never waited in poll")
