@@ -114,4 +114,53 @@ func type1Kernel(unmapAnswer: @escaping @Sendable (UInt64, UInt64) -> UInt64 = {
         #expect(e?.description.contains("kept alive") == true, "\(String(describing: e))")
         #expect(weakBuffer != nil, "the buffer of a mapping that may still be mapped was freed")
     }
+    /// iommufd's own fault injection (CONFIG_IOMMUFD_TEST with fail-nth) fails
+    /// the IOAS lookup of an IOMMU_IOAS_UNMAP with ENOENT before anything is
+    /// unmapped (`iommufd_get_object`). For a live DMAMapping's exact range,
+    /// ENOENT has no other cause (a raw unmap of an owned range is refused,
+    /// unmap-all and the IOAS's destruction make the mapping inert), so the
+    /// unmap is asked once more: the mapping goes, its buffer with it.
+    @Test func anIOASUnmapWhoseLookupFailedOnceIsAskedAgain() throws {
+        let model = IOMMUModel()
+        weak var weakBuffer: DMABuffer?
+        var ioasID: UInt32 = 0
+        try Syscalls.withProvider(model.kernel) {
+            let ioas = try IOAS(try IOMMUFD())
+            ioasID = ioas.objectID
+            let m: DMAMapping
+            do {
+                let buffer = try DMABuffer(length: 4096)
+                weakBuffer = buffer
+                m = try ioas.map(buffer, at: 0x10_0000)
+            }
+            model.kernel.failCall(1, errno: ENOENT)  // the unmap's ioctl: as iommufd_should_fail() in iommufd_get_object
+            do { try m.unmap() } catch { Issue.record("the unmap failed: \(error)") }
+            #expect(model.kernel.injectedFailure?.kind == .ioctl)
+            #expect(model.areas(ioasID) == [], "the mapping is still in the IOAS")
+            withExtendedLifetime(ioas) {}
+        }
+        #expect(weakBuffer == nil, "the buffer of an unmapped mapping was kept")
+    }
+
+    /// A second ENOENT: the range is not mapped there (not by this mapping):
+    /// still an error, and the buffer is kept (nothing VFIOKit knows of unmapped it).
+    @Test func anIOASUnmapThatFindsNothingTwiceStaysAnError() throws {
+        let model = IOMMUModel()
+        weak var weakBuffer: DMABuffer?
+        let e: VFIOError? = try Syscalls.withProvider(model.kernel) {
+            let ioas = try IOAS(try IOMMUFD())
+            let id = ioas.objectID
+            let m: DMAMapping
+            do {
+                let buffer = try DMABuffer(length: 4096)
+                weakBuffer = buffer
+                m = try ioas.map(buffer, at: 0x10_0000)
+            }
+            model.state.withLock { $0.objects[id]?.areas = [] }  // gone behind VFIOKit's back
+            return unmapError(m)
+        }
+        #expect(e?.errno == .noSuchFileOrDirectory)
+        #expect(e?.description.contains("kept alive") == true, "\(String(describing: e))")
+        #expect(weakBuffer != nil)
+    }
 }

@@ -11,7 +11,8 @@ import VFIOKit
 ///
 /// Every error path after the device is open shuts the controller down and
 /// releases it, so the kernel's nvme driver can take it back
-/// (`vfioctl unbind BDF --restore`). Call ``close()`` when done: it deletes
+/// (`vfioctl unbind BDF --restore`). ``init(device:options:)`` brings a
+/// controller up on a device the caller already opened and keeps open. Call ``close()`` when done: it deletes
 /// the I/O queues, shuts the controller down (CC.SHN), disables it, turns
 /// off MSI-X and bus mastering and closes the device.
 ///
@@ -69,6 +70,9 @@ public final class NVMeController: @unchecked Sendable {
 
     /// The PCI function through VFIOKit's front door.
     let device: AttachedDevice
+    /// Whether ``close()`` closes ``device`` (opened by ``init(address:options:)``)
+    /// or leaves it open to its owner (``init(device:options:)``).
+    private let ownsDevice: Bool
     let registers: Registers
     let pageSize = NVMeController.pageSize
     static let pageSize = 4096
@@ -85,9 +89,30 @@ public final class NVMeController: @unchecked Sendable {
     // MARK: bring-up
 
     /// Opens the controller at `address` (bound to vfio-pci) and brings it up:
-    /// reset, admin queue, enable, identify, I/O queues.
-    public init(address: String, options: Options = Options()) throws(NVMeError) {
+    /// reset, admin queue, enable, identify, I/O queues. ``close()`` closes
+    /// the device too.
+    public convenience init(address: String, options: Options = Options()) throws(NVMeError) {
         let (device, registers) = try AttachedDevice.nvme(address, mode: options.mode)
+        try self.init(device: device, registers: registers, ownsDevice: true, options: options)
+    }
+
+    /// Brings up the controller of `device`, which the caller opened and
+    /// attached (`AttachedDevice.open`) and keeps: maps BAR0, turns bus
+    /// mastering on, then reset, admin queue, enable, identify, I/O queues, in
+    /// the device's address space (`options.mode` does not apply).
+    /// ``close()`` (and every failure) shuts the controller down, unmaps the
+    /// driver's DMA memory and BAR0 and turns bus mastering off, but leaves
+    /// the device open: a controller can be brought up again on it, and the
+    /// caller closes it. Opening and closing a VFIO device is the costly part
+    /// (vfio-pci enables and disables the PCI function, with a reset), so this
+    /// is the entry for bringing a controller up and down repeatedly.
+    public convenience init(device: AttachedDevice, options: Options = Options()) throws(NVMeError) {
+        try device.checkOpenNVMe()
+        let registers = try device.nvmeRegisters()
+        try self.init(device: device, registers: registers, ownsDevice: false, options: options)
+    }
+
+    private init(device: AttachedDevice, registers: Registers, ownsDevice: Bool, options: Options) throws(NVMeError) {
         let name = device.address.description
         let cap = ControllerCapabilities(raw: registers.load64(Register.cap))
         let pageSize = NVMeController.pageSize
@@ -133,11 +158,12 @@ public final class NVMeController: @unchecked Sendable {
             try? adminMemory?.release()
             try? scratchMemory?.release()
             try? vectors?.close()
-            try? device.release()
+            try? device.release(closing: ownsDevice, registers: registers)
             throw error
         }
 
         self.device = device
+        self.ownsDevice = ownsDevice
         self.address = name
         self.mode = device.mode
         self.options = options
@@ -449,8 +475,9 @@ public final class NVMeController: @unchecked Sendable {
 
     /// Deletes the I/O queues, shuts the controller down (CC.SHN, waiting for
     /// CSTS.SHST complete), disables it, turns off MSI-X and bus mastering,
-    /// unmaps the driver's DMA memory and closes the device. Runs every step
-    /// even when one fails; throws the first failure. Idempotent.
+    /// unmaps the driver's DMA memory and closes the device (a device given
+    /// to ``init(device:options:)``: unmaps BAR0 and leaves it open). Runs
+    /// every step even when one fails; throws the first failure. Idempotent.
     public func close() throws(NVMeError) {
         let before = shared.value.exchange(2, ordering: .acquiringAndReleasing)
         guard before != 2 else { return }
@@ -479,9 +506,9 @@ public final class NVMeController: @unchecked Sendable {
         admin.registers = nil
         do { try admin.memory?.release() } catch { first = first ?? error }
         do { try scratch.release() } catch { first = first ?? error }
-        do { try interrupts?.close() } catch { first = first ?? platformError(error, "turn off MSI-X") }
+        do { try interrupts?.close() } catch { first = first ?? platformError(error, "turn off MSI-X", device: address) }
         interrupts = nil
-        do { try device.release() } catch { first = first ?? error }
+        do { try device.release(closing: ownsDevice, registers: registers) } catch { first = first ?? error }
         if let first { throw first }
     }
 

@@ -45,11 +45,14 @@ final class DMAMemory: @unchecked Sendable {
     let base: UnsafeMutableRawPointer
     let iova: IOVA
     let length: Int
+    /// The controller (PCI address) the memory is mapped for, for errors.
+    let device: String
     /// The memory: kept past ``release()`` (the mapping holds it only until it is unmapped).
     private let buffer: DMABuffer
     private var mapping: DMAMapping?
 
-    init(_ mapping: consuming DMAMapping) {
+    init(_ mapping: consuming DMAMapping, device: String) {
+        self.device = device
         buffer = mapping.buffer
         base = mapping.buffer.baseAddress
         iova = mapping.iova
@@ -59,7 +62,7 @@ final class DMAMemory: @unchecked Sendable {
 
     func release() throws(NVMeError) {
         guard let m = mapping.take() else { return }
-        do { try m.unmap() } catch { throw platformError(error, "unmap DMA memory at IOVA \(iova)") }
+        do { try m.unmap() } catch { throw platformError(error, "unmap DMA memory at IOVA \(iova)", device: device) }
     }
 }
 
@@ -92,39 +95,79 @@ extension AttachedDevice {
         }
         let device: AttachedDevice
         do { device = try AttachedDevice.open(address, mode: mode) } catch { throw platformError(error, "open \(name) through VFIO") }
-        do throws(VFIOError) {
-            let bar0 = try device.bar(0)
-            guard bar0.length >= 0x1008 else {
-                throw VFIOError.invalid(.step("map BAR0"), "BAR0 is \(bar0.length) bytes, too small for NVMe registers and doorbells")
-            }
-            try device.setBusMaster(true)
-            return (device, Registers(region: bar0))
+        do throws(NVMeError) {
+            return (device, try device.nvmeRegisters())
         } catch {
             try? device.close()  // BAR0 unmapped, the device fd closed: nothing stays open
-            throw platformError(error, "open \(name) through VFIO")
+            throw error
+        }
+    }
+
+    /// For a device the caller opened (``NVMeController/init(device:options:)``):
+    /// open, and an NVMe controller by its class code (read through the VFIO
+    /// config region, so no sysfs or driver state is needed).
+    func checkOpenNVMe() throws(NVMeError) {
+        let name = address.description
+        guard !isClosed else {
+            throw NVMeError(.closed, "the AttachedDevice for \(name) is closed", device: name,
+                            hint: "open it again (AttachedDevice.open) or use NVMeController(address:)")
+        }
+        let classCode: UInt32
+        do { classCode = try configSpace().read32(0x08) >> 8 } catch {
+            throw platformError(error, "read the class code (config space offset 0x08)", device: name)
+        }
+        guard classCode == 0x01_08_02 else {
+            let code = String(classCode, radix: 16)
+            throw NVMeError(.notNVMe, "\(name) (class 0x\(String(repeating: "0", count: max(0, 6 - code.count)) + code)) is not an NVMe controller "
+                                + "(class 0x010802)", device: name,
+                            hint: "`vfioctl list` shows each device's class; pick one listed as \"NVMe controller\"")
+        }
+    }
+
+    /// BAR0 mapped (registers and doorbells) and bus mastering on. When it
+    /// throws, BAR0 is unmapped again and bus mastering is as it was.
+    func nvmeRegisters() throws(NVMeError) -> Registers {
+        var bar0: MMIORegion?
+        do throws(VFIOError) {
+            let b = try bar(0)
+            bar0 = b
+            guard b.length >= 0x1008 else {
+                throw VFIOError.invalid(.step("map BAR0"), "BAR0 is \(b.length) bytes, too small for NVMe registers and doorbells")
+            }
+            try setBusMaster(true)
+            return Registers(region: b)
+        } catch {
+            try? bar0?.unmap()
+            throw platformError(error, "map BAR0 and turn on bus mastering", device: address.description)
         }
     }
 
     /// `bytes` of zeroed DMA memory at an IOVA the space's allocator picks.
     func dmaMemory(_ bytes: Int) throws(NVMeError) -> DMAMemory {
-        do { return DMAMemory(try allocateDMA(bytes: bytes)) } catch {
-            throw platformError(error, "allocate \(bytes) bytes of DMA memory")
+        do { return DMAMemory(try allocateDMA(bytes: bytes), device: address.description) } catch {
+            throw platformError(error, "allocate \(bytes) bytes of DMA memory", device: address.description)
         }
     }
 
     /// MSI-X vectors `0..<count`, as a set that turns MSI-X off when released.
     func msix(count: Int) throws(NVMeError) -> InterruptSet {
-        do { return try interrupts(.msix, count: count) } catch { throw platformError(error, "enable \(count) MSI-X vectors") }
+        do { return try interrupts(.msix, count: count) } catch { throw platformError(error, "enable \(count) MSI-X vectors", device: address.description) }
     }
     func msixVectorCount() throws(NVMeError) -> Int {
-        do { return try interruptCount(.msix) } catch { throw platformError(error, "read MSI-X info") }
+        do { return try interruptCount(.msix) } catch { throw platformError(error, "read MSI-X info", device: address.description) }
     }
 
-    /// Bus mastering off, then the device closed. Errors come after both ran.
-    func release() throws(NVMeError) {
+    /// Bus mastering off, then the device closed (`closing`), or only the
+    /// driver's BAR0 mapping unmapped (a device the caller opened and keeps).
+    /// Errors come after every step ran.
+    func release(closing: Bool, registers: Registers) throws(NVMeError) {
         var first: NVMeError?
-        do { try setBusMaster(false) } catch { first = platformError(error, "turn off bus mastering") }
-        do { try close() } catch { first = first ?? platformError(error, "close the device") }
+        do { try setBusMaster(false) } catch { first = platformError(error, "turn off bus mastering", device: address.description) }
+        if closing {
+            do { try close() } catch { first = first ?? platformError(error, "close the device", device: address.description) }
+        } else {
+            do { try registers.region.unmap() } catch { first = first ?? platformError(error, "unmap BAR0", device: address.description) }
+        }
         if let first { throw first }
     }
 }
@@ -139,6 +182,6 @@ extension Interrupt {
 }
 
 /// A VFIOKit error as the driver's error, keeping its words and hint.
-func platformError(_ e: VFIOError, _ what: String) -> NVMeError {
-    NVMeError(.vfio, "\(what): \(e.summary)", hint: e.hint)
+func platformError(_ e: VFIOError, _ what: String, device: String? = nil) -> NVMeError {
+    NVMeError(.vfio, "\(what): \(e.summary)", device: device, hint: e.hint)
 }
