@@ -93,6 +93,23 @@ public enum FailNth {
     /// reason, in Tests/GuestManifest/kernel-findings.txt) from one that fails the run.
     public static func sweep<E: Error>(limit: Int = 3000, name: String = #function, scenario: () throws(E) -> Void,
                                        afterEach: () -> [String] = { [] }) throws(VFIOError) -> [Run] {
+        try sweep(limit: limit, name: name, setUp: { () throws(VFIOError) in () }, scenario: { (_: ()) throws(E) in try scenario() },
+                  afterEach: { _ in afterEach() }, tearDown: { _ in })
+    }
+
+    /// ``sweep(limit:name:scenario:afterEach:)`` with a fixture made before
+    /// and ended after each run, outside the injection window: `setUp` makes
+    /// it with injection off, `scenario` runs on it with injection on,
+    /// `afterEach` checks it and `tearDown` ends it, both with injection off.
+    /// For objects whose creation or destruction must not be failed (a kernel
+    /// path with a bug of its own), while every run starts afresh. The fd,
+    /// VmPin and VmLck counts compare before `setUp` with after `tearDown`.
+    /// A throwing `setUp` or `tearDown` (never injected) ends the sweep.
+    public static func sweep<E: Error, Fixture>(limit: Int = 3000, name: String = #function,
+                                                setUp: () throws(VFIOError) -> Fixture,
+                                                scenario: (Fixture) throws(E) -> Void,
+                                                afterEach: (Fixture) -> [String] = { _ in [] },
+                                                tearDown: (Fixture) throws(VFIOError) -> Void) throws(VFIOError) -> [Run] {
         try requireAvailable()
         configure()
         kernelLog("vfiokit: fault injection on (\(name))")
@@ -108,12 +125,20 @@ public enum FailNth {
             let fdsBefore = Guest.openFDCount()
             let (pinnedBefore, lockedBefore) = (pinnedKiB(), lockedKiB())
             var thrown: String?
-            if nth > 0 { arm(control, nth) }
-            do throws(E) { try scenario() } catch { thrown = "\(error)" }
-            let fired = nth > 0 && disarm(control)
+            var fired = false
+            var problems: [String] = []
+            do {
+                // The fixture is gone at the end of this scope, before the counts are taken.
+                let fixture = try setUp()
+                if nth > 0 { arm(control, nth) }
+                do throws(E) { try scenario(fixture) } catch { thrown = "\(error)" }
+                fired = nth > 0 && disarm(control)
+                problems = afterEach(fixture)
+                try tearDown(fixture)
+            }
             var run = Run(nth: nth, injected: fired, error: thrown, fdsBefore: fdsBefore, fdsAfter: Guest.openFDCount(),
                           pinnedBefore: pinnedBefore, pinnedAfter: pinnedKiB(), lockedBefore: lockedBefore, lockedAfter: lockedKiB())
-            run.problems = afterEach()
+            run.problems = problems
             runs.append(run)
             if nth > 0 && !fired { break }  // the scenario no longer reaches the n-th allocation: all swept
             nth += 1
