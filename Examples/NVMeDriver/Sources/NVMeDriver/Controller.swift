@@ -11,10 +11,11 @@ import VFIOKit
 ///
 /// Every error path after the device is open shuts the controller down and
 /// releases it, so the kernel's nvme driver can take it back
-/// (`vfioctl unbind BDF --restore`). ``init(device:options:)`` brings a
-/// controller up on a device the caller already opened and keeps open. Call ``close()`` when done: it deletes
+/// (`vfioctl unbind BDF --restore`). Call ``close()`` when done: it deletes
 /// the I/O queues, shuts the controller down (CC.SHN), disables it, turns
 /// off MSI-X and bus mastering and closes the device.
+/// ``init(device:options:)`` brings a controller up on a device the caller
+/// opened and keeps: ``close()`` then leaves the device open.
 ///
 /// Threads: each ``IOQueue`` belongs to one thread at a time; admin commands
 /// (including the aborts a timed-out I/O sends) take a lock. ``close()`` and
@@ -103,9 +104,10 @@ public final class NVMeController: @unchecked Sendable {
     /// ``close()`` (and every failure) shuts the controller down, unmaps the
     /// driver's DMA memory and BAR0 and turns bus mastering off, but leaves
     /// the device open: a controller can be brought up again on it, and the
-    /// caller closes it. Opening and closing a VFIO device is the costly part
-    /// (vfio-pci enables and disables the PCI function, with a reset), so this
-    /// is the entry for bringing a controller up and down repeatedly.
+    /// caller closes it. One controller at a time per device. Opening and
+    /// closing a VFIO device is the costly part (vfio-pci enables and disables
+    /// the PCI function, with a reset), so this is the entry for bringing a
+    /// controller up and down repeatedly.
     public convenience init(device: AttachedDevice, options: Options = Options()) throws(NVMeError) {
         try device.checkOpenNVMe()
         let registers = try device.nvmeRegisters()

@@ -81,7 +81,9 @@ struct NVMeFailNthTests {
                 var problems: [String] = []
                 let d = Guest.driver(of: bdf)
                 if d != "vfio-pci" { problems.append("\(bdf) is on \(d ?? "no driver"), not vfio-pci") }
-                if f.device.isClosed { problems.append("the AttachedDevice was closed (it belongs to the test)") }
+                if f.device.isClosed {  // (its BARs are unmapped: no register to read)
+                    return problems + ["the AttachedDevice was closed (it belongs to the test)"]
+                }
                 if f.probe.load64(Register.cap) == .max { problems.append("CAP reads all ones: the controller stopped responding") }
                 let cc = ControllerConfiguration(raw: f.probe.load32(Register.cc))
                 let csts = ControllerStatus(raw: f.probe.load32(Register.csts))

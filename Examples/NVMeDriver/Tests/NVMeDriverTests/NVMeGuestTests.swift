@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import VFIOKit
 import VFIOKitTestSupport
 
 @testable import NVMeDriver
@@ -94,7 +95,7 @@ struct NVMeGuestTests {
         let expected = try NVMeGuest.pattern(lba: NVMeGuest.patternLBA + 4096, blocks: 64)
         try Tool.bind(bdf)
         defer { try? Tool.restore(bdf) }
-        let before = NVMeGuest.msixCounts(bdf).values.reduce(0, +)
+        let before = NVMeGuest.msixCounts(bdf).values.reduce(UInt64(0), +)
         let c = try NVMeController(address: bdf, options: .init(interrupts: false))
         defer { try? c.close() }
         #expect(c.interruptVectors == 0 && c.queue(0).interruptVector == nil)
@@ -104,7 +105,7 @@ struct NVMeGuestTests {
         }
         #expect(difference(buffer.read(count: 64 * 512), expected) == nil)
         #expect(c.queue(0).interruptWakeups == 0)
-        #expect(NVMeGuest.msixCounts(bdf).values.reduce(0, +) == before, "no MSI-X interrupt while polling")
+        #expect(NVMeGuest.msixCounts(bdf).values.reduce(UInt64(0), +) == before, "no MSI-X interrupt while polling")
     }
 
     /// Four I/O queues, five MSI-X vectors: each queue's completions arrive on
@@ -304,6 +305,47 @@ struct NVMeGuestTests {
             // What close() releases at once: the device, its eventfds; the DMA
             // space stays while a buffer of it lives.
             #expect(Guest.openFDCount() <= fds + 1)
+        }
+        #expect(Guest.openFDCount() == fds)
+    }
+    /// `NVMeController(device:)` on a device the caller opened: the wrong
+    /// device (edu, class 0x00ff00) and a closed one are refused with the
+    /// driver's own words, and the caller's device stays open, BAR0 unmapped,
+    /// bus mastering off (the driver never touched it); on the nvme, closing
+    /// the controller leaves the device open for the next one.
+    @Test func aDeviceTheCallerOpenedIsCheckedAndStaysTheCallers() throws {
+        let bdf = try NVMeGuest.bdf()
+        let edu = try Guest.requireEdu()
+        let fds = Guest.openFDCount()
+        _ = try Guest.bindToVFIO(edu)
+        defer { try? Guest.unbind(edu) }
+        do {
+            let device = try AttachedDevice.open(try PCIAddress(parsing: edu))
+            let notNVMe = #expect(throws: NVMeError.self) { _ = try NVMeController(device: device) }
+            #expect(notNVMe?.kind == .notNVMe && notNVMe?.message.contains("class 0x00ff00") == true, "\(String(describing: notNVMe))")
+            #expect(notNVMe?.device == edu)
+            #expect(!device.isClosed)
+            #expect(try device.configSpace().command().contains(.busMaster) == false)
+            try device.close()
+            let closed = #expect(throws: NVMeError.self) { _ = try NVMeController(device: device) }
+            #expect(closed?.kind == .closed, "\(String(describing: closed))")
+        }
+        #expect(Guest.openFDCount() == fds)
+
+        try Tool.bind(bdf)
+        defer { try? Tool.restore(bdf) }
+        do {
+            let device = try AttachedDevice.open(try PCIAddress(parsing: bdf))
+            let c = try NVMeController(device: device, options: .init(interrupts: true, ioQueueCount: 2))
+            #expect(c.interruptVectors == 3 && c.mode == device.mode)
+            #expect(try device.configSpace().command().contains(.busMaster))
+            try c.close()
+            #expect(!device.isClosed)
+            #expect(try device.configSpace().command().contains(.busMaster) == false)
+            let again = try NVMeController(device: device)
+            #expect(again.identity.serialNumber == "vfiokit0")
+            try again.close()
+            try device.close()
         }
         #expect(Guest.openFDCount() == fds)
     }
