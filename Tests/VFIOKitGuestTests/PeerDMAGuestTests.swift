@@ -177,6 +177,76 @@ struct PeerDMAGuestTests {
         }
     }
 
+    /// Runtime low power (`VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY`) revokes B's
+    /// dma-bufs; leaving it lifts vfio-pci's revocation, but iommufd never maps
+    /// the range again: A's DMA stops reaching B until the dma-buf is mapped anew.
+    @Test func lowPowerEntryRevokesTheMappingForGood() throws {
+        try withTwoEdus { a, b in
+            let rig = try NativeRig(a: a, b: b)
+            let eduB = try EduDevice(rig.devB)
+            let buf = try rig.devB.exportDMABuf(bar: 0, length: 4096)
+            let peer = try rig.ioas.map(buf, at: Self.peerIOVA)
+            let target = Self.peerIOVA + UInt64(Self.sourceRegister)
+            try rig.copier.store(1, bytes: 8, at: target)
+            #expect(eduB.bar0.load64(at: Self.sourceRegister) == 1)
+
+            try rig.devB.enterLowPower()
+            #expect(peer.revocation?.contains("entered low power") == true, "\(String(describing: peer.revocation))")
+            try rig.devB.exitLowPower()
+            try rig.copier.store(2, bytes: 8, at: target)
+            #expect(eduB.bar0.load64(at: Self.sourceRegister) != 2, "a revoked mapping still reached B")
+            let e = #expect(throws: VFIOError.self) { try peer.checkLive() }
+            #expect(e?.detail?.contains("the kernel revoked the dma-buf") == true && e?.detail?.contains("low power") == true,
+                    "\(String(describing: e))")
+
+            // The hint, followed: unmap, and map the dma-buf again.
+            try peer.unmap()
+            let fresh = try rig.ioas.map(buf, at: Self.peerIOVA)
+            try fresh.checkLive()
+            try rig.copier.store(3, bytes: 8, at: target)
+            #expect(eduB.bar0.load64(at: Self.sourceRegister) == 3, "the fresh mapping reaches B")
+            try fresh.unmap()
+            try buf.close()
+        }
+    }
+
+    /// A hot reset of B's bus (`VFIO_DEVICE_PCI_HOT_RESET`, cdev path: every
+    /// device it reaches is ours) revokes B's dma-bufs; iommufd never maps the
+    /// range again. Needs B behind a bridge (intel and amd): under virtio-iommu
+    /// the pair sits on the root bus, where there is no bus reset (the manifest
+    /// leaves the test out, Tests/GuestManifest/virtio.txt).
+    @Test func hotResetOfTheExportersBusRevokesTheMappingForGood() throws {
+        try #require(try Guest.requireBridgeAsExpected() != nil, "the pair is not behind a bridge under \(Guest.iommu ?? "?")")
+        // B's bus also holds its pair mate: bound to vfio-pci and opened by nobody, it counts as ours.
+        let mate = try Guest.require("VFIOKIT_EDU_PAIR_B")
+        try Guest.withBoundToVFIO(mate) {
+            try withTwoEdus { a, b in
+                let rig = try NativeRig(a: a, b: b)
+                let eduB = try EduDevice(rig.devB)
+                let buf = try rig.devB.exportDMABuf(bar: 0, length: 4096)
+                let peer = try rig.ioas.map(buf, at: Self.peerIOVA)
+                #expect(try rig.copier.load(bytes: 4, at: Self.peerIOVA + UInt64(Self.idRegister)) == UInt64(EduDevice.identification))
+
+                #expect(try rig.devB.hotResetInfo().allOwned)
+                try rig.devB.hotReset()
+                #expect(peer.revocation?.contains("hot reset") == true, "\(String(describing: peer.revocation))")
+                #expect(try rig.copier.load(bytes: 4, at: Self.peerIOVA + UInt64(Self.idRegister)) != UInt64(EduDevice.identification),
+                        "A still read B's id through a mapping the reset revoked")
+                let e = #expect(throws: VFIOError.self) { try peer.checkLive() }
+                #expect(e?.detail?.contains("hot reset") == true, "\(String(describing: e))")
+
+                try peer.unmap()
+                let fresh = try rig.ioas.map(buf, at: Self.peerIOVA)
+                try fresh.checkLive()
+                #expect(try rig.copier.load(bytes: 4, at: Self.peerIOVA + UInt64(Self.idRegister)) == UInt64(EduDevice.identification),
+                        "the fresh mapping reaches B after its reset")
+                #expect(eduB.id == EduDevice.identification)
+                try fresh.unmap()
+                try buf.close()
+            }
+        }
+    }
+
     /// Mapping B's BAR mmap by address: the legacy type1 container maps it (and
     /// A's DMA reaches B through it); iommufd, native and compat, refuses with
     /// EFAULT and an error that points to the dma-buf.
