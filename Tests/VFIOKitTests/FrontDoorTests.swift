@@ -133,7 +133,7 @@ import VFIOSystem
         try Syscalls.withProvider(k) {
             let device = try VFIODevice.open(cdev: "/dev/vfio/devices/vfio0")
             let space = try DMASpace(mode: .type1v2)
-            let door = AttachedDevice(address: try PCIAddress(parsing: "0000:00:03.0"), device: device, space: space)
+            let door = AttachedDevice(name: .pci(try PCIAddress(parsing: "0000:00:03.0")), device: device, space: space)
             for n in [-1, 6] {
                 let e = #expect(throws: VFIOError.self) { _ = try door.bar(n) }
                 #expect(e?.description.contains("BAR \(n) does not exist") == true, "\(String(describing: e))")
@@ -210,7 +210,7 @@ import VFIOSystem
         }
         try Syscalls.withProvider(kernel) {
             let device = try VFIODevice.open(cdev: "/dev/vfio/devices/vfio0")
-            let door = AttachedDevice(address: try PCIAddress(parsing: "0000:00:03.0"), device: device,
+            let door = AttachedDevice(name: .pci(try PCIAddress(parsing: "0000:00:03.0")), device: device,
                                       space: try DMASpace(mode: .type1v2))
             let bar1 = try door.bar(1)
             #expect(!bar1.isUnmapped)
