@@ -245,6 +245,13 @@ struct SRIOVGuestTests {
         #expect(grouped.status == 0, "\(grouped.err)")
         #expect((try grouped.json()["devices"] as? [[String: Any]])?.first?["address"] as? String == vf, "\(grouped.out)")
 
+        // `vfioctl bind PF --vf-token UUID` prints the attach that works, and it does, as printed.
+        let again = try VFIOCtlBinary.run("bind", pf, "--vf-token", token)
+        #expect(again.status == 0, "\(again.err)")
+        let printedAttach = MdevCLIGuestTests.printed(again.out).filter { $0.hasPrefix("vfioctl attach ") }
+        #expect(printedAttach == ["vfioctl attach \(vf) --vf-token \(token)"], "\(again.out)")
+        for command in printedAttach { #expect(try MdevCLIGuestTests.runPrinted(command).status == 0, "\(command)") }
+
         // Missing and wrong tokens, on both paths: what is needed, and by which ioctl the kernel said no.
         let wrong = Self.uuid2.uuidString.lowercased()
         for (args, ioctl) in [([String](), "VFIO_DEVICE_BIND_IOMMUFD"), (["--container"], "VFIO_GROUP_GET_DEVICE_FD")] {
