@@ -99,7 +99,7 @@ public enum DMAMode: String, Sendable, CaseIterable, CustomStringConvertible {
 ///     // program mapping.iova into the devices
 ///
 /// A driver with one device needs no space of its own: `AttachedDevice.open(_:mode:dmaMask:)`
-/// makes one. Here are the lower-level pieces: ``attach(_:)`` a cdev device
+/// makes one. Here are the lower-level pieces: ``attach(_:vfToken:)`` a cdev device
 /// opened yourself, ``add(_:)`` a group.
 ///
 /// Devices opened here keep what they need alive (group -> container, or
@@ -197,7 +197,7 @@ public final class DMASpace: Sendable {
     }
 
     /// Re-reads the usable IOVA ranges and the IOMMU page size (they change
-    /// as devices attach). Called by ``attach(_:)`` and ``add(_:)``.
+    /// as devices attach). Called by ``attach(_:vfToken:)`` and ``add(_:)``.
     public func refreshRanges() throws(VFIOError) {
         let (ranges, alignment) = try usableRanges()
         try allocator.withLock { (a) throws(VFIOError) in
