@@ -88,7 +88,7 @@ public final class NVMeController: @unchecked Sendable {
     /// reset, admin queue, enable, identify, I/O queues.
     public init(address: String, options: Options = Options()) throws(NVMeError) {
         let (device, registers) = try AttachedDevice.nvme(address, mode: options.mode)
-        let name = device.address.description
+        let name = device.name.description
         let cap = ControllerCapabilities(raw: registers.load64(Register.cap))
         let pageSize = NVMeController.pageSize
 
