@@ -147,20 +147,36 @@ final class MappingTable: Sendable {
     func ownedOverlapping(iova: UInt64, length: UInt64) -> Int {
         guard length > 0 else { return 0 }
         let last = iova.addingReportingOverflow(length - 1).overflow ? UInt64.max : iova + (length - 1)
+        let (live, unmapping) = overlapping(iova: iova, last: last)
+        if unmapping == 0 || live > 0 { return live + unmapping }
+        return waitForOwnersUnmaps(iova: iova, last: last)
+    }
+
+    /// The rare case of ``ownedOverlapping(iova:length:)``, out of line: every raw
+    /// unmap passes there, and reading the clock up front cost about 130 of an IOAS
+    /// map + unmap's ~1,050 user instructions (callgrind, vfiokit-bench).
+    @inline(never)
+    private func waitForOwnersUnmaps(iova: UInt64, last: UInt64) -> Int {
         var spins = 0
         let deadline = ContinuousClock.now + .seconds(5)
         while true {
-            let (live, unmapping) = storage.withLock { s -> (Int, Int) in
-                guard s.live > 0 else { return (0, 0) }
-                var live = 0, unmapping = 0
-                for e in s.entries where e.iova <= last && iova <= e.last {
-                    if e.state == .live { live += 1 } else if e.state == .unmapping { unmapping += 1 }
-                }
-                return (live, unmapping)
-            }
-            if unmapping == 0 || live > 0 || ContinuousClock.now > deadline { return live + unmapping }
             spins += 1
             if spins < 64 { Sys.yield(kernel) } else { Sys.sleep(kernel, for: .microseconds(50)) }
+            let (live, unmapping) = overlapping(iova: iova, last: last)
+            if unmapping == 0 || live > 0 || ContinuousClock.now > deadline { return live + unmapping }
+        }
+    }
+
+    /// The live and the being-unmapped mappings that overlap `[iova, last]`.
+    @inline(__always)
+    private func overlapping(iova: UInt64, last: UInt64) -> (live: Int, unmapping: Int) {
+        storage.withLock { s -> (Int, Int) in
+            guard s.live > 0 else { return (0, 0) }
+            var live = 0, unmapping = 0
+            for e in s.entries where e.iova <= last && iova <= e.last {
+                if e.state == .live { live += 1 } else if e.state == .unmapping { unmapping += 1 }
+            }
+            return (live, unmapping)
         }
     }
 
