@@ -297,14 +297,15 @@ extension OwnedFD {
         throws(VFIOError) -> Int32
     {
         try withUnsafeMutableBytes(of: &argument) { (raw) throws(VFIOError) -> Int32 in
-            try ioctl(request, bytes: raw, of: A.self, object: object())
+            try ioctl(request, bytes: raw, of: { A.self }, object: object())
         }
     }
 
-    /// An ioctl on the bytes of a fixed-size argument struct of type `type`
-    /// (named in an error about the argument's size).
+    /// An ioctl on the bytes of a fixed-size argument struct of type `type()`
+    /// (asked only for an error about the argument's size: a metatype passed
+    /// as a value costs a metadata access per call).
     @usableFromInline
-    package func ioctl(_ request: Request, bytes raw: UnsafeMutableRawBufferPointer, of type: Any.Type,
+    package func ioctl(_ request: Request, bytes raw: UnsafeMutableRawBufferPointer, of type: () -> Any.Type,
                        object: @autoclosure () -> String?) throws(VFIOError) -> Int32
     {
         guard enter() else { throw closedError(.ioctl(request)) }
@@ -312,7 +313,7 @@ extension OwnedFD {
         do throws(VFIOError) {
             return try ioctlHeld(request, raw.baseAddress, object: object())
         } catch {
-            throw Sys.explainArgumentSize(error, request, UnsafeRawBufferPointer(raw), type)
+            throw Sys.explainArgumentSize(error, request, UnsafeRawBufferPointer(raw), type())
         }
     }
 
