@@ -144,6 +144,7 @@ final class MappingTable: Sendable {
     /// caller's (a kernel-chosen IOVA), which refusing would leave mapped. Such an unmap
     /// ends promptly (its thread is in or just past one ioctl); after 5 s the mapping
     /// counts as owned, as before.
+    @inline(__always)
     func ownedOverlapping(iova: UInt64, length: UInt64) -> Int {
         guard length > 0 else { return 0 }
         let last = iova.addingReportingOverflow(length - 1).overflow ? UInt64.max : iova + (length - 1)
@@ -281,16 +282,24 @@ extension MappingTable {
     /// would unmap the same IOVAs again later.
     /// `object` is built only for the error: a container's label is a heap string, and this
     /// runs on every raw unmap (the type1 bench showed one allocation per map + unmap).
+    @inline(__always)
     func refuseRawUnmapOfOwned(iova: UInt64, length: UInt64, _ operation: VFIOError.Operation,
                                object: @autoclosure () -> String) throws(VFIOError)
     {
         let owned = ownedOverlapping(iova: iova, length: length)
         guard owned > 0 else { return }
-        throw VFIOError.invalid(
+        throw MappingTable.ownedRangeError(iova: iova, length: length, owned: owned, operation, object: object())
+    }
+
+    @inline(never)
+    static func ownedRangeError(iova: UInt64, length: UInt64, owned: Int, _ operation: VFIOError.Operation,
+                                object: String) -> VFIOError
+    {
+        VFIOError.invalid(
             operation,
             "IOVA 0x\(String(iova, radix: 16)) length \(length) holds \(owned) mapping\(owned == 1 ? "" : "s") owned by "
                 + "DMAMapping values (the kernel was not asked): unmapped here, their owners would later unmap the "
-                + "same IOVAs again, which may by then belong to a newer mapping", object: object(),
+                + "same IOVAs again, which may by then belong to a newer mapping", object: object,
             remedies: [.advice("unmap those with DMAMapping.unmap() or drop them; unmapAll() unmaps everything and leaves them inert")])
     }
 }
