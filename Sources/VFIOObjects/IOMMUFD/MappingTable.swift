@@ -11,9 +11,9 @@ import VFIOSystem
 /// unmapped it, so its owner must issue no unmap, which at the same IOVA could
 /// hit a newer mapping, and may free its buffer.
 ///
-/// Storage is reserved up front and slots are reused, so a map + unmap pair
-/// allocates nothing once the table has grown to the number of mappings alive
-/// at once. The lock is held for a few loads and stores, never across an ioctl.
+/// Storage is reserved up front and slots are reused (the free slots are a
+/// list threaded through the entries), so a map + unmap pair allocates nothing
+/// once the table has grown to the number of mappings alive at once. The lock is held for a few loads and stores, never across an ioctl.
 final class MappingTable: Sendable {
     enum SlotState: UInt8 {
         case free, live, unmapping, inert
@@ -23,14 +23,32 @@ final class MappingTable: Sendable {
         var iova: UInt64
         var length: UInt64
         var state: SlotState
+        /// For a free entry: the next free slot (-1: none).
+        var nextFree: Int32 = -1
         var last: UInt64 { iova &+ (length &- 1) }
     }
 
     struct Storage {
         var entries: [Entry] = []
-        var free: [Int32] = []
+        /// The first free slot (-1: none); each free entry names the next. A list in the
+        /// entries themselves rather than an array of free slots: one array to mutate
+        /// (and check for uniqueness) per step instead of two.
+        var freeHead: Int32 = -1
         /// Entries live or being unmapped.
         var live = 0
+
+        /// Marks `slot` free and puts it at the head of the free list.
+        @inline(__always)
+        mutating func free(_ slot: Int32) {
+            Storage.link(&entries[Int(slot)], to: freeHead)  // one access to the element: one uniqueness check
+            freeHead = slot
+        }
+
+        @inline(__always)
+        private static func link(_ entry: inout Entry, to next: Int32) {
+            entry.state = .free
+            entry.nextFree = next
+        }
     }
 
     private let storage: Mutex<Storage>
@@ -40,7 +58,6 @@ final class MappingTable: Sendable {
     init(capacity: Int = 64) {
         var s = Storage()
         s.entries.reserveCapacity(capacity)
-        s.free.reserveCapacity(capacity)
         storage = Mutex(s)
     }
 
@@ -53,12 +70,13 @@ final class MappingTable: Sendable {
         storage.withLock { s in
             s.live += 1
             let entry = Entry(iova: iova, length: length, state: .live)
-            if let slot = s.free.popLast() {
+            let slot = s.freeHead
+            if slot >= 0 {
+                s.freeHead = s.entries[Int(slot)].nextFree
                 s.entries[Int(slot)] = entry
                 return slot
             }
             s.entries.append(entry)
-            if s.free.capacity < s.entries.capacity { s.free.reserveCapacity(s.entries.capacity) }
             return Int32(s.entries.count - 1)
         }
     }
@@ -75,8 +93,7 @@ final class MappingTable: Sendable {
                 s.entries[i].state = .unmapping
                 return true
             case .inert:
-                s.entries[i].state = .free
-                s.free.append(slot)
+                s.free(slot)
                 return false
             case .free, .unmapping:
                 preconditionFailure("mapping slot \(slot) given back twice")
@@ -90,8 +107,7 @@ final class MappingTable: Sendable {
     @inline(__always)
     func finishUnmap(_ slot: Int32) {
         storage.withLock { s in
-            s.entries[Int(slot)].state = .free
-            s.free.append(slot)
+            s.free(slot)
             s.live -= 1
         }
     }
@@ -103,8 +119,7 @@ final class MappingTable: Sendable {
             let i = Int(slot)
             let wasInert = s.entries[i].state == .inert
             if s.entries[i].state == .live || s.entries[i].state == .unmapping { s.live -= 1 }
-            s.entries[i].state = .free
-            s.free.append(slot)
+            s.free(slot)
             return wasInert
         }
     }
