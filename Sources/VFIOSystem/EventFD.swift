@@ -106,6 +106,7 @@ public final class EventFD: Sendable {
         /// The count read: signals since the last read (counts read while no
         /// task waited are summed into the next element).
         public typealias Element = UInt64
+        /// The sequence never throws: a closed eventfd or a cancelled task ends it.
         public typealias Failure = Never
         let eventfd: EventFD
 
@@ -134,6 +135,7 @@ public final class EventFD: Sendable {
                 return await feed.next(isolation: nil)
             }
 
+            /// ``next()`` on the caller's actor (no hop to the global executor and back).
             public mutating func next(isolation actor: isolated (any Actor)?) async -> UInt64? {
                 guard let feed = handle.feed else { return nil }
                 return await feed.next(isolation: actor)
