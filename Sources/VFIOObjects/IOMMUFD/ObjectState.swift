@@ -26,9 +26,20 @@ final class ObjectGate: Sendable {
     private static let exclusive: UInt64 = 1 << 62
     private static let users: UInt64 = exclusive - 1
 
-    /// Enters shared use; false when the object is dead.
+    /// Enters shared use; false when the object is dead. The uncontended case
+    /// (one compare-exchange) is inline; waiting out an exclusive holder is not,
+    /// so the callers (every map and unmap) do not keep the gate retained around a
+    /// loop of yields.
     @inline(__always)
-    func enterShared() -> Bool { claim(exclusive: false) }
+    func enterShared() -> Bool {
+        let v = word.load(ordering: .relaxed)
+        if v & (ObjectGate.dead | ObjectGate.exclusive) == 0,
+           word.compareExchange(expected: v, desired: v + 1, ordering: .acquiring).exchanged
+        {
+            return true
+        }
+        return claim(exclusive: false)
+    }
 
     @inline(__always)
     func leaveShared() {
@@ -46,7 +57,7 @@ final class ObjectGate: Sendable {
 
     /// Waits out an exclusive holder, then counts one more shared user or sets
     /// the exclusive bit; false (and nothing claimed) when the object is dead.
-    @inline(__always)
+    @inline(never)
     private func claim(exclusive: Bool) -> Bool {
         var v = word.load(ordering: .relaxed)
         var spins = 0
