@@ -146,6 +146,17 @@ final class IOMMUObjectState: Sendable {
         return try body(id)
     }
 
+    /// Runs `body` with the id while the object exists (shared with other
+    /// operations, exclusive of destroy); nil, without running it, once it is gone.
+    /// For callers with their own answer to a destroyed object; as a method of the
+    /// state (not `owner.state.gate` from outside) it keeps no retain of the gate.
+    @inline(__always)
+    func ifLive<R>(_ body: (UInt32) throws(VFIOError) -> R) throws(VFIOError) -> R? {
+        guard gate.enterShared() else { return nil }
+        defer { gate.leaveShared() }
+        return try body(id)
+    }
+
     /// Issues `request` on `ctx` with this object's live id written to `arg[keyPath: id]`
     /// (a "destroyed" error, and no ioctl, once the object is gone). When the
     /// ioctl fails, `explain` may give the error's detail: what the errno means
