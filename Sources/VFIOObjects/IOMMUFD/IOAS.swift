@@ -306,15 +306,14 @@ public final class IOAS: IOMMUAttachTarget, IOMMUObjectOwner {
     /// caller keeps the memory alive for good.
     @inline(__always)
     package func unmapOwned(iova: UInt64, length: UInt64, slot: Int32) throws(VFIOError) -> Bool {
-        guard state.gate.enterShared() else {
-            // Destroyed (IOMMUFD.close()): the kernel unmapped everything with the IOAS.
-            return mappings.release(slot)
+        let unmapped = try state.ifLive { (id) throws(VFIOError) -> Bool in
+            _ = try mappings.unmapOnce(slot, iova: iova, length: length, .ioctl(.iommuIOASUnmap), object: label) {
+                () throws(VFIOError) in try unmapRange(id, iova: iova, length: length)
+            }
+            return true
         }
-        defer { state.gate.leaveShared() }
-        _ = try mappings.unmapOnce(slot, iova: iova, length: length, .ioctl(.iommuIOASUnmap), object: label) {
-            () throws(VFIOError) in try unmapRange(state.id, iova: iova, length: length)
-        }
-        return true
+        // nil: destroyed (IOMMUFD.close()): the kernel unmapped everything with the IOAS.
+        return unmapped ?? mappings.release(slot)
     }
 
     @inline(__always)
