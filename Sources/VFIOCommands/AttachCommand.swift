@@ -12,14 +12,15 @@ import Glibc
 // order), AttachHandoff.swift (the fds and ids handed to --exec's program)
 // and AttachReport.swift (what is printed).
 
-/// `vfioctl attach BDF... [--ioas new|ID] [--hwpt FLAGS] [--map SIZE[@IOVA]]... [--hold | --exec -- PROGRAM ARGS...]`.
+/// `vfioctl attach BDF|UUID... [--vf-token UUID] [--ioas new|ID] [--hwpt FLAGS] [--map SIZE[@IOVA]]... [--hold | --exec -- PROGRAM ARGS...]`.
 public struct AttachCommand: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "attach",
         abstract: "Attach devices to an IOMMU address space: check it, hold it, or hand the ready fds to a program.",
         discussion: """
             Opens /dev/iommu (a new iommufd context), opens each device's VFIO cdev \
-            (/dev/vfio/devices/vfioN, found in sysfs), binds it (VFIO_DEVICE_BIND_IOMMUFD), \
+            (/dev/vfio/devices/vfioN, found in sysfs), binds it (VFIO_DEVICE_BIND_IOMMUFD, \
+            with the VF token of --vf-token for an SR-IOV VF), \
             allocates an IOAS (--ioas new, the default) or uses an existing one (--ioas ID, \
             only meaningful in an iommufd shared with you: --iommufd FD), optionally \
             allocates a HWPT on it (--hwpt paging|nest-parent|dirty-tracking, flags joined \
@@ -36,6 +37,17 @@ public struct AttachCommand: ParsableCommand {
             coherency (blocks no-snoop DMA, so a VM needs no wbinvd emulation): \
             VFIO_CHECK_EXTENSION(VFIO_DMA_CC_IOMMU) on the container, or on /dev/iommu \
             with the IOAS as its compat IOAS (IOMMU_VFIO_IOAS); reported, never changed.
+
+            A device is a PCI function bound to vfio-pci (DDDD:BB:DD.F or BB:DD.F) or a \
+            mediated device by its UUID (`vfioctl mdev create` makes one; on the iommufd \
+            path its parent driver reaches the IOAS through an access, so it is attached to \
+            the IOAS itself, no HWPT; on the group path its group is its own and the device \
+            is opened by UUID). An SR-IOV VF of a PF bound to vfio-pci opens only with the \
+            PF's VF token (`vfioctl bind PF --sriov N --vf-token UUID` sets it): --vf-token \
+            UUID presents it (VFIO_DEVICE_BIND_IOMMUFD's token, or "BDF vf_token=UUID" for \
+            VFIO_GROUP_GET_DEVICE_FD) to each VF named whose PF is on vfio-pci and to each \
+            SR-IOV PF named; a VF opened without it or with another is refused (EACCES) \
+            with what it needs.
 
             A process's fds close when it exits, and the attachment with them. So attach \
             works three ways:
@@ -60,8 +72,8 @@ public struct AttachCommand: ParsableCommand {
             {ioas}, {hwpt} (when one was allocated), {devid}, {devid:BDF} (iommufd device \
             ids, --prebound only); and {bdf} (the first device's address). An unknown \
             placeholder is an error. Environment: VFIOKIT_IOMMUFD_FD, VFIOKIT_DEVICE_FD, \
-            VFIOKIT_DEVICE_FD_<BDF> (with : and . as _, e.g. VFIOKIT_DEVICE_FD_0000_00_03_0), \
-            VFIOKIT_DEVICE_BDF, VFIOKIT_IOAS_ID, VFIOKIT_HWPT_ID, VFIOKIT_DEVICE_ID and \
+            VFIOKIT_DEVICE_FD_<BDF> (with : and . as _, e.g. VFIOKIT_DEVICE_FD_0000_00_03_0; \
+            an mdev's UUID with - as _), VFIOKIT_DEVICE_BDF (the first device's BDF or UUID), VFIOKIT_IOAS_ID, VFIOKIT_HWPT_ID, VFIOKIT_DEVICE_ID and \
             VFIOKIT_DEVICE_ID_<BDF> (--prebound), VFIOKIT_HANDOFF (unbound or prebound); \
             with --container VFIOKIT_CONTAINER_FD, VFIOKIT_GROUP_FD, VFIOKIT_GROUP_FD_<N>.
 
@@ -78,7 +90,7 @@ public struct AttachCommand: ParsableCommand {
             "iommufd": {"fd"} or null, "ioas": {"id", "created", "iova_ranges": [{"start", \
             "last"}], "iova_alignment"} or null, "hwpt": {"id", "flags"} or null, \
             "container": {"fd", "iommu_type", "iova_ranges", "page_sizes"} or null, \
-            "groups": [{"number", "fd"}], "devices": [{"address", "cdev", "fd", \
+            "groups": [{"number", "fd"}], "devices": [{"address" (a BDF, or an mdev's UUID), "cdev", "fd", \
             "device_id", "attached_id", "hw_info"}], "mappings": [{"iova", "length", \
             "backing"}] (backing: anonymous, memfd, huge, or "bar BDF/BAR[+0xOFFSET]" for \
             --map-bar), "cache_coherency": {"enforced" (true, false or null), "query", \
@@ -90,6 +102,8 @@ public struct AttachCommand: ParsableCommand {
               vfioctl attach 0000:00:03.0 --ioas new
               vfioctl attach 00:03.0 --map 2M --map 64K@0x100000 --json
               vfioctl attach 00:03.0 --hwpt nest-parent --hold
+              vfioctl attach 83b8f4f2-509f-382f-3c1e-e6bfe0fa1001 --map 64K --json
+              vfioctl attach 0000:01:00.1 --vf-token 52ac9bff-3a88-4fbd-901a-0d767c3b6c97 --container
               vfioctl attach 00:03.0 --map 8K@0x100000 --map-bar 01:01.0/0,4K@0x200000 --prebound --exec -- vfiokit-edu-dma --peer-iova 0x200000
               vfioctl attach 00:03.0 --exec -- qemu-system-x86_64 -M q35 ... \\
                   -object iommufd,id=iommufd0,fd={iommufd} -device vfio-pci,fd={device},iommufd=iommufd0
@@ -97,8 +111,11 @@ public struct AttachCommand: ParsableCommand {
               vfioctl attach 00:03.0 --container --exec -- my-driver --container-fd {container} --group-fd {group}
             """)
 
-    @Argument(help: "The devices: DDDD:BB:DD.F or BB:DD.F, bound to vfio-pci.")
+    @Argument(help: "The devices: DDDD:BB:DD.F or BB:DD.F, bound to vfio-pci, or an mdev's UUID.")
     var addresses: [String] = []
+
+    @Option(name: .customLong("vf-token"), help: ArgumentHelp("The VF token (set on the PF) an SR-IOV VF of a PF on vfio-pci opens with.", valueName: "UUID"))
+    var vfToken: String?
 
     @Option(name: .long, help: ArgumentHelp("`new` to allocate an IOAS, or the id of one in a shared iommufd.", valueName: "new|ID"))
     var ioas: String = "new"

@@ -7,8 +7,8 @@ extension AttachSession {
         var fds: [(name: String, fd: Int32)] = []
         var values: [(name: String, value: String)] = []
         var env: [String: String] = [:]
-        func envName(_ a: PCIAddress) -> String {
-            String(a.description.map { $0 == ":" || $0 == "." ? "_" : $0 })
+        func envName(_ a: VFIODeviceName) -> String {
+            String(a.description.map { $0 == ":" || $0 == "." || $0 == "-" ? "_" : $0 })
         }
         env["VFIOKIT_HANDOFF"] = plan.container ? "container" : (plan.bind ? "prebound" : "unbound")
         if let iommufd {

@@ -1,9 +1,13 @@
+import FoundationEssentials
 import VFIOKit
 
 /// What `vfioctl attach`'s arguments say, checked before anything opens
 /// (host unit tests run it through the command's validation).
 struct AttachPlan: Equatable {
-    var addresses: [PCIAddress]
+    /// The devices: PCI functions and mdevs.
+    var addresses: [VFIODeviceName]
+    /// `--vf-token`: presented for each SR-IOV VF or PF named.
+    var vfToken: UUID?
     var ioas: IOASChoice
     var hwpt: HWPTRequest?
     var maps: [MapRequest]
@@ -20,12 +24,24 @@ struct AttachPlan: Equatable {
         func usage(_ what: String, hint: String? = nil) -> VFIOError {
             .invalid(.step("attach"), what, remedies: hint.map { [.advice($0)] } ?? [])
         }
-        guard !command.addresses.isEmpty else { throw usage("name at least one device (BDF)") }
-        var list: [PCIAddress] = []
+        guard !command.addresses.isEmpty else { throw usage("name at least one device (BDF, or an mdev's UUID)") }
+        var list: [VFIODeviceName] = []
         for a in command.addresses {
-            let p = try PCIAddress(parsing: a)
+            let p = try VFIODeviceName(parsing: a)
             if list.contains(p) { throw usage("\(p) is named twice") }
             list.append(p)
+        }
+        var token: UUID?
+        if let t = command.vfToken {
+            guard let u = UUID(uuidString: t) else {
+                throw usage("--vf-token \(t) is not a UUID", hint: "write it as 8-4-4-4-12 hex digits: the UUID the PF's user set "
+                                + "(vfioctl bind sets one with --sriov N --vf-token UUID)")
+            }
+            guard list.contains(where: { $0.pciAddress != nil }) else {
+                throw usage("--vf-token is for SR-IOV VFs (and PFs) on vfio-pci: an mdev takes no VF token",
+                            hint: "leave out --vf-token")
+            }
+            token = u
         }
         let ioasChoice = try IOASChoice(parsing: command.ioas)
         let hwptRequest = try command.hwpt.map { (t) throws(VFIOError) in try HWPTRequest(parsing: t) }
@@ -49,15 +65,20 @@ struct AttachPlan: Equatable {
                         hint: "drop --container: `vfioctl attach \(list.map(\.description).joined(separator: " ")) --map-bar \(first)`")
         }
         let bind = command.container || !exec || prebound
-        if !bind, let m = barRequests.first(where: { list.contains($0.device) }) {
+        if !bind, let m = barRequests.first(where: { list.contains(.pci($0.device)) }) {
             throw usage("--map-bar \(m): \(m.device) is handed over unbound, and only a bound device exports its BAR",
                         hint: "add --prebound")
+        }
+        if token != nil && !bind {
+            throw usage("--vf-token is presented when the device is bound (VFIO_DEVICE_BIND_IOMMUFD), and --exec passes the "
+                            + "device unbound", hint: "add --prebound, or give the token to the program, which binds it")
         }
         if hwptRequest != nil && !bind {
             throw usage("--hwpt needs a bound device, and --exec passes the device unbound",
                         hint: "add --prebound, or let the program allocate its HWPT itself")
         }
         addresses = list
+        vfToken = token
         ioas = ioasChoice
         hwpt = hwptRequest
         maps = mapRequests

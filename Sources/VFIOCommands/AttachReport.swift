@@ -172,7 +172,10 @@ struct AttachReport: Encodable {
         out.append("")
         out.append(contentsOf: table(["DEVICE", "NODE", "FD", "DEVID", "ATTACHED TO"], devices.map {
             [$0.address, $0.cdev ?? "group", "\($0.fd)", $0.deviceID.map(String.init) ?? "-",
-             $0.attachedID.map { "HWPT \($0)" + ($0 == hwpt?.id ? "" : " (the kernel's, on IOAS \(ioas?.id ?? 0))") } ?? (mode == "container" ? "container" : "not attached")]
+             $0.attachedID.map { id in
+                 id == ioas?.id ? "IOAS \(id) (emulated: the driver's access)"
+                     : "HWPT \(id)" + (id == hwpt?.id ? "" : " (the kernel's, on IOAS \(ioas?.id ?? 0))")
+             } ?? (mode == "container" ? "container" : "not attached")]
         }).split(separator: "\n").map(String.init))
         for d in devices {
             guard let h = d.hwInfo else { continue }

@@ -1,3 +1,4 @@
+import FoundationEssentials
 import VFIOKit
 
 /// Boxes a noncopyable mapping so a list can hold it.
@@ -40,7 +41,7 @@ final class AttachSession {
     let inheritedIOMMUFD: Int32?
 
     struct Device {
-        var address: PCIAddress
+        var address: VFIODeviceName
         var cdev: String?
         var device: VFIODevice
         var deviceID: UInt32?
@@ -88,10 +89,14 @@ final class AttachSession {
         }
         if plan.bind {
             for i in devices.indices {
+                let token = vfToken(for: devices[i].address)
                 do throws(VFIOError) {
-                    devices[i].deviceID = try devices[i].device.bind(to: ctx)
+                    devices[i].deviceID = try devices[i].device.bind(to: ctx, token: token)
                 } catch {
-                    throw host.explainOwnership(error, device: devices[i].address)
+                    guard let a = devices[i].address.pciAddress else { throw error }
+                    let explained = host.explainVFToken(error, device: a, tokenGiven: token != nil)
+                    if explained.detail != error.detail { throw vfTokenHint(explained, device: a) }
+                    throw host.explainOwnership(error, device: a)
                 }
             }
         }
@@ -136,7 +141,7 @@ final class AttachSession {
         for m in ordered {
             if let iova = m.iova { try AttachSession.check(MapRequest(size: m.size, iova: iova), iova: iova, in: ranges) }
             let exporter: VFIODevice
-            if let d = devices.first(where: { $0.address == m.device }) {
+            if let d = devices.first(where: { $0.address == .pci(m.device) }) {
                 exporter = d.device
             } else if let d = exporters.first(where: { (try? VFIODevice.cdevPath(of: m.device, host: host)) == $0.label }) {
                 exporter = d
@@ -159,7 +164,12 @@ final class AttachSession {
 
     func setUpContainer() throws(VFIOError) {
         // Check every device before opening anything: a bad BDF changes nothing.
-        for a in plan.addresses { _ = try host.vfioDevice(a) }
+        for a in plan.addresses {
+            switch a {
+            case .pci(let p): _ = try host.vfioDevice(p)
+            case .mdev(let u): _ = try VFIOGroup.groupNumber(ofMdev: u, host: host)
+            }
+        }
         let space: DMASpace
         do throws(VFIOError) {
             space = try DMASpace(mode: PathOptions.mode(container: true), dmaMask: .max)
@@ -168,7 +178,14 @@ final class AttachSession {
         }
         self.space = space
         for a in plan.addresses {
-            let d = try AttachedDevice.open(a, in: space, host: host)
+            let token = vfToken(for: a)
+            let d: AttachedDevice
+            do throws(VFIOError) {
+                d = try AttachedDevice.open(a, in: space, vfToken: token, host: host)
+            } catch {
+                guard let p = a.pciAddress else { throw error }
+                throw vfTokenHint(error, device: p)
+            }
             devices.append(Device(address: a, cdev: nil, device: d.device))
         }
         // Fixed IOVAs first, so the allocator cannot hand their place to another map.
@@ -176,6 +193,36 @@ final class AttachSession {
             let buffer = try DMABuffer(length: Int(m.size), backing: m.backing.dmaBacking)
             mappings.append(MappingBox(try space.map(buffer, at: m.iova), backing: m.backing))
         }
+    }
+
+    /// `--vf-token` goes to the SR-IOV VFs and PFs named (the kernel refuses a
+    /// token for any other device, EINVAL).
+    func vfToken(for name: VFIODeviceName) -> UUID? {
+        guard let token = plan.vfToken, let a = name.pciAddress, host.takesVFToken(a) else { return nil }
+        return token
+    }
+
+    /// A refusal by the VF token rules (as `PCIHost.explainVFToken` words it)
+    /// with vfioctl's fix: for a VF, the commands that, run as printed, set a
+    /// new token on its PF (as the PF's user) and attach with it. Other errors
+    /// come back unchanged.
+    func vfTokenHint(_ error: VFIOError, device a: PCIAddress) -> VFIOError {
+        guard error.errno == .permissionDenied,
+              error.operation == .ioctl(.vfioDeviceBindIOMMUFD) || error.operation == .ioctl(.vfioGroupGetDeviceFD)
+        else { return error }
+        var e = error
+        if let pf = host.physicalFunction(of: a) {
+            let fresh = UUID().uuidString.lowercased()
+            let again = (["vfioctl attach"] + plan.addresses.map(\.description) + (plan.container ? ["--container"] : [])
+                         + ["--vf-token", fresh]).joined(separator: " ")
+            e.remedies = [.advice("present the VF token its PF's user set, with --vf-token UUID; or, as the user of \(pf), "
+                                  + "set a new one and present it: run `vfioctl bind \(pf) --vf-token \(fresh)`, then `\(again)` "
+                                  + "(setting it is refused while another process has a VF of \(pf) open)")]
+        } else if (try? host.sriov(of: a)) != nil {
+            e.remedies = [.advice("present the VF token its VFs were opened with, with --vf-token UUID, or close the VFs first "
+                                  + "(`vfioctl list` shows who holds them)")]
+        }
+        return e
     }
 
     static func fixedFirst(_ maps: [MapRequest]) -> [MapRequest] {

@@ -61,12 +61,12 @@ public struct BarCommand: ParsableCommand {
             let device = opened.device
             let region = try device.regionInfo(PCIRegion.bar(bar))
             guard region.size > 0 else {
-                throw VFIOError.invalid(.step("access BAR \(bar)"), "\(opened.address) has no BAR \(bar) (size 0)",
-                                        object: opened.address.description, remedies: [.showDevice(opened.address)])
+                throw VFIOError.invalid(.step("access BAR \(bar)"), "\(opened.name) has no BAR \(bar) (size 0)",
+                                        object: opened.name.description, remedies: opened.address.map { [.showDevice($0)] } ?? [])
             }
             guard a.offset < region.size, UInt64(a.width) <= region.size - a.offset else {
                 throw VFIOError.invalid(.step("access BAR \(bar)"), "\(a.width) bytes at 0x\(String(a.offset, radix: 16)) run past the end of "
-                                        + "BAR \(bar) (size 0x\(String(region.size, radix: 16)))", object: opened.address.description)
+                                        + "BAR \(bar) (size 0x\(String(region.size, radix: 16)))", object: opened.name.description)
             }
             var v: UInt64 = a.value ?? 0
             let mappable = region.isMappable && (region.sparseAreas.map {
@@ -100,7 +100,7 @@ public struct BarCommand: ParsableCommand {
                 }
             }
             try opened.close()
-            a.report(v, address: opened.address.description, region: "bar\(bar)",
+            a.report(v, address: opened.name.description, region: "bar\(bar)",
                      place: "BAR \(bar) + 0x\(String(a.offset, radix: 16))", json: output.json)
         }
     }

@@ -125,7 +125,7 @@ public struct ConfigCommand: ParsableCommand {
             case (.write, _): v = a.value!; try config.write32(UInt32(v), at: a.offset)
             }
             try opened.close()
-            a.report(v, address: opened.address.description, region: "config",
+            a.report(v, address: opened.name.description, region: "config",
                      place: "config 0x\(String(a.offset, radix: 16))", json: output.json)
         }
     }

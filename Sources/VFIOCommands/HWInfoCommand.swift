@@ -48,10 +48,10 @@ public struct HWInfoCommand: ParsableCommand {
                     var hwInfo: HWInfoReport
                     enum CodingKeys: String, CodingKey { case address, deviceID = "device_id", hwInfo = "hw_info" }
                 }
-                CommandOutput.out(JSON.render(Out(address: opened.address.description, deviceID: devid, hwInfo: report)))
+                CommandOutput.out(JSON.render(Out(address: opened.name.description, deviceID: devid, hwInfo: report)))
                 return
             }
-            CommandOutput.out("\(opened.address): IOMMU behind it (iommufd device id \(devid))")
+            CommandOutput.out("\(opened.name): IOMMU behind it (iommufd device id \(devid))")
             for l in report.textLines() { CommandOutput.out("  " + l) }
         }
     }

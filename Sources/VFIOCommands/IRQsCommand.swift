@@ -66,7 +66,7 @@ public struct IRQsCommand: ParsableCommand {
             try opened.close()
             if output.json {
                 struct Out: Encodable { var address: String; var irqs: [IRQ] }
-                CommandOutput.out(JSON.render(Out(address: opened.address.description, irqs: irqs)))
+                CommandOutput.out(JSON.render(Out(address: opened.name.description, irqs: irqs)))
                 return
             }
             CommandOutput.out(table(["INDEX", "TYPE", "COUNT", "FLAGS"], irqs.map {

@@ -49,7 +49,7 @@ public struct ResetCommand: ParsableCommand {
         let host = hostOptions.host
         try reporting(json: output.json) { () throws(VFIOError) in
             let opened = try AttachedDevice.forCommand(address, host: host, mode: path.mode)
-            let a = opened.address
+            let a = try PCIAddress(parsing: address)  // what forCommand opened
             if !hot {
                 let info = try opened.device.info()
                 guard info.supportsReset else {

@@ -1,4 +1,5 @@
 import CVFIO
+import FoundationEssentials
 import Synchronization
 import VFIOObjects
 import VFIOSystem
@@ -98,7 +99,7 @@ public enum DMAMode: String, Sendable, CaseIterable, CustomStringConvertible {
 ///     // program mapping.iova into the devices
 ///
 /// A driver with one device needs no space of its own: `AttachedDevice.open(_:mode:dmaMask:)`
-/// makes one. Here are the lower-level pieces: ``attach(_:)`` a cdev device
+/// makes one. Here are the lower-level pieces: ``attach(_:vfToken:)`` a cdev device
 /// opened yourself, ``add(_:)`` a group.
 ///
 /// Devices opened here keep what they need alive (group -> container, or
@@ -147,13 +148,14 @@ public final class DMASpace: Sendable {
     /// re-reads the usable IOVA ranges (the device's IOMMU may reserve some).
     /// The device stays the caller's; on failure it may be bound but not
     /// attached (close it). VFIOKit's `openDevice(_:)` opens and adds by address.
+    /// `vfToken` is presented at the bind (an SR-IOV VF of a PF on vfio-pci needs its PF's).
     /// The corresponding ioctls are `VFIO_DEVICE_BIND_IOMMUFD` and `VFIO_DEVICE_ATTACH_IOMMUFD_PT`.
-    public func attach(_ device: VFIODevice) throws(VFIOError) {
+    public func attach(_ device: VFIODevice, vfToken: UUID? = nil) throws(VFIOError) {
         guard case .ioas(let ioas) = backend else {
             throw VFIOError.invalid(.step(.attachDevice), "\(label) uses groups and a container: add the device's group "
                                     + "(add(_:)) and open the device from it", object: device.label)
         }
-        try device.bind(to: ioas.iommufd)
+        try device.bind(to: ioas.iommufd, token: vfToken)
         try device.attach(to: ioas)
         try refreshRanges()
     }
@@ -195,7 +197,7 @@ public final class DMASpace: Sendable {
     }
 
     /// Re-reads the usable IOVA ranges and the IOMMU page size (they change
-    /// as devices attach). Called by ``attach(_:)`` and ``add(_:)``.
+    /// as devices attach). Called by ``attach(_:vfToken:)`` and ``add(_:)``.
     public func refreshRanges() throws(VFIOError) {
         let (ranges, alignment) = try usableRanges()
         try allocator.withLock { (a) throws(VFIOError) in

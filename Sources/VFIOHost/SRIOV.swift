@@ -127,6 +127,15 @@ extension PCIHost {
         return after
     }
 
+    /// Whether a VF token applies to `a`: it is an SR-IOV VF whose PF is on
+    /// vfio-pci, or an SR-IOV PF. The kernel refuses a token for anything
+    /// else, a VF of a PF on another driver included (EINVAL;
+    /// vfio_pci_validate_vf_token).
+    public func takesVFToken(_ a: PCIAddress) -> Bool {
+        if let pf = physicalFunction(of: a) { return VFIODrivers.isVFIOPCI((try? driverLink(of: pf)) ?? nil) }
+        return ((try? sriov(of: a)) ?? nil) != nil
+    }
+
     /// Adds to `error`, from opening a device (`VFIO_DEVICE_BIND_IOMMUFD`,
     /// `VFIO_GROUP_GET_DEVICE_FD`), what the VF token rules say when they are
     /// the cause (vfio_pci_core_match_token_uuid): EACCES for a VF of a PF on

@@ -3,9 +3,10 @@
 // interrupts one call away. It lives here because it needs both sides: the
 // host (sysfs: which node, which group, who holds it) and the kernel objects.
 
+import FoundationEssentials
 import Synchronization
 
-/// A PCI function opened for a userspace driver: its VFIO device open,
+/// A PCI function (or an mdev) opened for a userspace driver: its VFIO device open,
 /// bound and attached to a ``DMASpace``, so the device can do DMA to exactly
 /// the memory mapped there (and nowhere else).
 ///
@@ -19,6 +20,8 @@ import Synchronization
 ///
 /// The device must be on vfio-pci (`PCIDevice.isBoundToVFIO`); errors say
 /// when it is not, who holds its IOMMU group, or what permission is missing.
+/// An mdev opens the same way by its UUID (``VFIODeviceName/mdev(_:)``), and
+/// an SR-IOV VF of a PF on vfio-pci with the PF's VF token (`vfToken:`).
 ///
 /// Lifetimes follow the kernel's order without the caller's help: the device
 /// keeps its space (iommufd and IOAS, or group and container) alive; a BAR
@@ -39,16 +42,18 @@ public final class AttachedDevice: Sendable {
     private let bars = Mutex<[MappedBAR]>([])
     private struct MappedBAR { weak var region: MMIORegion? }
 
-    /// The PCI function.
-    public let address: PCIAddress
+    /// The device: a PCI function or an mdev.
+    public let name: VFIODeviceName
+    /// The PCI function; nil for an mdev (``name`` has its UUID).
+    public var address: PCIAddress? { name.pciAddress }
     /// The VFIO device (the lower-level API: regions, features, resets).
     public let device: VFIODevice
     /// The address space the device is attached to; devices opened ``open(_:in:host:)``
     /// in the same space see the same mappings.
     public let space: DMASpace
 
-    init(address: PCIAddress, device: VFIODevice, space: DMASpace) {
-        self.address = address
+    init(name: VFIODeviceName, device: VFIODevice, space: DMASpace) {
+        self.name = name
         self.device = device
         self.space = space
     }
@@ -69,16 +74,32 @@ public final class AttachedDevice: Sendable {
     public static func open(_ address: PCIAddress, mode: DMAMode? = nil, dmaMask: UInt64 = .max,
                             host: PCIHost = .system) throws(VFIOError) -> AttachedDevice
     {
-        let pci = try host.vfioDevice(address)
+        try open(.pci(address), mode: mode, dmaMask: dmaMask, host: host)
+    }
+
+    /// Opens a PCI function or an mdev in an address space of its own, as
+    /// ``open(_:mode:dmaMask:host:)`` does. An mdev's
+    /// parent driver reaches the mapped memory itself (an emulated IOMMU:
+    /// `iommufd_access`, or the type1 container's pinning), so every mode
+    /// works for it. `vfToken`: the PF's VF token, for an SR-IOV VF of a PF on
+    /// vfio-pci (``DMASpace/openDevice(_:vfToken:requireAllGroupMembersBound:host:)``).
+    public static func open(_ name: VFIODeviceName, mode: DMAMode? = nil, dmaMask: UInt64 = .max, vfToken: UUID? = nil,
+                            host: PCIHost = .system) throws(VFIOError) -> AttachedDevice
+    {
+        let hasCdev: Bool
+        switch name {
+        case .pci(let a): hasCdev = try host.vfioDevice(a).vfioCdev != nil
+        case .mdev(let u): hasCdev = try host.mdev(u).vfioCdevPath != nil
+        }
         let chosen: DMAMode
         if let mode {
             chosen = mode
         } else {
             let offered = DMAMode.available()
             // Native iommufd needs this device's cdev, not only the kernel's support.
-            let usable = pci.vfioCdev == nil ? offered.filter { $0 != .iommufd } : offered
+            let usable = hasCdev ? offered : offered.filter { $0 != .iommufd }
             guard let best = DMAMode.best(among: usable) else {
-                throw DMASpace.noModeError(object: address.description)
+                throw DMASpace.noModeError(object: name.description)
             }
             chosen = best
         }
@@ -88,7 +109,7 @@ public final class AttachedDevice: Sendable {
         } catch {
             throw host.explainAccess(error)
         }
-        return try open(address, in: space, host: host)
+        return try open(name, in: space, vfToken: vfToken, host: host)
     }
 
     /// Opens the device in `space`, which other devices may share (their
@@ -99,7 +120,16 @@ public final class AttachedDevice: Sendable {
     public static func open(_ address: PCIAddress, in space: DMASpace, host: PCIHost = .system)
         throws(VFIOError) -> AttachedDevice
     {
-        AttachedDevice(address: address, device: try space.openDevice(address, host: host), space: space)
+        AttachedDevice(name: .pci(address), device: try space.openDevice(address, host: host), space: space)
+    }
+
+    /// Opens a PCI function or an mdev in `space`, as
+    /// ``open(_:in:host:)`` does; `vfToken` as in
+    /// ``open(_:mode:dmaMask:vfToken:host:)``.
+    public static func open(_ name: VFIODeviceName, in space: DMASpace, vfToken: UUID? = nil, host: PCIHost = .system)
+        throws(VFIOError) -> AttachedDevice
+    {
+        AttachedDevice(name: name, device: try space.openDevice(name, vfToken: vfToken, host: host), space: space)
     }
 
     // MARK: BARs and config space
@@ -112,11 +142,11 @@ public final class AttachedDevice: Sendable {
     public func bar(_ n: Int) throws(VFIOError) -> MMIORegion {
         guard (0...5).contains(n) else {
             throw VFIOError.invalid(.step("map BAR"), "BAR \(n) does not exist: PCI functions have BARs 0 to 5",
-                                    object: address.description)
+                                    object: name.description)
         }
         let region = try device.regionInfo(PCIRegion.bar(n))
         guard region.size > 0 else {
-            throw VFIOError.invalid(.step("map BAR"), "\(address) has no BAR \(n) (its size is 0)", object: address.description)
+            throw VFIOError.invalid(.step("map BAR"), "\(name) has no BAR \(n) (its size is 0)", object: name.description)
         }
         let mapped = try device.map(region: region)
         bars.withLock { b in

@@ -123,7 +123,7 @@ extension DMASpace {
     /// containers, opens its group (refusing a group with members not bound to
     /// vfio-pci), adds it (``add(_:)``: the IOMMU type is set on first use)
     /// and opens the device from it; for iommufd, opens the cdev, binds it and
-    /// attaches it to the IOAS (``attach(_:)``). Nothing of the device stays
+    /// attaches it to the IOAS (``attach(_:vfToken:)``). Nothing of the device stays
     /// open when it throws (a group added to a container space stays in it).
     /// Errors name what the host knows: the driver the device is on instead,
     /// the process that holds its group, the permission missing on a node.

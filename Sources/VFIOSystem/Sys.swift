@@ -77,20 +77,6 @@ package enum Sys {
         try ioctl(kernel, fd, number: request.number, as: .ioctl(request), argument, object: object())
     }
 
-    /// Issues `request` on a fixed-size argument struct.
-    @inline(__always)
-    package static func ioctl<K: SyscallProvider, A>(
-        _ kernel: K, _ fd: Int32, _ request: Request, _ argument: inout A, object: @autoclosure () -> String? = nil
-    ) throws(VFIOError) -> Int32 {
-        try withUnsafeMutableBytes(of: &argument) { (raw) throws(VFIOError) in
-            do throws(VFIOError) {
-                return try ioctl(kernel, fd, number: request.number, as: .ioctl(request), raw.baseAddress, object: object())
-            } catch {
-                throw explainArgumentSize(error, request, UnsafeRawBufferPointer(raw), A.self)
-            }
-        }
-    }
-
     /// Adds the argument's own size to an EINVAL or E2BIG when that size is the
     /// likely cause: an iommufd argument starts with `size` and a VFIO one with
     /// `argsz`, which ``IOMMUArgument/make()`` and ``VFIOArgument/make()`` fill;
@@ -99,18 +85,18 @@ package enum Sys {
     /// argument larger than the kernel's struct is E2BIG when the bytes past it
     /// are not zero (copy_struct_from_user()). Only on the error path.
     @inline(never)
-    static func explainArgumentSize<A>(_ error: VFIOError, _ request: Request, _ raw: UnsafeRawBufferPointer,
-                                       _: A.Type) -> VFIOError
+    package static func explainArgumentSize(_ error: VFIOError, _ request: Request, _ raw: UnsafeRawBufferPointer,
+                                            _ type: Any.Type) -> VFIOError
     {
-        let sized = A.self is any IOMMUArgument.Type || A.self is any VFIOArgument.Type
+        let sized = type is any IOMMUArgument.Type || type is any VFIOArgument.Type
         guard raw.count >= 4, error.detail == nil, sized || request.family == .iommufd else { return error }
-        let field = A.self is any VFIOArgument.Type ? "argsz" : "size"
+        let field = type is any VFIOArgument.Type ? "argsz" : "size"
         let said = raw.loadUnaligned(as: UInt32.self)
         var e = error
         let fix = Remedy.advice("build the argument with make(), which zeroes it and sets \(field) to the struct's size; "
                                 + "never set \(field) by hand")
         if e.errno == .invalidArgument, sized, Int(said) < raw.count {
-            e.detail = "the argument's \(field) is \(said) bytes, less than the \(raw.count) bytes of struct \(A.self): "
+            e.detail = "the argument's \(field) is \(said) bytes, less than the \(raw.count) bytes of struct \(type): "
                 + "the kernel refuses an argument shorter than the fields it reads"
             e.remedies = [fix]
         } else if e.errno == .argListTooLong, request.family == .iommufd {

@@ -31,9 +31,7 @@ extension IOMMUFDMockTests {
         /// returned length must be exact. While a mapping lives the mock domain maps
         /// it to its buffer; afterwards the IOAS is empty and no page stays pinned.
         @Test func manyThreadsMapAndUnmapDisjointRangesOfOneIOAS() throws {
-            try withMockContext { ctx in
-                let ioas = try IOAS(ctx)
-                let dev = try MockDevice(attachedTo: ioas)
+            try withMockDevice { ctx, ioas, dev in
                 let hwpt = dev.hwptID
                 let workers = 8, rounds = 40, length = 8192
                 let buffers = try (0..<workers).map { _ in try DMABuffer(length: length) }
@@ -72,7 +70,6 @@ extension IOMMUFDMockTests {
                 for b in buffers {
                     #expect(try MockIOMMU.pinCount(ctx, address: UnsafeRawPointer(b.baseAddress), length: length, is: 0))
                 }
-                withExtendedLifetime(dev) {}
             }
         }
 

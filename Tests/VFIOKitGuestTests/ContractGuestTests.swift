@@ -47,9 +47,7 @@ struct ContractGuestTests {
     // io_pagetable.c iopt_unmap_iova(): the length unmapped is returned; unmap-all
     // (iova 0, length U64_MAX) returns the sum of every area.
     @Test func unmapReturnsExactlyTheUnmappedLengthAndUnmapAllTheWholeSize() throws {
-        try withMockContext { ctx in
-            let ioas = try IOAS(ctx)
-            let dev = try MockDevice(attachedTo: ioas)
+        try withMockDevice { ctx, ioas, dev in
             let buf = try DMABuffer(length: 0x10000)
             let p = UnsafeRawPointer(buf.baseAddress)
             let a = try ioas.unsafeMap(address: p, length: 0x4000, at: IOVA(mockBase))
@@ -86,9 +84,7 @@ struct ContractGuestTests {
 
     // The last page of the last usable range maps (no off-by-one at `last`).
     @Test func theLastPageOfTheLastUsableIOVARangeMaps() throws {
-        try withMockContext { ctx in
-            let ioas = try IOAS(ctx)
-            let dev = try MockDevice(attachedTo: ioas)
+        try withMockDevice { ctx, ioas, dev in
             let usable = try ioas.iovaRanges()
             let last = try #require(usable.ranges.last)
             #expect(last.upperBound == IOVA(MockIOMMU.apertureLast))
@@ -110,9 +106,7 @@ struct ContractGuestTests {
 
     // IOMMU_IOAS_IOVA_RANGES: sorted, disjoint, each start < last.
     @Test func iovaRangesAreSortedDisjointAndStartBelowLast() throws {
-        try withMockContext { ctx in
-            let ioas = try IOAS(ctx)
-            let dev = try MockDevice(attachedTo: ioas)
+        try withMockDevice { ctx, ioas, dev in
             for i in [5, 1, 3] {
                 try MockIOMMU.addReserved(ioas, start: mockBase + UInt64(i) * 0x100000, length: 0x3000)
             }
@@ -122,7 +116,6 @@ struct ContractGuestTests {
             for (x, y) in zip(ranges, ranges.dropFirst()) {
                 #expect(x.upperBound < y.lowerBound, "\(x) then \(y)")
             }
-            withExtendedLifetime(dev) {}
         }
     }
 
@@ -144,9 +137,7 @@ struct ContractGuestTests {
     // iopt_check_iova() and iopt_alloc_area_pages(): IOVA, address and length
     // must agree with the IOAS's alignment (the mock domain's page size).
     @Test func misalignedIOVAAddressOrLengthIsEINVAL() throws {
-        try withMockContext { ctx in
-            let ioas = try IOAS(ctx)
-            let dev = try MockDevice(attachedTo: ioas)
+        try withMockDevice { ctx, ioas, dev in
             let buf = try DMABuffer(length: 16384)
             let p = UnsafeRawPointer(buf.baseAddress)
             Self.expectFailure(.ioctl(.iommuIOASMap), .invalidArgument, naming: ["at IOVA 0x1000001", "alignment"]) {
@@ -159,7 +150,6 @@ struct ContractGuestTests {
                 _ = try ioas.unsafeMap(address: p, length: 4097, at: IOVA(mockBase))
             }
             #expect(try ioas.unmapAll() == 0)
-            withExtendedLifetime(dev) {}
         }
     }
 
@@ -181,16 +171,13 @@ struct ContractGuestTests {
 
     // iopt_check_iova(): a fixed IOVA that intersects a reserved range is EINVAL.
     @Test func aFixedIOVAInAReservedRangeIsEINVAL() throws {
-        try withMockContext { ctx in
-            let ioas = try IOAS(ctx)
-            let dev = try MockDevice(attachedTo: ioas)
+        try withMockDevice { ctx, ioas, dev in
             try MockIOMMU.addReserved(ioas, start: mockBase + 0x100000, length: 0x1000)
             let buf = try DMABuffer(length: 8192)
             Self.expectFailure(.ioctl(.iommuIOASMap), .invalidArgument,
                                naming: ["at IOVA 0x10ff000", "allowed IOVA ranges"]) {
                 _ = try ioas.map(buf, at: IOVA(mockBase + 0xff000))
             }
-            withExtendedLifetime(dev) {}
         }
     }
 
@@ -248,9 +235,7 @@ struct ContractGuestTests {
 
     // main.c iommufd_destroy(): an IOAS with a device attached is EBUSY.
     @Test func destroyingAnIOASInUseIsEBUSY() throws {
-        try withMockContext { ctx in
-            let ioas = try IOAS(ctx)
-            let dev = try MockDevice(attachedTo: ioas)
+        try withMockDevice { ctx, ioas, dev in
             Self.expectFailure(.ioctl(.iommuDestroy), .resourceBusy, naming: ["IOAS \(ioas.objectID)", "still in use"]) {
                 try ioas.destroy()
             }
@@ -262,9 +247,7 @@ struct ContractGuestTests {
     // pages.c pin_user_pages: memory not mapped in the process is EFAULT when
     // a domain is attached (the pages are pinned at map time).
     @Test func unmappedUserMemoryIsEFAULT() throws {
-        try withMockContext { ctx in
-            let ioas = try IOAS(ctx)
-            let dev = try MockDevice(attachedTo: ioas)
+        try withMockDevice { ctx, ioas, dev in
             // Safety: an anonymous mapping, unmapped at once; only its (now unmapped) address is used.
             let hole = mmap(nil, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
             let addr = try #require(hole == MAP_FAILED ? nil : hole)
@@ -274,7 +257,6 @@ struct ContractGuestTests {
                 _ = try ioas.unsafeMap(address: UnsafeRawPointer(addr), length: 8192, at: IOVA(mockBase))
             }
             #expect(try ioas.unmapAll() == 0)
-            withExtendedLifetime(dev) {}
         }
     }
 
@@ -499,9 +481,7 @@ struct ContractGuestTests {
     // IOMMU_IOAS_MAP with an unknown flag (ioas.c iommufd_ioas_map()) is
     // EOPNOTSUPP; type1 (vfio_iommu_type1.c vfio_iommu_type1_map_dma()) answers EINVAL.
     @Test func unknownFlagsAreEOPNOTSUPPNamingTheBits() throws {
-        try withMockContext { ctx in
-            let ioas = try IOAS(ctx)
-            let dev = try MockDevice(attachedTo: ioas)
+        try withMockDevice { ctx, ioas, dev in
             let buf = try DMABuffer(length: 4096)
             var map = iommu_ioas_map.make()
             map.flags = UInt32(IOMMU_IOAS_MAP_READABLE.rawValue | IOMMU_IOAS_MAP_FIXED_IOVA.rawValue) | 1 << 31

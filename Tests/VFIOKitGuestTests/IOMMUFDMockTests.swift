@@ -35,6 +35,17 @@ func withMockContext(_ body: (IOMMUFD) throws -> Void, sourceLocation: SourceLoc
             sourceLocation: sourceLocation)
 }
 
+/// ``withMockContext(_:sourceLocation:)`` with the most common start: an IOAS
+/// and a mock device attached to it, both alive until `body` returns.
+func withMockDevice(_ body: (IOMMUFD, IOAS, MockDevice) throws -> Void, sourceLocation: SourceLocation = #_sourceLocation) throws {
+    try withMockContext({ ctx in
+        let ioas = try IOAS(ctx)
+        let dev = try MockDevice(attachedTo: ioas)
+        try body(ctx, ioas, dev)
+        withExtendedLifetime((ioas, dev)) {}
+    }, sourceLocation: sourceLocation)
+}
+
 /// The error of `body`, which must fail with `errno`.
 @discardableResult
 func expectErrno(_ errno: Errno, sourceLocation: SourceLocation = #_sourceLocation, _ body: () throws -> Void) -> VFIOError? {
@@ -98,9 +109,7 @@ extension IOMMUFDMockTests {
         }
 
         @Test func destroyingAnIOASInUseIsEBUSY() throws {
-            try withMockContext { ctx in
-                let ioas = try IOAS(ctx)
-                let dev = try MockDevice(attachedTo: ioas)
+            try withMockDevice { ctx, ioas, dev in
                 let e = expectErrno(.resourceBusy) { try ioas.destroy() }
                 #expect(e?.description.contains("still in use") == true)
                 #expect(e?.description.contains("IOAS \(ioas.objectID)") == true)
@@ -110,9 +119,7 @@ extension IOMMUFDMockTests {
         }
 
         @Test func hwptInUseIsEBUSYAndReplaceMovesTheDevice() throws {
-            try withMockContext { ctx in
-                let ioas = try IOAS(ctx)
-                let dev = try MockDevice(attachedTo: ioas)
+            try withMockDevice { ctx, ioas, dev in
                 let autoDomain = dev.hwptID
                 let hwpt = try HWPT(ioas: ioas, device: dev.deviceID)
                 #expect(hwpt.objectID != autoDomain)
@@ -126,7 +133,6 @@ extension IOMMUFDMockTests {
                 try dev.replace(with: ioas)
                 try hwpt.destroy()
                 try m.unmap()
-                withExtendedLifetime(dev) {}
             }
         }
     }
@@ -177,9 +183,7 @@ extension IOMMUFDMockTests {
         /// unmapAll() takes the mappings from under their DMAMappings: they
         /// become inert and never unmap the newer mapping at their IOVA.
         @Test func unmapAllLeavesDMAMappingsInert() throws {
-            try withMockContext { ctx in
-                let ioas = try IOAS(ctx)
-                let dev = try MockDevice(attachedTo: ioas)
+            try withMockDevice { ctx, ioas, dev in
                 let buf = try DMABuffer(length: 16384)
                 let p = UnsafeRawPointer(buf.baseAddress)
                 var first: DMAMapping? = try ioas.map(buf, at: IOVA(mockBase))
@@ -194,7 +198,6 @@ extension IOMMUFDMockTests {
                 #expect(try MockIOMMU.pinCount(ctx, address: p, length: buf.length, is: 1))
                 try newer.unmap()
                 withExtendedLifetime(first) {}
-                withExtendedLifetime(dev) {}
             }
         }
 
@@ -284,9 +287,7 @@ extension IOMMUFDMockTests {
 
     @Suite struct MapUnmap {
         @Test func mapFixedAndKernelChosenAndPinsReturnAfterUnmap() throws {
-            try withMockContext { ctx in
-                let ioas = try IOAS(ctx)
-                let dev = try MockDevice(attachedTo: ioas)
+            try withMockDevice { ctx, ioas, dev in
                 let buf = try DMABuffer(length: 16384)
                 let p = UnsafeRawPointer(buf.baseAddress)
                 #expect(try MockIOMMU.pinCount(ctx, address: p, length: buf.length, is: 0))
@@ -306,20 +307,16 @@ extension IOMMUFDMockTests {
                 #expect(try MockIOMMU.pinCount(ctx, address: p, length: buf.length, is: 0))
                 do { _ = consume chosen }  // deinit unmaps
                 #expect(try ioas.unmapAll() == 0)
-                withExtendedLifetime(dev) {}
             }
         }
 
         @Test func unsafeMapOfCallerMemory() throws {
-            try withMockContext { ctx in
-                let ioas = try IOAS(ctx)
-                let dev = try MockDevice(attachedTo: ioas)
+            try withMockDevice { ctx, ioas, dev in
                 let mem = UnsafeMutableRawPointer.allocate(byteCount: 8192, alignment: 4096)
                 defer { mem.deallocate() }
                 let iova = try ioas.unsafeMap(address: mem, length: 8192, at: IOVA(mockBase + 0x10000))
                 try MockIOMMU.checkMap(ctx, hwpt: dev.hwptID, iova: iova.rawValue, length: 8192, address: mem)
                 #expect(try ioas.unmap(iova: iova, length: 8192) == 8192)
-                withExtendedLifetime(dev) {}
             }
         }
 
@@ -381,9 +378,7 @@ extension IOMMUFDMockTests {
         }
 
         @Test func misalignedAndWrappingRangesAreRejected() throws {
-            try withMockContext { ctx in
-                let ioas = try IOAS(ctx)
-                let dev = try MockDevice(attachedTo: ioas)
+            try withMockDevice { ctx, ioas, dev in
                 let buf = try DMABuffer(length: 8192)
                 let p = UnsafeRawPointer(buf.baseAddress)
                 let e = expectErrno(.invalidArgument) { _ = try ioas.unsafeMap(address: p, length: 8192, at: IOVA(mockBase + 1)) }
@@ -396,7 +391,6 @@ extension IOMMUFDMockTests {
                     _ = try ioas.unsafeMap(address: p, length: 8192, at: IOVA(mockBase), readable: false, writable: false)
                 }
                 #expect(try ioas.unmapAll() == 0)
-                withExtendedLifetime(dev) {}
             }
         }
 
@@ -424,9 +418,7 @@ extension IOMMUFDMockTests {
         }
 
         @Test func mapFileOfAMemfd() throws {
-            try withMockContext { ctx in
-                let ioas = try IOAS(ctx)
-                let dev = try MockDevice(attachedTo: ioas)
+            try withMockDevice { ctx, ioas, dev in
                 let buf = try DMABuffer(length: 16384, backing: .memfd)
                 buf.fill(0x5a)
                 let m = try ioas.mapFile(buf, at: IOVA(mockBase))
@@ -443,14 +435,11 @@ extension IOMMUFDMockTests {
                 #expect(throws: VFIOError.self) { _ = try ioas.mapFile(anon, at: nil) }
                 try m2.unmap()
                 try m.unmap()
-                withExtendedLifetime(dev) {}
             }
         }
 
         @Test func changeProcessNeedsFileMappingsOnly() throws {
-            try withMockContext { ctx in
-                let ioas = try IOAS(ctx)
-                let dev = try MockDevice(attachedTo: ioas)
+            try withMockDevice { ctx, ioas, dev in
                 let file = try DMABuffer(length: 8192, backing: .memfd)
                 let fm = try ioas.mapFile(file, at: IOVA(mockBase))
                 try ctx.changeProcess()
@@ -460,7 +449,6 @@ extension IOMMUFDMockTests {
                 #expect(e?.description.contains("file mapping") == true)
                 try um.unmap()
                 try fm.unmap()
-                withExtendedLifetime(dev) {}
             }
         }
     }
@@ -577,9 +565,7 @@ extension IOMMUFDMockTests {
         }
 
         @Test func unknownFlagsAreRejected() throws {
-            try withMockContext { ctx in
-                let ioas = try IOAS(ctx)
-                let dev = try MockDevice(attachedTo: ioas)
+            try withMockDevice { ctx, ioas, dev in
                 let buf = try DMABuffer(length: 4096)
                 var map = iommu_ioas_map.make()
                 map.flags = UInt32(IOMMU_IOAS_MAP_READABLE.rawValue) | (1 << 31)
@@ -591,7 +577,6 @@ extension IOMMUFDMockTests {
                 var opt = iommu_option.make()
                 opt.option_id = 0xbad
                 expectErrno(.notSupported) { try ctx.unsafeIoctl(IOMMU_OPTION, as: .ioctl(.iommuOption), &opt) }
-                withExtendedLifetime(dev) {}
             }
         }
 
@@ -696,9 +681,7 @@ extension IOMMUFDMockTests {
         }
 
         @Test func nestedHWPTAndInvalidationReportsPartialCompletion() throws {
-            try withMockContext { ctx in
-                let ioas = try IOAS(ctx)
-                let dev = try MockDevice(attachedTo: ioas)
+            try withMockDevice { ctx, ioas, dev in
                 let parent = try HWPT(ioas: ioas, device: dev.deviceID, flags: .nestParent)
                 let nested = try HWPT(nestedOn: parent, device: dev.deviceID, data: Self.selftestData())
                 for i in 0..<4 {
@@ -762,9 +745,7 @@ extension IOMMUFDMockTests {
         }
 
         @Test func faultQueueDeliversPageFaultsAndTakesResponses() throws {
-            try withMockContext { ctx in
-                let ioas = try IOAS(ctx)
-                let dev = try MockDevice(attachedTo: ioas)
+            try withMockDevice { ctx, ioas, dev in
                 let parent = try HWPT(ioas: ioas, device: dev.deviceID, flags: .nestParent)
                 let queue = try FaultQueue(ctx)
                 #expect(try queue.read().isEmpty)
@@ -869,9 +850,7 @@ extension IOMMUFDMockTests {
 
     @Suite struct VirtualIOMMU {
         @Test func viommuVDeviceAndVEventQueueWithLostEvents() throws {
-            try withMockContext { ctx in
-                let ioas = try IOAS(ctx)
-                let dev = try MockDevice(attachedTo: ioas)
+            try withMockDevice { ctx, ioas, dev in
                 let parent = try HWPT(ioas: ioas, device: dev.deviceID, flags: .nestParent)
                 var data = iommu_viommu_selftest()
                 data.in_data = 0xcafe
@@ -923,9 +902,7 @@ extension IOMMUFDMockTests {
         }
 
         @Test func viommuInvalidationReachesTheDeviceCache() throws {
-            try withMockContext { ctx in
-                let ioas = try IOAS(ctx)
-                let dev = try MockDevice(attachedTo: ioas)
+            try withMockDevice { ctx, ioas, dev in
                 let parent = try HWPT(ioas: ioas, device: dev.deviceID, flags: .nestParent)
                 let viommu = try VIOMMU(device: dev.deviceID, parent: parent, type: MockIOMMU.viommuType)
                 let vdev = try VDevice(viommu: viommu, device: dev.deviceID, virtualID: 0x99)
@@ -959,12 +936,8 @@ extension IOMMUFDMockTests {
             let ctx = try IOMMUFD()
             let ioas = try IOAS(ctx)
             let dev = try MockDevice(attachedTo: ioas)
-            let parent = try HWPT(ioas: ioas, device: dev.deviceID, flags: .nestParent)
-            let viommu = try VIOMMU(device: dev.deviceID, parent: parent, type: MockIOMMU.viommuType)
-            let nested = try HWPT(nestedOn: viommu, device: dev.deviceID, data: HardwarePageTables.selftestData())
-            let queue = try VEventQueue(viommu: viommu, type: MockIOMMU.veventqType, depth: 4, eventSize: 4)
-            let vdev = try VDevice(viommu: viommu, device: dev.deviceID, virtualID: 0x77)
-            try dev.replace(with: nested)
+            let stack = try MockVEventStack(ioas, dev, depth: 4, virtualID: 0x77)
+            let queue = stack.queue
 
             let waiter = Task { try await queue.next() }
             try await Task.sleep(for: .milliseconds(50))
@@ -991,18 +964,11 @@ extension IOMMUFDMockTests {
                 Issue.record("a cancelled next() returned \(result)")
             }
 
-            try dev.replace(with: ioas)
-            try vdev.destroy()
-            try queue.destroy()
-            try nested.destroy()
-            try viommu.destroy()
-            try parent.destroy()
+            try stack.tearDown()
         }
 
         @Test func hwQueuePinsItsIOVA() throws {
-            try withMockContext { ctx in
-                let ioas = try IOAS(ctx)
-                let dev = try MockDevice(attachedTo: ioas)
+            try withMockDevice { ctx, ioas, dev in
                 let parent = try HWPT(ioas: ioas, device: dev.deviceID, flags: .nestParent)
                 let viommu = try VIOMMU(device: dev.deviceID, parent: parent, type: MockIOMMU.viommuType)
                 let page = UInt64(getpagesize())
@@ -1037,7 +1003,6 @@ extension IOMMUFDMockTests {
                 #expect(weakBuffer != nil, "the buffer of a mapping that failed to unmap was freed")
                 try viommu.destroy()
                 try parent.destroy()
-                withExtendedLifetime(dev) {}
             }
         }
     }

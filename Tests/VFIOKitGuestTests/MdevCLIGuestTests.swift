@@ -81,6 +81,61 @@ struct MdevCLIGuestTests {
         #expect(!FileManager.default.fileExists(atPath: "/sys/bus/mdev/devices/\(name)"))
     }
 
+    /// `vfioctl attach UUID`: an mdev through the same front door as a PCI
+    /// function (AttachedDevice/openDevice by name), on the iommufd path (its
+    /// cdev bound and attached: an emulated attach, mtty's parent driver
+    /// reaches the IOAS through an access) and the group path (a type1v2
+    /// container, VFIO_GROUP_GET_DEVICE_FD by UUID); the JSON as for a BDF.
+    @Test func attachTakesAnMdevUUID() throws {
+        try MdevGuestTests.withMdev("mtty-1") { m in
+            let name = m.name
+            let cdev = try #require(m.vfioCdevPath)
+            let json = try VFIOCtlBinary.run("attach", name, "--map", "64K", "--json")
+            #expect(json.status == 0, "\(json.err)")
+            let report = try json.json()
+            #expect(report["mode"] as? String == "iommufd")
+            let devices = try #require(report["devices"] as? [[String: Any]], "\(json.out)")
+            #expect(devices.count == 1)
+            #expect(devices.first?["address"] as? String == name, "\(devices)")
+            #expect(devices.first?["cdev"] as? String == cdev, "\(devices)")
+            #expect(devices.first?["device_id"] as? Int != nil && devices.first?["attached_id"] as? Int != nil, "\(devices)")
+            #expect((report["mappings"] as? [[String: Any]])?.count == 1)
+            #expect((report["ioas"] as? [String: Any])?["id"] as? Int == devices.first?["attached_id"] as? Int,
+                    "an mdev attaches to the IOAS itself (no HWPT): \(report)")
+
+            let text = try VFIOCtlBinary.run("attach", name.uppercased())
+            #expect(text.status == 0 && text.out.contains(name) && text.out.contains("released"), "\(text.out) \(text.err)")
+
+            let container = try VFIOCtlBinary.run("attach", name, "--container", "--map", "8K", "--json")
+            #expect(container.status == 0, "\(container.err)")
+            let c = try container.json()
+            #expect(c["mode"] as? String == "container")
+            #expect((c["devices"] as? [[String: Any]])?.first?["address"] as? String == name, "\(container.out)")
+            #expect((c["groups"] as? [[String: Any]])?.first?["number"] as? Int == m.iommuGroup, "\(container.out)")
+            #expect(PCIHost.system.deviceNodeOpeners()[cdev]?.isEmpty != false, "released: nothing holds \(cdev)")
+        }
+    }
+
+    /// An mdev that is not there, and a VF token given to an mdev: refused,
+    /// saying what there is; the printed command works.
+    @Test func attachAnMdevErrorsAndTheirHints() throws {
+        _ = try MdevGuestTests.requireMtty()
+        let missing = UUID().uuidString.lowercased()
+        let nothing = try VFIOCtlBinary.run("attach", missing, "--json")
+        #expect(nothing.status == 1, "\(nothing.out)")
+        let error = try #require(try nothing.json()["error"] as? [String: Any], "\(nothing.out)")
+        #expect(error["operation"] as? String == "find mdev" && (error["detail"] as? String)?.contains("there is no mdev") == true,
+                "\(error)")
+        let hints = Self.printed(error["hint"] as? String ?? "")
+        #expect(!hints.isEmpty, "\(error)")
+        for command in hints { #expect(try Self.runPrinted(command).status == 0, "\(command)") }
+
+        try MdevGuestTests.withMdev("mtty-1") { m in
+            let token = try VFIOCtlBinary.run("attach", m.name, "--vf-token", UUID().uuidString)
+            #expect(token.status == 64 && token.err.contains("SR-IOV"), "\(token.err)")
+        }
+    }
+
     @Test func errorsSayWhatThereIsAndTheirHintsWork() throws {
         _ = try MdevGuestTests.requireMtty()
         let unknown = try VFIOCtlBinary.run("mdev", "create", "mtty-7")

@@ -218,5 +218,64 @@ struct SRIOVGuestTests {
         #expect(notPF.status == 1 && notPF.err.contains("is not an SR-IOV physical function"), "\(notPF.err)")
         #expect(try host.device(try PCIAddress(parsing: edu)).driver == before, "nothing half-done")
     }
+    /// `vfioctl attach VF --vf-token UUID`: a VF of a PF on vfio-pci attaches
+    /// only with the PF's token, on both paths. Without it, or with another,
+    /// it is refused naming the ioctl, the errno and the VF, with a hint whose
+    /// commands, run exactly as printed, attach it.
+    @Test func vfioctlAttachTakesAVFWithItsToken() throws {
+        let pf = try Guest.require("VFIOKIT_SRIOV_PF")
+        let host = PCIHost.system
+        let original = try host.device(try PCIAddress(parsing: pf)).driver
+        let token = Self.uuid1.uuidString.lowercased()
+        let made = try VFIOCtlBinary.run("bind", pf, "--sriov", "2", "--vf-token", token, "--json")
+        defer {
+            _ = try? VFIOCtlBinary.run("bind", pf, "--sriov", "0")
+            _ = try? VFIOCtlBinary.run("unbind", pf, "--restore")
+            #expect((try? host.device(try PCIAddress(parsing: pf)).driver) == original, "the PF's driver restored")
+        }
+        try #require(made.status == 0, "\(made.err)")
+        let vfs = try #require((try made.json()["sriov"] as? [String: Any])?["vfs"] as? [String], "\(made.out)")
+        let vf = try #require(vfs.first)
+
+        let attached = try VFIOCtlBinary.run("attach", vf, "--vf-token", token, "--map", "8K", "--json")
+        #expect(attached.status == 0, "\(attached.err)")
+        let devices = try #require(try attached.json()["devices"] as? [[String: Any]], "\(attached.out)")
+        #expect(devices.first?["address"] as? String == vf && devices.first?["attached_id"] as? Int != nil, "\(devices)")
+        let grouped = try VFIOCtlBinary.run("attach", vf, "--container", "--vf-token", token, "--json")
+        #expect(grouped.status == 0, "\(grouped.err)")
+        #expect((try grouped.json()["devices"] as? [[String: Any]])?.first?["address"] as? String == vf, "\(grouped.out)")
+
+        // `vfioctl bind PF --vf-token UUID` prints the attach that works, and it does, as printed.
+        let again = try VFIOCtlBinary.run("bind", pf, "--vf-token", token)
+        #expect(again.status == 0, "\(again.err)")
+        let printedAttach = MdevCLIGuestTests.printed(again.out).filter { $0.hasPrefix("vfioctl attach ") }
+        #expect(printedAttach == ["vfioctl attach \(vf) --vf-token \(token)"], "\(again.out)")
+        for command in printedAttach { #expect(try MdevCLIGuestTests.runPrinted(command).status == 0, "\(command)") }
+
+        // Missing and wrong tokens, on both paths: what is needed, and by which ioctl the kernel said no.
+        let wrong = Self.uuid2.uuidString.lowercased()
+        for (args, ioctl) in [([String](), "VFIO_DEVICE_BIND_IOMMUFD"), (["--container"], "VFIO_GROUP_GET_DEVICE_FD")] {
+            let missing = try VFIOCtlBinary.run(["attach", vf] + args)
+            #expect(missing.status == 1, "\(missing.out)")
+            #expect(missing.err.contains(ioctl) && missing.err.contains("EACCES") && missing.err.contains(vf), "\(missing.err)")
+            #expect(missing.err.contains("opening it needs the VF token its PF's user set") && missing.err.contains("--vf-token"),
+                    "\(missing.err)")
+            let other = try VFIOCtlBinary.run(["attach", vf, "--vf-token", wrong] + args)
+            #expect(other.status == 1, "\(other.out)")
+            #expect(other.err.contains(ioctl) && other.err.contains("the VF token given is not the one its PF's user set"),
+                    "\(other.err)")
+        }
+
+        // The hint, followed literally: its commands in order, the last one the attach.
+        let refused = try VFIOCtlBinary.run("attach", vf, "--json")
+        let error = try #require(try refused.json()["error"] as? [String: Any], "\(refused.out)")
+        #expect(error["errno_name"] as? String == "EACCES" && (error["detail"] as? String)?.contains(vf) == true, "\(error)")
+        let commands = MdevCLIGuestTests.printed(error["hint"] as? String ?? "")
+        #expect(commands.count == 2 && commands.last?.hasPrefix("vfioctl attach \(vf) --vf-token ") == true, "\(error)")
+        for command in commands {
+            let r = try MdevCLIGuestTests.runPrinted(command)
+            #expect(r.status == 0, "\(command): \(r.err)")
+        }
+    }
 }
 

@@ -99,6 +99,12 @@ import VFIOKit
         usage(["00:03.0", "--ioas", "zero"], "neither `new` nor an IOAS id")
         usage(["00:03.0", "--exec", "--"], "needs a program")
         usage(["0:0:0:0"], "not a PCI address")
+        usage(["0:0:0:0"], "nor is it an mdev's UUID")
+        usage(["00:03.0", "--vf-token", "nope"], "--vf-token nope is not a UUID")
+        usage(["83b8f4f2-509f-382f-3c1e-e6bfe0fa1001", "--vf-token", "52ac9bff-3a88-4fbd-901a-0d767c3b6c97"],
+              "an mdev takes no VF token")
+        usage(["00:03.0", "--vf-token", "52ac9bff-3a88-4fbd-901a-0d767c3b6c97", "--exec", "--", "true"], "add --prebound")
+        usage(["83b8f4f2-509f-382f-3c1e-e6bfe0fa1001", "83B8F4F2-509F-382F-3C1E-E6BFE0FA1001"], "named twice")
         usage(["00:03.0", "--map-bar", "01:01.0/0,4K@0x200000", "--container"], "needs iommufd")
         usage(["00:03.0", "--map-bar", "00:03.0/0,4K", "--exec", "--", "true"], "handed over unbound")
         usage(["00:03.0", "--map-bar", "01:01.0/0,3K"], "multiples of 4 KiB")

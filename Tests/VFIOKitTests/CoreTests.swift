@@ -48,6 +48,32 @@ import VFIOKitTestSupport
         }
         #expect(kernel.openFDCount == 0)
     }
+
+    /// The explanation of a hand-written size needs the struct's type, which the
+    /// inlinable `OwnedFD.ioctl` passes on as a metatype (not a generic parameter).
+    @Test func shortArgumentSizeIsExplainedWithTheStructsType() throws {
+        let kernel = FakeKernel()
+        kernel.files["/dev/iommu"] = .node
+        kernel.onIoctl(IOMMU_IOAS_ALLOC) { _, _ in -EINVAL }
+        kernel.files["/dev/vfio/devices/vfio0"] = .node
+        kernel.onIoctl(VFIO_DEVICE_GET_INFO) { _, _ in -EINVAL }
+        try Syscalls.withProvider(kernel) {
+            let fd = try OwnedFD.open("/dev/iommu")
+            var arg = iommu_ioas_alloc.make()
+            arg.size = 4
+            let error = #expect(throws: VFIOError.self) { _ = try fd.ioctl(.iommuIOASAlloc, &arg) }
+            #expect(error?.detail == "the argument's size is 4 bytes, less than the \(MemoryLayout<iommu_ioas_alloc>.size) "
+                + "bytes of struct iommu_ioas_alloc: the kernel refuses an argument shorter than the fields it reads")
+            let device = try OwnedFD.open("/dev/vfio/devices/vfio0")
+            var info = vfio_device_info.make()
+            info.argsz = 8
+            let vfioError = #expect(throws: VFIOError.self) { _ = try device.ioctl(.vfioDeviceGetInfo, &info) }
+            #expect(vfioError?.detail?.hasPrefix("the argument's argsz is 8 bytes, less than the "
+                + "\(MemoryLayout<vfio_device_info>.size) bytes of struct vfio_device_info") == true)
+            try fd.close()
+            try device.close()
+        }
+    }
 }
 
 @Suite struct SyscallLayerTests {

@@ -711,6 +711,32 @@ private func cdevKernel() -> FakeKernel {
             #expect(config.withLock { $0[4] } == 0x02)
         }
     }
+
+    /// The bounds and permission checks of every config access stay in force (they are
+    /// inlined, their errors built out of line): an access past the end of the region
+    /// is refused with the sizes, before any pread reaches the kernel.
+    @Test func accessPastTheRegionEndIsRefusedBeforeTheKernel() throws {
+        let kernel = cdevKernel()
+        RegionInfoTests.install(kernel)
+        let preads = Mutex(0)
+        kernel.onFileIO { _, _, buffer, isWrite in
+            if !isWrite { preads.withLock { $0 += 1 } }
+            return buffer.count
+        }
+        try Syscalls.withProvider(kernel) {
+            let device = try VFIODevice.open(cdev: "/dev/vfio/devices/vfio0")
+            let cfg = try device.configSpace()
+            let size = cfg.region.size
+            _ = try cfg.read32(size - 4)
+            #expect(preads.withLock { $0 } == 1)
+            let error = #expect(throws: VFIOError.self) { _ = try cfg.read32(size - 2) }
+            #expect(error?.operation == .syscall(.pread))
+            #expect(error?.detail == "4 bytes at 0x\(String(size - 2, radix: 16)) run past the end of region "
+                + "\(cfg.region.index) (size 0x\(String(size, radix: 16)))")
+            #expect(throws: VFIOError.self) { _ = try cfg.read32(UInt64.max) }
+            #expect(preads.withLock { $0 } == 1, "a refused access reached the kernel")
+        }
+    }
 }
 
 @Suite struct DirtyTrackingAndDMABufTests {

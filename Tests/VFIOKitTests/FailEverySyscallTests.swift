@@ -106,13 +106,14 @@ import Glibc
         return report
     }
 
-    /// Waits (briefly: waiter threads end on their own) until the fake's fds
-    /// and mappings are gone, then requires it.
+    /// Waits (briefly: waiter threads end on their own, and a thread that has
+    /// done its work may hold what its closure captured a moment longer) until
+    /// the fake's fds and mappings are gone, then requires it.
     static func settle(_ k: FakeKernel, label: String, error: VFIOError?) throws {
         // A mapping whose unmap failed keeps its buffer (and a memfd buffer its file) for good, and the error says so.
         let kept = error?.detail?.contains("kept alive for good") == true
         let deadline = ContinuousClock.now + .seconds(3)
-        while k.openFDCount != 0 && !kept && ContinuousClock.now < deadline { usleep(2_000) }
+        while (k.openFDCount != 0 || k.liveMappingCount != 0) && !kept && ContinuousClock.now < deadline { usleep(2_000) }
         expect(k.openFDCount == 0 || kept,
                 "\(label): fds left open: \(k.openPaths) (\(k.openFDCount) in all); \(error?.description ?? "no error")")
         expect(k.liveMappingCount == 0 || kept,
@@ -363,6 +364,24 @@ import Glibc
         let found = Self.problems.withLock { $0 }
         for p in found { Issue.record("\(p)") }
         #expect(found.isEmpty)
+    }
+
+    /// `settle` waits for mappings as it waits for fds: a thread that has finished its
+    /// work still holds its closure (and what it captured) for a moment. A CI run's gate
+    /// sweep saw "gate (no failure): 1 mappings left; no error": the map thread's closure
+    /// still held the buffer when the check looked.
+    @Test func settleWaitsForAMappingAnEndingThreadStillHolds() throws {
+        let k = FakeKernel()
+        do {
+            let buffer = try Syscalls.withProvider(k) { () throws(VFIOError) -> DMABuffer in try DMABuffer(length: 4096) }
+            #expect(k.liveMappingCount == 1)
+            Thread.detachNewThread { usleep(200_000); withExtendedLifetime(buffer) {} }
+        }
+        let before = Self.problems.withLock { $0.count }
+        try Self.settle(k, label: "settle", error: nil)
+        let added = Self.problems.withLock { p in defer { p.removeSubrange(before...) }; return Array(p[before...]) }
+        #expect(added == [])
+        #expect(k.liveMappingCount == 0)
     }
 
     static func sweepAll() throws {

@@ -133,7 +133,7 @@ import VFIOSystem
         try Syscalls.withProvider(k) {
             let device = try VFIODevice.open(cdev: "/dev/vfio/devices/vfio0")
             let space = try DMASpace(mode: .type1v2)
-            let door = AttachedDevice(address: try PCIAddress(parsing: "0000:00:03.0"), device: device, space: space)
+            let door = AttachedDevice(name: .pci(try PCIAddress(parsing: "0000:00:03.0")), device: device, space: space)
             for n in [-1, 6] {
                 let e = #expect(throws: VFIOError.self) { _ = try door.bar(n) }
                 #expect(e?.description.contains("BAR \(n) does not exist") == true, "\(String(describing: e))")
@@ -210,7 +210,7 @@ import VFIOSystem
         }
         try Syscalls.withProvider(kernel) {
             let device = try VFIODevice.open(cdev: "/dev/vfio/devices/vfio0")
-            let door = AttachedDevice(address: try PCIAddress(parsing: "0000:00:03.0"), device: device,
+            let door = AttachedDevice(name: .pci(try PCIAddress(parsing: "0000:00:03.0")), device: device,
                                       space: try DMASpace(mode: .type1v2))
             let bar1 = try door.bar(1)
             #expect(!bar1.isUnmapped)
@@ -222,6 +222,32 @@ import VFIOSystem
             try door.close()
             #expect(bar1.isUnmapped, "a copy the caller kept is unmapped too")
             #expect(Self.permissions(at: bar1.base) == "---p")
+        }
+    }
+}
+
+/// The front door's names: a PCI function by address, an mdev by UUID.
+@Suite struct VFIODeviceNameTests {
+    @Test func aUUIDIsAnMdevAndAnythingElseMustBeAPCIAddress() throws {
+        let mdev = try VFIODeviceName(parsing: "83B8F4F2-509F-382F-3C1E-E6BFE0FA1001")
+        #expect(mdev == .mdev(UUID(uuidString: "83b8f4f2-509f-382f-3c1e-e6bfe0fa1001")!))
+        #expect(mdev.description == "83b8f4f2-509f-382f-3c1e-e6bfe0fa1001", "the kernel's name: lower case")
+        #expect(mdev.pciAddress == nil && mdev.mdevUUID != nil)
+        let pci = try VFIODeviceName(parsing: "00:03.0")
+        #expect(pci == .pci(try PCIAddress(parsing: "0000:00:03.0")) && pci.description == "0000:00:03.0")
+        #expect(pci.mdevUUID == nil)
+        let e = #expect(throws: VFIOError.self) { _ = try VFIODeviceName(parsing: "0:0:0:0") }
+        #expect(e?.detail?.contains("is not a PCI address") == true && e?.detail?.contains("nor is it an mdev's UUID") == true,
+                "\(String(describing: e))")
+    }
+
+    /// A VF token given for an mdev is refused before anything opens.
+    @Test func anMdevTakesNoVFToken() throws {
+        let k = type1Kernel()
+        try Syscalls.withProvider(k) {
+            let space = try DMASpace(mode: .type1v2)
+            let e = #expect(throws: VFIOError.self) { _ = try space.openDevice(.mdev(UUID()), vfToken: UUID()) }
+            #expect(e?.detail?.contains("takes no VF token") == true, "\(String(describing: e))")
         }
     }
 }

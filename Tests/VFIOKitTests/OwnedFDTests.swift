@@ -106,6 +106,30 @@ import Glibc
         #expect(kernel.calls(IOMMU_IOAS_ALLOC).count == 1)
     }
 
+    /// A cancelled task's `next()` on `interrupts()` returns nil (the sequence
+    /// ends, as an `AsyncStream`'s does), and the stopped iterator's thread
+    /// leaves: the eventfd it held a use of is then really closed.
+    @Test func interruptsEndOnCancelAndTheThreadLeaves() async throws {
+        let kernel = FakeKernel()
+        let e = try Syscalls.withProvider(kernel) { try EventFD() }
+        let first = Task { () -> (UInt64?, UInt64?) in
+            var it = e.interrupts().makeAsyncIterator()
+            try? e.signal(3)
+            let got = await it.next()
+            withUnsafeCurrentTask { $0?.cancel() }
+            return (got, await it.next())
+        }
+        let (got, afterCancel) = await first.value
+        #expect(got == 3)
+        #expect(afterCancel == nil)
+        try e.close()
+        // The thread leaves after the cancel (it is woken); the close(2) happens as it does.
+        let deadline = ContinuousClock.now + .seconds(30)
+        while kernel.openFDCount > 0 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
+        #expect(kernel.openFDCount == 0)
+        #expect(kernel.staleFDUses == [])
+    }
+
     /// `interrupts()` runs a thread that polls the eventfd: closing the
     /// eventfd ends the sequence promptly, the thread never touches the closed
     /// number, and the fd is really closed once the thread has left.

@@ -53,8 +53,14 @@ struct SRIOVBindOptions: ParsableArguments {
             out.append("  VF \(vf): driver \(d?.driver ?? "none"), IOMMU group \(d?.iommuGroup.map(String.init) ?? "none")"
                        + (d?.vfioCdevPath.map { ", \($0)" } ?? ""))
         }
-        if !s.virtualFunctions.isEmpty {
-            out.append("  a VF opens only with the PF's VF token (VFIODevice.bind(to:token:), VFIOGroup.device(_:vfToken:))")
+        if let vf = s.virtualFunctions.first {
+            if let token {
+                out.append("  a VF opens only with the PF's VF token: `vfioctl attach \(vf) --vf-token \(token.uuidString.lowercased())` "
+                           + "(VFIODevice.bind(to:token:), VFIOGroup.device(_:vfToken:))")
+            } else {
+                out.append("  a VF opens only with the PF's VF token: vfioctl attach VF --vf-token UUID "
+                           + "(VFIODevice.bind(to:token:), VFIOGroup.device(_:vfToken:))")
+            }
         }
         return out
     }

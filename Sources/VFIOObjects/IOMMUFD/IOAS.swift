@@ -306,30 +306,29 @@ public final class IOAS: IOMMUAttachTarget, IOMMUObjectOwner {
     /// caller keeps the memory alive for good.
     @inline(__always)
     package func unmapOwned(iova: UInt64, length: UInt64, slot: Int32) throws(VFIOError) -> Bool {
-        guard state.gate.enterShared() else {
-            // Destroyed (IOMMUFD.close()): the kernel unmapped everything with the IOAS.
-            return mappings.release(slot)
-        }
-        defer { state.gate.leaveShared() }
-        _ = try mappings.unmapOnce(slot, iova: iova, length: length, .ioctl(.iommuIOASUnmap), object: label) {
-            () throws(VFIOError) in
-            do throws(VFIOError) {
-                return try unmapRange(state.id, iova: iova, length: length)
-            } catch where error.errno == .noSuchFileOrDirectory {
-                // This live mapping's exact range: the kernel's only other
-                // ENOENT is its IOAS lookup failing before anything was
-                // unmapped (iommufd_get_object; iommufd's own fault injection,
-                // CONFIG_IOMMUFD_TEST, fails it on purpose), since a raw unmap
-                // of an owned range is refused and unmap-all or the IOAS's
-                // destruction make the mapping inert first. Asked once more; a
-                // second ENOENT stands (then the buffer is kept, as for any
-                // failed unmap).
-                return try unmapRange(state.id, iova: iova, length: length)
-            } catch {
-                throw error
+        let unmapped = try state.ifLive { (id) throws(VFIOError) -> Bool in
+            _ = try mappings.unmapOnce(slot, iova: iova, length: length, .ioctl(.iommuIOASUnmap), object: label) {
+                () throws(VFIOError) in
+                do throws(VFIOError) {
+                    return try unmapRange(id, iova: iova, length: length)
+                } catch where error.errno == .noSuchFileOrDirectory {
+                    // This live mapping's exact range: the kernel's only other
+                    // ENOENT is its IOAS lookup failing before anything was
+                    // unmapped (iommufd_get_object; iommufd's own fault injection,
+                    // CONFIG_IOMMUFD_TEST, fails it on purpose), since a raw unmap
+                    // of an owned range is refused and unmap-all or the IOAS's
+                    // destruction make the mapping inert first. Asked once more; a
+                    // second ENOENT stands (then the buffer is kept, as for any
+                    // failed unmap).
+                    return try unmapRange(id, iova: iova, length: length)
+                } catch {
+                    throw error
+                }
             }
+            return true
         }
-        return true
+        // nil: destroyed (IOMMUFD.close()): the kernel unmapped everything with the IOAS.
+        return unmapped ?? mappings.release(slot)
     }
 
     @inline(__always)

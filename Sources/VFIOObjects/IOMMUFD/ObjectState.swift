@@ -26,9 +26,20 @@ final class ObjectGate: Sendable {
     private static let exclusive: UInt64 = 1 << 62
     private static let users: UInt64 = exclusive - 1
 
-    /// Enters shared use; false when the object is dead.
+    /// Enters shared use; false when the object is dead. The uncontended case
+    /// (one compare-exchange) is inline; waiting out an exclusive holder is not,
+    /// so the callers (every map and unmap) do not keep the gate retained around a
+    /// loop of yields.
     @inline(__always)
-    func enterShared() -> Bool { claim(exclusive: false) }
+    func enterShared() -> Bool {
+        let v = word.load(ordering: .relaxed)
+        if v & (ObjectGate.dead | ObjectGate.exclusive) == 0,
+           word.compareExchange(expected: v, desired: v + 1, ordering: .acquiring).exchanged
+        {
+            return true
+        }
+        return claim(exclusive: false)
+    }
 
     @inline(__always)
     func leaveShared() {
@@ -46,7 +57,7 @@ final class ObjectGate: Sendable {
 
     /// Waits out an exclusive holder, then counts one more shared user or sets
     /// the exclusive bit; false (and nothing claimed) when the object is dead.
-    @inline(__always)
+    @inline(never)
     private func claim(exclusive: Bool) -> Bool {
         var v = word.load(ordering: .relaxed)
         var spins = 0
@@ -131,6 +142,17 @@ final class IOMMUObjectState: Sendable {
         throws(VFIOError) -> R
     {
         guard gate.enterShared() else { throw destroyedError(operation()) }
+        defer { gate.leaveShared() }
+        return try body(id)
+    }
+
+    /// Runs `body` with the id while the object exists (shared with other
+    /// operations, exclusive of destroy); nil, without running it, once it is gone.
+    /// For callers with their own answer to a destroyed object; as a method of the
+    /// state (not `owner.state.gate` from outside) it keeps no retain of the gate.
+    @inline(__always)
+    func ifLive<R>(_ body: (UInt32) throws(VFIOError) -> R) throws(VFIOError) -> R? {
+        guard gate.enterShared() else { return nil }
         defer { gate.leaveShared() }
         return try body(id)
     }

@@ -115,7 +115,7 @@ public final class NVMeController: @unchecked Sendable {
     }
 
     private init(device: AttachedDevice, registers: Registers, ownsDevice: Bool, options: Options) throws(NVMeError) {
-        let name = device.address.description
+        let name = device.name.description
         let cap = ControllerCapabilities(raw: registers.load64(Register.cap))
         let pageSize = NVMeController.pageSize
 

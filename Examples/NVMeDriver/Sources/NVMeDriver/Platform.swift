@@ -107,7 +107,7 @@ extension AttachedDevice {
     /// open, and an NVMe controller by its class code (read through the VFIO
     /// config region, so no sysfs or driver state is needed).
     func checkOpenNVMe() throws(NVMeError) {
-        let name = address.description
+        let name = self.name.description
         guard !isClosed else {
             throw NVMeError(.closed, "the AttachedDevice for \(name) is closed", device: name,
                             hint: "open it again (AttachedDevice.open) or use NVMeController(address:)")
@@ -138,23 +138,23 @@ extension AttachedDevice {
             return Registers(region: b)
         } catch {
             try? bar0?.unmap()
-            throw platformError(error, "map BAR0 and turn on bus mastering", device: address.description)
+            throw platformError(error, "map BAR0 and turn on bus mastering", device: name.description)
         }
     }
 
     /// `bytes` of zeroed DMA memory at an IOVA the space's allocator picks.
     func dmaMemory(_ bytes: Int) throws(NVMeError) -> DMAMemory {
-        do { return DMAMemory(try allocateDMA(bytes: bytes), device: address.description) } catch {
-            throw platformError(error, "allocate \(bytes) bytes of DMA memory", device: address.description)
+        do { return DMAMemory(try allocateDMA(bytes: bytes), device: name.description) } catch {
+            throw platformError(error, "allocate \(bytes) bytes of DMA memory", device: name.description)
         }
     }
 
     /// MSI-X vectors `0..<count`, as a set that turns MSI-X off when released.
     func msix(count: Int) throws(NVMeError) -> InterruptSet {
-        do { return try interrupts(.msix, count: count) } catch { throw platformError(error, "enable \(count) MSI-X vectors", device: address.description) }
+        do { return try interrupts(.msix, count: count) } catch { throw platformError(error, "enable \(count) MSI-X vectors", device: name.description) }
     }
     func msixVectorCount() throws(NVMeError) -> Int {
-        do { return try interruptCount(.msix) } catch { throw platformError(error, "read MSI-X info", device: address.description) }
+        do { return try interruptCount(.msix) } catch { throw platformError(error, "read MSI-X info", device: name.description) }
     }
 
     /// Bus mastering off, then the device closed (`closing`), or only the
@@ -162,11 +162,11 @@ extension AttachedDevice {
     /// Errors come after every step ran.
     func release(closing: Bool, registers: Registers) throws(NVMeError) {
         var first: NVMeError?
-        do { try setBusMaster(false) } catch { first = platformError(error, "turn off bus mastering", device: address.description) }
+        do { try setBusMaster(false) } catch { first = platformError(error, "turn off bus mastering", device: name.description) }
         if closing {
-            do { try close() } catch { first = first ?? platformError(error, "close the device", device: address.description) }
+            do { try close() } catch { first = first ?? platformError(error, "close the device", device: name.description) }
         } else {
-            do { try registers.region.unmap() } catch { first = first ?? platformError(error, "unmap BAR0", device: address.description) }
+            do { try registers.region.unmap() } catch { first = first ?? platformError(error, "unmap BAR0", device: name.description) }
         }
         if let first { throw first }
     }
