@@ -302,6 +302,33 @@ func deviceCases(cdev: String, ctx: IOMMUFD, countFile: String?, scale: Int) thr
         }
     }))
 
+    // The same round trip through an InterruptExecutor (EventFD.interrupts(on:)): the task
+    // prefers the executor, whose one thread polls the eventfd and resumes the task itself
+    // (no hand-off to another thread), against the same C loop.
+    let irqExecutor = try InterruptExecutor()
+    cases.append(Case(name: "IRQ raise + async wait (MSI, executor)", iterations: 500 * scale, countIterations: 200,
+                      raw: { n in
+        wall { precondition(bench_raw_edu_irq_roundtrip(bar.base, efd, 0x1, Int32(n)) == 0) }
+    }, swift: { n in
+        awaitBlocking {
+            let elapsed = await withTaskExecutorPreference(irqExecutor) { () -> UInt64 in
+                var interrupts = msi.eventFD.interrupts(on: irqExecutor).makeAsyncIterator()
+                let t = bench_now_ns()
+                for _ in 0..<n {
+                    edu.raise(0x1)
+                    let count = await interrupts.next()
+                    precondition(count != nil, "no interrupt")
+                    edu.acknowledge(0x1)
+                }
+                return bench_now_ns() - t
+            }
+            // The dropped iterator leaves the executor's poll set before its thread polls
+            // again; wait as the row above does, so no stale poller can take the C loop's count.
+            usleep(bench_on_valgrind() != 0 ? 1_000_000 : 20_000)
+            return elapsed
+        }
+    }))
+
     var results: [Result] = []
     if countFile != nil { cases.forEach(count) } else { results = cases.map { compare($0) } }
     try msi.close()
