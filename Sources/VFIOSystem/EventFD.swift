@@ -22,6 +22,10 @@ import Musl
 ///   `poll(2)` and yields each count; cancelling the task or dropping the
 ///   iterator stops the thread through a second eventfd. Tasks awaiting it never
 ///   block a pool thread.
+/// - ``interrupts(on:)`` is the same sequence polled by an ``InterruptExecutor``'s
+///   thread, which also runs the awaiting task (it prefers that executor): each
+///   count resumes the task on the thread that read it, with no hand-off and no
+///   allocation. For a driver's completion loop; it costs the executor's thread.
 /// Do not use both on one eventfd at the same time: each read consumes the count.
 ///
 /// ``close()`` ends both: a blocked ``wait(timeout:)-6sc0d`` throws "closed" and the
