@@ -296,6 +296,8 @@ extension OwnedFD {
     package func ioctl<A>(_ request: Request, _ argument: inout A, object: @autoclosure () -> String? = nil)
         throws(VFIOError) -> Int32
     {
+        // Safety: `raw` is the argument's own storage, `MemoryLayout<A>.size` bytes, valid for this call
+        // only; the kernel reads and writes within it (argsz/size inside says how much, and `make()` filled it).
         try withUnsafeMutableBytes(of: &argument) { (raw) throws(VFIOError) -> Int32 in
             try ioctl(request, bytes: raw, of: { A.self }, object: object())
         }
