@@ -52,9 +52,10 @@ timing='faultQueueNextWaitsOnReadinessAndCancelsPromptly|vEventQueueNextWaitsOnR
 # The fail-every-syscall sweep also requires that some scenario made a nanosleep (a wait
 # that found its condition at once makes none); under TSan none did. It runs under ASan.
 tsan_only='FailEverySyscallTests'
-# The hot-path allocation counts interpose malloc, which a sanitizer runtime owns: the
+# The hot-path allocation counts (HotPathAllocationTests, and InterruptExecutorTests'
+# allocation check) interpose malloc, which a sanitizer runtime owns: the
 # suite counts nothing in these builds (it would fail) and runs in the plain host run.
-not_sanitized='HotPathAllocationTests'
+not_sanitized='HotPathAllocationTests|InterruptExecutorTests/noAllocationPerInterrupt'
 guest_filter=${VFIOKIT_SANITIZE_GUEST_FILTER:-'VFIOKitGuestTests\.(DMAModesTests|IOMMUFDDeviceTests|IOMMUFDMockTests|DeviceGuestTests|EndToEndTests)'}
 
 # Reports of any sanitizer in the binary's own output and in exit-test children's.
