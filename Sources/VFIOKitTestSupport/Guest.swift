@@ -183,9 +183,10 @@ public enum Guest {
         return n
     }
 
-    /// An fd on `/proc/<pid>/stat`: the runtime under the tests reads it for a
-    /// moment on a thread of its own (VFIOKit never opens it), so a count taken
-    /// meanwhile would be off by one (a CI guest run: `gone ["8:/proc/371/stat"]`).
+    /// An fd on `/proc/<id>/stat`: libdispatch's worker-pool monitor reads its
+    /// workers' `/proc/<tid>/stat` for a moment on a thread of its own (VFIOKit
+    /// never opens one), so a count taken meanwhile would be off by one (a CI
+    /// guest run: `gone ["8:/proc/371/stat"]`).
     private static func isRuntimesProcStat(_ fd: Int32) -> Bool {
         var buf = [CChar](repeating: 0, count: 64)
         let len = readlink("/proc/self/fd/\(fd)", &buf, buf.count - 1)

@@ -7,8 +7,8 @@ import Glibc
 #endif
 
 /// The guest suites' fd-leak checks count the process's open fds before and
-/// after a test. The runtime under them reads `/proc/<pid>/stat` now and then
-/// on a thread of its own (VFIOKit never opens it): a CI guest run took its
+/// after a test. libdispatch's worker-pool monitor reads `/proc/<tid>/stat`
+/// now and then on a thread of its own (VFIOKit never opens it): a CI guest run took its
 /// baseline while such an fd was open and failed `fdCountSettles` with
 /// `gone ["8:/proc/371/stat"]`. Those fds are not counted.
 @Suite struct OpenFDCountTests {
