@@ -162,31 +162,9 @@ final class IteratorHandle: Sendable {
 /// fails. The eventfd's close(2), when it was closed meanwhile, happens as
 /// this thread leaves. Allocates nothing per count.
 final class InterruptFeed: Sendable {
-    typealias Continuation = UnsafeContinuation<UInt64?, Never>
-
-    struct State {
-        /// Counts read while no task waited, summed.
-        var pending: UInt64 = 0
-        /// The task waiting in ``next(isolation:)``.
-        var waiter: Continuation?
-        /// The thread is gone or the iterator stopped: after `pending`, nil.
-        var finished = false
-
-        /// What ``next(isolation:)`` gets without waiting.
-        mutating func take() -> Now {
-            if pending > 0 {
-                defer { pending = 0 }
-                return .value(pending)
-            }
-            return finished ? .end : .wait
-        }
-    }
-
-    enum Now { case value(UInt64), end, wait }
-
     let eventfd: EventFD
     let wait: ReadinessWait
-    let state = Mutex(State())
+    let handoff = CountHandoff()
 
     init(eventfd: EventFD, wait: ReadinessWait) {
         self.eventfd = eventfd
@@ -205,24 +183,8 @@ final class InterruptFeed: Sendable {
     }
 
     func next(isolation actor: isolated (any Actor)?) async -> UInt64? {
-        switch state.withLock({ $0.take() }) {
-        case .value(let v): return v
-        case .end: return nil
-        case .wait: break
-        }
-        return await withTaskCancellationHandler {
-            await withUnsafeContinuation(isolation: actor) { (c: Continuation) in
-                let now = state.withLock { s -> Now in
-                    let now = s.take()
-                    if case .wait = now { s.waiter = c }
-                    return now
-                }
-                switch now {
-                case .value(let v): c.resume(returning: v)
-                case .end: c.resume(returning: nil)
-                case .wait: break
-                }
-            }
+        await withTaskCancellationHandler {
+            await handoff.next(isolation: actor)
         } onCancel: {
             stop()
         }
@@ -231,39 +193,12 @@ final class InterruptFeed: Sendable {
     /// The iterator stopped (dropped, or its task cancelled): a waiting task
     /// gets nil, and the thread is woken to leave.
     func stop() {
-        let waiter = state.withLock { s -> Continuation? in
-            s.finished = true
-            defer { s.waiter = nil }
-            return s.waiter
-        }
-        waiter?.resume(returning: nil)
+        handoff.finish()
         wait.wakeUp()
     }
 
     /// The thread ends: a waiting task gets nil (counts kept before are still taken).
-    private func finish() {
-        let waiter = state.withLock { s -> Continuation? in
-            s.finished = true
-            defer { s.waiter = nil }
-            return s.waiter
-        }
-        waiter?.resume(returning: nil)
-    }
-
-    /// Hands `value` to the waiting task, or keeps it; false when the iterator stopped.
-    private func deliver(_ value: UInt64) -> Bool {
-        let (waiter, go) = state.withLock { s -> (Continuation?, Bool) in
-            if s.finished { return (nil, false) }
-            if let w = s.waiter {
-                s.waiter = nil
-                return (w, true)
-            }
-            s.pending &+= value
-            return (nil, true)
-        }
-        waiter?.resume(returning: value)
-        return go
-    }
+    private func finish() { handoff.finish() }
 
     private func run() {
         defer { finish() }
@@ -286,7 +221,87 @@ final class InterruptFeed: Sendable {
             }
             if fd.isClosed { return }  // the count may hold the close's own signal
             // nil: another reader took the count (EAGAIN); poll again.
-            if n == 8, !deliver(value) { return }
+            if n == 8, !handoff.deliver(value) { return }
         }
+    }
+}
+
+/// The hand-over of counts from a thread that reads an eventfd to the task
+/// that awaits them (``EventFD/Interrupts`` and ``EventFD/ExecutorInterrupts``):
+/// a count finds the waiting task or is kept, summed, for the next `next()`.
+/// Allocates nothing per count.
+final class CountHandoff: Sendable {
+    typealias Continuation = UnsafeContinuation<UInt64?, Never>
+
+    struct State {
+        /// Counts read while no task waited, summed.
+        var pending: UInt64 = 0
+        /// The task waiting in ``next(isolation:)``.
+        var waiter: Continuation?
+        /// The reader is gone or the iterator stopped: after `pending`, nil.
+        var finished = false
+
+        /// What ``next(isolation:)`` gets without waiting.
+        mutating func take() -> Now {
+            if pending > 0 {
+                defer { pending = 0 }
+                return .value(pending)
+            }
+            return finished ? .end : .wait
+        }
+    }
+
+    enum Now { case value(UInt64), end, wait }
+
+    let state = Mutex(State())
+
+    /// Finished (``finish()``): no count is handed over any more.
+    var isFinished: Bool { state.withLock { $0.finished } }
+
+    /// The next count, waiting for one when none is kept; nil once finished
+    /// (after the counts kept before). Cancellation is the caller's: it calls ``finish()``.
+    func next(isolation actor: isolated (any Actor)?) async -> UInt64? {
+        switch state.withLock({ $0.take() }) {
+        case .value(let v): return v
+        case .end: return nil
+        case .wait: break
+        }
+        return await withUnsafeContinuation(isolation: actor) { (c: Continuation) in
+            let now = state.withLock { s -> Now in
+                let now = s.take()
+                if case .wait = now { s.waiter = c }
+                return now
+            }
+            switch now {
+            case .value(let v): c.resume(returning: v)
+            case .end: c.resume(returning: nil)
+            case .wait: break
+            }
+        }
+    }
+
+    /// No more counts: a waiting task gets nil (counts kept before are still taken).
+    func finish() {
+        let waiter = state.withLock { s -> Continuation? in
+            s.finished = true
+            defer { s.waiter = nil }
+            return s.waiter
+        }
+        waiter?.resume(returning: nil)
+    }
+
+    /// Hands `value` to the waiting task, or keeps it; false once finished.
+    func deliver(_ value: UInt64) -> Bool {
+        let (waiter, go) = state.withLock { s -> (Continuation?, Bool) in
+            if s.finished { return (nil, false) }
+            if let w = s.waiter {
+                s.waiter = nil
+                return (w, true)
+            }
+            s.pending &+= value
+            return (nil, true)
+        }
+        waiter?.resume(returning: value)
+        return go
     }
 }

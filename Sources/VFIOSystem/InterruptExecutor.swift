@@ -229,12 +229,9 @@ final class InterruptExecutorCore: Sendable {
 /// eventfd from registration to ``end()`` (on the executor's thread), so its
 /// number stays open while it is polled.
 final class ExecutorFeed: Sendable {
-    typealias Continuation = UnsafeContinuation<UInt64?, Never>
-    typealias State = InterruptFeed.State
-
     let eventfd: EventFD
     let core: InterruptExecutorCore
-    let state = Mutex(State())
+    let handoff = CountHandoff()
     private let closeWaker = Mutex<Int?>(nil)
     /// Set once the feed holds its use of the eventfd (see ``start()``).
     private let holding = Atomic<Bool>(false)
@@ -260,27 +257,11 @@ final class ExecutorFeed: Sendable {
     }
 
     /// Stopped, or its eventfd closed: the executor's thread drops it.
-    var isDone: Bool { eventfd.fd.isClosed || state.withLock { $0.finished } }
+    var isDone: Bool { eventfd.fd.isClosed || handoff.isFinished }
 
     func next(isolation actor: isolated (any Actor)?) async -> UInt64? {
-        switch state.withLock({ $0.take() }) {
-        case .value(let v): return v
-        case .end: return nil
-        case .wait: break
-        }
-        return await withTaskCancellationHandler {
-            await withUnsafeContinuation(isolation: actor) { (c: Continuation) in
-                let now = state.withLock { s -> InterruptFeed.Now in
-                    let now = s.take()
-                    if case .wait = now { s.waiter = c }
-                    return now
-                }
-                switch now {
-                case .value(let v): c.resume(returning: v)
-                case .end: c.resume(returning: nil)
-                case .wait: break
-                }
-            }
+        await withTaskCancellationHandler {
+            await handoff.next(isolation: actor)
         } onCancel: {
             stop()
         }
@@ -294,14 +275,7 @@ final class ExecutorFeed: Sendable {
     }
 
     /// No more counts: a waiting task gets nil (counts kept before are still taken).
-    private func finish() {
-        let waiter = state.withLock { s -> Continuation? in
-            s.finished = true
-            defer { s.waiter = nil }
-            return s.waiter
-        }
-        waiter?.resume(returning: nil)
-    }
+    private func finish() { handoff.finish() }
 
     /// On the executor's thread, when poll found the eventfd readable: reads
     /// the count and resumes the waiting task (which the runtime enqueues on
@@ -322,18 +296,7 @@ final class ExecutorFeed: Sendable {
             return false
         }
         guard n == 8 else { return true }  // another reader took it (EAGAIN)
-        let waiter = state.withLock { s -> Continuation?? in
-            if s.finished { return .none }
-            if let w = s.waiter {
-                s.waiter = nil
-                return .some(w)
-            }
-            s.pending &+= value
-            return .some(nil)
-        }
-        guard let waiter else { return false }
-        waiter?.resume(returning: value)
-        return true
+        return handoff.deliver(value)
     }
 
     /// Leaves the poll set for good: the waiting task gets nil, and the use of
