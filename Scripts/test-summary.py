@@ -93,13 +93,44 @@ def kernel_trouble(path, findings=FINDINGS):
     return counted, known
 
 
+# Lines of a kernel report that say nothing without the kernel's symbols: registers,
+# code bytes, bare return addresses.
+REPORT_NOISE = re.compile(r"\] +(?:(?:R[A-Z0-9]{1,3}|[CDEFG]S|CR\d|RSP|RIP|EFLAGS|Code):|\? 0x|</?TASK>|Call Trace:|"
+                          r"Sending NMI|NMI backtrace|INFO: NMI handler)")
+
+
+def trouble_context(path, first, limit=8):
+    """What the kernel printed after the first console line containing `first` (an RCU
+    stall, a hung task, a BUG): its report's lines, without registers and bare
+    addresses, up to `limit`, ending at the next trouble line or one of ours."""
+    try:
+        lines = open(path, encoding="utf-8", errors="replace").read().splitlines()
+    except OSError:
+        return []
+    for i, l in enumerate(lines):
+        if first in l:
+            out = []
+            for f in lines[i + 1:i + 60]:
+                if KERNEL_TROUBLE.search(f) or "vfiokit" in f or len(out) >= limit:
+                    break
+                if not REPORT_NOISE.search(f):
+                    out.append(f.strip())
+            return out
+    return []
+
+
+def unfinished(kinds, started, ended):
+    """The test functions that started and never ended: what ran when a run stopped."""
+    return sorted(stable(t) for t in started - ended if kinds.get(t) == "function")
+
+
 def stable(tid):
     """A test ID without its source location (which moves with every edit)."""
     return LOCATION.sub("", tid or "")
 
 
 def load(path):
-    kinds, parameterized, ended, skipped, failed, cases, known = {}, set(), set(), set(), set(), set(), set()
+    kinds, parameterized, started, ended, skipped, failed, cases, known = {}, set(), set(), set(), set(), set(), set(), set()
     for line in open(path, encoding="utf-8").read().splitlines():
         try:
             rec = json.loads(line)
@@ -112,7 +143,9 @@ def load(path):
                 parameterized.add(p["id"])
             continue
         k, tid = p.get("kind"), p.get("testID")
-        if k == "testEnded":
+        if k == "testStarted":
+            started.add(tid)
+        elif k == "testEnded":
             ended.add(tid)
         elif k == "testSkipped":
             skipped.add(tid)
@@ -122,7 +155,7 @@ def load(path):
             known.add(tid or "<outside a test>")
         elif k == "issueRecorded" and p.get("issue", {}).get("severity", "error") != "warning":
             failed.add(tid or "<outside a test>")
-    return kinds, parameterized, ended, skipped, failed, cases, known
+    return kinds, parameterized, started, ended, skipped, failed, cases, known
 
 
 def functions_under(kinds, tid):
@@ -160,7 +193,7 @@ def read_manifest(path):
 
 def summarise(label, path, manifest, partial, allow_empty, console=None):
     try:
-        kinds, parameterized, ended, skipped, failed, cases, known = load(path)
+        kinds, parameterized, started, ended, skipped, failed, cases, known = load(path)
     except OSError as e:
         print(f"{label}: 0 passed, 1 failed, 0 skipped")
         print(f"{label}: no test events ({e})", file=sys.stderr)
@@ -216,9 +249,26 @@ def summarise(label, path, manifest, partial, allow_empty, console=None):
         print(f"  known issue (withKnownIssue, not a failure): {stable(t)}", file=sys.stderr)
     for t in sorted(fn_failed):
         print(f"  failed: {t}", file=sys.stderr)
+    # A run that stopped leaves a long list of missing tests; the few lines that say why
+    # (what was running, what the kernel said) come last, where a log's tail shows them.
+    missing = [t for k, t in problems if k == "missing"]
     for kind, t in problems:
+        if kind == "missing" and len(missing) > 12 and t not in missing[:5]:
+            continue
         print(f"  {kind}: {t}", file=sys.stderr)
-    if any(k == "unlisted" for k, _ in problems) or any(k == "missing" for k, _ in problems):
+        if kind == "kernel" and not WARN_LOCATION.search(t):
+            for c in trouble_context(console, t.split("] ", 1)[-1]):
+                print(f"    {c}", file=sys.stderr)
+        if kind == "missing" and len(missing) > 12 and t == missing[4]:
+            print(f"  missing: ... and {len(missing) - 5} more (the run stopped early?)", file=sys.stderr)
+    stopped = unfinished(kinds, started, ended) if missing else []
+    for t in stopped:
+        print(f"  started and never ended (running when the run stopped): {t}", file=sys.stderr)
+    if stopped:
+        # Regenerating the manifest from a run that stopped would drop the tests it never reached.
+        print(f"  (the run stopped before its end: the guest's console is {console})" if console else
+              "  (the run stopped before its end)", file=sys.stderr)
+    elif any(k == "unlisted" for k, _ in problems) or missing:
         print(f"  (a deliberate change of the tests? regenerate: Scripts/test-summary.py --write-manifest {manifest} {path})",
               file=sys.stderr)
     if fn_failed or problems or (not passed and not allow_empty):
@@ -228,7 +278,7 @@ def summarise(label, path, manifest, partial, allow_empty, console=None):
 
 def write_manifest(path, events):
     old_tests, _ = read_manifest(path)
-    kinds, parameterized, ended, skipped, failed, cases, _ = load(events)
+    kinds, parameterized, _, ended, skipped, failed, cases, _ = load(events)
     ran = sorted(executed(kinds, parameterized, ended, cases))
     if not ran:
         print(f"write-manifest: no test ran in {events}; {path} left as it is", file=sys.stderr)
@@ -262,8 +312,21 @@ SELF_TEST_CONSOLE = """\
 [    8.0] ------------[ cut here ]------------
 [    8.1] WARNING: CPU: 1 PID: 66 at drivers/iommu/iommu.c:157 x+0x1/0x2
 [    8.2] BUG: kernel NULL pointer dereference, address: 0000000000000008
-[    8.3] vfiokit-init: command exited with status 0
+[   71.3] rcu: INFO: rcu_sched detected stalls on CPUs/tasks:
+[   71.4] rcu: 	0-...!: (1 GPs behind) idle=4948/0/0x0 softirq=4593/4593 fqs=1 (false positive?)
+[   71.5] rcu: 	(detected by 1, t=5252 jiffies, g=15181, q=2461 ncpus=2)
+[   71.6] rcu: rcu_sched kthread timer wakeup didn't happen for 5245 jiffies! g15181 f0x0 RCU_GP_WAIT_FQS(5) ->state=0x402
+[   71.7] rcu: 	Possible timer handling issue on cpu=0 timer-softirq=3918
+[   72.0] vfiokit-init: command exited with status 0
 """
+
+SELF_TEST_EVENTS = [
+    {"kind": "test", "payload": {"id": "S/a()/A.swift:1:1", "kind": "function"}},
+    {"kind": "test", "payload": {"id": "S/b()/A.swift:2:1", "kind": "function"}},
+    {"kind": "event", "payload": {"kind": "testStarted", "testID": "S/a()/A.swift:1:1"}},
+    {"kind": "event", "payload": {"kind": "testStarted", "testID": "S/b()/A.swift:2:1"}},
+    {"kind": "event", "payload": {"kind": "testEnded", "testID": "S/a()/A.swift:1:1"}},
+]
 
 SELF_TEST_FINDINGS = """\
 # location  reason
@@ -280,7 +343,12 @@ def self_test():
         open(console, "w").write(SELF_TEST_CONSOLE)
         open(findings, "w").write(SELF_TEST_FINDINGS)
         trouble, known = kernel_trouble(console, findings)
-    want_trouble = ["drivers/vfio/foo.c:12", "mm/unknown.c:1", "drivers/iommu/iommu.c:157", "BUG: kernel NULL pointer"]
+        stall = trouble_context(console, "rcu: INFO: rcu_sched detected stalls")
+        events = os.path.join(d, "events.jsonl")
+        open(events, "w").write("".join(json.dumps(e) + "\n" for e in SELF_TEST_EVENTS))
+        kinds, _, started, ended, *_ = load(events)
+    want_trouble = ["drivers/vfio/foo.c:12", "mm/unknown.c:1", "drivers/iommu/iommu.c:157", "BUG: kernel NULL pointer",
+                    "rcu: INFO: rcu_sched detected stalls"]
     want_known = ["drivers/vfio/group.c:510"]
     ok = len(trouble) == len(want_trouble) and all(w in t for w, t in zip(want_trouble, trouble)) \
         and len(known) == len(want_known) and all(w in k for w, k in zip(want_known, known))
@@ -288,6 +356,16 @@ def self_test():
         print("self-test: kernel_trouble misclassified the fixture console:", file=sys.stderr)
         print(f"  counted as trouble: {trouble}\n  want: {want_trouble}", file=sys.stderr)
         print(f"  known under fault injection: {known}\n  want: {want_known}", file=sys.stderr)
+    # A stall's report is the lines after its first: they say which CPU and why.
+    want_stall = ["(detected by 1", "timer wakeup didn't happen", "Possible timer handling issue on cpu=0"]
+    if not all(any(w in l for l in stall) for w in want_stall) or any("vfiokit-init" in l for l in stall):
+        ok = False
+        print(f"self-test: trouble_context gave {stall}\n  want the rcu: lines after the stall, with {want_stall}",
+              file=sys.stderr)
+    # A run that stops (a hung guest) leaves tests started and never ended: name them.
+    if unfinished(kinds, started, ended) != ["S/b()"]:
+        ok = False
+        print(f"self-test: unfinished gave {unfinished(kinds, started, ended)}, want ['S/b()']", file=sys.stderr)
     print(f"test-summary-self-test: {1 if ok else 0} passed, {0 if ok else 1} failed, 0 skipped")
     return 0 if ok else 1
 

@@ -149,13 +149,19 @@ guest() {  # LABEL MANIFEST
   mkdir -p "$out/$label"
   # Scripts/guest/watchdog dumps the test threads' kernel stacks if the event
   # stream stalls for 7 minutes (the longest test takes about 3).
-  VFIOKIT_RESULTS="$out/$label" Scripts/vm.sh --iommu "$iommu" --timeout 1500 --nvme-image "$nvme_image" \
+  VFIOKIT_RESULTS="$out/$label" Scripts/vm.sh --iommu "$iommu" --timeout 900 --nvme-image "$nvme_image" \
     ${vmargs[@]+"${vmargs[@]}"} -- sh -c \
     'e="$VFIOKIT_RESULTS_DIR/events.jsonl"; exec Scripts/guest/watchdog "$e" 420 "$0" --testing-library swift-testing --filter "$1" --skip "$2" --event-stream-output-path "$e" --event-stream-version 0' \
     "$tests" "$filter" "${skip:-^\$}" > "$out/$label.log" 2>&1
   rc=$?
   grep -E '✘|Test run with' "$out/$label.log" | tail -n 30
   [ $rc -eq 0 ] || tail -n 40 "$out/$label.log"
+  # Every boot runs single-threaded TCG: with a thread per vCPU, QEMU 10.0 can lose a
+  # halted vCPU's timer wakeup and the guest stalls for good (vm.sh --help, --tcg-thread).
+  if ! grep -q 'tcg\\,thread=single' "$out/$label/latest/qemu-command"; then
+    echo "$label: the guest ran without --tcg-thread single: $(cat "$out/$label/latest/qemu-command")" >&2
+    rc=1
+  fi
   python3 Scripts/test-summary.py "$label" "$out/$label/latest/results/events.jsonl" --manifest "$manifest" \
     --console "$out/$label/latest/console.log" \
     ${partial[@]+"${partial[@]}"} > "$out/$label.summary" || rc=1
