@@ -56,7 +56,7 @@ public struct BARMapping: ~Copyable, Sendable {
     /// the event (a reset, memory decoding off, low power, the exporter's
     /// release); nil while it translates as far as VFIOKit knows.
     public var revocation: String? {
-        device.exports.withLock { r in r.generation == generation ? nil : r.lastRevocation }
+        device.exports.withLock { r in r.generation == generation ? nil : r.lastRevocation }?.describe(device.label)
     }
 
     /// Throws when the kernel revoked the mapping (see ``revocation``): the
@@ -65,7 +65,7 @@ public struct BARMapping: ~Copyable, Sendable {
         let (reason, released) = device.exports.withLock { r in
             (r.generation == generation ? nil : r.lastRevocation, r.released)
         }
-        guard let reason else { return }
+        guard let reason = reason?.describe(device.label) else { return }
         let range = "IOVA 0x\(String(iova.rawValue, radix: 16))-0x\(String(lastIOVA.rawValue, radix: 16))"
         throw VFIOError.invalid(
             .step(.barMapping),

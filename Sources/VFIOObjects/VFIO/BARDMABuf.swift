@@ -89,12 +89,31 @@ extension VFIOError.Step {
     public static let barMapping: VFIOError.Step = "BAR mapping"
 }
 
+/// An event that revokes a device's dma-bufs. Recorded on every close and reset,
+/// exported or not, so it is a value; its words are built only when read.
+enum RevocationEvent {
+    case reset, failedReset, hotReset, memoryDecodingOff, lowPower, closed, closedAndLastRegionUnmapped
+
+    /// The event in words, naming the device by `label`.
+    func describe(_ label: String) -> String {
+        switch self {
+        case .reset: "VFIO_DEVICE_RESET of \(label)"
+        case .failedReset: "VFIO_DEVICE_RESET of \(label) (which failed)"
+        case .hotReset: "a hot reset of the bus or slot of \(label)"
+        case .memoryDecodingOff: "memory decoding of \(label) was turned off (PCI command register)"
+        case .lowPower: "\(label) entered low power (D3)"
+        case .closed: "\(label) was closed: the kernel released it"
+        case .closedAndLastRegionUnmapped: "\(label) was closed and its last region mmap went: the kernel released it"
+        }
+    }
+}
+
 /// What a device records for the dma-bufs of its BARs (see ``BARDMABuf``).
 struct ExportRecord {
     /// Bumped by every event that revokes the device's dma-bufs.
     var generation: UInt64 = 0
-    /// The last such event, in words.
-    var lastRevocation: String?
+    /// The last such event.
+    var lastRevocation: RevocationEvent?
     /// The device was released: its dma-bufs are revoked for good.
     var released = false
     /// Mapped MMIORegions: each holds the kernel's file, so a close releases
@@ -153,11 +172,11 @@ extension VFIODevice {
     var exportGeneration: UInt64 { exports.withLock { $0.generation } }
 
     /// Records that the kernel revoked this device's dma-bufs.
-    func noteRevocation(_ reason: String, released: Bool = false) {
+    func noteRevocation(_ event: RevocationEvent) {
         exports.withLock { r in
             r.generation &+= 1
-            r.lastRevocation = reason
-            if released { r.released = true }
+            r.lastRevocation = event
+            if event == .closed || event == .closedAndLastRegionUnmapped { r.released = true }
         }
     }
 
@@ -172,7 +191,7 @@ extension VFIODevice {
             r.releasePending = false
             return true
         }
-        if released { noteRevocation("\(label) was closed and its last region mmap went: the kernel released it", released: true) }
+        if released { noteRevocation(.closedAndLastRegionUnmapped) }
     }
 
     /// ``close()`` ran: the kernel releases the device now, or with the last region unmap.
@@ -181,7 +200,7 @@ extension VFIODevice {
             if r.mappedRegions > 0 { r.releasePending = true; return false }
             return true
         }
-        if now { noteRevocation("\(label) was closed: the kernel released it", released: true) }
+        if now { noteRevocation(.closed) }
     }
 
     /// A config-space write of `bytes` at `offset`: records a revocation when
@@ -189,7 +208,7 @@ extension VFIODevice {
     func noteConfigWrite(at offset: UInt64, _ bytes: UnsafeRawBufferPointer) {
         guard offset <= 4, offset + UInt64(bytes.count) > 4 else { return }
         if bytes[Int(4 - offset)] & 0x2 == 0 {
-            noteRevocation("memory decoding of \(label) was turned off (PCI command register)")
+            noteRevocation(.memoryDecodingOff)
         }
     }
 }

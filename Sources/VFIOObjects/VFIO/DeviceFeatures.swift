@@ -125,7 +125,7 @@ extension VFIODevice {
     /// It revokes the device's dma-bufs (``BARDMABuf``).
     public func enterLowPower() throws(VFIOError) {
         try setFeature(VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY, payload: [])
-        noteRevocation("\(label) entered low power (D3)")
+        noteRevocation(.lowPower)
     }
     /// Leaves low power; `VFIO_DEVICE_FEATURE_LOW_POWER_EXIT`.
     public func exitLowPower() throws(VFIOError) { try setFeature(VFIO_DEVICE_FEATURE_LOW_POWER_EXIT, payload: []) }

@@ -55,11 +55,11 @@ extension VFIODevice {
     public func reset() throws(VFIOError) {
         do {
             _ = try fd.ioctl(.vfioDeviceReset, nil, object: label)
-            noteRevocation("VFIO_DEVICE_RESET of \(label)")
+            noteRevocation(.reset)
         } catch {
             // vfio-pci revokes the dma-bufs before it tries the reset; only a device without one stops earlier.
             if let n = error.errno, n != .invalidArgument, n != .inappropriateIOCTLForDevice, n != .badFileDescriptor {
-                noteRevocation("VFIO_DEVICE_RESET of \(label) (which failed)")
+                noteRevocation(.failedReset)
             }
             var e = error
             if e.errno == .inappropriateIOCTLForDevice || e.errno == .notSupported || e.errno == .invalidArgument {
@@ -136,7 +136,7 @@ extension VFIODevice {
             for (i, g) in groupFDs.enumerated() { p.storeBytes(of: g, toByteOffset: headerSize + i * 4, as: Int32.self) }
             return try fd.ioctl(.vfioDevicePCIHotReset, p, object: label)
         }
-        noteRevocation("a hot reset of the bus or slot of \(label)")
+        noteRevocation(.hotReset)
     }
 }
 
