@@ -482,6 +482,10 @@ do {
     let args = CommandLine.arguments
     let scale = Int(ProcessInfo.processInfo.environment["VFIOKIT_BENCH_SCALE"] ?? "1") ?? 1
     let countOut = option("--count-out")
+    if args.contains("--host-irq") {
+        try runHostIRQ(countFile: countOut, countsFrom: option("--counts"))
+        exit(0)
+    }
     if args.contains("--host") {
         let rows = try runHost(countFile: countOut, countsFrom: option("--counts"), scale: scale)
         if countOut == nil { printHost(rows) }
