@@ -55,7 +55,7 @@ tsan_only='FailEverySyscallTests'
 # The hot-path allocation counts (HotPathAllocationTests, and InterruptExecutorTests'
 # allocation check) interpose malloc, which a sanitizer runtime owns: the
 # suite counts nothing in these builds (it would fail) and runs in the plain host run.
-not_sanitized='HotPathAllocationTests|InterruptExecutorTests/noAllocationPerInterrupt'
+not_sanitized='HotPathAllocationTests|InterruptExecutorTests/noAllocationPerInterrupt|InterruptScopeTests/executorScopeNoAllocationPerInterrupt'
 guest_filter=${VFIOKIT_SANITIZE_GUEST_FILTER:-'VFIOKitGuestTests\.(DMAModesTests|IOMMUFDDeviceTests|IOMMUFDMockTests|DeviceGuestTests|EndToEndTests)'}
 
 # Reports of any sanitizer in the binary's own output and in exit-test children's.

@@ -65,9 +65,12 @@ public final class InterruptExecutor: TaskExecutor {
 /// holds it (not the executor), so releasing the executor ends the thread.
 final class InterruptExecutorCore: Sendable {
     struct State {
-        /// Jobs to run, from `head` on (the array keeps its capacity when emptied).
+        /// Jobs to run: `jobs[head..<tail]`. Slots are reused (both indices go
+        /// back to 0 when the queue empties), so the array is not mutated per job
+        /// once it has grown (emptying it cost a `replaceSubrange` call per interrupt).
         var jobs: [UnownedJob] = []
         var head = 0
+        var tail = 0
         /// The thread is in (or about to enter) poll: an enqueue must wake it.
         var sleeping = false
         /// The executor was released: run what is queued, end the feeds, exit.
@@ -79,12 +82,18 @@ final class InterruptExecutorCore: Sendable {
         var generation = 0
 
         mutating func pop() -> UnownedJob? {
-            if head == jobs.count {
-                if head > 0 { jobs.removeAll(keepingCapacity: true); head = 0 }
+            if head == tail {
+                head = 0
+                tail = 0
                 return nil
             }
             defer { head += 1 }
             return jobs[head]
+        }
+
+        mutating func push(_ job: UnownedJob) {
+            if tail < jobs.count { jobs[tail] = job } else { jobs.append(job) }
+            tail += 1
         }
     }
 
@@ -101,7 +110,7 @@ final class InterruptExecutorCore: Sendable {
 
     func enqueue(_ job: UnownedJob) {
         let wakeUp = state.withLock { s -> Bool in
-            s.jobs.append(job)
+            s.push(job)
             defer { s.sleeping = false }
             return s.sleeping
         }
@@ -170,13 +179,10 @@ final class InterruptExecutorCore: Sendable {
         guard wake.enter() else { return }
         defer { wake.leave() }
         while true {
-            while let job = state.withLock({ $0.pop() }) {
-                // Safety: each job is run once, on the executor it was enqueued on, as the runtime requires.
-                job.runSynchronously(on: executor)
-            }
-            let (step, gone) = state.withLock { s -> (Step, [ExecutorFeed]?) in
-                if s.head < s.jobs.count { return (.run, nil) }
-                if s.stopping { return (.exit, nil) }
+            // One lock per turn: the next job, or else the decision to exit or to poll.
+            let (step, job, gone) = state.withLock { s -> (Step, UnownedJob?, [ExecutorFeed]?) in
+                if let job = s.pop() { return (.run, job, nil) }
+                if s.stopping { return (.exit, nil, nil) }
                 var gone: [ExecutorFeed]? = nil
                 if s.generation != seen {
                     // Drop the feeds that stopped or whose eventfd closed. `polled` shares the
@@ -190,10 +196,14 @@ final class InterruptExecutorCore: Sendable {
                     gone = gone ?? []
                 }
                 s.sleeping = true
-                return (.poll, gone)
+                return (.poll, nil, gone)
             }
             if step == .exit { return }
-            if step == .run { continue }
+            if let job {
+                // Safety: each job is run once, on the executor it was enqueued on, as the runtime requires.
+                job.runSynchronously(on: executor)
+                continue
+            }
             if let gone {
                 // Give back the dropped feeds' fd uses (outside the lock), then rebuild the poll set.
                 for feed in gone { feed.end() }
