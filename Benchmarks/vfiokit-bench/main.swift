@@ -331,7 +331,7 @@ func deviceCases(cdev: String, ctx: IOMMUFD, countFile: String?, scale: Int) thr
 
     // The same through EventFD.withInterrupts(on:_:): one cancellation handler for the whole
     // loop instead of one per next() (each costs preference lookups under the task's lock).
-    cases.append(Case(name: "IRQ raise + async wait (MSI, executor, scope)", iterations: 500 * scale, countIterations: 200,
+    cases.append(Case(name: "IRQ raise + withInterrupts(on:) (MSI)", iterations: 500 * scale, countIterations: 200,
                       raw: { n in
         wall { precondition(bench_raw_edu_irq_roundtrip(bar.base, efd, 0x1, Int32(n)) == 0) }
     }, swift: { n in

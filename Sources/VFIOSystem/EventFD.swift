@@ -203,6 +203,7 @@ final class InterruptFeed: StoppableFeed {
         }
     }
 
+    @inline(__always)
     nonisolated(nonsending) func next() async -> UInt64? {
         if scoped { return await handoff.next() }
         return await handoff.next { [self] in stop() }
@@ -299,6 +300,7 @@ final class CountHandoff: Sendable {
     /// ``next(onCancel:)`` for a caller whose cancellation is already handled
     /// for the whole scope (``InterruptScope``): no cancellation record and no
     /// hop per count.
+    @inline(__always)
     nonisolated(nonsending) func next() async -> UInt64? {
         switch state.withLock({ $0.take() }) {
         case .value(let v): return v
@@ -307,6 +309,7 @@ final class CountHandoff: Sendable {
         }
     }
 
+    @inline(__always)
     private nonisolated(nonsending) func wait() async -> UInt64? {
         // Not `withUnsafeContinuation(isolation:)`: its hop to the isolation it is given (ours,
         // we are on it already) is a runtime call that looks up the task-executor preference

@@ -272,6 +272,7 @@ final class ExecutorFeed: StoppableFeed {
     /// Stopped, or its eventfd closed: the executor's thread drops it.
     var isDone: Bool { eventfd.fd.isClosed || handoff.isFinished }
 
+    @inline(__always)
     nonisolated(nonsending) func next() async -> UInt64? {
         if scoped { return await handoff.next() }
         return await handoff.next { [self] in stop() }
