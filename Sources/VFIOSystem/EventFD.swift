@@ -136,8 +136,9 @@ public final class EventFD: Sendable {
         public func makeAsyncIterator() -> Iterator {
             guard let wait = try? ReadinessWait(eventfd.fd) else { return Iterator(feed: nil) }
             let feed = InterruptFeed(eventfd: eventfd, wait: wait, scoped: scope != nil)
-            feed.start()
+            // Adopted before it starts: made after its scope ended, it never reads a count.
             scope?.adopt(feed)
+            feed.start()
             return Iterator(feed: feed)
         }
 
@@ -195,6 +196,10 @@ final class InterruptFeed: StoppableFeed {
     /// Starts the thread; when none can start (pthread_create fails), the
     /// sequence ends at once (it has no error to carry).
     func start() {
+        if handoff.isFinished {  // stopped already (its scope ended): no thread
+            try? wait.wake.close()
+            return
+        }
         do throws(VFIOError) {
             try Sys.startThread(eventfd.fd.kernel, object: eventfd.fd.label) { [self] in run() }
         } catch {

@@ -259,6 +259,7 @@ final class ExecutorFeed: StoppableFeed {
     /// sequence ends at once.
     func start() {
         let fd = eventfd.fd
+        if handoff.isFinished { return }  // stopped already (its scope ended)
         guard fd.isLinux == core.wake.isLinux, fd.enter() else { return finish() }
         guard let id = fd.onClose({ [core] in core.poke() }) else {
             fd.leave()
@@ -377,8 +378,9 @@ extension EventFD {
         /// dropped or its task is cancelled.
         public func makeAsyncIterator() -> Iterator {
             let feed = ExecutorFeed(eventfd: eventfd, core: executor.core, scoped: scope != nil)
-            feed.start()
+            // Adopted before it starts: made after its scope ended, it never joins the poll set.
             scope?.adopt(feed)
+            feed.start()
             return Iterator(handle: ExecutorFeedHandle(feed))
         }
 
