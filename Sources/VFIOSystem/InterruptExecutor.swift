@@ -21,9 +21,14 @@ import Musl
 /// ```swift
 /// let executor = try InterruptExecutor()
 /// await withTaskExecutorPreference(executor) {
-///     for await count in eventFD.interrupts(on: executor) { handle(count) }
+///     await eventFD.withInterrupts(on: executor) { interrupts in
+///         for await count in interrupts { handle(count) }
+///     }
 /// }
 /// ```
+///
+/// (`for await count in eventFD.interrupts(on: executor)` works too, with a
+/// cancellation handler per `next()`: about 1.7 times the instructions.)
 ///
 /// Cost: one dedicated thread for the executor's life, which does nothing but
 /// this executor's jobs and polls. Jobs run one at a time, in the order they
