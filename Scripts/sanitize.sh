@@ -52,10 +52,11 @@ timing='faultQueueNextWaitsOnReadinessAndCancelsPromptly|vEventQueueNextWaitsOnR
 # The fail-every-syscall sweep also requires that some scenario made a nanosleep (a wait
 # that found its condition at once makes none); under TSan none did. It runs under ASan.
 tsan_only='FailEverySyscallTests'
-# The allocation counts (HotPathAllocationTests, InterruptExecutorTests' and
-# RevocationRecordTests' allocation checks) interpose malloc, which a sanitizer runtime
-# owns: they count nothing in these builds (they would fail) and run in the plain host run.
-not_sanitized='HotPathAllocationTests|InterruptExecutorTests/noAllocationPerInterrupt|RevocationRecordTests/recordingAClosedDeviceAllocatesNothing'
+# The allocation counts (HotPathAllocationTests, and the allocation checks of
+# InterruptExecutorTests, InterruptScopeTests and RevocationRecordTests) interpose malloc,
+# which a sanitizer runtime owns: they count nothing in these builds (they would fail)
+# and run in the plain host run.
+not_sanitized='HotPathAllocationTests|InterruptExecutorTests/noAllocationPerInterrupt|InterruptScopeTests/executorScopeNoAllocationPerInterrupt|RevocationRecordTests/recordingAClosedDeviceAllocatesNothing'
 guest_filter=${VFIOKIT_SANITIZE_GUEST_FILTER:-'VFIOKitGuestTests\.(DMAModesTests|IOMMUFDDeviceTests|IOMMUFDMockTests|DeviceGuestTests|EndToEndTests)'}
 
 # Reports of any sanitizer in the binary's own output and in exit-test children's.

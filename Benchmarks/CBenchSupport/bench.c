@@ -88,6 +88,21 @@ int bench_raw_edu_irq_roundtrip(volatile void *bar, int eventfd, uint32_t raise_
     return 0;
 }
 
+int bench_raw_eventfd_roundtrip(int eventfd, int iterations) {
+    for (int i = 0; i < iterations; i++) {
+        uint64_t one = 1;
+        if (write(eventfd, &one, sizeof(one)) != sizeof(one)) return -errno;
+        struct pollfd p = { .fd = eventfd, .events = POLLIN };
+        int r;
+        do { r = poll(&p, 1, 1000); } while (r < 0 && errno == EINTR);
+        if (r < 0) return -errno;
+        if (r == 0) return -ETIMEDOUT;
+        uint64_t count;
+        if (read(eventfd, &count, sizeof(count)) != sizeof(count)) return -errno;
+    }
+    return 0;
+}
+
 /* Instruction counting under valgrind's callgrind: no-ops when the headers are
  * missing or the process does not run under valgrind. */
 #if __has_include(<valgrind/callgrind.h>)

@@ -302,6 +302,28 @@ func deviceCases(cdev: String, ctx: IOMMUFD, countFile: String?, scale: Int) thr
         }
     }))
 
+    // The same through EventFD.withInterrupts(_:): one cancellation handler for the loop.
+    cases.append(Case(name: "IRQ raise + withInterrupts() (MSI)", iterations: 500 * scale, countIterations: 200, raw: { n in
+        wall { precondition(bench_raw_edu_irq_roundtrip(bar.base, efd, 0x1, Int32(n)) == 0) }
+    }, swift: { n in
+        awaitBlocking {
+            let elapsed = await msi.eventFD.withInterrupts { sequence in
+                var interrupts = sequence.makeAsyncIterator()
+                let t = bench_now_ns()
+                for _ in 0..<n {
+                    edu.raise(0x1)
+                    let count = await interrupts.next()
+                    precondition(count != nil, "no interrupt")
+                    edu.acknowledge(0x1)
+                }
+                return bench_now_ns() - t
+            }
+            // As above: the stopped iterator's thread leaves asynchronously.
+            usleep(bench_on_valgrind() != 0 ? 1_000_000 : 20_000)
+            return elapsed
+        }
+    }))
+
     // The same round trip through an InterruptExecutor (EventFD.interrupts(on:)): the task
     // prefers the executor, whose one thread polls the eventfd and resumes the task itself
     // (no hand-off to another thread), against the same C loop.
@@ -324,6 +346,32 @@ func deviceCases(cdev: String, ctx: IOMMUFD, countFile: String?, scale: Int) thr
             }
             // The dropped iterator leaves the executor's poll set before its thread polls
             // again; wait as the row above does, so no stale poller can take the C loop's count.
+            usleep(bench_on_valgrind() != 0 ? 1_000_000 : 20_000)
+            return elapsed
+        }
+    }))
+
+    // The same through EventFD.withInterrupts(on:_:): one cancellation handler for the whole
+    // loop instead of one per next() (each costs preference lookups under the task's lock).
+    cases.append(Case(name: "IRQ raise + withInterrupts(on:) (MSI)", iterations: 500 * scale, countIterations: 200,
+                      raw: { n in
+        wall { precondition(bench_raw_edu_irq_roundtrip(bar.base, efd, 0x1, Int32(n)) == 0) }
+    }, swift: { n in
+        awaitBlocking {
+            let elapsed = await withTaskExecutorPreference(irqExecutor) { () -> UInt64 in
+                await msi.eventFD.withInterrupts(on: irqExecutor) { sequence in
+                    var interrupts = sequence.makeAsyncIterator()
+                    let t = bench_now_ns()
+                    for _ in 0..<n {
+                        edu.raise(0x1)
+                        let count = await interrupts.next()
+                        precondition(count != nil, "no interrupt")
+                        edu.acknowledge(0x1)
+                    }
+                    return bench_now_ns() - t
+                }
+            }
+            // As above: the scope's iterator leaves the poll set before the C loop polls.
             usleep(bench_on_valgrind() != 0 ? 1_000_000 : 20_000)
             return elapsed
         }
@@ -482,6 +530,10 @@ do {
     let args = CommandLine.arguments
     let scale = Int(ProcessInfo.processInfo.environment["VFIOKIT_BENCH_SCALE"] ?? "1") ?? 1
     let countOut = option("--count-out")
+    if args.contains("--host-irq") {
+        try runHostIRQ(countFile: countOut, countsFrom: option("--counts"))
+        exit(0)
+    }
     if args.contains("--host") {
         let rows = try runHost(countFile: countOut, countsFrom: option("--counts"), scale: scale)
         if countOut == nil { printHost(rows) }

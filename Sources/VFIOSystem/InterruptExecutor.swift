@@ -21,9 +21,14 @@ import Musl
 /// ```swift
 /// let executor = try InterruptExecutor()
 /// await withTaskExecutorPreference(executor) {
-///     for await count in eventFD.interrupts(on: executor) { handle(count) }
+///     await eventFD.withInterrupts(on: executor) { interrupts in
+///         for await count in interrupts { handle(count) }
+///     }
 /// }
 /// ```
+///
+/// (`for await count in eventFD.interrupts(on: executor)` works too, with a
+/// cancellation handler per `next()`: about 1.7 times the instructions.)
 ///
 /// Cost: one dedicated thread for the executor's life, which does nothing but
 /// this executor's jobs and polls. Jobs run one at a time, in the order they
@@ -65,9 +70,12 @@ public final class InterruptExecutor: TaskExecutor {
 /// holds it (not the executor), so releasing the executor ends the thread.
 final class InterruptExecutorCore: Sendable {
     struct State {
-        /// Jobs to run, from `head` on (the array keeps its capacity when emptied).
+        /// Jobs to run: `jobs[head..<tail]`. Slots are reused (both indices go
+        /// back to 0 when the queue empties), so the array is not mutated per job
+        /// once it has grown (emptying it cost a `replaceSubrange` call per interrupt).
         var jobs: [UnownedJob] = []
         var head = 0
+        var tail = 0
         /// The thread is in (or about to enter) poll: an enqueue must wake it.
         var sleeping = false
         /// The executor was released: run what is queued, end the feeds, exit.
@@ -79,12 +87,18 @@ final class InterruptExecutorCore: Sendable {
         var generation = 0
 
         mutating func pop() -> UnownedJob? {
-            if head == jobs.count {
-                if head > 0 { jobs.removeAll(keepingCapacity: true); head = 0 }
+            if head == tail {
+                head = 0
+                tail = 0
                 return nil
             }
             defer { head += 1 }
             return jobs[head]
+        }
+
+        mutating func push(_ job: UnownedJob) {
+            if tail < jobs.count { jobs[tail] = job } else { jobs.append(job) }
+            tail += 1
         }
     }
 
@@ -101,7 +115,7 @@ final class InterruptExecutorCore: Sendable {
 
     func enqueue(_ job: UnownedJob) {
         let wakeUp = state.withLock { s -> Bool in
-            s.jobs.append(job)
+            s.push(job)
             defer { s.sleeping = false }
             return s.sleeping
         }
@@ -170,13 +184,10 @@ final class InterruptExecutorCore: Sendable {
         guard wake.enter() else { return }
         defer { wake.leave() }
         while true {
-            while let job = state.withLock({ $0.pop() }) {
-                // Safety: each job is run once, on the executor it was enqueued on, as the runtime requires.
-                job.runSynchronously(on: executor)
-            }
-            let (step, gone) = state.withLock { s -> (Step, [ExecutorFeed]?) in
-                if s.head < s.jobs.count { return (.run, nil) }
-                if s.stopping { return (.exit, nil) }
+            // One lock per turn: the next job, or else the decision to exit or to poll.
+            let (step, job, gone) = state.withLock { s -> (Step, UnownedJob?, [ExecutorFeed]?) in
+                if let job = s.pop() { return (.run, job, nil) }
+                if s.stopping { return (.exit, nil, nil) }
                 var gone: [ExecutorFeed]? = nil
                 if s.generation != seen {
                     // Drop the feeds that stopped or whose eventfd closed. `polled` shares the
@@ -190,10 +201,14 @@ final class InterruptExecutorCore: Sendable {
                     gone = gone ?? []
                 }
                 s.sleeping = true
-                return (.poll, gone)
+                return (.poll, nil, gone)
             }
             if step == .exit { return }
-            if step == .run { continue }
+            if let job {
+                // Safety: each job is run once, on the executor it was enqueued on, as the runtime requires.
+                job.runSynchronously(on: executor)
+                continue
+            }
             if let gone {
                 // Give back the dropped feeds' fd uses (outside the lock), then rebuild the poll set.
                 for feed in gone { feed.end() }
@@ -228,17 +243,20 @@ final class InterruptExecutorCore: Sendable {
 /// thread read and the task waiting for the next one. Holds a use of the
 /// eventfd from registration to ``end()`` (on the executor's thread), so its
 /// number stays open while it is polled.
-final class ExecutorFeed: Sendable {
+final class ExecutorFeed: StoppableFeed {
     let eventfd: EventFD
     let core: InterruptExecutorCore
     let handoff = CountHandoff()
+    /// Made inside an ``InterruptScope``, whose one cancellation handler stops it.
+    let scoped: Bool
     private let closeWaker = Mutex<Int?>(nil)
     /// Set once the feed holds its use of the eventfd (see ``start()``).
     private let holding = Atomic<Bool>(false)
 
-    init(eventfd: EventFD, core: InterruptExecutorCore) {
+    init(eventfd: EventFD, core: InterruptExecutorCore, scoped: Bool) {
         self.eventfd = eventfd
         self.core = core
+        self.scoped = scoped
     }
 
     /// Takes a use of the eventfd and joins the executor's poll set; when
@@ -246,6 +264,7 @@ final class ExecutorFeed: Sendable {
     /// sequence ends at once.
     func start() {
         let fd = eventfd.fd
+        if handoff.isFinished { return }  // stopped already (its scope ended)
         guard fd.isLinux == core.wake.isLinux, fd.enter() else { return finish() }
         guard let id = fd.onClose({ [core] in core.poke() }) else {
             fd.leave()
@@ -259,12 +278,10 @@ final class ExecutorFeed: Sendable {
     /// Stopped, or its eventfd closed: the executor's thread drops it.
     var isDone: Bool { eventfd.fd.isClosed || handoff.isFinished }
 
-    func next(isolation actor: isolated (any Actor)?) async -> UInt64? {
-        await withTaskCancellationHandler {
-            await handoff.next(isolation: actor)
-        } onCancel: {
-            stop()
-        }
+    @inline(__always)
+    nonisolated(nonsending) func next() async -> UInt64? {
+        if scoped { return await handoff.next() }
+        return await handoff.next { [self] in stop() }
     }
 
     /// The iterator stopped (dropped or cancelled): a waiting task gets nil and
@@ -322,7 +339,31 @@ extension EventFD {
     /// sequence ends when the eventfd closes, the task is cancelled, the
     /// iterator is dropped or the executor is released.
     public func interrupts(on executor: InterruptExecutor) -> ExecutorInterrupts {
-        ExecutorInterrupts(eventfd: self, executor: executor)
+        ExecutorInterrupts(eventfd: self, executor: executor, scope: nil)
+    }
+
+    /// Runs `body` with ``interrupts(on:)`` of this eventfd whose `next()`
+    /// costs less: one cancellation handler covers the whole call instead of
+    /// one per `next()`, which with the executor's preference saves about
+    /// 1,000 user instructions per interrupt (four lookups of the preference
+    /// under the task's lock, and the record added and removed). Cancelling
+    /// the task still ends a waiting `next()` at once with nil; the iterators
+    /// made from the sequence stop when `body` returns.
+    ///
+    /// ```swift
+    /// await withTaskExecutorPreference(executor) {
+    ///     await eventFD.withInterrupts(on: executor) { interrupts in
+    ///         for await count in interrupts { handle(count) }
+    ///     }
+    /// }
+    /// ```
+    public nonisolated(nonsending) func withInterrupts<R, E: Error>(
+        on executor: InterruptExecutor,
+        _ body: nonisolated(nonsending) (ExecutorInterrupts) async throws(E) -> R
+    ) async throws(E) -> R {
+        try await InterruptScope.run { (scope) throws(E) in
+            try await body(ExecutorInterrupts(eventfd: self, executor: executor, scope: scope))
+        }
     }
 
     /// The signals of an ``EventFD`` as counts, polled by an ``InterruptExecutor``.
@@ -335,11 +376,15 @@ extension EventFD {
         public typealias Failure = Never
         let eventfd: EventFD
         let executor: InterruptExecutor
+        /// Set by ``EventFD/withInterrupts(on:_:)``: cancellation is handled once for its scope.
+        let scope: InterruptScope?
 
         /// Adds the eventfd to the executor's poll set until the iterator is
         /// dropped or its task is cancelled.
         public func makeAsyncIterator() -> Iterator {
-            let feed = ExecutorFeed(eventfd: eventfd, core: executor.core)
+            let feed = ExecutorFeed(eventfd: eventfd, core: executor.core, scoped: scope != nil)
+            // Adopted before it starts: made after its scope ended, it never joins the poll set.
+            scope?.adopt(feed)
             feed.start()
             return Iterator(handle: ExecutorFeedHandle(feed))
         }
@@ -350,13 +395,13 @@ extension EventFD {
 
             /// The next count; nil once the eventfd closed (after the counts
             /// read before), the task was cancelled or the executor released.
-            public mutating func next() async -> UInt64? {
-                await handle.feed.next(isolation: nil)
+            public nonisolated(nonsending) mutating func next() async -> UInt64? {
+                await handle.feed.next()
             }
 
             /// ``next()`` on the caller's actor.
             public mutating func next(isolation actor: isolated (any Actor)?) async -> UInt64? {
-                await handle.feed.next(isolation: actor)
+                await handle.feed.next()
             }
         }
     }

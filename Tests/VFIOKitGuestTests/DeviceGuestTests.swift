@@ -1,4 +1,5 @@
 import CVFIO
+import Synchronization
 import Testing
 import VFIOKit
 import VFIOKitTestSupport
@@ -27,6 +28,56 @@ struct DeviceGuestTests {
         #expect(count != nil && count! >= 1)
         edu.acknowledge(0x1)
         try msi.close()
+    }
+
+    /// Real MSIs through an `InterruptExecutor`, in a `withInterrupts(on:)` scope:
+    /// each raise arrives as one count on the executor's thread, and cancelling the
+    /// task ends a waiting `next()` with nil while no interrupt comes.
+    @Test(.timeLimit(.minutes(1))) func msiThroughAnInterruptExecutorScope() async throws {
+        let bdf = try Guest.requireEdu()
+        try Guest.bindToVFIO(bdf)
+        defer { #expect(throws: Never.self, "put the device back") { try Guest.unbind(bdf) } }
+        let space = try DMASpace(mode: .iommufd, dmaMask: EduDevice.dmaMask)
+        let edu = try EduDevice(try space.openDevice(try PCIAddress(parsing: bdf)))
+        try edu.enableBusMaster()  // an MSI is a memory write by the device
+        let msi = try edu.enableMSI()
+        let executor = try InterruptExecutor()
+        let eventFD = msi.eventFD
+        let waiting = Atomic<Bool>(false), done = Atomic<Bool>(false)
+        let task = Task(executorPreference: executor) { () -> ([UInt64?], Int, UInt64?) in
+            let r = await eventFD.withInterrupts(on: executor) { interrupts in
+                var it = interrupts.makeAsyncIterator()
+                var counts: [UInt64?] = []
+                var threads: Set<pthread_t> = [pthread_self()]
+                for _ in 0..<20 {
+                    edu.raise(0x1)
+                    counts.append(await it.next())
+                    threads.insert(pthread_self())
+                    edu.acknowledge(0x1)
+                }
+                waiting.store(true, ordering: .releasing)
+                return (counts, threads.count, await it.next())  // no interrupt comes: only the cancel ends it
+            }
+            done.store(true, ordering: .releasing)
+            return r
+        }
+        let deadline = ContinuousClock.now + .seconds(30)
+        while !waiting.load(ordering: .acquiring) && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
+        let arrived = waiting.load(ordering: .acquiring)
+        #expect(arrived, "20 MSIs did not arrive in 30 s")
+        try await Task.sleep(for: .milliseconds(20))
+        let start = ContinuousClock.now
+        task.cancel()
+        while !done.load(ordering: .acquiring) && ContinuousClock.now - start < .seconds(5) { try await Task.sleep(for: .milliseconds(5)) }
+        let ended = done.load(ordering: .acquiring)
+        #expect(ended, "cancel did not end the wait")
+        if !ended { edu.raise(0x1) }  // release it, so a failure does not hang
+        let (counts, threads, afterCancel) = await task.value
+        #expect(counts == Array(repeating: 1, count: 20))
+        #expect(threads == 1, "the task ran on \(threads) threads")
+        #expect(afterCancel == nil)
+        try msi.close()
+        _ = executor
     }
 
     @Test func irqInfoResetAndFeaturesOnEdu() throws {

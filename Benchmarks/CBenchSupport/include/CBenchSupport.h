@@ -28,6 +28,10 @@ void bench_raw_mmio_write32(volatile void *bar, uint64_t offset, uint32_t value,
  * Returns 0 or -errno (-ETIMEDOUT after 1 s without an interrupt). */
 int bench_raw_edu_irq_roundtrip(volatile void *bar, int eventfd, uint32_t raise_bit, int iterations);
 
+/* The host stand-in for an interrupt round trip: write 1 to the eventfd, wait
+ * for it with poll + read. Returns 0 or -errno. */
+int bench_raw_eventfd_roundtrip(int eventfd, int iterations);
+
 /* Instruction counts under valgrind's callgrind (no-ops elsewhere): whether the
  * process runs under valgrind; zero the counters; dump them to a part file
  * whose description is "Trigger: Client Request: <name>". */

@@ -1,0 +1,145 @@
+// Host-only interrupt rows (`--host-irq`): the async waits on a real eventfd that the
+// awaiting task signals itself (a stand-in for an MSI: the kernel's side is one write),
+// against the same write + poll + read in C. For profiling the awaiting code with
+// callgrind on the host: `valgrind --tool=callgrind ... vfiokit-bench --host-irq --count-out F`.
+
+import CBenchSupport
+import Foundation
+import VFIOKit
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+func hostIRQCases() throws -> [HostCase] {
+    let e = try EventFD()
+    let fd = e.fd.numberForHandoff
+    let executor = try InterruptExecutor()
+    var cases: [HostCase] = []
+    cases.append(HostCase(name: "eventfd write + poll + read (C)", iterations: 20_000, countIterations: 200) { n in
+        precondition(bench_raw_eventfd_roundtrip(fd, Int32(n)) == 0)
+    })
+    cases.append(HostCase(name: "eventfd write + wait (blocking)", iterations: 20_000, countIterations: 200) { n in
+        var one: UInt64 = 1
+        for _ in 0..<n {
+            _ = write(fd, &one, 8)
+            precondition((try? e.wait(timeout: .seconds(1))) != nil)
+        }
+    })
+    cases.append(HostCase(name: "interrupts()", iterations: 5_000, countIterations: 200) { n in
+        _ = awaitBlocking {
+            do {
+                var one: UInt64 = 1
+                var it = e.interrupts().makeAsyncIterator()
+                for _ in 0..<n {
+                    _ = write(fd, &one, 8)
+                    let got = await it.next(); precondition(got != nil)
+                }
+            }
+            usleep(bench_on_valgrind() != 0 ? 1_000_000 : 20_000)
+            return 0
+        }
+    })
+    cases.append(HostCase(name: "interrupts(on:), executor preference", iterations: 20_000, countIterations: 200) { n in
+        _ = awaitBlocking {
+            await withTaskExecutorPreference(executor) {
+                var one: UInt64 = 1
+                var it = e.interrupts(on: executor).makeAsyncIterator()
+                for _ in 0..<n {
+                    _ = write(fd, &one, 8)
+                    let got = await it.next(); precondition(got != nil)
+                }
+            }
+            usleep(bench_on_valgrind() != 0 ? 1_000_000 : 20_000)
+            return 0
+        }
+    })
+    cases.append(HostCase(name: "interrupts(on:), preference, for await", iterations: 20_000, countIterations: 200) { n in
+        _ = awaitBlocking {
+            await withTaskExecutorPreference(executor) {
+                var one: UInt64 = 1
+                var left = n
+                _ = write(fd, &one, 8)
+                for await _ in e.interrupts(on: executor) {
+                    left -= 1
+                    if left == 0 { break }
+                    _ = write(fd, &one, 8)
+                }
+            }
+            usleep(bench_on_valgrind() != 0 ? 1_000_000 : 20_000)
+            return 0
+        }
+    })
+    cases.append(HostCase(name: "withInterrupts(on:), preference", iterations: 20_000, countIterations: 200) { n in
+        _ = awaitBlocking {
+            await withTaskExecutorPreference(executor) {
+                await e.withInterrupts(on: executor) { interrupts in
+                    var one: UInt64 = 1
+                    var it = interrupts.makeAsyncIterator()
+                    for _ in 0..<n {
+                        _ = write(fd, &one, 8)
+                        let got = await it.next(); precondition(got != nil)
+                    }
+                }
+            }
+            usleep(bench_on_valgrind() != 0 ? 1_000_000 : 20_000)
+            return 0
+        }
+    })
+    cases.append(HostCase(name: "withInterrupts()", iterations: 5_000, countIterations: 200) { n in
+        _ = awaitBlocking {
+            await e.withInterrupts { interrupts in
+                var one: UInt64 = 1
+                var it = interrupts.makeAsyncIterator()
+                for _ in 0..<n {
+                    _ = write(fd, &one, 8)
+                    let got = await it.next(); precondition(got != nil)
+                }
+            }
+            usleep(bench_on_valgrind() != 0 ? 1_000_000 : 20_000)
+            return 0
+        }
+    })
+    return cases
+}
+
+func runHostIRQ(countFile: String?, countsFrom: String?) throws {
+    let cases = try hostIRQCases()
+    if let countFile {
+        let prefix = try callgrindPrefix()
+        for c in cases {
+            c.body(2)
+            let tag = strdup("swift:" + c.name)!
+            defer { free(tag) }
+            bench_cg_zero()
+            c.body(c.countIterations)
+            bench_cg_dump(tag)
+        }
+        let dumps = readCallgrindDumps(prefix: prefix)
+        var lines = ""
+        for c in cases {
+            guard let s = dumps["swift:" + c.name] else { throw BenchError("no callgrind dump for \(c.name)") }
+            lines += "\(c.name)\t0\t\(Double(s) / Double(c.countIterations))\t\(c.countIterations)\n"
+        }
+        try lines.write(toFile: countFile, atomically: false, encoding: .utf8)
+        return
+    }
+    let counts = countsFrom.map(readCounts) ?? [:]
+    print("vfiokit-bench --host-irq: a real eventfd signalled by the awaiting task, median of 7 rounds")
+    print("operation".padding(toLength: 40, withPad: " ", startingAt: 0) + "  ns/interrupt  allocs/interrupt  instr/interrupt")
+    for c in cases {
+        c.body(c.iterations / 10 + 1)
+        var times: [Double] = []
+        var allocations: UInt64 = 0
+        for _ in 0..<7 {
+            let a = bench_allocations()
+            let t = bench_now_ns()
+            c.body(c.iterations)
+            times.append(Double(bench_now_ns() - t) / Double(c.iterations))
+            allocations += bench_allocations() - a
+        }
+        print(c.name.padding(toLength: 40, withPad: " ", startingAt: 0)
+              + String(format: " %13.0f %17.2f ", median(times), Double(allocations) / Double(c.iterations * 7))
+              + rightAligned(counts[c.name].map { String(format: "%.0f", $0.1) } ?? "-", 16))
+    }
+}
