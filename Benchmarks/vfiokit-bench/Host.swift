@@ -45,25 +45,32 @@ func hostCases(scale: Int) throws -> [HostCase] {
     return cases
 }
 
+/// Counting mode for host cases (under callgrind, see ``writeCounts(_:to:)``): runs each
+/// case between a zero and a dump of the counters and writes its instructions per
+/// iteration to `countFile` (no C side on the host: its column is 0).
+func countUnderCallgrind(_ cases: [HostCase], into countFile: String) throws {
+    let prefix = try callgrindPrefix()
+    for c in cases {
+        c.body(2)
+        let tag = strdup("swift:" + c.name)!
+        defer { free(tag) }
+        bench_cg_zero()
+        c.body(c.countIterations)
+        bench_cg_dump(tag)
+    }
+    let dumps = readCallgrindDumps(prefix: prefix)
+    var lines = ""
+    for c in cases {
+        guard let s = dumps["swift:" + c.name] else { throw BenchError("no callgrind dump for \(c.name)") }
+        lines += "\(c.name)\t0\t\(Double(s) / Double(c.countIterations))\t\(c.countIterations)\n"
+    }
+    try lines.write(toFile: countFile, atomically: false, encoding: .utf8)
+}
+
 func runHost(countFile: String?, countsFrom: String?, scale: Int) throws -> [HostResult] {
     let cases = try hostCases(scale: scale)
     if let countFile {
-        let prefix = try callgrindPrefix()
-        for c in cases {
-            c.body(2)
-            let tag = strdup("swift:" + c.name)!
-            defer { free(tag) }
-            bench_cg_zero()
-            c.body(c.countIterations)
-            bench_cg_dump(tag)
-        }
-        let dumps = readCallgrindDumps(prefix: prefix)
-        var lines = ""
-        for c in cases {
-            guard let s = dumps["swift:" + c.name] else { throw BenchError("no callgrind dump for \(c.name)") }
-            lines += "\(c.name)\t0\t\(Double(s) / Double(c.countIterations))\t\(c.countIterations)\n"
-        }
-        try lines.write(toFile: countFile, atomically: false, encoding: .utf8)
+        try countUnderCallgrind(cases, into: countFile)
         return []
     }
     let counts = countsFrom.map(readCounts) ?? [:]

@@ -106,22 +106,7 @@ func hostIRQCases() throws -> [HostCase] {
 func runHostIRQ(countFile: String?, countsFrom: String?) throws {
     let cases = try hostIRQCases()
     if let countFile {
-        let prefix = try callgrindPrefix()
-        for c in cases {
-            c.body(2)
-            let tag = strdup("swift:" + c.name)!
-            defer { free(tag) }
-            bench_cg_zero()
-            c.body(c.countIterations)
-            bench_cg_dump(tag)
-        }
-        let dumps = readCallgrindDumps(prefix: prefix)
-        var lines = ""
-        for c in cases {
-            guard let s = dumps["swift:" + c.name] else { throw BenchError("no callgrind dump for \(c.name)") }
-            lines += "\(c.name)\t0\t\(Double(s) / Double(c.countIterations))\t\(c.countIterations)\n"
-        }
-        try lines.write(toFile: countFile, atomically: false, encoding: .utf8)
+        try countUnderCallgrind(cases, into: countFile)
         return
     }
     let counts = countsFrom.map(readCounts) ?? [:]

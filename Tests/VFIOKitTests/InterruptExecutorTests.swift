@@ -13,13 +13,6 @@ import Glibc
 /// thread runs the awaiting task and polls the eventfd, so a count resumes the
 /// task on that thread (no hand-off); against the fake kernel (real eventfds).
 @Suite struct InterruptExecutorTests {
-    /// Waits up to `limit` for `done`; true when it came.
-    func eventually(_ limit: Duration = .seconds(10), _ done: () -> Bool) async throws -> Bool {
-        let deadline = ContinuousClock.now + limit
-        while !done() && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
-        return done()
-    }
-
     /// Counts arrive in order, signals made while the task ran are summed into
     /// one count, and the task never leaves the executor's thread.
     @Test func countsInOrderSummedAndOnTheExecutorsThread() async throws {

@@ -12,13 +12,6 @@ import Glibc
 /// sequences of a scope whose one cancellation handler replaces the one per
 /// `next()`; against the fake kernel (real eventfds).
 @Suite struct InterruptScopeTests {
-    /// Waits up to `limit` for `done`; true when it came.
-    func eventually(_ limit: Duration = .seconds(10), _ done: () -> Bool) async throws -> Bool {
-        let deadline = ContinuousClock.now + limit
-        while !done() && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
-        return done()
-    }
-
     /// Counts arrive in order through `for await`, signals made while the task
     /// ran are summed into one count, and the task stays on the executor's thread.
     @Test func executorScopeCountsInOrderOnTheExecutorsThread() async throws {
