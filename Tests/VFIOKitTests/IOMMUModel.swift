@@ -115,12 +115,13 @@ final class IOMMUModel: Sendable {
             arg(a, iommu_ioas_alloc.self).pointee.out_ioas_id = add(Object(kind: .ioas))
             return 0
         }
-        k.onIoctl(IOMMU_DESTROY) { [self] _, a in
+        k.onIoctl(IOMMU_DESTROY) { [self, unowned k] _, a in
             let id = arg(a, iommu_destroy.self).pointee.id
             return state.withLock { s in
                 guard let o = s.objects[id] else { return -ENOENT }
                 // An open queue fd holds the object (the kernel's eventq file takes a users reference).
-                if let fd = o.fd, fcntl(fd, F_GETFD) >= 0 { return -EBUSY }
+                // Open in this kernel: the number alone may be another test's file by now.
+                if let fd = o.fd, k.isOpen(fd) { return -EBUSY }
                 if s.objects.values.contains(where: { $0.uses.contains(id) }) { return -EBUSY }
                 s.objects[id] = nil
                 s.pinned[id] = nil
