@@ -71,18 +71,25 @@ void bench_raw_mmio_write32(volatile void *bar, uint64_t offset, uint32_t value,
     for (int i = 0; i < iterations; i++) *reg = value;
 }
 
+/* poll (1 s) then read one count, as a C driver waits for an interrupt; 0 or -errno. */
+static inline int wait_eventfd(int eventfd) {
+    struct pollfd p = { .fd = eventfd, .events = POLLIN };
+    int r;
+    do { r = poll(&p, 1, 1000); } while (r < 0 && errno == EINTR);
+    if (r < 0) return -errno;
+    if (r == 0) return -ETIMEDOUT;
+    uint64_t count;
+    if (read(eventfd, &count, sizeof(count)) != sizeof(count)) return -errno;
+    return 0;
+}
+
 int bench_raw_edu_irq_roundtrip(volatile void *bar, int eventfd, uint32_t raise_bit, int iterations) {
     volatile uint32_t *raise = (volatile uint32_t *)((volatile char *)bar + 0x60);
     volatile uint32_t *ack = (volatile uint32_t *)((volatile char *)bar + 0x64);
     for (int i = 0; i < iterations; i++) {
         *raise = raise_bit;
-        struct pollfd p = { .fd = eventfd, .events = POLLIN };
-        int r;
-        do { r = poll(&p, 1, 1000); } while (r < 0 && errno == EINTR);
-        if (r < 0) return -errno;
-        if (r == 0) return -ETIMEDOUT;
-        uint64_t count;
-        if (read(eventfd, &count, sizeof(count)) != sizeof(count)) return -errno;
+        int r = wait_eventfd(eventfd);
+        if (r < 0) return r;
         *ack = raise_bit;
     }
     return 0;
@@ -92,13 +99,8 @@ int bench_raw_eventfd_roundtrip(int eventfd, int iterations) {
     for (int i = 0; i < iterations; i++) {
         uint64_t one = 1;
         if (write(eventfd, &one, sizeof(one)) != sizeof(one)) return -errno;
-        struct pollfd p = { .fd = eventfd, .events = POLLIN };
-        int r;
-        do { r = poll(&p, 1, 1000); } while (r < 0 && errno == EINTR);
-        if (r < 0) return -errno;
-        if (r == 0) return -ETIMEDOUT;
-        uint64_t count;
-        if (read(eventfd, &count, sizeof(count)) != sizeof(count)) return -errno;
+        int r = wait_eventfd(eventfd);
+        if (r < 0) return r;
     }
     return 0;
 }

@@ -67,6 +67,22 @@ func countUnderCallgrind(_ cases: [HostCase], into countFile: String) throws {
     try lines.write(toFile: countFile, atomically: false, encoding: .utf8)
 }
 
+/// Times `c` (a warm-up, then 7 rounds of `iterations`): the median ns and the
+/// allocations per iteration.
+func timeHostCase(_ c: HostCase) -> (ns: Double, allocations: Double) {
+    c.body(c.iterations / 10 + 1)
+    var times: [Double] = []
+    var allocations: UInt64 = 0
+    for _ in 0..<7 {
+        let a = bench_allocations()
+        let t = bench_now_ns()
+        c.body(c.iterations)
+        times.append(Double(bench_now_ns() - t) / Double(c.iterations))
+        allocations += bench_allocations() - a
+    }
+    return (median(times), Double(allocations) / Double(c.iterations * 7))
+}
+
 func runHost(countFile: String?, countsFrom: String?, scale: Int) throws -> [HostResult] {
     let cases = try hostCases(scale: scale)
     if let countFile {
@@ -75,18 +91,8 @@ func runHost(countFile: String?, countsFrom: String?, scale: Int) throws -> [Hos
     }
     let counts = countsFrom.map(readCounts) ?? [:]
     return cases.map { c in
-        c.body(c.iterations / 10 + 1)
-        var times: [Double] = []
-        var allocations: UInt64 = 0
-        for _ in 0..<7 {
-            let a = bench_allocations()
-            let t = bench_now_ns()
-            c.body(c.iterations)
-            times.append(Double(bench_now_ns() - t) / Double(c.iterations))
-            allocations += bench_allocations() - a
-        }
-        return HostResult(name: c.name, nsPerPair: median(times),
-                          allocationsPerPair: Double(allocations) / Double(c.iterations * 7),
+        let (ns, allocations) = timeHostCase(c)
+        return HostResult(name: c.name, nsPerPair: ns, allocationsPerPair: allocations,
                           instructionsPerPair: counts[c.name]?.1)
     }
 }

@@ -113,18 +113,9 @@ func runHostIRQ(countFile: String?, countsFrom: String?) throws {
     print("vfiokit-bench --host-irq: a real eventfd signalled by the awaiting task, median of 7 rounds")
     print("operation".padding(toLength: 40, withPad: " ", startingAt: 0) + "  ns/interrupt  allocs/interrupt  instr/interrupt")
     for c in cases {
-        c.body(c.iterations / 10 + 1)
-        var times: [Double] = []
-        var allocations: UInt64 = 0
-        for _ in 0..<7 {
-            let a = bench_allocations()
-            let t = bench_now_ns()
-            c.body(c.iterations)
-            times.append(Double(bench_now_ns() - t) / Double(c.iterations))
-            allocations += bench_allocations() - a
-        }
+        let (ns, allocations) = timeHostCase(c)
         print(c.name.padding(toLength: 40, withPad: " ", startingAt: 0)
-              + String(format: " %13.0f %17.2f ", median(times), Double(allocations) / Double(c.iterations * 7))
+              + String(format: " %13.0f %17.2f ", ns, allocations)
               + rightAligned(counts[c.name].map { String(format: "%.0f", $0.1) } ?? "-", 16))
     }
 }
