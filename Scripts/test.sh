@@ -154,7 +154,9 @@ guest() {  # LABEL MANIFEST
     'e="$VFIOKIT_RESULTS_DIR/events.jsonl"; exec Scripts/guest/watchdog "$e" 420 "$0" --testing-library swift-testing --filter "$1" --skip "$2" --event-stream-output-path "$e" --event-stream-version 0' \
     "$tests" "$filter" "${skip:-^\$}" > "$out/$label.log" 2>&1
   rc=$?
-  grep -E '✘|Test run with' "$out/$label.log" | tail -n 30
+  # The failures, each issue with its comment lines (an fd-leak check names the fds there).
+  awk '/✘|Test run with/ {print; keep = /recorded an issue/; next} keep && /^↳/ {print; next} {keep = 0}' \
+    "$out/$label.log" | tail -n 40
   [ $rc -eq 0 ] || tail -n 40 "$out/$label.log"
   # Every boot runs single-threaded TCG: with a thread per vCPU, QEMU 10.0 can lose a
   # halted vCPU's timer wakeup and the guest stalls for good (vm.sh --help, --tcg-thread).

@@ -171,29 +171,43 @@ public enum Guest {
     /// the listing itself uses).
     public static func openFDCount() -> Int {
         _ = symbolizerStarted
-        guard let d = opendir("/proc/self/fd") else { return -1 }
-        let own = dirfd(d)
-        var n = 0
-        while let e = readdir(d) {
-            let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            guard let fd = Int32(name), fd != own, !isRuntimesProcStat(fd) else { continue }
-            n += 1
-        }
-        closedir(d)
-        return n
+        return fdEntries(listed: listedFDs(), target: fdTarget).count
     }
 
-    /// An fd on `/proc/<id>/stat`: libdispatch's worker-pool monitor reads its
-    /// workers' `/proc/<tid>/stat` for a moment on a thread of its own (VFIOKit
-    /// never opens one), so a count taken meanwhile would be off by one (a CI
-    /// guest run: `gone ["8:/proc/371/stat"]`).
-    private static func isRuntimesProcStat(_ fd: Int32) -> Bool {
-        var buf = [CChar](repeating: 0, count: 64)
+    /// The numbers in /proc/self/fd, without the listing's own fd.
+    private static func listedFDs() -> [Int32] {
+        guard let d = opendir("/proc/self/fd") else { return [] }
+        let own = dirfd(d)
+        var list: [Int32] = []
+        while let e = readdir(d) {
+            let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if let fd = Int32(name), fd != own { list.append(fd) }
+        }
+        closedir(d)
+        return list
+    }
+
+    /// What `/proc/self/fd/N` links to, or nil when `fd` is not open (any more).
+    private static func fdTarget(_ fd: Int32) -> String? {
+        var buf = [CChar](repeating: 0, count: 512)
         let len = readlink("/proc/self/fd/\(fd)", &buf, buf.count - 1)
-        guard len > 0 else { return false }
-        let target = String(decoding: buf[..<len].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        let parts = target.split(separator: "/")
-        return parts.count == 3 && parts[0] == "proc" && parts[2] == "stat" && parts[1].allSatisfy(\.isNumber)
+        return len > 0 ? String(decoding: buf[..<len].map { UInt8(bitPattern: $0) }, as: UTF8.self) : nil
+    }
+
+    /// The fds of `listed` that count, with their targets: not an fd on
+    /// `/proc/<id>/stat` (libdispatch's worker-pool monitor reads its workers'
+    /// `/proc/<tid>/stat` for a moment on a thread of its own, VFIOKit never
+    /// opens one: a CI guest run's baseline caught one, `gone ["8:/proc/371/stat"]`),
+    /// and not an fd that closed between the listing and the read of its target
+    /// (it was not open then; such a stat file, kept, made a baseline one too
+    /// high for good).
+    package static func fdEntries(listed: [Int32], target: (Int32) -> String?) -> [(fd: Int32, target: String)] {
+        listed.compactMap { fd in
+            guard let t = target(fd) else { return nil }
+            let parts = t.split(separator: "/")
+            let runtimesProcStat = parts.count == 3 && parts[0] == "proc" && parts[2] == "stat" && parts[1].allSatisfy(\.isNumber)
+            return runtimesProcStat ? nil : (fd, t)
+        }
     }
 
     /// A sanitizer runtime (TSan, ASan) starts llvm-symbolizer, with two pipes to it,
@@ -216,19 +230,7 @@ public enum Guest {
     /// "N:target" sorted, the directory's own fd left out: said in a failed fd-leak
     /// check, so the message names the fd that was leaked or closed twice.
     public static func openFDs() -> [String] {
-        guard let d = opendir("/proc/self/fd") else { return [] }
-        let own = dirfd(d)
-        var list: [String] = []
-        while let e = readdir(d) {
-            let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            guard let n = Int32(name), n != own, !isRuntimesProcStat(n) else { continue }
-            var buf = [CChar](repeating: 0, count: 512)
-            let len = readlink("/proc/self/fd/\(name)", &buf, buf.count - 1)
-            let target = len > 0 ? String(decoding: buf[..<len].map { UInt8(bitPattern: $0) }, as: UTF8.self) : "?"
-            list.append("\(n):\(target)")
-        }
-        closedir(d)
-        return list.sorted()
+        fdEntries(listed: listedFDs(), target: fdTarget).map { "\($0.fd):\($0.target)" }.sorted()
     }
 }
 
