@@ -104,14 +104,22 @@ import Glibc
     }
 
     /// With no fd number left (EMFILE), the copy fails with an error instead
-    /// of handing -1 to the owner.
+    /// of handing -1 to the owner. The process's other threads open and close
+    /// files meanwhile (libdispatch's worker monitor reads `/proc/<tid>/stat`),
+    /// so "no number left" must not depend on which numbers are free at one
+    /// moment (a host run once got a copy, exit code 4): here a file another
+    /// thread held when the limit was set closes before the copy.
     @Test func aFailedCopyIsAnError() async {
         await #expect(processExitsWith: .exitCode(0)) {
-            let inherited = open("/dev/null", O_RDONLY)  // the lowest free number: none below it is free
+            let othersFile = open("/dev/null", O_RDONLY)
+            let inherited = open("/dev/null", O_RDONLY)
+            // A limit of one with fd 0 open: no number is left below it, whichever close.
+            if fcntl(0, F_GETFD) < 0 { dup2(inherited, 0) }
             var limit = rlimit()
             getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
-            limit.rlim_cur = rlim_t(inherited + 1)
+            limit.rlim_cur = 1
             guard setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { exit(3) }
+            close(othersFile)
             do {
                 let copy = try Launcher.adoptInherited(inherited)
                 exit(copy < 0 ? 1 : 4)
