@@ -113,7 +113,7 @@ import Glibc
         await #expect(processExitsWith: .exitCode(0)) {
             let othersFile = open("/dev/null", O_RDONLY)
             let inherited = open("/dev/null", O_RDONLY)
-            // A limit of one with fd 0 open: no number is left below it, whichever close.
+            // A limit of one with fd 0 open: no number is left below it, whatever closes.
             if fcntl(0, F_GETFD) < 0 { dup2(inherited, 0) }
             var limit = rlimit()
             getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
